@@ -1,0 +1,54 @@
+"""Sans-IO POP3 core: feed it the bytes each direction carried, get events back.
+
+No trio, no sockets, no msgpack: the relay, the capture reader and the replay server all
+drive the same :class:`SessionObserver`, so they agree on how a session is paired.
+"""
+
+from pop3tap.protocol._commands import (
+    SECRET_PLACEHOLDER,
+    expects_multiline,
+    mask_arguments,
+    parse_status,
+    split_command,
+)
+from pop3tap.protocol._events import (
+    CommandSent,
+    Direction,
+    EndOfStream,
+    Event,
+    Exchange,
+    Flag,
+    Greeting,
+    SaslChallenge,
+    SaslResponse,
+    StartTls,
+    Status,
+    StrayLine,
+    UnsolicitedLine,
+)
+from pop3tap.protocol._masking import SecretMasker
+from pop3tap.protocol._observer import SessionObserver, SessionSummary
+
+__all__ = [
+    "SECRET_PLACEHOLDER",
+    "CommandSent",
+    "Direction",
+    "EndOfStream",
+    "Event",
+    "Exchange",
+    "Flag",
+    "Greeting",
+    "SaslChallenge",
+    "SaslResponse",
+    "SecretMasker",
+    "SessionObserver",
+    "SessionSummary",
+    "StartTls",
+    "Status",
+    "StrayLine",
+    "UnsolicitedLine",
+    "expects_multiline",
+    "mask_arguments",
+    "parse_status",
+    "split_command",
+]

@@ -1,0 +1,655 @@
+"""The sans-IO session observer: both directions of one POP3 session in, events out.
+
+Theory of operation
+-------------------
+A relay sees two byte streams. The observer frames each into lines (LF ends a line and
+one CR before it is dropped, as poplib and MailKit accept; pop3-protocol §0 rule 6) and
+pairs them by the rules of RFC 1939 and RFC 2449:
+
+* The first server line is the greeting (RFC 1939 §4). Every later server line answers
+  the oldest unanswered command: responses come back in command order, one per command,
+  even when the client pipelines (RFC 2449 §6.6).
+* Whether a ``+OK`` opens a multi-line body depends only on the command and whether it
+  had an argument, never on the text (see :func:`expects_multiline`). Every ``-ERR`` is
+  one line. A body ends at a line that is exactly ``.`` (RFC 1939 §3); sizes announced in
+  the text are never used for framing.
+* Bodies are scanned with ``bytes.find`` and ``bytes.count`` a chunk at a time, so a large
+  RETR costs a few C-level passes, not a Python loop per line, and is never buffered.
+* After ``AUTH mechanism`` the server may answer with ``+`` continuations; the client's
+  next line then is SASL data, whatever it looks like (RFC 5034 §4). Client lines are
+  classified lazily while an AUTH is open, in the order the server consumes them.
+* ``STLS`` answered by ``+OK`` switches both streams to TLS right after the ``+OK`` line
+  (RFC 2595 §4). The observer then goes opaque until :meth:`resume_after_tls`; plaintext
+  already received beyond the switch point is counted as injection.
+* Memory is bounded: a line keeps at most ``max_line`` bytes (the rest is only counted and
+  the line is flagged overlong), bodies keep nothing, and at most ``max_pending`` commands
+  wait for answers (older ones are reported as unanswered).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pop3tap.protocol._commands import (
+    SECRET_PLACEHOLDER,
+    decode_text,
+    expects_multiline,
+    find_apop_timestamp,
+    find_resp_code,
+    mask_arguments,
+    parse_status,
+    split_command,
+)
+from pop3tap.protocol._events import (
+    CommandSent,
+    Direction,
+    EndOfStream,
+    Event,
+    Exchange,
+    Flag,
+    Greeting,
+    SaslChallenge,
+    SaslResponse,
+    StartTls,
+    Status,
+    StrayLine,
+    UnsolicitedLine,
+)
+from pop3tap.protocol._masking import SecretMasker
+
+
+class _LineHandler(Protocol):
+    def __call__(self, at: float, end: int, *, bare_lf: bool, unterminated: bool) -> None: ...
+
+
+DEFAULT_MAX_LINE = 8192
+DEFAULT_MAX_PENDING = 4096
+
+_STATUS_BY_TOKEN = {"+OK": Status.OK, "-ERR": Status.ERR, "+": Status.CONTINUE}
+
+
+@dataclass(slots=True)
+class SessionSummary:
+    """Counters for the close-of-session line, in the spirit of Dovecot's logout line."""
+
+    commands: int = 0
+    retr_count: int = 0
+    retr_bytes: int = 0
+    top_count: int = 0
+    top_bytes: int = 0
+    dele_count: int = 0
+    #: ``+OK`` to QUIT from the TRANSACTION state: deletions were committed (RFC 1939 §6).
+    reached_update: bool = False
+    authenticated: bool = False
+    client_bytes: int = 0
+    server_bytes: int = 0
+    anomalies: int = 0
+    tls: bool = False
+
+    def as_dict(self) -> dict[str, int | bool]:
+        """Plain mapping for logs and capture records."""
+        return {
+            "commands": self.commands,
+            "retr_count": self.retr_count,
+            "retr_bytes": self.retr_bytes,
+            "top_count": self.top_count,
+            "top_bytes": self.top_bytes,
+            "dele_count": self.dele_count,
+            "reached_update": self.reached_update,
+            "authenticated": self.authenticated,
+            "client_bytes": self.client_bytes,
+            "server_bytes": self.server_bytes,
+            "anomalies": self.anomalies,
+            "tls": self.tls,
+        }
+
+
+class _LineAssembler:
+    """Collects one line across chunks, keeping at most ``limit`` bytes of it."""
+
+    __slots__ = ("kept", "length", "limit", "start", "started_at")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.kept = bytearray()
+        self.length = 0
+        self.started_at: float | None = None
+        self.start = 0
+
+    def add(self, data: bytes, begin: int, end: int, at: float, offset: int) -> None:
+        if self.length == 0:
+            self.started_at = at
+            self.start = offset
+        room = self.limit - len(self.kept)
+        if room > 0:
+            self.kept += data[begin : min(end, begin + room)]
+        self.length += end - begin
+
+    def take(self) -> tuple[bytes, int, float | None, int]:
+        kept, length, started_at, start = bytes(self.kept), self.length, self.started_at, self.start
+        self.kept.clear()
+        self.length = 0
+        self.started_at = None
+        return kept, length, started_at, start
+
+
+@dataclass(slots=True)
+class _ClientLine:
+    text: bytes
+    at: float
+    start: int
+    end: int
+    flags: frozenset[Flag]
+    pipelined: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A command waiting for (the rest of) its response."""
+
+    seq: int
+    verb: str
+    args: bytes
+    masked_args: str
+    sent_at: float
+    pipelined: bool
+    request_start: int
+    request_end: int
+    flags: set[Flag] = field(default_factory=set)
+    first_byte_at: float | None = None
+    response_start: int = -1
+    status: Status | None = None
+    first_line: str = ""
+    resp_code: str | None = None
+    sasl: list[tuple[str, str]] = field(default_factory=list)
+    awaiting_sasl: bool = False
+
+
+@dataclass(slots=True)
+class _Body:
+    """Scanning state of an open multi-line body."""
+
+    pending: _Pending
+    start: int
+    consumed: int = 0
+    newlines: int = 0
+    crlfs: int = 0
+    tail: bytes = b"\n"  # the status line's LF: the body starts at a line start
+
+
+class SessionObserver:
+    """Pair the commands and responses of one POP3 session (see the module docstring)."""
+
+    def __init__(
+        self, *, max_line: int = DEFAULT_MAX_LINE, max_pending: int = DEFAULT_MAX_PENDING
+    ) -> None:
+        self._max_line = max_line
+        self._max_pending = max_pending
+        self._masker = SecretMasker()
+        self._client_line = _LineAssembler(max_line)
+        self._server_line = _LineAssembler(max_line)
+        self._client_offset = 0
+        self._server_offset = 0
+        self._client_queue: deque[_ClientLine] = deque()
+        self._pending: deque[_Pending] = deque()
+        self._body: _Body | None = None
+        self._greeted = False
+        self._next_seq = 1
+        self._in_transaction = False
+        self._opaque = False
+        self._server_ended = False
+        self._client_ended = False
+        self._summary = SessionSummary()
+        self._events: list[Event] = []
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def opaque(self) -> bool:
+        """True once STLS succeeded, until :meth:`resume_after_tls` (bytes are TLS)."""
+        return self._opaque
+
+    @property
+    def greeted(self) -> bool:
+        """Whether the server's greeting has been seen."""
+        return self._greeted
+
+    def summary(self) -> SessionSummary:
+        """The counters so far."""
+        return self._summary
+
+    def mask_client(self, data: bytes) -> bytes:
+        """The client chunk with PASS, APOP digests and SASL data replaced by ``********``."""
+        if self._opaque:
+            return data
+        return self._masker.mask(data)
+
+    def flush_masked_client(self) -> bytes:
+        """Bytes the masker still holds back at the end of the client stream."""
+        return self._masker.flush()
+
+    def feed_client(self, data: bytes, at: float) -> list[Event]:
+        """Bytes the client sent (any chunking); returns the events they complete."""
+        self._summary.client_bytes += len(data)
+        if self._opaque or not data:
+            self._client_offset += len(data)
+            return []
+        self._split_lines(data, at, self._client_line, self._client_offset, self._on_client_line)
+        self._client_offset += len(data)
+        self._drain_client_queue()
+        return self._take_events()
+
+    def feed_server(self, data: bytes, at: float) -> list[Event]:
+        """Bytes the server sent (any chunking); returns the events they complete."""
+        self._summary.server_bytes += len(data)
+        if self._opaque or not data:
+            self._server_offset += len(data)
+            return []
+        pos = 0
+        size = len(data)
+        base = self._server_offset
+        while pos < size and not self._opaque:
+            if self._body is not None:
+                pos = self._scan_body(data, pos, at)
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._server_line.add(data, pos, size, at, base + pos)
+                pos = size
+                break
+            self._server_line.add(data, pos, newline + 1, at, base + pos)
+            pos = newline + 1
+            self._finish_server_line(at, base + pos)
+            if self._opaque:
+                self._note_trailing_after_stls(size - pos)
+        self._server_offset += size
+        return self._take_events()
+
+    def end_client(self, at: float) -> list[Event]:
+        """The client stream ended (EOF or reset)."""
+        if self._client_ended:
+            return []
+        self._client_ended = True
+        if not self._opaque and self._client_line.length:
+            self._on_client_line(at, self._client_offset, bare_lf=False, unterminated=True)
+            self._drain_client_queue()
+        self._events.append(
+            EndOfStream(at=at, direction=Direction.CLIENT, truncated=False, unanswered=0)
+        )
+        return self._take_events()
+
+    def end_server(self, at: float) -> list[Event]:
+        """The server stream ended: open bodies are truncated, waiting commands unanswered."""
+        if self._server_ended:
+            return []
+        self._server_ended = True
+        truncated = False
+        if not self._opaque:
+            if self._body is not None:
+                truncated = True
+                body = self._body
+                self._body = None
+                body.pending.flags.add(Flag.TRUNCATED)
+                self._complete(body.pending, at, self._server_offset, body)
+            elif self._server_line.length:
+                self._finish_server_line(at, self._server_offset)
+        unanswered = 0
+        if not self._opaque:
+            self._drain_client_queue(force_commands=True)
+            while self._pending:
+                pending = self._pending.popleft()
+                pending.flags.add(Flag.NO_RESPONSE)
+                unanswered += 1
+                self._complete(pending, at, self._server_offset, None)
+        self._events.append(
+            EndOfStream(
+                at=at, direction=Direction.SERVER, truncated=truncated, unanswered=unanswered
+            )
+        )
+        return self._take_events()
+
+    def resume_after_tls(self) -> None:
+        """TLS is up on both legs (STLS interception): parse the decrypted streams."""
+        self._opaque = False
+        self._client_queue.clear()
+        self._client_line.take()
+        self._server_line.take()
+        self._summary.tls = True
+
+    # ------------------------------------------------------------------ framing
+
+    def _split_lines(
+        self,
+        data: bytes,
+        at: float,
+        assembler: _LineAssembler,
+        base: int,
+        on_line: _LineHandler,
+    ) -> None:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                assembler.add(data, pos, size, at, base + pos)
+                return
+            assembler.add(data, pos, newline + 1, at, base + pos)
+            pos = newline + 1
+            on_line(at, base + pos, bare_lf=False, unterminated=False)
+
+    @staticmethod
+    def _strip_terminator(kept: bytes, length: int, limit: int) -> tuple[bytes, set[Flag]]:
+        flags: set[Flag] = set()
+        if length > limit:
+            flags.add(Flag.OVERLONG)
+        if kept.endswith(b"\r\n"):
+            return kept[:-2], flags
+        if kept.endswith(b"\n"):
+            flags.add(Flag.BARE_LF)
+            return kept[:-1], flags
+        if length > limit:
+            # The end of an overlong line was not kept: trim a CR if one is there.
+            return kept.rstrip(b"\r"), flags
+        return kept, flags
+
+    # ------------------------------------------------------------------ client side
+
+    def _on_client_line(self, at: float, end: int, *, bare_lf: bool, unterminated: bool) -> None:
+        kept, length, _started_at, start = self._client_line.take()
+        text, flags = self._strip_terminator(kept, length, self._max_line)
+        if flags:
+            self._summary.anomalies += 1
+        pipelined = bool(self._pending or self._client_queue)
+        self._client_queue.append(
+            _ClientLine(
+                text=text,
+                at=at,
+                start=start,
+                end=end,
+                flags=frozenset(flags),
+                pipelined=pipelined,
+            )
+        )
+        if len(self._client_queue) > self._max_pending:  # bounded memory
+            # A flood of commands the server never answers: forget the oldest.
+            self._client_queue.popleft()
+            self._summary.anomalies += 1
+
+    def _barrier_pending(self) -> bool:
+        """Client lines after this point cannot be classified yet.
+
+        After ``AUTH mechanism`` the next line may be SASL data (RFC 5034 §4); after
+        ``STLS`` nothing may follow until TLS is up (RFC 2595 §4), so lines queued behind
+        it are held and become injected plaintext if the server says ``+OK``.
+        """
+        return any(p.verb == "STLS" or (p.verb == "AUTH" and p.args.strip()) for p in self._pending)
+
+    def _drain_client_queue(self, *, force_commands: bool = False) -> None:
+        queue = self._client_queue
+        while queue:
+            head_auth = self._pending[0] if self._pending else None
+            if head_auth is not None and head_auth.awaiting_sasl:
+                line = queue.popleft()
+                head_auth.awaiting_sasl = False
+                self._on_sasl_response(head_auth, line)
+                continue
+            if not force_commands and self._barrier_pending():
+                return
+            self._on_command(queue.popleft())
+
+    def _on_command(self, line: _ClientLine) -> None:
+        verb, args = split_command(line.text)
+        seq = self._next_seq
+        self._next_seq += 1
+        self._summary.commands += 1
+        masked = mask_arguments(verb, args)
+        pending = _Pending(
+            seq=seq,
+            verb=verb,
+            args=args,
+            masked_args=masked,
+            sent_at=line.at,
+            pipelined=line.pipelined,
+            request_start=line.start,
+            request_end=line.end,
+            flags=set(line.flags),
+        )
+        if line.pipelined:
+            pending.flags.add(Flag.PIPELINED)
+        self._pending.append(pending)
+        if len(self._pending) > self._max_pending:
+            dropped = self._pending.popleft()
+            dropped.flags.add(Flag.NO_RESPONSE)
+            self._complete(dropped, line.at, self._server_offset, None)
+        self._events.append(
+            CommandSent(
+                at=line.at,
+                seq=seq,
+                verb=verb,
+                args=masked,
+                pipelined=line.pipelined,
+                flags=line.flags,
+                start=line.start,
+                end=line.end,
+            )
+        )
+
+    def _on_sasl_response(self, pending: _Pending, line: _ClientLine) -> None:
+        cancelled = line.text.strip() == b"*"
+        text = "*" if cancelled else (SECRET_PLACEHOLDER if line.text else "")
+        pending.sasl.append(("c", text))
+        self._events.append(
+            SaslResponse(at=line.at, seq=pending.seq, text=text, cancelled=cancelled)
+        )
+
+    # ------------------------------------------------------------------ server side
+
+    def _finish_server_line(self, at: float, end: int) -> None:
+        kept, length, started_at, start = self._server_line.take()
+        text, flags = self._strip_terminator(kept, length, self._max_line)
+        if flags:
+            self._summary.anomalies += 1
+        first_byte_at = at if started_at is None else started_at
+        if not self._greeted:
+            self._greeted = True
+            self._on_greeting(text, flags, at, start, end)
+            return
+        token, rest = parse_status(text)
+        status = _STATUS_BY_TOKEN.get(token) if token is not None else None
+        self._drain_client_queue()
+        pending = self._pending[0] if self._pending else None
+        if pending is None:
+            self._on_line_without_command(text, status, at, start, end)
+            return
+        if status is None or (status is Status.CONTINUE and pending.verb != "AUTH"):
+            self._summary.anomalies += 1
+            self._events.append(
+                StrayLine(
+                    at=at, direction=Direction.SERVER, text=decode_text(text), start=start, end=end
+                )
+            )
+            return
+        if pending.first_byte_at is None:
+            pending.first_byte_at = first_byte_at
+            pending.response_start = start
+        pending.flags |= flags
+        if status is Status.CONTINUE:
+            pending.sasl.append(("+", str(len(rest))))
+            pending.awaiting_sasl = True
+            self._events.append(SaslChallenge(at=at, seq=pending.seq, length=len(rest)))
+            self._drain_client_queue()
+            return
+        self._pending.popleft()
+        pending.status = status
+        pending.first_line = decode_text(text)
+        pending.resp_code = find_resp_code(rest)
+        pending.awaiting_sasl = False
+        if pending.verb == "AUTH" and pending.args.strip():
+            self._masker.auth_finished()
+        if status is Status.OK and expects_multiline(pending.verb, pending.args):
+            self._pending.appendleft(pending)  # stays at the head until the body ends
+            self._body = _Body(pending=pending, start=end)
+            return
+        self._complete(pending, at, end, None)
+        if status is Status.OK and pending.verb == "STLS":
+            self._start_tls(pending, at)
+            return
+        self._drain_client_queue()
+
+    def _on_greeting(self, text: bytes, flags: set[Flag], at: float, start: int, end: int) -> None:
+        token, rest = parse_status(text)
+        status = _STATUS_BY_TOKEN.get(token) if token is not None else None
+        self._events.append(
+            Greeting(
+                at=at,
+                status=status,
+                text=decode_text(text),
+                resp_code=None if status is None else find_resp_code(rest),
+                apop_timestamp=find_apop_timestamp(text),
+                flags=frozenset(flags),
+                start=start,
+                end=end,
+            )
+        )
+
+    def _on_line_without_command(
+        self, text: bytes, status: Status | None, at: float, start: int, end: int
+    ) -> None:
+        self._summary.anomalies += 1
+        if status is None:
+            self._events.append(
+                StrayLine(
+                    at=at, direction=Direction.SERVER, text=decode_text(text), start=start, end=end
+                )
+            )
+        else:
+            self._events.append(
+                UnsolicitedLine(at=at, text=decode_text(text), status=status, start=start, end=end)
+            )
+
+    def _scan_body(self, data: bytes, pos: int, at: float) -> int:
+        """Consume body bytes from ``pos``; return where scanning stopped."""
+        body = self._body
+        assert body is not None
+        size = len(data)
+        terminator_end = -1
+        # A terminator whose leading LF is in the previous chunk.
+        edge = body.tail + data[pos : pos + 3]
+        carry = len(body.tail)
+        for pattern in (b"\n.\r\n", b"\n.\n"):
+            found = edge.find(pattern)
+            while 0 <= found < carry:
+                if found + len(pattern) > carry:
+                    candidate = pos + found + len(pattern) - carry
+                    if terminator_end < 0 or candidate < terminator_end:
+                        terminator_end = candidate
+                    break
+                found = edge.find(pattern, found + 1)
+        if terminator_end < 0:
+            crlf = data.find(b"\n.\r\n", pos)
+            lf = data.find(b"\n.\n", pos)
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                terminator_end = crlf + 4
+            elif lf >= 0:
+                terminator_end = lf + 3
+        end = size if terminator_end < 0 else terminator_end
+        body.consumed += end - pos
+        body.newlines += data.count(b"\n", pos, end)
+        body.crlfs += data.count(b"\r\n", pos, end)
+        if body.tail.endswith(b"\r") and end > pos and data[pos] == 0x0A:
+            body.crlfs += 1
+        body.tail = (body.tail + data[max(pos, end - 3) : end])[-3:]
+        if terminator_end < 0:
+            return size
+        self._body = None
+        self._complete(body.pending, at, self._server_offset + end, body)
+        self._drain_client_queue()
+        return end
+
+    # ------------------------------------------------------------------ completion
+
+    def _complete(
+        self, pending: _Pending, at: float, response_end: int, body: _Body | None
+    ) -> None:
+        body_lines = body_bytes = 0
+        if body is not None:
+            if self._pending and self._pending[0] is pending:
+                self._pending.popleft()
+            if Flag.TRUNCATED in pending.flags:
+                body_lines, body_bytes = body.newlines, body.consumed
+            else:
+                terminator = 3 if body.tail.endswith(b".\r\n") else 2
+                body_lines, body_bytes = body.newlines - 1, body.consumed - terminator
+            if body.newlines != body.crlfs:
+                pending.flags.add(Flag.BARE_LF)
+        if pending.status is Status.OK:
+            self._count(pending, body_bytes)
+        self._events.append(
+            Exchange(
+                at=at,
+                seq=pending.seq,
+                verb=pending.verb,
+                args=pending.masked_args,
+                status=pending.status,
+                first_line=pending.first_line,
+                resp_code=pending.resp_code,
+                multiline=body is not None,
+                body_lines=body_lines,
+                body_bytes=body_bytes,
+                sent_at=pending.sent_at,
+                first_byte_at=pending.first_byte_at,
+                pipelined=pending.pipelined,
+                flags=frozenset(pending.flags),
+                request_start=pending.request_start,
+                request_end=pending.request_end,
+                response_start=pending.response_start
+                if pending.response_start >= 0
+                else response_end,
+                response_end=response_end,
+                sasl=tuple(pending.sasl),
+            )
+        )
+
+    def _count(self, pending: _Pending, body_bytes: int) -> None:
+        summary = self._summary
+        verb = pending.verb
+        if verb == "RETR":
+            summary.retr_count += 1
+            summary.retr_bytes += body_bytes
+        elif verb == "TOP":
+            summary.top_count += 1
+            summary.top_bytes += body_bytes
+        elif verb == "DELE":
+            summary.dele_count += 1
+        elif verb in ("PASS", "APOP", "AUTH") and (verb != "AUTH" or pending.args.strip()):
+            self._in_transaction = True
+            summary.authenticated = True
+        elif verb == "QUIT" and self._in_transaction:
+            summary.reached_update = True
+
+    def _start_tls(self, pending: _Pending, at: float) -> None:
+        client_trailing = sum(line.end - line.start for line in self._client_queue)
+        client_trailing += self._client_line.length
+        self._opaque = True
+        self._events.append(
+            StartTls(at=at, seq=pending.seq, client_trailing=client_trailing, server_trailing=0)
+        )
+
+    def _note_trailing_after_stls(self, trailing: int) -> None:
+        if trailing <= 0:
+            return
+        last = self._events[-1] if self._events else None
+        if isinstance(last, StartTls):
+            self._events[-1] = StartTls(
+                at=last.at,
+                seq=last.seq,
+                client_trailing=last.client_trailing,
+                server_trailing=trailing,
+            )
+
+    def _take_events(self) -> list[Event]:
+        events = self._events
+        self._events = []
+        return events

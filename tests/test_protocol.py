@@ -1,0 +1,382 @@
+"""The sans-IO observer: pairing rules of RFC 1939 / 2449 / 5034 / 2595, any chunking."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pop3tap.protocol import (
+    CommandSent,
+    EndOfStream,
+    Event,
+    Exchange,
+    Flag,
+    Greeting,
+    SaslChallenge,
+    SaslResponse,
+    SessionObserver,
+    StartTls,
+    Status,
+    StrayLine,
+    UnsolicitedLine,
+)
+
+GREETING = b"+OK Dovecot (Debian) ready. <1896.697170952@dbc.mtview.ca.us>\r\n"
+SESSION_CLIENT = (
+    b"CAPA\r\nUSER alice\r\nPASS s3cret pass\r\nSTAT\r\nLIST\r\nLIST 2\r\nUIDL\r\n"
+    b"TOP 1 0\r\nRETR 1\r\nDELE 1\r\nRETR 9\r\nQUIT\r\n"
+)
+RETR_BODY = b"Subject: hi\r\n\r\n..dot line\r\n.\r\n"  # ".." is a stuffed "."
+SESSION_SERVER = (
+    GREETING
+    + b"+OK\r\nTOP\r\nUIDL\r\nPIPELINING\r\n.\r\n"
+    + b"+OK\r\n"
+    + b"+OK Logged in.\r\n"
+    + b"+OK 2 320\r\n"
+    + b"+OK 2 messages:\r\n1 120\r\n2 200\r\n.\r\n"
+    + b"+OK 2 200\r\n"
+    + b"+OK\r\n1 uid1\r\n2 uid2\r\n.\r\n"
+    + b"+OK\r\nSubject: hi\r\n\r\n.\r\n"
+    + b"+OK 120 octets\r\n"
+    + RETR_BODY
+    + b"+OK Marked to be deleted.\r\n"
+    + b"-ERR [SYS/PERM] There's no message 9.\r\n"
+    + b"+OK Logging out, messages deleted.\r\n"
+)
+
+
+def chunks(data: bytes, sizes: list[int]) -> list[bytes]:
+    out: list[bytes] = []
+    pos = 0
+    index = 0
+    while pos < len(data):
+        size = sizes[index % len(sizes)] if sizes else len(data)
+        out.append(data[pos : pos + max(1, size)])
+        pos += max(1, size)
+        index += 1
+    return out
+
+
+def run(
+    client: bytes, server: bytes, client_sizes: list[int], server_sizes: list[int]
+) -> list[Event]:
+    """Feed the client stream first (a pipelining client), then the server stream."""
+    observer = SessionObserver()
+    events: list[Event] = []
+    for piece in chunks(client, client_sizes):
+        events += observer.feed_client(piece, 1.0)
+    for piece in chunks(server, server_sizes):
+        events += observer.feed_server(piece, 2.0)
+    events += observer.end_server(3.0)
+    return events
+
+
+def exchanges(events: list[Event]) -> list[Exchange]:
+    return [e for e in events if isinstance(e, Exchange)]
+
+
+def summary_of(ex: Exchange) -> tuple[object, ...]:
+    return (
+        ex.seq,
+        ex.verb,
+        ex.args,
+        ex.status,
+        ex.multiline,
+        ex.body_lines,
+        ex.body_bytes,
+        tuple(sorted(ex.flags - {Flag.PIPELINED})),
+        ex.response_start,
+        ex.response_end,
+    )
+
+
+def test_full_session_pairs_every_command() -> None:
+    events = run(SESSION_CLIENT, SESSION_SERVER, [], [])
+    greeting = events[[isinstance(e, Greeting) for e in events].index(True)]
+    assert isinstance(greeting, Greeting)
+    assert greeting.apop_timestamp == "<1896.697170952@dbc.mtview.ca.us>"
+    got = [(e.verb, e.args, e.status, e.multiline, e.body_lines) for e in exchanges(events)]
+    assert got == [
+        ("CAPA", "", Status.OK, True, 3),
+        ("USER", "alice", Status.OK, False, 0),
+        ("PASS", "********", Status.OK, False, 0),
+        ("STAT", "", Status.OK, False, 0),
+        ("LIST", "", Status.OK, True, 2),
+        ("LIST", "2", Status.OK, False, 0),
+        ("UIDL", "", Status.OK, True, 2),
+        ("TOP", "1 0", Status.OK, True, 2),
+        ("RETR", "1", Status.OK, True, 3),
+        ("DELE", "1", Status.OK, False, 0),
+        ("RETR", "9", Status.ERR, False, 0),
+        ("QUIT", "", Status.OK, False, 0),
+    ]
+    retr = exchanges(events)[8]
+    assert retr.body_bytes == len(RETR_BODY) - 3
+    assert (
+        SESSION_SERVER[retr.response_start : retr.response_end] == b"+OK 120 octets\r\n" + RETR_BODY
+    )
+    assert SESSION_CLIENT[retr.request_start : retr.request_end] == b"RETR 1\r\n"
+    err = exchanges(events)[10]
+    assert err.resp_code == "SYS/PERM"
+    assert all(e.pipelined for e in exchanges(events)[1:])
+    assert not any(isinstance(e, (StrayLine, UnsolicitedLine)) for e in events)
+
+
+def test_summary_counts_like_dovecot_logout_line() -> None:
+    observer = SessionObserver()
+    observer.feed_client(SESSION_CLIENT, 1.0)
+    observer.feed_server(SESSION_SERVER, 2.0)
+    summary = observer.summary()
+    assert (summary.commands, summary.retr_count, summary.top_count, summary.dele_count) == (
+        12,
+        1,
+        1,
+        1,
+    )
+    assert summary.retr_bytes == len(RETR_BODY) - 3
+    assert summary.reached_update
+    assert summary.client_bytes == len(SESSION_CLIENT)
+    assert summary.server_bytes == len(SESSION_SERVER)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    client_sizes=st.lists(st.integers(min_value=1, max_value=40), max_size=8),
+    server_sizes=st.lists(st.integers(min_value=1, max_value=40), max_size=8),
+)
+def test_same_exchanges_whatever_the_chunking(
+    client_sizes: list[int], server_sizes: list[int]
+) -> None:
+    whole = [summary_of(e) for e in exchanges(run(SESSION_CLIENT, SESSION_SERVER, [], []))]
+    split = [
+        summary_of(e)
+        for e in exchanges(run(SESSION_CLIENT, SESSION_SERVER, client_sizes, server_sizes))
+    ]
+    assert split == whole
+
+
+def test_byte_by_byte_interleaved() -> None:
+    """Lock-step: each command is sent, then its answer arrives, one byte at a time."""
+    whole = [summary_of(e)[:8] for e in exchanges(run(SESSION_CLIENT, SESSION_SERVER, [], []))]
+    observer = SessionObserver()
+    events: list[Event] = []
+    for byte in GREETING:
+        events += observer.feed_server(bytes([byte]), 0.0)
+    server_rest = SESSION_SERVER[len(GREETING) :]
+    for byte in SESSION_CLIENT:
+        events += observer.feed_client(bytes([byte]), 1.0)
+    for byte in server_rest:
+        events += observer.feed_server(bytes([byte]), 2.0)
+    got = [summary_of(e)[:8] for e in exchanges(events)]
+    assert got == whole
+
+
+@settings(max_examples=300, deadline=None)
+@given(client=st.binary(max_size=300), server=st.binary(max_size=300), seed=st.integers(0, 99))
+def test_never_raises_on_arbitrary_bytes(client: bytes, server: bytes, seed: int) -> None:
+    rng = random.Random(seed)
+    observer = SessionObserver(max_line=16)
+    streams = [(observer.feed_client, client), (observer.feed_server, server)]
+    positions = [0, 0]
+    while positions[0] < len(client) or positions[1] < len(server):
+        side = rng.randrange(2)
+        feed, data = streams[side]
+        step = rng.randint(1, 20)
+        feed(data[positions[side] : positions[side] + step], 1.0)
+        positions[side] += step
+    observer.end_client(2.0)
+    events = observer.end_server(3.0)
+    assert isinstance(events[-1], EndOfStream)
+
+
+def test_bare_lf_and_dot_lf_terminator() -> None:
+    events = run(b"RETR 1\n", b"+OK hi\n+OK\nline\n..x\n.\n", [], [])
+    (retr,) = exchanges(events)
+    assert retr.body_lines == 2
+    assert Flag.BARE_LF in retr.flags
+    assert retr.status is Status.OK
+
+
+def test_empty_listing_terminator_right_after_status_line() -> None:
+    events = run(b"LIST\r\nSTAT\r\n", b"+OK\r\n+OK 0 messages:\r\n.\r\n+OK 0 0\r\n", [], [3])
+    listing, stat = exchanges(events)
+    assert (listing.multiline, listing.body_lines, listing.body_bytes) == (True, 0, 0)
+    assert stat.first_line == "+OK 0 0"
+
+
+def test_body_line_looking_like_status_is_body() -> None:
+    body = b"+OK\r\n-ERR\r\n.\r\n"
+    events = run(b"RETR 1\r\nNOOP\r\n", b"+OK\r\n+OK\r\n" + body + b"+OK\r\n", [], [])
+    retr, noop = exchanges(events)
+    assert retr.body_lines == 2
+    assert noop.status is Status.OK and not noop.multiline
+
+
+def test_err_is_always_single_line() -> None:
+    events = run(b"CAPA\r\nLIST\r\n", b"+OK\r\n-ERR nope\r\n+OK\r\n.\r\n", [], [])
+    capa, listing = exchanges(events)
+    assert capa.status is Status.ERR and not capa.multiline
+    assert listing.multiline
+
+
+def test_argument_decides_list_and_uidl_shape() -> None:
+    events = run(b"UIDL 1\r\nUIDL\r\n", b"+OK\r\n+OK 1 abc\r\n+OK\r\n1 abc\r\n.\r\n", [], [])
+    single, multi = exchanges(events)
+    assert not single.multiline and multi.multiline and multi.body_lines == 1
+
+
+def test_truncated_body_and_unanswered_commands_at_eof() -> None:
+    events = run(b"RETR 1\r\nQUIT\r\n", b"+OK\r\n+OK\r\npartial line\r\nmore", [], [])
+    retr, quit_ = exchanges(events)
+    assert Flag.TRUNCATED in retr.flags and retr.status is Status.OK
+    assert Flag.NO_RESPONSE in quit_.flags and quit_.status is None
+    end = events[-1]
+    assert isinstance(end, EndOfStream) and end.truncated and end.unanswered == 1
+
+
+def test_unsolicited_line_before_close() -> None:
+    events = run(b"", b"+OK hi\r\n-ERR Disconnected for inactivity.\r\n", [], [])
+    (unsolicited,) = [e for e in events if isinstance(e, UnsolicitedLine)]
+    assert unsolicited.status is Status.ERR
+
+
+def test_sasl_exchange_with_challenges_star_and_empty_lines() -> None:
+    client = (
+        b"AUTH PLAIN\r\nAGFsaWNlAHB3\r\nAUTH XOAUTH2 dG9rZW4=\r\n\r\nAUTH LOGIN\r\n*\r\nSTAT\r\n"
+    )
+    server = (
+        b"+OK\r\n"
+        b"+ \r\n+OK Logged in.\r\n"
+        b"+ eyJzdGF0dXMiOiI0MDAifQ==\r\n-ERR [AUTH] Authentication failed.\r\n"
+        b"+ VXNlcm5hbWU6\r\n-ERR Cancelled\r\n"
+        b"+OK 0 0\r\n"
+    )
+    events = run(client, server, [5], [7])
+    got = [(e.verb, e.args, e.status, e.sasl) for e in exchanges(events)]
+    assert got == [
+        ("AUTH", "PLAIN", Status.OK, (("+", "0"), ("c", "********"))),
+        ("AUTH", "XOAUTH2 ********", Status.ERR, (("+", "24"), ("c", ""))),
+        ("AUTH", "LOGIN", Status.ERR, (("+", "12"), ("c", "*"))),
+        ("STAT", "", Status.OK, ()),
+    ]
+    assert [e.cancelled for e in events if isinstance(e, SaslResponse)] == [False, False, True]
+    assert len([e for e in events if isinstance(e, SaslChallenge)]) == 3
+    # No SASL line was ever taken for a command.
+    assert [e.verb for e in events if isinstance(e, CommandSent)] == [
+        "AUTH",
+        "AUTH",
+        "AUTH",
+        "STAT",
+    ]
+
+
+def test_auth_without_argument_lists_mechanisms() -> None:
+    events = run(b"AUTH\r\nSTAT\r\n", b"+OK\r\n+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n+OK 1 2\r\n", [], [])
+    auth, stat = exchanges(events)
+    assert auth.multiline and auth.body_lines == 2 and stat.status is Status.OK
+
+
+def test_stls_goes_opaque_and_counts_injected_plaintext() -> None:
+    observer = SessionObserver()
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    observer.feed_client(b"STLS\r\nUSER evil\r\n", 1.0)
+    events = observer.feed_server(b"+OK Begin TLS\r\nXYZ", 2.0)
+    (stls,) = [e for e in events if isinstance(e, StartTls)]
+    assert (stls.client_trailing, stls.server_trailing) == (len(b"USER evil\r\n"), 3)
+    assert observer.opaque
+    assert observer.feed_client(b"\x16\x03\x01 tls bytes\r\n", 3.0) == []
+    observer.resume_after_tls()
+    observer.feed_client(b"CAPA\r\n", 4.0)
+    (capa,) = exchanges(observer.feed_server(b"+OK\r\nUSER\r\n.\r\n", 5.0))
+    assert capa.verb == "CAPA" and capa.body_lines == 1
+
+
+def test_stls_refused_changes_nothing() -> None:
+    events = run(b"STLS\r\nCAPA\r\n", b"+OK hi\r\n-ERR no TLS\r\n+OK\r\nTOP\r\n.\r\n", [], [])
+    assert not any(isinstance(e, StartTls) for e in events)
+    assert [e.status for e in exchanges(events)] == [Status.ERR, Status.OK]
+
+
+def test_overlong_line_is_flagged_and_bounded() -> None:
+    observer = SessionObserver(max_line=64)
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    for _ in range(100):
+        observer.feed_client(b"A" * 10_000, 1.0)
+    observer.feed_client(b"\r\n", 1.0)
+    events = observer.feed_server(b"-ERR too long\r\n", 2.0)
+    (ex,) = exchanges(events)
+    assert Flag.OVERLONG in ex.flags
+    assert len(ex.verb) + len(ex.args) <= 64
+    assert ex.request_end - ex.request_start == 1_000_002
+
+
+def test_large_body_counts_without_line_loop() -> None:
+    line = b"x" * 70 + b"\r\n"
+    body = line * 50_000 + b"..stuffed\r\n"
+    observer = SessionObserver()
+    observer.feed_server(b"+OK\r\n", 0.0)
+    observer.feed_client(b"RETR 1\r\n", 1.0)
+    wire = b"+OK\r\n" + body + b".\r\n"
+    events: list[Event] = []
+    for pos in range(0, len(wire), 65536):
+        events += observer.feed_server(wire[pos : pos + 65536], 2.0)
+    (retr,) = exchanges(events)
+    assert retr.body_lines == 50_001
+    assert retr.body_bytes == len(body)
+    assert Flag.BARE_LF not in retr.flags
+
+
+def test_unstuffed_dot_line_split_across_chunks_is_not_terminator() -> None:
+    wire = b"+OK\r\n" + b"a\r\n..\r\nb\r\n.\r\n"
+    for cut in range(1, len(wire)):
+        observer = SessionObserver()
+        observer.feed_server(b"+OK\r\n", 0.0)
+        observer.feed_client(b"RETR 1\r\n", 1.0)
+        events = observer.feed_server(wire[:cut], 2.0) + observer.feed_server(wire[cut:], 2.0)
+        (retr,) = exchanges(events)
+        assert retr.body_lines == 3, cut
+
+
+def test_greeting_first_even_if_client_spoke_first() -> None:
+    events = run(b"CAPA\r\n", b"+OK ready\r\n+OK\r\n.\r\n", [], [])
+    assert isinstance(next(e for e in events if not isinstance(e, CommandSent)), Greeting)
+    (capa,) = exchanges(events)
+    assert capa.multiline and capa.body_lines == 0
+
+
+def test_secret_masking_in_bytes_and_events() -> None:
+    observer = SessionObserver()
+    raw = b"USER bob\r\nPASS hunter2 x\r\nAPOP bob c4c9334bac560ecc979e58001b3e22fb\r\n"
+    masked = (
+        b"".join(observer.mask_client(bytes([b])) for b in raw) + observer.flush_masked_client()
+    )
+    assert masked == b"USER bob\r\nPASS ********\r\nAPOP bob ********\r\n"
+    events = observer.feed_client(raw, 1.0)
+    assert [e.args for e in events if isinstance(e, CommandSent)] == [
+        "bob",
+        "********",
+        "bob ********",
+    ]
+
+
+def test_masking_sasl_lines_until_auth_finishes() -> None:
+    observer = SessionObserver()
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    first = observer.mask_client(b"AUTH LOGIN\r\n")
+    observer.feed_client(b"AUTH LOGIN\r\n", 1.0)
+    observer.feed_server(b"+ VXNlcm5hbWU6\r\n", 1.0)
+    user = observer.mask_client(b"YWxpY2U=\r\n")
+    observer.feed_client(b"YWxpY2U=\r\n", 1.0)
+    observer.feed_server(b"+ UGFzc3dvcmQ6\r\n", 1.0)
+    password = observer.mask_client(b"cGFzc3dvcmQ=\r\n")
+    observer.feed_client(b"cGFzc3dvcmQ=\r\n", 1.0)
+    observer.feed_server(b"+OK Logged in.\r\n", 2.0)
+    after = observer.mask_client(b"STAT\r\n")
+    assert (first, user, password, after) == (
+        b"AUTH LOGIN\r\n",
+        b"********\r\n",
+        b"********\r\n",
+        b"STAT\r\n",
+    )
