@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Set up and run every pop3tap check on a fresh Debian 12 machine (Python 3.11+):
+#   bash scripts/test.sh [extra pytest args]
+# As root it installs the real peers (Dovecot, curl, openssl, socat, haproxy) with apt.
+# Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
+# with POP3TAP_REQUIRE_REAL_PEERS=1, so a missing real peer fails instead of skipping.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+pkgs=()
+for tool in dovecot:dovecot-pop3d doveadm:dovecot-core curl:curl openssl:openssl \
+            socat:socat haproxy:haproxy; do
+    if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
+        pkgs+=("${tool#*:}")
+    fi
+done
+# Debian's python3 has no venv/ensurepip without the python3-venv package.
+if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    pkgs+=(python3-venv)
+fi
+
+if [ "${#pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "==> apt-get install ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q "${pkgs[@]}"
+        # The package may start a system Dovecot on 110/995; the tests use their own instance.
+        if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+            systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+        fi
+    else
+        echo "==> warning: not root, cannot install: ${pkgs[*]} (real-peer tests will fail)" >&2
+    fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating .venv"
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "error: Python 3.11 or newer is required as python3" >&2; exit 1; }
+    python3 -m venv .venv
+fi
+
+echo "==> installing pop3tap[dev] into .venv"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "==> ruff"
+.venv/bin/ruff check pop3tap tests benchmarks
+
+echo "==> mypy"
+.venv/bin/mypy
+
+echo "==> pytest"
+POP3TAP_REQUIRE_REAL_PEERS=1 .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,70 @@
+"""Shared fixtures. Real-peer fixtures (Dovecot, curl) skip when the binary is missing, unless
+POP3TAP_REQUIRE_REAL_PEERS=1 (set by scripts/test.sh), in which case they fail."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+import trustme
+from dovecot import Dovecot, Mailbox
+from mail_corpus import standard_corpus
+
+REQUIRE_REAL_PEERS = os.environ.get("POP3TAP_REQUIRE_REAL_PEERS") == "1"
+
+
+def _missing_peer(reason: str) -> None:
+    """Skip the test, or fail it when real peers are required (CI)."""
+    if REQUIRE_REAL_PEERS:
+        pytest.fail(f"POP3TAP_REQUIRE_REAL_PEERS=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        _missing_peer(f"{name!r} is not installed (run: bash scripts/test.sh)")
+        raise AssertionError("unreachable")
+    return path
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    """The session's test CA; it signs Dovecot's certificate (for 127.0.0.1 and localhost)."""
+    return trustme.CA()
+
+
+# --------------------------------------------------------------------------- real peers
+
+
+@pytest.fixture(scope="session")
+def dovecot(tls_ca: trustme.CA) -> Iterator[Dovecot]:
+    """One private Dovecot (POP3 + POP3S on ephemeral 127.0.0.1 ports) for the whole session."""
+    binary = _require_binary("dovecot")
+    if os.geteuid() != 0:
+        _missing_peer("the private Dovecot must run as root")
+    with Dovecot(ca=tls_ca, binary=binary) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def curl_path() -> str:
+    """Path of the curl binary."""
+    return _require_binary("curl")
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[bytes]:
+    """The standard messages: small, dot-stuffed, 8-bit UTF-8, big (3 MiB)."""
+    return standard_corpus()
+
+
+@pytest.fixture
+def mailbox(dovecot: Dovecot, corpus: list[bytes]) -> Mailbox:
+    """A fresh Dovecot user whose INBOX holds the standard corpus as messages 1..4."""
+    return dovecot.new_mailbox(corpus)
