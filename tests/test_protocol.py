@@ -285,6 +285,7 @@ def test_stls_goes_opaque_and_counts_injected_plaintext() -> None:
     events = observer.feed_server(b"+OK Begin TLS\r\nXYZ", 2.0)
     (stls,) = [e for e in events if isinstance(e, StartTls)]
     assert (stls.client_trailing, stls.server_trailing) == (len(b"USER evil\r\n"), 3)
+    assert (stls.client_switch, stls.server_switch) == (6, len(b"+OK hi\r\n+OK Begin TLS\r\n"))
     assert observer.opaque
     assert observer.feed_client(b"\x16\x03\x01 tls bytes\r\n", 3.0) == []
     observer.resume_after_tls()

@@ -112,6 +112,10 @@ class StartTls(Event):
     seq: int
     client_trailing: int
     server_trailing: int
+    #: Client-stream offset just after the STLS line: bytes beyond it were sent too early.
+    client_switch: int = 0
+    #: Server-stream offset just after the ``+OK`` line: TLS begins there.
+    server_switch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ pairs them by the rules of RFC 1939 and RFC 2449:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -210,6 +211,11 @@ class SessionObserver:
     def opaque(self) -> bool:
         """True once STLS succeeded, until :meth:`resume_after_tls` (bytes are TLS)."""
         return self._opaque
+
+    @property
+    def stls_pending(self) -> bool:
+        """An STLS command waits for its answer: the relay must not forward past the switch."""
+        return any(p.verb == "STLS" for p in self._pending)
 
     @property
     def greeted(self) -> bool:
@@ -494,7 +500,7 @@ class SessionObserver:
             return
         self._complete(pending, at, end, None)
         if status is Status.OK and pending.verb == "STLS":
-            self._start_tls(pending, at)
+            self._start_tls(pending, at, end)
             return
         self._drain_client_queue()
 
@@ -629,12 +635,19 @@ class SessionObserver:
         elif verb == "QUIT" and self._in_transaction:
             summary.reached_update = True
 
-    def _start_tls(self, pending: _Pending, at: float) -> None:
+    def _start_tls(self, pending: _Pending, at: float, server_switch: int) -> None:
         client_trailing = sum(line.end - line.start for line in self._client_queue)
         client_trailing += self._client_line.length
         self._opaque = True
         self._events.append(
-            StartTls(at=at, seq=pending.seq, client_trailing=client_trailing, server_trailing=0)
+            StartTls(
+                at=at,
+                seq=pending.seq,
+                client_trailing=client_trailing,
+                server_trailing=0,
+                client_switch=pending.request_end,
+                server_switch=server_switch,
+            )
         )
 
     def _note_trailing_after_stls(self, trailing: int) -> None:
@@ -642,12 +655,7 @@ class SessionObserver:
             return
         last = self._events[-1] if self._events else None
         if isinstance(last, StartTls):
-            self._events[-1] = StartTls(
-                at=last.at,
-                seq=last.seq,
-                client_trailing=last.client_trailing,
-                server_trailing=trailing,
-            )
+            self._events[-1] = dataclasses.replace(last, server_trailing=trailing)
 
     def _take_events(self) -> list[Event]:
         events = self._events

@@ -1,0 +1,93 @@
+"""Client-side helpers shared by the real-peer tests: curl, raw sockets, relay fixtures."""
+
+from __future__ import annotations
+
+import functools
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pop3tap.background import BackgroundServer
+from pop3tap.capture import Capture, iter_capture_paths, read_capture
+from pop3tap.relay import Endpoint, RelayConfig, RelayServer, serve_relay
+
+CURL_TIMEOUT = 60
+_GREETING_STAMP = re.compile(rb"<[^>]*>")
+
+
+def curl(curl_path: str, *args: str, check: bool = True) -> bytes:
+    """Run curl (ignoring ~/.curlrc and proxies) and return what it wrote to stdout."""
+    result = subprocess.run(
+        [curl_path, "-q", "-sS", "--noproxy", "*", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=CURL_TIMEOUT,
+        check=False,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return result.stdout
+
+
+def raw_session(host: str, port: int, commands: bytes, *, timeout: float = 30.0) -> bytes:
+    """Send ``commands`` in one write (pipelined) and read every byte until the server closes."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(commands)
+        chunks = []
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def without_apop_stamp(server_bytes: bytes) -> bytes:
+    """Server bytes with the per-connection APOP timestamp of the greeting blanked out."""
+    line_end = server_bytes.find(b"\n") + 1
+    return _GREETING_STAMP.sub(b"<stamp>", server_bytes[:line_end]) + server_bytes[line_end:]
+
+
+@dataclass
+class RunningRelay:
+    """A relay running in a background thread."""
+
+    server: RelayServer
+    captures: Path
+
+    @property
+    def host(self) -> str:
+        return self.server.address.host
+
+    @property
+    def port(self) -> int:
+        return self.server.address.port
+
+    def capture_files(self) -> list[Path]:
+        return iter_capture_paths([self.captures])
+
+    def only_capture(self) -> Capture:
+        (path,) = self.capture_files()
+        return read_capture(path)
+
+
+@contextmanager
+def running_relay(
+    upstream_host: str, upstream_port: int, captures: Path, **options: object
+) -> Iterator[RunningRelay]:
+    """Start a relay on a free loopback port in front of the upstream."""
+    captures.mkdir(parents=True, exist_ok=True)
+    config = RelayConfig(
+        upstream=Endpoint(upstream_host, upstream_port),
+        listen=Endpoint("127.0.0.1", 0),
+        captures=captures,
+        **options,  # type: ignore[arg-type]
+    )
+    background: BackgroundServer[RelayServer] = BackgroundServer(
+        functools.partial(serve_relay, config)
+    )
+    with background as server:
+        yield RunningRelay(server=server, captures=captures)
