@@ -1,0 +1,55 @@
+"""The ``pop3tap`` command line.
+
+Each subcommand lives in its own module with an ``add_subcommand(subparsers)`` function.
+Every failure a user can cause (a bad address, a busy port, an unwritable directory, a
+missing or corrupt capture) ends in one line on stderr and a non-zero exit code, never a
+traceback. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from pop3tap import __version__
+from pop3tap.cli import record, show
+from pop3tap.cli._common import EXIT_OK, CliError, Parser, Subparsers
+
+#: The subcommands, in the order ``--help`` lists them.
+SUBCOMMANDS: list[Callable[[Subparsers], None]] = [record.add_subcommand, show.add_subcommand]
+
+
+def build_parser() -> Parser:
+    """The argument parser with every subcommand."""
+    parser = Parser(
+        prog="pop3tap",
+        description="A transparent POP3 man-in-the-middle: relay, record and replay sessions.",
+    )
+    parser.add_argument("--version", action="version", version=f"pop3tap {__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
+    )
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pop3tap`` console script and ``python -m pop3tap``."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        code: int = args.handler(args)
+    except CliError as exc:
+        message = str(exc)
+        print(message if message.startswith("pop3tap") else f"pop3tap: {message}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # `pop3tap show ... | head`: the reader went away; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    return code

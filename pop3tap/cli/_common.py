@@ -1,0 +1,115 @@
+"""Helpers shared by the ``pop3tap`` subcommands.
+
+Every failure a user can cause (a bad address, a busy port, an unwritable directory, a
+missing or corrupt capture) ends in one line on stderr and a non-zero exit code, never a
+traceback. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import tempfile
+from pathlib import Path
+from typing import NoReturn, TypeAlias
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are :class:`CliError` (one line, exit code 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{self.prog}: {message}")
+
+
+#: What each subcommand module's ``add_subcommand`` receives.
+Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
+
+
+def parse_endpoint(text: str, *, default_host: str | None = None) -> tuple[str, int]:
+    """Parse ``host:port``, ``[v6]:port`` or (with a default host) ``:port``/``port``."""
+    raw = text.strip()
+    host: str
+    port_text: str
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0 or not raw[end + 1 :].startswith(":"):
+            raise CliError(f"malformed address {text!r}: expected [IPv6]:PORT")
+        host, port_text = raw[1:end], raw[end + 2 :]
+    elif ":" in raw:
+        host, _, port_text = raw.rpartition(":")
+        if ":" in host:
+            raise CliError(f"malformed address {text!r}: write IPv6 addresses as [ADDR]:PORT")
+    elif default_host is not None:
+        host, port_text = default_host, raw
+    else:
+        raise CliError(f"malformed address {text!r}: expected HOST:PORT")
+    if not host:
+        if default_host is None:
+            raise CliError(f"malformed address {text!r}: the host is missing")
+        host = default_host
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise CliError(f"malformed address {text!r}: the port must be a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_writable_directory(path: Path) -> None:
+    """Fail fast when captures cannot be written there (rather than at the first session)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"captures directory {path}: cannot create it: {exc.strerror}") from None
+    if not path.is_dir():
+        raise CliError(f"captures directory {path}: not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise CliError(f"captures directory {path}: not writable: {exc.strerror}") from None
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logging")
+    group.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="JSON lines, or readable console lines (auto: console on a terminal)",
+    )
+    group.add_argument("--log-file", metavar="PATH", help="append the log here instead of stderr")
+    group.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="minimum level to log (default: info)",
+    )
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    from pop3tap.log import LogSetupError, configure_logging
+
+    try:
+        configure_logging(log_format=args.log_format, log_file=args.log_file, level=args.log_level)
+    except LogSetupError as exc:
+        raise CliError(str(exc)) from None

@@ -1,0 +1,151 @@
+"""``pop3tap record``: relay clients to a real server and record every session."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from pop3tap.cli._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    Subparsers,
+    add_logging_options,
+    check_writable_directory,
+    is_loopback,
+    parse_endpoint,
+    setup_logging,
+)
+
+
+def add_subcommand(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "record",
+        help="relay clients to a real server and record every session",
+        description="Listen for POP3 clients, relay each to UPSTREAM byte for byte, log every "
+        "command/response pair and write one capture file per session.",
+    )
+    parser.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the real server")
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:1110",
+        metavar="[HOST:]PORT",
+        help="where clients connect (default 127.0.0.1:1110; port 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--captures",
+        default="captures",
+        metavar="DIR",
+        help="directory for capture files (default: captures/)",
+    )
+    parser.add_argument(
+        "--no-captures", action="store_true", help="log only; write no capture files"
+    )
+    parser.add_argument(
+        "--keep-secrets",
+        action="store_true",
+        help="keep PASS, APOP digests and SASL data in captures (logs stay masked)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, let open sessions finish for this long (default 10)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10"
+    )
+    parser.add_argument(
+        "--greeting-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up on an upstream that sends no greeting (default 30)",
+    )
+    add_logging_options(parser)
+    parser.set_defaults(handler=_cmd_record)
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    import trio
+
+    from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+
+    upstream_host, upstream_port = parse_endpoint(args.upstream)
+    if upstream_port == 0:
+        raise CliError(f"malformed address {args.upstream!r}: the upstream port cannot be 0")
+    listen_host, listen_port = parse_endpoint(args.listen, default_host="127.0.0.1")
+    for name in ("grace", "connect_timeout", "greeting_timeout"):
+        if getattr(args, name) < 0:
+            raise CliError(f"--{name.replace('_', '-')} must not be negative")
+    captures = None if args.no_captures else Path(args.captures)
+    if captures is not None:
+        check_writable_directory(captures)
+    setup_logging(args)
+    log = structlog.get_logger("pop3tap")
+    if not is_loopback(listen_host):
+        log.warning(
+            "relay.public_listen",
+            listen=listen_host,
+            note="listening beyond loopback: anyone who can reach it can use your upstream",
+        )
+    config = RelayConfig(
+        upstream=Endpoint(upstream_host, upstream_port),
+        listen=Endpoint(listen_host, listen_port),
+        captures=captures,
+        keep_secrets=args.keep_secrets,
+        grace=args.grace,
+        connect_timeout=args.connect_timeout,
+        greeting_timeout=args.greeting_timeout or None,
+    )
+    server = RelayServer(config)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            log.info(
+                "relay.listening",
+                listen=str(server.address),
+                upstream=str(config.upstream),
+                captures=str(captures) if captures else None,
+            )
+            nursery.start_soon(_stop_on_signal, server.shutdown, log)
+
+    run_trio(main, what=f"listen on {config.listen}")
+    log.info("relay.stopped", sessions=server.total_sessions)
+    return EXIT_OK
+
+
+async def _stop_on_signal(
+    stop: Callable[[], None], log: structlog.typing.FilteringBoundLogger
+) -> None:
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("relay.shutdown", signal=signal.Signals(signum).name)
+            stop()
+            return
+
+
+def run_trio(main: Callable[[], object], *, what: str) -> None:
+    """Run trio, turning socket errors at startup into one-line CLI errors."""
+    import trio
+
+    try:
+        trio.run(main)  # type: ignore[arg-type]
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CliError(f"cannot {what}: address already in use", EXIT_FAILURE) from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
+            raise CliError(f"cannot {what}: {exc.strerror}", EXIT_FAILURE) from None
+        if isinstance(exc, socket.gaierror):
+            raise CliError(f"cannot {what}: unknown host ({exc.strerror})", EXIT_FAILURE) from None
+        raise CliError(f"cannot {what}: {exc.strerror or exc}", EXIT_FAILURE) from None

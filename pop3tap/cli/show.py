@@ -1,0 +1,56 @@
+"""``pop3tap show``: print captures as a Pop3.log-style session log."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers
+
+
+def add_subcommand(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "show",
+        help="print captures as a Pop3.log-style session log",
+        description="Render capture files (or directories of them) as [tx]/[rx]/[db] lines.",
+    )
+    parser.add_argument(
+        "captures", nargs="+", metavar="CAPTURE", help="capture files or directories"
+    )
+    parser.add_argument("--bodies", action="store_true", help="print multi-line bodies in full")
+    parser.add_argument(
+        "--format",
+        choices=("text", "json"),
+        default="text",
+        help="text: Pop3.log view; json: one JSON object per exchange",
+    )
+    parser.set_defaults(handler=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from pop3tap.capture import CaptureError, iter_capture_paths, read_capture
+    from pop3tap.render import render_json, render_lines
+
+    try:
+        paths = iter_capture_paths(args.captures)
+    except CaptureError as exc:
+        raise CliError(str(exc)) from None
+    if not paths:
+        raise CliError(f"no capture files in {' '.join(args.captures)}")
+    status = EXIT_OK
+    for index, path in enumerate(paths):
+        try:
+            capture = read_capture(path)
+        except CaptureError as exc:
+            print(f"pop3tap: {exc}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        if args.format == "json":
+            for line in render_json(capture):
+                print(line)
+            continue
+        if index:
+            print()
+        for line in render_lines(capture, bodies=args.bodies):
+            print(line)
+    return status

@@ -1,0 +1,260 @@
+"""structlog configuration and the fields of the canonical ``pop3.exchange`` log line.
+
+Configure once, from the command line entry point, with :func:`configure_logging`.
+Library modules only call ``structlog.get_logger()`` and bind per-session context with
+``structlog.contextvars.bind_contextvars(session=..., client=..., upstream=...)``; the
+first processor merges that context into every event.
+
+Wire bytes are never rendered as ``b'...'``: a processor turns ``bytes`` values (also
+inside lists and dicts), sets and enums into plain text/JSON values before rendering.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, MutableMapping
+from enum import Enum
+from typing import Any, Final, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+from pop3tap.protocol._events import Exchange
+
+__all__ = [
+    "LOG_FORMATS",
+    "LogSetupError",
+    "Pop3ConsoleRenderer",
+    "configure_logging",
+    "exchange_fields",
+    "plain_values",
+]
+
+#: Accepted values of ``log_format``.
+LOG_FORMATS: Final = ("auto", "json", "console")
+_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+#: Context keys tried, in order, for the session tag of the compact exchange line.
+_SESSION_KEYS: Final = ("session", "session_id", "conn_id")
+
+_log_file: TextIO | None = None
+
+
+class LogSetupError(Exception):
+    """Logging cannot be configured as asked; the message is one line."""
+
+
+################################################################
+# Processors
+################################################################
+
+
+def _text(value: bytes | bytearray | memoryview) -> str:
+    return bytes(value).decode("utf-8", "backslashreplace")
+
+
+def _plain(value: Any) -> Any:
+    """Return ``value`` with bytes decoded, sets sorted into lists and enums unwrapped."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _text(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_plain(v) for v in value), key=str)
+    return value
+
+
+def plain_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: make every value renderable as text (no ``b'...'`` reprs)."""
+    for key, value in event_dict.items():
+        if value is None or type(value) in (str, int, float, bool):
+            continue
+        event_dict[key] = _plain(value)
+    return event_dict
+
+
+################################################################
+# Exchange line
+################################################################
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def exchange_fields(ex: Exchange) -> dict[str, object]:
+    """Flat fields of one ``pop3.exchange`` line.
+
+    Always present: ``seq``, ``verb``, ``status`` (``"+OK"``/``"-ERR"``/``"+"`` or None
+    when no response came) and ``first_line``. Only when meaningful: ``args`` (already
+    masked by the core), ``resp_code``, ``multiline``/``body_lines``/``body_bytes``,
+    ``latency_first_ms``/``latency_ms`` (3 decimals), ``pipelined``, ``flags`` (sorted).
+    """
+    fields: dict[str, object] = {
+        "seq": ex.seq,
+        "verb": ex.verb,
+        "status": None if ex.status is None else ex.status.value,
+        "first_line": ex.first_line,
+    }
+    if ex.args:
+        fields["args"] = ex.args
+    if ex.resp_code:
+        fields["resp_code"] = ex.resp_code
+    if ex.multiline:
+        fields["multiline"] = True
+        fields["body_lines"] = ex.body_lines
+        fields["body_bytes"] = ex.body_bytes
+    first = _ms(ex.latency_first_byte)
+    if first is not None:
+        fields["latency_first_ms"] = first
+    complete = _ms(ex.latency_complete)
+    if complete is not None:
+        fields["latency_ms"] = complete
+    if ex.pipelined:
+        fields["pipelined"] = True
+    if ex.flags:
+        fields["flags"] = sorted(f.value for f in ex.flags)
+    return fields
+
+
+class Pop3ConsoleRenderer:
+    """Console renderer: ``pop3.exchange`` on one compact line, the rest as structlog does.
+
+    ``12:03:04 [a1b2c3d4e5f6] RETR 1 -> +OK 1834 octets (27 lines, 1834 bytes) 0.8ms``
+    """
+
+    def __init__(self, colors: bool = False) -> None:
+        """Build the fallback ``ConsoleRenderer`` (colours only for terminals)."""
+        self._fallback = structlog.dev.ConsoleRenderer(colors=colors)
+
+    def __call__(
+        self, logger: WrappedLogger, method: str, event_dict: MutableMapping[str, Any]
+    ) -> str:
+        """Render one event dict to a line."""
+        if event_dict.get("event") != "pop3.exchange":
+            return str(self._fallback(logger, method, event_dict))
+        return render_exchange_line(event_dict)
+
+
+def render_exchange_line(ev: MutableMapping[str, Any]) -> str:
+    """Compact human form of a ``pop3.exchange`` event dict."""
+    parts: list[str] = []
+    stamp = ev.get("timestamp")
+    if isinstance(stamp, str) and len(stamp) >= 19:
+        parts.append(stamp[11:19])
+    for key in _SESSION_KEYS:
+        if ev.get(key):
+            parts.append(f"[{ev[key]}]")
+            break
+    command = str(ev.get("verb", "?"))
+    if ev.get("args"):
+        command += f" {ev['args']}"
+    parts.append(command)
+    parts.append("->")
+    status = ev.get("status")
+    first_line = str(ev.get("first_line") or "")
+    if status is None:
+        parts.append("(no response)")
+    elif first_line.startswith(str(status)):
+        parts.append(first_line)
+    else:
+        parts.append(f"{status} {first_line}".rstrip())
+    if ev.get("multiline"):
+        parts.append(f"({ev.get('body_lines', 0)} lines, {ev.get('body_bytes', 0)} bytes)")
+    latency = ev.get("latency_ms")
+    if isinstance(latency, int | float):
+        parts.append(f"{latency:.1f}ms")
+    flags = ev.get("flags")
+    if flags:
+        parts.append("[" + ",".join(str(f) for f in flags) + "]")
+    return " ".join(parts)
+
+
+################################################################
+# Configuration
+################################################################
+
+
+def _open_log_file(path: str) -> TextIO:
+    """Open ``path`` for appending; a new file is created with mode 0600."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    try:
+        try:
+            fd = os.open(path, flags | os.O_EXCL, 0o600)
+            os.fchmod(fd, 0o600)
+        except FileExistsError:
+            fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise LogSetupError(f"cannot open log file {path}: {exc.strerror or exc}") from None
+    return open(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
+
+
+def configure_logging(
+    *,
+    log_format: str = "auto",
+    log_file: str | None = None,
+    level: str = "info",
+    cache: bool = True,
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog for the whole process.
+
+    Args:
+        log_format: ``"json"`` (JSON lines), ``"console"`` (readable lines) or ``"auto"``
+            (console when the destination is a terminal, JSON otherwise).
+        log_file: append to this file (created 0600) instead of writing to stderr.
+        level: minimum level name (debug, info, warning, error, critical).
+        cache: cache loggers on first use (leave False in tests).
+        stream: write here instead of stderr (ignored with ``log_file``).
+
+    Raises:
+        LogSetupError: unknown format or level, or the log file cannot be opened.
+    """
+    global _log_file
+    if log_format not in LOG_FORMATS:
+        raise LogSetupError(f"unknown log format {log_format!r} (choose auto, json or console)")
+    min_level = _LEVELS.get(level.lower())
+    if min_level is None:
+        raise LogSetupError(f"unknown log level {level!r} (choose {', '.join(_LEVELS)})")
+    if log_file is not None:
+        out: TextIO = _open_log_file(log_file)
+    else:
+        out = stream if stream is not None else sys.stderr
+    try:
+        tty = out.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    use_json = log_format == "json" or (log_format == "auto" and not tty)
+    renderer: Callable[..., Any]
+    processors: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        plain_values,
+    ]
+    if use_json:
+        processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = Pop3ConsoleRenderer(colors=tty)
+    processors.append(renderer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=cache,
+    )
+    previous, _log_file = _log_file, (out if log_file is not None else None)
+    if previous is not None and previous is not out:
+        previous.close()

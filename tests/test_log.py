@@ -1,0 +1,226 @@
+"""structlog configuration and the pop3.exchange line."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from structlog.contextvars import bind_contextvars, clear_contextvars
+
+from pop3tap.log import LogSetupError, configure_logging, exchange_fields, plain_values
+from pop3tap.protocol._events import Exchange, Flag, Status
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    clear_contextvars()
+    yield
+    clear_contextvars()
+    structlog.reset_defaults()
+
+
+def make_exchange(**overrides: Any) -> Exchange:
+    values: dict[str, Any] = {
+        "at": 10.0008,
+        "seq": 4,
+        "verb": "RETR",
+        "args": "1",
+        "status": Status.OK,
+        "first_line": "+OK 1834 octets",
+        "resp_code": None,
+        "multiline": True,
+        "body_lines": 27,
+        "body_bytes": 1834,
+        "sent_at": 10.0,
+        "first_byte_at": 10.00012345,
+        "pipelined": False,
+        "flags": frozenset(),
+        "request_start": 30,
+        "request_end": 38,
+        "response_start": 100,
+        "response_end": 1990,
+    }
+    values.update(overrides)
+    return Exchange(**values)
+
+
+def json_lines(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_json_lines_never_contain_bytes_reprs() -> None:
+    out = io.StringIO()
+    configure_logging(log_format="json", stream=out, cache=False)
+    log = structlog.get_logger()
+    log.info(
+        "pop3.raw",
+        data=b"USER bob\r\n",
+        junk=b"\xff\xfe",
+        nested={"lines": [b"+OK", bytearray(b"x")]},
+        flags=frozenset({Flag.TRUNCATED, Flag.BARE_LF}),
+        status=Status.ERR,
+    )
+    text = out.getvalue()
+    assert "b'" not in text and 'b"' not in text
+    (line,) = json_lines(out)
+    assert line["data"] == "USER bob\r\n"
+    assert line["junk"] == "\\xff\\xfe"
+    assert line["nested"] == {"lines": ["+OK", "x"]}
+    assert line["flags"] == ["bare_lf", "truncated"]
+    assert line["status"] == "-ERR"
+    assert line["level"] == "info" and line["event"] == "pop3.raw"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", line["timestamp"])
+
+
+def test_bound_context_appears_on_every_event() -> None:
+    out = io.StringIO()
+    configure_logging(log_format="json", stream=out, cache=False)
+    log = structlog.get_logger()
+    bind_contextvars(session="a1b2c3d4e5f6", client="127.0.0.1:5000")
+    log.info("pop3.connect")
+    log.warning("pop3.exchange", **exchange_fields(make_exchange()))
+    clear_contextvars()
+    log.info("pop3.listening")
+    first, second, third = json_lines(out)
+    for line in (first, second):
+        assert line["session"] == "a1b2c3d4e5f6" and line["client"] == "127.0.0.1:5000"
+    assert "session" not in third
+
+
+def test_level_filtering() -> None:
+    out = io.StringIO()
+    configure_logging(log_format="json", stream=out, level="warning", cache=False)
+    log = structlog.get_logger()
+    log.debug("dropped")
+    log.info("dropped too")
+    log.error("kept")
+    assert [line["event"] for line in json_lines(out)] == ["kept"]
+
+
+def test_auto_is_json_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    configure_logging(log_format="auto", stream=out, cache=False)
+    structlog.get_logger().info("hello", n=1)
+    assert json_lines(out)[0]["n"] == 1
+
+
+def test_log_file_is_created_0600_and_appended(tmp_path: Path) -> None:
+    path = tmp_path / "pop3tap.log"
+    old = os.umask(0)
+    try:
+        configure_logging(log_format="json", log_file=str(path), cache=False)
+    finally:
+        os.umask(old)
+    structlog.get_logger().info("first", data=b"\x00")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    configure_logging(log_format="auto", log_file=str(path), cache=False)
+    structlog.get_logger().info("second")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["first", "second"]
+    assert lines[0]["data"] == "\x00"
+
+
+def test_setup_errors_are_one_line(tmp_path: Path) -> None:
+    cases: list[dict[str, Any]] = [
+        {"log_format": "xml"},
+        {"level": "loud"},
+        {"log_file": str(tmp_path / "missing" / "x.log")},
+    ]
+    for kwargs in cases:
+        with pytest.raises(LogSetupError) as info:
+            configure_logging(cache=False, **kwargs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(LogSetupError, match="missing"):
+        configure_logging(log_file=str(tmp_path / "missing" / "x.log"), cache=False)
+
+
+def test_console_renders_exchanges_compactly() -> None:
+    out = io.StringIO()
+    configure_logging(log_format="console", stream=out, cache=False)
+    log = structlog.get_logger()
+    bind_contextvars(session="a1b2c3d4e5f6")
+    log.info("pop3.exchange", **exchange_fields(make_exchange()))
+    log.info(
+        "pop3.exchange",
+        **exchange_fields(
+            make_exchange(
+                status=None,
+                multiline=False,
+                flags=frozenset({Flag.NO_RESPONSE}),
+                verb="QUIT",
+                args="",
+            )
+        ),
+    )
+    log.info("pop3.connect", upstream="pop.example.com:110", raw=b"+OK\r\n")
+    first, second, third = out.getvalue().splitlines()
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d \[a1b2c3d4e5f6\] RETR 1 -> \+OK 1834 octets "
+        r"\(27 lines, 1834 bytes\) 0\.8ms",
+        first,
+    ), first
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d \[a1b2c3d4e5f6\] QUIT -> \(no response\) "
+        r"\[no_response\]",
+        second,
+    ), second
+    assert "pop3.connect" in third and "pop.example.com:110" in third
+    assert "b'" not in third and "\x1b[" not in third
+
+
+def test_exchange_fields_keep_lines_short() -> None:
+    fields = exchange_fields(make_exchange())
+    assert fields == {
+        "seq": 4,
+        "verb": "RETR",
+        "args": "1",
+        "status": "+OK",
+        "first_line": "+OK 1834 octets",
+        "multiline": True,
+        "body_lines": 27,
+        "body_bytes": 1834,
+        "latency_first_ms": 0.123,
+        "latency_ms": 0.8,
+    }
+    unanswered = exchange_fields(
+        make_exchange(
+            verb="NOOP",
+            args="",
+            status=None,
+            first_line="",
+            multiline=False,
+            first_byte_at=None,
+            pipelined=True,
+            resp_code="IN-USE",
+            flags=frozenset({Flag.PIPELINED, Flag.NO_RESPONSE}),
+        )
+    )
+    assert unanswered == {
+        "seq": 4,
+        "verb": "NOOP",
+        "status": None,
+        "first_line": "",
+        "resp_code": "IN-USE",
+        "pipelined": True,
+        "flags": ["no_response", "pipelined"],
+    }
+    assert json.dumps(unanswered)
+
+
+def test_plain_values_processor_with_capture_logs() -> None:
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars, plain_values]
+    ) as logs:
+        bind_contextvars(session="s1")
+        structlog.get_logger().info("pop3.stray", text=b"\x80abc")
+    assert logs == [
+        {"event": "pop3.stray", "log_level": "info", "session": "s1", "text": "\\x80abc"}
+    ]
