@@ -151,11 +151,8 @@ def _render_event(event: Event, out: _Out, server_stream: bytes | None) -> Itera
             details.append("inside a body: response truncated")
         if event.unanswered:
             details.append(f"{event.unanswered} command(s) got no response")
-        yield out(
-            event.at,
-            "db",
-            f"End of stream from {side}" + (f" ({'; '.join(details)})" if details else ""),
-        )
+        suffix = f" ({'; '.join(details)})" if details else ""
+        yield out(event.at, "db", f"Connection closed by the {side}{suffix}")
 
 
 def render_json(capture: Capture) -> Iterator[str]:
