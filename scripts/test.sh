@@ -15,11 +15,6 @@ for tool in dovecot:dovecot-pop3d doveadm:dovecot-core curl:curl openssl:openssl
         pkgs+=("${tool#*:}")
     fi
 done
-# Debian's python3 has no venv/ensurepip without the python3-venv package.
-if [ ! -x .venv/bin/python ] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    pkgs+=(python3-venv)
-fi
-
 if [ "${#pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "==> apt-get install ${pkgs[*]}"
@@ -36,15 +31,8 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
-if [ ! -x .venv/bin/python ]; then
-    echo "==> creating .venv"
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-        || { echo "error: Python 3.11 or newer is required as python3" >&2; exit 1; }
-    python3 -m venv .venv
-fi
-
-echo "==> installing pop3tap[dev] into .venv"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+. scripts/_venv.sh
+pop3tap_venv "[dev]"
 
 echo "==> ruff"
 .venv/bin/ruff check pop3tap tests benchmarks

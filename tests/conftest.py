@@ -68,3 +68,36 @@ def corpus() -> list[bytes]:
 def mailbox(dovecot: Dovecot, corpus: list[bytes]) -> Mailbox:
     """A fresh Dovecot user whose INBOX holds the standard corpus as messages 1..4."""
     return dovecot.new_mailbox(corpus)
+
+
+# --------------------------------------------------------------------------- CI guard
+
+
+_realpeer_outcomes: dict[str, int] = {"passed": 0, "skipped": 0}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under POP3TAP_REQUIRE_REAL_PEERS=1 a skipped real-peer test is a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if item.get_closest_marker("realpeer") is None:
+        return
+    if report.skipped:
+        _realpeer_outcomes["skipped"] += 1
+        if REQUIRE_REAL_PEERS:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"real-peer test skipped under POP3TAP_REQUIRE_REAL_PEERS=1: {report.longrepr}"
+            )
+    elif report.when == "call" and report.passed:
+        _realpeer_outcomes["passed"] += 1
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """CI must exercise the real peers: fail a run in which no real-peer test passed."""
+    collected_realpeer = any(
+        item.get_closest_marker("realpeer") is not None for item in session.items
+    )
+    if REQUIRE_REAL_PEERS and collected_realpeer and _realpeer_outcomes["passed"] == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -142,10 +142,21 @@ def run_trio(main: Callable[[], object], *, what: str) -> None:
     try:
         trio.run(main)  # type: ignore[arg-type]
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise CliError(f"cannot {what}: address already in use", EXIT_FAILURE) from None
-        if exc.errno in (errno.EADDRNOTAVAIL, errno.EACCES):
-            raise CliError(f"cannot {what}: {exc.strerror}", EXIT_FAILURE) from None
-        if isinstance(exc, socket.gaierror):
-            raise CliError(f"cannot {what}: unknown host ({exc.strerror})", EXIT_FAILURE) from None
-        raise CliError(f"cannot {what}: {exc.strerror or exc}", EXIT_FAILURE) from None
+        raise _socket_error(exc, what) from None
+    except BaseExceptionGroup as group:  # a nursery wraps what its tasks raised
+        matched, _rest = group.split(OSError)
+        if matched is None:
+            raise
+        first: BaseException = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        assert isinstance(first, OSError)
+        raise _socket_error(first, what) from None
+
+
+def _socket_error(exc: OSError, what: str) -> CliError:
+    if exc.errno == errno.EADDRINUSE:
+        return CliError(f"cannot {what}: address already in use", EXIT_FAILURE)
+    if isinstance(exc, socket.gaierror):
+        return CliError(f"cannot {what}: unknown host ({exc.strerror})", EXIT_FAILURE)
+    return CliError(f"cannot {what}: {exc.strerror or exc}", EXIT_FAILURE)

@@ -1,0 +1,1 @@
+"""Benchmarks comparing pop3tap with a direct connection, socat and haproxy (issue 6)."""

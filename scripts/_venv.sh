@@ -1,0 +1,24 @@
+# Sourced by scripts/*.sh: make .venv with pop3tap installed (extras in $1, e.g. "[dev]").
+# On Debian, python3 cannot create a venv without the python3-venv package: as root it is
+# installed with apt; otherwise the script says what to install.
+pop3tap_venv() {
+    local extras="${1:-}"
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "error: pop3tap needs Python 3.11 or newer as python3" >&2; return 1; }
+    if [ ! -x .venv/bin/python ]; then
+        if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+            if [ "$(id -u)" = 0 ]; then
+                echo "==> apt-get install python3-venv"
+                DEBIAN_FRONTEND=noninteractive apt-get update -q
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+            else
+                echo "error: install python3-venv first (sudo apt-get install python3-venv)" >&2
+                return 1
+            fi
+        fi
+        echo "==> creating .venv"
+        python3 -m venv .venv
+    fi
+    echo "==> installing pop3tap${extras} into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+}

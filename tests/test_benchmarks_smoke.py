@@ -1,0 +1,107 @@
+"""Smoke test for benchmarks/: run the quick configuration once and check the JSON it writes.
+
+No timing assertions: only that every metric is there, positive where it must be, and that no
+session failed. pop3tap is included when ``pop3tap.relay`` (and ``pop3tap.cli``, which starts
+it) can be imported; otherwise only its check is skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+CLIENT_METRICS = (
+    "throughput_mb_s",
+    "noop_median_us",
+    "noop_p99_us",
+    "retr16k_median_us",
+    "retr16k_p99_us",
+    "sessions_per_s",
+)
+RELAY_METRICS = (
+    "relay_cpu_s_per_gb",
+    "relay_cpu_ms_per_session",
+    "relay_peak_rss_mb",
+    "relay_tree_peak_rss_mb",
+)
+
+
+def _pop3tap_relay_available() -> bool:
+    """True once the relay and the command line that starts it can both be imported."""
+    try:
+        importlib.import_module("pop3tap.relay")
+        importlib.import_module("pop3tap.cli")
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_SOCAT = shutil.which("socat") is not None
+HAVE_RELAY = _pop3tap_relay_available()
+MODES = ["direct", *(["socat"] if HAVE_SOCAT else []), *(["pop3tap"] if HAVE_RELAY else [])]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--json",
+            str(out),
+            "--modes",
+            ",".join(MODES),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    return data
+
+
+@pytest.mark.parametrize("mode", ["direct", "socat", "pop3tap"])
+def test_quick_mode(report: dict[str, Any], mode: str) -> None:
+    if mode == "socat" and not HAVE_SOCAT:
+        pytest.skip("socat is not installed")
+    if mode == "pop3tap" and not HAVE_RELAY:
+        pytest.skip("pop3tap.relay / pop3tap.cli is not importable yet")
+    result = report["modes"][mode]
+    assert "error" not in result, result.get("error")
+    assert result["errors"] == []
+    metrics = result["metrics"]
+    expected = CLIENT_METRICS + (RELAY_METRICS if mode != "direct" else ())
+    for key in expected:
+        value = metrics.get(key)
+        assert isinstance(value, int | float), (key, value)
+        assert value > 0, (key, value)
+    assert metrics["session_errors"] == 0
+    assert metrics["retr16k_stalls"] >= 0
+    assert isinstance(metrics["mem_growth_mb"], int | float)
+    assert isinstance(metrics["mem_flat"], bool)
+    assert result["memory"]["completed"] is True
+    if mode == "direct":
+        assert not any(key in metrics for key in RELAY_METRICS)
+
+
+def test_quick_report_shape(report: dict[str, Any]) -> None:
+    assert report["config"]["reps"] == 1
+    assert set(report["modes"]) == set(MODES)
+    for mode in MODES:
+        if mode != "direct" and "error" not in report["modes"][mode]:
+            assert mode in report["ratio_to_direct"]

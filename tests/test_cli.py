@@ -1,0 +1,223 @@
+"""The command line: one-line errors with exit codes, signals, and `show`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from clients import raw_session
+from dovecot import Dovecot, Mailbox
+
+from pop3tap.capture import CaptureWriter, iter_capture_paths, read_capture
+
+PYTHON = sys.executable
+
+
+def pop3tap(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "pop3tap", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *needles: str
+) -> None:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["record", "--upstream", "nohostport"], "expected HOST:PORT"),
+        (["record", "--upstream", "host:99999"], "port must be a number"),
+        (["record", "--upstream", "::1:110"], "[ADDR]:PORT"),
+        (["record", "--upstream", "127.0.0.1:110", "--listen", "127.0.0.1:x"], "port must be"),
+        (["record", "--upstream", "127.0.0.1:0"], "cannot be 0"),
+        (["record"], "--upstream"),
+        (["record", "--upstream", "127.0.0.1:110", "--grace", "-1"], "must not be negative"),
+        (["frobnicate"], "invalid choice"),
+        (["show"], "CAPTURE"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], needle: str) -> None:
+    assert_one_line_error(pop3tap(*args), 2, needle)
+
+
+def test_unwritable_captures_directory_fails_fast(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = pop3tap("record", "--upstream", "127.0.0.1:110", "--captures", str(blocker / "sub"))
+    assert_one_line_error(result, 2, "captures directory", "cannot create it")
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = pop3tap(
+            "record",
+            "--upstream",
+            "127.0.0.1:110",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--captures",
+            str(tmp_path),
+        )
+    assert_one_line_error(result, 1, "address already in use")
+
+
+def test_show_missing_and_corrupt_captures(tmp_path: Path) -> None:
+    assert_one_line_error(pop3tap("show", str(tmp_path / "nope.p3cap")), 2, "nope.p3cap")
+    corrupt = tmp_path / "corrupt.p3cap"
+    corrupt.write_bytes(b"\xc1\x00garbage")
+    assert_one_line_error(pop3tap("show", str(corrupt)), 2, "corrupt.p3cap")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    assert_one_line_error(pop3tap("show", str(empty_dir)), 2, "no capture files")
+
+
+def test_show_renders_pop3_log_view_and_json(tmp_path: Path) -> None:
+    writer = CaptureWriter.create(
+        tmp_path, session_id="aaaaaaaaaaaa", header_fields={"client": "c:1", "upstream": "u:2"}
+    )
+    writer.write_data("s2c", 0.0, b"+OK ready <1.2@x>\r\n")
+    writer.write_data("c2s", 0.1, b"USER bob\r\nPASS ********\r\nRETR 1\r\n")
+    writer.write_data("s2c", 0.2, b"+OK\r\n+OK in\r\n+OK 5 octets\r\n..a\r\nb\r\n.\r\n")
+    writer.write_event("eof", 0.3, dir="s2c")
+    writer.close(0.3, "server closed", {"retr_count": 1, "retr_bytes": 7})
+    text = pop3tap("show", str(tmp_path))
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert any(line.endswith("[tx] USER bob") for line in lines)
+    assert any(line.endswith("[tx] PASS ********") for line in lines)
+    assert any(line.endswith("[rx] +OK 5 octets  (2 lines, 8 bytes)") for line in lines)
+    assert all(line.startswith("POP3: ") for line in lines)
+    bodies = pop3tap("show", "--bodies", str(tmp_path)).stdout.splitlines()
+    assert any(line.endswith("[rx] .a") for line in bodies)  # dot-unstuffed (RFC 1939 §3)
+    as_json = pop3tap("show", "--format", "json", str(tmp_path)).stdout.splitlines()
+    assert len(as_json) == 3 and '"verb": "RETR"' in as_json[2]
+
+
+@pytest.mark.realpeer
+def test_sigterm_lets_open_sessions_finish_within_grace(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    captures = tmp_path / "captures"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "pop3tap",
+            "record",
+            "--upstream",
+            f"{dovecot.host}:{dovecot.pop3_port}",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--captures",
+            str(captures),
+            "--grace",
+            "2",
+            "--log-format",
+            "json",
+            "--log-file",
+            str(tmp_path / "log.jsonl"),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "relay did not start"
+                time.sleep(0.05)
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        for command in (f"USER {mailbox.user}", f"PASS {mailbox.password}"):
+            client.sendall(command.encode() + b"\r\n")
+            assert reader.readline().startswith(b"+OK")
+        proc.send_signal(signal.SIGTERM)
+        # The open session still works during the grace period...
+        client.sendall(b"NOOP\r\n")
+        assert reader.readline() == b"+OK\r\n"
+        # ...and new clients are refused.
+        time.sleep(0.3)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        # The idle session is closed at the end of the grace period; the relay exits 0.
+        assert proc.wait(timeout=15) == 0
+        assert reader.read() == b""
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (path,) = iter_capture_paths([captures])
+    capture = read_capture(path)
+    assert capture.complete and capture.records[-1].reason == "shutdown"  # type: ignore[union-attr]
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    log = (tmp_path / "log.jsonl").read_text()
+    assert '"relay.shutdown"' in log and '"session.close"' in log
+
+
+@pytest.mark.realpeer
+def test_record_command_end_to_end_with_json_log(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log_file = tmp_path / "log.jsonl"
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "pop3tap",
+            "record",
+            "--upstream",
+            f"{dovecot.host}:{dovecot.pop3_port}",
+            "--listen",
+            str(port),
+            "--captures",
+            str(tmp_path / "c"),
+            "--log-file",
+            str(log_file),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while b"relay.listening" not in (log_file.read_bytes() if log_file.exists() else b""):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        commands = f"USER {mailbox.user}\r\nPASS {mailbox.password}\r\nSTAT\r\nQUIT\r\n".encode()
+        reply = raw_session("127.0.0.1", port, commands)
+        assert reply.count(b"+OK") == 5
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
+    log = log_file.read_text()
+    assert mailbox.password not in log
+    assert '"event": "pop3.exchange"' in log and '"verb": "STAT"' in log
+    assert os.stat(log_file).st_mode & 0o777 == 0o600
