@@ -91,3 +91,72 @@ def running_relay(
     )
     with background as server:
         yield RunningRelay(server=server, captures=captures)
+
+
+@dataclass
+class RelayProcess:
+    """``pop3tap record`` running as a child process (for signals, kill -9 and RSS)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    captures: Path
+    log_file: Path
+
+    host = "127.0.0.1"
+
+    def log_text(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def rss_peak_kib(self) -> int:
+        """VmHWM of the relay process (peak resident set size)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+
+@contextmanager
+def relay_process(
+    upstream_host: str, upstream_port: int, workdir: Path, *extra: str
+) -> Iterator[RelayProcess]:
+    """Start ``python -m pop3tap record`` on a free port; SIGKILL it if still running after."""
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    captures = workdir / "captures"
+    log_file = workdir / "relay.log.jsonl"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pop3tap",
+            "record",
+            "--upstream",
+            f"{upstream_host}:{upstream_port}",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--captures",
+            str(captures),
+            "--log-format",
+            "json",
+            "--log-file",
+            str(log_file),
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    running = RelayProcess(proc=proc, port=port, captures=captures, log_file=log_file)
+    try:
+        deadline = time.monotonic() + 30
+        while '"relay.listening"' not in running.log_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"relay did not start: {running.log_text()[-2000:]}")
+            time.sleep(0.02)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
