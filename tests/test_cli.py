@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clients import raw_session
+from clients import raw_session, relay_process
 from dovecot import Dovecot, Mailbox
 
 from pop3tap.capture import CaptureWriter, iter_capture_paths, read_capture
@@ -119,105 +119,44 @@ def test_show_renders_pop3_log_view_and_json(tmp_path: Path) -> None:
 def test_sigterm_lets_open_sessions_finish_within_grace(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:
-    captures = tmp_path / "captures"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "pop3tap",
-            "record",
-            "--upstream",
-            f"{dovecot.host}:{dovecot.pop3_port}",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--captures",
-            str(captures),
-            "--grace",
-            "2",
-            "--log-format",
-            "json",
-            "--log-file",
-            str(tmp_path / "log.jsonl"),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client = socket.create_connection(("127.0.0.1", port), timeout=10)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "relay did not start"
-                time.sleep(0.05)
+    with relay_process(dovecot.host, dovecot.pop3_port, tmp_path, "--grace", "2") as relay:
+        client = socket.create_connection((relay.host, relay.port), timeout=10)
         reader = client.makefile("rb")
         assert reader.readline().startswith(b"+OK")
         for command in (f"USER {mailbox.user}", f"PASS {mailbox.password}"):
             client.sendall(command.encode() + b"\r\n")
             assert reader.readline().startswith(b"+OK")
-        proc.send_signal(signal.SIGTERM)
+        relay.proc.send_signal(signal.SIGTERM)
         # The open session still works during the grace period...
         client.sendall(b"NOOP\r\n")
         assert reader.readline() == b"+OK\r\n"
         # ...and new clients are refused.
         time.sleep(0.3)
         with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            socket.create_connection((relay.host, relay.port), timeout=2).close()
         # The idle session is closed at the end of the grace period; the relay exits 0.
-        assert proc.wait(timeout=15) == 0
+        assert relay.proc.wait(timeout=15) == 0
         assert reader.read() == b""
         client.close()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    (path,) = iter_capture_paths([captures])
+    (path,) = iter_capture_paths([relay.captures])
     capture = read_capture(path)
     assert capture.complete and capture.records[-1].reason == "shutdown"  # type: ignore[union-attr]
     assert os.stat(path).st_mode & 0o777 == 0o600
-    log = (tmp_path / "log.jsonl").read_text()
+    log = relay.log_text()
     assert '"relay.shutdown"' in log and '"session.close"' in log
+    assert os.stat(relay.log_file).st_mode & 0o777 == 0o600
 
 
 @pytest.mark.realpeer
 def test_record_command_end_to_end_with_json_log(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_file = tmp_path / "log.jsonl"
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "pop3tap",
-            "record",
-            "--upstream",
-            f"{dovecot.host}:{dovecot.pop3_port}",
-            "--listen",
-            str(port),
-            "--captures",
-            str(tmp_path / "c"),
-            "--log-file",
-            str(log_file),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while b"relay.listening" not in (log_file.read_bytes() if log_file.exists() else b""):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+    with relay_process(dovecot.host, dovecot.pop3_port, tmp_path) as relay:
         commands = f"USER {mailbox.user}\r\nPASS {mailbox.password}\r\nSTAT\r\nQUIT\r\n".encode()
-        reply = raw_session("127.0.0.1", port, commands)
+        reply = raw_session(relay.host, relay.port, commands)
         assert reply.count(b"+OK") == 5
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=15) == 0
-    log = log_file.read_text()
+        relay.proc.send_signal(signal.SIGINT)
+        assert relay.proc.wait(timeout=15) == 0
+    log = relay.log_text()
     assert mailbox.password not in log
     assert '"event": "pop3.exchange"' in log and '"verb": "STAT"' in log
-    assert os.stat(log_file).st_mode & 0o777 == 0o600
