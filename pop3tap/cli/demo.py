@@ -1,0 +1,137 @@
+"""``pop3tap demo``: record and show a POP3 session with nothing but loopback.
+
+It starts a replay server from a capture shipped in ``captures/``, the recording relay in
+front of it, drives a real :mod:`poplib` session through the relay, then prints the
+Pop3.log-style view of the new capture and where it was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from pop3tap.cli._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    Subparsers,
+    check_writable_directory,
+)
+
+#: The capture the demo replays by default.
+DEFAULT_CAPTURE = "user-pass.p3cap"
+
+
+def shipped_captures_dir() -> Path:
+    """``captures/`` of the source tree (or of the current directory)."""
+    here = Path(__file__).resolve().parents[2] / "captures"
+    return here if here.is_dir() else Path("captures")
+
+
+def add_subcommand(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="record a session against a replayed server and show it (loopback only)",
+        description="Start a replay server from a shipped capture, the recording relay in front "
+        "of it, drive a poplib session through the relay, and print the new capture.",
+    )
+    parser.add_argument(
+        "--capture",
+        metavar="PATH",
+        help=f"capture to replay (default: captures/{DEFAULT_CAPTURE})",
+    )
+    parser.add_argument(
+        "--captures",
+        metavar="DIR",
+        help="where the relay writes the new capture (default: a new temporary directory)",
+    )
+    parser.add_argument("--bodies", action="store_true", help="print message bodies in full")
+    parser.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import functools
+
+    import trio
+
+    from pop3tap.background import BackgroundServer
+    from pop3tap.capture import CaptureError, iter_capture_paths, read_capture
+    from pop3tap.relay import Endpoint, RelayConfig, RelayServer, serve_relay
+    from pop3tap.render import render_lines
+    from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions, serve_replay
+    from pop3tap.testing import run_poplib
+
+    source = Path(args.capture) if args.capture else shipped_captures_dir() / DEFAULT_CAPTURE
+    try:
+        sessions, _warnings = load_sessions(source)
+    except (CaptureError, ReplayError) as exc:
+        raise CliError(str(exc)) from None
+    if args.captures:
+        out_dir = Path(args.captures)
+    else:
+        out_dir = Path(tempfile.mkdtemp(prefix="pop3tap-demo-"))
+    check_writable_directory(out_dir)
+
+    async def serve_both(
+        *, task_status: trio.TaskStatus[tuple[ReplayServer, RelayServer]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            replay: ReplayServer = await nursery.start(
+                functools.partial(serve_replay, ReplayConfig(listen=Endpoint("127.0.0.1", 0)),
+                                  sessions=sessions[:1])
+            )
+            relay: RelayServer = await nursery.start(
+                serve_relay,
+                RelayConfig(
+                    upstream=replay.address,
+                    listen=Endpoint("127.0.0.1", 0),
+                    captures=out_dir,
+                    grace=1.0,
+                ),
+            )
+            task_status.started((replay, relay))
+
+    before = set(iter_capture_paths([out_dir]))
+    background: BackgroundServer[tuple[ReplayServer, RelayServer]] = BackgroundServer(
+        serve_both, name="pop3tap-demo"
+    )
+    with background as (replay, relay):
+        print(f"replaying {source} on {replay.address}; recording relay on {relay.address}")
+        try:
+            run_poplib(relay.address.host, relay.address.port, sessions[0], timeout=10)
+        except (OSError, EOFError) as exc:
+            raise CliError(f"the demo client failed: {exc}", EXIT_FAILURE) from None
+        path = _wait_for_capture(out_dir, before)
+    if path is None:
+        raise CliError(f"the relay wrote no capture to {out_dir}", EXIT_FAILURE)
+    try:
+        capture = read_capture(path)
+    except CaptureError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    print()
+    for line in render_lines(capture, bodies=args.bodies):
+        print(line)
+    print()
+    print(f"capture written to {path}")
+    print(f"replay it with: pop3tap replay {path}")
+    return EXIT_OK
+
+
+def _wait_for_capture(directory: Path, before: set[Path], timeout: float = 10.0) -> Path | None:
+    """The new capture, once the relay has written its close record."""
+    from pop3tap.capture import CaptureError, iter_capture_paths, read_capture
+
+    deadline = time.monotonic() + timeout
+    new: list[Path] = []
+    while time.monotonic() < deadline:
+        new = [p for p in iter_capture_paths([directory]) if p not in before]
+        if new:
+            try:
+                if read_capture(new[0]).complete:
+                    return new[0]
+            except CaptureError:
+                pass
+        time.sleep(0.02)
+    return new[0] if new else None

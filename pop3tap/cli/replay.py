@@ -1,0 +1,146 @@
+"""``pop3tap replay``: serve recorded captures as a fake POP3 server."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import structlog
+
+from pop3tap.cli._common import (
+    EXIT_OK,
+    CliError,
+    Subparsers,
+    add_logging_options,
+    is_loopback,
+    parse_endpoint,
+    setup_logging,
+)
+
+
+def _timing(text: str) -> str:
+    from pop3tap.replay import parse_timing
+
+    try:
+        parse_timing(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def add_subcommand(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "replay",
+        help="serve recorded captures as a fake POP3 server",
+        description="Answer POP3 clients with the exact bytes a real server sent in recorded "
+        "sessions (see docs/replay.md).",
+    )
+    parser.add_argument(
+        "captures", nargs="+", metavar="CAPTURE|DIR", help="capture files or directories"
+    )
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:1110",
+        metavar="[HOST:]PORT",
+        help="where clients connect (default 127.0.0.1:1110; port 0 picks a free port)",
+    )
+    parser.add_argument(
+        "--sessions",
+        choices=("cycle", "once"),
+        default="cycle",
+        help="cycle: each connection takes the next recorded session, wrapping around "
+        "(default); once: each session is served at most once",
+    )
+    parser.add_argument(
+        "--by-user",
+        action="store_true",
+        help="serve the session whose USER/APOP/AUTH user matches the client's",
+    )
+    parser.add_argument(
+        "--match",
+        choices=("default", "strict", "any"),
+        default="default",
+        help="default: next unplayed exchange with equal verb and arguments; strict: the "
+        "next recorded command exactly; any: reuse the last match once all are played",
+    )
+    parser.add_argument(
+        "--timing",
+        type=_timing,
+        default="fast",
+        metavar="fast|recorded|FACTOR",
+        help="fast: no delays (default); recorded: the recorded latency and pacing; "
+        "FACTOR: recorded timing sped up (2 = twice as fast)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=600.0,
+        metavar="SECONDS",
+        help="close connections idle this long (default 600)",
+    )
+    add_logging_options(parser)
+    parser.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import trio
+
+    from pop3tap.capture import CaptureError
+    from pop3tap.cli.record import _stop_on_signal, run_trio
+    from pop3tap.relay import Endpoint
+    from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
+
+    host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
+    try:
+        config = ReplayConfig(
+            captures=tuple(args.captures),
+            listen=Endpoint(host, port),
+            sessions=args.sessions,
+            by_user=args.by_user,
+            match=args.match,
+            timing=args.timing,
+            idle_timeout=args.idle_timeout,
+        )
+        sessions, warnings = load_sessions(config.captures)
+    except (CaptureError, ReplayError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    for warning in warnings:
+        print(f"pop3tap: warning: {warning}", file=sys.stderr)
+    setup_logging(args)
+    log = structlog.get_logger("pop3tap")
+    if not is_loopback(host):
+        log.warning("replay.public_listen", listen=host)
+    server = ReplayServer(config, sessions)
+    cancel = trio.CancelScope()
+
+    async def main() -> None:
+        with cancel:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                log.info(
+                    "replay.listening",
+                    listen=str(server.address),
+                    sessions=len(sessions),
+                    match=config.match,
+                    timing=str(config.timing),
+                )
+                nursery.start_soon(_stop_on_signal, cancel.cancel, log)
+
+    run_trio(main, what=f"listen on {config.listen}")
+    log.info(
+        "replay.stopped",
+        connections=server.connections,
+        unplayed=len(server.unplayed),
+        unmatched=server.accounting.unmatched_total,
+    )
+    return EXIT_OK

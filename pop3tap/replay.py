@@ -1,0 +1,1221 @@
+"""The replay server: a fake POP3 server that answers with the bytes a real one sent.
+
+Theory of operation
+-------------------
+Captures are loaded once, into :class:`RecordedSession` values: the greeting bytes, and
+for each command/response pair re-derived by the protocol core, the recorded command, the
+raw response bytes (sliced from the recorded server stream, so dot-stuffing, bare LF and
+every other quirk come back unchanged) and its recorded timing.
+
+Each connection is given one recorded session (``cycle``: the next one in order, wrapping;
+``once``: each at most once; ``by_user``: the one whose USER/APOP/AUTH user the client
+names). It gets the recorded greeting, then every client line is matched against the
+session's exchanges and answered with the recorded bytes:
+
+* ``default``: the first not yet played exchange with the same verb and arguments, so
+  repeated identical commands are answered in recorded order;
+* ``strict``: the client must send exactly the next recorded command, else the session
+  fails (``-ERR``, then close);
+* ``any``: like default, but once they are all played the last matching one is reused.
+
+Secrets masked in the capture (PASS, the APOP digest, an AUTH initial response, SASL
+lines; RFC 1939 §7, RFC 5034 §4) match any value; secrets kept in the capture must be
+equal. A command without a recorded answer gets one ``-ERR`` line naming pop3tap and the
+command, and a log event lists the closest recorded commands and what differed.
+
+Client input is read line by line with a bounded buffer: one line may hold at most
+``max_line`` bytes (RFC 2449 §4 allows 255 for commands; SASL lines are longer), so
+overlong lines, binary junk and floods cost bounded memory; every wait is bounded by the
+idle timeout. Each connection runs in its own task and every error in it is caught and
+logged, so one client can never stop the server or disturb another.
+
+Where the recorded server closed the connection (after a failed login, inside a body, after
+an unsolicited ``-ERR``), the replay sends the recorded bytes up to that point and closes.
+Captures of TLS sessions (STLS or implicit TLS) are refused for now; see
+:func:`tls_refusal`, the one place that decides it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import difflib
+import functools
+import itertools
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import trio
+
+from pop3tap.capture import (
+    Capture,
+    CloseRecord,
+    DataRecord,
+    EventRecord,
+    iter_capture_paths,
+    read_capture,
+)
+from pop3tap.protocol import (
+    SECRET_PLACEHOLDER,
+    Exchange,
+    Flag,
+    Greeting,
+    StartTls,
+    Status,
+    mask_arguments,
+    parse_status,
+    split_command,
+)
+from pop3tap.relay import Endpoint, format_peer
+
+logger = structlog.get_logger("pop3tap.replay")
+
+__all__ = [
+    "RecordedExchange",
+    "RecordedSession",
+    "ReplayConfig",
+    "ReplayError",
+    "ReplayServer",
+    "ReplayServerHandle",
+    "UnmatchedCommand",
+    "UnplayedExchange",
+    "load_sessions",
+    "open_replay_server",
+    "replay_server",
+    "serve_replay",
+    "tls_refusal",
+]
+
+SessionsMode = Literal["cycle", "once"]
+MatchMode = Literal["default", "strict", "any"]
+
+#: Commands whose arguments carry secrets (RFC 1939 §7, RFC 5034 §4).
+_SECRET_VERBS = frozenset({"PASS", "APOP", "AUTH"})
+#: Bytes asked of the kernel per receive.
+_RECEIVE_SIZE = 64 * 1024
+#: At most this many unmatched commands are kept for the report (the rest are counted).
+_MAX_UNMATCHED_KEPT = 1000
+#: At most this many pre-login commands are remembered for a ``by_user`` switch.
+_MAX_PRELOGIN = 64
+
+
+class ReplayError(Exception):
+    """A capture cannot be replayed; the message is one line naming the path."""
+
+
+################################################################
+# Recorded sessions
+################################################################
+
+
+class _Timeline:
+    """When each byte of one recorded direction was received (from the data records)."""
+
+    def __init__(self, records: Iterable[DataRecord]) -> None:
+        self.starts: list[int] = []
+        self.times: list[float] = []
+        offset = 0
+        for record in records:
+            if record.data:
+                self.starts.append(offset)
+                self.times.append(record.t)
+                offset += len(record.data)
+        self.size = offset
+
+    def time_at(self, offset: int) -> float:
+        """Time of the record holding byte ``offset`` (clamped to the stream)."""
+        if not self.starts:
+            return 0.0
+        index = bisect.bisect_right(self.starts, max(0, min(offset, self.size - 1))) - 1
+        return self.times[max(0, index)]
+
+    def schedule(self, start: int, end: int) -> tuple[tuple[int, float], ...]:
+        """``(offset from start, seconds after the first byte)`` where each record begins."""
+        if start >= end or not self.starts:
+            return ((0, 0.0),)
+        first = bisect.bisect_right(self.starts, start) - 1
+        first = max(first, 0)
+        base = self.times[first]
+        out = [(0, 0.0)]
+        for index in range(first + 1, len(self.starts)):
+            begin = self.starts[index]
+            if begin >= end:
+                break
+            out.append((begin - start, max(0.0, self.times[index] - base)))
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Server bytes sent in one go (a response, or the part of one up to a SASL ``+``)."""
+
+    data: bytes
+    #: Recorded seconds between the client's line and the first byte.
+    delay: float
+    #: ``(offset, seconds after the first byte)`` pacing of the recorded data records.
+    pacing: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedExchange:
+    """One recorded command and the raw bytes the server answered it with."""
+
+    index: int
+    seq: int
+    verb: str
+    #: Arguments as logs show them (secrets masked).
+    args: str
+    #: Argument bytes as recorded (masked bytes when the capture masks secrets).
+    raw_args: bytes
+    #: The recorded command line without its line ending.
+    line: bytes
+    status: Status | None
+    flags: frozenset[Flag]
+    #: The response, split after each SASL ``+`` continuation (RFC 5034 §4).
+    segments: tuple[Segment, ...]
+    #: The recorded client SASL lines (without line endings), one per challenge.
+    sasl_lines: tuple[bytes, ...]
+    #: The recorded server closed the connection right after (or inside) this response.
+    closes: bool = False
+
+    @property
+    def command(self) -> str:
+        """``VERB args`` with secrets masked."""
+        return f"{self.verb} {self.args}".rstrip()
+
+    @property
+    def response(self) -> bytes:
+        """Every byte of the recorded response."""
+        return b"".join(s.data for s in self.segments)
+
+    @property
+    def answered(self) -> bool:
+        """Whether the recorded server answered (or began to answer) this command."""
+        return self.status is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedSession:
+    """One capture, ready to be served."""
+
+    path: Path
+    session: str
+    #: ``masked`` or ``kept`` (capture header).
+    secrets: str
+    greeting: Segment
+    exchanges: tuple[RecordedExchange, ...]
+    #: The user this session logged in as (USER/APOP, or AUTH when the capture keeps it).
+    user: str | None
+    #: The SASL mechanism, for AUTH sessions.
+    auth_mechanism: str | None
+    #: The recorded server closed the connection right after its greeting.
+    closes_after_greeting: bool
+    #: The capture file was cut short; it is served up to its last complete exchange.
+    truncated: bool
+
+    @property
+    def name(self) -> str:
+        """The capture file name."""
+        return self.path.name
+
+
+def tls_refusal(capture: Capture) -> str | None:
+    """Why a capture cannot be replayed because of TLS, or None.
+
+    This is the seam for TLS replay: STLS sessions (RFC 2595 §4) and implicit-TLS ones
+    (RFC 8314) carry a TLS layer the replay server cannot reproduce yet.
+    """
+    options = capture.header.options
+    tls_option = options.get("tls")
+    tls_text = tls_option.lower() if isinstance(tls_option, str) else ""
+    if tls_text not in ("", "none", "off", "no") and (
+        "implicit" in tls_text or "stls" not in tls_text
+    ):
+        return "TLS captures cannot be replayed yet (recorded over implicit TLS)"
+    for key in ("implicit_tls", "upstream_tls", "client_tls"):
+        if options.get(key) not in (None, False, "", "none"):
+            return "TLS captures cannot be replayed yet (recorded over implicit TLS)"
+    for record in capture.records:
+        if isinstance(record, EventRecord) and record.name in ("tls", "stls"):
+            return "TLS captures cannot be replayed yet (the session used STLS)"
+    if any(isinstance(e, StartTls) for e in capture.events()):
+        return "TLS captures cannot be replayed yet (the session used STLS)"
+    return None
+
+
+def _split_lines(data: bytes, start: int, count: int) -> list[tuple[bytes, int]]:
+    """Up to ``count`` lines of ``data`` from ``start``: (line without ending, end offset)."""
+    out: list[tuple[bytes, int]] = []
+    pos = start
+    while len(out) < count and pos < len(data):
+        newline = data.find(b"\n", pos)
+        end = len(data) if newline < 0 else newline + 1
+        out.append((data[pos:end].rstrip(b"\r\n"), end))
+        pos = end
+    return out
+
+
+def _server_closed_first(capture: Capture) -> bool:
+    """Whether the recorded server ended its stream before the client did."""
+    for record in capture.records:
+        if isinstance(record, EventRecord) and record.name in ("eof", "reset"):
+            direction = record.fields.get("dir")
+            if direction == "s2c":
+                return True
+            if direction == "c2s":
+                return False
+            return False
+        if isinstance(record, CloseRecord):
+            return record.reason in ("server closed", "server_eof", "server reset")
+    return False
+
+
+def _session_user(
+    exchanges: Sequence[RecordedExchange], kept: bool
+) -> tuple[str | None, str | None]:
+    """The user name and SASL mechanism of a recorded session (see docs/replay.md)."""
+    for ex in exchanges:
+        if ex.verb == "USER" and ex.args:
+            return ex.args, None
+        if ex.verb == "APOP" and ex.args:
+            return ex.args.split(" ", 1)[0], None
+        if ex.verb == "AUTH" and ex.args:
+            mechanism = ex.args.split(" ", 1)[0].upper()
+            user = None
+            if kept:
+                parts = ex.raw_args.split(None, 1)
+                answer = parts[1] if len(parts) == 2 else (ex.sasl_lines[:1] or [b""])[0]
+                user = sasl_user(mechanism, answer)
+            return user, mechanism
+    return None, None
+
+
+def sasl_user(mechanism: str, answer: bytes) -> str | None:
+    """The user named by the first SASL answer of PLAIN (RFC 4616 §2) or LOGIN."""
+    import base64
+    import binascii
+
+    try:
+        decoded = base64.b64decode(answer.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if mechanism == "PLAIN":
+        parts = decoded.split(b"\0")
+        if len(parts) == 3:
+            return parts[1].decode("utf-8", "replace")
+        return None
+    if mechanism == "LOGIN":
+        return decoded.decode("utf-8", "replace") or None
+    return None
+
+
+def session_from_capture(capture: Capture) -> RecordedSession:
+    """Turn a capture into a :class:`RecordedSession`.
+
+    Raises:
+        ReplayError: a TLS capture, or one without a greeting.
+    """
+    refusal = tls_refusal(capture)
+    if refusal is not None:
+        raise ReplayError(f"{capture.path}: {refusal}")
+    s2c = capture.stream("s2c")
+    c2s = capture.stream("c2s")
+    server = _Timeline(r for r in capture.records if isinstance(r, DataRecord) and r.dir == "s2c")
+    client = _Timeline(r for r in capture.records if isinstance(r, DataRecord) and r.dir == "c2s")
+    events = capture.events()
+    greeting = next((e for e in events if isinstance(e, Greeting)), None)
+    if greeting is None:
+        raise ReplayError(f"{capture.path}: no server greeting in the capture; nothing to replay")
+    raw_exchanges = [e for e in events if isinstance(e, Exchange)]
+    cut_short = capture.truncated or not capture.complete
+    server_closed = _server_closed_first(capture)
+    if cut_short and not server_closed:
+        # A torn capture: keep only the exchanges that were completely recorded.
+        while raw_exchanges and (
+            raw_exchanges[-1].status is None or Flag.TRUNCATED in raw_exchanges[-1].flags
+        ):
+            raw_exchanges.pop()
+    answered = [e for e in raw_exchanges if e.status is not None]
+    last_answered = answered[-1].seq if answered else None
+    exchanges: list[RecordedExchange] = []
+    previous_end = greeting.end
+    previous_done = server.time_at(greeting.end - 1)
+    for index, ex in enumerate(raw_exchanges):
+        line = c2s[ex.request_start : ex.request_end].rstrip(b"\r\n")
+        _verb, raw_args = split_command(line)
+        challenges = sum(1 for kind, _ in ex.sasl if kind == "+")
+        sasl = _split_lines(c2s, ex.request_end, challenges) if challenges else []
+        closes = server_closed and (
+            ex.status is None or (last_answered is not None and ex.seq == last_answered)
+        )
+        segments: list[Segment] = []
+        if ex.status is not None:
+            start = min(previous_end, ex.response_start)
+            end = ex.response_end
+            if closes:
+                end = len(s2c)  # what the server sent after it, before it closed
+            cuts = _sasl_cuts(s2c, ex.response_start, ex.response_end)
+            bounds = [start, *cuts, end]
+            refs = [max(client.time_at(ex.request_end - 1), previous_done)]
+            refs += [client.time_at(sasl_end - 1) for _line, sasl_end in sasl]
+            for number, (a, b) in enumerate(itertools.pairwise(bounds)):
+                ref = refs[min(number, len(refs) - 1)]
+                segments.append(
+                    Segment(
+                        data=s2c[a:b],
+                        delay=max(0.0, server.time_at(a) - ref),
+                        pacing=server.schedule(a, b),
+                    )
+                )
+            previous_end = max(previous_end, ex.response_end)
+            previous_done = server.time_at(ex.response_end - 1)
+        exchanges.append(
+            RecordedExchange(
+                index=index,
+                seq=ex.seq,
+                verb=ex.verb,
+                args=ex.args,
+                raw_args=raw_args,
+                line=line,
+                status=ex.status,
+                flags=ex.flags,
+                segments=tuple(segments),
+                sasl_lines=tuple(text for text, _end in sasl),
+                closes=closes,
+            )
+        )
+    greeting_end = greeting.end
+    closes_after_greeting = server_closed and not answered
+    if closes_after_greeting:
+        greeting_end = len(s2c)
+    kept = capture.header.secrets == "kept"
+    user, mechanism = _session_user(exchanges, kept)
+    return RecordedSession(
+        path=capture.path,
+        session=capture.header.session,
+        secrets=capture.header.secrets,
+        greeting=Segment(
+            data=s2c[greeting.start : greeting_end],
+            delay=server.time_at(greeting.start),
+            pacing=server.schedule(greeting.start, greeting_end),
+        ),
+        exchanges=tuple(exchanges),
+        user=user,
+        auth_mechanism=mechanism,
+        closes_after_greeting=closes_after_greeting,
+        truncated=cut_short and not server_closed,
+    )
+
+
+def _sasl_cuts(s2c: bytes, start: int, end: int) -> list[int]:
+    """Offsets just after each ``+`` continuation line inside a response."""
+    cuts: list[int] = []
+    pos = start
+    while pos < end:
+        newline = s2c.find(b"\n", pos, end)
+        if newline < 0:
+            break
+        token, _rest = parse_status(s2c[pos:newline].rstrip(b"\r"))
+        if token == "+":
+            cuts.append(newline + 1)
+        elif token in ("+OK", "-ERR"):
+            break
+        pos = newline + 1
+    return [c for c in cuts if c < end]
+
+
+def load_sessions(
+    captures: Iterable[str | Path] | str | Path,
+) -> tuple[list[RecordedSession], list[str]]:
+    """Load capture files and directories; return the sessions and one-line warnings.
+
+    Raises:
+        CaptureError: a missing, unreadable, corrupt or newer-format capture.
+        ReplayError: a TLS capture, a capture without a greeting, or no capture at all.
+    """
+    if isinstance(captures, str | Path):
+        captures = [captures]
+    args = list(captures)
+    paths = iter_capture_paths(args)
+    if not paths:
+        raise ReplayError(f"no capture files in {' '.join(str(a) for a in args)}")
+    sessions: list[RecordedSession] = []
+    warnings: list[str] = []
+    for path in paths:
+        capture = read_capture(path)
+        session = session_from_capture(capture)
+        if capture.truncated:
+            why = capture.problem or f"{capture.trailing_bytes} trailing bytes"
+            warnings.append(
+                f"{path}: capture is truncated ({why}); serving it up to its last complete exchange"
+            )
+        elif not capture.complete and session.truncated:
+            warnings.append(
+                f"{path}: capture has no close record; serving it up to its last complete exchange"
+            )
+        sessions.append(session)
+    return sessions, warnings
+
+
+################################################################
+# Configuration and results
+################################################################
+
+
+def parse_timing(value: str | float) -> float:
+    """``fast`` → 0 (no delays), ``recorded`` → 1, or a positive speed factor."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        factor = float(value)
+    elif isinstance(value, str) and value.strip().lower() == "fast":
+        return 0.0
+    elif isinstance(value, str) and value.strip().lower() == "recorded":
+        return 1.0
+    else:
+        try:
+            factor = float(str(value))
+        except ValueError:
+            raise ValueError(
+                f"timing must be 'fast', 'recorded' or a positive speed factor, not {value!r}"
+            ) from None
+    if not factor > 0 or factor == float("inf"):
+        raise ValueError(f"timing factor must be a positive number, not {value!r}")
+    return factor
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """Everything a replay server needs; defaults are what ``pop3tap replay`` uses."""
+
+    #: Capture files and directories (each ``*.p3cap`` inside is one session).
+    captures: tuple[str | Path, ...] = ()
+    listen: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 1110))
+    #: ``cycle``: each connection takes the next session, wrapping; ``once``: each at most once.
+    sessions: SessionsMode = "cycle"
+    #: Pick the session whose USER/APOP/AUTH user matches the client's.
+    by_user: bool = False
+    match: MatchMode = "default"
+    #: ``fast`` (no delays), ``recorded``, or a speed factor (2 = twice as fast).
+    timing: str | float = "fast"
+    #: Close a connection that sends nothing (or reads nothing) for this long; None: never.
+    idle_timeout: float | None = 600.0
+    #: The longest client line accepted, line ending included.
+    max_line: int = 8192
+    #: Close after this many commands in a row without a recorded answer.
+    max_errors: int = 20
+
+    def __post_init__(self) -> None:
+        if self.sessions not in ("cycle", "once"):
+            raise ValueError(f"sessions must be 'cycle' or 'once', not {self.sessions!r}")
+        if self.match not in ("default", "strict", "any"):
+            raise ValueError(f"match must be 'default', 'strict' or 'any', not {self.match!r}")
+        parse_timing(self.timing)
+        if self.idle_timeout is not None and not self.idle_timeout > 0:
+            raise ValueError("idle_timeout must be a positive number of seconds")
+        if self.max_line < 64:
+            raise ValueError("max_line must be at least 64 bytes")
+
+    @property
+    def speed(self) -> float:
+        """0 for no delays, else the factor recorded delays are divided by."""
+        return parse_timing(self.timing)
+
+
+@dataclass(frozen=True, slots=True)
+class UnplayedExchange:
+    """A recorded exchange no client asked for."""
+
+    capture: str
+    seq: int
+    command: str
+
+    def __str__(self) -> str:
+        return f"{self.capture} #{self.seq}: {self.command}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedCommand:
+    """A client command that had no recorded answer."""
+
+    capture: str
+    command: str
+    #: The closest recorded commands and what differed, e.g. ``LIST 2 (arguments differ)``.
+    candidates: tuple[str, ...]
+
+    def __str__(self) -> str:
+        near = f" (closest: {'; '.join(self.candidates)})" if self.candidates else ""
+        return f"{self.capture}: {self.command}{near}"
+
+
+def _display(data: bytes, limit: int = 120) -> str:
+    """Printable, bounded text for a client line in an -ERR line or a log."""
+    text = data.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = text.replace('"', "'")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def masked_command(verb: str, args: bytes) -> str:
+    """``VERB args`` as it may be shown: secrets masked, printable, bounded."""
+    shown = _display(mask_arguments(verb, args).encode("utf-8", "backslashreplace"))
+    verb_shown = _display(verb.encode("utf-8", "backslashreplace"), 40)
+    return f"{verb_shown} {shown}".rstrip()
+
+
+################################################################
+# Matching
+################################################################
+
+
+def _args_key(verb: str, args: bytes, masked: bool) -> bytes:
+    """What must be equal for a client command to match a recorded one.
+
+    Masked secrets match any value; the SASL mechanism name is case-insensitive
+    (RFC 5034 §4); everything else must be equal byte for byte.
+    """
+    if verb == "AUTH":
+        parts = args.split(None, 1)
+        if not parts:
+            return b""
+        mechanism = parts[0].upper()
+        if len(parts) == 1:
+            return mechanism
+        return mechanism + b" " + (SECRET_PLACEHOLDER.encode() if masked else parts[1])
+    if masked and verb == "PASS":
+        return SECRET_PLACEHOLDER.encode() if args else b""
+    if masked and verb == "APOP":
+        parts = args.split(None, 1)
+        return parts[0] + (b" " + SECRET_PLACEHOLDER.encode() if len(parts) == 2 else b"")
+    return args
+
+
+class _Accounting:
+    """Which recorded exchanges were played, and which commands had no answer."""
+
+    def __init__(self, sessions: Sequence[RecordedSession]) -> None:
+        self.sessions = sessions
+        self.counts = [[0] * len(s.exchanges) for s in sessions]
+        self.unmatched: list[UnmatchedCommand] = []
+        self.unmatched_total = 0
+
+    def unplayed(self) -> list[UnplayedExchange]:
+        out: list[UnplayedExchange] = []
+        for session, counts in zip(self.sessions, self.counts, strict=True):
+            for ex, count in zip(session.exchanges, counts, strict=True):
+                if count == 0 and ex.answered:
+                    out.append(UnplayedExchange(session.name, ex.seq, ex.command))
+        return out
+
+
+class _Play:
+    """Matching state of one connection against one recorded session."""
+
+    def __init__(self, server: ReplayServer, session_index: int) -> None:
+        self.server = server
+        self.index = session_index
+        self.session = server.sessions[session_index]
+        self.played = [False] * len(self.session.exchanges)
+        self.cursor = 0  # strict mode: the next exchange expected
+
+    def switch(self, session_index: int, answered: Sequence[tuple[str, bytes]]) -> None:
+        """Continue with another session (``by_user``), replaying the accounting so far."""
+        self.__init__(self.server, session_index)  # type: ignore[misc]
+        for verb, args in answered:
+            found = self.find(verb, args)
+            if found is not None:
+                self.mark(found)
+
+    def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
+        masked = self.session.secrets == "masked"
+        return ex.verb, _args_key(ex.verb, ex.raw_args, masked)
+
+    def find(self, verb: str, args: bytes) -> RecordedExchange | None:
+        """The exchange that answers this command under the configured match mode."""
+        masked = self.session.secrets == "masked"
+        wanted = (verb, _args_key(verb, args, masked))
+        exchanges = self.session.exchanges
+        mode = self.server.config.match
+        if mode == "strict":
+            while self.cursor < len(exchanges) and self.played[self.cursor]:
+                self.cursor += 1
+            if self.cursor < len(exchanges) and self.keys(exchanges[self.cursor]) == wanted:
+                return exchanges[self.cursor]
+            return None
+        last: RecordedExchange | None = None
+        for ex in exchanges:
+            if not ex.answered and not ex.closes:
+                continue  # the client left before the recorded server answered
+            if self.keys(ex) == wanted:
+                if not self.played[ex.index]:
+                    return ex
+                last = ex
+        return last if mode == "any" else None
+
+    def mark(self, ex: RecordedExchange) -> None:
+        self.played[ex.index] = True
+        self.server.accounting.counts[self.index][ex.index] += 1
+
+    def candidates(self, verb: str, args: bytes, limit: int = 3) -> list[str]:
+        """The closest recorded commands and what differed (vcrpy best matches)."""
+        masked = self.session.secrets == "masked"
+        key = _args_key(verb, args, masked)
+        shown = masked_command(verb, args)
+        scored: list[tuple[float, int, str]] = []
+        for ex in self.session.exchanges:
+            ex_verb, ex_key = self.keys(ex)
+            if ex_verb == verb and ex_key == key:
+                why = "already played"
+                score = 3.0
+            elif ex_verb == verb:
+                why = "arguments differ"
+                score = 2.0 + difflib.SequenceMatcher(None, ex_key, key).ratio()
+            else:
+                why = "verb differs"
+                score = difflib.SequenceMatcher(None, ex.command, shown).ratio()
+            if self.server.config.match == "strict" and ex.index == self.cursor:
+                why += ", expected next"
+                score += 10
+            scored.append((score, -ex.index, f"#{ex.seq} {ex.command} ({why})"))
+        scored.sort(reverse=True)
+        return [text for _score, _index, text in scored[:limit]]
+
+    def unplayed(self) -> list[str]:
+        return [
+            f"#{ex.seq} {ex.command}"
+            for ex in self.session.exchanges
+            if ex.answered and not self.played[ex.index]
+        ]
+
+
+################################################################
+# Connections
+################################################################
+
+
+class _LineTooLong(Exception):
+    pass
+
+
+class _Idle(Exception):
+    pass
+
+
+class _Closed(Exception):
+    pass
+
+
+class _LineReader:
+    """Client lines from a stream, with at most ``max_line`` bytes buffered per line."""
+
+    def __init__(self, stream: trio.abc.Stream, max_line: int, idle: float | None) -> None:
+        self.stream = stream
+        self.max_line = max_line
+        self.idle = idle
+        self.buffer = bytearray()
+        self.scanned = 0
+        self.eof = False
+
+    async def readline(self) -> bytes | None:
+        """The next line without its ending (LF or CRLF); None at end of stream."""
+        while True:
+            newline = self.buffer.find(b"\n", self.scanned)
+            if newline >= 0:
+                if newline + 1 > self.max_line:
+                    raise _LineTooLong
+                line = bytes(self.buffer[:newline])
+                del self.buffer[: newline + 1]
+                self.scanned = 0
+                return line[:-1] if line.endswith(b"\r") else line
+            self.scanned = len(self.buffer)
+            if self.scanned > self.max_line:
+                raise _LineTooLong
+            if self.eof:
+                if self.buffer:
+                    line = bytes(self.buffer)
+                    self.buffer.clear()
+                    self.scanned = 0
+                    return line.rstrip(b"\r")
+                return None
+            data = await self._receive()
+            if not data:
+                self.eof = True
+            self.buffer += data
+
+    async def _receive(self) -> bytes:
+        with trio.move_on_after(self.idle if self.idle is not None else float("inf")):
+            try:
+                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+        raise _Idle
+
+
+class _Connection:
+    """One client of the replay server."""
+
+    def __init__(self, server: ReplayServer, stream: trio.abc.Stream, number: int) -> None:
+        self.server = server
+        self.config = server.config
+        self.stream = stream
+        self.number = number
+        self.reader = _LineReader(stream, self.config.max_line, self.config.idle_timeout)
+        self.play: _Play | None = None
+        self.errors_in_a_row = 0
+        self.authenticated = False
+        self.prelogin: list[tuple[str, bytes]] = []
+        self.user_chosen = False
+        self.reason = "client closed"
+        self.log = logger.bind(connection=number, client=format_peer(stream))
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send(self, segment: Segment) -> None:
+        """Send recorded bytes, with the recorded delay and pacing unless timing is fast."""
+        speed = self.config.speed
+        if speed == 0 or (segment.delay == 0 and len(segment.pacing) <= 1):
+            await self._send_all(segment.data)
+            return
+        start = trio.current_time()
+        await trio.sleep_until(start + segment.delay / speed)
+        offsets = [offset for offset, _t in segment.pacing] + [len(segment.data)]
+        for (offset, at), end in zip(segment.pacing, offsets[1:], strict=True):
+            await trio.sleep_until(start + (segment.delay + at) / speed)
+            await self._send_all(segment.data[offset:end])
+
+    async def _send_all(self, data: bytes) -> None:
+        if not data:
+            return
+        idle = self.config.idle_timeout
+        with trio.move_on_after(idle if idle is not None else float("inf")):
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise _Closed from None
+            return
+        raise _Idle
+
+    async def send_error(self, text: str) -> None:
+        """One ``-ERR`` line naming pop3tap (RFC 1939 §3 status indicator)."""
+        line = f"-ERR pop3tap replay: {text}\r\n".encode("utf-8", "backslashreplace")
+        await self._send_all(line)
+
+    # -- session -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        index = self.server.assign_session()
+        if index is None:
+            self.log.warning("replay.sessions_exhausted", sessions=len(self.server.sessions))
+            self.reason = "no session left"
+            await self.send_error("every recorded session was played already (--sessions once)")
+            return
+        self.play = _Play(self.server, index)
+        session = self.play.session
+        self.log.info("replay.session.open", capture=session.name, session=session.session)
+        try:
+            await self.send(session.greeting)
+            if session.closes_after_greeting:
+                self.reason = "recorded server closed after its greeting"
+                return
+            await self.serve_commands()
+        except _LineTooLong:
+            self.reason = "line too long"
+            self.log.warning("replay.line_too_long", max_line=self.config.max_line)
+            with contextlib.suppress(_Closed, _Idle):
+                await self.send_error(f"line too long (limit {self.config.max_line} bytes)")
+        except _Idle:
+            self.reason = "idle timeout"
+            self.log.info("replay.idle_timeout", seconds=self.config.idle_timeout)
+            with contextlib.suppress(_Closed, _Idle), trio.move_on_after(5):
+                await self.send_error("idle timeout, closing")
+        except _Closed:
+            self.reason = "client gone"
+
+    async def serve_commands(self) -> None:
+        assert self.play is not None
+        while True:
+            line = await self.reader.readline()
+            if line is None:
+                self.reason = "client closed"
+                return
+            verb, args = split_command(line)
+            if self.config.by_user and not self.user_chosen:
+                self.maybe_choose_session(verb, args, line)
+            ex = self.play.find(verb, args)
+            if ex is None:
+                if await self.no_answer(verb, args):
+                    return
+                continue
+            self.errors_in_a_row = 0
+            self.play.mark(ex)
+            if not self.user_chosen and len(self.prelogin) < _MAX_PRELOGIN:
+                self.prelogin.append((verb, args))
+            self.log.debug("replay.exchange", seq=ex.seq, command=ex.command)
+            if not await self.answer(ex):
+                return
+            if ex.closes:
+                self.reason = "recorded server closed here"
+                return
+            if verb == "QUIT" and ex.status is not None:
+                self.reason = "quit"
+                return
+
+    async def answer(self, ex: RecordedExchange) -> bool:
+        """Send the recorded response; for AUTH, read a SASL line after each ``+``."""
+        if not ex.segments:
+            # The recorded server never answered this command: it closed the connection.
+            self.reason = "recorded server closed without answering"
+            return False
+        for number, segment in enumerate(ex.segments):
+            await self.send(segment)
+            if number + 1 < len(ex.segments):
+                sasl = await self.reader.readline()
+                if sasl is None:
+                    self.reason = "client closed during SASL"
+                    return False
+                recorded = ex.sasl_lines[number] if number < len(ex.sasl_lines) else b""
+                if not self.sasl_line_matches(sasl, recorded):
+                    assert self.play is not None
+                    self.log.warning(
+                        "replay.no_match",
+                        capture=self.play.session.name,
+                        command=f"{ex.command} (SASL answer {number + 1})",
+                        differs="SASL answer differs from the recorded one",
+                    )
+                    self.server.note_unmatched(
+                        self.play.session.name,
+                        f"{ex.command} (SASL answer {number + 1})",
+                        ("SASL answer differs",),
+                    )
+                    await self.send_error(f'no recorded response for "{ex.command}" (SASL answer)')
+                    return True
+        return True
+
+    def sasl_line_matches(self, sasl: bytes, recorded: bytes) -> bool:
+        """Masked SASL lines match anything; kept ones must be equal (``*`` always counts)."""
+        assert self.play is not None
+        if sasl.strip() == b"*" or recorded.strip() == b"*":
+            return sasl.strip() == recorded.strip()
+        if self.play.session.secrets == "masked":
+            return True
+        return sasl == recorded
+
+    async def no_answer(self, verb: str, args: bytes) -> bool:
+        """Answer a command nothing was recorded for; True when the session must end."""
+        assert self.play is not None
+        shown = masked_command(verb, args)
+        candidates = self.play.candidates(verb, args)
+        self.server.note_unmatched(self.play.session.name, shown, tuple(candidates))
+        self.log.warning(
+            "replay.no_match",
+            capture=self.play.session.name,
+            command=shown,
+            match=self.config.match,
+            closest=candidates,
+        )
+        if self.config.match == "strict":
+            self.reason = "strict match failed"
+            await self.send_error(f'strict match failed: "{shown}" is not the next command')
+            return True
+        await self.send_error(f'no recorded response for "{shown}"')
+        self.errors_in_a_row += 1
+        if self.errors_in_a_row >= self.config.max_errors:
+            self.reason = "too many unmatched commands"
+            await self.send_error("too many commands without a recorded response, closing")
+            return True
+        return False
+
+    async def _linger(self) -> None:
+        """Half-close, then drop what the client still sends for a moment.
+
+        Closing a TCP socket with unread input sends a reset, which can destroy our last
+        ``-ERR`` line before the client reads it; reading a bounded amount avoids that.
+        """
+        stream = self.stream
+        if not isinstance(stream, trio.abc.HalfCloseableStream):
+            return
+        with trio.move_on_after(1):
+            try:
+                await stream.send_eof()
+                discarded = 0
+                while discarded < (1 << 20):
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    if not data:
+                        return
+                    discarded += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    def maybe_choose_session(self, verb: str, args: bytes, line: bytes) -> None:
+        """``by_user``: on the first USER/APOP/AUTH, move to the session of that user."""
+        assert self.play is not None
+        user: str | None = None
+        mechanism: str | None = None
+        if verb == "USER":
+            user = args.decode("utf-8", "replace")
+        elif verb == "APOP":
+            user = args.split(None, 1)[0].decode("utf-8", "replace") if args.split() else None
+        elif verb == "AUTH":
+            parts = args.split(None, 1)
+            if not parts:
+                return
+            mechanism = parts[0].decode("ascii", "replace").upper()
+            if len(parts) == 2:
+                user = sasl_user(mechanism, parts[1])
+        else:
+            return
+        self.user_chosen = True
+        index = self.server.session_for_user(user, mechanism, current=self.play.index)
+        if index is not None and index != self.play.index:
+            self.log.info(
+                "replay.by_user",
+                user=user,
+                capture=self.server.sessions[index].name,
+                was=self.play.session.name,
+            )
+            self.play.switch(index, self.prelogin)
+
+    async def finish(self) -> None:
+        await self._linger()
+        with trio.move_on_after(1):
+            await trio.aclose_forcefully(self.stream)
+        if self.play is None:
+            return
+        unplayed = self.play.unplayed()
+        fields: dict[str, Any] = {"capture": self.play.session.name, "reason": self.reason}
+        if unplayed:
+            self.log.warning("replay.session.close", unplayed=unplayed, **fields)
+        else:
+            self.log.info("replay.session.close", unplayed=[], **fields)
+
+
+################################################################
+# Server
+################################################################
+
+
+class ReplayServer:
+    """Serve recorded sessions to every client that connects.
+
+    Use ``await nursery.start(server.run)`` to get the listeners once they accept.
+    """
+
+    def __init__(
+        self, config: ReplayConfig, sessions: Sequence[RecordedSession] | None = None
+    ) -> None:
+        """Load the captures (unless ``sessions`` are given).
+
+        Raises:
+            CaptureError, ReplayError: a capture cannot be read or replayed.
+        """
+        self.config = config
+        self.warnings: list[str] = []
+        if sessions is None:
+            loaded, self.warnings = load_sessions(config.captures)
+            sessions = loaded
+        if not sessions:
+            raise ReplayError("no recorded sessions to replay")
+        self.sessions: tuple[RecordedSession, ...] = tuple(sessions)
+        self.accounting = _Accounting(self.sessions)
+        self.listeners: list[trio.SocketListener] = []
+        self.connections = 0
+        self._next_session = 0
+        self._used: set[int] = set()
+
+    @property
+    def address(self) -> Endpoint:
+        """Where the first listener accepts connections."""
+        host, port = self.listeners[0].socket.getsockname()[:2]
+        return Endpoint(str(host), int(port))
+
+    @property
+    def unplayed(self) -> list[UnplayedExchange]:
+        """Recorded exchanges (in every loaded session) that no client asked for."""
+        return self.accounting.unplayed()
+
+    @property
+    def unmatched(self) -> list[UnmatchedCommand]:
+        """Client commands that had no recorded answer (the first 1000)."""
+        return list(self.accounting.unmatched)
+
+    @property
+    def all_played(self) -> bool:
+        """Every recorded exchange was played."""
+        return not self.unplayed
+
+    def note_unmatched(self, capture: str, command: str, candidates: tuple[str, ...]) -> None:
+        self.accounting.unmatched_total += 1
+        if len(self.accounting.unmatched) < _MAX_UNMATCHED_KEPT:
+            self.accounting.unmatched.append(UnmatchedCommand(capture, command, candidates))
+
+    def assign_session(self) -> int | None:
+        """The session for a new connection (``cycle`` or ``once``)."""
+        count = len(self.sessions)
+        if self.config.sessions == "once":
+            free = [i for i in range(count) if i not in self._used]
+            if not free:
+                return None
+            if self.config.by_user:
+                # Provisional: the user's first command may move it elsewhere.
+                index = free[0]
+            else:
+                index = free[0]
+                self._used.add(index)
+            return index
+        index = self._next_session % count
+        self._next_session += 1
+        return index
+
+    def session_for_user(self, user: str | None, mechanism: str | None, current: int) -> int | None:
+        """``by_user``: the session recorded for ``user`` (AUTH: see docs/replay.md)."""
+        order = [current, *(i for i in range(len(self.sessions)) if i != current)]
+        if self.config.sessions == "once":
+            order = [i for i in order if i not in self._used]
+        chosen: int | None = None
+        if user is not None:
+            chosen = next((i for i in order if self.sessions[i].user == user), None)
+        if chosen is None and mechanism is not None:
+            chosen = next(
+                (
+                    i
+                    for i in order
+                    if self.sessions[i].user is None
+                    and self.sessions[i].auth_mechanism == mechanism
+                ),
+                None,
+            )
+        if chosen is not None and self.config.sessions == "once":
+            self._used.add(chosen)
+        return chosen
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled."""
+        listen = self.config.listen
+        self.listeners = await trio.open_tcp_listeners(listen.port, host=listen.host, backlog=1024)
+        task_status.started(self.listeners)
+        await trio.serve_listeners(self.handle, self.listeners)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one client on any trio stream; errors are logged, never raised."""
+        self.connections += 1
+        connection = _Connection(self, stream, self.connections)
+        try:
+            await connection.run()
+        except Exception:
+            connection.log.exception("replay.connection_crashed")
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await connection.finish()
+                except Exception:
+                    connection.log.exception("replay.connection_crashed")
+
+
+async def serve_replay(
+    config: ReplayConfig,
+    *,
+    sessions: Sequence[RecordedSession] | None = None,
+    task_status: trio.TaskStatus[ReplayServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a replay server until cancelled; ``task_status.started`` gets the server."""
+    server = ReplayServer(config, sessions)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        task_status.started(server)
+
+
+################################################################
+# Python API
+################################################################
+
+
+class ReplayServerHandle:
+    """What :func:`replay_server` and :func:`open_replay_server` yield."""
+
+    def __init__(self, server: ReplayServer) -> None:
+        self.server = server
+        self.address = server.address
+        #: The capture file (set by the pytest plugin).
+        self.capture_path: Path | None = None
+        #: False: this is a replay (the pytest plugin yields a recording relay otherwise).
+        self.recording = False
+
+    @property
+    def host(self) -> str:
+        return self.address.host
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+    @property
+    def unplayed(self) -> list[UnplayedExchange]:
+        """Recorded exchanges no client asked for."""
+        return self.server.unplayed
+
+    @property
+    def unmatched(self) -> list[UnmatchedCommand]:
+        """Client commands without a recorded answer."""
+        return self.server.unmatched
+
+    @property
+    def all_played(self) -> bool:
+        """Every recorded exchange was played."""
+        return self.server.all_played
+
+    def report(self) -> str:
+        """A few lines naming unplayed exchanges and unmatched commands ('' when clean)."""
+        lines: list[str] = []
+        if self.unmatched:
+            lines.append(f"{len(self.unmatched)} command(s) had no recorded response:")
+            lines += [f"  {u}" for u in self.unmatched[:20]]
+        if self.unplayed:
+            lines.append(f"{len(self.unplayed)} recorded exchange(s) were never played:")
+            lines += [f"  {u}" for u in self.unplayed[:20]]
+        return "\n".join(lines)
+
+
+def _config(captures: Any, options: dict[str, Any]) -> ReplayConfig:
+    if isinstance(captures, str | Path):
+        captures = (captures,)
+    listen = options.pop("listen", Endpoint("127.0.0.1", 0))
+    if isinstance(listen, tuple):
+        listen = Endpoint(*listen)
+    return ReplayConfig(captures=tuple(captures), listen=listen, **options)
+
+
+@contextlib.contextmanager
+def replay_server(
+    captures: str | Path | Iterable[str | Path], **options: Any
+) -> Iterator[ReplayServerHandle]:
+    """A replay server on a free loopback port, run in a background thread.
+
+    Example: ``with replay_server("captures/user-pass.p3cap") as s: poplib.POP3(s.host, s.port)``.
+    ``options`` are :class:`ReplayConfig` fields (``match``, ``timing``, ``sessions``...).
+    """
+    from pop3tap.background import BackgroundServer
+
+    config = _config(captures, dict(options))
+    sessions, _warnings = load_sessions(config.captures)  # errors surface in this thread
+    background: BackgroundServer[ReplayServer] = BackgroundServer(
+        functools.partial(serve_replay, config, sessions=sessions), name="pop3tap-replay"
+    )
+    with background as server:
+        yield ReplayServerHandle(server)
+
+
+@contextlib.asynccontextmanager
+async def open_replay_server(
+    captures: str | Path | Iterable[str | Path], **options: Any
+) -> AsyncIterator[ReplayServerHandle]:
+    """Async version of :func:`replay_server` for trio code (runs in the current trio run)."""
+    config = _config(captures, dict(options))
+    async with trio.open_nursery() as nursery:
+        server: ReplayServer = await nursery.start(serve_replay, config)
+        try:
+            yield ReplayServerHandle(server)
+        finally:
+            nursery.cancel_scope.cancel()

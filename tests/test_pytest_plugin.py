@@ -1,0 +1,77 @@
+"""The pytest plugin, driven through pytester: replay-only mode and record-once mode."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from dovecot import Dovecot
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TEST_BODY = """
+import poplib
+
+def test_mail(pop3_replay):
+    client = poplib.POP3(pop3_replay.host, pop3_replay.port, timeout=30)
+    client.user("{user}")
+    client.pass_("{password}")
+    assert client.stat()[0] == 3
+    assert b"Subject: small message" in b"\\n".join(client.retr(1)[1])
+    client.quit()
+    assert pop3_replay.all_played
+"""
+
+
+def test_none_mode_with_a_missing_capture_fails_clearly(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x=TEST_BODY.format(user="u", password="p"))
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*pop3tap: no capture at *captures/test_x/test_mail.p3cap*"])
+
+
+def test_marker_replays_a_shipped_capture(pytester: pytest.Pytester) -> None:
+    shutil.copy(ROOT / "captures" / "user-pass.p3cap", pytester.path / "alice.p3cap")
+    pytester.makepyfile(
+        test_y="""
+import poplib
+import pytest
+
+@pytest.mark.pop3_capture("alice.p3cap")
+def test_stat(pop3_replay):
+    client = poplib.POP3(pop3_replay.host, pop3_replay.port, timeout=30)
+    client.user("alice")
+    client.pass_("anything")
+    assert client.stat() == (3, 954)
+    client.quit()
+    assert not pop3_replay.all_played
+"""
+    )
+    result = pytester.runpytest_subprocess("-W", "default")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*Pop3ReplayWarning*7 recorded exchange(s) were never played*"])
+
+
+@pytest.mark.realpeer
+def test_once_mode_records_then_replays_offline(
+    pytester: pytest.Pytester, dovecot: Dovecot, corpus: list[bytes]
+) -> None:
+    mailbox = dovecot.new_mailbox(corpus[:3])
+    pytester.makepyfile(test_x=TEST_BODY.format(user=mailbox.user, password=mailbox.password))
+    upstream = f"{dovecot.host}:{dovecot.pop3_port}"
+    first = pytester.runpytest_subprocess(
+        "--pop3-record-mode=once", f"--pop3-upstream={upstream}"
+    )
+    first.assert_outcomes(passed=1)
+    capture = pytester.path / "captures" / "test_x" / "test_mail.p3cap"
+    assert capture.is_file()
+    # The upstream is gone now (a port nothing listens on): the capture answers.
+    second = pytester.runpytest_subprocess(
+        "--pop3-record-mode=once", "--pop3-upstream=127.0.0.1:9"
+    )
+    second.assert_outcomes(passed=1)
+    third = pytester.runpytest_subprocess()
+    third.assert_outcomes(passed=1)
