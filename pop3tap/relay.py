@@ -1,13 +1,27 @@
 """The trio relay: one upstream connection per client, bytes forwarded verbatim both ways.
 
-The relay never parses on the forwarding path: each chunk is sent on as soon as it
-arrives, then a copy goes to the capture file and to the sans-IO
-:class:`~pop3tap.protocol.SessionObserver`, whose events become log lines. A parser or
-capture failure is logged and the session goes on. The relay never sends a byte of its
-own to the server; in particular it never sends QUIT for a client that went away, since
-a POP3 server deletes marked messages only after QUIT (RFC 1939 §6). The one line it may
+Each chunk is sent on as soon as it arrives. Server bytes are written to the capture
+just before they are forwarded (so whatever a client received is on disk, even after
+``kill -9``) and parsed just after, by the sans-IO
+:class:`~pop3tap.protocol.SessionObserver`, whose events become log lines; client bytes
+are captured and parsed first (commands are short, and an STLS line must be seen before
+it is forwarded). A parser or capture failure is logged and the session goes on.
+
+The relay never sends a byte of its own to the server; in particular it never sends QUIT
+for a client that went away, since a POP3 server deletes marked messages only after QUIT
+(RFC 1939 §6). The one line it may
 send the client is ``-ERR [SYS/TEMP]`` when the upstream cannot be reached at all
 (RFC 2449 §8.1.3 response code), in place of a greeting.
+
+TLS (see :mod:`pop3tap.tls` and docs/tls.md): implicit TLS on either leg (RFC 8314 §3) is
+a handshake before relaying starts. STLS (RFC 2595 §4) is the one place where the relay
+acts on what it parses: once the client's ``STLS`` line is seen, client bytes after it are
+held back and server bytes are parsed *before* they are forwarded. A ``-ERR`` releases the
+held bytes and nothing changes. A ``+OK`` is forwarded up to its end; then both pumps
+stop, plaintext either side sent past the switch point is dropped and flagged (command
+injection, the CVE-2011-0411 class), pop3tap handshakes with the server (as a client) and
+with the client (as a server), and the pumps restart on the TLS streams, so the rest of
+the session is logged and captured decrypted.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ from pop3tap import __version__
 from pop3tap.capture import CaptureError, CaptureWriter
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
+    CommandSent,
     Direction,
     EndOfStream,
     Event,
@@ -36,8 +51,19 @@ from pop3tap.protocol import (
     SaslChallenge,
     SessionObserver,
     StartTls,
+    Status,
     StrayLine,
     UnsolicitedLine,
+)
+from pop3tap.tls import (
+    ServerTls,
+    TlsConfig,
+    TlsContexts,
+    TlsSetupError,
+    client_handshake,
+    describe_failure,
+    server_handshake,
+    tls_info,
 )
 
 logger = structlog.get_logger("pop3tap.relay")
@@ -75,8 +101,10 @@ class RelayConfig:
     greeting_timeout: float | None = 30.0
     #: The longest line the parser keeps (longer lines are flagged, not buffered).
     max_line: int = 8192
-    #: Connects to the upstream; TLS support replaces it (see pop3tap.tls).
+    #: Opens the upstream transport (TCP by default); TLS, if any, is layered on top.
     connector: Callable[[Endpoint], Awaitable[trio.abc.Stream]] | None = None
+    #: TLS on either leg and STLS interception (see pop3tap.tls).
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def options(self) -> dict[str, Any]:
         """The options stored in each capture header."""
@@ -86,12 +114,20 @@ class RelayConfig:
             "connect_timeout": self.connect_timeout,
             "greeting_timeout": self.greeting_timeout,
             "max_line": self.max_line,
+            **self.tls.options(),
         }
+
+
+def _socket_of(stream: trio.abc.Stream) -> Any:
+    """The (trio) socket under a stream, looking through TLS layers; None if there is none."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return getattr(stream, "socket", None)
 
 
 def format_peer(stream: trio.abc.Stream) -> str:
     """``ip:port`` of the remote end of a socket stream (or ``?``)."""
-    sock = getattr(stream, "socket", None)
+    sock = _socket_of(stream)
     try:
         host, port = sock.getpeername()[:2] if sock is not None else ("?", 0)
     except OSError:
@@ -108,7 +144,7 @@ async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
 
 def _abort(stream: trio.abc.Stream) -> None:
     """Close with a TCP reset (SO_LINGER 0), to pass a reset on to the other side."""
-    sock = getattr(stream, "socket", None)
+    sock = _socket_of(stream)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -130,6 +166,19 @@ class _Session:
         self.close_reason = "closed"
         self.greeted = trio.Event()
         self.log = logger.bind()
+        #: Bytes observed so far per direction (the observer's stream offsets).
+        self.seen = {Direction.CLIENT: 0, Direction.SERVER: 0}
+        #: Client-stream offset just past a pending STLS line: later bytes are held.
+        self.stls_client_end: int | None = None
+        #: Set when a pending STLS got an answer other than +OK (held bytes go on).
+        self.stls_resolved = trio.Event()
+        #: The accepted STLS, once the server pump has stopped at the switch point.
+        self.switch: StartTls | None = None
+        #: Server bytes being forwarded, not observed yet (see :meth:`flush_server`).
+        #: Server bytes already captured and forwarded, not yet parsed, with their time.
+        self.unobserved_server: tuple[bytes, float] | None = None
+        #: Streams pop3tap closed itself (errors reading them afterwards are expected).
+        self.closed_by_us: set[int] = set()
 
     def now(self) -> float:
         return trio.current_time() - self.started
@@ -181,6 +230,14 @@ class _Session:
         for event in events:
             if isinstance(event, Exchange):
                 log.info("pop3.exchange", **exchange_fields(event))
+                if event.verb == "STLS" and event.status is not Status.OK:
+                    # -ERR (or no answer): the held client bytes go on, nothing changes.
+                    self.stls_client_end = None
+                    self.stls_resolved.set()
+            elif isinstance(event, CommandSent):
+                if event.verb == "STLS" and self.config.tls.intercept_stls:
+                    self.stls_client_end = event.end
+                    self.stls_resolved = trio.Event()
             elif isinstance(event, Greeting):
                 self.greeted.set()
                 log.info(
@@ -201,6 +258,9 @@ class _Session:
                 pass
 
     def on_start_tls(self, event: StartTls) -> None:
+        if self.config.tls.intercept_stls:
+            self.switch = event
+            return
         self.log.warning(
             "pop3.stls",
             note="TLS follows; without interception the rest of the session is relayed "
@@ -210,8 +270,20 @@ class _Session:
         )
         self.record_event("stls", intercepted=False)
 
-    def observe(self, direction: Direction, data: bytes, at: float) -> None:
-        """Record and parse a copy of bytes that were already forwarded."""
+    def capture_server(self, data: bytes, at: float) -> None:
+        """Write server bytes to the capture before the client can see them.
+
+        So a capture cut off by ``kill -9`` holds every byte any client received.
+        """
+        if self.capture is not None:
+            self.capture.write_data("s2c", at, data)
+            self.check_capture()
+
+    def observe(
+        self, direction: Direction, data: bytes, at: float, *, captured: bool = False
+    ) -> None:
+        """Record (unless ``captured``) and parse a copy of the bytes."""
+        self.seen[direction] += len(data)
         try:
             if direction is Direction.CLIENT:
                 if self.capture is not None:
@@ -221,9 +293,8 @@ class _Session:
                     self.check_capture()
                 events = self.observer.feed_client(data, at)
             else:
-                if self.capture is not None:
-                    self.capture.write_data("s2c", at, data)
-                    self.check_capture()
+                if not captured:
+                    self.capture_server(data, at)
                 events = self.observer.feed_server(data, at)
             self.handle_events(events)
         except Exception:  # the parser must never break the relay
@@ -254,12 +325,19 @@ class _Session:
         direction: Direction,
         cancel_scope: trio.CancelScope,
     ) -> None:
-        """Forward ``source`` to ``sink`` until end of stream, then propagate it."""
+        """Forward ``source`` to ``sink`` until end of stream, then propagate it.
+
+        Server bytes are forwarded first and parsed after, except while STLS waits for
+        its answer; client bytes are parsed first (cheap: commands are short), so that an
+        STLS line is known before it is forwarded and what follows it can be held.
+        """
         side = "client" if direction is Direction.CLIENT else "server"
         while True:
             try:
                 data = bytes(await source.receive_some(RECEIVE_SIZE))
             except trio.BrokenResourceError as exc:
+                if id(source) in self.closed_by_us:
+                    return
                 # A reset (or a TLS failure) on the receiving side: pass it on as a reset.
                 self.log.info("session.reset", side=side, error=_reason(exc))
                 self.close_reason = f"{side} reset"
@@ -273,18 +351,91 @@ class _Session:
                 self.observe_end(direction, "eof")
                 await self.propagate_eof(sink, direction)
                 return
-            try:
-                await sink.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                other = "server" if direction is Direction.CLIENT else "client"
-                self.log.info("session.peer_gone", side=other, error=_reason(exc))
-                self.close_reason = f"{other} gone"
+            if direction is Direction.CLIENT:
+                self.flush_server()  # what the client saw comes before what it says
+                start = self.seen[direction]
                 self.observe(direction, data, self.now())
-                self.record_event("send_failed", dir=direction.value, error=_reason(exc))
-                _abort(source)
-                cancel_scope.cancel()
-                return
-            self.observe(direction, data, self.now())
+                if not await self.forward_client(source, sink, data, start, cancel_scope):
+                    return
+            elif self.observer.stls_pending and self.config.tls.intercept_stls:
+                start = self.seen[direction]
+                self.observe(direction, data, self.now())
+                switch = self.switch
+                if switch is not None:
+                    # Forward the +OK line only; the rest is plaintext past the switch.
+                    cut = min(len(data), max(0, switch.server_switch - start))
+                    if await self.send(source, sink, direction, data[:cut], cancel_scope):
+                        cancel_scope.cancel()  # both pumps stop; the upgrade follows
+                    return
+                if not await self.send(source, sink, direction, data, cancel_scope):
+                    return
+            else:
+                # Forward first, parse after; but the client may answer these bytes before
+                # this task runs again, so the client pump observes them first if needed.
+                at = self.now()
+                self.capture_server(data, at)
+                self.unobserved_server = (data, at)
+                sent = await self.send(source, sink, direction, data, cancel_scope)
+                self.flush_server()
+                if not sent:
+                    return
+
+    def flush_server(self) -> None:
+        """Observe server bytes that were forwarded but not yet observed."""
+        pending = self.unobserved_server
+        if pending is not None:
+            self.unobserved_server = None
+            data, at = pending
+            self.observe(Direction.SERVER, data, at, captured=True)
+
+    async def forward_client(
+        self,
+        source: trio.abc.Stream,
+        sink: trio.abc.Stream,
+        data: bytes,
+        start: int,
+        cancel_scope: trio.CancelScope,
+    ) -> bool:
+        """Forward an observed client chunk, holding what follows a pending STLS line.
+
+        Returns False when the session must end. While STLS waits for its answer the pump
+        stops reading: a ``-ERR`` releases the held bytes; a ``+OK`` cancels this pump.
+        """
+        while True:
+            end = self.stls_client_end
+            if end is None:
+                return await self.send(source, sink, Direction.CLIENT, data, cancel_scope)
+            cut = min(len(data), max(0, end - start))
+            if not await self.send(source, sink, Direction.CLIENT, data[:cut], cancel_scope):
+                return False
+            data, start = data[cut:], start + cut
+            await self.stls_resolved.wait()
+            if not data:
+                return True
+
+    async def send(
+        self,
+        source: trio.abc.Stream,
+        sink: trio.abc.Stream,
+        direction: Direction,
+        data: bytes,
+        cancel_scope: trio.CancelScope,
+    ) -> bool:
+        """Send to ``sink``; on failure end the session and return False."""
+        if not data:
+            return True
+        try:
+            await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            other = "server" if direction is Direction.CLIENT else "client"
+            self.log.info("session.peer_gone", side=other, error=_reason(exc))
+            self.close_reason = f"{other} gone"
+            self.flush_server()  # keep the order: the bytes, then the failure
+            self.record_event("send_failed", dir=direction.value, error=_reason(exc))
+            _abort(source)
+            cancel_scope.cancel()
+            return False
+        return True
 
     async def propagate_eof(self, sink: trio.abc.Stream, direction: Direction) -> None:
         """Half-close the other side; if it cannot half-close, close it."""
@@ -296,7 +447,10 @@ class _Session:
             if isinstance(sink, trio.abc.HalfCloseableStream):
                 await sink.send_eof()
             else:
-                await sink.aclose()
+                # TLS has no half-close (RFC 8446 §6.1 close_notify ends both ways).
+                self.closed_by_us.add(id(sink))
+                with trio.move_on_after(5):
+                    await sink.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -342,6 +496,8 @@ class _Session:
         )
         self.open_capture(client_peer)
         try:
+            if config.tls.listen_tls and not await self.accept_client_tls():
+                return
             await self.connect_and_relay()
         finally:
             with trio.CancelScope(shield=True):
@@ -366,16 +522,135 @@ class _Session:
             "upstream.connected", upstream=str(config.upstream), local=_local(self.upstream)
         )
         self.record_event("upstream_connected", local=_local(self.upstream))
+        if config.tls.upstream_tls and not await self.connect_upstream_tls():
+            return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.greeting_watchdog, nursery.cancel_scope)
-            async with trio.open_nursery() as pumps:
-                pumps.start_soon(
-                    self.pump, self.client, self.upstream, Direction.CLIENT, pumps.cancel_scope
-                )
-                pumps.start_soon(
-                    self.pump, self.upstream, self.client, Direction.SERVER, pumps.cancel_scope
-                )
+            while True:
+                self.switch = None
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(
+                        self.pump, self.client, self.upstream, Direction.CLIENT, pumps.cancel_scope
+                    )
+                    pumps.start_soon(
+                        self.pump, self.upstream, self.client, Direction.SERVER, pumps.cancel_scope
+                    )
+                switch = self.switch
+                if switch is None or not await self.intercept_stls(switch):
+                    break
             nursery.cancel_scope.cancel()
+
+    # -- TLS -----------------------------------------------------------------------------
+
+    async def accept_client_tls(self) -> bool:
+        """Implicit TLS with the client (RFC 8314 §3), before the upstream is contacted."""
+        try:
+            server_tls = self.relay.server_tls()
+        except TlsSetupError as exc:
+            self.tls_failed("client", str(exc))
+            return False
+        tls = await self.handshake("client", self.client, server_tls.context, server_tls)
+        if tls is None:
+            return False
+        self.client = tls
+        return True
+
+    async def connect_upstream_tls(self) -> bool:
+        """Implicit TLS with the upstream (RFC 8314 §3); a failure refuses the client."""
+        try:
+            context = self.relay.tls.upstream()
+        except TlsSetupError as exc:
+            reason = str(exc)
+        else:
+            assert self.upstream is not None
+            tls = await self.handshake("server", self.upstream, context, None)
+            if tls is not None:
+                self.upstream = tls
+                return True
+            reason = self.close_reason
+        upstream = str(self.config.upstream)
+        await self.refuse_client(f"TLS with upstream {upstream} failed: {reason}")
+        return False
+
+    async def handshake(
+        self,
+        leg: str,
+        stream: trio.abc.Stream,
+        context: Any,
+        server_tls: ServerTls | None,
+    ) -> trio.SSLStream[trio.abc.Stream] | None:
+        """One bounded TLS handshake; logs and records the outcome; None on failure."""
+        timeout = self.config.tls.handshake_timeout
+        try:
+            with trio.fail_after(timeout):
+                if leg == "client":
+                    tls = await server_handshake(stream, context)
+                else:
+                    tls = await client_handshake(stream, context, self.config.upstream.host)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            own_ca = server_tls is None or server_tls.ca is not None
+            reason = describe_failure(
+                exc, leg=leg, host=self.config.upstream.host, own_ca=own_ca, timeout=timeout
+            )
+            self.tls_failed(leg, reason)
+            return None
+        info = tls_info(tls, server=server_tls)
+        self.log.info("tls.handshake", leg=leg, **info)
+        self.record_event("tls_handshake", leg=leg, **info)
+        return tls
+
+    def tls_failed(self, leg: str, reason: str) -> None:
+        """A handshake (or TLS setup) failed on ``leg``: the session ends, both legs close."""
+        self.log.error("tls.failed", leg=leg, reason=reason)
+        self.record_event("tls_failed", leg=leg, reason=reason)
+        self.close_reason = f"TLS failed ({leg}): {reason}"
+
+    async def intercept_stls(self, switch: StartTls) -> bool:
+        """Both pumps stopped at the STLS switch point: TLS with both sides (RFC 2595 §4).
+
+        The server leg comes first, so a server that cannot be verified never sees the
+        client's session go on. Returns False when the session must end.
+        """
+        injected = {"c2s": switch.client_trailing, "s2c": switch.server_trailing}
+        if switch.client_trailing or switch.server_trailing:
+            self.log.warning(
+                "tls.injection",
+                client_bytes=switch.client_trailing,
+                server_bytes=switch.server_trailing,
+                note="plaintext sent after STLS before TLS (CVE-2011-0411 class): dropped",
+            )
+            self.record_event("stls_injection", **injected)
+        self.log.info("tls.stls", note="intercepting STLS: TLS with the server, then the client")
+        try:
+            context = self.relay.tls.upstream()
+        except TlsSetupError as exc:
+            self.tls_failed("server", str(exc))
+            return False
+        assert self.upstream is not None
+        upstream = await self.handshake("server", self.upstream, context, None)
+        if upstream is None:
+            return False
+        self.upstream = upstream
+        try:
+            server_tls = await trio.to_thread.run_sync(self.relay.server_tls)
+        except TlsSetupError as exc:
+            self.tls_failed("client", str(exc))
+            return False
+        client = await self.handshake("client", self.client, server_tls.context, server_tls)
+        if client is None:
+            return False
+        self.client = client
+        self.stls_client_end = None
+        # The capture reader resumes parsing at this record; decrypted bytes follow.
+        self.record_event(
+            "tls",
+            mode="stls",
+            seq=switch.seq,
+            dropped_c2s=injected["c2s"],
+            dropped_s2c=injected["s2c"],
+        )
+        self.observer.resume_after_tls()
+        return True
 
     async def upstream_failed(self, reason: str) -> None:
         upstream = str(self.config.upstream)
@@ -425,7 +700,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _local(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
+    sock = _socket_of(stream)
     try:
         host, port = sock.getsockname()[:2] if sock is not None else ("?", 0)
     except OSError:
@@ -448,6 +723,54 @@ class RelayServer:
         self._accept_scope = trio.CancelScope()
         self._handlers: trio.Nursery | None = None
         self.listeners: list[trio.SocketListener] = []
+        self.tls = TlsContexts(
+            config.tls, upstream_host=config.upstream.host, listen_host=config.listen.host
+        )
+
+    def server_tls(self) -> ServerTls:
+        """What clients are shown; builds it (maybe creating pop3tap's CA) on first use."""
+        fresh = not self.tls.server_ready
+        server = self.tls.server()
+        if fresh:
+            if server.ca_created and server.ca is not None:
+                logger.warning(
+                    "tls.ca_created",
+                    ca_dir=str(server.ca.directory),
+                    ca_cert=str(server.ca.cert_path),
+                    sha256=server.ca.fingerprint,
+                    note="clients must trust this CA: pop3tap ca export",
+                )
+            logger.info(
+                "tls.certificate",
+                subject=server.cert_subject,
+                sha256=server.cert_sha256,
+                ca=None if server.ca is None else str(server.ca.cert_path),
+            )
+        return server
+
+    def prepare_tls(self) -> None:
+        """Build the TLS contexts the options need now, so setup errors show at startup.
+
+        Raises :class:`~pop3tap.tls.TlsSetupError`.
+        """
+        tls = self.config.tls
+        if tls.insecure_upstream:
+            logger.warning(
+                "tls.insecure_upstream",
+                upstream=str(self.config.upstream),
+                note="upstream certificates are NOT verified: anyone on the path can "
+                "read and change the session",
+            )
+        if tls.keylog is not None:
+            logger.warning(
+                "tls.keylog",
+                path=str(tls.keylog),
+                note="TLS secrets are written there: whoever reads it can decrypt the traffic",
+            )
+        if tls.upstream_tls or tls.upstream_ca is not None or tls.insecure_upstream:
+            self.tls.upstream()
+        if tls.listen_tls or tls.cert is not None:
+            self.server_tls()
 
     @property
     def address(self) -> Endpoint:
@@ -460,6 +783,8 @@ class RelayServer:
     ) -> None:
         """Listen, serve until :meth:`shutdown`, then drain sessions within the grace period."""
         listen = self.config.listen
+        if not self.tls.server_ready:
+            self.prepare_tls()
         self.listeners = await trio.open_tcp_listeners(listen.port, host=listen.host, backlog=1024)
         for listener in self.listeners:
             listener.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -33,9 +33,17 @@ from pop3tap.protocol import (
 _Out = Callable[[float, str, str], str]
 
 
+def _wall_time(capture: Capture, t: float) -> datetime | None:
+    """The wall-clock time of a record, or None when a damaged capture gives nonsense."""
+    try:
+        return datetime.fromtimestamp(capture.header.started_unix + t, UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
 def _clock(capture: Capture, t: float) -> str:
-    when = datetime.fromtimestamp(capture.header.started_unix + t, UTC)
-    return when.strftime("%H:%M:%S")
+    when = _wall_time(capture, t)
+    return "??:??:??" if when is None else when.strftime("%H:%M:%S")
 
 
 def _body_lines(raw: bytes) -> Iterator[str]:
@@ -60,6 +68,23 @@ def _describe_transport_event(record: EventRecord) -> str | None:
         return f"Connection reset by the {side}"
     if record.name == "upstream_connected":
         return f"Connected to upstream from {fields.get('local', '?')}"
+    if record.name == "tls_handshake":
+        if fields.get("peer_subject") or fields.get("peer_sha256"):
+            who = f" (server cert {fields.get('peer_subject')}, sha256 {fields.get('peer_sha256')})"
+        elif fields.get("cert_subject"):
+            who = f" (presented {fields.get('cert_subject')}, sha256 {fields.get('cert_sha256')})"
+        else:
+            who = ""
+        if fields.get("sni"):
+            who += f" SNI {fields.get('sni')}"
+        return (
+            f"TLS {fields.get('version', '?')} {fields.get('cipher', '?')} "
+            f"with the {fields.get('leg', '?')}{who}"
+        )
+    if record.name == "tls":
+        return "TLS up on both legs after STLS: decrypted from here"
+    if record.name == "tls_failed":
+        return f"TLS failed on the {fields.get('leg', '?')} leg: {fields.get('reason', '?')}"
     if record.name == "upstream_connect_failed":
         return f"Cannot reach upstream {fields.get('upstream', '?')}: {fields.get('error', '?')}"
     details = " ".join(f"{key}={value}" for key, value in sorted(fields.items()))
@@ -160,10 +185,10 @@ def render_json(capture: Capture) -> Iterator[str]:
     header = capture.header
     for exchange in capture.exchanges():
         fields = exchange_fields(exchange)
-        when = datetime.fromtimestamp(header.started_unix + exchange.sent_at, UTC)
+        when = _wall_time(capture, exchange.sent_at)
         record = {
             "session": header.session,
-            "time": when.isoformat().replace("+00:00", "Z"),
+            "time": None if when is None else when.isoformat().replace("+00:00", "Z"),
             **fields,
         }
         yield json.dumps(record, ensure_ascii=False)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +24,10 @@ from pop3tap.cli._common import (
     parse_endpoint,
     setup_logging,
 )
+from pop3tap.cli.ca import add_ca_dir_option
+
+if TYPE_CHECKING:
+    from pop3tap.tls import TlsConfig
 
 
 def add_subcommand(sub: Subparsers) -> None:
@@ -69,14 +75,90 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="give up on an upstream that sends no greeting (default 30)",
     )
+    _add_tls_options(parser)
     add_logging_options(parser)
     parser.set_defaults(handler=_cmd_record)
+
+
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "TLS",
+        "STLS is always intercepted (RFC 2595 §4). Certificates shown to clients come from "
+        "pop3tap's CA (created on first use; see `pop3tap ca`) unless --cert/--key are given.",
+    )
+    group.add_argument(
+        "--upstream-tls",
+        action="store_true",
+        help="implicit TLS to the server (POP3S, usually port 995)",
+    )
+    group.add_argument(
+        "--upstream-ca",
+        type=Path,
+        metavar="FILE",
+        help="trust only this CA (PEM) for the server, instead of the system store",
+    )
+    group.add_argument(
+        "--insecure-upstream",
+        action="store_true",
+        help="do not verify the server's certificate (dangerous; logged as a warning)",
+    )
+    group.add_argument(
+        "--listen-tls", action="store_true", help="implicit TLS for clients on the listening port"
+    )
+    group.add_argument("--cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
+    group.add_argument("--key", type=Path, metavar="FILE", help="private key of --cert (PEM)")
+    add_ca_dir_option(group)  # type: ignore[arg-type]
+    group.add_argument(
+        "--keylog",
+        type=Path,
+        metavar="FILE",
+        help="append TLS secrets here for Wireshark (default: $SSLKEYLOGFILE if set)",
+    )
+    group.add_argument(
+        "--tls-timeout",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="limit for each TLS handshake (default 15)",
+    )
+
+
+def _tls_config(args: argparse.Namespace) -> TlsConfig:
+    from pop3tap.tls import TlsConfig
+
+    if (args.cert is None) != (args.key is None):
+        raise CliError("--cert and --key go together")
+    if args.insecure_upstream and args.upstream_ca is not None:
+        raise CliError("--insecure-upstream and --upstream-ca contradict each other")
+    if args.tls_timeout <= 0:
+        raise CliError("--tls-timeout must be positive")
+    keylog = args.keylog
+    if keylog is None and os.environ.get("SSLKEYLOGFILE"):
+        keylog = Path(os.environ["SSLKEYLOGFILE"])
+    if keylog is not None:
+        try:
+            with keylog.open("a"):
+                pass
+        except OSError as exc:
+            raise CliError(f"--keylog {keylog}: cannot write it: {exc.strerror}") from None
+    return TlsConfig(
+        upstream_tls=args.upstream_tls,
+        listen_tls=args.listen_tls,
+        upstream_ca=args.upstream_ca,
+        insecure_upstream=args.insecure_upstream,
+        ca_dir=args.ca_dir,
+        cert=args.cert,
+        key=args.key,
+        keylog=keylog,
+        handshake_timeout=args.tls_timeout,
+    )
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
     import trio
 
     from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+    from pop3tap.tls import TlsSetupError
 
     upstream_host, upstream_port = parse_endpoint(args.upstream)
     if upstream_port == 0:
@@ -85,6 +167,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     for name in ("grace", "connect_timeout", "greeting_timeout"):
         if getattr(args, name) < 0:
             raise CliError(f"--{name.replace('_', '-')} must not be negative")
+    tls = _tls_config(args)
     captures = None if args.no_captures else Path(args.captures)
     if captures is not None:
         check_writable_directory(captures)
@@ -104,8 +187,13 @@ def _cmd_record(args: argparse.Namespace) -> int:
         grace=args.grace,
         connect_timeout=args.connect_timeout,
         greeting_timeout=args.greeting_timeout or None,
+        tls=tls,
     )
     server = RelayServer(config)
+    try:
+        server.prepare_tls()
+    except TlsSetupError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -1,0 +1,73 @@
+"""``pop3tap ca``: create pop3tap's local CA and export its certificate for clients."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers
+
+
+def add_ca_dir_option(parser: argparse.ArgumentParser) -> None:
+    """``--ca-dir``, shared with ``record``."""
+    parser.add_argument(
+        "--ca-dir",
+        type=Path,
+        metavar="DIR",
+        help="pop3tap's CA directory (default: ${XDG_CONFIG_HOME:-~/.config}/pop3tap/ca)",
+    )
+
+
+def add_subcommand(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "ca",
+        help="manage pop3tap's local certificate authority (for TLS interception)",
+        description="pop3tap signs the certificates it shows TLS clients with its own CA. "
+        "Create it once, then make your mail client trust the exported certificate.",
+    )
+    actions = parser.add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    init = actions.add_parser("init", help="create the CA (private key mode 0600)")
+    add_ca_dir_option(init)
+    init.add_argument(
+        "--key-type",
+        choices=("ec", "rsa"),
+        default="ec",
+        help="CA key: ECDSA P-256 (default) or RSA 3072",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.set_defaults(handler=_cmd_init)
+    export = actions.add_parser("export", help="write the CA certificate (PEM) for clients")
+    add_ca_dir_option(export)
+    export.add_argument("--out", type=Path, metavar="FILE", help="write here (default: stdout)")
+    export.set_defaults(handler=_cmd_export)
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from pop3tap.certs import CertError, init_ca
+
+    try:
+        ca = init_ca(args.ca_dir, key_type=args.key_type, force=args.force)
+    except CertError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    print(f"created pop3tap CA in {ca.directory}")
+    print(f"certificate (give it to clients): {ca.cert_path}")
+    print(f"SHA-256 fingerprint: {ca.fingerprint}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pop3tap.certs import CertError, load_ca
+
+    try:
+        ca = load_ca(args.ca_dir)
+    except CertError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    if args.out is None:
+        sys.stdout.write(ca.cert_pem.decode("ascii"))
+        return EXIT_OK
+    try:
+        args.out.write_bytes(ca.cert_pem)
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {exc.strerror or exc}", EXIT_FAILURE) from None
+    return EXIT_OK

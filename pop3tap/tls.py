@@ -1,0 +1,437 @@
+"""TLS for both legs of the relay: context builders, handshakes, and what gets recorded.
+
+Theory of operation
+-------------------
+pop3tap speaks TLS in three places:
+
+* **Upstream, as a client**: implicit TLS to the server (RFC 8314 §3, port 995) or after
+  STLS (RFC 2595 §4). Verification is on by default, against the system trust store (or
+  only the ``--upstream-ca`` file) and the upstream host name, which is also sent as SNI
+  (RFC 6066 §3); for an IP address the certificate's IP SAN is checked and no SNI is sent
+  (RFC 6066 §3 forbids literal addresses in SNI; Python's ``ssl`` already omits it).
+* **Downstream, as a server**: implicit TLS on the listening port, or after STLS. The
+  certificate is a leaf minted by pop3tap's own CA (:mod:`pop3tap.certs`) for the
+  upstream host name, the listen address, ``localhost`` and ``127.0.0.1``; a client that
+  asks (SNI) for another name gets a leaf for that name too. Or the user's ``--cert/--key``.
+* **Keylog**: with ``--keylog FILE`` (or ``SSLKEYLOGFILE``) every context writes its TLS
+  secrets in the NSS key log format, so Wireshark can decrypt the raw traffic.
+
+This module builds contexts and describes sessions and failures; the relay applies the
+timeouts (``trio.fail_after(config.handshake_timeout)``) around the handshakes here.
+Recorded TLS facts never include keys: version, cipher, SNI, and the certificate's
+subject and SHA-256 fingerprint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+from cryptography import x509
+
+from pop3tap.certs import (
+    CertError,
+    CertificateAuthority,
+    CertStore,
+    LeafCertificate,
+    default_ca_dir,
+    fingerprint_sha256,
+    load_or_create_ca,
+    normalize_names,
+)
+
+__all__ = [
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "ServerTls",
+    "TlsConfig",
+    "TlsContexts",
+    "TlsSetupError",
+    "client_handshake",
+    "describe_failure",
+    "server_context_for_ca",
+    "server_context_from_files",
+    "server_handshake",
+    "tls_info",
+    "upstream_context",
+]
+
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 15.0
+_SNI_ATTR: Final = "_pop3tap_sni"
+_LEAF_ATTR: Final = "_pop3tap_leaf"
+
+#: OpenSSL alert reasons that mean "the client rejected our certificate".
+_CLIENT_DISTRUST: Final = frozenset(
+    {
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_DECRYPT_ERROR",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV1_ALERT_ACCESS_DENIED",
+    }
+)
+#: OpenSSL reasons that mean "the peer does not speak TLS here".
+_NOT_TLS: Final = frozenset(
+    {"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE"}
+)
+
+
+class TlsSetupError(Exception):
+    """A TLS option cannot be honoured (unreadable file, broken CA); one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS options of a relay (and, later, of replay). The defaults intercept STLS only."""
+
+    #: Implicit TLS to the server (RFC 8314 §3, e.g. port 995).
+    upstream_tls: bool = False
+    #: Implicit TLS on the listening port.
+    listen_tls: bool = False
+    #: Trust only this CA file (PEM) for the upstream, instead of the system store.
+    upstream_ca: Path | None = None
+    #: Skip upstream certificate verification (logged loudly).
+    insecure_upstream: bool = False
+    #: pop3tap's CA directory; None means :func:`pop3tap.certs.default_ca_dir`.
+    ca_dir: Path | None = None
+    #: Present this certificate chain and key to clients instead of a minted leaf.
+    cert: Path | None = None
+    key: Path | None = None
+    #: Write TLS secrets here (NSS key log format).
+    keylog: Path | None = None
+    #: Seconds allowed for each TLS handshake.
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: Take over STLS (RFC 2595 §4); False relays the TLS bytes opaquely.
+    intercept_stls: bool = True
+    #: Keep minted leaves under the CA directory (mode 0600) across runs.
+    leaves_on_disk: bool = True
+
+    def options(self) -> dict[str, Any]:
+        """The TLS options for capture headers (paths as strings, no secrets)."""
+        return {
+            "upstream_tls": self.upstream_tls,
+            "listen_tls": self.listen_tls,
+            "upstream_ca": None if self.upstream_ca is None else str(self.upstream_ca),
+            "insecure_upstream": self.insecure_upstream,
+            "tls_cert": None if self.cert is None else str(self.cert),
+            "tls_keylog": self.keylog is not None,
+            "intercept_stls": self.intercept_stls,
+        }
+
+
+# --------------------------------------------------------------------------- contexts
+
+
+def _set_keylog(context: ssl.SSLContext, keylog: Path | None) -> None:
+    if keylog is not None:
+        context.keylog_filename = str(keylog)
+
+
+def upstream_context(
+    *, ca_file: Path | None = None, insecure: bool = False, keylog: Path | None = None
+) -> ssl.SSLContext:
+    """A client context for the upstream leg: verifying (system store or ``ca_file``)."""
+    try:
+        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    except FileNotFoundError:
+        raise TlsSetupError(f"--upstream-ca {ca_file}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(
+            f"--upstream-ca {ca_file}: not a readable PEM CA file ({exc})"
+        ) from None
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    _set_keylog(context, keylog)
+    return context
+
+
+def _new_server_context(keylog: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _set_keylog(context, keylog)
+    return context
+
+
+def _load_leaf(context: ssl.SSLContext, leaf: LeafCertificate) -> None:
+    """``load_cert_chain`` reads files only: use the cached file or a private temp file."""
+    if leaf.path is not None:
+        context.load_cert_chain(leaf.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="pop3tap-") as tmp:
+        path = Path(tmp) / "leaf.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(leaf.chain_pem)
+        context.load_cert_chain(path)
+
+
+def server_context_from_files(
+    cert: Path, key: Path, *, keylog: Path | None = None
+) -> ssl.SSLContext:
+    """A server context presenting the user's certificate chain and key (``--cert/--key``)."""
+    context = _new_server_context(keylog)
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as exc:
+        raise TlsSetupError(f"--cert/--key: {exc.filename or cert}: no such file") from None
+    except ssl.SSLError as exc:
+        raise TlsSetupError(
+            f"--cert {cert} / --key {key}: cannot load them ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise TlsSetupError(f"--cert {cert} / --key {key}: {exc.strerror or exc}") from None
+    return context
+
+
+def server_context_for_ca(
+    store: CertStore, names: tuple[str, ...], *, keylog: Path | None = None, mint_sni: bool = True
+) -> ssl.SSLContext:
+    """A server context presenting a leaf for ``names`` signed by ``store``'s CA.
+
+    With ``mint_sni`` a client asking (SNI) for a name not in ``names`` gets a leaf that
+    also covers it (the per-name contexts are cached with the leaves).
+    """
+    leaf = store.leaf_for(names)
+    context = _new_server_context(keylog)
+    _load_leaf(context, leaf)
+    per_name: dict[str, ssl.SSLContext] = {}
+
+    def on_sni(
+        sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        setattr(sslobj, _SNI_ATTR, name)
+        chosen = leaf
+        if mint_sni and name and not _covered(name, leaf.names):
+            wanted = normalize_names([name])
+            if wanted:
+                key = wanted[0]
+                try:
+                    chosen = store.leaf_for((*leaf.names, key))
+                    if key not in per_name:
+                        if len(per_name) >= store.capacity:
+                            per_name.clear()
+                        extra = _new_server_context(keylog)
+                        _load_leaf(extra, chosen)
+                        per_name[key] = extra
+                    sslobj.context = per_name[key]
+                except (CertError, ssl.SSLError, OSError):
+                    chosen = leaf  # fall back to the default leaf
+        setattr(sslobj, _LEAF_ATTR, chosen.cert)
+
+    context.sni_callback = on_sni
+    return context
+
+
+def _covered(name: str, names: tuple[str, ...]) -> bool:
+    normalized = normalize_names([name])
+    return not normalized or normalized[0] in names
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """What pop3tap presents to clients: a context, and the certificate it holds by default."""
+
+    context: ssl.SSLContext
+    cert_subject: str
+    cert_sha256: str
+    #: pop3tap's CA, or None with ``--cert/--key``.
+    ca: CertificateAuthority | None = None
+    #: True when the CA was created to build this context.
+    ca_created: bool = False
+
+
+class TlsContexts:
+    """The contexts of one relay, built on first use and then shared by its sessions."""
+
+    def __init__(self, config: TlsConfig, *, upstream_host: str, listen_host: str) -> None:
+        self.config = config
+        self.upstream_host = upstream_host
+        self.names = normalize_names([upstream_host, listen_host, "localhost", "127.0.0.1"])
+        self._upstream: ssl.SSLContext | None = None
+        self._server: ServerTls | None = None
+
+    def upstream(self) -> ssl.SSLContext:
+        """The client context for the upstream leg."""
+        if self._upstream is None:
+            config = self.config
+            self._upstream = upstream_context(
+                ca_file=config.upstream_ca,
+                insecure=config.insecure_upstream,
+                keylog=config.keylog,
+            )
+        return self._upstream
+
+    def server(self) -> ServerTls:
+        """The server side for clients; may create pop3tap's CA (see ``ca_created``)."""
+        if self._server is None:
+            self._server = self._build_server()
+        return self._server
+
+    @property
+    def server_ready(self) -> bool:
+        return self._server is not None
+
+    def _build_server(self) -> ServerTls:
+        config = self.config
+        if config.cert is not None or config.key is not None:
+            if config.cert is None or config.key is None:
+                raise TlsSetupError("--cert and --key go together")
+            context = server_context_from_files(config.cert, config.key, keylog=config.keylog)
+            subject, sha256 = _describe_cert_file(config.cert)
+            return ServerTls(context=context, cert_subject=subject, cert_sha256=sha256)
+        directory = config.ca_dir if config.ca_dir is not None else default_ca_dir()
+        try:
+            ca, created = load_or_create_ca(directory)
+            store = CertStore(ca, disk=config.leaves_on_disk)
+            context = server_context_for_ca(store, self.names, keylog=config.keylog)
+            leaf = store.leaf_for(self.names)
+        except CertError as exc:
+            raise TlsSetupError(str(exc)) from None
+        except (ssl.SSLError, OSError) as exc:
+            raise TlsSetupError(f"cannot load the leaf certificate: {exc}") from None
+        return ServerTls(
+            context=context,
+            cert_subject=leaf.cert.subject.rfc4514_string(),
+            cert_sha256=leaf.fingerprint,
+            ca=ca,
+            ca_created=created,
+        )
+
+
+def _describe_cert_file(path: Path) -> tuple[str, str]:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return "?", "?"
+    return cert.subject.rfc4514_string(), fingerprint_sha256(cert)
+
+
+# --------------------------------------------------------------------------- handshakes
+
+
+async def client_handshake(
+    stream: trio.abc.Stream, context: ssl.SSLContext, server_hostname: str
+) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS as a client on ``stream`` (SNI and verification for ``server_hostname``).
+
+    The caller bounds it with a cancel scope; failures raise ``trio.BrokenResourceError``.
+    """
+    host = server_hostname.strip("[]")
+    tls = trio.SSLStream(stream, context, server_hostname=host)
+    await tls.do_handshake()
+    return tls
+
+
+async def server_handshake(
+    stream: trio.abc.Stream, context: ssl.SSLContext
+) -> trio.SSLStream[trio.abc.Stream]:
+    """TLS as a server on ``stream``; the caller bounds it with a cancel scope."""
+    tls = trio.SSLStream(stream, context, server_side=True)
+    await tls.do_handshake()
+    return tls
+
+
+def tls_info(stream: trio.SSLStream[Any], *, server: ServerTls | None = None) -> dict[str, Any]:
+    """Facts about an established TLS session, fit for logs and captures (never keys).
+
+    For the upstream leg: the server's certificate (``peer_subject``, ``peer_sha256``) and
+    the SNI sent. For the client leg: the SNI the client asked for and the certificate
+    pop3tap presented (``cert_subject``, ``cert_sha256``).
+    """
+    cipher = stream.cipher()
+    info: dict[str, Any] = {
+        "version": stream.version(),
+        "cipher": None if cipher is None else cipher[0],
+    }
+    if stream.server_side:
+        sslobj = getattr(stream, "_ssl_object", None)
+        info["sni"] = getattr(sslobj, _SNI_ATTR, None)
+        presented = getattr(sslobj, _LEAF_ATTR, None)
+        if isinstance(presented, x509.Certificate):
+            info["cert_subject"] = presented.subject.rfc4514_string()
+            info["cert_sha256"] = fingerprint_sha256(presented)
+        elif server is not None:
+            info["cert_subject"] = server.cert_subject
+            info["cert_sha256"] = server.cert_sha256
+        return info
+    hostname = stream.server_hostname
+    info["sni"] = None if hostname is None or _is_ip(hostname) else hostname
+    der = stream.getpeercert(binary_form=True)
+    if der:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            info["peer_subject"] = "?"
+        else:
+            info["peer_subject"] = cert.subject.rfc4514_string()
+            info["peer_sha256"] = fingerprint_sha256(cert)
+    return info
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe_failure(
+    exc: BaseException, *, leg: str, host: str = "", own_ca: bool = True, timeout: float = 0.0
+) -> str:
+    """One line saying why a handshake failed on ``leg`` ("client" or "server")."""
+    if isinstance(exc, trio.TooSlowError):
+        return f"TLS handshake timed out after {timeout:g}s"
+    error = _find_ssl_error(exc)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        message = error.verify_message or error.reason or "verification failed"
+        if "mismatch" in message.lower():
+            return f"upstream certificate does not match host {host}: {message}"
+        hint = "" if leg != "server" else " (use --upstream-ca FILE for a private CA)"
+        return f"certificate verify failed: {message}{hint}"
+    if error is not None:
+        reason = error.reason or ""
+        if leg == "client" and reason in _CLIENT_DISTRUST:
+            alert = reason.split("ALERT_", 1)[-1].replace("_", " ").lower()
+            who = "pop3tap's CA (see `pop3tap ca export`)" if own_ca else "the certificate"
+            return f"client does not trust {who}: TLS alert {alert}"
+        if reason in _NOT_TLS:
+            peer = "client" if leg == "client" else "upstream"
+            return f"{peer} did not speak TLS ({reason.lower().replace('_', ' ')})"
+        if isinstance(error, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
+            return _closed_during(leg, own_ca)
+        text = reason.lower().replace("_", " ") if reason else str(error).splitlines()[0]
+        return f"TLS handshake failed: {text}"
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(exc, OSError) and exc.strerror:
+            return f"TLS handshake failed: {exc.strerror}"
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"TLS handshake failed: {cause.strerror}"
+        return _closed_during(leg, own_ca)
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"TLS handshake failed: {first}"
+
+
+def _closed_during(leg: str, own_ca: bool) -> str:
+    if leg == "client":
+        maybe = " (perhaps it does not trust pop3tap's CA)" if own_ca else ""
+        return f"client closed the connection during the TLS handshake{maybe}"
+    return "upstream closed the connection during the TLS handshake"

@@ -1,0 +1,381 @@
+"""TLS through the relay against a real Dovecot: POP3S on both legs, STLS interception,
+pop3tap's CA, failures on either leg, injection after STLS (RFC 2595 §4, RFC 8314 §3)."""
+
+from __future__ import annotations
+
+import contextlib
+import poplib
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+import trio
+import trustme
+from clients import RunningRelay, curl, raw_session, running_relay
+from dovecot import Dovecot, Mailbox
+
+from pop3tap.capture import Capture, EventRecord, read_capture
+from pop3tap.certs import CA_CERT_FILE, init_ca
+from pop3tap.protocol import Status
+from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+from pop3tap.tls import TlsConfig, client_handshake, describe_failure, server_handshake
+
+
+def _wait_complete(relay: RunningRelay, count: int = 1, timeout: float = 10.0) -> list[Capture]:
+    """Wait (bounded) until ``count`` captures carry their close record; not a timed assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        files = relay.capture_files()
+        captures = [read_capture(p) for p in files]
+        if len(captures) >= count and all(c.complete for c in captures):
+            return captures
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} complete captures in {relay.captures}")
+        time.sleep(0.02)
+
+
+def _events(capture: Capture, name: str) -> list[dict[str, Any]]:
+    return [r.fields for r in capture.records if isinstance(r, EventRecord) and r.name == name]
+
+
+@contextmanager
+def tls_relay(
+    dovecot: Dovecot, tmp_path: Path, *, port: int | None = None, **tls: Any
+) -> Iterator[RunningRelay]:
+    options: dict[str, Any] = {"ca_dir": tmp_path / "ca", "upstream_ca": dovecot.ca_pem_path}
+    options.update(tls)
+    config = TlsConfig(**options)
+    upstream_port = dovecot.pop3_port if port is None else port
+    with running_relay(dovecot.host, upstream_port, tmp_path / "captures", tls=config) as relay:
+        yield relay
+
+
+def _ca_pem(tmp_path: Path) -> Path:
+    return tmp_path / "ca" / CA_CERT_FILE
+
+
+def _creds(box: Mailbox) -> str:
+    return f"{box.user}:{box.password}"
+
+
+# --------------------------------------------------------------------------- real peers
+
+
+@pytest.mark.realpeer
+def test_curl_pop3s_through_both_legs(
+    curl_path: str, dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    direct = curl(
+        curl_path,
+        f"pop3s://{dovecot.host}:{dovecot.pop3s_port}/4",
+        "-u",
+        _creds(mailbox),
+        "--cacert",
+        str(dovecot.ca_pem_path),
+    )
+    with tls_relay(
+        dovecot, tmp_path, port=dovecot.pop3s_port, listen_tls=True, upstream_tls=True
+    ) as relay:
+        proxied = curl(
+            curl_path,
+            f"pop3s://{relay.host}:{relay.port}/4",
+            "-u",
+            _creds(mailbox),
+            "--cacert",
+            str(_ca_pem(tmp_path)),
+        )
+        (capture,) = _wait_complete(relay)
+    assert proxied == direct == mailbox.messages[3]
+    handshakes = {f["leg"]: f for f in _events(capture, "tls_handshake")}
+    assert set(handshakes) == {"client", "server"}
+    assert handshakes["server"]["version"].startswith("TLS")
+    assert handshakes["server"]["sni"] is None  # an IP address gets no SNI (RFC 6066 §3)
+    assert "trustme" in handshakes["server"]["peer_subject"]  # Dovecot's test certificate
+    assert len(handshakes["server"]["peer_sha256"].split(":")) == 32
+    assert "cert_sha256" in handshakes["client"]
+    assert not _events(capture, "tls")  # implicit TLS: no STLS switch
+    retr = [e for e in capture.exchanges() if e.verb == "RETR"]
+    assert retr and retr[0].status is Status.OK
+    assert mailbox.messages[3].split(b"\r\n")[0] in capture.stream("s2c")  # decrypted
+
+
+@pytest.mark.realpeer
+def test_curl_stls_is_intercepted_and_recorded_in_clear(
+    curl_path: str, dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    init_ca(tmp_path / "ca")  # the relay would create it at the first STLS: too late for curl
+    with tls_relay(dovecot, tmp_path) as relay:
+        out = curl(
+            curl_path,
+            f"pop3://{relay.host}:{relay.port}/2",
+            "-u",
+            _creds(mailbox),
+            "--ssl-reqd",
+            "--cacert",
+            str(_ca_pem(tmp_path)),
+        )
+        (capture,) = _wait_complete(relay)
+    assert out == mailbox.messages[1]
+    verbs = [e.verb for e in capture.exchanges()]
+    stls = verbs.index("STLS")
+    after = verbs[stls + 1 :]
+    assert "RETR" in after and after[-1] == "QUIT"
+    assert {"USER", "AUTH"} & set(after)  # the login happened inside TLS
+    retr = next(e for e in capture.exchanges() if e.verb == "RETR")
+    assert retr.status is Status.OK and retr.body_bytes > 0
+    assert len(_events(capture, "tls")) == 1
+    assert {f["leg"] for f in _events(capture, "tls_handshake")} == {"client", "server"}
+    assert capture.summary().tls
+    assert mailbox.password.encode() not in capture.path.read_bytes()
+
+
+@pytest.mark.realpeer
+def test_poplib_stls_and_pop3_ssl(dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path) -> None:
+    init_ca(tmp_path / "ca")
+    trust = ssl.create_default_context(cafile=str(_ca_pem(tmp_path)))
+    with tls_relay(dovecot, tmp_path) as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=30)
+        try:
+            assert client.stls(trust).startswith(b"+OK")
+            assert "STLS" not in client.capa()
+            client.user(mailbox.user)
+            client.pass_(mailbox.password)
+            assert b"\r\n".join(client.retr(3)[1]) + b"\r\n" == mailbox.messages[2]
+            client.quit()
+        finally:
+            client.close()
+    with tls_relay(
+        dovecot,
+        tmp_path / "s",
+        port=dovecot.pop3s_port,
+        ca_dir=tmp_path / "ca",
+        listen_tls=True,
+        upstream_tls=True,
+    ) as relay:
+        secure = poplib.POP3_SSL(relay.host, relay.port, context=trust, timeout=30)
+        try:
+            secure.user(mailbox.user)
+            secure.pass_(mailbox.password)
+            assert secure.stat()[0] == len(mailbox.messages)
+            secure.quit()
+        finally:
+            secure.close()
+
+
+@pytest.mark.realpeer
+def test_openssl_s_client_starttls(dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path) -> None:
+    init_ca(tmp_path / "ca")
+    commands = f"USER {mailbox.user}\nPASS {mailbox.password}\nSTAT\nQUIT\n"
+    with tls_relay(dovecot, tmp_path) as relay:
+        result = subprocess.run(
+            [
+                "openssl",
+                "s_client",
+                "-starttls",
+                "pop3",
+                "-connect",
+                f"{relay.host}:{relay.port}",
+                "-CAfile",
+                str(_ca_pem(tmp_path)),
+                "-verify_return_error",
+                "-crlf",
+                "-ign_eof",
+            ],
+            input=commands.encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        (capture,) = _wait_complete(relay)
+    out = result.stdout.decode(errors="replace")
+    assert "Verify return code: 0 (ok)" in out, result.stderr.decode(errors="replace")
+    assert f"+OK {len(mailbox.messages)} " in out
+    verbs = [e.verb for e in capture.exchanges()]
+    assert verbs[-4:] == ["USER", "PASS", "STAT", "QUIT"]
+
+
+@pytest.mark.realpeer
+def test_wrong_upstream_ca_refuses_the_client(dovecot: Dovecot, tmp_path: Path) -> None:
+    other = trustme.CA()
+    wrong = tmp_path / "wrong-ca.pem"
+    other.cert_pem.write_to_path(str(wrong))
+    with tls_relay(
+        dovecot, tmp_path, port=dovecot.pop3s_port, upstream_tls=True, upstream_ca=wrong
+    ) as relay:
+        answer = raw_session(relay.host, relay.port, b"")
+        (capture,) = _wait_complete(relay)
+    assert answer.startswith(b"-ERR [SYS/TEMP] pop3tap: TLS with upstream")
+    assert b"certificate verify failed" in answer and answer.count(b"\r\n") == 1
+    (failed,) = _events(capture, "tls_failed")
+    assert failed["leg"] == "server" and "unable to get local issuer" in failed["reason"]
+    assert not capture.stream("s2c")  # no byte of a server session reached the client
+
+
+@pytest.mark.realpeer
+def test_stls_with_wrong_upstream_ca_closes_both(dovecot: Dovecot, tmp_path: Path) -> None:
+    init_ca(tmp_path / "ca")
+    other = trustme.CA()
+    wrong = tmp_path / "wrong-ca.pem"
+    other.cert_pem.write_to_path(str(wrong))
+    trust = ssl.create_default_context(cafile=str(_ca_pem(tmp_path)))
+    with tls_relay(dovecot, tmp_path, upstream_ca=wrong) as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=30)
+        with pytest.raises((ssl.SSLError, OSError)):
+            client.stls(trust)
+        with contextlib.suppress(OSError):
+            client.close()
+        (capture,) = _wait_complete(relay)
+    (failed,) = _events(capture, "tls_failed")
+    assert failed["leg"] == "server"
+    assert not _events(capture, "tls")
+
+
+@pytest.mark.realpeer
+def test_client_distrusting_the_ca_is_logged(dovecot: Dovecot, tmp_path: Path) -> None:
+    with tls_relay(
+        dovecot, tmp_path, port=dovecot.pop3s_port, listen_tls=True, upstream_tls=True
+    ) as relay:
+        distrusting = ssl.create_default_context(cafile=str(dovecot.ca_pem_path))
+        with (
+            pytest.raises(ssl.SSLCertVerificationError),
+            socket.create_connection((relay.host, relay.port), timeout=30) as sock,
+        ):
+            distrusting.wrap_socket(sock, server_hostname=relay.host)
+        (capture,) = _wait_complete(relay)
+    (failed,) = _events(capture, "tls_failed")
+    assert failed["leg"] == "client"
+    assert "client does not trust pop3tap's CA" in failed["reason"]
+    assert "unknown ca" in failed["reason"]
+    assert not _events(capture, "upstream_connected")  # no session was opened upstream
+
+
+@pytest.mark.realpeer
+def test_plaintext_pipelined_after_stls_is_not_forwarded(dovecot: Dovecot, tmp_path: Path) -> None:
+    init_ca(tmp_path / "ca")
+    trust = ssl.create_default_context(cafile=str(_ca_pem(tmp_path)))
+    with tls_relay(dovecot, tmp_path) as relay:
+        with socket.create_connection((relay.host, relay.port), timeout=30) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"+OK")
+            sock.sendall(b"STLS\r\nUSER injected\r\n")
+            assert reader.readline().startswith(b"+OK")
+            with trust.wrap_socket(sock, server_hostname=relay.host) as tls:
+                # Had "USER injected" reached Dovecot, it would have broken its handshake.
+                tls.sendall(b"CAPA\r\nQUIT\r\n")
+                answers = b""
+                while chunk := tls.recv(65536):
+                    answers += chunk
+        (capture,) = _wait_complete(relay)
+    capa, _, rest = answers.partition(b"\r\n.\r\n")
+    assert capa.startswith(b"+OK") and b"\r\nUSER\r\n" in capa  # the CAPA answer, in TLS
+    assert b"STLS" not in capa and rest.startswith(b"+OK")  # then QUIT's: nothing for USER
+    exchanges = capture.exchanges()
+    assert [e.verb for e in exchanges] == ["STLS", "CAPA", "QUIT"]
+    assert _events(capture, "stls_injection") == [{"c2s": len(b"USER injected\r\n"), "s2c": 0}]
+    assert len(_events(capture, "tls")) == 1
+
+
+@pytest.mark.realpeer
+def test_stls_refused_releases_held_commands(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    # After login, Dovecot answers STLS with -ERR: the commands held behind it go on.
+    session = (
+        f"USER {mailbox.user}\r\nPASS {mailbox.password}\r\nSTLS\r\nSTAT\r\nQUIT\r\n"
+    ).encode()
+    with tls_relay(dovecot, tmp_path) as relay:
+        answers = raw_session(relay.host, relay.port, session)
+        (capture,) = _wait_complete(relay)
+    exchanges = capture.exchanges()
+    assert [e.verb for e in exchanges] == ["USER", "PASS", "STLS", "STAT", "QUIT"]
+    assert exchanges[2].status is Status.ERR
+    assert exchanges[3].status is Status.OK
+    assert answers.endswith(exchanges[4].first_line.encode() + b"\r\n")
+    assert not _events(capture, "tls") and not _events(capture, "tls_failed")
+
+
+@pytest.mark.realpeer
+def test_insecure_upstream_and_keylog(dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path) -> None:
+    keylog = tmp_path / "keys.log"
+    with tls_relay(
+        dovecot,
+        tmp_path,
+        port=dovecot.pop3s_port,
+        upstream_tls=True,
+        upstream_ca=None,
+        insecure_upstream=True,
+        keylog=keylog,
+    ) as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=30)
+        client.user(mailbox.user)
+        client.pass_(mailbox.password)
+        assert client.stat()[0] == len(mailbox.messages)
+        client.quit()
+        client.close()
+        _wait_complete(relay)
+    secrets = keylog.read_text()
+    assert "CLIENT_TRAFFIC_SECRET_0" in secrets or "CLIENT_RANDOM" in secrets
+
+
+# --------------------------------------------------------------------------- no network
+
+
+def test_insecure_upstream_logs_a_warning(tmp_path: Path) -> None:
+    config = RelayConfig(
+        upstream=Endpoint("127.0.0.1", 995),
+        captures=None,
+        tls=TlsConfig(upstream_tls=True, insecure_upstream=True, ca_dir=tmp_path / "ca"),
+    )
+    with structlog.testing.capture_logs() as logs:
+        RelayServer(config).prepare_tls()
+    warning = [e for e in logs if e["event"] == "tls.insecure_upstream"]
+    assert warning and warning[0]["log_level"] == "warning"
+    assert not (tmp_path / "ca").exists()  # no client-side TLS asked for: no CA created
+
+
+def test_listen_tls_creates_the_ca_and_logs_where(tmp_path: Path) -> None:
+    config = RelayConfig(
+        upstream=Endpoint("127.0.0.1", 995),
+        captures=None,
+        tls=TlsConfig(listen_tls=True, ca_dir=tmp_path / "ca"),
+    )
+    with structlog.testing.capture_logs() as logs:
+        RelayServer(config).prepare_tls()
+    created = [e for e in logs if e["event"] == "tls.ca_created"]
+    assert created and created[0]["ca_cert"] == str(_ca_pem(tmp_path))
+    assert _ca_pem(tmp_path).exists()
+
+
+async def test_hostname_mismatch_is_described() -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("pop.example.org").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client_end, server_end = trio.testing.memory_stream_pair()
+    failure: list[BaseException] = []
+
+    async def serve() -> None:
+        with contextlib.suppress(trio.BrokenResourceError):
+            await server_handshake(server_end, server_ctx)
+
+    async def connect() -> None:
+        try:
+            await client_handshake(client_end, client_ctx, "imap.example.org")
+        except trio.BrokenResourceError as exc:
+            failure.append(exc)
+        await client_end.aclose()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        nursery.start_soon(connect)
+    (exc,) = failure
+    reason = describe_failure(exc, leg="server", host="imap.example.org")
+    assert reason.startswith("upstream certificate does not match host imap.example.org")
