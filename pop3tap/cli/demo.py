@@ -17,7 +17,9 @@ from pop3tap.cli._common import (
     EXIT_OK,
     CliError,
     Subparsers,
+    add_logging_options,
     check_writable_directory,
+    setup_logging,
 )
 
 #: The capture the demo replays by default.
@@ -48,6 +50,7 @@ def add_subcommand(sub: Subparsers) -> None:
         help="where the relay writes the new capture (default: a new temporary directory)",
     )
     parser.add_argument("--bodies", action="store_true", help="print message bodies in full")
+    add_logging_options(parser)
     parser.set_defaults(handler=_cmd_demo)
 
 
@@ -63,6 +66,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions, serve_replay
     from pop3tap.testing import run_poplib
 
+    setup_logging(args)
     source = Path(args.capture) if args.capture else shipped_captures_dir() / DEFAULT_CAPTURE
     try:
         sessions, _warnings = load_sessions(source)
