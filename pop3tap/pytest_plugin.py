@@ -15,12 +15,18 @@ Record modes, as in vcrpy / pytest-recording:
 
 When a test makes several connections while recording, the extra sessions are stored next
 to the first as ``<test name>.2.p3cap``, ``.3`` ... and replayed in that order.
+
+TLS: ``pop3_replay.ca_file`` is the CA certificate a TLS client must trust (pop3tap's CA,
+``ca_dir=`` in the marker, default as ``pop3tap ca``), and ``pop3_replay.ssl_context()``
+a client context trusting it: for ``poplib.POP3.stls`` on STLS captures (RFC 2595 §4) and
+``poplib.POP3_SSL`` with ``@pytest.mark.pop3_capture(..., listen_tls=True)`` (RFC 8314).
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import ssl
 import tempfile
 import time
 import warnings
@@ -92,6 +98,20 @@ class RecordingSession:
     recording: bool = True
     unplayed: list[Any] = field(default_factory=list)
     unmatched: list[Any] = field(default_factory=list)
+    #: pop3tap's CA directory of the recording relay (None: the default, as ``pop3tap ca``).
+    ca_dir: Path | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate the relay signs client leaves with (created on first use)."""
+        from pop3tap.certs import load_or_create_ca
+
+        ca, _created = load_or_create_ca(self.ca_dir)
+        return ca.cert_path
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting :attr:`ca_file`."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def address(self) -> str:
@@ -122,7 +142,8 @@ def pop3_replay(request: pytest.FixtureRequest) -> Iterator[Any]:
                 f"to record {path}",
                 pytrace=False,
             )
-        yield from _record(path, upstream)
+        ca_dir = options.get("ca_dir")
+        yield from _record(path, upstream, None if ca_dir is None else Path(str(ca_dir)))
         return
     if not existing:
         pytest.fail(
@@ -132,11 +153,12 @@ def pop3_replay(request: pytest.FixtureRequest) -> Iterator[Any]:
         )
     from pop3tap.capture import CaptureError
     from pop3tap.replay import ReplayError, replay_server
+    from pop3tap.tls import TlsSetupError
 
     try:
         context = replay_server(existing, **options)
         handle = context.__enter__()
-    except (CaptureError, ReplayError, ValueError) as exc:
+    except (CaptureError, ReplayError, TlsSetupError, ValueError) as exc:
         pytest.fail(f"pop3tap: {exc}", pytrace=False)
     try:
         handle.capture_path = path
@@ -149,13 +171,14 @@ def pop3_replay(request: pytest.FixtureRequest) -> Iterator[Any]:
         warnings.warn(Pop3ReplayWarning(f"{node.nodeid}: {report}"), stacklevel=1)
 
 
-def _record(path: Path, upstream: str) -> Iterator[RecordingSession]:
+def _record(path: Path, upstream: str, ca_dir: Path | None) -> Iterator[RecordingSession]:
     import functools
 
     from pop3tap.background import BackgroundServer
     from pop3tap.capture import iter_capture_paths, read_capture
     from pop3tap.cli._common import CliError, parse_endpoint
     from pop3tap.relay import Endpoint, RelayConfig, RelayServer, serve_relay
+    from pop3tap.tls import TlsConfig
 
     try:
         host, port = parse_endpoint(upstream)
@@ -167,13 +190,14 @@ def _record(path: Path, upstream: str) -> Iterator[RecordingSession]:
         listen=Endpoint("127.0.0.1", 0),
         captures=scratch,
         grace=2.0,
+        tls=TlsConfig(ca_dir=ca_dir),
     )
     background: BackgroundServer[RelayServer] = BackgroundServer(
         functools.partial(serve_relay, config), name="pop3tap-record"
     )
     try:
         with background as relay:
-            yield RecordingSession(relay.address.host, relay.address.port, path)
+            yield RecordingSession(relay.address.host, relay.address.port, path, ca_dir=ca_dir)
             # Let sessions the client already closed write their close record.
             deadline = time.monotonic() + 5.0
             while relay.active_sessions and time.monotonic() < deadline:

@@ -31,8 +31,15 @@ logged, so one client can never stop the server or disturb another.
 
 Where the recorded server closed the connection (after a failed login, inside a body, after
 an unsolicited ``-ERR``), the replay sends the recorded bytes up to that point and closes.
-Captures of TLS sessions (STLS or implicit TLS) are refused for now; see
-:func:`tls_refusal`, the one place that decides it.
+
+TLS (see docs/replay.md, "TLS"): a capture whose STLS was intercepted (RFC 2595 §4) holds
+the decrypted session after a ``tls`` record, so it replays with STLS: the recorded ``+OK``,
+then a TLS handshake as server with a leaf from pop3tap's CA (or ``--cert/--key``), then
+the exchanges recorded after the switch. Before the switch only the exchanges recorded
+before it can match, after it only the later ones. Plaintext the client sent after STLS
+and before its handshake is dropped, never answered (the CVE-2011-0411 class). With
+``listen_tls`` every connection is TLS from its first byte (RFC 8314 §3). What cannot be
+replayed (opaque TLS bytes) is decided in :func:`tls_refusal`.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import contextlib
 import difflib
 import functools
 import itertools
+import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +66,7 @@ from pop3tap.capture import (
     iter_capture_paths,
     read_capture,
 )
+from pop3tap.certs import CertError, CertStore, load_or_create_ca, normalize_names
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     Exchange,
@@ -70,6 +79,16 @@ from pop3tap.protocol import (
     split_command,
 )
 from pop3tap.relay import Endpoint, format_peer
+from pop3tap.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    ServerTls,
+    TlsSetupError,
+    describe_failure,
+    server_context_for_ca,
+    server_context_from_files,
+    server_handshake,
+    tls_info,
+)
 
 logger = structlog.get_logger("pop3tap.replay")
 
@@ -86,6 +105,8 @@ __all__ = [
     "open_replay_server",
     "replay_server",
     "serve_replay",
+    "server_tls_for",
+    "tls_mismatch",
     "tls_refusal",
 ]
 
@@ -100,6 +121,10 @@ _RECEIVE_SIZE = 64 * 1024
 _MAX_UNMATCHED_KEPT = 1000
 #: At most this many pre-login commands are remembered for a ``by_user`` switch.
 _MAX_PRELOGIN = 64
+#: The first byte of a TLS handshake record (RFC 8446 §5.1, content type 22).
+_TLS_HANDSHAKE_RECORD = 0x16
+#: At most this much plaintext is dropped between an STLS answer and the ClientHello.
+_MAX_INJECTED = 64 * 1024
 
 
 class ReplayError(Exception):
@@ -180,6 +205,12 @@ class RecordedExchange:
     sasl_lines: tuple[bytes, ...]
     #: The recorded server closed the connection right after (or inside) this response.
     closes: bool = False
+    #: Recorded after the STLS switch (decrypted), so only answered inside TLS.
+    after_tls: bool = False
+    #: The accepted STLS (RFC 2595 §4) at which TLS came up: the handshake follows.
+    starts_tls: bool = False
+    #: The accepted STLS after which the recorded TLS handshake failed: close after it.
+    tls_failed: bool = False
 
     @property
     def command(self) -> str:
@@ -215,6 +246,15 @@ class RecordedSession:
     closes_after_greeting: bool
     #: The capture file was cut short; it is served up to its last complete exchange.
     truncated: bool
+    #: The client leg was implicit TLS (capture option ``listen_tls``, RFC 8314 §3).
+    listen_tls: bool = False
+    #: The recorded upstream host (a name the replay certificate also covers).
+    upstream_host: str = ""
+
+    @property
+    def stls(self) -> bool:
+        """The session upgraded with STLS (RFC 2595 §4) and its TLS part was recorded."""
+        return any(ex.starts_tls for ex in self.exchanges)
 
     @property
     def name(self) -> str:
@@ -225,25 +265,63 @@ class RecordedSession:
 def tls_refusal(capture: Capture) -> str | None:
     """Why a capture cannot be replayed because of TLS, or None.
 
-    This is the seam for TLS replay: STLS sessions (RFC 2595 §4) and implicit-TLS ones
-    (RFC 8314) carry a TLS layer the replay server cannot reproduce yet.
+    Implicit TLS (RFC 8314 §3) on either leg is recorded decrypted, and so is an
+    intercepted STLS (RFC 2595 §4, a ``tls`` record at the switch): both replay. Refused:
+    an STLS the relay let through without intercepting it (an ``stls`` record with
+    ``intercepted: false``), whose later bytes are opaque TLS records, not POP3.
+    An accepted STLS whose handshake failed (``tls_failed``) is replayed up to the STLS
+    answer, then the connection closes (see :func:`session_from_capture`).
     """
-    options = capture.header.options
-    tls_option = options.get("tls")
-    tls_text = tls_option.lower() if isinstance(tls_option, str) else ""
-    if tls_text not in ("", "none", "off", "no") and (
-        "implicit" in tls_text or "stls" not in tls_text
-    ):
-        return "TLS captures cannot be replayed yet (recorded over implicit TLS)"
-    for key in ("implicit_tls", "upstream_tls", "client_tls"):
-        if options.get(key) not in (None, False, "", "none"):
-            return "TLS captures cannot be replayed yet (recorded over implicit TLS)"
     for record in capture.records:
-        if isinstance(record, EventRecord) and record.name in ("tls", "stls"):
-            return "TLS captures cannot be replayed yet (the session used STLS)"
-    if any(isinstance(e, StartTls) for e in capture.events()):
-        return "TLS captures cannot be replayed yet (the session used STLS)"
+        if (
+            isinstance(record, EventRecord)
+            and record.name == "stls"
+            and record.fields.get("intercepted") is False
+        ):
+            return (
+                "the session used STLS without interception (intercept_stls off), so "
+                "what follows the upgrade is encrypted; it cannot be replayed"
+            )
     return None
+
+
+def tls_mismatch(session: RecordedSession, listen_tls: bool) -> str | None:
+    """A one-line warning when the replay listener's TLS differs from the recorded one.
+
+    The recorded bytes are plaintext POP3 either way, so the session is served anyway.
+    """
+    if session.listen_tls and not listen_tls:
+        return (
+            f"{session.path}: recorded with implicit TLS on the client leg (RFC 8314); "
+            "serving it in plaintext (add --listen-tls to replay it over TLS)"
+        )
+    if listen_tls and not session.listen_tls:
+        more = " (its STLS is refused inside TLS)" if session.stls else ""
+        return (
+            f"{session.path}: recorded with a plaintext client leg; serving it over "
+            f"implicit TLS anyway because of --listen-tls{more}"
+        )
+    return None
+
+
+def _upstream_host(upstream: str) -> str:
+    """The host of a capture header's ``host:port`` (``[v6]:port`` too)."""
+    text = upstream.strip()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text.strip("[]")
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def _stls_outcome(capture: Capture) -> tuple[bool, bool]:
+    """(TLS came up after STLS, a handshake failed): from the ``tls``/``tls_failed`` records."""
+    came_up = failed = False
+    for record in capture.records:
+        if isinstance(record, EventRecord):
+            if record.name == "tls" and record.fields.get("mode", "stls") == "stls":
+                came_up = True
+            elif record.name == "tls_failed":
+                failed = True
+    return came_up, failed
 
 
 def _split_lines(data: bytes, start: int, count: int) -> list[tuple[bytes, int]]:
@@ -330,6 +408,8 @@ def session_from_capture(capture: Capture) -> RecordedSession:
     if greeting is None:
         raise ReplayError(f"{capture.path}: no server greeting in the capture; nothing to replay")
     raw_exchanges = [e for e in events if isinstance(e, Exchange)]
+    start_tls = next((e for e in events if isinstance(e, StartTls)), None)
+    tls_came_up, _tls_failed = _stls_outcome(capture)
     cut_short = capture.truncated or not capture.complete
     server_closed = _server_closed_first(capture)
     if cut_short and not server_closed:
@@ -372,6 +452,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
                 )
             previous_end = max(previous_end, ex.response_end)
             previous_done = server.time_at(ex.response_end - 1)
+        is_switch = start_tls is not None and ex.seq == start_tls.seq
         exchanges.append(
             RecordedExchange(
                 index=index,
@@ -385,6 +466,9 @@ def session_from_capture(capture: Capture) -> RecordedSession:
                 segments=tuple(segments),
                 sasl_lines=tuple(text for text, _end in sasl),
                 closes=closes,
+                after_tls=start_tls is not None and ex.seq > start_tls.seq,
+                starts_tls=is_switch and tls_came_up,
+                tls_failed=is_switch and not tls_came_up,
             )
         )
     greeting_end = greeting.end
@@ -407,6 +491,8 @@ def session_from_capture(capture: Capture) -> RecordedSession:
         auth_mechanism=mechanism,
         closes_after_greeting=closes_after_greeting,
         truncated=cut_short and not server_closed,
+        listen_tls=capture.header.options.get("listen_tls") is True,
+        upstream_host=_upstream_host(capture.header.upstream),
     )
 
 
@@ -505,6 +591,15 @@ class ReplayConfig:
     max_line: int = 8192
     #: Close after this many commands in a row without a recorded answer.
     max_errors: int = 20
+    #: Implicit TLS from the first byte (RFC 8314 §3), for captures with ``listen_tls``.
+    listen_tls: bool = False
+    #: Present this certificate chain and key instead of a leaf from pop3tap's CA.
+    cert: Path | None = None
+    key: Path | None = None
+    #: pop3tap's CA directory (created if missing); None: as ``pop3tap ca`` (config home).
+    ca_dir: Path | None = None
+    #: Seconds allowed for each TLS handshake with a client.
+    tls_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.sessions not in ("cycle", "once"):
@@ -516,6 +611,10 @@ class ReplayConfig:
             raise ValueError("idle_timeout must be a positive number of seconds")
         if self.max_line < 64:
             raise ValueError("max_line must be at least 64 bytes")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+        if not self.tls_timeout > 0:
+            raise ValueError("tls_timeout must be a positive number of seconds")
 
     @property
     def speed(self) -> float:
@@ -618,14 +717,29 @@ class _Play:
         self.session = server.sessions[session_index]
         self.played = [False] * len(self.session.exchanges)
         self.cursor = 0  # strict mode: the next exchange expected
+        #: The connection is past its STLS upgrade (RFC 2595 §4).
+        self.after_tls = False
 
     def switch(self, session_index: int, answered: Sequence[tuple[str, bytes]]) -> None:
         """Continue with another session (``by_user``), replaying the accounting so far."""
+        after_tls = self.after_tls
         self.__init__(self.server, session_index)  # type: ignore[misc]
         for verb, args in answered:
             found = self.find(verb, args)
             if found is not None:
                 self.mark(found)
+                self.after_tls = self.after_tls or found.starts_tls
+        self.after_tls = after_tls
+
+    def in_phase(self, ex: RecordedExchange) -> bool:
+        """Whether ``ex`` belongs to the current side of the recorded STLS switch.
+
+        Exchanges recorded before STLS answer only before the upgrade, later ones only
+        after it. Off for sessions without STLS and on implicit-TLS listeners.
+        """
+        if self.server.config.listen_tls or not self.session.stls:
+            return True
+        return ex.after_tls == self.after_tls
 
     def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
         masked = self.session.secrets == "masked"
@@ -647,6 +761,8 @@ class _Play:
         for ex in exchanges:
             if not ex.answered and not ex.closes:
                 continue  # the client left before the recorded server answered
+            if not self.in_phase(ex):
+                continue
             if self.keys(ex) == wanted:
                 if not self.played[ex.index]:
                     return ex
@@ -665,7 +781,10 @@ class _Play:
         scored: list[tuple[float, int, str]] = []
         for ex in self.session.exchanges:
             ex_verb, ex_key = self.keys(ex)
-            if ex_verb == verb and ex_key == key:
+            if ex_verb == verb and ex_key == key and not self.in_phase(ex):
+                why = "recorded after STLS" if ex.after_tls else "recorded before STLS"
+                score = 3.5
+            elif ex_verb == verb and ex_key == key:
                 why = "already played"
                 score = 3.0
             elif ex_verb == verb:
@@ -752,6 +871,45 @@ class _LineReader:
         raise _Idle
 
 
+class _DropPlaintext(trio.abc.Stream):
+    """A client transport right after an STLS ``+OK``: plaintext before the first TLS
+    record is dropped and counted (RFC 2595 §4; the CVE-2011-0411 injection class).
+
+    A ClientHello begins with byte 0x16, which POP3 command lines never hold.
+    """
+
+    def __init__(self, inner: trio.abc.Stream, limit: int = _MAX_INJECTED) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.dropped = 0
+        self.skipping = True
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        while self.skipping:
+            data = bytes(await self.inner.receive_some(max_bytes))
+            if not data:
+                return b""
+            start = data.find(_TLS_HANDSHAKE_RECORD)
+            if start < 0:
+                self.dropped += len(data)
+                if self.dropped > self.limit:
+                    raise trio.BrokenResourceError("too much plaintext after STLS")
+                continue
+            self.skipping = False
+            self.dropped += start
+            return data[start:]
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class _Connection:
     """One client of the replay server."""
 
@@ -767,6 +925,8 @@ class _Connection:
         self.prelogin: list[tuple[str, bytes]] = []
         self.user_chosen = False
         self.reason = "client closed"
+        #: The client leg is TLS (implicit, or after STLS).
+        self.tls_up = False
         self.log = logger.bind(connection=number, client=format_peer(stream))
 
     # -- sending --------------------------------------------------------------------------
@@ -804,6 +964,8 @@ class _Connection:
     # -- session -------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.config.listen_tls and not await self.start_tls(self.stream, mode="implicit"):
+            return
         index = self.server.assign_session()
         if index is None:
             self.log.warning("replay.sessions_exhausted", sessions=len(self.server.sessions))
@@ -849,6 +1011,11 @@ class _Connection:
                 continue
             self.errors_in_a_row = 0
             self.play.mark(ex)
+            if (ex.starts_tls or ex.tls_failed) and self.tls_up:
+                # An implicit-TLS listener serving an STLS capture: no TLS inside TLS.
+                self.log.warning("replay.stls_in_tls", capture=self.play.session.name)
+                await self.send_error("STLS refused: this connection is already TLS")
+                continue
             if not self.user_chosen and len(self.prelogin) < _MAX_PRELOGIN:
                 self.prelogin.append((verb, args))
             self.log.debug("replay.exchange", seq=ex.seq, command=ex.command)
@@ -857,9 +1024,60 @@ class _Connection:
             if ex.closes:
                 self.reason = "recorded server closed here"
                 return
+            if ex.tls_failed:
+                self.reason = "the recorded TLS handshake after STLS failed"
+                return
+            if ex.starts_tls and not await self.upgrade():
+                return
             if verb == "QUIT" and ex.status is not None:
                 self.reason = "quit"
                 return
+
+    async def upgrade(self) -> bool:
+        """TLS after the recorded STLS ``+OK`` (RFC 2595 §4); False when the session ends.
+
+        Client bytes already read past the STLS line, or sent before the ClientHello,
+        are dropped and logged, never answered.
+        """
+        assert self.play is not None
+        buffered = len(self.reader.buffer)
+        self.reader.buffer.clear()
+        self.reader.scanned = 0
+        transport = _DropPlaintext(self.stream)
+        ok = await self.start_tls(transport, mode="stls")
+        injected = buffered + transport.dropped
+        if injected:
+            self.log.warning(
+                "replay.stls_injection",
+                client_bytes=injected,
+                note="plaintext sent after STLS before TLS (CVE-2011-0411 class): dropped",
+            )
+        if ok:
+            self.play.after_tls = True
+        return ok
+
+    async def start_tls(self, transport: trio.abc.Stream, *, mode: str) -> bool:
+        """A bounded TLS handshake as server with the client; logs which leg failed and why."""
+        server_tls = self.server.tls
+        if server_tls is None:  # pragma: no cover - the server builds it when needed
+            self.reason = "TLS needed but not configured"
+            return False
+        timeout = self.config.tls_timeout
+        try:
+            with trio.fail_after(timeout):
+                tls = await server_handshake(transport, server_tls.context)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+            reason = describe_failure(
+                exc, leg="client", own_ca=server_tls.ca is not None, timeout=timeout
+            )
+            self.log.warning("replay.tls_failed", leg="client", mode=mode, reason=reason)
+            self.reason = f"TLS failed (client): {reason}"
+            return False
+        self.log.info("replay.tls", leg="client", mode=mode, **tls_info(tls, server=server_tls))
+        self.stream = tls
+        self.reader = _LineReader(tls, self.config.max_line, self.config.idle_timeout)
+        self.tls_up = True
+        return True
 
     async def answer(self, ex: RecordedExchange) -> bool:
         """Send the recorded response; for AUTH, read a SASL line after each ``+``."""
@@ -1002,12 +1220,19 @@ class ReplayServer:
     """
 
     def __init__(
-        self, config: ReplayConfig, sessions: Sequence[RecordedSession] | None = None
+        self,
+        config: ReplayConfig,
+        sessions: Sequence[RecordedSession] | None = None,
+        *,
+        tls: ServerTls | None = None,
     ) -> None:
-        """Load the captures (unless ``sessions`` are given).
+        """Load the captures (unless ``sessions`` are given) and the TLS certificate.
+
+        ``tls`` is what :func:`server_tls_for` returned (built here when None and needed).
 
         Raises:
             CaptureError, ReplayError: a capture cannot be read or replayed.
+            TlsSetupError: the certificate, key or CA cannot be used.
         """
         self.config = config
         self.warnings: list[str] = []
@@ -1017,6 +1242,13 @@ class ReplayServer:
         if not sessions:
             raise ReplayError("no recorded sessions to replay")
         self.sessions: tuple[RecordedSession, ...] = tuple(sessions)
+        #: One-line warnings about captures whose client-leg TLS differs from the listener.
+        self.tls_warnings = [
+            w for w in (tls_mismatch(s, config.listen_tls) for s in self.sessions) if w
+        ]
+        for warning in self.tls_warnings:
+            logger.warning("replay.tls_mismatch", note=warning)
+        self.tls = tls if tls is not None else server_tls_for(config, self.sessions)
         self.accounting = _Accounting(self.sessions)
         self.listeners: list[trio.SocketListener] = []
         self.connections = 0
@@ -1028,6 +1260,13 @@ class ReplayServer:
         """Where the first listener accepts connections."""
         host, port = self.listeners[0].socket.getsockname()[:2]
         return Endpoint(str(host), int(port))
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate (PEM) clients must trust; None without TLS or with --cert."""
+        if self.tls is None or self.tls.ca is None:
+            return None
+        return self.tls.ca.cert_path
 
     @property
     def unplayed(self) -> list[UnplayedExchange]:
@@ -1114,14 +1353,77 @@ class ReplayServer:
                     connection.log.exception("replay.connection_crashed")
 
 
+def server_tls_for(
+    config: ReplayConfig, sessions: Sequence[RecordedSession]
+) -> ServerTls | None:
+    """What TLS clients are shown, or None when no session and no option needs TLS.
+
+    ``--cert/--key`` when given; else a leaf from pop3tap's CA (created if missing, as
+    the relay does) for the listen host, ``127.0.0.1``, ``localhost`` and every recorded
+    upstream host; a client asking (SNI) for another name gets a leaf for it too.
+
+    Raises:
+        TlsSetupError: unreadable or mismatched certificate files, or a broken CA.
+    """
+    needed = config.listen_tls or config.cert is not None or any(s.stls for s in sessions)
+    if not needed:
+        return None
+    if config.cert is not None and config.key is not None:
+        context = server_context_from_files(config.cert, config.key)
+        subject, sha256 = _describe_cert(config.cert)
+        return ServerTls(context=context, cert_subject=subject, cert_sha256=sha256)
+    hosts = [config.listen.host, "127.0.0.1", "localhost"]
+    hosts += [s.upstream_host for s in sessions]
+    names = normalize_names(hosts)[:100]
+    try:
+        ca, created = load_or_create_ca(config.ca_dir)
+        store = CertStore(ca, disk=True)
+        context = server_context_for_ca(store, names)
+        leaf = store.leaf_for(names)
+    except CertError as exc:
+        raise TlsSetupError(str(exc)) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsSetupError(f"cannot load the leaf certificate: {exc}") from None
+    if created:
+        logger.warning(
+            "tls.ca_created",
+            ca_dir=str(ca.directory),
+            ca_cert=str(ca.cert_path),
+            sha256=ca.fingerprint,
+            note="clients must trust this CA: pop3tap ca export",
+        )
+    logger.info("tls.certificate", subject=leaf.cert.subject.rfc4514_string(), ca=str(ca.cert_path))
+    return ServerTls(
+        context=context,
+        cert_subject=leaf.cert.subject.rfc4514_string(),
+        cert_sha256=leaf.fingerprint,
+        ca=ca,
+        ca_created=created,
+    )
+
+
+def _describe_cert(path: Path) -> tuple[str, str]:
+    """Subject and SHA-256 fingerprint of the first certificate in a PEM file."""
+    from cryptography import x509
+
+    from pop3tap.certs import fingerprint_sha256
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return "?", "?"
+    return cert.subject.rfc4514_string(), fingerprint_sha256(cert)
+
+
 async def serve_replay(
     config: ReplayConfig,
     *,
     sessions: Sequence[RecordedSession] | None = None,
+    tls: ServerTls | None = None,
     task_status: trio.TaskStatus[ReplayServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a replay server until cancelled; ``task_status.started`` gets the server."""
-    server = ReplayServer(config, sessions)
+    server = ReplayServer(config, sessions, tls=tls)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         task_status.started(server)
@@ -1142,6 +1444,14 @@ class ReplayServerHandle:
         self.capture_path: Path | None = None
         #: False: this is a replay (the pytest plugin yields a recording relay otherwise).
         self.recording = False
+        #: The CA certificate (PEM) TLS clients must trust; None without TLS or with --cert.
+        self.ca_file: Path | None = server.ca_file
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting :attr:`ca_file` (the system store with --cert/--key)."""
+        return ssl.create_default_context(
+            cafile=None if self.ca_file is None else str(self.ca_file)
+        )
 
     @property
     def host(self) -> str:
@@ -1184,6 +1494,9 @@ def _config(captures: Any, options: dict[str, Any]) -> ReplayConfig:
     listen = options.pop("listen", Endpoint("127.0.0.1", 0))
     if isinstance(listen, tuple):
         listen = Endpoint(*listen)
+    for name in ("cert", "key", "ca_dir"):
+        if isinstance(options.get(name), str):
+            options[name] = Path(options[name])
     return ReplayConfig(captures=tuple(captures), listen=listen, **options)
 
 
@@ -1194,14 +1507,18 @@ def replay_server(
     """A replay server on a free loopback port, run in a background thread.
 
     Example: ``with replay_server("captures/user-pass.p3cap") as s: poplib.POP3(s.host, s.port)``.
-    ``options`` are :class:`ReplayConfig` fields (``match``, ``timing``, ``sessions``...).
+    ``options`` are :class:`ReplayConfig` fields (``match``, ``timing``, ``sessions``,
+    ``listen_tls``, ``cert``, ``key``, ``ca_dir``, ``tls_timeout``...); ``s.ca_file`` and
+    ``s.ssl_context()`` are what TLS clients trust.
     """
     from pop3tap.background import BackgroundServer
 
     config = _config(captures, dict(options))
     sessions, _warnings = load_sessions(config.captures)  # errors surface in this thread
+    tls = server_tls_for(config, sessions)  # so do TLS setup errors
     background: BackgroundServer[ReplayServer] = BackgroundServer(
-        functools.partial(serve_replay, config, sessions=sessions), name="pop3tap-replay"
+        functools.partial(serve_replay, config, sessions=sessions, tls=tls),
+        name="pop3tap-replay",
     )
     with background as server:
         yield ReplayServerHandle(server)

@@ -75,3 +75,29 @@ def test_once_mode_records_then_replays_offline(
     second.assert_outcomes(passed=1)
     third = pytester.runpytest_subprocess()
     third.assert_outcomes(passed=1)
+
+
+def test_fixture_exposes_the_ca_for_stls_captures(pytester: pytest.Pytester) -> None:
+    from test_replay_tls import stls_capture
+
+    path = stls_capture(pytester.path / "caps")
+    pytester.makepyfile(
+        test_z=f"""
+import poplib
+import pytest
+
+@pytest.mark.pop3_capture({str(path)!r}, ca_dir="ca")
+def test_stls(pop3_replay):
+    assert pop3_replay.ca_file.name == "pop3tap-ca.pem" and pop3_replay.ca_file.is_file()
+    client = poplib.POP3(pop3_replay.host, pop3_replay.port, timeout=30)
+    client.stls(pop3_replay.ssl_context())
+    assert "STLS" not in client.capa()
+    client.user("alice")
+    client.pass_("anything")
+    assert client.stat() == (2, 320)
+    client.quit()
+    assert pop3_replay.all_played
+"""
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)

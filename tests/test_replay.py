@@ -351,15 +351,25 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_tls_capture_is_refused(tmp_path: Path) -> None:
-    path = make_capture(
-        tmp_path, [(0.1, "s2c", b"+OK hi\r\n")], close=0.2, options={"tls": "implicit"}
+def test_opaque_stls_capture_is_refused(tmp_path: Path) -> None:
+    # STLS relayed without interception: the bytes after the +OK are TLS records.
+    writer = CaptureWriter.create(
+        tmp_path,
+        session_id="opaque",
+        header_fields={"secrets": "masked", "options": {"intercept_stls": False}},
+        now=datetime(2026, 11, 27, tzinfo=UTC),
     )
-    with pytest.raises(ReplayError, match="TLS captures cannot be replayed yet"):
-        load_sessions(path)
-    result = run_cli(str(path))
+    writer.write_data("s2c", 0.1, b"+OK hi\r\n")
+    writer.write_data("c2s", 0.2, b"STLS\r\n")
+    writer.write_data("s2c", 0.3, b"+OK Begin TLS\r\n")
+    writer.write_event("stls", 0.3, intercepted=False)
+    writer.write_data("c2s", 0.4, b"\x16\x03\x01\x00\x05hello")
+    writer.close(0.5, "client closed")
+    with pytest.raises(ReplayError, match="STLS without interception"):
+        load_sessions(writer.path)
+    result = run_cli(str(writer.path))
     assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "TLS captures cannot be replayed yet" in result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot be replayed" in result.stderr
 
 
 @pytest.fixture

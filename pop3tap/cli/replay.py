@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import structlog
 
 from pop3tap.cli._common import (
+    EXIT_FAILURE,
     EXIT_OK,
     CliError,
     Subparsers,
@@ -16,6 +18,7 @@ from pop3tap.cli._common import (
     parse_endpoint,
     setup_logging,
 )
+from pop3tap.cli.ca import add_ca_dir_option
 
 
 def _timing(text: str) -> str:
@@ -88,6 +91,26 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="close connections idle this long (default 600)",
     )
+    tls = parser.add_argument_group(
+        "TLS",
+        "STLS captures (RFC 2595 §4) upgrade where they did when recorded; certificates come "
+        "from pop3tap's CA (created if missing; see `pop3tap ca`) unless --cert/--key are given.",
+    )
+    tls.add_argument(
+        "--listen-tls",
+        action="store_true",
+        help="implicit TLS from the first byte (RFC 8314), for captures recorded that way",
+    )
+    tls.add_argument("--cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
+    tls.add_argument("--key", type=Path, metavar="FILE", help="private key of --cert (PEM)")
+    add_ca_dir_option(tls)  # type: ignore[arg-type]
+    tls.add_argument(
+        "--tls-timeout",
+        type=_seconds,
+        default=15.0,
+        metavar="SECONDS",
+        help="limit for each TLS handshake with a client (default 15)",
+    )
     add_logging_options(parser)
     parser.set_defaults(handler=_cmd_replay)
 
@@ -99,6 +122,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pop3tap.cli.record import _stop_on_signal, run_trio
     from pop3tap.relay import Endpoint
     from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
+    from pop3tap.tls import TlsSetupError
 
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
     try:
@@ -110,6 +134,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             match=args.match,
             timing=args.timing,
             idle_timeout=args.idle_timeout,
+            listen_tls=args.listen_tls,
+            cert=args.cert,
+            key=args.key,
+            ca_dir=args.ca_dir,
+            tls_timeout=args.tls_timeout,
         )
         sessions, warnings = load_sessions(config.captures)
     except (CaptureError, ReplayError, ValueError) as exc:
@@ -120,7 +149,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     log = structlog.get_logger("pop3tap")
     if not is_loopback(host):
         log.warning("replay.public_listen", listen=host)
-    server = ReplayServer(config, sessions)
+    try:
+        server = ReplayServer(config, sessions)
+    except TlsSetupError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
     cancel = trio.CancelScope()
 
     async def main() -> None:
@@ -133,6 +165,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     sessions=len(sessions),
                     match=config.match,
                     timing=str(config.timing),
+                    tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
+                    ca_cert=None if server.ca_file is None else str(server.ca_file),
                 )
                 nursery.start_soon(_stop_on_signal, cancel.cancel, log)
 
