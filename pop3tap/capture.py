@@ -269,8 +269,11 @@ class CaptureWriter:
         prefix = _DATA_PREFIX.get(direction)
         if prefix is None:
             raise ValueError(f"direction must be 'c2s' or 's2c', not {direction!r}")
-        view = memoryview(data).cast("B")
         head = _DATA_HEAD + _PACK_DOUBLE(t) + prefix
+        if isinstance(data, bytes) and 0 < len(data) <= MAX_DATA_CHUNK:
+            self._write((head + _bin_header(len(data)), data))  # the usual case: no views
+            return
+        view = memoryview(data).cast("B")
         for start in range(0, len(view), MAX_DATA_CHUNK):
             piece = view[start : start + MAX_DATA_CHUNK]
             self._write((head + _bin_header(len(piece)), piece))

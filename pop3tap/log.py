@@ -11,9 +11,12 @@ inside lists and dicts), sets and enums into plain text/JSON values before rende
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, MutableMapping
 from enum import Enum
 from typing import Any, Final, TextIO
@@ -82,6 +85,111 @@ def plain_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
             continue
         event_dict[key] = _plain(value)
     return event_dict
+
+
+# The timestamp of ``TimeStamper(fmt="iso", utc=True)``, built from a per-second cache:
+# ``datetime.now(UTC).isoformat()`` costs a datetime object and a format per line.
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def utc_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: ``timestamp`` exactly as ``TimeStamper(fmt="iso", utc=True)`` writes it.
+
+    ``2026-11-27T06:16:23.123456Z``; like ``datetime.isoformat`` the fraction is left out
+    when the microseconds are 0.
+    """
+    global _stamp_second, _stamp_prefix
+    second, nanos = divmod(time.time_ns(), 1_000_000_000)
+    if second != _stamp_second:
+        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_second = second
+    micros = nanos // 1000
+    event_dict["timestamp"] = f"{_stamp_prefix}.{micros:06d}Z" if micros else f"{_stamp_prefix}Z"
+    return event_dict
+
+
+def _json_fallback(value: Any) -> Any:
+    """What ``structlog.processors.JSONRenderer`` does with values JSON cannot encode."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+class JsonLineRenderer:
+    """Render the event dict as one JSON object, exactly like ``JSONRenderer()``, cheaper.
+
+    ``JSONRenderer`` calls ``json.dumps(..., default=...)``, which builds a new encoder
+    (and, inside it, a new C encoder) for every line. Here the C encoder is built once and
+    rebuilt only after a failed call, whose circular-reference markers may be left over.
+    """
+
+    def __init__(self) -> None:
+        """Build the encoders once."""
+        self._encoder = json.JSONEncoder(default=_json_fallback)
+        self._fast = self._make_fast()
+
+    def _make_fast(self) -> Callable[[Any, int], list[str]] | None:
+        make = getattr(json.encoder, "c_make_encoder", None)
+        if make is None:  # no C accelerator: the documented slow path
+            return None
+        fast: Callable[[Any, int], list[str]] = make(
+            {},  # markers: circular references raise ValueError, as with json.dumps
+            self._encoder.default,
+            json.encoder.encode_basestring_ascii,
+            None,  # indent
+            ": ",
+            ", ",
+            False,  # sort_keys
+            False,  # skipkeys
+            True,  # allow_nan
+        )
+        return fast
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+        """Render one event dict to a line (without the newline)."""
+        fast = self._fast
+        if fast is None:
+            return self._encoder.encode(event_dict)
+        try:
+            return "".join(fast(event_dict, 0))
+        except BaseException:
+            self._fast = self._make_fast()
+            raise
+
+
+class FdLogger:
+    """Write each line to a file descriptor with one ``os.write`` (no Python buffering).
+
+    ``structlog.WriteLogger`` on a line-buffered text file writes, then flushes, through
+    two layers of buffers; this is one system call per line and each line still reaches
+    the file as it is logged. With ``O_APPEND`` a line is never interleaved with another.
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Write to ``fd``, which stays owned by the caller."""
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        """Write ``message`` and a newline."""
+        data = (message + "\n").encode("utf-8", "backslashreplace")
+        with self._lock:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _FdLoggerFactory:
+    def __init__(self, fd: int) -> None:
+        self._logger = FdLogger(fd)
+
+    def __call__(self, *args: Any) -> FdLogger:
+        return self._logger
 
 
 ################################################################
@@ -240,19 +348,25 @@ def configure_logging(
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        utc_timestamp,
         plain_values,
     ]
     if use_json:
         processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        renderer = JsonLineRenderer()
     else:
         renderer = Pop3ConsoleRenderer(colors=tty)
     processors.append(renderer)
+    factory: Callable[..., Any]
+    if log_file is not None:
+        out.flush()
+        factory = _FdLoggerFactory(out.fileno())
+    else:
+        factory = structlog.WriteLoggerFactory(file=out)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(min_level),
-        logger_factory=structlog.WriteLoggerFactory(file=out),
+        logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
     previous, _log_file = _log_file, (out if log_file is not None else None)

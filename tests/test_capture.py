@@ -619,3 +619,24 @@ def test_exchanges_continue_after_tls_interception(tmp_path: Path) -> None:
     cap = read_capture(w.path)
     assert [e.verb for e in cap.exchanges()] == ["STLS", "CAPA"]
     assert cap.summary().tls
+
+
+def test_data_record_is_one_write_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash safety: each record reaches the file with one system call, bytes or views."""
+    w = new_writer(tmp_path)
+    calls: list[int] = []
+    real_writev = os.writev
+
+    def spy(fd: int, parts: list[bytes | memoryview]) -> int:
+        calls.append(len(parts))
+        return real_writev(fd, parts)
+
+    monkeypatch.setattr(os, "writev", spy)
+    w.write_data("c2s", 1.0, b"NOOP\r\n")
+    w.write_data("s2c", 1.5, bytearray(b"+OK\r\n"))
+    w.write_data("s2c", 1.6, memoryview(b"xx+OK\r\n")[2:])
+    w.close(2.0, "quit")
+    assert len(calls) == 4
+    cap = read_capture(w.path)
+    assert cap.stream("c2s") == b"NOOP\r\n"
+    assert cap.stream("s2c") == b"+OK\r\n+OK\r\n"

@@ -224,3 +224,63 @@ def test_plain_values_processor_with_capture_logs() -> None:
     assert logs == [
         {"event": "pop3.stray", "log_level": "info", "session": "s1", "text": "\\x80abc"}
     ]
+
+
+def test_timestamp_matches_structlog_iso_utc_stamper() -> None:
+    from datetime import UTC, datetime
+
+    from pop3tap.log import utc_timestamp
+
+    stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
+    for _ in range(200):
+        ours = utc_timestamp(None, "info", {})["timestamp"]
+        theirs = stamper(None, "info", {})["timestamp"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", ours)
+        parsed = datetime.fromisoformat(ours.replace("Z", "+00:00"))
+        reference = datetime.fromisoformat(theirs.replace("Z", "+00:00"))
+        assert abs((reference - parsed).total_seconds()) < 1
+        assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
+
+
+def test_json_renderer_matches_structlog_json_renderer() -> None:
+    from pop3tap.log import JsonLineRenderer
+
+    class Custom:
+        def __repr__(self) -> str:
+            return "<custom>"
+
+    event = {"event": "x", "n": 1, "f": 0.5, "s": "é\n", "l": ["a"], "o": Custom(), "none": None}
+    ours = JsonLineRenderer()(None, "info", dict(event))
+    theirs = structlog.processors.JSONRenderer()(None, "info", dict(event))
+    assert ours == theirs
+
+
+def test_log_file_gets_one_write_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "pop3tap.log"
+    configure_logging(log_format="json", log_file=str(path), cache=False)
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def spy(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", spy)
+    structlog.get_logger().info("one", text="ü")
+    structlog.get_logger().info("two")
+    assert [json.loads(w)["event"] for w in writes] == ["one", "two"]
+    assert all(w.endswith(b"\n") and w.count(b"\n") == 1 for w in writes)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["one", "two"]
+    assert lines[0]["text"] == "ü"
+
+
+def test_json_renderer_recovers_after_a_circular_value() -> None:
+    from pop3tap.log import JsonLineRenderer
+
+    renderer = JsonLineRenderer()
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(ValueError, match=r"[Cc]ircular"):
+        renderer(None, "info", {"event": "x", "loop": loop})
+    assert json.loads(renderer(None, "info", {"event": "y", "l": [1]})) == {"event": "y", "l": [1]}

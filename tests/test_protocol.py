@@ -381,3 +381,58 @@ def test_masking_sasl_lines_until_auth_finishes() -> None:
         b"********\r\n",
         b"STAT\r\n",
     )
+
+
+def _reference_body(stream: bytes) -> tuple[int, int, bool, int] | None:
+    """Line by line, the slow obvious way: (lines, bytes, bare LF seen, end) of a body."""
+    pos = 0
+    lines = 0
+    bare = False
+    while True:
+        newline = stream.find(b"\n", pos)
+        if newline < 0:
+            return None
+        line = stream[pos : newline + 1]
+        bare = bare or not line.endswith(b"\r\n")
+        if line in (b".\r\n", b".\n"):
+            return lines, pos, bare, newline + 1
+        lines += 1
+        pos = newline + 1
+
+
+_BODY_TOKENS = [b"a", b"b c", b".", b"..", b"\r", b"\n", b"\r\n", b".\r\n", b".\n", b"\n.\r"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    tokens=st.lists(st.sampled_from(_BODY_TOKENS), max_size=40),
+    status_end=st.sampled_from([b"\r\n", b"\n"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=9), max_size=6),
+)
+def test_body_scan_matches_line_by_line_reference(
+    tokens: list[bytes], status_end: bytes, sizes: list[int]
+) -> None:
+    """Terminator, line and byte counts and the bare-LF flag agree with a per-line scan."""
+    body = b"".join(tokens) + b"\r\n.\r\n"
+    expected = _reference_body(body)
+    assert expected is not None
+    lines, size, bare, end = expected
+    status = b"+OK" + status_end
+    server = GREETING + status + body[:end] + b"+OK after\r\n"
+    for server_sizes in ([], sizes, [1]):
+        (retr, noop) = exchanges(run(b"RETR 1\r\nNOOP\r\n", server, [], server_sizes))
+        assert retr.body_lines == lines
+        assert retr.body_bytes == size
+        assert (Flag.BARE_LF in retr.flags) == (bare or status_end == b"\n")
+        assert retr.response_end == len(server) - len(b"+OK after\r\n")
+        assert noop.first_line == "+OK after"
+
+
+def test_body_scan_large_chunks_with_bare_lf_behind_dot_lines() -> None:
+    """A bare LF deep in a big chunk: the terminator after it is still the first one."""
+    body = b"x\r\n" * 10_000 + b"y\n" + b".\r\n" + b"tail\r\n.\r\n"
+    server = GREETING + b"+OK\r\n" + body
+    (retr,) = exchanges(run(b"RETR 1\r\n", server, [], [262144]))
+    assert retr.body_lines == 10_001
+    assert retr.body_bytes == 3 * 10_000 + 2
+    assert Flag.BARE_LF in retr.flags

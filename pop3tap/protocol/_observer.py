@@ -69,6 +69,27 @@ DEFAULT_MAX_LINE = 8192
 DEFAULT_MAX_PENDING = 4096
 
 _STATUS_BY_TOKEN = {"+OK": Status.OK, "-ERR": Status.ERR, "+": Status.CONTINUE}
+_TERMINATORS = (b"\n.\r\n", b"\n.\n")
+
+
+def _terminator_at_edge(tail: bytes, data: bytes, pos: int) -> int:
+    """End of a terminator line whose leading LF is in ``tail`` or at ``data[pos]``, or -1.
+
+    ``tail`` holds the last (up to 3) body bytes before ``pos``; it starts as the status
+    line's LF, so an empty body is found here too.
+    """
+    edge = tail + data[pos : pos + 4]
+    carry = len(tail)
+    best = -1
+    for pattern in _TERMINATORS:
+        found = edge.find(pattern)
+        while 0 <= found <= carry:
+            candidate = pos + found + len(pattern) - carry
+            if candidate > pos and (best < 0 or candidate < best):
+                best = candidate
+                break
+            found = edge.find(pattern, found + 1)
+    return best
 
 
 @dataclass(slots=True)
@@ -176,7 +197,8 @@ class _Body:
     start: int
     consumed: int = 0
     newlines: int = 0
-    crlfs: int = 0
+    #: A LF without a CR before it was seen in the body (terminator included).
+    bare_lf: bool = False
     tail: bytes = b"\n"  # the status line's LF: the body starts at a line start
 
 
@@ -536,38 +558,47 @@ class SessionObserver:
             )
 
     def _scan_body(self, data: bytes, pos: int, at: float) -> int:
-        """Consume body bytes from ``pos``; return where scanning stopped."""
+        """Consume body bytes from ``pos``; return where scanning stopped.
+
+        The common case (CRLF lines only) costs three C-level passes over the chunk: a
+        ``find`` of ``CRLF.CRLF`` and a ``count`` of LF and of CRLF up to it. When the two
+        counts agree there is no bare LF, so every terminator line has a CR before it and
+        that ``find`` saw the first one. Otherwise a terminator may hide behind a bare LF
+        (or be ``LF.LF``): only then is the region searched again for both forms.
+        """
         body = self._body
         assert body is not None
         size = len(data)
-        terminator_end = -1
-        # A terminator whose leading LF is in the previous chunk.
-        edge = body.tail + data[pos : pos + 3]
-        carry = len(body.tail)
-        for pattern in (b"\n.\r\n", b"\n.\n"):
-            found = edge.find(pattern)
-            while 0 <= found < carry:
-                if found + len(pattern) > carry:
-                    candidate = pos + found + len(pattern) - carry
-                    if terminator_end < 0 or candidate < terminator_end:
-                        terminator_end = candidate
-                    break
-                found = edge.find(pattern, found + 1)
-        if terminator_end < 0:
-            crlf = data.find(b"\n.\r\n", pos)
-            lf = data.find(b"\n.\n", pos)
-            if crlf >= 0 and (lf < 0 or crlf < lf):
-                terminator_end = crlf + 4
-            elif lf >= 0:
-                terminator_end = lf + 3
-        end = size if terminator_end < 0 else terminator_end
-        body.consumed += end - pos
-        body.newlines += data.count(b"\n", pos, end)
-        body.crlfs += data.count(b"\r\n", pos, end)
-        if body.tail.endswith(b"\r") and end > pos and data[pos] == 0x0A:
-            body.crlfs += 1
-        body.tail = (body.tail + data[max(pos, end - 3) : end])[-3:]
-        if terminator_end < 0:
+        tail = body.tail
+        end = _terminator_at_edge(tail, data, pos)
+        limit = end
+        crlf = -1
+        if end < 0:
+            crlf = data.find(b"\r\n.\r\n", pos)
+            limit = size if crlf < 0 else crlf + 5
+        newlines = data.count(b"\n", pos, limit)
+        crlfs = data.count(b"\r\n", pos, limit)
+        straddle = 1 if data[pos] == 0x0A and tail.endswith(b"\r") else 0
+        if end < 0 and newlines != crlfs + straddle:
+            # A bare LF: a terminator behind it needs no CR before it, or is LF.LF itself.
+            lf_crlf = data.find(b"\n.\r\n", pos, limit)
+            lf_lf = data.find(b"\n.\n", pos, limit)
+            if lf_crlf >= 0:
+                end = lf_crlf + 4
+            if lf_lf >= 0 and (end < 0 or lf_lf + 3 < end):
+                end = lf_lf + 3
+            if 0 <= end < limit:
+                newlines = data.count(b"\n", pos, end)
+                crlfs = data.count(b"\r\n", pos, end)
+        if end < 0 and crlf >= 0:
+            end = crlf + 5
+        stop = size if end < 0 else end
+        body.consumed += stop - pos
+        body.newlines += newlines
+        if newlines != crlfs + straddle:
+            body.bare_lf = True
+        body.tail = (tail + data[max(pos, stop - 3) : stop])[-3:]
+        if end < 0:
             return size
         self._body = None
         self._complete(body.pending, at, self._server_offset + end, body)
@@ -588,7 +619,7 @@ class SessionObserver:
             else:
                 terminator = 3 if body.tail.endswith(b".\r\n") else 2
                 body_lines, body_bytes = body.newlines - 1, body.consumed - terminator
-            if body.newlines != body.crlfs:
+            if body.bare_lf:
                 pending.flags.add(Flag.BARE_LF)
         if pending.status is Status.OK:
             self._count(pending, body_bytes)
