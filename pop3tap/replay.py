@@ -66,7 +66,7 @@ from pop3tap.capture import (
     iter_capture_paths,
     read_capture,
 )
-from pop3tap.certs import CertError, CertStore, load_or_create_ca, normalize_names
+from pop3tap.certs import normalize_names
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     Exchange,
@@ -82,10 +82,8 @@ from pop3tap.relay import Endpoint, format_peer
 from pop3tap.tls import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     ServerTls,
-    TlsSetupError,
+    build_server_tls,
     describe_failure,
-    server_context_for_ca,
-    server_context_from_files,
     server_handshake,
     tls_info,
 )
@@ -1368,51 +1366,24 @@ def server_tls_for(
     needed = config.listen_tls or config.cert is not None or any(s.stls for s in sessions)
     if not needed:
         return None
-    if config.cert is not None and config.key is not None:
-        context = server_context_from_files(config.cert, config.key)
-        subject, sha256 = _describe_cert(config.cert)
-        return ServerTls(context=context, cert_subject=subject, cert_sha256=sha256)
     hosts = [config.listen.host, "127.0.0.1", "localhost"]
     hosts += [s.upstream_host for s in sessions]
-    names = normalize_names(hosts)[:100]
-    try:
-        ca, created = load_or_create_ca(config.ca_dir)
-        store = CertStore(ca, disk=True)
-        context = server_context_for_ca(store, names)
-        leaf = store.leaf_for(names)
-    except CertError as exc:
-        raise TlsSetupError(str(exc)) from None
-    except (ssl.SSLError, OSError) as exc:
-        raise TlsSetupError(f"cannot load the leaf certificate: {exc}") from None
-    if created:
-        logger.warning(
-            "tls.ca_created",
-            ca_dir=str(ca.directory),
-            ca_cert=str(ca.cert_path),
-            sha256=ca.fingerprint,
-            note="clients must trust this CA: pop3tap ca export",
-        )
-    logger.info("tls.certificate", subject=leaf.cert.subject.rfc4514_string(), ca=str(ca.cert_path))
-    return ServerTls(
-        context=context,
-        cert_subject=leaf.cert.subject.rfc4514_string(),
-        cert_sha256=leaf.fingerprint,
-        ca=ca,
-        ca_created=created,
+    server_tls = build_server_tls(
+        names=normalize_names(hosts)[:100], cert=config.cert, key=config.key, ca_dir=config.ca_dir
     )
-
-
-def _describe_cert(path: Path) -> tuple[str, str]:
-    """Subject and SHA-256 fingerprint of the first certificate in a PEM file."""
-    from cryptography import x509
-
-    from pop3tap.certs import fingerprint_sha256
-
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError):
-        return "?", "?"
-    return cert.subject.rfc4514_string(), fingerprint_sha256(cert)
+    if server_tls.ca is not None:
+        if server_tls.ca_created:
+            logger.warning(
+                "tls.ca_created",
+                ca_dir=str(server_tls.ca.directory),
+                ca_cert=str(server_tls.ca.cert_path),
+                sha256=server_tls.ca.fingerprint,
+                note="clients must trust this CA: pop3tap ca export",
+            )
+        logger.info(
+            "tls.certificate", subject=server_tls.cert_subject, ca=str(server_tls.ca.cert_path)
+        )
+    return server_tls
 
 
 async def serve_replay(

@@ -279,29 +279,54 @@ class TlsContexts:
 
     def _build_server(self) -> ServerTls:
         config = self.config
-        if config.cert is not None or config.key is not None:
-            if config.cert is None or config.key is None:
-                raise TlsSetupError("--cert and --key go together")
-            context = server_context_from_files(config.cert, config.key, keylog=config.keylog)
-            subject, sha256 = _describe_cert_file(config.cert)
-            return ServerTls(context=context, cert_subject=subject, cert_sha256=sha256)
-        directory = config.ca_dir if config.ca_dir is not None else default_ca_dir()
-        try:
-            ca, created = load_or_create_ca(directory)
-            store = CertStore(ca, disk=config.leaves_on_disk)
-            context = server_context_for_ca(store, self.names, keylog=config.keylog)
-            leaf = store.leaf_for(self.names)
-        except CertError as exc:
-            raise TlsSetupError(str(exc)) from None
-        except (ssl.SSLError, OSError) as exc:
-            raise TlsSetupError(f"cannot load the leaf certificate: {exc}") from None
-        return ServerTls(
-            context=context,
-            cert_subject=leaf.cert.subject.rfc4514_string(),
-            cert_sha256=leaf.fingerprint,
-            ca=ca,
-            ca_created=created,
+        if (config.cert is None) != (config.key is None):
+            raise TlsSetupError("--cert and --key go together")
+        return build_server_tls(
+            names=self.names,
+            cert=config.cert,
+            key=config.key,
+            ca_dir=config.ca_dir if config.ca_dir is not None else default_ca_dir(),
+            leaves_on_disk=config.leaves_on_disk,
+            keylog=config.keylog,
         )
+
+
+def build_server_tls(
+    *,
+    names: tuple[str, ...],
+    cert: Path | None = None,
+    key: Path | None = None,
+    ca_dir: Path | None = None,
+    leaves_on_disk: bool = True,
+    keylog: Path | None = None,
+) -> ServerTls:
+    """What TLS clients are shown: ``cert``/``key`` when given, else a leaf for ``names``
+    from pop3tap's CA in ``ca_dir`` (created if missing; see ``ServerTls.ca_created``).
+
+    Raises:
+        TlsSetupError: unreadable or mismatched certificate files, or a broken CA.
+    """
+    if cert is not None and key is not None:
+        context = server_context_from_files(cert, key, keylog=keylog)
+        subject, sha256 = _describe_cert_file(cert)
+        return ServerTls(context=context, cert_subject=subject, cert_sha256=sha256)
+    directory = ca_dir if ca_dir is not None else default_ca_dir()
+    try:
+        ca, created = load_or_create_ca(directory)
+        store = CertStore(ca, disk=leaves_on_disk)
+        context = server_context_for_ca(store, names, keylog=keylog)
+        leaf = store.leaf_for(names)
+    except CertError as exc:
+        raise TlsSetupError(str(exc)) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsSetupError(f"cannot load the leaf certificate: {exc}") from None
+    return ServerTls(
+        context=context,
+        cert_subject=leaf.cert.subject.rfc4514_string(),
+        cert_sha256=leaf.fingerprint,
+        ca=ca,
+        ca_created=created,
+    )
 
 
 def _describe_cert_file(path: Path) -> tuple[str, str]:
