@@ -8,10 +8,16 @@ traceback. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
+import signal
+import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn, TypeAlias
+
+import structlog
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -113,3 +119,61 @@ def setup_logging(args: argparse.Namespace) -> None:
         configure_logging(log_format=args.log_format, log_file=args.log_file, level=args.log_level)
     except LogSetupError as exc:
         raise CliError(str(exc)) from None
+
+
+def add_listen_option(parser: argparse.ArgumentParser) -> None:
+    """``--listen [HOST:]PORT`` (default 127.0.0.1:1110)."""
+    parser.add_argument(
+        "--listen",
+        default="127.0.0.1:1110",
+        metavar="[HOST:]PORT",
+        help="where clients connect (default 127.0.0.1:1110; port 0 picks a free port)",
+    )
+
+
+def add_certificate_options(group: argparse._ArgumentGroup) -> None:
+    """``--cert``/``--key`` (a chain to show clients) and ``--ca-dir`` (pop3tap's CA)."""
+    from pop3tap.cli.ca import add_ca_dir_option
+
+    group.add_argument("--cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
+    group.add_argument("--key", type=Path, metavar="FILE", help="private key of --cert (PEM)")
+    add_ca_dir_option(group)  # type: ignore[arg-type]
+
+
+async def stop_on_signal(
+    stop: Callable[[], None], log: structlog.typing.FilteringBoundLogger
+) -> None:
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("relay.shutdown", signal=signal.Signals(signum).name)
+            stop()
+            return
+
+
+def run_trio(main: Callable[[], object], *, what: str) -> None:
+    """Run trio, turning socket errors at startup into one-line CLI errors."""
+    import trio
+
+    try:
+        trio.run(main)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise socket_error(exc, what) from None
+    except BaseExceptionGroup as group:  # a nursery wraps what its tasks raised
+        matched, _rest = group.split(OSError)
+        if matched is None:
+            raise
+        first: BaseException = matched
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        assert isinstance(first, OSError)
+        raise socket_error(first, what) from None
+
+
+def socket_error(exc: OSError, what: str) -> CliError:
+    if exc.errno == errno.EADDRINUSE:
+        return CliError(f"cannot {what}: address already in use", EXIT_FAILURE)
+    if isinstance(exc, socket.gaierror):
+        return CliError(f"cannot {what}: unknown host ({exc.strerror})", EXIT_FAILURE)
+    return CliError(f"cannot {what}: {exc.strerror or exc}", EXIT_FAILURE)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
-import signal
-import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,13 +14,16 @@ from pop3tap.cli._common import (
     EXIT_OK,
     CliError,
     Subparsers,
+    add_certificate_options,
+    add_listen_option,
     add_logging_options,
     check_writable_directory,
     is_loopback,
     parse_endpoint,
+    run_trio,
     setup_logging,
+    stop_on_signal,
 )
-from pop3tap.cli.ca import add_ca_dir_option
 
 if TYPE_CHECKING:
     from pop3tap.tls import TlsConfig
@@ -38,12 +37,7 @@ def add_subcommand(sub: Subparsers) -> None:
         "command/response pair and write one capture file per session.",
     )
     parser.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the real server")
-    parser.add_argument(
-        "--listen",
-        default="127.0.0.1:1110",
-        metavar="[HOST:]PORT",
-        help="where clients connect (default 127.0.0.1:1110; port 0 picks a free port)",
-    )
+    add_listen_option(parser)
     parser.add_argument(
         "--captures",
         default="captures",
@@ -105,9 +99,7 @@ def _add_tls_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--listen-tls", action="store_true", help="implicit TLS for clients on the listening port"
     )
-    group.add_argument("--cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
-    group.add_argument("--key", type=Path, metavar="FILE", help="private key of --cert (PEM)")
-    add_ca_dir_option(group)  # type: ignore[arg-type]
+    add_certificate_options(group)
     group.add_argument(
         "--keylog",
         type=Path,
@@ -204,47 +196,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
                 upstream=str(config.upstream),
                 captures=str(captures) if captures else None,
             )
-            nursery.start_soon(_stop_on_signal, server.shutdown, log)
+            nursery.start_soon(stop_on_signal, server.shutdown, log)
 
     run_trio(main, what=f"listen on {config.listen}")
     log.info("relay.stopped", sessions=server.total_sessions)
     return EXIT_OK
 
 
-async def _stop_on_signal(
-    stop: Callable[[], None], log: structlog.typing.FilteringBoundLogger
-) -> None:
-    import trio
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("relay.shutdown", signal=signal.Signals(signum).name)
-            stop()
-            return
-
-
-def run_trio(main: Callable[[], object], *, what: str) -> None:
-    """Run trio, turning socket errors at startup into one-line CLI errors."""
-    import trio
-
-    try:
-        trio.run(main)  # type: ignore[arg-type]
-    except OSError as exc:
-        raise _socket_error(exc, what) from None
-    except BaseExceptionGroup as group:  # a nursery wraps what its tasks raised
-        matched, _rest = group.split(OSError)
-        if matched is None:
-            raise
-        first: BaseException = matched
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        assert isinstance(first, OSError)
-        raise _socket_error(first, what) from None
-
-
-def _socket_error(exc: OSError, what: str) -> CliError:
-    if exc.errno == errno.EADDRINUSE:
-        return CliError(f"cannot {what}: address already in use", EXIT_FAILURE)
-    if isinstance(exc, socket.gaierror):
-        return CliError(f"cannot {what}: unknown host ({exc.strerror})", EXIT_FAILURE)
-    return CliError(f"cannot {what}: {exc.strerror or exc}", EXIT_FAILURE)

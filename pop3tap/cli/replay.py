@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import structlog
 
@@ -13,12 +12,13 @@ from pop3tap.cli._common import (
     EXIT_OK,
     CliError,
     Subparsers,
+    add_certificate_options,
+    add_listen_option,
     add_logging_options,
     is_loopback,
     parse_endpoint,
     setup_logging,
 )
-from pop3tap.cli.ca import add_ca_dir_option
 
 
 def _timing(text: str) -> str:
@@ -51,12 +51,7 @@ def add_subcommand(sub: Subparsers) -> None:
     parser.add_argument(
         "captures", nargs="+", metavar="CAPTURE|DIR", help="capture files or directories"
     )
-    parser.add_argument(
-        "--listen",
-        default="127.0.0.1:1110",
-        metavar="[HOST:]PORT",
-        help="where clients connect (default 127.0.0.1:1110; port 0 picks a free port)",
-    )
+    add_listen_option(parser)
     parser.add_argument(
         "--sessions",
         choices=("cycle", "once"),
@@ -101,9 +96,7 @@ def add_subcommand(sub: Subparsers) -> None:
         action="store_true",
         help="implicit TLS from the first byte (RFC 8314), for captures recorded that way",
     )
-    tls.add_argument("--cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
-    tls.add_argument("--key", type=Path, metavar="FILE", help="private key of --cert (PEM)")
-    add_ca_dir_option(tls)  # type: ignore[arg-type]
+    add_certificate_options(tls)
     tls.add_argument(
         "--tls-timeout",
         type=_seconds,
@@ -119,7 +112,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import trio
 
     from pop3tap.capture import CaptureError
-    from pop3tap.cli.record import _stop_on_signal, run_trio
+    from pop3tap.cli._common import run_trio, stop_on_signal
     from pop3tap.relay import Endpoint
     from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
     from pop3tap.tls import TlsSetupError
@@ -168,7 +161,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
                     ca_cert=None if server.ca_file is None else str(server.ca_file),
                 )
-                nursery.start_soon(_stop_on_signal, cancel.cancel, log)
+                nursery.start_soon(stop_on_signal, cancel.cancel, log)
 
     run_trio(main, what=f"listen on {config.listen}")
     log.info(
