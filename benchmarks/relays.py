@@ -18,8 +18,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks import loadgen
+
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("direct", "socat", "haproxy", "pop3tap")
+MODES = ("direct", "socat", "haproxy", "pop3tap", "replay")
+#: Modes measured only with the concurrency load (a replay server has no 64 MiB message,
+#: and its NOOP answer is a recorded line, so the other measurements say nothing).
+CONCURRENCY_ONLY = frozenset({"replay"})
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 READY_TIMEOUT = 20.0
@@ -160,6 +165,22 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
         conf = workdir / "haproxy.cfg"
         conf.write_text(HAPROXY_CONF.format(port=port, server_port=server_port))
         return ["haproxy", "-f", str(conf), "-db"]
+    if mode == "replay":
+        return [
+            sys.executable,
+            "-m",
+            "pop3tap",
+            "replay",
+            str(workdir / "session.p3cap"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--sessions",
+            "cycle",
+            "--log-format",
+            "json",
+            "--log-file",
+            str(workdir / "log.jsonl"),
+        ]
     if mode == "pop3tap":
         captures = workdir / "captures"
         captures.mkdir(exist_ok=True)
@@ -187,13 +208,43 @@ MODE_NOTES = {
               "(relay_peak_rss_mb is the parent, relay_tree_peak_rss_mb sums parent and children)"],
     "haproxy": ["haproxy uses its default nbthread (one thread per CPU)"],
     "pop3tap": ["pop3tap records every session with its default logging (JSON to a file)"],
+    "replay": ["pop3tap replay serves one recorded concurrency session (--sessions cycle) "
+               "with its default logging (JSON to a file); only the concurrency load is run"],
 }
+
+
+def record_session(server_port: int, workdir: Path) -> Path:
+    """Record one concurrency-mode session through ``pop3tap record`` into ``workdir``.
+
+    The session is exactly the load generator's (login + STAT + LIST + 3 x RETR 2 + QUIT).
+    The recorder's readiness probe also leaves a capture (greeting only), so the largest
+    capture file is the session. It is copied to ``workdir/session.p3cap`` for the replay.
+    """
+    rec_dir = workdir / "record"
+    rec_dir.mkdir(exist_ok=True)
+    recorder = start_relay("pop3tap", server_port, rec_dir)
+    try:
+        loadgen.one_session("127.0.0.1", recorder.port, bytearray(65536))
+    except (OSError, loadgen.ReplyError) as exc:
+        raise RelayStartError(f"recording the session failed: {exc}") from exc
+    finally:
+        recorder.stop()
+    captures = sorted((rec_dir / "captures").glob("*.p3cap"), key=lambda p: p.stat().st_size)
+    if not captures or captures[-1].stat().st_size < 3 * 16 * 1024:
+        raise RelayStartError(f"no capture of the session in {rec_dir / 'captures'}")
+    target = workdir / "session.p3cap"
+    shutil.copyfile(captures[-1], target)
+    return target
 
 
 def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:
     """Start ``mode`` in front of the server; return once it accepts connections."""
     if mode == "direct":
         return Relay(mode, server_port)
+    notes: list[str] = list(MODE_NOTES.get(mode, []))
+    if mode == "replay":
+        capture = record_session(server_port, workdir)
+        notes.append(f"recorded capture: {capture.stat().st_size} octets")
     port = free_port()
     cmd = relay_command(mode, port, server_port, workdir)
     stderr_path = workdir / f"{mode}.stderr"
@@ -209,7 +260,7 @@ def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:
             )
         except OSError as exc:
             raise RelayStartError(str(exc)) from exc
-    relay = Relay(mode, port, proc, workdir, list(MODE_NOTES.get(mode, [])))
+    relay = Relay(mode, port, proc, workdir, notes)
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:

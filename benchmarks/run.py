@@ -1,12 +1,17 @@
 """Run every benchmark mode and print/write the comparison.
 
     .venv/bin/python -m benchmarks.run [--quick] [--json out.json]
-        [--modes direct,socat,haproxy,pop3tap]
+        [--modes direct,socat,haproxy,pop3tap,replay]
 
 For each mode the relay is started on a free 127.0.0.1 port in front of the benchmark server,
 measured with the load generator (a separate process) and stopped. Every measurement is
 repeated (3 times, once with --quick) and the median is reported. Ratios are computed within
 this run only.
+
+The ``replay`` mode is not a relay: it records one concurrency-mode session through
+``pop3tap record`` in front of the benchmark server, then serves it with ``pop3tap replay
+--sessions cycle`` and runs only the concurrency load against it. Its sessions/s is compared
+with haproxy's (the benchmark server through haproxy) in the same run.
 """
 
 from __future__ import annotations
@@ -124,9 +129,10 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
         # Let fork-mode children exit and be reaped so their time lands in cutime/cstime.
         time.sleep(0.2 if relay.mode == "socat" else 0.05)
 
+    full = relay.mode not in relays.CONCURRENCY_ONLY
     sampler = relays.RssSampler(pid if pid is not None else server_pid, 0.05)
     with sampler:
-        for _ in range(cfg.reps):
+        for _ in range(cfg.reps if full else 0):
             try:
                 c0 = cpu()
                 r = loadgen("throughput", port, "--repeat", str(cfg.throughput_retrs))
@@ -137,14 +143,14 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
                     samples["relay_cpu_s_per_gb"].append((c1 - c0) / (r["octets"] / 1e9))
             except LoadgenError as exc:
                 errors.append(str(exc))
-        for _ in range(cfg.reps):
+        for _ in range(cfg.reps if full else 0):
             try:
                 r = loadgen("noop", port, "--count", str(cfg.noop_count))
                 samples["noop_median_us"].append(r["median_us"])
                 samples["noop_p99_us"].append(r["p99_us"])
             except LoadgenError as exc:
                 errors.append(str(exc))
-        for _ in range(cfg.reps):
+        for _ in range(cfg.reps if full else 0):
             try:
                 r = loadgen("retr", port, "--count", str(cfg.retr_count))
                 samples["retr16k_median_us"].append(r["median_us"])
@@ -179,7 +185,10 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
         samples["relay_tree_peak_rss_mb"].append(sampler.peak)
 
     metrics: dict[str, Any] = {k: _median(v) for k, v in samples.items()}
-    if cfg.memory_check:
+    if not full:
+        samples = {k: v for k, v in samples.items() if v}
+        metrics = {k: v for k, v in metrics.items() if v is not None}
+    if cfg.memory_check and full:
         try:
             mem = memory.slow_read(port, pid if pid is not None else server_pid, cfg.big_size)
             extra["memory"] = mem
@@ -196,6 +205,7 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
     if relay.mode == "pop3tap" and relay.workdir is not None:
         captures = relay.workdir / "captures"
         extra["capture_files"] = sum(1 for p in captures.rglob("*") if p.is_file())
+    if relay.mode in ("pop3tap", "replay") and relay.workdir is not None:
         log = relay.workdir / "log.jsonl"
         extra["log_lines"] = log.read_bytes().count(b"\n") if log.exists() else 0
     return {
@@ -207,8 +217,13 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
     }
 
 
-def ratios(results: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Each mode's ratio to direct, and pop3tap's ratio to haproxy, metric by metric."""
+def ratios(
+    results: dict[str, Any],
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each mode's ratio to direct, and pop3tap's and replay's ratio to haproxy, by metric.
+
+    The second result maps "pop3tap" and "replay" (when measured) to their haproxy ratios.
+    """
 
     def ratio(a: Any, b: Any) -> float | None:
         if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None or b == 0:
@@ -226,13 +241,17 @@ def ratios(results: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[s
             if r is not None:
                 row[key] = r
         to_direct[mode] = row
-    vs_haproxy: dict[str, float] = {}
-    tap = results.get("pop3tap", {}).get("metrics", {})
+    vs_haproxy: dict[str, dict[str, float]] = {}
     hap = results.get("haproxy", {}).get("metrics", {})
-    for key, value in tap.items():
-        r = ratio(value, hap.get(key))
-        if r is not None:
-            vs_haproxy[key] = r
+    for mode in ("pop3tap", "replay"):
+        if "metrics" not in results.get(mode, {}) or not hap:
+            continue
+        row = {}
+        for key, value in results[mode]["metrics"].items():
+            r = ratio(value, hap.get(key))
+            if r is not None:
+                row[key] = r
+        vs_haproxy[mode] = row
     return to_direct, vs_haproxy
 
 
@@ -252,9 +271,7 @@ def _fmt(value: Any) -> str:
 
 def table(results: dict[str, Any], to_direct: dict[str, Any], vs_haproxy: dict[str, Any]) -> str:
     modes = [m for m in results if "metrics" in results[m]]
-    cols = ["metric", *modes]
-    if vs_haproxy:
-        cols.append("pop3tap/haproxy")
+    cols = ["metric", *modes, *(f"{m}/haproxy" for m in vs_haproxy)]
     rows: list[list[str]] = []
     for m in METRICS:
         row = [m.label]
@@ -265,8 +282,8 @@ def table(results: dict[str, Any], to_direct: dict[str, Any], vs_haproxy: dict[s
             if r is not None and m.better in ("higher", "lower"):
                 cell += f" ({r:.2f}x)"
             row.append(cell)
-        if vs_haproxy:
-            r = vs_haproxy.get(m.key)
+        for row_vs in vs_haproxy.values():
+            r = row_vs.get(m.key)
             row.append(f"{r:.2f}x" if r is not None and m.better in ("higher", "lower") else "-")
         rows.append(row)
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -339,7 +356,8 @@ def run(modes: list[str], cfg: Config) -> dict[str, Any]:
         "config": asdict(cfg),
         "modes": results,
         "ratio_to_direct": to_direct,
-        "pop3tap_to_haproxy": vs_haproxy,
+        "pop3tap_to_haproxy": vs_haproxy.get("pop3tap", {}),
+        "replay_to_haproxy": vs_haproxy.get("replay", {}),
     }
 
 
@@ -363,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     report = run(modes, cfg)
     to_direct = report["ratio_to_direct"]
     print()
-    print(table(report["modes"], to_direct, report["pop3tap_to_haproxy"]))
+    vs_haproxy = {
+        mode: report[f"{mode}_to_haproxy"]
+        for mode in ("pop3tap", "replay")
+        if report[f"{mode}_to_haproxy"]
+    }
+    print(table(report["modes"], to_direct, vs_haproxy))
     m = report["machine"]
     print(f"\nmachine: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, python {m['python']}")
     print("(x) = ratio to direct in this run; medians of", cfg.reps, "repetition(s)")

@@ -2,7 +2,9 @@
 
 No timing assertions: only that every metric is there, positive where it must be, and that no
 session failed. pop3tap is included when ``pop3tap.relay`` (and ``pop3tap.cli``, which starts
-it) can be imported; otherwise only its check is skipped.
+it) can be imported, and the replay mode (record one session, then serve it with ``pop3tap
+replay``; concurrency load only) when ``pop3tap.replay`` can be imported too; otherwise only
+their checks are skipped.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ CLIENT_METRICS = (
     "retr16k_p99_us",
     "sessions_per_s",
 )
+#: The replay mode runs only the concurrency load.
+REPLAY_METRICS = (
+    "sessions_per_s",
+    "relay_cpu_ms_per_session",
+    "relay_peak_rss_mb",
+    "relay_tree_peak_rss_mb",
+)
 RELAY_METRICS = (
     "relay_cpu_s_per_gb",
     "relay_cpu_ms_per_session",
@@ -45,9 +54,23 @@ def _pop3tap_relay_available() -> bool:
     return True
 
 
+def _pop3tap_replay_available() -> bool:
+    try:
+        importlib.import_module("pop3tap.replay")
+    except ImportError:
+        return False
+    return _pop3tap_relay_available()
+
+
 HAVE_SOCAT = shutil.which("socat") is not None
 HAVE_RELAY = _pop3tap_relay_available()
-MODES = ["direct", *(["socat"] if HAVE_SOCAT else []), *(["pop3tap"] if HAVE_RELAY else [])]
+HAVE_REPLAY = _pop3tap_replay_available()
+MODES = [
+    "direct",
+    *(["socat"] if HAVE_SOCAT else []),
+    *(["pop3tap"] if HAVE_RELAY else []),
+    *(["replay"] if HAVE_REPLAY else []),
+]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +120,24 @@ def test_quick_mode(report: dict[str, Any], mode: str) -> None:
     assert result["memory"]["completed"] is True
     if mode == "direct":
         assert not any(key in metrics for key in RELAY_METRICS)
+
+
+def test_quick_replay(report: dict[str, Any]) -> None:
+    if not HAVE_REPLAY:
+        pytest.skip("pop3tap.replay / pop3tap.relay is not importable yet")
+    result = report["modes"]["replay"]
+    assert "error" not in result, result.get("error")
+    assert result["errors"] == []
+    metrics = result["metrics"]
+    for key in REPLAY_METRICS:
+        value = metrics.get(key)
+        assert isinstance(value, int | float), (key, value)
+        assert value > 0, (key, value)
+    assert metrics["session_errors"] == 0
+    # Only the concurrency load runs against a replay server.
+    assert "throughput_mb_s" not in metrics
+    assert "memory" not in result
+    assert result["log_lines"] > 0
 
 
 def test_quick_report_shape(report: dict[str, Any]) -> None:
