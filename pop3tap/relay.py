@@ -27,7 +27,6 @@ the session is logged and captured decrypted.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import socket
 import struct
@@ -40,6 +39,7 @@ import structlog
 import trio
 
 from pop3tap import __version__
+from pop3tap._fastio import plain_fd, receive_some, send_all
 from pop3tap.capture import CaptureError, CaptureWriter
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
@@ -141,54 +141,6 @@ async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
     stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return stream
-
-
-def _plain_fd(stream: trio.abc.Stream) -> int | None:
-    """The file descriptor under a plain TCP ``trio.SocketStream`` (None for TLS etc.).
-
-    The pumps read and write it directly: ``receive_some`` and ``send_all`` each add a
-    full pass through trio's scheduler (a checkpoint before and after the system call,
-    plus a failing ``recv`` before every wait), which costs more than the forwarding.
-    """
-    if type(stream) is not trio.SocketStream:
-        return None
-    try:
-        fd = stream.socket.fileno()
-    except OSError:
-        return None
-    return fd if fd >= 0 else None
-
-
-async def _receive(stream: trio.abc.Stream, fd: int | None) -> bytes:
-    """Wait for bytes (one checkpoint), then read what is there; b"" at end of stream."""
-    if fd is None:
-        return bytes(await stream.receive_some(RECEIVE_SIZE))
-    await trio.lowlevel.wait_readable(fd)
-    try:
-        return os.read(fd, RECEIVE_SIZE)
-    except BlockingIOError:  # woken without data: let trio wait again
-        return bytes(await stream.receive_some(RECEIVE_SIZE))
-    except OSError as exc:
-        raise trio.BrokenResourceError(_reason(exc)) from exc
-
-
-async def _send(stream: trio.abc.Stream, data: bytes) -> None:
-    """Send all of ``data``; a write the kernel takes at once needs no trip through trio.
-
-    The receive before it was the checkpoint, so the loop still yields once per chunk.
-    """
-    fd = _plain_fd(stream)
-    if fd is None:
-        await stream.send_all(data)
-        return
-    try:
-        sent = os.write(fd, data)
-    except BlockingIOError:
-        sent = 0
-    except OSError as exc:
-        raise trio.BrokenResourceError(_reason(exc)) from exc
-    if sent < len(data):
-        await stream.send_all(memoryview(data)[sent:])
 
 
 def _abort(stream: trio.abc.Stream) -> None:
@@ -381,10 +333,10 @@ class _Session:
         STLS line is known before it is forwarded and what follows it can be held.
         """
         side = "client" if direction is Direction.CLIENT else "server"
-        source_fd = _plain_fd(source)
+        source_fd = plain_fd(source)
         while True:
             try:
-                data = await _receive(source, source_fd)
+                data = await receive_some(source, source_fd, RECEIVE_SIZE)
             except trio.BrokenResourceError as exc:
                 if id(source) in self.closed_by_us:
                     return
@@ -475,7 +427,7 @@ class _Session:
         if not data:
             return True
         try:
-            await _send(sink, data)
+            await send_all(sink, data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             other = "server" if direction is Direction.CLIENT else "client"
             self.log.info("session.peer_gone", side=other, error=_reason(exc))

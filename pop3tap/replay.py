@@ -58,6 +58,7 @@ from typing import Any, Literal
 import structlog
 import trio
 
+from pop3tap._fastio import plain_fd, receive_some, send_now
 from pop3tap.capture import (
     Capture,
     CloseRecord,
@@ -863,7 +864,7 @@ class _LineReader:
     async def _receive(self) -> bytes:
         with trio.move_on_after(self.idle if self.idle is not None else float("inf")):
             try:
-                return bytes(await self.stream.receive_some(_RECEIVE_SIZE))
+                return await receive_some(self.stream, plain_fd(self.stream), _RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return b""
         raise _Idle
@@ -945,10 +946,16 @@ class _Connection:
     async def _send_all(self, data: bytes) -> None:
         if not data:
             return
+        try:
+            sent = send_now(self.stream, data)
+        except trio.BrokenResourceError:
+            raise _Closed from None
+        if sent == len(data):
+            return
         idle = self.config.idle_timeout
         with trio.move_on_after(idle if idle is not None else float("inf")):
             try:
-                await self.stream.send_all(data)
+                await self.stream.send_all(memoryview(data)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise _Closed from None
             return

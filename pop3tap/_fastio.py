@@ -1,0 +1,73 @@
+"""Direct socket reads and writes for trio's plain TCP streams, shared by relay and replay.
+
+``SocketStream.receive_some`` and ``send_all`` each pass through trio's scheduler before
+and after the system call (and try a ``recv`` that fails before every wait). For a relay
+that forwards small POP3 lines, that costs more than the forwarding itself, so for a
+plain ``trio.SocketStream`` these helpers wait for readiness once and then call
+``os.read``/``os.write`` on the socket. TLS and other streams use the trio methods.
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+
+def plain_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor under a plain TCP ``trio.SocketStream`` (None for TLS etc.)."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    try:
+        fd = stream.socket.fileno()
+    except OSError:
+        return None
+    return fd if fd >= 0 else None
+
+
+def _broken(exc: OSError) -> trio.BrokenResourceError:
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return trio.BrokenResourceError(reason)
+
+
+async def receive_some(stream: trio.abc.Stream, fd: int | None, size: int) -> bytes:
+    """Wait for bytes (one checkpoint), then read what is there; b"" at end of stream.
+
+    ``fd`` is :func:`plain_fd` of the stream, looked up once by the caller.
+    """
+    if fd is None:
+        return bytes(await stream.receive_some(size))
+    await trio.lowlevel.wait_readable(fd)
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:  # woken without data: let trio wait again
+        return bytes(await stream.receive_some(size))
+    except OSError as exc:
+        raise _broken(exc) from exc
+
+
+def send_now(stream: trio.abc.Stream, data: bytes) -> int:
+    """Write what the kernel takes at once, without waiting; returns the bytes written.
+
+    Returns 0 for streams that are not plain sockets (the caller then uses ``send_all``).
+    """
+    fd = plain_fd(stream)
+    if fd is None:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        raise _broken(exc) from exc
+
+
+async def send_all(stream: trio.abc.Stream, data: bytes) -> None:
+    """Send all of ``data``; a write the kernel takes at once needs no trip through trio.
+
+    The caller's receive before it was the checkpoint, so a loop still yields once per
+    chunk.
+    """
+    sent = send_now(stream, data)
+    if sent < len(data):
+        await stream.send_all(memoryview(data)[sent:])
