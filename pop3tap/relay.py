@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from pop3tap.protocol import (
     Event,
     Exchange,
     Greeting,
+    PairingLost,
     SaslChallenge,
     SessionObserver,
     StartTls,
@@ -100,6 +102,8 @@ class RelayConfig:
     connect_timeout: float = 10.0
     #: Seconds to wait for the upstream greeting before giving up (None: forever).
     greeting_timeout: float | None = 30.0
+    #: Seconds a TLS upstream may go on answering after the client half-closed.
+    half_close_timeout: float = 30.0
     #: The longest line the parser keeps (longer lines are flagged, not buffered).
     max_line: int = 8192
     #: Opens the upstream transport (TCP by default); TLS, if any, is layered on top.
@@ -166,6 +170,8 @@ class _Session:
         self.capture_warned = False
         self.close_reason = "closed"
         self.greeted = trio.Event()
+        #: The server's stream ended (EOF or reset).
+        self.server_done = trio.Event()
         self.log = logger.bind()
         #: Bytes observed so far per direction (the observer's stream offsets).
         self.seen = {Direction.CLIENT: 0, Direction.SERVER: 0}
@@ -253,6 +259,8 @@ class _Session:
                 log.warning("pop3.stray", direction=event.direction.value, line=event.text)
             elif isinstance(event, StartTls):
                 self.on_start_tls(event)
+            elif isinstance(event, PairingLost):
+                log.warning("pop3.pairing_lost", reason=event.reason)
             elif isinstance(event, EndOfStream) and event.truncated:
                 log.warning("pop3.truncated", direction=event.direction.value)
             elif isinstance(event, SaslChallenge):
@@ -302,6 +310,8 @@ class _Session:
             self.log.exception("pop3.parser_error", direction=direction.value)
 
     def observe_end(self, direction: Direction, kind: str) -> None:
+        if direction is Direction.SERVER:
+            self.server_done.set()
         at = self.now()
         self.record_event(kind, dir=direction.value)
         try:
@@ -339,6 +349,13 @@ class _Session:
                 data = await receive_some(source, source_fd, RECEIVE_SIZE)
             except trio.BrokenResourceError as exc:
                 if id(source) in self.closed_by_us:
+                    return
+                if _ragged_tls_eof(source, exc):
+                    # The peer closed TCP without a TLS close_notify, as many servers do:
+                    # that is an end of stream, not a reset (RFC 8446 §6.1).
+                    self.log.info("tls.no_close_notify", side=side)
+                    self.observe_end(direction, "eof")
+                    await self.propagate_eof(sink, direction)
                     return
                 # A reset (or a TLS failure) on the receiving side: pass it on as a reset.
                 self.log.info("session.reset", side=side, error=_reason(exc))
@@ -448,11 +465,21 @@ class _Session:
         try:
             if isinstance(sink, trio.abc.HalfCloseableStream):
                 await sink.send_eof()
-            else:
-                # TLS has no half-close (RFC 8446 §6.1 close_notify ends both ways).
-                self.closed_by_us.add(id(sink))
-                with trio.move_on_after(5):
-                    await sink.aclose()
+                return
+            if direction is Direction.CLIENT:
+                # TLS cannot half-close the upstream (trio's close_notify ends both ways),
+                # and closing it now would lose the answers to commands already sent: let
+                # the server finish, within a bound.
+                with trio.move_on_after(self.config.half_close_timeout):
+                    await self.server_done.wait()
+                if self.server_done.is_set():
+                    return
+                self.log.info(
+                    "session.half_close_timeout", timeout_s=self.config.half_close_timeout
+                )
+            self.closed_by_us.add(id(sink))
+            with trio.move_on_after(5):
+                await sink.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -688,6 +715,16 @@ class _Session:
         if self.capture is not None:
             self.capture.close(at, self.close_reason, fields)
             self.check_capture()
+
+
+def _ragged_tls_eof(stream: trio.abc.Stream, exc: BaseException) -> bool:
+    """A TLS peer closed TCP without close_notify (``UNEXPECTED_EOF_WHILE_READING``)."""
+    if not isinstance(stream, trio.SSLStream):
+        return False
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLEOFError) or (
+        isinstance(cause, ssl.SSLError) and "UNEXPECTED_EOF" in str(cause)
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -22,6 +22,7 @@ from pop3tap.protocol import (
     Exchange,
     Flag,
     Greeting,
+    PairingLost,
     SaslChallenge,
     SaslResponse,
     StartTls,
@@ -160,6 +161,8 @@ def _render_event(event: Event, out: _Out, server_stream: bytes | None) -> Itera
             raw = server_stream[event.response_start : event.response_end]
             for line in _body_lines(raw):
                 yield out(event.at, "rx", line)
+    elif isinstance(event, PairingLost):
+        yield out(event.at, "db", f"Pairing stopped ({event.reason}); bytes are still recorded")
     elif isinstance(event, StartTls):
         injected = event.client_trailing + event.server_trailing
         note = f", {injected} bytes of injected plaintext" if injected else ""

@@ -14,6 +14,7 @@ from pop3tap.protocol import (
     Exchange,
     Flag,
     Greeting,
+    PairingLost,
     SaslChallenge,
     SaslResponse,
     SessionObserver,
@@ -242,18 +243,39 @@ def test_unsolicited_line_before_close() -> None:
     assert unsolicited.status is Status.ERR
 
 
+def lockstep(steps: list[tuple[str, bytes]], client_chunk: int = 5) -> list[Event]:
+    """Feed ("c", bytes) and ("s", bytes) steps in order, client bytes in small pieces."""
+    observer = SessionObserver()
+    events: list[Event] = []
+    for side, data in steps:
+        if side == "c":
+            for pos in range(0, len(data), client_chunk):
+                events += observer.feed_client(data[pos : pos + client_chunk], 1.0)
+        else:
+            events += observer.feed_server(data, 2.0)
+    return events + observer.end_server(3.0)
+
+
 def test_sasl_exchange_with_challenges_star_and_empty_lines() -> None:
-    client = (
-        b"AUTH PLAIN\r\nAGFsaWNlAHB3\r\nAUTH XOAUTH2 dG9rZW4=\r\n\r\nAUTH LOGIN\r\n*\r\nSTAT\r\n"
+    events = lockstep(
+        [
+            ("s", b"+OK\r\n"),
+            ("c", b"AUTH PLAIN\r\n"),
+            ("s", b"+ \r\n"),
+            ("c", b"AGFsaWNlAHB3\r\n"),
+            ("s", b"+OK Logged in.\r\n"),
+            ("c", b"AUTH XOAUTH2 dG9rZW4=\r\n"),
+            ("s", b"+ eyJzdGF0dXMiOiI0MDAifQ==\r\n"),
+            ("c", b"\r\n"),
+            ("s", b"-ERR [AUTH] Authentication failed.\r\n"),
+            ("c", b"AUTH LOGIN\r\n"),
+            ("s", b"+ VXNlcm5hbWU6\r\n"),
+            ("c", b"*\r\n"),
+            ("s", b"-ERR Cancelled\r\n"),
+            ("c", b"STAT\r\n"),
+            ("s", b"+OK 0 0\r\n"),
+        ]
     )
-    server = (
-        b"+OK\r\n"
-        b"+ \r\n+OK Logged in.\r\n"
-        b"+ eyJzdGF0dXMiOiI0MDAifQ==\r\n-ERR [AUTH] Authentication failed.\r\n"
-        b"+ VXNlcm5hbWU6\r\n-ERR Cancelled\r\n"
-        b"+OK 0 0\r\n"
-    )
-    events = run(client, server, [5], [7])
     got = [(e.verb, e.args, e.status, e.sasl) for e in exchanges(events)]
     assert got == [
         ("AUTH", "PLAIN", Status.OK, (("+", "0"), ("c", "********"))),
@@ -270,6 +292,53 @@ def test_sasl_exchange_with_challenges_star_and_empty_lines() -> None:
         "AUTH",
         "STAT",
     ]
+
+
+def test_sasl_data_sent_before_the_challenge_is_never_shown() -> None:
+    """A client that pipelines its SASL answer; the server refuses the mechanism."""
+    for server in (b"+OK hi\r\n-ERR unsupported\r\n-ERR unknown command\r\n", b"+OK hi\r\n"):
+        events = run(b"AUTH PLAIN\r\nAGJvYgBodW50ZXIy\r\n", server, [3], [])
+        shown = repr(events)
+        assert "AGJvYgBodW50ZXIy" not in shown and "AGJVYGBODW50ZXIY" not in shown
+        verbs = [e.verb for e in events if isinstance(e, CommandSent)]
+        assert verbs == ["AUTH", "********"]
+
+
+def test_sasl_steps_are_bounded() -> None:
+    observer = SessionObserver()
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    observer.feed_client(b"AUTH X\r\n", 1.0)
+    for _ in range(100):
+        observer.feed_server(b"+ \r\n" * 1000, 1.0)
+    (auth,) = exchanges(observer.feed_server(b"-ERR no\r\n", 2.0))
+    assert len(auth.sasl) == 65 and auth.sasl[-1] == ("...", str(100_000 - 64))
+
+
+def test_command_flood_beyond_the_limit_gives_up_pairing_but_stays_bounded() -> None:
+    observer = SessionObserver(max_pending=1000)
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    events = observer.feed_client(b"NOOP\r\n" * 5000, 1.0)
+    (lost,) = [e for e in events if isinstance(e, PairingLost)]
+    assert "unanswered" in lost.reason
+    assert observer.feed_server(b"+OK\r\n" * 5000, 2.0) == []
+    assert observer.summary().server_bytes == len(b"+OK hi\r\n") + 5000 * 5
+
+
+def test_pipelining_thousands_of_commands_in_one_chunk_pairs_them_all() -> None:
+    client = b"".join(b"DELE %d\r\n" % i for i in range(1, 5001)) + b"LIST\r\nQUIT\r\n"
+    server = b"+OK hi\r\n" + b"+OK deleted\r\n" * 5000 + b"+OK\r\n1 2\r\n.\r\n+OK bye\r\n"
+    got = exchanges(run(client, server, [], []))
+    assert len(got) == 5002
+    assert (got[-2].verb, got[-2].body_lines) == ("LIST", 1)
+    assert got[-1].first_line == "+OK bye"
+
+
+def test_lone_cr_never_shows_what_follows_it() -> None:
+    observer = SessionObserver()
+    raw = b"USER bob\rPASS hunter2\r\n"
+    assert observer.mask_client(raw) == b"USER bob\rPASS ********\r\n"
+    (command,) = [e for e in observer.feed_client(raw, 1.0) if isinstance(e, CommandSent)]
+    assert "hunter2" not in command.args and command.verb == "USER"
 
 
 def test_auth_without_argument_lists_mechanisms() -> None:
@@ -436,3 +505,38 @@ def test_body_scan_large_chunks_with_bare_lf_behind_dot_lines() -> None:
     assert retr.body_lines == 10_001
     assert retr.body_bytes == 3 * 10_000 + 2
     assert Flag.BARE_LF in retr.flags
+
+
+def test_masking_does_not_depend_on_name_or_mechanism_length() -> None:
+    name = b"u" * 5000
+    observer = SessionObserver()
+    masked = observer.mask_client(b"APOP " + name + b" c4c9334bac560ecc979e58001b3e22fb\r\n")
+    assert masked == b"APOP " + name + b" ********\r\n"
+    observer = SessionObserver()
+    mechanism = b"X" * 3000
+    assert observer.mask_client(b"AUTH " + mechanism + b"\r\n") == b"AUTH " + mechanism + b"\r\n"
+    assert observer.mask_client(b"c2VjcmV0\r\n") == b"********\r\n"
+
+
+def test_masking_keywords_are_case_and_blank_insensitive() -> None:
+    for line in (
+        b"pass hunter2\r\n",
+        b"  PaSs hunter2\r\n",
+        b"PASS\thunter2\r\n",
+        b"PASS  hunter2\r\n",
+    ):
+        assert b"hunter2" not in SessionObserver().mask_client(line)
+    assert SessionObserver().mask_client(b"PASSWORD hunter2\r\n") == b"PASSWORD hunter2\r\n"
+    assert (
+        SessionObserver().mask_client(b"auth\tplain\tAGJvYg==\r\n") == b"auth\tplain\t********\r\n"
+    )
+
+
+def test_masker_starts_afresh_after_stls() -> None:
+    observer = SessionObserver()
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    observer.mask_client(b"STLS\r\nX")  # "X": plaintext injected after STLS
+    observer.feed_client(b"STLS\r\nX", 1.0)
+    observer.feed_server(b"+OK Begin TLS\r\n", 2.0)
+    observer.resume_after_tls()
+    assert observer.mask_client(b"AUTH PLAIN AGJvYgBodW50ZXIy\r\n") == b"AUTH PLAIN ********\r\n"

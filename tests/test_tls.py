@@ -379,3 +379,75 @@ async def test_hostname_mismatch_is_described() -> None:
     (exc,) = failure
     reason = describe_failure(exc, leg="server", host="imap.example.org")
     assert reason.startswith("upstream certificate does not match host imap.example.org")
+
+
+# --------------------------------------------------------------------------- stream endings
+
+
+@pytest.mark.realpeer
+def test_client_half_close_over_pop3s_upstream_keeps_every_answer(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """TLS cannot half-close the upstream; the relay must not close it on the client's EOF
+    while answers to commands already sent are still coming."""
+    commands = f"USER {mailbox.user}\r\nPASS {mailbox.password}\r\nRETR 4\r\nQUIT\r\n".encode()
+    with tls_relay(dovecot, tmp_path, port=dovecot.pop3s_port, upstream_tls=True) as relay:
+        with socket.create_connection((relay.host, relay.port), timeout=30) as sock:
+            sock.sendall(commands)
+            sock.shutdown(socket.SHUT_WR)
+            received = bytearray()
+            while chunk := sock.recv(1 << 20):
+                received += chunk
+        (capture,) = _wait_complete(relay)
+    assert received.endswith(b"\r\n.\r\n+OK Logging out.\r\n")
+    assert len(received) > len(mailbox.messages[3])
+    assert [e.verb for e in capture.exchanges()] == ["USER", "PASS", "RETR", "QUIT"]
+    assert capture.summary().reached_update
+
+
+def test_upstream_closing_tls_without_close_notify_is_an_end_not_a_reset(tmp_path: Path) -> None:
+    """Many servers drop TCP without a TLS close_notify; every byte must still arrive."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "upstream-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server_cert = ca.issue_cert("127.0.0.1")
+    body = b"+OK\r\n" + b"z" * 70 + b"\r\n" + (b"y" * 70 + b"\r\n") * 1_500 + b".\r\n"
+
+    async def ragged_server(stream: trio.SocketStream) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server_cert.configure_cert(context)
+        tls = trio.SSLStream(stream, context, server_side=True)
+        await tls.send_all(b"+OK ready\r\n")
+        await tls.receive_some(100)
+        await tls.send_all(body)
+        await stream.aclose()  # TCP close under TLS: no close_notify
+
+    async def serve(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, ragged_server, 0)
+            task_status.started(listeners[0].socket.getsockname()[1])
+
+    from pop3tap.background import BackgroundServer
+
+    with (
+        BackgroundServer[int](serve) as port,
+        structlog.testing.capture_logs() as logs,
+        running_relay(
+            "127.0.0.1",
+            port,
+            tmp_path / "captures",
+            tls=TlsConfig(upstream_tls=True, upstream_ca=ca_file, ca_dir=tmp_path / "ca"),
+        ) as relay,
+    ):
+        with socket.create_connection((relay.host, relay.port), timeout=30) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"RETR 1\r\n")
+            time.sleep(0.3)  # let the relay see the close while data is still queued
+            received = bytearray()
+            while chunk := sock.recv(65536):
+                received += chunk
+        (capture,) = _wait_complete(relay)
+    assert bytes(received) == b"+OK ready\r\n" + body
+    assert any(e["event"] == "tls.no_close_notify" for e in logs)
+    assert not any(e["event"] == "session.reset" for e in logs)
+    assert capture.records[-1].reason == "server closed"  # type: ignore[union-attr]

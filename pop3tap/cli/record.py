@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -122,7 +123,7 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig:
         raise CliError("--cert and --key go together")
     if args.insecure_upstream and args.upstream_ca is not None:
         raise CliError("--insecure-upstream and --upstream-ca contradict each other")
-    if args.tls_timeout <= 0:
+    if math.isnan(args.tls_timeout) or args.tls_timeout <= 0:
         raise CliError("--tls-timeout must be positive")
     keylog = args.keylog
     if keylog is None and os.environ.get("SSLKEYLOGFILE"):
@@ -157,8 +158,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
         raise CliError(f"malformed address {args.upstream!r}: the upstream port cannot be 0")
     listen_host, listen_port = parse_endpoint(args.listen, default_host="127.0.0.1")
     for name in ("grace", "connect_timeout", "greeting_timeout"):
-        if getattr(args, name) < 0:
-            raise CliError(f"--{name.replace('_', '-')} must not be negative")
+        value = getattr(args, name)
+        if math.isnan(value) or value < 0:
+            raise CliError(f"--{name.replace('_', '-')} must be a number of seconds, not negative")
     tls = _tls_config(args)
     captures = None if args.no_captures else Path(args.captures)
     if captures is not None:
@@ -201,6 +203,3 @@ def _cmd_record(args: argparse.Namespace) -> int:
     run_trio(main, what=f"listen on {config.listen}")
     log.info("relay.stopped", sessions=server.total_sessions)
     return EXIT_OK
-
-
-

@@ -181,6 +181,16 @@ class Exchange(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PairingLost(Event):
+    """The observer stopped pairing to keep its memory bounded (a command flood).
+
+    Bytes are still relayed and captured; no more exchanges are reported.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfStream(Event):
     """One direction ended (EOF or reset)."""
 

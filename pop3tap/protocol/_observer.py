@@ -51,6 +51,7 @@ from pop3tap.protocol._events import (
     Exchange,
     Flag,
     Greeting,
+    PairingLost,
     SaslChallenge,
     SaslResponse,
     StartTls,
@@ -66,7 +67,8 @@ class _LineHandler(Protocol):
 
 
 DEFAULT_MAX_LINE = 8192
-DEFAULT_MAX_PENDING = 4096
+#: Unanswered commands (and held-back client lines) kept before pairing is given up.
+DEFAULT_MAX_PENDING = 16384
 
 _STATUS_BY_TOKEN = {"+OK": Status.OK, "-ERR": Status.ERR, "+": Status.CONTINUE}
 _TERMINATORS = (b"\n.\r\n", b"\n.\n")
@@ -165,6 +167,9 @@ class _ClientLine:
     end: int
     flags: frozenset[Flag]
     pipelined: bool
+    #: Arrived while an AUTH with a mechanism waited: it may be SASL data, so it is
+    #: masked in events even if the server later takes it as a command.
+    behind_auth: bool = False
 
 
 @dataclass(slots=True)
@@ -173,6 +178,7 @@ class _Pending:
 
     seq: int
     verb: str
+    shown_verb: str
     args: bytes
     masked_args: str
     sent_at: float
@@ -186,6 +192,7 @@ class _Pending:
     first_line: str = ""
     resp_code: str | None = None
     sasl: list[tuple[str, str]] = field(default_factory=list)
+    sasl_omitted: int = 0
     awaiting_sasl: bool = False
 
 
@@ -210,6 +217,11 @@ class SessionObserver:
     ) -> None:
         self._max_line = max_line
         self._max_pending = max_pending
+        #: Pending STLS and ``AUTH mechanism`` commands (they hold back client lines).
+        self._barriers = 0
+        self._open_auths = 0
+        #: Pairing was given up (a flood beyond ``max_pending``): bytes are only counted.
+        self._lost = False
         self._masker = SecretMasker()
         self._client_line = _LineAssembler(max_line)
         self._server_line = _LineAssembler(max_line)
@@ -261,7 +273,7 @@ class SessionObserver:
     def feed_client(self, data: bytes, at: float) -> list[Event]:
         """Bytes the client sent (any chunking); returns the events they complete."""
         self._summary.client_bytes += len(data)
-        if self._opaque or not data:
+        if self._opaque or self._lost or not data:
             self._client_offset += len(data)
             return []
         self._split_lines(data, at, self._client_line, self._client_offset, self._on_client_line)
@@ -272,13 +284,13 @@ class SessionObserver:
     def feed_server(self, data: bytes, at: float) -> list[Event]:
         """Bytes the server sent (any chunking); returns the events they complete."""
         self._summary.server_bytes += len(data)
-        if self._opaque or not data:
+        if self._opaque or self._lost or not data:
             self._server_offset += len(data)
             return []
         pos = 0
         size = len(data)
         base = self._server_offset
-        while pos < size and not self._opaque:
+        while pos < size and not (self._opaque or self._lost):
             if self._body is not None:
                 pos = self._scan_body(data, pos, at)
                 continue
@@ -341,6 +353,8 @@ class SessionObserver:
     def resume_after_tls(self) -> None:
         """TLS is up on both legs (STLS interception): parse the decrypted streams."""
         self._opaque = False
+        # Plaintext injected before the switch must not shift the masker's idea of lines.
+        self._masker = SecretMasker()
         self._client_queue.clear()
         self._client_line.take()
         self._server_line.take()
@@ -398,12 +412,12 @@ class SessionObserver:
                 end=end,
                 flags=frozenset(flags),
                 pipelined=pipelined,
+                behind_auth=self._open_auths > 0,
             )
         )
+        self._drain_client_queue()
         if len(self._client_queue) > self._max_pending:  # bounded memory
-            # A flood of commands the server never answers: forget the oldest.
-            self._client_queue.popleft()
-            self._summary.anomalies += 1
+            self._lose_pairing(at, "more client lines held back than the parser keeps")
 
     def _barrier_pending(self) -> bool:
         """Client lines after this point cannot be classified yet.
@@ -412,7 +426,7 @@ class SessionObserver:
         ``STLS`` nothing may follow until TLS is up (RFC 2595 §4), so lines queued behind
         it are held and become injected plaintext if the server says ``+OK``.
         """
-        return any(p.verb == "STLS" or (p.verb == "AUTH" and p.args.strip()) for p in self._pending)
+        return self._barriers > 0
 
     def _drain_client_queue(self, *, force_commands: bool = False) -> None:
         queue = self._client_queue
@@ -428,14 +442,24 @@ class SessionObserver:
             self._on_command(queue.popleft())
 
     def _on_command(self, line: _ClientLine) -> None:
-        verb, args = split_command(line.text)
+        text = line.text
+        lone_cr = text.find(b"\r")
+        verb, args = split_command(text if lone_cr < 0 else text[:lone_cr])
         seq = self._next_seq
         self._next_seq += 1
         self._summary.commands += 1
-        masked = mask_arguments(verb, args)
+        if line.behind_auth:
+            # Perhaps SASL data the server did not ask for: never show it (RFC 5034 §4).
+            shown_verb, masked = SECRET_PLACEHOLDER, ""
+        else:
+            shown_verb, masked = verb, mask_arguments(verb, args)
+            if lone_cr >= 0:
+                # A server that ends lines at a lone CR would run what follows it.
+                masked = f"{masked}\\r{SECRET_PLACEHOLDER}"
         pending = _Pending(
             seq=seq,
             verb=verb,
+            shown_verb=shown_verb,
             args=args,
             masked_args=masked,
             sent_at=line.at,
@@ -447,15 +471,17 @@ class SessionObserver:
         if line.pipelined:
             pending.flags.add(Flag.PIPELINED)
         self._pending.append(pending)
-        if len(self._pending) > self._max_pending:
-            dropped = self._pending.popleft()
-            dropped.flags.add(Flag.NO_RESPONSE)
-            self._complete(dropped, line.at, self._server_offset, None)
+        if _is_barrier(verb, args):
+            self._barriers += 1
+            if verb == "AUTH":
+                self._open_auths += 1
+        if len(self._pending) > self._max_pending:  # bounded memory
+            self._lose_pairing(line.at, "more unanswered commands than the parser keeps")
         self._events.append(
             CommandSent(
                 at=line.at,
                 seq=seq,
-                verb=verb,
+                verb=shown_verb,
                 args=masked,
                 pipelined=line.pipelined,
                 flags=line.flags,
@@ -467,7 +493,7 @@ class SessionObserver:
     def _on_sasl_response(self, pending: _Pending, line: _ClientLine) -> None:
         cancelled = line.text.strip() == b"*"
         text = "*" if cancelled else (SECRET_PLACEHOLDER if line.text else "")
-        pending.sasl.append(("c", text))
+        _add_sasl_step(pending, "c", text)
         self._events.append(
             SaslResponse(at=line.at, seq=pending.seq, text=text, cancelled=cancelled)
         )
@@ -504,7 +530,7 @@ class SessionObserver:
             pending.response_start = start
         pending.flags |= flags
         if status is Status.CONTINUE:
-            pending.sasl.append(("+", str(len(rest))))
+            _add_sasl_step(pending, "+", str(len(rest)))
             pending.awaiting_sasl = True
             self._events.append(SaslChallenge(at=at, seq=pending.seq, length=len(rest)))
             self._drain_client_queue()
@@ -610,6 +636,10 @@ class SessionObserver:
     def _complete(
         self, pending: _Pending, at: float, response_end: int, body: _Body | None
     ) -> None:
+        if _is_barrier(pending.verb, pending.args):
+            self._barriers -= 1
+            if pending.verb == "AUTH":
+                self._open_auths -= 1
         body_lines = body_bytes = 0
         if body is not None:
             if self._pending and self._pending[0] is pending:
@@ -627,7 +657,7 @@ class SessionObserver:
             Exchange(
                 at=at,
                 seq=pending.seq,
-                verb=pending.verb,
+                verb=pending.shown_verb,
                 args=pending.masked_args,
                 status=pending.status,
                 first_line=pending.first_line,
@@ -645,7 +675,7 @@ class SessionObserver:
                 if pending.response_start >= 0
                 else response_end,
                 response_end=response_end,
-                sasl=tuple(pending.sasl),
+                sasl=_sasl_steps(pending),
             )
         )
 
@@ -688,7 +718,46 @@ class SessionObserver:
         if isinstance(last, StartTls):
             self._events[-1] = dataclasses.replace(last, server_trailing=trailing)
 
+    def _lose_pairing(self, at: float, reason: str) -> None:
+        """Give up pairing for the rest of the session, keeping memory bounded.
+
+        Reached only by floods (thousands of commands the server does not answer); the
+        relay goes on forwarding every byte, and the capture still holds them all.
+        """
+        if self._lost:
+            return
+        self._lost = True
+        self._summary.anomalies += 1
+        self._client_queue.clear()
+        self._pending.clear()
+        self._body = None
+        self._barriers = self._open_auths = 0
+        self._events.append(PairingLost(at=at, reason=reason))
+
     def _take_events(self) -> list[Event]:
         events = self._events
         self._events = []
         return events
+
+
+#: SASL steps kept per AUTH exchange; a longer exchange keeps a count of the rest.
+_MAX_SASL_STEPS = 64
+
+
+def _is_barrier(verb: str, args: bytes) -> bool:
+    """STLS, and AUTH with a mechanism, hold back the client lines after them."""
+    return verb == "STLS" or (verb == "AUTH" and bool(args.strip()))
+
+
+def _add_sasl_step(pending: _Pending, kind: str, text: str) -> None:
+    if len(pending.sasl) < _MAX_SASL_STEPS:
+        pending.sasl.append((kind, text))
+    else:
+        pending.sasl_omitted += 1
+
+
+def _sasl_steps(pending: _Pending) -> tuple[tuple[str, str], ...]:
+    steps = tuple(pending.sasl)
+    if pending.sasl_omitted:
+        steps += (("...", str(pending.sasl_omitted)),)
+    return steps
