@@ -49,6 +49,7 @@ import contextlib
 import difflib
 import functools
 import itertools
+import re
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -655,6 +656,12 @@ def _display(data: bytes, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: What a POP3 keyword looks like (RFC 1939 §3: 3-4 characters; allow a little more).
+_KEYWORD_SHAPE = re.compile(r"[A-Z][A-Z0-9]{1,7}")
+#: A word that could be base64 (RFC 4648 §4), as SASL data is (RFC 5034 §4).
+_BASE64_WORD = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
 def masked_command(verb: str, args: bytes) -> str:
     """``VERB args`` as it may be shown: secrets masked, printable, bounded."""
     shown = _display(mask_arguments(verb, args).encode("utf-8", "backslashreplace"))
@@ -920,6 +927,8 @@ class _Connection:
         self.reader = _LineReader(stream, self.config.max_line, self.config.idle_timeout)
         self.play: _Play | None = None
         self.errors_in_a_row = 0
+        #: The last command answered was AUTH with a mechanism (the next line may be SASL).
+        self.after_auth = False
         self.authenticated = False
         self.prelogin: list[tuple[str, bytes]] = []
         self.user_chosen = False
@@ -1007,11 +1016,12 @@ class _Connection:
                 self.reason = "client closed"
                 return
             verb, args = split_command(line)
+            after_auth, self.after_auth = self.after_auth, False
             if self.config.by_user and not self.user_chosen:
                 self.maybe_choose_session(verb, args, line)
             ex = self.play.find(verb, args)
             if ex is None:
-                if await self.no_answer(verb, args):
+                if await self.no_answer(verb, args, maybe_secret=after_auth):
                     return
                 continue
             self.errors_in_a_row = 0
@@ -1026,6 +1036,8 @@ class _Connection:
             self.log.debug("replay.exchange", seq=ex.seq, command=ex.command)
             if not await self.answer(ex):
                 return
+            # A client may have sent SASL data before it saw the answer to AUTH.
+            self.after_auth = verb == "AUTH" and bool(args.strip())
             if ex.closes:
                 self.reason = "recorded server closed here"
                 return
@@ -1124,10 +1136,20 @@ class _Connection:
             return True
         return sasl == recorded
 
-    async def no_answer(self, verb: str, args: bytes) -> bool:
-        """Answer a command nothing was recorded for; True when the session must end."""
+    async def no_answer(self, verb: str, args: bytes, *, maybe_secret: bool = False) -> bool:
+        """Answer a command nothing was recorded for; True when the session must end.
+
+        A line right after AUTH, or a base64-looking word that is not shaped like a POP3
+        keyword (RFC 1939 §3: three or four characters), may be SASL data: it is never
+        echoed or logged.
+        """
         assert self.play is not None
-        shown = masked_command(verb, args)
+        if maybe_secret or (
+            _BASE64_WORD.fullmatch(verb) is not None and _KEYWORD_SHAPE.fullmatch(verb) is None
+        ):
+            shown = SECRET_PLACEHOLDER
+        else:
+            shown = masked_command(verb, args)
         candidates = self.play.candidates(verb, args)
         self.server.note_unmatched(self.play.session.name, shown, tuple(candidates))
         self.log.warning(

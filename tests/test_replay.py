@@ -19,7 +19,7 @@ from clients import curl, raw_session
 
 import pop3tap
 from pop3tap.capture import CaptureWriter, read_capture
-from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
+from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions, replay_server
 from pop3tap.testing import run_poplib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,9 +97,10 @@ def command(host: str, port: int, lines: list[bytes]) -> bytes:
 
 
 def test_unrecorded_command_gets_one_err_line_and_log_names_closest() -> None:
-    with structlog.testing.capture_logs() as logs, pop3tap.replay_server(
-        shipped("user-pass")
-    ) as server:
+    with (
+        structlog.testing.capture_logs() as logs,
+        pop3tap.replay_server(shipped("user-pass")) as server,
+    ):
         got = command(server.host, server.port, [b"LIST 7", b"QUIT"])
     lines = got.split(b"\r\n")
     assert lines[1] == b'-ERR pop3tap replay: no recorded response for "LIST 7"'
@@ -134,9 +135,10 @@ def test_match_any_reuses_the_last_answer() -> None:
 
 
 def test_strict_mode_fails_the_session_on_an_out_of_order_command() -> None:
-    with structlog.testing.capture_logs() as logs, pop3tap.replay_server(
-        shipped("user-pass"), match="strict"
-    ) as server:
+    with (
+        structlog.testing.capture_logs() as logs,
+        pop3tap.replay_server(shipped("user-pass"), match="strict") as server,
+    ):
         got = command(server.host, server.port, [b"CAPA", b"STAT", b"QUIT"])
     capture = read_capture(shipped("user-pass"))
     capa = capture.exchanges()[0]
@@ -377,9 +379,7 @@ def bad_captures(tmp_path: Path) -> Iterator[dict[str, Path]]:
     corrupt = tmp_path / "corrupt.p3cap"
     corrupt.write_bytes(b"\xc1\xc1 this is not msgpack")
     newer = tmp_path / "newer.p3cap"
-    newer.write_bytes(
-        msgpack.packb({"type": "header", "magic": "pop3tap-capture", "format": 99})
-    )
+    newer.write_bytes(msgpack.packb({"type": "header", "magic": "pop3tap-capture", "format": 99}))
     yield {"missing": tmp_path / "missing.p3cap", "corrupt": corrupt, "newer": newer}
 
 
@@ -413,8 +413,17 @@ def test_cli_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     import signal
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pop3tap", "replay", "--listen", "127.0.0.1:0",
-         "--log-format", "json", str(shipped("apop"))],
+        [
+            sys.executable,
+            "-m",
+            "pop3tap",
+            "replay",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            str(shipped("apop")),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -430,3 +439,29 @@ def test_cli_serves_and_stops_on_sigint(tmp_path: Path) -> None:
     client.quit()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0
+
+
+def test_sasl_data_sent_early_is_never_echoed_or_logged(tmp_path: Path) -> None:
+    """A client pipelines SASL data after an AUTH that the recording answered with -ERR at
+    once; the replay then reads that line as a command and must not show it."""
+    secret = b"AGJvYgBodW50ZXIy"
+    writer = CaptureWriter.create(tmp_path, session_id="abcdefabcdef", header_fields={})
+    writer.write_data("s2c", 0.0, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.1, b"AUTH PLAIN ********\r\n")
+    writer.write_data("s2c", 0.2, b"-ERR [AUTH] Authentication failed.\r\n")
+    writer.write_data("c2s", 0.3, b"QUIT\r\n")
+    writer.write_data("s2c", 0.4, b"+OK bye\r\n")
+    writer.close(0.5, "server closed", {})
+    with (
+        structlog.testing.capture_logs() as logs,
+        replay_server(writer.path) as server,
+        socket.create_connection((server.host, server.port), timeout=10) as sock,
+    ):
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"AUTH PLAIN AGFsaWNlAHB3\r\n" + secret + b"\r\nQUIT\r\n")
+        replies = [reader.readline() for _ in range(3)]
+    assert replies[0] == b"-ERR [AUTH] Authentication failed.\r\n"
+    assert replies[1] == b'-ERR pop3tap replay: no recorded response for "********"\r\n'
+    assert replies[2] == b"+OK bye\r\n"
+    assert secret.decode() not in repr(logs) and secret.decode().upper() not in repr(logs)
