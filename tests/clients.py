@@ -94,13 +94,14 @@ def running_relay(
 
 
 @dataclass
-class RelayProcess:
-    """``pop3tap record`` running as a child process (for signals, kill -9 and RSS)."""
+class Pop3tapProcess:
+    """A ``python -m pop3tap`` server (record or replay) running as a child process."""
 
     proc: subprocess.Popen[bytes]
     port: int
-    captures: Path
     log_file: Path
+    #: Where ``record`` writes captures (unused for ``replay``).
+    captures: Path
 
     host = "127.0.0.1"
 
@@ -108,7 +109,7 @@ class RelayProcess:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
     def rss_peak_kib(self) -> int:
-        """VmHWM of the relay process (peak resident set size)."""
+        """VmHWM of the process (peak resident set size)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
@@ -116,47 +117,56 @@ class RelayProcess:
 
 
 @contextmanager
-def relay_process(
-    upstream_host: str, upstream_port: int, workdir: Path, *extra: str
-) -> Iterator[RelayProcess]:
-    """Start ``python -m pop3tap record`` on a free port; SIGKILL it if still running after."""
+def pop3tap_process(command: str, workdir: Path, *args: str) -> Iterator[Pop3tapProcess]:
+    """Start ``python -m pop3tap COMMAND ... --listen 127.0.0.1:<free port>`` with a JSON log
+    file; wait until it logs ``<command>.listening``; SIGKILL it if still running after."""
     import sys
     import time
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    captures = workdir / "captures"
-    log_file = workdir / "relay.log.jsonl"
+    log_file = workdir / f"{command}.log.jsonl"
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "pop3tap",
-            "record",
-            "--upstream",
-            f"{upstream_host}:{upstream_port}",
+            command,
+            *args,
             "--listen",
             f"127.0.0.1:{port}",
-            "--captures",
-            str(captures),
             "--log-format",
             "json",
             "--log-file",
             str(log_file),
-            *extra,
         ],
         stdin=subprocess.DEVNULL,
     )
-    running = RelayProcess(proc=proc, port=port, captures=captures, log_file=log_file)
+    running = Pop3tapProcess(proc=proc, port=port, log_file=log_file, captures=workdir / "captures")
+    ready = '"relay.listening"' if command == "record" else f'"{command}.listening"'
     try:
         deadline = time.monotonic() + 30
-        while '"relay.listening"' not in running.log_text():
+        while ready not in running.log_text():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"relay did not start: {running.log_text()[-2000:]}")
+                raise AssertionError(
+                    f"pop3tap {command} did not start: {running.log_text()[-2000:]}"
+                )
             time.sleep(0.02)
         yield running
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@contextmanager
+def relay_process(
+    upstream_host: str, upstream_port: int, workdir: Path, *extra: str
+) -> Iterator[Pop3tapProcess]:
+    """``pop3tap record`` in front of the upstream, capturing into ``workdir/captures``."""
+    upstream = f"{upstream_host}:{upstream_port}"
+    with pop3tap_process(
+        "record", workdir, "--upstream", upstream, "--captures", str(workdir / "captures"), *extra
+    ) as running:
+        yield running

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from clients import raw_session
+from clients import pop3tap_process, raw_session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -178,37 +178,10 @@ def test_broken_captures_give_one_line_or_a_partial_read(
 
 def test_replay_memory_stays_bounded_under_junk_floods(tmp_path: Path) -> None:
     """Eight clients each push 16 MiB without a line end; the server's RSS stays small."""
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log_file = tmp_path / "replay.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pop3tap",
-            "replay",
-            str(USER_PASS),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-format",
-            "json",
-            "--log-file",
-            str(log_file),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not (log_file.exists() and "replay.listening" in log_file.read_text()):
-            assert proc.poll() is None and time.monotonic() < deadline, "replay did not start"
-            time.sleep(0.05)
-        chunk = b"J" * (1 << 20)
-        socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(8)]
+    chunk = b"J" * (1 << 20)
+    recorded = read_capture(USER_PASS)
+    with pop3tap_process("replay", tmp_path, str(USER_PASS)) as replay:
+        socks = [socket.create_connection((replay.host, replay.port), timeout=30) for _ in range(8)]
         for sock in socks:
             assert sock.recv(200).startswith(b"+OK")
         for _ in range(16):
@@ -216,18 +189,11 @@ def test_replay_memory_stays_bounded_under_junk_floods(tmp_path: Path) -> None:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     sock.sendall(chunk)
         replies = [read_until_closed(sock) for sock in socks]
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak_kib = int(
-            next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]
-        )
+        peak_kib = replay.rss_peak_kib()
         # The replay server is still there for a well-behaved client.
-        client_stream = read_capture(USER_PASS).stream("c2s")
-        assert raw_session("127.0.0.1", port, client_stream) == read_capture(USER_PASS).stream(
+        assert raw_session(replay.host, replay.port, recorded.stream("c2s")) == recorded.stream(
             "s2c"
         )
-    finally:
-        proc.terminate()
-        proc.wait(15)
     for reply in replies:
         assert reply.startswith(b"-ERR") and reply.count(b"\r\n") == 1
     assert peak_kib < 100 * 1024, f"replay server peaked at {peak_kib / 1024:.0f} MiB"
