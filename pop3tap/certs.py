@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -251,9 +252,23 @@ def load_or_create_ca(
 ) -> tuple[CertificateAuthority, bool]:
     """Load the CA, creating it first when the directory holds none; returns (ca, created)."""
     directory = directory if directory is not None else default_ca_dir()
-    if (directory / CA_CERT_FILE).exists() or (directory / CA_KEY_FILE).exists():
+    if (directory / CA_CERT_FILE).exists() and (directory / CA_KEY_FILE).exists():
         return load_ca(directory), False
-    return init_ca(directory, key_type=key_type), True
+    # Several processes may start at once (record and replay, pytest-xdist): one creates
+    # the CA under an exclusive lock, the others wait and load it.
+    try:
+        with _private_umask():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_fd = os.open(directory / ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise CertError(f"cannot use the CA directory {directory}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        if (directory / CA_CERT_FILE).exists() or (directory / CA_KEY_FILE).exists():
+            return load_ca(directory), False
+        return init_ca(directory, key_type=key_type), True
+    finally:
+        os.close(lock_fd)  # releases the lock
 
 
 def normalize_names(names: Iterable[str]) -> tuple[str, ...]:
@@ -342,8 +357,12 @@ class CertStore:
         #: How many leaves were minted (not found in a cache); for tests and logs.
         self.minted = 0
 
-    def leaf_for(self, names: Iterable[str]) -> LeafCertificate:
-        """A valid leaf for ``names`` (the first one becomes the subject CN)."""
+    def leaf_for(self, names: Iterable[str], *, persist: bool = True) -> LeafCertificate:
+        """A valid leaf for ``names`` (the first one becomes the subject CN).
+
+        ``persist=False`` keeps it in memory only: names a client chose (SNI) must not
+        fill the disk.
+        """
         key = normalize_names(names)
         if not key:
             raise CertError("no usable host name or address for the certificate")
@@ -351,11 +370,12 @@ class CertStore:
         if cached is not None and self._fresh(cached.cert):
             self._cache.move_to_end(key)
             return cached
-        leaf = self._load_from_disk(key) if self.disk else None
+        on_disk = self.disk and persist
+        leaf = self._load_from_disk(key) if on_disk else None
         if leaf is None:
             leaf = self._mint(key)
             self.minted += 1
-            if self.disk:
+            if on_disk:
                 leaf = self._save_to_disk(leaf)
         self._cache[key] = leaf
         self._cache.move_to_end(key)

@@ -212,7 +212,7 @@ def server_context_for_ca(
             if wanted:
                 key = wanted[0]
                 try:
-                    chosen = store.leaf_for((*leaf.names, key))
+                    chosen = store.leaf_for((*leaf.names, key), persist=False)
                     if key not in per_name:
                         if len(per_name) >= store.capacity:
                             per_name.clear()

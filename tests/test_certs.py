@@ -156,3 +156,53 @@ def test_cli_record_tls_usage_errors(tmp_path: Path) -> None:
     result = _record("--listen-tls", "--ca-dir", str(broken))
     assert result.returncode == 1 and "not readable PEM" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_leaves_minted_for_client_sni_stay_in_memory(ca_dir: Path) -> None:
+    """A client chooses its SNI: the leaves it makes pop3tap mint must not fill the disk."""
+    ca = init_ca(ca_dir)
+    store = CertStore(ca, disk=True)
+    server_ctx = server_context_for_ca(store, ("pop.example.org", "127.0.0.1"))
+    client_ctx = ssl.create_default_context(cafile=str(ca.cert_path))
+    for index in range(5):
+        client_end, server_end = trio.testing.memory_stream_pair()
+
+        async def client(name: str = f"h{index}.attacker.example") -> None:
+            tls = trio.SSLStream(client_end, client_ctx, server_hostname=name)  # noqa: B023
+            await tls.do_handshake()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client)
+            await server_handshake(server_end, server_ctx)
+    on_disk = sorted(p.name for p in (ca_dir / "leaves").glob("*.pem"))
+    assert len(on_disk) == 1  # the configured names only
+    assert store.minted == 6
+
+
+_RACE_SCRIPT = """
+import sys
+from pathlib import Path
+from pop3tap.certs import load_or_create_ca
+ca, created = load_or_create_ca(Path(sys.argv[1]))
+print(ca.fingerprint, created)
+"""
+
+
+def test_concurrent_processes_agree_on_one_ca(tmp_path: Path) -> None:
+    for attempt in range(5):
+        directory = tmp_path / f"ca{attempt}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _RACE_SCRIPT, str(directory)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(8)
+        ]
+        results = [proc.communicate(timeout=60) for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs), results
+        fingerprints = {out.split()[0] for out, _err in results}
+        created = [out.split()[1] for out, _err in results]
+        assert len(fingerprints) == 1 and created.count("True") == 1
+        assert load_ca(directory).fingerprint in fingerprints
