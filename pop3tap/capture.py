@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import re
 import struct
@@ -470,10 +471,20 @@ class _Corrupt(Exception):
     """A record that does not have the expected shape."""
 
 
+#: Times beyond this (seconds; about 30 years) can only come from a damaged file.
+_MAX_TIME = 1e9
+
+
 def _num(value: object, what: str) -> float:
+    """A finite, non-negative time of sane size; anything else marks the record corrupt."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Corrupt(f"{what} is not a number")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number < _MAX_TIME * (
+        4 if what == "started_unix" else 1
+    ):
+        raise _Corrupt(f"{what} is out of range")
+    return number
 
 
 def _str(value: object, what: str) -> str:

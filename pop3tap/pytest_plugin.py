@@ -14,7 +14,7 @@ Record modes, as in vcrpy / pytest-recording:
 * ``all``: always record again.
 
 When a test makes several connections while recording, the extra sessions are stored next
-to the first as ``<test name>.2.p3cap``, ``.3`` ... and replayed in that order.
+to the first as ``<test name>~2.p3cap``, ``~3`` ... and replayed in that order.
 
 TLS: ``pop3_replay.ca_file`` is the CA certificate a TLS client must trust (pop3tap's CA,
 ``ca_dir=`` in the marker, default as ``pop3tap ca``), and ``pop3_replay.ssl_context()``
@@ -24,6 +24,7 @@ a client context trusting it: for ``poplib.POP3.stls`` on STLS captures (RFC 259
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import ssl
@@ -69,16 +70,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def default_capture_path(node: pytest.Item) -> Path:
-    """``<test dir>/captures/<module>/<test name>.p3cap``."""
+    """``<test dir>/captures/<module>/<Class.test name>.p3cap``.
+
+    The name is the node id after the file (class and test, joined by ``.``). Where it
+    holds characters a file name should not (parameters such as ``[1.5]``), they become
+    ``_`` and a short hash of the exact id is added, so two tests never share a capture.
+    """
     test_file = Path(str(node.path))
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.name).strip("_") or "test"
+    exact = ".".join(node.nodeid.split("::")[1:]) or node.name
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", exact).strip("_") or "test"
+    if name != exact:
+        name += "-" + hashlib.sha256(exact.encode()).hexdigest()[:8]
     return test_file.parent / "captures" / test_file.stem / f"{name}.p3cap"
 
 
 def capture_set(path: Path) -> list[Path]:
-    """The capture and its numbered siblings (``name.2.p3cap`` ...), in session order."""
+    """The capture and its numbered siblings (``name~2.p3cap`` ...), in session order.
+
+    ``~`` never appears in a default capture name, so one test's siblings cannot be
+    mistaken for another test's capture.
+    """
     stem = path.name[: -len(".p3cap")] if path.name.endswith(".p3cap") else path.stem
-    pattern = re.compile(re.escape(stem) + r"\.(\d+)\.p3cap")
+    pattern = re.compile(re.escape(stem) + r"~(\d+)\.p3cap")
     extra = []
     if path.parent.is_dir():
         for candidate in path.parent.iterdir():
@@ -211,7 +224,7 @@ def _record(path: Path, upstream: str, ca_dir: Path | None) -> Iterator[Recordin
         path.parent.mkdir(parents=True, exist_ok=True)
         for number, source in enumerate(recorded, start=1):
             target = path if number == 1 else path.with_name(
-                f"{path.name[: -len('.p3cap')]}.{number}.p3cap"
+                f"{path.name[: -len('.p3cap')]}~{number}.p3cap"
             )
             shutil.move(str(source), target)
     finally:

@@ -656,6 +656,9 @@ def _display(data: bytes, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+#: The longest recorded pause reproduced when there is no idle limit (seconds).
+_MAX_RECORDED_PAUSE = 600.0
+
 #: What a POP3 keyword looks like (RFC 1939 §3: 3-4 characters; allow a little more).
 _KEYWORD_SHAPE = re.compile(r"[A-Z][A-Z0-9]{1,7}")
 #: A word that could be base64 (RFC 4648 §4), as SASL data is (RFC 5034 §4).
@@ -760,8 +763,11 @@ class _Play:
         if mode == "strict":
             while self.cursor < len(exchanges) and self.played[self.cursor]:
                 self.cursor += 1
-            if self.cursor < len(exchanges) and self.keys(exchanges[self.cursor]) == wanted:
-                return exchanges[self.cursor]
+            if self.cursor < len(exchanges):
+                ex = exchanges[self.cursor]
+                # The recorded client may have left before its last command was answered.
+                if (ex.answered or ex.closes) and self.in_phase(ex) and self.keys(ex) == wanted:
+                    return ex
             return None
         last: RecordedExchange | None = None
         for ex in exchanges:
@@ -946,10 +952,13 @@ class _Connection:
             await self._send_all(segment.data)
             return
         start = trio.current_time()
-        await trio.sleep_until(start + segment.delay / speed)
+        # A recorded pause never holds a client longer than the idle limit.
+        idle = self.config.idle_timeout
+        latest = start + (idle if idle is not None else _MAX_RECORDED_PAUSE)
+        await trio.sleep_until(min(start + segment.delay / speed, latest))
         offsets = [offset for offset, _t in segment.pacing] + [len(segment.data)]
         for (offset, at), end in zip(segment.pacing, offsets[1:], strict=True):
-            await trio.sleep_until(start + (segment.delay + at) / speed)
+            await trio.sleep_until(min(start + (segment.delay + at) / speed, latest))
             await self._send_all(segment.data[offset:end])
 
     async def _send_all(self, data: bytes) -> None:
@@ -1164,6 +1173,9 @@ class _Connection:
             await self.send_error(f'strict match failed: "{shown}" is not the next command')
             return True
         await self.send_error(f'no recorded response for "{shown}"')
+        if verb == "QUIT":
+            self.reason = "quit without a recorded answer"
+            return True  # the client asked to end the session (RFC 1939 §6)
         self.errors_in_a_row += 1
         if self.errors_in_a_row >= self.config.max_errors:
             self.reason = "too many unmatched commands"
@@ -1322,12 +1334,10 @@ class ReplayServer:
             free = [i for i in range(count) if i not in self._used]
             if not free:
                 return None
-            if self.config.by_user:
-                # Provisional: the user's first command may move it elsewhere.
-                index = free[0]
-            else:
-                index = free[0]
-                self._used.add(index)
+            # With by_user this is provisional: the user's first command may move the
+            # connection to another session, which then takes this one's place.
+            index = free[0]
+            self._used.add(index)
             return index
         index = self._next_session % count
         self._next_session += 1
@@ -1335,9 +1345,15 @@ class ReplayServer:
 
     def session_for_user(self, user: str | None, mechanism: str | None, current: int) -> int | None:
         """``by_user``: the session recorded for ``user`` (AUTH: see docs/replay.md)."""
-        order = [current, *(i for i in range(len(self.sessions)) if i != current)]
-        if self.config.sessions == "once":
-            order = [i for i in order if i not in self._used]
+        once = self.config.sessions == "once"
+        order = [
+            current,
+            *(
+                i
+                for i in range(len(self.sessions))
+                if i != current and not (once and i in self._used)
+            ),
+        ]
         chosen: int | None = None
         if user is not None:
             chosen = next((i for i in order if self.sessions[i].user == user), None)
@@ -1351,7 +1367,8 @@ class ReplayServer:
                 ),
                 None,
             )
-        if chosen is not None and self.config.sessions == "once":
+        if chosen is not None and chosen != current and once:
+            self._used.discard(current)
             self._used.add(chosen)
         return chosen
 

@@ -163,3 +163,14 @@ def test_record_command_end_to_end_with_json_log(
     log = relay.log_text()
     assert mailbox.password not in log
     assert '"event": "pop3.exchange"' in log and '"verb": "STAT"' in log
+
+
+def test_keylog_file_is_private(tmp_path: Path) -> None:
+    keylog = tmp_path / "keys.log"
+    old_umask = os.umask(0o022)
+    try:
+        with relay_process("127.0.0.1", 9, tmp_path, "--keylog", str(keylog), "--no-captures"):
+            pass
+    finally:
+        os.umask(old_umask)
+    assert os.stat(keylog).st_mode & 0o777 == 0o600

@@ -62,16 +62,12 @@ def test_once_mode_records_then_replays_offline(
     mailbox = dovecot.new_mailbox(corpus[:3])
     pytester.makepyfile(test_x=TEST_BODY.format(user=mailbox.user, password=mailbox.password))
     upstream = f"{dovecot.host}:{dovecot.pop3_port}"
-    first = pytester.runpytest_subprocess(
-        "--pop3-record-mode=once", f"--pop3-upstream={upstream}"
-    )
+    first = pytester.runpytest_subprocess("--pop3-record-mode=once", f"--pop3-upstream={upstream}")
     first.assert_outcomes(passed=1)
     capture = pytester.path / "captures" / "test_x" / "test_mail.p3cap"
     assert capture.is_file()
     # The upstream is gone now (a port nothing listens on): the capture answers.
-    second = pytester.runpytest_subprocess(
-        "--pop3-record-mode=once", "--pop3-upstream=127.0.0.1:9"
-    )
+    second = pytester.runpytest_subprocess("--pop3-record-mode=once", "--pop3-upstream=127.0.0.1:9")
     second.assert_outcomes(passed=1)
     third = pytester.runpytest_subprocess()
     third.assert_outcomes(passed=1)
@@ -101,3 +97,34 @@ def test_stls(pop3_replay):
     )
     result = pytester.runpytest_subprocess()
     result.assert_outcomes(passed=1)
+
+
+def test_default_capture_paths_never_collide(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from pop3tap.pytest_plugin import capture_set, default_capture_path
+
+    def node(nodeid: str) -> pytest.Item:
+        name = nodeid.split("::")[-1]
+        fake = SimpleNamespace(path=tmp_path / "test_x.py", nodeid=nodeid, name=name)
+        return fake  # type: ignore[return-value]
+
+    ids = [
+        "test_x.py::test_fetch",
+        "test_x.py::TestAlice::test_fetch",
+        "test_x.py::TestBob::test_fetch",
+        "test_x.py::test_p[1]",
+        "test_x.py::test_p[1.5]",
+        "test_x.py::test_p[1/5]",
+        "test_x.py::test_p[1_5]",
+    ]
+    paths = [default_capture_path(node(i)) for i in ids]
+    assert len(set(paths)) == len(ids)
+    assert paths[0].name == "test_fetch.p3cap"
+    assert paths[1].name == "TestAlice.test_fetch.p3cap"
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    (paths[3].parent / (paths[3].name[: -len(".p3cap")] + "~2.p3cap")).write_bytes(b"x")
+    assert [p.name for p in capture_set(paths[3])][1:] == [paths[3].name[:-6] + "~2.p3cap"]
+    assert capture_set(paths[4]) == [paths[4]]

@@ -465,3 +465,48 @@ def test_sasl_data_sent_early_is_never_echoed_or_logged(tmp_path: Path) -> None:
     assert replies[1] == b'-ERR pop3tap replay: no recorded response for "********"\r\n'
     assert replies[2] == b"+OK bye\r\n"
     assert secret.decode() not in repr(logs) and secret.decode().upper() not in repr(logs)
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def test_strict_mode_answers_a_command_the_recording_left_unanswered_with_err(
+    tmp_path: Path,
+) -> None:
+    records = [
+        (0.1, "s2c", b"+OK hi\r\n"),
+        (0.2, "c2s", b"NOOP\r\n"),
+        (0.3, "s2c", b"+OK\r\n"),
+        (0.4, "c2s", b"STAT\r\n"),  # the recorded client left before the answer
+    ]
+    path = make_capture(tmp_path, records, events=[(0.5, "eof", "c2s")], close=0.6)
+    with pop3tap.replay_server(path, match="strict") as server:
+        got = command(server.host, server.port, [b"NOOP", b"STAT"])
+    assert got.startswith(b"+OK hi\r\n+OK\r\n-ERR pop3tap replay: ")
+    assert got.count(b"\r\n") == 3
+
+
+def test_sessions_once_with_by_user_still_serves_each_session_once() -> None:
+    captures = [shipped("user-pass"), shipped("apop")]
+    with pop3tap.replay_server(captures, sessions="once", by_user=True) as server:
+        replies = [command(server.host, server.port, [b"CAPA", b"QUIT"]) for _ in range(3)]
+    assert replies[0].startswith(b"+OK") and replies[1].startswith(b"+OK")
+    assert replies[2].startswith(b"-ERR pop3tap replay: every recorded session was played already")
+
+
+def test_unmatched_quit_ends_the_session(tmp_path: Path) -> None:
+    path = make_capture(tmp_path, [(0.1, "s2c", b"+OK hi\r\n")], close=0.2)
+    with pop3tap.replay_server(path, idle_timeout=60) as server:
+        got = command(server.host, server.port, [b"NOOP", b"QUIT"])  # returns at EOF
+    assert got.count(b"-ERR pop3tap replay: no recorded response") == 2
+
+
+@pytest.mark.parametrize("bad_time", [float("nan"), float("inf"), 1e12, -1.0])
+def test_captures_with_impossible_times_are_corrupt(tmp_path: Path, bad_time: float) -> None:
+    writer = CaptureWriter.create(tmp_path, session_id="badtime", header_fields={})
+    writer.write_data("s2c", 0.1, b"+OK hi\r\n")
+    writer.write_data("c2s", bad_time, b"NOOP\r\n")
+    writer.close(0.5, "closed", {})
+    capture = read_capture(writer.path)
+    assert capture.truncated and capture.problem and "t" in capture.problem
+    assert [type(r).__name__ for r in capture.records] == ["DataRecord"]

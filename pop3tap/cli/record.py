@@ -129,9 +129,13 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig:
     if keylog is None and os.environ.get("SSLKEYLOGFILE"):
         keylog = Path(os.environ["SSLKEYLOGFILE"])
     if keylog is not None:
+        # TLS secrets decrypt everything, PASS included: the file is private (0600).
         try:
-            with keylog.open("a"):
-                pass
+            fd = os.open(keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise CliError(f"--keylog {keylog}: cannot write it: {exc.strerror}") from None
     return TlsConfig(
