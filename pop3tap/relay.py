@@ -51,7 +51,6 @@ from pop3tap.protocol import (
     Exchange,
     Greeting,
     PairingLost,
-    SaslChallenge,
     SessionObserver,
     StartTls,
     Status,
@@ -263,8 +262,6 @@ class _Session:
                 log.warning("pop3.pairing_lost", reason=event.reason)
             elif isinstance(event, EndOfStream) and event.truncated:
                 log.warning("pop3.truncated", direction=event.direction.value)
-            elif isinstance(event, SaslChallenge):
-                pass
 
     def on_start_tls(self, event: StartTls) -> None:
         if self.config.tls.intercept_stls:

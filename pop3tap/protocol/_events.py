@@ -38,8 +38,6 @@ class Flag(StrEnum):
     OVERLONG = "overlong"
     #: The command was sent while earlier commands were still unanswered.
     PIPELINED = "pipelined"
-    #: Plaintext sent after STLS before TLS began (the CVE-2011-0411 class).
-    INJECTION = "injection"
 
 
 class Status(StrEnum):

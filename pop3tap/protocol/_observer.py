@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
@@ -60,11 +59,6 @@ from pop3tap.protocol._events import (
     UnsolicitedLine,
 )
 from pop3tap.protocol._masking import SecretMasker
-
-
-class _LineHandler(Protocol):
-    def __call__(self, at: float, end: int, *, bare_lf: bool, unterminated: bool) -> None: ...
-
 
 DEFAULT_MAX_LINE = 8192
 #: Unanswered commands (and held-back client lines) kept before pairing is given up.
@@ -276,7 +270,7 @@ class SessionObserver:
         if self._opaque or self._lost or not data:
             self._client_offset += len(data)
             return []
-        self._split_lines(data, at, self._client_line, self._client_offset, self._on_client_line)
+        self._split_client_lines(data, at)
         self._client_offset += len(data)
         self._drain_client_queue()
         return self._take_events()
@@ -313,7 +307,7 @@ class SessionObserver:
             return []
         self._client_ended = True
         if not self._opaque and self._client_line.length:
-            self._on_client_line(at, self._client_offset, bare_lf=False, unterminated=True)
+            self._on_client_line(at, self._client_offset)
             self._drain_client_queue()
         self._events.append(
             EndOfStream(at=at, direction=Direction.CLIENT, truncated=False, unanswered=0)
@@ -362,14 +356,9 @@ class SessionObserver:
 
     # ------------------------------------------------------------------ framing
 
-    def _split_lines(
-        self,
-        data: bytes,
-        at: float,
-        assembler: _LineAssembler,
-        base: int,
-        on_line: _LineHandler,
-    ) -> None:
+    def _split_client_lines(self, data: bytes, at: float) -> None:
+        assembler = self._client_line
+        base = self._client_offset
         pos = 0
         size = len(data)
         while pos < size:
@@ -379,7 +368,7 @@ class SessionObserver:
                 return
             assembler.add(data, pos, newline + 1, at, base + pos)
             pos = newline + 1
-            on_line(at, base + pos, bare_lf=False, unterminated=False)
+            self._on_client_line(at, base + pos)
 
     @staticmethod
     def _strip_terminator(kept: bytes, length: int, limit: int) -> tuple[bytes, set[Flag]]:
@@ -398,7 +387,7 @@ class SessionObserver:
 
     # ------------------------------------------------------------------ client side
 
-    def _on_client_line(self, at: float, end: int, *, bare_lf: bool, unterminated: bool) -> None:
+    def _on_client_line(self, at: float, end: int) -> None:
         kept, length, _started_at, start = self._client_line.take()
         text, flags = self._strip_terminator(kept, length, self._max_line)
         if flags:
