@@ -15,10 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks import loadgen, relays
@@ -107,19 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     server = relays.start_server(size)
     out: dict[str, Any] = {}
     try:
-        for mode in modes:
-            with tempfile.TemporaryDirectory(prefix=f"pop3tap-mem-{mode}-") as tmp:
-                try:
-                    relay = relays.start_relay(mode, server.port, Path(tmp))
-                except relays.RelayStartError as exc:
-                    print(f"{mode} failed to start: {exc}", flush=True)
-                    out[mode] = {"error": f"failed to start: {exc}"}
-                    continue
-                try:
-                    pid = relay.pid if relay.pid is not None else server.proc.pid
-                    out[mode] = slow_read(relay.port, pid, size)
-                finally:
-                    relay.stop()
+        for mode, relay in relays.each_relay(modes, server.port, "pop3tap-mem"):
+            if isinstance(relay, str):
+                out[mode] = {"error": relay}
+                continue
+            pid = relay.pid if relay.pid is not None else server.proc.pid
+            out[mode] = slow_read(relay.port, pid, size)
             print(mode, json.dumps(out[mode]), flush=True)
     finally:
         server.stop()

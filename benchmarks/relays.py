@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +237,26 @@ def record_session(server_port: int, workdir: Path) -> Path:
     target = workdir / "session.p3cap"
     shutil.copyfile(captures[-1], target)
     return target
+
+
+def each_relay(
+    modes: list[str], server_port: int, prefix: str
+) -> Iterator[tuple[str, Relay | str]]:
+    """For each mode, a started relay with a private work directory, stopped after the
+    loop body; a mode that fails to start yields its one-line error instead."""
+    for mode in modes:
+        print(f"== {mode}", flush=True)
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-{mode}-") as tmp:
+            try:
+                relay = start_relay(mode, server_port, Path(tmp))
+            except RelayStartError as exc:
+                print(f"{mode} failed to start: {exc}", flush=True)
+                yield mode, f"failed to start: {exc}"
+                continue
+            try:
+                yield mode, relay
+            finally:
+                relay.stop()
 
 
 def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:

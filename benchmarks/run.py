@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -328,20 +327,12 @@ def run(modes: list[str], cfg: Config) -> dict[str, Any]:
     results: dict[str, Any] = {}
     started = time.monotonic()
     try:
-        for mode in modes:
+        for mode, relay in relays.each_relay(modes, server.port, "pop3tap-bench"):
             t0 = time.monotonic()
-            print(f"== {mode}", flush=True)
-            with tempfile.TemporaryDirectory(prefix=f"pop3tap-bench-{mode}-") as tmp:
-                try:
-                    relay = relays.start_relay(mode, server.port, Path(tmp))
-                except relays.RelayStartError as exc:
-                    print(f"{mode} failed to start: {exc}", flush=True)
-                    results[mode] = {"error": f"failed to start: {exc}"}
-                    continue
-                try:
-                    results[mode] = measure(relay, server.proc.pid, cfg)
-                finally:
-                    relay.stop()
+            if isinstance(relay, str):
+                results[mode] = {"error": relay}
+                continue
+            results[mode] = measure(relay, server.proc.pid, cfg)
             for err in results[mode]["errors"]:
                 print(f"   error: {err}", flush=True)
             print(f"   done in {time.monotonic() - t0:.1f}s", flush=True)
