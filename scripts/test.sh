@@ -1,20 +1,27 @@
 #!/usr/bin/env bash
 # Set up and run every pop3tap check on a fresh Debian 12 machine (Python 3.11+):
 #   bash scripts/test.sh [extra pytest args]
-# As root it installs the real peers (Dovecot, curl, openssl, socat, haproxy) with apt.
+# As root it installs the real peers (Dovecot, curl, openssl, socat, haproxy) with apt, and gcc
+# plus Python's headers for the C body scanner.
 # Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
-# with POP3TAP_REQUIRE_REAL_PEERS=1, so a missing real peer fails instead of skipping.
+# with POP3TAP_REQUIRE_REAL_PEERS=1 and POP3TAP_REQUIRE_C_SCANNER=1, so a missing real peer or
+# a C scanner that did not build fails instead of skipping.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
 pkgs=()
 for tool in dovecot:dovecot-pop3d doveadm:dovecot-core curl:curl openssl:openssl \
-            socat:socat haproxy:haproxy; do
+            socat:socat haproxy:haproxy gcc:gcc; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
         pkgs+=("${tool#*:}")
     fi
 done
+# The C body scanner is built from source: Debian's own python3 needs its headers for that.
+if ! python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    pkgs+=(python3-dev)
+fi
 if [ "${#pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "==> apt-get install ${pkgs[*]}"
@@ -41,4 +48,4 @@ echo "==> mypy"
 .venv/bin/mypy
 
 echo "==> pytest"
-POP3TAP_REQUIRE_REAL_PEERS=1 .venv/bin/python -m pytest -q "$@"
+POP3TAP_REQUIRE_REAL_PEERS=1 POP3TAP_REQUIRE_C_SCANNER=1 .venv/bin/python -m pytest -q "$@"

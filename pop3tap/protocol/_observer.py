@@ -13,8 +13,9 @@ pairs them by the rules of RFC 1939 and RFC 2449:
   had an argument, never on the text (see :func:`expects_multiline`). Every ``-ERR`` is
   one line. A body ends at a line that is exactly ``.`` (RFC 1939 §3); sizes announced in
   the text are never used for framing.
-* Bodies are scanned with ``bytes.find`` and ``bytes.count`` a chunk at a time, so a large
-  RETR costs a few C-level passes, not a Python loop per line, and is never buffered.
+* Bodies are scanned a chunk at a time by one call (:mod:`pop3tap.protocol._bodyscan`: a
+  one-pass C scanner, or ``bytes.find``/``count`` without it), never by a Python loop per
+  line, and are never buffered.
 * After ``AUTH mechanism`` the server may answer with ``+`` continuations; the client's
   next line then is SASL data, whatever it looks like (RFC 5034 §4). Client lines are
   classified lazily while an AUTH is open, in the order the server consumes them.
@@ -32,6 +33,7 @@ import dataclasses
 from collections import deque
 from dataclasses import dataclass, field
 
+from pop3tap.protocol._bodyscan import scan_chunk
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
     decode_text,
@@ -575,42 +577,24 @@ class SessionObserver:
     def _scan_body(self, data: bytes, pos: int, at: float) -> int:
         """Consume body bytes from ``pos``; return where scanning stopped.
 
-        The common case (CRLF lines only) costs three C-level passes over the chunk: a
-        ``find`` of ``CRLF.CRLF`` and a ``count`` of LF and of CRLF up to it. When the two
-        counts agree there is no bare LF, so every terminator line has a CR before it and
-        that ``find`` saw the first one. Otherwise a terminator may hide behind a bare LF
-        (or be ``LF.LF``): only then is the region searched again for both forms.
+        A terminator whose leading LF came before ``pos`` (or is ``data[pos]``) is found
+        from the tail kept from earlier chunks; the rest of the chunk goes to the body
+        scanner (:mod:`pop3tap.protocol._bodyscan`) in one call, never line by line.
         """
         body = self._body
         assert body is not None
         size = len(data)
         tail = body.tail
-        end = _terminator_at_edge(tail, data, pos)
-        limit = end
-        crlf = -1
-        if end < 0:
-            crlf = data.find(b"\r\n.\r\n", pos)
-            limit = size if crlf < 0 else crlf + 5
-        newlines = data.count(b"\n", pos, limit)
-        crlfs = data.count(b"\r\n", pos, limit)
-        straddle = 1 if data[pos] == 0x0A and tail.endswith(b"\r") else 0
-        if end < 0 and newlines != crlfs + straddle:
-            # A bare LF: a terminator behind it needs no CR before it, or is LF.LF itself.
-            lf_crlf = data.find(b"\n.\r\n", pos, limit)
-            lf_lf = data.find(b"\n.\n", pos, limit)
-            if lf_crlf >= 0:
-                end = lf_crlf + 4
-            if lf_lf >= 0 and (end < 0 or lf_lf + 3 < end):
-                end = lf_lf + 3
-            if 0 <= end < limit:
-                newlines = data.count(b"\n", pos, end)
-                crlfs = data.count(b"\r\n", pos, end)
-        if end < 0 and crlf >= 0:
-            end = crlf + 5
+        edge = _terminator_at_edge(tail, data, pos)
+        end, newlines, bare_lf = scan_chunk(
+            data, pos, size if edge < 0 else edge, tail.endswith(b"\r")
+        )
+        if edge >= 0:
+            end = edge
         stop = size if end < 0 else end
         body.consumed += stop - pos
         body.newlines += newlines
-        if newlines != crlfs + straddle:
+        if bare_lf:
             body.bare_lf = True
         body.tail = (tail + data[max(pos, stop - 3) : stop])[-3:]
         if end < 0:

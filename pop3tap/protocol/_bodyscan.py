@@ -1,0 +1,69 @@
+"""Scanning a chunk of a multi-line body: where it ends, how many LFs, whether any is bare.
+
+A body ends at a line that is exactly ``.`` (RFC 1939 §3). Lines end at LF, with or without
+a CR before it (pop3-protocol §0 rule 6), so the terminator is ``LF . CRLF`` or ``LF . LF``.
+This is the one place where every byte of a large RETR is looked at, so it has two
+implementations with the same results:
+
+* ``_bodyscan_c`` (``_bodyscan.c``), built when a C compiler is present: one pass, jumping
+  from LF to LF with ``memchr``.
+* :func:`scan_chunk_python`: ``bytes.find`` and ``bytes.count`` (three C-level passes).
+
+``POP3TAP_PURE_PYTHON=1`` in the environment forces the Python one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+#: ``scan(data, pos, limit, prev_cr) -> (end, newlines, bare_lf)``.
+ChunkScanner = Callable[[bytes, int, int, bool], tuple[int, int, bool]]
+
+
+def scan_chunk_python(data: bytes, pos: int, limit: int, prev_cr: bool) -> tuple[int, int, bool]:
+    """Scan ``data[pos:limit]`` for the first terminator lying wholly inside it.
+
+    ``prev_cr`` says whether the byte before ``pos`` was a CR. Returns the offset just past
+    the terminator (-1 if none), the number of LFs from ``pos`` up to there (or to
+    ``limit``), and whether any of those LFs had no CR before it.
+
+    In the common case (CRLF only) this is three passes: a ``find`` of ``CRLF.CRLF`` and a
+    ``count`` of LF and of CRLF up to it. When the counts agree there is no bare LF, so the
+    first terminator has a CR before its leading LF and the ``find`` saw it. Otherwise the
+    region is searched again for ``LF.CRLF`` and ``LF.LF``.
+    """
+    if pos >= limit:
+        return -1, 0, False
+    crlf = data.find(b"\r\n.\r\n", pos, limit)
+    stop = limit if crlf < 0 else crlf + 5
+    straddle = 1 if prev_cr and data[pos] == 0x0A else 0
+    newlines = data.count(b"\n", pos, stop)
+    crlfs = data.count(b"\r\n", pos, stop)
+    end = -1
+    if newlines != crlfs + straddle:
+        lf_crlf = data.find(b"\n.\r\n", pos, stop)
+        lf_lf = data.find(b"\n.\n", pos, stop)
+        if lf_crlf >= 0:
+            end = lf_crlf + 4
+        if lf_lf >= 0 and (end < 0 or lf_lf + 3 < end):
+            end = lf_lf + 3
+        if 0 <= end < stop:
+            newlines = data.count(b"\n", pos, end)
+            crlfs = data.count(b"\r\n", pos, end)
+    if end < 0 and crlf >= 0:
+        end = crlf + 5
+    return end, newlines, newlines != crlfs + straddle
+
+
+def _load() -> tuple[ChunkScanner, str]:
+    if os.environ.get("POP3TAP_PURE_PYTHON", "") not in ("", "0"):
+        return scan_chunk_python, "python"
+    try:
+        from pop3tap.protocol._bodyscan_c import scan_chunk
+    except ImportError:
+        return scan_chunk_python, "python"
+    return scan_chunk, "c"
+
+
+scan_chunk, SCANNER = _load()
