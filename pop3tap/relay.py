@@ -27,6 +27,8 @@ the session is logged and captured decrypted.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import math
 import secrets
 import socket
 import ssl
@@ -67,6 +69,7 @@ from pop3tap.tls import (
     server_handshake,
     tls_info,
 )
+from pop3tap.workers import trio_listeners
 
 logger = structlog.get_logger("pop3tap.relay")
 
@@ -140,8 +143,24 @@ def format_peer(stream: trio.abc.Stream) -> str:
 
 
 async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
-    """Open a TCP connection to the upstream with Nagle off (commands are small)."""
-    stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    """Open a TCP connection to the upstream with Nagle off (commands are small).
+
+    An IP address is connected to directly; a name goes through ``open_tcp_stream``
+    (resolution and happy eyeballs over its addresses).
+    """
+    try:
+        version = ipaddress.ip_address(endpoint.host).version
+    except ValueError:
+        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    else:
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        try:
+            await sock.connect((endpoint.host, endpoint.port))
+        except BaseException:
+            sock.close()
+            raise
+        stream = trio.SocketStream(sock)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return stream
 
@@ -168,7 +187,8 @@ class _Session:
         self.capture: CaptureWriter | None = None
         self.capture_warned = False
         self.close_reason = "closed"
-        self.greeted = trio.Event()
+        #: The pumps run under the greeting deadline until the greeting is seen.
+        self.greeting_scope = trio.CancelScope()
         #: The server's stream ended (EOF or reset).
         self.server_done = trio.Event()
         self.log = logger.bind()
@@ -245,7 +265,7 @@ class _Session:
                     self.stls_client_end = event.end
                     self.stls_resolved = trio.Event()
             elif isinstance(event, Greeting):
-                self.greeted.set()
+                self.greeting_scope.deadline = math.inf
                 log.info(
                     "pop3.greeting",
                     status=None if event.status is None else event.status.value,
@@ -335,9 +355,10 @@ class _Session:
     ) -> None:
         """Forward ``source`` to ``sink`` until end of stream, then propagate it.
 
-        Server bytes are forwarded first and parsed after, except while STLS waits for
-        its answer; client bytes are parsed first (cheap: commands are short), so that an
-        STLS line is known before it is forwarded and what follows it can be held.
+        Server bytes are forwarded first and parsed after, except until the greeting is
+        seen and while STLS waits for its answer; client bytes are parsed first (cheap:
+        commands are short), so that an STLS line is known before it is forwarded and
+        what follows it can be held.
         """
         side = "client" if direction is Direction.CLIENT else "server"
         source_fd = plain_fd(source)
@@ -373,7 +394,9 @@ class _Session:
                 self.observe(direction, data, self.now())
                 if not await self.forward_client(source, sink, data, start, cancel_scope):
                     return
-            elif self.observer.stls_pending and self.config.tls.intercept_stls:
+            elif not self.observer.greeted or (
+                self.observer.stls_pending and self.config.tls.intercept_stls
+            ):
                 start = self.seen[direction]
                 self.observe(direction, data, self.now())
                 switch = self.switch
@@ -480,15 +503,9 @@ class _Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def greeting_watchdog(self, cancel_scope: trio.CancelScope) -> None:
+    async def no_greeting(self) -> None:
+        """The greeting deadline passed without a complete greeting line: end the session."""
         timeout = self.config.greeting_timeout
-        if timeout is None:
-            return
-        with trio.move_on_after(timeout):
-            await self.greeted.wait()
-            return
-        if self.observer.greeted:
-            return
         self.log.warning(
             "upstream.no_greeting", upstream=str(self.config.upstream), timeout=timeout
         )
@@ -498,7 +515,6 @@ class _Session:
             await self.refuse_client(
                 f"upstream {self.config.upstream} sent no greeting in {timeout:g}s"
             )
-        cancel_scope.cancel()
 
     async def refuse_client(self, reason: str) -> None:
         """Tell the client why there is no server: the only bytes pop3tap ever writes."""
@@ -550,8 +566,14 @@ class _Session:
         self.record_event("upstream_connected", local=_local(self.upstream))
         if config.tls.upstream_tls and not await self.connect_upstream_tls():
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.greeting_watchdog, nursery.cancel_scope)
+        # Until the greeting line is complete, the pumps run under its deadline (lifted by
+        # handle_events on the Greeting event; the server pump observes before forwarding
+        # until then, so a greeting that came in time is always seen in time).
+        timeout = self.config.greeting_timeout
+        greeting_scope = self.greeting_scope
+        if timeout is not None:
+            greeting_scope.deadline = trio.current_time() + timeout
+        with greeting_scope:
             while True:
                 self.switch = None
                 async with trio.open_nursery() as pumps:
@@ -564,7 +586,8 @@ class _Session:
                 switch = self.switch
                 if switch is None or not await self.intercept_stls(switch):
                     break
-            nursery.cancel_scope.cancel()
+        if greeting_scope.cancelled_caught and not self.observer.greeted:
+            await self.no_greeting()
 
     # -- TLS -----------------------------------------------------------------------------
 
@@ -690,7 +713,9 @@ class _Session:
         if self.relay.shutting_down and self.close_reason == "closed":
             self.close_reason = "shutdown"
         for stream in (self.client, self.upstream):
-            if stream is not None:
+            if type(stream) is trio.SocketStream:
+                stream.socket.close()  # what aclose does, without its checkpoint
+            elif stream is not None:
                 with trio.move_on_after(1):
                     await trio.aclose_forcefully(stream)
         at = self.now()
@@ -751,8 +776,11 @@ class RelayServer:
     :meth:`shutdown` stops accepting and lets open sessions finish within ``grace``.
     """
 
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, *, sockets: list[socket.socket] | None = None) -> None:
         self.config = config
+        #: Listening sockets bound beforehand (``--workers``); None: bind ``config.listen``.
+        self.sockets = sockets
+        self.tls_prepared = False
         self.shutting_down = False
         self.active_sessions = 0
         self.total_sessions = 0
@@ -789,6 +817,7 @@ class RelayServer:
 
         Raises :class:`~pop3tap.tls.TlsSetupError`.
         """
+        self.tls_prepared = True
         tls = self.config.tls
         if tls.insecure_upstream:
             logger.warning(
@@ -819,9 +848,14 @@ class RelayServer:
     ) -> None:
         """Listen, serve until :meth:`shutdown`, then drain sessions within the grace period."""
         listen = self.config.listen
-        if not self.tls.server_ready:
+        if not self.tls_prepared:
             self.prepare_tls()
-        self.listeners = await trio.open_tcp_listeners(listen.port, host=listen.host, backlog=1024)
+        if self.sockets is not None:
+            self.listeners = trio_listeners(self.sockets)
+        else:
+            self.listeners = await trio.open_tcp_listeners(
+                listen.port, host=listen.host, backlog=1024
+            )
         for listener in self.listeners:
             listener.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         async with trio.open_nursery() as handlers:

@@ -50,6 +50,7 @@ import difflib
 import functools
 import itertools
 import re
+import socket
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ from pop3tap.tls import (
     server_handshake,
     tls_info,
 )
+from pop3tap.workers import trio_listeners
 
 logger = structlog.get_logger("pop3tap.replay")
 
@@ -1273,6 +1275,8 @@ class ReplayServer:
             CaptureError, ReplayError: a capture cannot be read or replayed.
             TlsSetupError: the certificate, key or CA cannot be used.
         """
+        #: Listening sockets bound beforehand (``--workers``); None: bind ``config.listen``.
+        self.sockets: list[socket.socket] | None = None
         self.config = config
         self.warnings: list[str] = []
         if sessions is None:
@@ -1377,7 +1381,12 @@ class ReplayServer:
     ) -> None:
         """Listen and serve until cancelled."""
         listen = self.config.listen
-        self.listeners = await trio.open_tcp_listeners(listen.port, host=listen.host, backlog=1024)
+        if self.sockets is not None:
+            self.listeners = trio_listeners(self.sockets)
+        else:
+            self.listeners = await trio.open_tcp_listeners(
+                listen.port, host=listen.host, backlog=1024
+            )
         task_status.started(self.listeners)
         await trio.serve_listeners(self.handle, self.listeners)
 

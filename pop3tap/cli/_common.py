@@ -152,6 +152,57 @@ async def stop_on_signal(
             return
 
 
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: pre-forked processes sharing the listening socket."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N processes sharing the listening port, to use more cores "
+        "under load (default 1)",
+    )
+
+
+def check_workers(count: int) -> None:
+    from pop3tap.workers import MAX_WORKERS
+
+    if not 1 <= count <= MAX_WORKERS:
+        raise CliError(f"--workers must be between 1 and {MAX_WORKERS}, not {count}")
+
+
+def serve_workers(
+    count: int,
+    host: str,
+    port: int,
+    serve: Callable[[list[socket.socket] | None, int], int],
+    log: structlog.typing.FilteringBoundLogger,
+) -> int:
+    """Run ``serve(sockets, worker_index)`` once in this process, or in ``count`` workers.
+
+    With one worker ``serve`` binds the address itself (sockets None); with more, the
+    address is bound here first so that every worker accepts from the same sockets.
+    """
+    if count == 1:
+        return serve(None, 0)
+    from pop3tap.workers import bind_listen_sockets, run_workers
+
+    try:
+        sockets = bind_listen_sockets(host, port)
+    except OSError as exc:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise socket_error(exc, f"listen on {where}") from None
+
+    def on_exit(index: int, pid: int, code: int) -> None:
+        if code != 0:
+            log.error("worker.failed", worker=index, pid=pid, exit_code=code)
+
+    code = run_workers(count, lambda index: serve(sockets, index), on_exit=on_exit)
+    if code != 0:
+        raise CliError("a worker process failed (see its log lines)", EXIT_FAILURE)
+    return EXIT_OK
+
+
 def run_trio(main: Callable[[], object], *, what: str) -> None:
     """Run trio, turning socket errors at startup into one-line CLI errors."""
     import trio

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,13 @@ from pop3tap.cli._common import (
     add_certificate_options,
     add_listen_option,
     add_logging_options,
+    add_workers_option,
+    check_workers,
     check_writable_directory,
     is_loopback,
     parse_endpoint,
     run_trio,
+    serve_workers,
     setup_logging,
     stop_on_signal,
 )
@@ -70,6 +74,7 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="give up on an upstream that sends no greeting (default 30)",
     )
+    add_workers_option(parser)
     _add_tls_options(parser)
     add_logging_options(parser)
     parser.set_defaults(handler=_cmd_record)
@@ -165,6 +170,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if math.isnan(value) or value < 0:
             raise CliError(f"--{name.replace('_', '-')} must be a number of seconds, not negative")
+    check_workers(args.workers)
     tls = _tls_config(args)
     captures = None if args.no_captures else Path(args.captures)
     if captures is not None:
@@ -189,21 +195,30 @@ def _cmd_record(args: argparse.Namespace) -> int:
     )
     server = RelayServer(config)
     try:
-        server.prepare_tls()
+        server.prepare_tls()  # setup errors show once, before any worker starts
     except TlsSetupError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
+    workers = args.workers
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.run)
-            log.info(
-                "relay.listening",
-                listen=str(server.address),
-                upstream=str(config.upstream),
-                captures=str(captures) if captures else None,
-            )
-            nursery.start_soon(stop_on_signal, server.shutdown, log)
+    def serve(sockets: list[socket.socket] | None, worker: int) -> int:
+        server.sockets = sockets  # each worker has its own copy of the server
+        where = {} if workers == 1 else {"worker": worker, "pid": os.getpid()}
 
-    run_trio(main, what=f"listen on {config.listen}")
-    log.info("relay.stopped", sessions=server.total_sessions)
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                log.info(
+                    "relay.listening",
+                    listen=str(server.address),
+                    upstream=str(config.upstream),
+                    captures=str(captures) if captures else None,
+                    **where,
+                )
+                nursery.start_soon(stop_on_signal, server.shutdown, log)
+
+        run_trio(main, what=f"listen on {config.listen}")
+        log.info("relay.stopped", sessions=server.total_sessions, **where)
+        return EXIT_OK
+
+    serve_workers(workers, listen_host, listen_port, serve, log)
     return EXIT_OK

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 
 import structlog
@@ -15,6 +17,8 @@ from pop3tap.cli._common import (
     add_certificate_options,
     add_listen_option,
     add_logging_options,
+    add_workers_option,
+    check_workers,
     is_loopback,
     parse_endpoint,
     setup_logging,
@@ -104,6 +108,7 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="limit for each TLS handshake with a client (default 15)",
     )
+    add_workers_option(parser)
     add_logging_options(parser)
     parser.set_defaults(handler=_cmd_replay)
 
@@ -112,12 +117,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     import trio
 
     from pop3tap.capture import CaptureError
-    from pop3tap.cli._common import run_trio, stop_on_signal
+    from pop3tap.cli._common import run_trio, serve_workers, stop_on_signal
     from pop3tap.relay import Endpoint
     from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
     from pop3tap.tls import TlsSetupError
 
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
+    check_workers(args.workers)
+    if args.workers > 1 and args.sessions != "cycle":
+        raise CliError(
+            f"--workers {args.workers} needs --sessions cycle: each worker keeps its own "
+            f"record of played sessions, so --sessions {args.sessions} would replay them "
+            "more than once"
+        )
     try:
         config = ReplayConfig(
             captures=tuple(args.captures),
@@ -146,28 +158,38 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         server = ReplayServer(config, sessions)
     except TlsSetupError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
-    cancel = trio.CancelScope()
+    workers = args.workers
 
-    async def main() -> None:
-        with cancel:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
-                log.info(
-                    "replay.listening",
-                    listen=str(server.address),
-                    sessions=len(sessions),
-                    match=config.match,
-                    timing=str(config.timing),
-                    tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
-                    ca_cert=None if server.ca_file is None else str(server.ca_file),
-                )
-                nursery.start_soon(stop_on_signal, cancel.cancel, log)
+    def serve(sockets: list[socket.socket] | None, worker: int) -> int:
+        server.sockets = sockets  # each worker has its own copy of the server
+        where = {} if workers == 1 else {"worker": worker, "pid": os.getpid()}
+        cancel = trio.CancelScope()
 
-    run_trio(main, what=f"listen on {config.listen}")
-    log.info(
-        "replay.stopped",
-        connections=server.connections,
-        unplayed=len(server.unplayed),
-        unmatched=server.accounting.unmatched_total,
-    )
+        async def main() -> None:
+            with cancel:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.run)
+                    log.info(
+                        "replay.listening",
+                        listen=str(server.address),
+                        sessions=len(sessions),
+                        match=config.match,
+                        timing=str(config.timing),
+                        tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
+                        ca_cert=None if server.ca_file is None else str(server.ca_file),
+                        **where,
+                    )
+                    nursery.start_soon(stop_on_signal, cancel.cancel, log)
+
+        run_trio(main, what=f"listen on {config.listen}")
+        log.info(
+            "replay.stopped",
+            connections=server.connections,
+            unplayed=len(server.unplayed),
+            unmatched=server.accounting.unmatched_total,
+            **where,
+        )
+        return EXIT_OK
+
+    serve_workers(workers, host, port, serve, log)
     return EXIT_OK

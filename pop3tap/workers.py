@@ -1,0 +1,142 @@
+"""Pre-forked worker processes sharing one listening socket (``--workers N``).
+
+One Python process runs one trio loop on one core. To use more cores, the parent binds the
+listening sockets, forks ``N`` workers that each accept from them (the kernel hands each
+connection to one worker), and supervises them: SIGINT or SIGTERM to the parent becomes a
+SIGTERM to every worker, which drains its sessions as a single relay does. A worker that
+exits with an error stops the others, and the parent exits non-zero.
+
+The workers share the log file (lines are single ``O_APPEND`` writes) and the capture
+directory (names are unique per session and created with ``O_EXCL``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+import trio
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+#: Upper bound for ``--workers``: more processes than this only add scheduling noise.
+MAX_WORKERS = 64
+
+
+def bind_listen_sockets(host: str, port: int, *, backlog: int = 1024) -> list[socket.socket]:
+    """Bind and listen on every address of ``host`` (as ``trio.open_tcp_listeners`` does).
+
+    Port 0 picks one free port, shared by all addresses. Raises ``OSError``.
+    """
+    infos = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in infos:
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def trio_listeners(sockets: list[socket.socket]) -> list[trio.SocketListener]:
+    """Wrap sockets bound by :func:`bind_listen_sockets` for ``trio.serve_listeners``."""
+    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+
+
+def _terminate_with_parent() -> None:
+    """Ask Linux for a SIGTERM when the parent dies (even by SIGKILL): no orphan workers."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run_workers(
+    count: int,
+    child: Callable[[int], int],
+    *,
+    on_exit: Callable[[int, int, int], None] | None = None,
+) -> int:
+    """Fork ``count`` workers running ``child(index)``; wait for all; return the exit code.
+
+    ``child`` returns the worker's exit code. ``on_exit(index, pid, code)`` is called in
+    the parent for each worker that ends. The result is 0 only if every worker exited 0.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    workers: dict[int, int] = {}
+    for index in range(count):
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the parent's code
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent sends SIGTERM
+                _terminate_with_parent()
+                code = child(index)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(Exception):
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                os._exit(code)
+        workers[pid] = index
+
+    stopping = False
+
+    def stop_all(signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    result = 0
+    try:
+        while workers:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            if pid not in workers:
+                continue
+            index = workers.pop(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if stopping and code == -signal.SIGTERM:
+                code = 0  # stopped by our SIGTERM before it could install its handler
+            if on_exit is not None:
+                on_exit(index, pid, code)
+            if code != 0:
+                result = 1
+                if not stopping:
+                    stop_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return result

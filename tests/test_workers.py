@@ -1,0 +1,181 @@
+"""``--workers N``: pre-forked record and replay processes sharing one listening port."""
+
+from __future__ import annotations
+
+import json
+import os
+import poplib
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from clients import pop3tap_process, relay_process
+from dovecot import Dovecot, Mailbox
+
+from pop3tap.capture import iter_capture_paths, read_capture
+from pop3tap.replay import load_sessions
+from pop3tap.testing import run_poplib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def log_events(text: str, name: str) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [e for e in events if e["event"] == name]
+
+
+def wait_for_events(read: object, name: str, count: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while len(log_events(read(), name)) < count:  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"fewer than {count} {name} lines"
+        time.sleep(0.02)
+
+
+def stat_through(host: str, port: int, mailbox: Mailbox) -> tuple[int, int]:
+    client = poplib.POP3(host, port, timeout=20)
+    try:
+        client.user(mailbox.user)
+        client.pass_(mailbox.password)
+        return client.stat()
+    finally:
+        client.quit()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.realpeer
+def test_record_workers_share_the_port_and_capture_every_session(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    with relay_process(dovecot.host, dovecot.pop3_port, tmp_path, "--workers", "2") as relay:
+        wait_for_events(relay.log_text, "relay.listening", 2)
+        listening = log_events(relay.log_text(), "relay.listening")
+        pids = {int(e["pid"]) for e in listening}  # type: ignore[call-overload]
+        assert len(pids) == 2 and relay.proc.pid not in pids
+        assert {e["worker"] for e in listening} == {0, 1}
+        with ThreadPoolExecutor(8) as pool:
+            stats = list(
+                pool.map(lambda _: stat_through(relay.host, relay.port, mailbox), range(24))
+            )
+        assert set(stats) == {stat_through(dovecot.host, dovecot.pop3_port, mailbox)}
+        relay.proc.send_signal(signal.SIGTERM)
+        assert relay.proc.wait(timeout=20) == 0
+    assert not any(alive(pid) for pid in pids)
+    log = relay.log_text()
+    stopped = log_events(log, "relay.stopped")
+    assert {e["pid"] for e in stopped} == pids
+    assert sum(int(e["sessions"]) for e in stopped) == 24  # type: ignore[call-overload]
+    paths = list(iter_capture_paths([relay.captures]))
+    assert len(paths) == 24
+    for path in paths:
+        capture = read_capture(path)
+        assert capture.complete
+        assert [ex.verb for ex in capture.exchanges()][-2:] == ["STAT", "QUIT"]
+    assert mailbox.password not in log
+
+
+@pytest.mark.realpeer
+def test_a_dead_worker_stops_the_others_and_fails_the_run(
+    dovecot: Dovecot, tmp_path: Path
+) -> None:
+    with relay_process(dovecot.host, dovecot.pop3_port, tmp_path, "--workers", "2") as relay:
+        wait_for_events(relay.log_text, "relay.listening", 2)
+        first, second = (int(e["pid"]) for e in log_events(relay.log_text(), "relay.listening"))  # type: ignore[call-overload]
+        os.kill(first, signal.SIGKILL)
+        assert relay.proc.wait(timeout=20) == 1
+    assert not alive(second)
+    (failed,) = log_events(relay.log_text(), "worker.failed")
+    assert failed["pid"] == first and failed["exit_code"] == -signal.SIGKILL
+
+
+def test_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
+    capture = REPO / "captures" / "user-pass.p3cap"
+    with pop3tap_process("replay", tmp_path, str(capture), "--workers", "2") as replay:
+        wait_for_events(replay.log_text, "replay.listening", 2)
+        pids = [int(e["pid"]) for e in log_events(replay.log_text(), "replay.listening")]  # type: ignore[call-overload]
+        replay.proc.kill()
+        replay.proc.wait(10)
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "a worker outlived its parent"
+            time.sleep(0.05)
+
+
+def test_replay_workers_serve_the_recorded_session(tmp_path: Path) -> None:
+    capture = REPO / "captures" / "user-pass.p3cap"
+    (session,), _ = load_sessions(capture)
+    expected = read_capture(capture).stream("s2c")
+    with pop3tap_process("replay", tmp_path, str(capture), "--workers", "2") as replay:
+        wait_for_events(replay.log_text, "replay.listening", 2)
+        for _ in range(6):
+            received, _results = run_poplib(replay.host, replay.port, session)
+            assert received == expected
+        replay.proc.send_signal(signal.SIGINT)
+        assert replay.proc.wait(timeout=20) == 0
+    stopped = log_events(replay.log_text(), "replay.stopped")
+    assert len(stopped) == 2
+    assert sum(int(e["connections"]) for e in stopped) == 6  # type: ignore[call-overload]
+
+
+def pop3tap(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pop3tap", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (("record", "--upstream", "127.0.0.1:9", "--workers", "0"), 2, "--workers must be"),
+        (("record", "--upstream", "127.0.0.1:9", "--workers", "65"), 2, "--workers must be"),
+        (
+            ("replay", str(REPO / "captures" / "user-pass.p3cap"), "--workers", "2",
+             "--sessions", "once"),
+            2,
+            "needs --sessions cycle",
+        ),
+    ],
+)
+def test_bad_worker_options_are_one_line_errors(
+    args: tuple[str, ...], code: int, needle: str
+) -> None:
+    result = pop3tap(*args)
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert needle in line
+
+
+def test_workers_on_a_busy_port_is_a_one_line_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = pop3tap(
+            "record", "--upstream", "127.0.0.1:9", "--listen", f"127.0.0.1:{port}",
+            "--workers", "2", "--no-captures",
+        )
+    assert result.returncode == 1, result
+    (line,) = result.stderr.strip().splitlines()
+    assert "address already in use" in line
