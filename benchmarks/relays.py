@@ -23,10 +23,23 @@ from pathlib import Path
 from benchmarks import loadgen
 
 REPO = Path(__file__).resolve().parent.parent
-MODES = ("direct", "socat", "haproxy", "pop3tap", "replay")
+MODES = (
+    "direct",
+    "socat",
+    "haproxy",
+    "trio-floor",
+    "pop3tap",
+    "pop3tap-workers",
+    "replay",
+    "replay-workers",
+)
 #: Modes measured only with the concurrency load (a replay server has no 64 MiB message,
 #: and its NOOP answer is a recorded line, so the other measurements say nothing).
-CONCURRENCY_ONLY = frozenset({"replay"})
+CONCURRENCY_ONLY = frozenset({"replay", "replay-workers"})
+#: Modes compared with haproxy in the report.
+VS_HAPROXY = ("trio-floor", "pop3tap", "pop3tap-workers", "replay", "replay-workers")
+#: ``--workers`` for the *-workers modes: one per CPU, as haproxy's default nbthread.
+WORKERS = os.cpu_count() or 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 READY_TIMEOUT = 20.0
@@ -167,12 +180,24 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
         conf = workdir / "haproxy.cfg"
         conf.write_text(HAPROXY_CONF.format(port=port, server_port=server_port))
         return ["haproxy", "-f", str(conf), "-db"]
-    if mode == "replay":
+    if mode == "trio-floor":
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.trio_floor",
+            "--listen-port",
+            str(port),
+            "--upstream-port",
+            str(server_port),
+        ]
+    workers = ["--workers", str(WORKERS)] if mode.endswith("-workers") else []
+    if mode in ("replay", "replay-workers"):
         return [
             sys.executable,
             "-m",
             "pop3tap",
             "replay",
+            *workers,
             str(workdir / "session.p3cap"),
             "--listen",
             f"127.0.0.1:{port}",
@@ -183,7 +208,7 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
             "--log-file",
             str(workdir / "log.jsonl"),
         ]
-    if mode == "pop3tap":
+    if mode in ("pop3tap", "pop3tap-workers"):
         captures = workdir / "captures"
         captures.mkdir(exist_ok=True)
         return [
@@ -191,6 +216,7 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
             "-m",
             "pop3tap",
             "record",
+            *workers,
             "--upstream",
             upstream,
             "--listen",
@@ -212,6 +238,12 @@ MODE_NOTES = {
     "pop3tap": ["pop3tap records every session with its default logging (JSON to a file)"],
     "replay": ["pop3tap replay serves one recorded concurrency session (--sessions cycle) "
                "with its default logging (JSON to a file); only the concurrency load is run"],
+    "trio-floor": ["benchmarks/trio_floor.py: a bare trio forwarder with pop3tap's plain-TCP "
+                   "I/O and no parsing, logging or capture: the floor for a trio relay"],
+    "pop3tap-workers": [f"pop3tap record --workers {WORKERS} (one per CPU), otherwise as "
+                        "the pop3tap mode"],
+    "replay-workers": [f"pop3tap replay --workers {WORKERS} (one per CPU), otherwise as "
+                       "the replay mode"],
 }
 
 
@@ -264,7 +296,7 @@ def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:
     if mode == "direct":
         return Relay(mode, server_port)
     notes: list[str] = list(MODE_NOTES.get(mode, []))
-    if mode == "replay":
+    if mode in ("replay", "replay-workers"):
         capture = record_session(server_port, workdir)
         notes.append(f"recorded capture: {capture.stat().st_size} octets")
     port = free_port()

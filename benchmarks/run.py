@@ -1,7 +1,7 @@
 """Run every benchmark mode and print/write the comparison.
 
     .venv/bin/python -m benchmarks.run [--quick] [--json out.json]
-        [--modes direct,socat,haproxy,pop3tap,replay]
+        [--modes direct,socat,haproxy,trio-floor,pop3tap,pop3tap-workers,replay,replay-workers]
 
 For each mode the relay is started on a free 127.0.0.1 port in front of the benchmark server,
 measured with the load generator (a separate process) and stopped. Every measurement is
@@ -12,6 +12,11 @@ The ``replay`` mode is not a relay: it records one concurrency-mode session thro
 ``pop3tap record`` in front of the benchmark server, then serves it with ``pop3tap replay
 --sessions cycle`` and runs only the concurrency load against it. Its sessions/s is compared
 with haproxy's (the benchmark server through haproxy) in the same run.
+
+``trio-floor`` (benchmarks/trio_floor.py) forwards with the same trio I/O as pop3tap and does
+nothing else; its ratios show how much of pop3tap's cost is trio's own. The ``-workers`` modes
+run ``pop3tap record``/``replay`` with ``--workers`` set to the number of CPUs, as haproxy
+runs one thread per CPU.
 """
 
 from __future__ import annotations
@@ -201,10 +206,10 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
         for m in METRICS:
             if m.relay_only:
                 metrics.pop(m.key, None)
-    if relay.mode == "pop3tap" and relay.workdir is not None:
+    if relay.mode.startswith("pop3tap") and relay.workdir is not None:
         captures = relay.workdir / "captures"
         extra["capture_files"] = sum(1 for p in captures.rglob("*") if p.is_file())
-    if relay.mode in ("pop3tap", "replay") and relay.workdir is not None:
+    if relay.mode.startswith(("pop3tap", "replay")) and relay.workdir is not None:
         log = relay.workdir / "log.jsonl"
         extra["log_lines"] = log.read_bytes().count(b"\n") if log.exists() else 0
     return {
@@ -219,9 +224,10 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
 def ratios(
     results: dict[str, Any],
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Each mode's ratio to direct, and pop3tap's and replay's ratio to haproxy, by metric.
+    """Each mode's ratio to direct, and the pop3tap (and trio-floor) modes' to haproxy.
 
-    The second result maps "pop3tap" and "replay" (when measured) to their haproxy ratios.
+    The second result maps each mode of ``relays.VS_HAPROXY`` that was measured to its
+    haproxy ratios.
     """
 
     def ratio(a: Any, b: Any) -> float | None:
@@ -242,7 +248,7 @@ def ratios(
         to_direct[mode] = row
     vs_haproxy: dict[str, dict[str, float]] = {}
     hap = results.get("haproxy", {}).get("metrics", {})
-    for mode in ("pop3tap", "replay"):
+    for mode in relays.VS_HAPROXY:
         if "metrics" not in results.get(mode, {}) or not hap:
             continue
         row = {}
@@ -347,6 +353,7 @@ def run(modes: list[str], cfg: Config) -> dict[str, Any]:
         "config": asdict(cfg),
         "modes": results,
         "ratio_to_direct": to_direct,
+        "to_haproxy": vs_haproxy,
         "pop3tap_to_haproxy": vs_haproxy.get("pop3tap", {}),
         "replay_to_haproxy": vs_haproxy.get("replay", {}),
     }
@@ -372,12 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(modes, cfg)
     to_direct = report["ratio_to_direct"]
     print()
-    vs_haproxy = {
-        mode: report[f"{mode}_to_haproxy"]
-        for mode in ("pop3tap", "replay")
-        if report[f"{mode}_to_haproxy"]
-    }
-    print(table(report["modes"], to_direct, vs_haproxy))
+    print(table(report["modes"], to_direct, report["to_haproxy"]))
     m = report["machine"]
     print(f"\nmachine: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, python {m['python']}")
     print("(x) = ratio to direct in this run; medians of", cfg.reps, "repetition(s)")

@@ -68,7 +68,8 @@ HAVE_REPLAY = _pop3tap_replay_available()
 MODES = [
     "direct",
     *(["socat"] if HAVE_SOCAT else []),
-    *(["pop3tap"] if HAVE_RELAY else []),
+    "trio-floor",
+    *(["pop3tap", "pop3tap-workers"] if HAVE_RELAY else []),
     *(["replay"] if HAVE_REPLAY else []),
 ]
 
@@ -98,11 +99,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("mode", ["direct", "socat", "pop3tap"])
+@pytest.mark.parametrize("mode", ["direct", "socat", "trio-floor", "pop3tap", "pop3tap-workers"])
 def test_quick_mode(report: dict[str, Any], mode: str) -> None:
     if mode == "socat" and not HAVE_SOCAT:
         pytest.skip("socat is not installed")
-    if mode == "pop3tap" and not HAVE_RELAY:
+    if mode.startswith("pop3tap") and not HAVE_RELAY:
         pytest.skip("pop3tap.relay / pop3tap.cli is not importable yet")
     result = report["modes"][mode]
     assert "error" not in result, result.get("error")
@@ -120,6 +121,9 @@ def test_quick_mode(report: dict[str, Any], mode: str) -> None:
     assert result["memory"]["completed"] is True
     if mode == "direct":
         assert not any(key in metrics for key in RELAY_METRICS)
+    if mode.startswith("pop3tap"):
+        # Every connection (load generator sessions and readiness probes) left a capture.
+        assert result["capture_files"] >= 20 and result["log_lines"] > 0
 
 
 def test_quick_replay(report: dict[str, Any]) -> None:
