@@ -10,6 +10,7 @@ plain ``trio.SocketStream`` these helpers wait for readiness once and then call
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -62,12 +63,21 @@ def send_now(stream: trio.abc.Stream, data: bytes) -> int:
         raise _broken(exc) from exc
 
 
-async def send_all(stream: trio.abc.Stream, data: bytes) -> None:
+async def send_all(
+    stream: trio.abc.Stream, data: bytes, after_write: Callable[[], None] | None = None
+) -> None:
     """Send all of ``data``; a write the kernel takes at once needs no trip through trio.
 
+    ``after_write`` runs once the first write was tried (even if it failed) and before
+    any wait for the rest: work that can follow the bytes out but must not let another
+    task run first.
     The caller's receive before it was the checkpoint, so a loop still yields once per
     chunk.
     """
-    sent = send_now(stream, data)
+    try:
+        sent = send_now(stream, data)
+    finally:
+        if after_write is not None:
+            after_write()
     if sent < len(data):
         await stream.send_all(memoryview(data)[sent:])

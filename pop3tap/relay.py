@@ -27,6 +27,7 @@ the session is logged and captured decrypted.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import math
 import secrets
@@ -305,6 +306,27 @@ class _Session:
             self.capture.write_data("s2c", at, data)
             self.check_capture()
 
+    def may_hold_stls(self, data: bytes) -> bool:
+        """Whether a client chunk may complete an STLS line that must be intercepted.
+
+        Only then must it be parsed before it is forwarded (see :meth:`forward_client`).
+        """
+        return self.config.tls.intercept_stls and (
+            b"STLS" in data.upper() or self.observer.client_line_open
+        )
+
+    def record_client(self, data: bytes, at: float) -> None:
+        """Write client bytes (secrets masked unless kept) to the capture."""
+        if self.capture is None:
+            return
+        try:
+            recorded = data if self.config.keep_secrets else self.observer.mask_client(data)
+            if recorded:
+                self.capture.write_data("c2s", at, recorded)
+        except Exception:  # the masker must never break the relay
+            self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+        self.check_capture()
+
     def observe(
         self, direction: Direction, data: bytes, at: float, *, captured: bool = False
     ) -> None:
@@ -312,11 +334,8 @@ class _Session:
         self.seen[direction] += len(data)
         try:
             if direction is Direction.CLIENT:
-                if self.capture is not None:
-                    recorded = data if self.config.keep_secrets else self.observer.mask_client(data)
-                    if recorded:
-                        self.capture.write_data("c2s", at, recorded)
-                    self.check_capture()
+                if not captured:
+                    self.record_client(data, at)
                 events = self.observer.feed_client(data, at)
             else:
                 if not captured:
@@ -391,7 +410,24 @@ class _Session:
             if direction is Direction.CLIENT:
                 self.flush_server()  # what the client saw comes before what it says
                 start = self.seen[direction]
-                self.observe(direction, data, self.now())
+                at = self.now()
+                if self.stls_client_end is None and not self.may_hold_stls(data):
+                    # No STLS can be in these bytes: record them, send them, then parse.
+                    self.record_client(data, at)
+                    sent = await self.send(
+                        source,
+                        sink,
+                        direction,
+                        data,
+                        cancel_scope,
+                        after_write=functools.partial(
+                            self.observe, direction, data, at, captured=True
+                        ),
+                    )
+                    if not sent:
+                        return
+                    continue
+                self.observe(direction, data, at)
                 if not await self.forward_client(source, sink, data, start, cancel_scope):
                     return
             elif not self.observer.greeted or (
@@ -459,12 +495,20 @@ class _Session:
         direction: Direction,
         data: bytes,
         cancel_scope: trio.CancelScope,
+        *,
+        after_write: Callable[[], None] | None = None,
     ) -> bool:
-        """Send to ``sink``; on failure end the session and return False."""
+        """Send to ``sink``; on failure end the session and return False.
+
+        ``after_write`` runs right after the first write attempt, even a failed one (see
+        ``send_all``).
+        """
         if not data:
+            if after_write is not None:
+                after_write()
             return True
         try:
-            await send_all(sink, data)
+            await send_all(sink, data, after_write)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             other = "server" if direction is Direction.CLIENT else "client"
             self.log.info("session.peer_gone", side=other, error=_reason(exc))

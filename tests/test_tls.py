@@ -257,14 +257,30 @@ def test_client_distrusting_the_ca_is_logged(dovecot: Dovecot, tmp_path: Path) -
 
 
 @pytest.mark.realpeer
-def test_plaintext_pipelined_after_stls_is_not_forwarded(dovecot: Dovecot, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "writes",
+    [
+        [b"STLS\r\nUSER injected\r\n"],
+        # The relay forwards client chunks before parsing them unless they may complete
+        # an STLS line: a line split across chunks must still be caught.
+        [b"ST", b"LS\r\nUSER injected\r\n"],
+        [b"stls\r", b"\nUSER injected\r\n"],
+    ],
+    ids=["one-write", "split-verb", "split-crlf"],
+)
+def test_plaintext_pipelined_after_stls_is_not_forwarded(
+    dovecot: Dovecot, tmp_path: Path, writes: list[bytes]
+) -> None:
     init_ca(tmp_path / "ca")
     trust = ssl.create_default_context(cafile=str(_ca_pem(tmp_path)))
     with tls_relay(dovecot, tmp_path) as relay:
         with socket.create_connection((relay.host, relay.port), timeout=30) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             reader = sock.makefile("rb")
             assert reader.readline().startswith(b"+OK")
-            sock.sendall(b"STLS\r\nUSER injected\r\n")
+            for write in writes:
+                sock.sendall(write)
+                time.sleep(0.2)  # separate chunks at the relay
             assert reader.readline().startswith(b"+OK")
             with trust.wrap_socket(sock, server_hostname=relay.host) as tls:
                 # Had "USER injected" reached Dovecot, it would have broken its handshake.

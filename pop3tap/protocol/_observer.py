@@ -248,6 +248,11 @@ class SessionObserver:
         return any(p.verb == "STLS" for p in self._pending)
 
     @property
+    def client_line_open(self) -> bool:
+        """Part of a client line has been fed, its end not yet."""
+        return self._client_line.length > 0
+
+    @property
     def greeted(self) -> bool:
         """Whether the server's greeting has been seen."""
         return self._greeted
