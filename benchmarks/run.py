@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -138,6 +139,9 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
     with sampler:
         for _ in range(cfg.reps if full else 0):
             try:
+                # Every repetition starts with no dirty pages (pop3tap's captures of the
+                # previous one would otherwise be flushed, and throttled, during this one).
+                os.sync()
                 c0 = cpu()
                 r = loadgen("throughput", port, "--repeat", str(cfg.throughput_retrs))
                 settle()
@@ -325,6 +329,42 @@ def machine() -> dict[str, Any]:
     }
 
 
+def disk_write(cfg: Config, reps: int) -> dict[str, Any]:
+    """How fast the captures' file system takes what one throughput repetition records.
+
+    Writes ``throughput_retrs x big_size`` octets as 256 KiB appends (the relay's chunk
+    size, one ``writev`` each) to a new file in the temporary directory, where the pop3tap
+    modes keep their captures, after an ``os.sync()``; medians of ``reps``. This bounds the
+    recording relay's throughput and CPU per GB on this machine; no relay is involved.
+    """
+    chunk = os.urandom(256 * 1024)
+    total = cfg.throughput_retrs * cfg.big_size
+    speeds: list[float] = []
+    cpu_per_gb: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="pop3tap-bench-disk-") as tmp:
+        for rep in range(reps):
+            os.sync()
+            path = Path(tmp) / f"write-{rep}"
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            t0, c0 = time.perf_counter(), time.process_time()
+            written = 0
+            try:
+                while written < total:
+                    written += os.writev(fd, [b"record header", chunk])
+            finally:
+                os.close(fd)
+            wall, used = time.perf_counter() - t0, time.process_time() - c0
+            speeds.append(written / wall / 1e6)
+            cpu_per_gb.append(used / (written / 1e9))
+    return {
+        "octets_per_rep": total,
+        "mb_per_s": statistics.median(speeds),
+        "cpu_s_per_gb": statistics.median(cpu_per_gb),
+        "samples_mb_per_s": speeds,
+        "samples_cpu_s_per_gb": cpu_per_gb,
+    }
+
+
 def run(modes: list[str], cfg: Config) -> dict[str, Any]:
     notes = relays.ensure_tools(modes)
     for n in notes:
@@ -344,8 +384,10 @@ def run(modes: list[str], cfg: Config) -> dict[str, Any]:
             print(f"   done in {time.monotonic() - t0:.1f}s", flush=True)
     finally:
         server.stop()
+    disk = disk_write(cfg, cfg.reps)
     to_direct, vs_haproxy = ratios(results)
     return {
+        "disk_write": disk,
         "command": " ".join(sys.argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": round(time.monotonic() - started, 1),
@@ -383,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     m = report["machine"]
     print(f"\nmachine: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, python {m['python']}")
     print("(x) = ratio to direct in this run; medians of", cfg.reps, "repetition(s)")
+    disk = report["disk_write"]
+    print(
+        f"capture file system: {disk['octets_per_rep'] / 2**20:.0f} MiB in 256 KiB appends at "
+        f"{disk['mb_per_s']:.0f} MB/s, {disk['cpu_s_per_gb']:.2f} CPU s per GB (no relay)"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -147,6 +147,9 @@ def test_quick_replay(report: dict[str, Any]) -> None:
 def test_quick_report_shape(report: dict[str, Any]) -> None:
     assert report["config"]["reps"] == 1
     assert set(report["modes"]) == set(MODES)
+    disk = report["disk_write"]
+    assert disk["octets_per_rep"] == report["config"]["big_size"]
+    assert disk["mb_per_s"] > 0 and disk["cpu_s_per_gb"] > 0
     for mode in MODES:
         if mode != "direct" and "error" not in report["modes"][mode]:
             assert mode in report["ratio_to_direct"]
