@@ -727,6 +727,8 @@ class _Play:
         self.index = session_index
         self.session = server.sessions[session_index]
         self.played = [False] * len(self.session.exchanges)
+        #: Whether the STLS phase matters (see :meth:`in_phase`), worked out once.
+        self.phased = not server.config.listen_tls and self.session.stls
         self.cursor = 0  # strict mode: the next exchange expected
         #: The connection is past its STLS upgrade (RFC 2595 §4).
         self.after_tls = False
@@ -748,9 +750,7 @@ class _Play:
         Exchanges recorded before STLS answer only before the upgrade, later ones only
         after it. Off for sessions without STLS and on implicit-TLS listeners.
         """
-        if self.server.config.listen_tls or not self.session.stls:
-            return True
-        return ex.after_tls == self.after_tls
+        return not self.phased or ex.after_tls == self.after_tls
 
     def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
         masked = self.session.secrets == "masked"
