@@ -17,6 +17,7 @@ from pop3tap.protocol import (
     PairingLost,
     SaslChallenge,
     SaslResponse,
+    SecretMasker,
     SessionObserver,
     StartTls,
     Status,
@@ -540,3 +541,30 @@ def test_masker_starts_afresh_after_stls() -> None:
     observer.feed_server(b"+OK Begin TLS\r\n", 2.0)
     observer.resume_after_tls()
     assert observer.mask_client(b"AUTH PLAIN AGJvYgBodW50ZXIy\r\n") == b"AUTH PLAIN ********\r\n"
+
+
+_MASK_TOKENS = [
+    b"NOOP", b"PASS", b"pass", b"APOP", b"AUTH", b"auth", b" ", b"\t", b"x", b"secret",
+    b"PLAIN", b"*", b"\r", b"\n", b"\r\n", b"USER bob\r\n", b"STAT\r\n",
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    chunks=st.lists(
+        st.lists(st.sampled_from(_MASK_TOKENS), max_size=8).map(b"".join), max_size=12
+    ),
+    finish_auth_after=st.integers(min_value=0, max_value=12),
+)
+def test_masker_shortcut_matches_the_bytewise_path(
+    chunks: list[bytes], finish_auth_after: int
+) -> None:
+    """Chunks of whole lines without secret keywords skip the byte loop: same output, same
+    state afterwards, whatever came before."""
+    fast, slow = SecretMasker(), SecretMasker()
+    for index, chunk in enumerate(chunks):
+        assert fast.mask(chunk) == slow.mask_bytewise(chunk)
+        if index == finish_auth_after:
+            fast.auth_finished()
+            slow.auth_finished()
+    assert fast.flush() == slow.flush()

@@ -27,6 +27,14 @@ _SECRET_AFTER_WORDS = {b"PASS": 1, b"APOP": 2, b"AUTH": 2}
 #: Longer first words cannot be one of those keywords.
 _KEYWORD_LIMIT = 4
 
+
+
+def _may_hold_secret(data: bytes) -> bool:
+    """Whether a keyword of :data:`_SECRET_AFTER_WORDS` occurs anywhere, in any case."""
+    upper = data.upper()
+    return any(keyword in upper for keyword in _SECRET_AFTER_WORDS)
+
+
 _CR = 0x0D
 _LF = 0x0A
 _BLANKS = (0x20, 0x09)
@@ -65,6 +73,19 @@ class SecretMasker:
 
     def mask(self, data: bytes) -> bytes:
         """Return ``data`` with secret bytes replaced; call once per chunk, in order."""
+        if (
+            self._mode is _Mode.LINE_START
+            and not (self._cr_at_edge or self._auth_open or self._held_star)
+            and data.endswith(b"\n")
+            and not _may_hold_secret(data)
+        ):
+            # Whole lines, none of them PASS, APOP or AUTH: nothing to mask, and the
+            # state after them is a line start again, as the byte-wise path would leave it.
+            return data
+        return self.mask_bytewise(data)
+
+    def mask_bytewise(self, data: bytes) -> bytes:
+        """:meth:`mask` without its shortcut for chunks of whole lines without secrets."""
         out = bytearray()
         pos = 0
         size = len(data)
