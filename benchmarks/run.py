@@ -117,6 +117,18 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _remove_captures(relay: relays.Relay) -> int:
+    """Delete the capture files a pop3tap mode wrote so far; return how many there were."""
+    if relay.workdir is None or not relay.mode.startswith("pop3tap"):
+        return 0
+    removed = 0
+    for path in (relay.workdir / "captures").glob("*"):
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]:
     """All measurements for one running relay."""
     pid = relay.pid
@@ -126,6 +138,7 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
     }
     errors: list[str] = []
     extra: dict[str, Any] = {}
+    removed_captures = 0
 
     def cpu() -> float:
         return relays.tree_cpu(pid) if pid is not None else 0.0
@@ -139,8 +152,9 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
     with sampler:
         for _ in range(cfg.reps if full else 0):
             try:
-                # Every repetition starts with no dirty pages (pop3tap's captures of the
-                # previous one would otherwise be flushed, and throttled, during this one).
+                # Every repetition starts alike: the captures of the previous one (5 x
+                # 64 MiB) counted and deleted, and no dirty pages left to flush.
+                removed_captures += _remove_captures(relay)
                 os.sync()
                 c0 = cpu()
                 r = loadgen("throughput", port, "--repeat", str(cfg.throughput_retrs))
@@ -212,7 +226,9 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
                 metrics.pop(m.key, None)
     if relay.mode.startswith("pop3tap") and relay.workdir is not None:
         captures = relay.workdir / "captures"
-        extra["capture_files"] = sum(1 for p in captures.rglob("*") if p.is_file())
+        extra["capture_files"] = removed_captures + sum(
+            1 for p in captures.rglob("*") if p.is_file()
+        )
     if relay.mode.startswith(("pop3tap", "replay")) and relay.workdir is not None:
         log = relay.workdir / "log.jsonl"
         extra["log_lines"] = log.read_bytes().count(b"\n") if log.exists() else 0
@@ -334,7 +350,8 @@ def disk_write(cfg: Config, reps: int) -> dict[str, Any]:
 
     Writes ``throughput_retrs x big_size`` octets as 256 KiB appends (the relay's chunk
     size, one ``writev`` each) to a new file in the temporary directory, where the pop3tap
-    modes keep their captures, after an ``os.sync()``; medians of ``reps``. This bounds the
+    modes keep their captures, after deleting the previous repetition's file and an
+    ``os.sync()``, as the throughput runs do; medians of ``reps``. This bounds the
     recording relay's throughput and CPU per GB on this machine; no relay is involved.
     """
     chunk = os.urandom(256 * 1024)
@@ -343,6 +360,8 @@ def disk_write(cfg: Config, reps: int) -> dict[str, Any]:
     cpu_per_gb: list[float] = []
     with tempfile.TemporaryDirectory(prefix="pop3tap-bench-disk-") as tmp:
         for rep in range(reps):
+            for old in Path(tmp).iterdir():  # as the throughput runs delete their captures
+                old.unlink()
             os.sync()
             path = Path(tmp) / f"write-{rep}"
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
