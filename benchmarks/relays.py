@@ -396,13 +396,32 @@ def tree_rss_mb(pid: int) -> float:
     return sum(_status_kb(p, "VmRSS") for p in process_tree(pid)) / 1024.0
 
 
+def _pss_kb(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Summed proportional set size: pages shared by forked processes count once overall."""
+    return sum(_pss_kb(p) for p in process_tree(pid)) / 1024.0
+
+
 class RssSampler:
     """Samples the summed VmRSS of a process tree every ``interval`` seconds in a thread."""
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    def __init__(self, pid: int, interval: float = 0.05, *, pss: bool = False) -> None:
         self.pid = pid
         self.interval = interval
         self.samples: list[tuple[float, float]] = []
+        #: Also sample the summed PSS (``pss=True``; reading smaps_rollup costs more).
+        self.pss = pss
+        self.pss_samples: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -410,6 +429,8 @@ class RssSampler:
         t0 = time.monotonic()
         while not self._stop.is_set():
             self.samples.append((time.monotonic() - t0, tree_rss_mb(self.pid)))
+            if self.pss:
+                self.pss_samples.append(tree_pss_mb(self.pid))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> RssSampler:
@@ -423,3 +444,7 @@ class RssSampler:
     @property
     def peak(self) -> float:
         return max((s[1] for s in self.samples), default=0.0)
+
+    @property
+    def peak_pss(self) -> float:
+        return max(self.pss_samples, default=0.0)

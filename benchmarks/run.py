@@ -86,6 +86,7 @@ METRICS = (
     Metric("relay_cpu_ms_per_session", "relay CPU ms per session", "lower", relay_only=True),
     Metric("relay_peak_rss_mb", "relay peak RSS (VmHWM), MB", "lower", relay_only=True),
     Metric("relay_tree_peak_rss_mb", "relay tree peak RSS (sampled), MB", "lower", True),
+    Metric("relay_tree_peak_pss_mb", "relay tree peak PSS (sampled), MB", "lower", True),
     Metric("mem_growth_mb", "slow reader: RSS growth, MB", "lower"),
     Metric("mem_flat", "slow reader: RSS flat", "true"),
 )
@@ -148,7 +149,7 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
         time.sleep(0.2 if relay.mode == "socat" else 0.05)
 
     full = relay.mode not in relays.CONCURRENCY_ONLY
-    sampler = relays.RssSampler(pid if pid is not None else server_pid, 0.05)
+    sampler = relays.RssSampler(pid if pid is not None else server_pid, 0.05, pss=True)
     with sampler:
         for _ in range(cfg.reps if full else 0):
             try:
@@ -205,6 +206,7 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
     if pid is not None:
         samples["relay_peak_rss_mb"].append(relays.vm_hwm_mb(pid))
         samples["relay_tree_peak_rss_mb"].append(sampler.peak)
+        samples["relay_tree_peak_pss_mb"].append(sampler.peak_pss)
 
     metrics: dict[str, Any] = {k: _median(v) for k, v in samples.items()}
     if not full:

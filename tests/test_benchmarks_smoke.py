@@ -35,12 +35,14 @@ REPLAY_METRICS = (
     "relay_cpu_ms_per_session",
     "relay_peak_rss_mb",
     "relay_tree_peak_rss_mb",
+    "relay_tree_peak_pss_mb",
 )
 RELAY_METRICS = (
     "relay_cpu_s_per_gb",
     "relay_cpu_ms_per_session",
     "relay_peak_rss_mb",
     "relay_tree_peak_rss_mb",
+    "relay_tree_peak_pss_mb",
 )
 
 
