@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / name
                 (workdir / "captures").mkdir(parents=True)
                 cmd = relays.relay_command("pop3tap", port, server.port, workdir)
-                procs[name] = subprocess.Popen(cmd, cwd=root.resolve(), stdin=subprocess.DEVNULL)
+                procs[name] = subprocess.Popen(
+                    cmd, cwd=root.resolve(), stdin=subprocess.DEVNULL, start_new_session=True
+                )
             deadline = time.monotonic() + relays.READY_TIMEOUT
             while not all(relays._accepts(p) for p in ports.values()):
                 if time.monotonic() > deadline:
