@@ -57,6 +57,47 @@ def test_scanners_match_the_reference(
         assert scan(data, pos, limit, prev_cr) == expected, scan
 
 
+@settings(max_examples=600, deadline=None)
+@given(
+    tokens=st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=30),
+    pick=st.integers(0, 1000),
+    prev_cr=st.booleans(),
+)
+def test_scanners_match_the_reference_from_a_line_end(
+    tokens: list[bytes], pick: int, prev_cr: bool
+) -> None:
+    """Chunks that start right at a LF, where the CR before it came in the last chunk."""
+    data = b"".join(tokens)
+    starts = [i for i, byte in enumerate(data) if byte == 0x0A] or [0]
+    pos = starts[pick % len(starts)]
+    expected = reference(data, pos, len(data), prev_cr)
+    for scan in SCANNERS:
+        assert scan(data, pos, len(data), prev_cr) == expected, scan
+
+
+@pytest.mark.parametrize("scan", SCANNERS)
+@pytest.mark.parametrize(
+    ("data", "pos", "limit", "prev_cr", "expected"),
+    [
+        # The CR of a terminator came in the previous chunk: CR | LF . CR LF.
+        (b"\n.\r\n", 0, 4, True, (4, 2, False)),
+        (b"x\r\n.\r\nmore\r\n.\r\n", 2, 15, True, (6, 2, False)),
+        (b"\n.\n", 0, 3, True, (3, 2, True)),
+        (b"\n.\r\n", 0, 4, False, (4, 2, True)),
+    ],
+)
+def test_terminator_right_at_pos(
+    scan: ChunkScanner,
+    data: bytes,
+    pos: int,
+    limit: int,
+    prev_cr: bool,
+    expected: tuple[int, int, bool],
+) -> None:
+    assert reference(data, pos, limit, prev_cr) == expected
+    assert scan(data, pos, limit, prev_cr) == expected
+
+
 @pytest.mark.parametrize("scan", SCANNERS)
 def test_large_crlf_body_without_terminator(scan: ChunkScanner) -> None:
     chunk = (b"line of text\r\n" + b"..stuffed\r\n") * 20_000

@@ -35,9 +35,12 @@ def scan_chunk_python(data: bytes, pos: int, limit: int, prev_cr: bool) -> tuple
     """
     if pos >= limit:
         return -1, 0, False
+    straddle = 1 if prev_cr and data[pos] == 0x0A else 0
+    if straddle and pos + 4 <= limit and data.startswith(b".\r\n", pos + 1):
+        # CR (before pos) LF . CR LF: the find below cannot see a CR before ``pos``.
+        return pos + 4, 2, False
     crlf = data.find(b"\r\n.\r\n", pos, limit)
     stop = limit if crlf < 0 else crlf + 5
-    straddle = 1 if prev_cr and data[pos] == 0x0A else 0
     newlines = data.count(b"\n", pos, stop)
     crlfs = data.count(b"\r\n", pos, stop)
     end = -1
