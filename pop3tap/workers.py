@@ -64,9 +64,12 @@ def trio_listeners(sockets: list[socket.socket]) -> list[trio.SocketListener]:
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
-def _terminate_with_parent() -> None:
-    """Ask Linux for a SIGTERM when the parent dies (even by SIGKILL): no orphan workers."""
-    parent = os.getppid()
+def _terminate_with_parent(parent: int) -> None:
+    """Ask Linux for a SIGTERM when the parent dies (even by SIGKILL): no orphan workers.
+
+    ``parent`` is the parent's pid, taken before the fork: if the parent is already gone,
+    ``getppid()`` no longer returns it.
+    """
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -79,34 +82,20 @@ def run_workers(
     child: Callable[[int], int],
     *,
     on_exit: Callable[[int, int, int], None] | None = None,
+    after_fork: Callable[[], None] | None = None,
 ) -> int:
     """Fork ``count`` workers running ``child(index)``; wait for all; return the exit code.
 
-    ``child`` returns the worker's exit code. ``on_exit(index, pid, code)`` is called in
-    the parent for each worker that ends. The result is 0 only if every worker exited 0.
+    ``child`` returns the worker's exit code; it runs with SIGINT ignored and SIGTERM at
+    its default until it installs its own handler (the parent turns SIGINT and SIGTERM into
+    one SIGTERM per worker). ``after_fork()`` runs in the parent once every worker has
+    started (e.g. to close the parent's copies of the listening sockets).
+    ``on_exit(index, pid, code)`` is called in the parent for each worker that ends. The
+    result is 0 only if every worker exited 0.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     workers: dict[int, int] = {}
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns into the parent's code
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent sends SIGTERM
-                _terminate_with_parent()
-                code = child(index)
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                with contextlib.suppress(Exception):
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                os._exit(code)
-        workers[pid] = index
-
     stopping = False
 
     def stop_all(signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
@@ -116,9 +105,34 @@ def run_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    # Installed before the first fork, so a signal during the forks is not lost.
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    parent = os.getpid()
     result = 0
     try:
+        for index in range(count):
+            if stopping:
+                break
+            pid = os.fork()
+            if pid == 0:  # the worker: never returns into the parent's code
+                code = 1
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    _terminate_with_parent(parent)
+                    code = child(index)
+                except SystemExit as exc:
+                    code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+                except BaseException:
+                    traceback.print_exc()
+                finally:
+                    with contextlib.suppress(Exception):
+                        sys.stdout.flush()
+                        sys.stderr.flush()
+                    os._exit(code)
+            workers[pid] = index
+        if after_fork is not None:
+            after_fork()
         while workers:
             try:
                 pid, status = os.waitpid(-1, 0)

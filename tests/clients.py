@@ -117,9 +117,15 @@ class Pop3tapProcess:
 
 
 @contextmanager
-def pop3tap_process(command: str, workdir: Path, *args: str) -> Iterator[Pop3tapProcess]:
+def pop3tap_process(
+    command: str, workdir: Path, *args: str, own_group: bool = False
+) -> Iterator[Pop3tapProcess]:
     """Start ``python -m pop3tap COMMAND ... --listen 127.0.0.1:<free port>`` with a JSON log
-    file; wait until it logs ``<command>.listening``; SIGKILL it if still running after."""
+    file; wait until it logs ``<command>.listening``; SIGKILL it if still running after.
+
+    ``own_group``: start it in its own process group (to signal the group, as a terminal's
+    Ctrl-C does).
+    """
     import sys
     import time
 
@@ -142,6 +148,7 @@ def pop3tap_process(command: str, workdir: Path, *args: str) -> Iterator[Pop3tap
             str(log_file),
         ],
         stdin=subprocess.DEVNULL,
+        start_new_session=own_group,
     )
     running = Pop3tapProcess(proc=proc, port=port, log_file=log_file, captures=workdir / "captures")
     ready = '"relay.listening"' if command == "record" else f'"{command}.listening"'
@@ -162,11 +169,18 @@ def pop3tap_process(command: str, workdir: Path, *args: str) -> Iterator[Pop3tap
 
 @contextmanager
 def relay_process(
-    upstream_host: str, upstream_port: int, workdir: Path, *extra: str
+    upstream_host: str, upstream_port: int, workdir: Path, *extra: str, own_group: bool = False
 ) -> Iterator[Pop3tapProcess]:
     """``pop3tap record`` in front of the upstream, capturing into ``workdir/captures``."""
     upstream = f"{upstream_host}:{upstream_port}"
     with pop3tap_process(
-        "record", workdir, "--upstream", upstream, "--captures", str(workdir / "captures"), *extra
+        "record",
+        workdir,
+        "--upstream",
+        upstream,
+        "--captures",
+        str(workdir / "captures"),
+        *extra,
+        own_group=own_group,
     ) as running:
         yield running

@@ -6,6 +6,7 @@ import json
 import os
 import poplib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -100,6 +101,68 @@ def test_a_dead_worker_stops_the_others_and_fails_the_run(
     assert not alive(second)
     (failed,) = log_events(relay.log_text(), "worker.failed")
     assert failed["pid"] == first and failed["exit_code"] == -signal.SIGKILL
+
+
+@pytest.mark.realpeer
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_lets_open_sessions_finish_and_refuses_new_clients(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path, workers: str
+) -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C) drains, with or without
+    workers: the open session is answered to its end, a new client is refused at once."""
+    with relay_process(
+        dovecot.host, dovecot.pop3_port, tmp_path, "--workers", workers, "--grace", "10",
+        own_group=True,
+    ) as relay:
+        wait_for_events(relay.log_text, "relay.listening", int(workers))
+        client = socket.create_connection((relay.host, relay.port), timeout=10)
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        os.killpg(relay.proc.pid, signal.SIGINT)
+        wait_for_events(relay.log_text, "relay.shutdown", int(workers))
+        time.sleep(0.3)  # a second signal from the parent must not cut the session either
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((relay.host, relay.port), timeout=5).close()
+        client.sendall(f"USER {mailbox.user}\r\nPASS {mailbox.password}\r\n".encode())
+        assert reader.readline().startswith(b"+OK")
+        assert reader.readline().startswith(b"+OK")
+        client.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"+OK")
+        assert reader.read() == b""
+        client.close()
+        assert relay.proc.wait(timeout=20) == 0
+    log = relay.log_text()
+    (closed,) = log_events(log, "session.close")
+    assert closed["reason"] == "server closed"
+    assert len(log_events(log, "relay.stopped")) == int(workers)
+    assert not log_events(log, "worker.failed")
+
+
+def test_a_parent_killed_right_after_the_fork_leaves_no_worker(tmp_path: Path) -> None:
+    """The worker checks for a dead parent against the pid taken before the fork."""
+    mark = tmp_path / "orphan"
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "import pop3tap.workers as workers\n"
+        "real, me = signal.signal, os.getpid()\n"
+        "def slow(sig, handler):\n"
+        "    if os.getpid() != me:  # the worker is scheduled late, after its parent died\n"
+        "        time.sleep(1.0)\n"
+        "    return real(sig, handler)\n"
+        "signal.signal = slow\n"
+        "def child(index):\n"
+        "    time.sleep(3)\n"
+        f"    open({str(mark)!r}, 'w').write(str(os.getppid()))\n"
+        "    return 0\n"
+        "workers.run_workers(1, child)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
+    time.sleep(0.5)  # forked, the worker still in its first signal.signal
+    parent.kill()
+    parent.wait(10)
+    time.sleep(5)
+    assert not mark.exists(), f"a worker outlived its parent: {mark.read_text()}"
 
 
 def test_workers_die_with_a_killed_parent(tmp_path: Path) -> None:

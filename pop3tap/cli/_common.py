@@ -141,15 +141,28 @@ def add_certificate_options(group: argparse._ArgumentGroup) -> None:
 
 
 async def stop_on_signal(
-    stop: Callable[[], None], log: structlog.typing.FilteringBoundLogger
+    stop: Callable[[], None], log: structlog.typing.FilteringBoundLogger, *, worker: bool = False
 ) -> None:
+    """Call ``stop()`` on the first SIGINT or SIGTERM.
+
+    A ``worker`` (``--workers``) listens to SIGTERM only (its parent turns Ctrl-C into one
+    SIGTERM per worker) and keeps listening until cancelled, so that a second SIGTERM (from
+    the parent and from a service manager that signals every process) cannot kill it while
+    its sessions drain. Otherwise the handler is dropped after the first signal, and a
+    second Ctrl-C stops at once.
+    """
     import trio
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    wanted = (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM)
+    stopped = False
+    with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
-            log.info("relay.shutdown", signal=signal.Signals(signum).name)
-            stop()
-            return
+            if not stopped:
+                stopped = True
+                log.info("relay.shutdown", signal=signal.Signals(signum).name)
+                stop()
+            if not worker:
+                return
 
 
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
@@ -197,7 +210,15 @@ def serve_workers(
         if code != 0:
             log.error("worker.failed", worker=index, pid=pid, exit_code=code)
 
-    code = run_workers(count, lambda index: serve(sockets, index), on_exit=on_exit)
+    def close_sockets() -> None:
+        # The workers hold them now; a copy left open here would keep accepting clients
+        # that no worker serves once they have stopped accepting.
+        for sock in sockets:
+            sock.close()
+
+    code = run_workers(
+        count, lambda index: serve(sockets, index), on_exit=on_exit, after_fork=close_sockets
+    )
     if code != 0:
         raise CliError("a worker process failed (see its log lines)", EXIT_FAILURE)
     return EXIT_OK

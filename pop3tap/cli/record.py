@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import socket
@@ -206,7 +207,14 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
-                await nursery.start(server.run)
+
+                async def serve_until_drained(
+                    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+                    await server.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # the signal listener too
+
+                await nursery.start(serve_until_drained)
                 log.info(
                     "relay.listening",
                     listen=str(server.address),
@@ -214,7 +222,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
                     captures=str(captures) if captures else None,
                     **where,
                 )
-                nursery.start_soon(stop_on_signal, server.shutdown, log)
+                nursery.start_soon(
+                    functools.partial(stop_on_signal, server.shutdown, log, worker=workers > 1)
+                )
 
         run_trio(main, what=f"listen on {config.listen}")
         log.info("relay.stopped", sessions=server.total_sessions, **where)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
 import sys
@@ -179,7 +180,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                         ca_cert=None if server.ca_file is None else str(server.ca_file),
                         **where,
                     )
-                    nursery.start_soon(stop_on_signal, cancel.cancel, log)
+                    nursery.start_soon(
+                        functools.partial(stop_on_signal, cancel.cancel, log, worker=workers > 1)
+                    )
 
         run_trio(main, what=f"listen on {config.listen}")
         log.info(
