@@ -47,6 +47,16 @@ async def receive_some(stream: trio.abc.Stream, fd: int | None, size: int) -> by
         raise _broken(exc) from exc
 
 
+def read_now(fd: int, size: int) -> bytes | None:
+    """Read what a plain socket holds without waiting; None if nothing is there yet."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise _broken(exc) from exc
+
+
 def send_now(stream: trio.abc.Stream, data: bytes) -> int:
     """Write what the kernel takes at once, without waiting; returns the bytes written.
 

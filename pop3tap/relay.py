@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import ipaddress
-import math
 import secrets
 import socket
 import ssl
@@ -43,7 +42,7 @@ import structlog
 import trio
 
 from pop3tap import __version__
-from pop3tap._fastio import plain_fd, receive_some, send_all
+from pop3tap._fastio import plain_fd, read_now, receive_some, send_all
 from pop3tap.capture import CaptureError, CaptureWriter
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
@@ -188,8 +187,8 @@ class _Session:
         self.capture: CaptureWriter | None = None
         self.capture_warned = False
         self.close_reason = "closed"
-        #: The pumps run under the greeting deadline until the greeting is seen.
-        self.greeting_scope = trio.CancelScope()
+        #: When the greeting line must be complete (trio time), or None for no limit.
+        self.greeting_deadline: float | None = None
         #: The server's stream ended (EOF or reset).
         self.server_done = trio.Event()
         self.log = logger.bind()
@@ -266,7 +265,6 @@ class _Session:
                     self.stls_client_end = event.end
                     self.stls_resolved = trio.Event()
             elif isinstance(event, Greeting):
-                self.greeting_scope.deadline = math.inf
                 log.info(
                     "pop3.greeting",
                     status=None if event.status is None else event.status.value,
@@ -383,7 +381,11 @@ class _Session:
         source_fd = plain_fd(source)
         while True:
             try:
-                data = await receive_some(source, source_fd, RECEIVE_SIZE)
+                data = await self.receive(source, source_fd, direction)
+            except _NoGreeting:
+                await self.no_greeting()
+                cancel_scope.cancel()
+                return
             except trio.BrokenResourceError as exc:
                 if id(source) in self.closed_by_us:
                     return
@@ -454,6 +456,22 @@ class _Session:
                 self.flush_server()
                 if not sent:
                     return
+
+    async def receive(
+        self, source: trio.abc.Stream, source_fd: int | None, direction: Direction
+    ) -> bytes:
+        """The next chunk from ``source``; until the greeting line is complete, the server
+        has until the greeting deadline to send it (raises :class:`_NoGreeting`)."""
+        deadline = self.greeting_deadline
+        if direction is Direction.CLIENT or deadline is None or self.observer.greeted:
+            return await receive_some(source, source_fd, RECEIVE_SIZE)
+        with trio.move_on_at(deadline):
+            return await receive_some(source, source_fd, RECEIVE_SIZE)
+        # The deadline passed; bytes that arrived at the same moment still count.
+        data = read_now(source_fd, RECEIVE_SIZE) if source_fd is not None else None
+        if data is None:
+            raise _NoGreeting
+        return data
 
     def flush_server(self) -> None:
         """Observe server bytes that were forwarded but not yet observed."""
@@ -548,7 +566,10 @@ class _Session:
             pass
 
     async def no_greeting(self) -> None:
-        """The greeting deadline passed without a complete greeting line: end the session."""
+        """The greeting deadline passed without a complete greeting line: say so.
+
+        The client gets a ``-ERR`` line only if the server sent nothing at all.
+        """
         timeout = self.config.greeting_timeout
         self.log.warning(
             "upstream.no_greeting", upstream=str(self.config.upstream), timeout=timeout
@@ -610,28 +631,21 @@ class _Session:
         self.record_event("upstream_connected", local=_local(self.upstream))
         if config.tls.upstream_tls and not await self.connect_upstream_tls():
             return
-        # Until the greeting line is complete, the pumps run under its deadline (lifted by
-        # handle_events on the Greeting event; the server pump observes before forwarding
-        # until then, so a greeting that came in time is always seen in time).
         timeout = self.config.greeting_timeout
-        greeting_scope = self.greeting_scope
         if timeout is not None:
-            greeting_scope.deadline = trio.current_time() + timeout
-        with greeting_scope:
-            while True:
-                self.switch = None
-                async with trio.open_nursery() as pumps:
-                    pumps.start_soon(
-                        self.pump, self.client, self.upstream, Direction.CLIENT, pumps.cancel_scope
-                    )
-                    pumps.start_soon(
-                        self.pump, self.upstream, self.client, Direction.SERVER, pumps.cancel_scope
-                    )
-                switch = self.switch
-                if switch is None or not await self.intercept_stls(switch):
-                    break
-        if greeting_scope.cancelled_caught and not self.observer.greeted:
-            await self.no_greeting()
+            self.greeting_deadline = trio.current_time() + timeout
+        while True:
+            self.switch = None
+            async with trio.open_nursery() as pumps:
+                pumps.start_soon(
+                    self.pump, self.client, self.upstream, Direction.CLIENT, pumps.cancel_scope
+                )
+                pumps.start_soon(
+                    self.pump, self.upstream, self.client, Direction.SERVER, pumps.cancel_scope
+                )
+            switch = self.switch
+            if switch is None or not await self.intercept_stls(switch):
+                break
 
     # -- TLS -----------------------------------------------------------------------------
 
@@ -781,6 +795,10 @@ class _Session:
         if self.capture is not None:
             self.capture.close(at, self.close_reason, fields)
             self.check_capture()
+
+
+class _NoGreeting(Exception):
+    """The upstream did not complete its greeting line before the greeting deadline."""
 
 
 def _ragged_tls_eof(stream: trio.abc.Stream, exc: BaseException) -> bool:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import structlog
+import trio
+import trio.testing
 from clients import RunningRelay, raw_session, running_relay
 from dovecot import Dovecot
 from faults import (
@@ -30,6 +32,7 @@ from mail_corpus import big_message
 
 from pop3tap.capture import DataRecord, EventRecord, read_capture
 from pop3tap.protocol import Flag
+from pop3tap.relay import Endpoint, RelayConfig, serve_relay
 
 
 def wait_complete(relay: RunningRelay, count: int = 1, timeout: float = 15.0) -> None:
@@ -57,6 +60,48 @@ def test_upstream_that_never_greets(tmp_path: Path) -> None:
     assert any(e["event"] == "upstream.no_greeting" for e in logs)
     names = [r.name for r in relay.only_capture().records if isinstance(r, EventRecord)]
     assert "greeting_timeout" in names
+
+
+async def _greeting_at_the_deadline(
+    clock: trio.testing.MockClock, same_tick: bool
+) -> tuple[bytes, bytes]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    upstream_port = listeners[0].socket.getsockname()[1]
+    config = RelayConfig(
+        upstream=Endpoint("127.0.0.1", upstream_port),
+        listen=Endpoint("127.0.0.1", 0),
+        captures=None,
+        greeting_timeout=30,
+    )
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_relay, config)
+        client = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+        upstream = await listeners[0].accept()
+        await trio.testing.wait_all_tasks_blocked()  # the pumps wait for bytes
+        os.write(upstream.socket.fileno(), b"+OK ready\r\n")
+        if not same_tick:
+            await trio.testing.wait_all_tasks_blocked()
+        clock.jump(30.5)  # the deadline passes as the greeting arrives
+        greeting = await client.receive_some(100)
+        await client.send_all(b"NOOP\r\n")
+        answer = b""
+        with trio.move_on_after(5):
+            assert await upstream.receive_some(100) == b"NOOP\r\n"
+            await upstream.send_all(b"+OK\r\n")
+            answer = await client.receive_some(100)
+        nursery.cancel_scope.cancel()
+    for listener in listeners:
+        await listener.aclose()
+    return greeting, answer
+
+
+@pytest.mark.parametrize("same_tick", [False, True], ids=["before", "same-tick"])
+def test_a_greeting_arriving_with_the_deadline_keeps_the_session(same_tick: bool) -> None:
+    """No real server can hit the scheduler tick of the deadline on purpose: MockClock."""
+    clock = trio.testing.MockClock(autojump_threshold=0.5)
+    greeting, answer = trio.run(_greeting_at_the_deadline, clock, same_tick, clock=clock)
+    assert greeting == b"+OK ready\r\n"
+    assert answer == b"+OK\r\n"
 
 
 def test_connect_timeout_to_unroutable_upstream(tmp_path: Path) -> None:
