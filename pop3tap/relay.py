@@ -469,9 +469,14 @@ class _Session:
             return await receive_some(source, source_fd, RECEIVE_SIZE)
         # The deadline passed; bytes that arrived at the same moment still count.
         data = read_now(source_fd, RECEIVE_SIZE) if source_fd is not None else None
-        if data is None:
-            raise _NoGreeting
-        return data
+        if data is not None:
+            return data
+        if self.observer.pairing_lost:
+            # A client flood made the observer give up parsing while this waited: it can
+            # no longer see a greeting, so stop waiting for one.
+            self.greeting_deadline = None
+            return await receive_some(source, source_fd, RECEIVE_SIZE)
+        raise _NoGreeting
 
     def flush_server(self) -> None:
         """Observe server bytes that were forwarded but not yet observed."""

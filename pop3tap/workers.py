@@ -25,6 +25,8 @@ from types import FrameType
 import trio
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: What the parent turns into one SIGTERM per worker.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 #: Upper bound for ``--workers``: more processes than this only add scheduling noise.
 MAX_WORKERS = 64
@@ -106,19 +108,24 @@ def run_workers(
                 os.kill(pid, signal.SIGTERM)
 
     # Installed before the first fork, so a signal during the forks is not lost.
-    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop_all) for sig in _STOP_SIGNALS}
     parent = os.getpid()
     result = 0
     try:
         for index in range(count):
             if stopping:
                 break
+            # Held back around the fork: a signal handled between fork() and the pid being
+            # stored would miss the new worker, and in the worker it would run a copy of
+            # stop_all. It is delivered once the mask is restored.
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
             pid = os.fork()
             if pid == 0:  # the worker: never returns into the parent's code
                 code = 1
                 try:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     _terminate_with_parent(parent)
                     code = child(index)
                 except SystemExit as exc:
@@ -131,6 +138,7 @@ def run_workers(
                         sys.stderr.flush()
                     os._exit(code)
             workers[pid] = index
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if after_fork is not None:
             after_fork()
         while workers:

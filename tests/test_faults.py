@@ -104,6 +104,30 @@ def test_a_greeting_arriving_with_the_deadline_keeps_the_session(same_tick: bool
     assert answer == b"+OK\r\n"
 
 
+def _greet_late(conn: Connection) -> None:
+    time.sleep(0.8)  # well past the relay's greeting deadline
+    conn.send(b"+OK late but here\r\n")
+    conn.read_all()
+
+
+def test_a_flood_before_the_greeting_drops_the_greeting_deadline(tmp_path: Path) -> None:
+    """Once a command flood makes the observer give up pairing, it cannot see the greeting
+    any more: the relay then stops waiting for one and goes on forwarding."""
+    flood = b"NOOP\r\n" * 20_000
+    with (
+        scripted_server(_greet_late) as server,
+        running_relay(server.host, server.port, tmp_path, greeting_timeout=0.3) as relay,
+        socket.create_connection((relay.host, relay.port), timeout=10) as client,
+    ):
+        client.sendall(flood)
+        reader = client.makefile("rb")
+        assert reader.readline() == b"+OK late but here\r\n"
+        client.shutdown(socket.SHUT_WR)
+        assert reader.read() == b""
+        (conn,) = server.wait()
+    assert bytes(conn.received) == flood
+
+
 def test_connect_timeout_to_unroutable_upstream(tmp_path: Path) -> None:
     # A listening socket with a full backlog never completes new connections quickly;
     # a zero connect timeout makes the relay give up at once, deterministically.

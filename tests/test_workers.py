@@ -165,6 +165,64 @@ def test_a_parent_killed_right_after_the_fork_leaves_no_worker(tmp_path: Path) -
     assert not mark.exists(), f"a worker outlived its parent: {mark.read_text()}"
 
 
+_FORK_THEN_SIGTERM = """\
+import os, signal, sys
+real_fork, forks = os.fork, []
+def fork():
+    pid = real_fork()
+    if pid:
+        forks.append(pid)
+        if len(forks) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives as fork() returns
+    return pid
+os.fork = fork
+from pop3tap.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+_SLOW_WORKER_START = """\
+import os, signal, sys, time
+real, me = signal.signal, os.getpid()
+def slow(sig, handler):
+    if os.getpid() != me and sig == signal.SIGINT:  # the worker is scheduled late
+        time.sleep(1.0)
+    return real(sig, handler)
+signal.signal = slow
+from pop3tap.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "signal_after"),
+    [(_FORK_THEN_SIGTERM, None), (_SLOW_WORKER_START, 0.6)],
+    ids=["as-fork-returns", "before-the-worker-resets-its-handlers"],
+)
+def test_a_stop_signal_during_the_forks_stops_every_worker(
+    tmp_path: Path, wrapper: str, signal_after: float | None
+) -> None:
+    """The parent holds SIGINT/SIGTERM back around each fork, so no worker misses it."""
+    script = tmp_path / "wrapped.py"
+    script.write_text(wrapper)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "record", "--upstream", "127.0.0.1:9",
+         "--listen", "127.0.0.1:0", "--no-captures", "--workers", "2",
+         "--log-format", "json", "--log-file", str(tmp_path / "log.jsonl")],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        if signal_after is not None:
+            time.sleep(signal_after)
+            proc.send_signal(signal.SIGTERM)  # the parent only
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
 def test_workers_die_with_a_killed_parent(tmp_path: Path) -> None:
     capture = REPO / "captures" / "user-pass.p3cap"
     with pop3tap_process("replay", tmp_path, str(capture), "--workers", "2") as replay:

@@ -73,7 +73,8 @@ def add_subcommand(sub: Subparsers) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="give up on an upstream that sends no greeting (default 30)",
+        help="give up on an upstream that sends no greeting line in this time "
+        "(default 30; 0: wait forever)",
     )
     add_workers_option(parser)
     _add_tls_options(parser)

@@ -248,6 +248,12 @@ class SessionObserver:
         return any(p.verb == "STLS" for p in self._pending)
 
     @property
+    def pairing_lost(self) -> bool:
+        """Pairing was given up (a command flood beyond ``max_pending``): bytes are only
+        counted from then on."""
+        return self._lost
+
+    @property
     def client_line_open(self) -> bool:
         """Part of a client line has been fed, its end not yet."""
         return self._client_line.length > 0
