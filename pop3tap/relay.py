@@ -372,10 +372,9 @@ class _Session:
     ) -> None:
         """Forward ``source`` to ``sink`` until end of stream, then propagate it.
 
-        Server bytes are forwarded first and parsed after, except until the greeting is
-        seen and while STLS waits for its answer; client bytes are parsed first (cheap:
-        commands are short), so that an STLS line is known before it is forwarded and
-        what follows it can be held.
+        Bytes are captured, forwarded, then parsed. The exceptions parse first: server
+        bytes until the greeting is seen and while STLS waits for its answer, and client
+        bytes that may complete an STLS line, so that what follows it can be held.
         """
         side = "client" if direction is Direction.CLIENT else "server"
         source_fd = plain_fd(source)
