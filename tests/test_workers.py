@@ -158,7 +158,11 @@ def test_a_parent_killed_right_after_the_fork_leaves_no_worker(tmp_path: Path) -
         "workers.run_workers(1, child)\n"
     )
     parent = subprocess.Popen([sys.executable, str(script)], cwd=REPO)
-    time.sleep(0.5)  # forked, the worker still in its first signal.signal
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline = time.monotonic() + 20
+    while not children.read_text().split():  # forked; the worker now sleeps in signal.signal
+        assert time.monotonic() < deadline, "the worker was not forked"
+        time.sleep(0.01)
     parent.kill()
     parent.wait(10)
     time.sleep(5)
@@ -194,12 +198,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize(
-    ("wrapper", "signal_after"),
-    [(_FORK_THEN_SIGTERM, None), (_SLOW_WORKER_START, 0.6)],
+    ("wrapper", "signal_parent"),
+    [(_FORK_THEN_SIGTERM, False), (_SLOW_WORKER_START, True)],
     ids=["as-fork-returns", "before-the-worker-resets-its-handlers"],
 )
 def test_a_stop_signal_during_the_forks_stops_every_worker(
-    tmp_path: Path, wrapper: str, signal_after: float | None
+    tmp_path: Path, wrapper: str, signal_parent: bool
 ) -> None:
     """The parent holds SIGINT/SIGTERM back around each fork, so no worker misses it."""
     script = tmp_path / "wrapped.py"
@@ -213,9 +217,15 @@ def test_a_stop_signal_during_the_forks_stops_every_worker(
         start_new_session=True,
     )
     try:
-        if signal_after is not None:
-            time.sleep(signal_after)
-            proc.send_signal(signal.SIGTERM)  # the parent only
+        if signal_parent:
+            # Once both workers are forked, and while they are still slowed down in their
+            # first signal.signal call (1 s), signal the parent only.
+            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+            deadline = time.monotonic() + 20
+            while len(children.read_text().split()) < 2:
+                assert time.monotonic() < deadline, "the workers were not forked"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:
