@@ -69,7 +69,7 @@ from pop3tap.tls import (
     server_handshake,
     tls_info,
 )
-from pop3tap.workers import trio_listeners
+from pop3tap.workers import open_listeners
 
 logger = structlog.get_logger("pop3tap.relay")
 
@@ -916,12 +916,7 @@ class RelayServer:
         listen = self.config.listen
         if not self.tls_prepared:
             self.prepare_tls()
-        if self.sockets is not None:
-            self.listeners = trio_listeners(self.sockets)
-        else:
-            self.listeners = await trio.open_tcp_listeners(
-                listen.port, host=listen.host, backlog=1024
-            )
+        self.listeners = await open_listeners(listen.host, listen.port, self.sockets)
         for listener in self.listeners:
             listener.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         async with trio.open_nursery() as handlers:

@@ -90,7 +90,7 @@ from pop3tap.tls import (
     server_handshake,
     tls_info,
 )
-from pop3tap.workers import trio_listeners
+from pop3tap.workers import open_listeners
 
 logger = structlog.get_logger("pop3tap.replay")
 
@@ -1381,12 +1381,7 @@ class ReplayServer:
     ) -> None:
         """Listen and serve until cancelled."""
         listen = self.config.listen
-        if self.sockets is not None:
-            self.listeners = trio_listeners(self.sockets)
-        else:
-            self.listeners = await trio.open_tcp_listeners(
-                listen.port, host=listen.host, backlog=1024
-            )
+        self.listeners = await open_listeners(listen.host, listen.port, self.sockets)
         task_status.started(self.listeners)
         await trio.serve_listeners(self.handle, self.listeners)
 

@@ -28,11 +28,13 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: What the parent turns into one SIGTERM per worker.
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+#: Pending connections the kernel queues per listening socket.
+LISTEN_BACKLOG = 1024
 #: Upper bound for ``--workers``: more processes than this only add scheduling noise.
 MAX_WORKERS = 64
 
 
-def bind_listen_sockets(host: str, port: int, *, backlog: int = 1024) -> list[socket.socket]:
+def bind_listen_sockets(host: str, port: int) -> list[socket.socket]:
     """Bind and listen on every address of ``host`` (as ``trio.open_tcp_listeners`` does).
 
     Port 0 picks one free port, shared by all addresses. Raises ``OSError``.
@@ -51,9 +53,8 @@ def bind_listen_sockets(host: str, port: int, *, backlog: int = 1024) -> list[so
             if port == 0 and len(sockets) > 1:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
-            sock.listen(backlog)
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         for sock in sockets:
             sock.close()
@@ -61,8 +62,13 @@ def bind_listen_sockets(host: str, port: int, *, backlog: int = 1024) -> list[so
     return sockets
 
 
-def trio_listeners(sockets: list[socket.socket]) -> list[trio.SocketListener]:
-    """Wrap sockets bound by :func:`bind_listen_sockets` for ``trio.serve_listeners``."""
+async def open_listeners(
+    host: str, port: int, sockets: list[socket.socket] | None
+) -> list[trio.SocketListener]:
+    """Listeners on ``sockets`` bound by :func:`bind_listen_sockets` (``--workers``), or,
+    when there are none, on newly bound sockets for ``host:port``."""
+    if sockets is None:
+        return await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
     return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
