@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import ipaddress
+import os
 import signal
 import socket
 import tempfile
@@ -188,16 +189,17 @@ def serve_workers(
     count: int,
     host: str,
     port: int,
-    serve: Callable[[list[socket.socket] | None, int], int],
+    serve: Callable[[list[socket.socket] | None, dict[str, int]], int],
     log: structlog.typing.FilteringBoundLogger,
 ) -> int:
-    """Run ``serve(sockets, worker_index)`` once in this process, or in ``count`` workers.
+    """Run ``serve(sockets, log_fields)`` once in this process, or in ``count`` workers.
 
-    With one worker ``serve`` binds the address itself (sockets None); with more, the
-    address is bound here first so that every worker accepts from the same sockets.
+    With one worker ``serve`` binds the address itself (sockets None) and ``log_fields``
+    is empty; with more, the address is bound here first so that every worker accepts from
+    the same sockets, and each worker gets ``{"worker": index, "pid": pid}`` for its lines.
     """
     if count == 1:
-        return serve(None, 0)
+        return serve(None, {})
     from pop3tap.workers import bind_listen_sockets, run_workers
 
     try:
@@ -217,7 +219,10 @@ def serve_workers(
             sock.close()
 
     code = run_workers(
-        count, lambda index: serve(sockets, index), on_exit=on_exit, after_fork=close_sockets
+        count,
+        lambda index: serve(sockets, {"worker": index, "pid": os.getpid()}),
+        on_exit=on_exit,
+        after_fork=close_sockets,
     )
     if code != 0:
         raise CliError("a worker process failed (see its log lines)", EXIT_FAILURE)

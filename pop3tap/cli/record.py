@@ -200,11 +200,9 @@ def _cmd_record(args: argparse.Namespace) -> int:
         server.prepare_tls()  # setup errors show once, before any worker starts
     except TlsSetupError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
-    workers = args.workers
 
-    def serve(sockets: list[socket.socket] | None, worker: int) -> int:
+    def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
         server.sockets = sockets  # each worker has its own copy of the server
-        where = {} if workers == 1 else {"worker": worker, "pid": os.getpid()}
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
@@ -224,12 +222,11 @@ def _cmd_record(args: argparse.Namespace) -> int:
                     **where,
                 )
                 nursery.start_soon(
-                    functools.partial(stop_on_signal, server.shutdown, log, worker=workers > 1)
+                    functools.partial(stop_on_signal, server.shutdown, log, worker=bool(where))
                 )
 
         run_trio(main, what=f"listen on {config.listen}")
         log.info("relay.stopped", sessions=server.total_sessions, **where)
         return EXIT_OK
 
-    serve_workers(workers, listen_host, listen_port, serve, log)
-    return EXIT_OK
+    return serve_workers(args.workers, listen_host, listen_port, serve, log)

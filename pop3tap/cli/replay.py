@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import socket
 import sys
 
@@ -159,11 +158,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         server = ReplayServer(config, sessions)
     except TlsSetupError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
-    workers = args.workers
 
-    def serve(sockets: list[socket.socket] | None, worker: int) -> int:
+    def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
         server.sockets = sockets  # each worker has its own copy of the server
-        where = {} if workers == 1 else {"worker": worker, "pid": os.getpid()}
         cancel = trio.CancelScope()
 
         async def main() -> None:
@@ -181,7 +178,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                         **where,
                     )
                     nursery.start_soon(
-                        functools.partial(stop_on_signal, cancel.cancel, log, worker=workers > 1)
+                        functools.partial(stop_on_signal, cancel.cancel, log, worker=bool(where))
                     )
 
         run_trio(main, what=f"listen on {config.listen}")
@@ -194,5 +191,4 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
-    serve_workers(workers, host, port, serve, log)
-    return EXIT_OK
+    return serve_workers(args.workers, host, port, serve, log)
