@@ -68,6 +68,7 @@ from pop3tap.tls import (
     describe_failure,
     server_handshake,
     tls_info,
+    warn_if_ca_created,
 )
 from pop3tap.workers import open_listeners
 
@@ -862,14 +863,7 @@ class RelayServer:
         fresh = not self.tls.server_ready
         server = self.tls.server()
         if fresh:
-            if server.ca_created and server.ca is not None:
-                logger.warning(
-                    "tls.ca_created",
-                    ca_dir=str(server.ca.directory),
-                    ca_cert=str(server.ca.cert_path),
-                    sha256=server.ca.fingerprint,
-                    note="clients must trust this CA: pop3tap ca export",
-                )
+            warn_if_ca_created(logger, server)
             logger.info(
                 "tls.certificate",
                 subject=server.cert_subject,

@@ -89,6 +89,7 @@ from pop3tap.tls import (
     describe_failure,
     server_handshake,
     tls_info,
+    warn_if_ca_created,
 )
 from pop3tap.workers import open_listeners
 
@@ -1422,14 +1423,7 @@ def server_tls_for(
         names=normalize_names(hosts)[:100], cert=config.cert, key=config.key, ca_dir=config.ca_dir
     )
     if server_tls.ca is not None:
-        if server_tls.ca_created:
-            logger.warning(
-                "tls.ca_created",
-                ca_dir=str(server_tls.ca.directory),
-                ca_cert=str(server_tls.ca.cert_path),
-                sha256=server_tls.ca.fingerprint,
-                note="clients must trust this CA: pop3tap ca export",
-            )
+        warn_if_ca_created(logger, server_tls)
         logger.info(
             "tls.certificate", subject=server_tls.cert_subject, ca=str(server_tls.ca.cert_path)
         )

@@ -30,7 +30,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 from cryptography import x509
@@ -45,6 +45,9 @@ from pop3tap.certs import (
     load_or_create_ca,
     normalize_names,
 )
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -244,6 +247,19 @@ class ServerTls:
     ca: CertificateAuthority | None = None
     #: True when the CA was created to build this context.
     ca_created: bool = False
+
+
+def warn_if_ca_created(log: FilteringBoundLogger, server: ServerTls) -> None:
+    """Log ``tls.ca_created`` when building ``server`` created pop3tap's CA: clients must
+    be told to trust it."""
+    if server.ca_created and server.ca is not None:
+        log.warning(
+            "tls.ca_created",
+            ca_dir=str(server.ca.directory),
+            ca_cert=str(server.ca.cert_path),
+            sha256=server.ca.fingerprint,
+            note="clients must trust this CA: pop3tap ca export",
+        )
 
 
 class TlsContexts:
