@@ -39,12 +39,10 @@ async def receive_some(stream: trio.abc.Stream, fd: int | None, size: int) -> by
     if fd is None:
         return bytes(await stream.receive_some(size))
     await trio.lowlevel.wait_readable(fd)
-    try:
-        return os.read(fd, size)
-    except BlockingIOError:  # woken without data: let trio wait again
+    data = read_now(fd, size)
+    if data is None:  # woken without data: let trio wait again
         return bytes(await stream.receive_some(size))
-    except OSError as exc:
-        raise _broken(exc) from exc
+    return data
 
 
 def read_now(fd: int, size: int) -> bytes | None:
