@@ -16,9 +16,12 @@ import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeAlias
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 import structlog
+
+if TYPE_CHECKING:
+    from pop3tap.relay import Endpoint
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -187,8 +190,7 @@ def check_workers(count: int) -> None:
 
 def serve_workers(
     count: int,
-    host: str,
-    port: int,
+    listen: Endpoint,
     serve: Callable[[list[socket.socket] | None, dict[str, int]], int],
     log: structlog.typing.FilteringBoundLogger,
 ) -> int:
@@ -203,10 +205,9 @@ def serve_workers(
     from pop3tap.workers import bind_listen_sockets, run_workers
 
     try:
-        sockets = bind_listen_sockets(host, port)
+        sockets = bind_listen_sockets(listen.host, listen.port)
     except OSError as exc:
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise socket_error(exc, f"listen on {where}") from None
+        raise socket_error(exc, f"listen on {listen}") from None
 
     def on_exit(index: int, pid: int, code: int) -> None:
         if code != 0:

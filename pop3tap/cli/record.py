@@ -229,4 +229,4 @@ def _cmd_record(args: argparse.Namespace) -> int:
         log.info("relay.stopped", sessions=server.total_sessions, **where)
         return EXIT_OK
 
-    return serve_workers(args.workers, listen_host, listen_port, serve, log)
+    return serve_workers(args.workers, config.listen, serve, log)

@@ -191,4 +191,4 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
 
-    return serve_workers(args.workers, host, port, serve, log)
+    return serve_workers(args.workers, config.listen, serve, log)
