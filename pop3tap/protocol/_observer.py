@@ -71,17 +71,18 @@ _TERMINATORS = (b"\n.\r\n", b"\n.\n")
 
 
 def _terminator_at_edge(tail: bytes, data: bytes, pos: int) -> int:
-    """End of a terminator line whose leading LF is in ``tail`` or at ``data[pos]``, or -1.
+    """End of a terminator line whose leading LF is in ``tail``, or -1.
 
     ``tail`` holds the last (up to 3) body bytes before ``pos``; it starts as the status
-    line's LF, so an empty body is found here too.
+    line's LF, so an empty body is found here too. A leading LF at ``data[pos]`` or later
+    is the body scanner's to find.
     """
-    edge = tail + data[pos : pos + 4]
+    edge = tail + data[pos : pos + 3]
     carry = len(tail)
     best = -1
     for pattern in _TERMINATORS:
         found = edge.find(pattern)
-        while 0 <= found <= carry:
+        while 0 <= found < carry:
             candidate = pos + found + len(pattern) - carry
             if candidate > pos and (best < 0 or candidate < best):
                 best = candidate
@@ -588,8 +589,8 @@ class SessionObserver:
     def _scan_body(self, data: bytes, pos: int, at: float) -> int:
         """Consume body bytes from ``pos``; return where scanning stopped.
 
-        A terminator whose leading LF came before ``pos`` (or is ``data[pos]``) is found
-        from the tail kept from earlier chunks; the rest of the chunk goes to the body
+        A terminator whose leading LF came before ``pos`` is found from the tail kept
+        from earlier chunks; the rest of the chunk goes to the body
         scanner (:mod:`pop3tap.protocol._bodyscan`) in one call, never line by line.
         """
         body = self._body
