@@ -55,7 +55,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 import trio
@@ -93,6 +93,9 @@ from pop3tap.tls import (
 )
 from pop3tap.workers import open_listeners
 
+if TYPE_CHECKING:
+    from pop3tap.model import ModelStore
+
 logger = structlog.get_logger("pop3tap.replay")
 
 __all__ = [
@@ -114,6 +117,7 @@ __all__ = [
 ]
 
 SessionsMode = Literal["cycle", "once"]
+ModelMissing = Literal["err", "synth"]
 MatchMode = Literal["default", "strict", "any"]
 
 #: Commands whose arguments carry secrets (RFC 1939 §7, RFC 5034 §4).
@@ -603,6 +607,18 @@ class ReplayConfig:
     ca_dir: Path | None = None
     #: Seconds allowed for each TLS handshake with a client.
     tls_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: Serve a mailbox model built from the captures (see docs/model.md), not byte replay.
+    model: bool = False
+    #: A message whose body was never recorded: ``err`` (one -ERR) or ``synth`` (made up).
+    model_missing: ModelMissing = "err"
+    #: Deletions made by one session's QUIT are seen by the next (until ``reset``).
+    model_persist: bool = False
+    #: Let several sessions hold one mailbox at once (else ``-ERR [IN-USE]``).
+    model_shared: bool = False
+    #: Serve these message files (a directory of .eml files, a Maildir or an mbox).
+    messages: Path | None = None
+    #: ``(user, password)`` pairs the model checks logins against.
+    passwords: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.sessions not in ("cycle", "once"):
@@ -618,6 +634,11 @@ class ReplayConfig:
             raise ValueError("--cert and --key go together")
         if not self.tls_timeout > 0:
             raise ValueError("tls_timeout must be a positive number of seconds")
+        if self.model_missing not in ("err", "synth"):
+            raise ValueError(f"model_missing must be 'err' or 'synth', not {self.model_missing!r}")
+        model_only = self.messages is not None or self.model_persist or self.model_shared
+        if model_only and not self.model:
+            raise ValueError("--messages, --model-persist and --model-shared need --model")
 
     @property
     def speed(self) -> float:
@@ -1281,9 +1302,11 @@ class ReplayServer:
         self.config = config
         self.warnings: list[str] = []
         if sessions is None:
-            loaded, self.warnings = load_sessions(config.captures)
+            loaded: list[RecordedSession] = []
+            if config.captures or config.messages is None:
+                loaded, self.warnings = load_sessions(config.captures)
             sessions = loaded
-        if not sessions:
+        if not sessions and config.messages is None:
             raise ReplayError("no recorded sessions to replay")
         self.sessions: tuple[RecordedSession, ...] = tuple(sessions)
         #: One-line warnings about captures whose client-leg TLS differs from the listener.
@@ -1293,6 +1316,12 @@ class ReplayServer:
         for warning in self.tls_warnings:
             logger.warning("replay.tls_mismatch", note=warning)
         self.tls = tls if tls is not None else server_tls_for(config, self.sessions)
+        #: The mailbox model (``config.model``), else None.
+        self.model: ModelStore | None = None
+        if config.model:
+            from pop3tap.replay_model import build_store
+
+            self.model = build_store(config, self.sessions, tls_available=self.tls is not None)
         self.accounting = _Accounting(self.sessions)
         self.listeners: list[trio.SocketListener] = []
         self.connections = 0
@@ -1389,7 +1418,13 @@ class ReplayServer:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one client on any trio stream; errors are logged, never raised."""
         self.connections += 1
-        connection = _Connection(self, stream, self.connections)
+        connection: _Connection
+        if self.model is not None:
+            from pop3tap.replay_model import ModelConnection
+
+            connection = ModelConnection(self, stream, self.connections)
+        else:
+            connection = _Connection(self, stream, self.connections)
         try:
             await connection.run()
         except Exception:
@@ -1491,6 +1526,18 @@ class ReplayServerHandle:
         """Every recorded exchange was played."""
         return self.server.all_played
 
+    def reset_model(self) -> None:
+        """Restore the modelled mailboxes as recorded (undo deletions that persisted)."""
+        if self.server.model is None:
+            raise ReplayError("reset_model() needs a model server (model=True)")
+        self.server.model.reset()
+
+    def message_count(self, user: str | None = None) -> int:
+        """How many messages the model's mailbox (of ``user``) holds now."""
+        if self.server.model is None:
+            raise ReplayError("message_count() needs a model server (model=True)")
+        return self.server.model.message_count(user)
+
     def report(self) -> str:
         """A few lines naming unplayed exchanges and unmatched commands ('' when clean)."""
         lines: list[str] = []
@@ -1509,7 +1556,9 @@ def _config(captures: Any, options: dict[str, Any]) -> ReplayConfig:
     listen = options.pop("listen", Endpoint("127.0.0.1", 0))
     if isinstance(listen, tuple):
         listen = Endpoint(*listen)
-    for name in ("cert", "key", "ca_dir"):
+    if isinstance(options.get("passwords"), dict):
+        options["passwords"] = tuple(options["passwords"].items())
+    for name in ("cert", "key", "ca_dir", "messages"):
         if isinstance(options.get(name), str):
             options[name] = Path(options[name])
     return ReplayConfig(captures=tuple(captures), listen=listen, **options)
@@ -1529,8 +1578,14 @@ def replay_server(
     from pop3tap.background import BackgroundServer
 
     config = _config(captures, dict(options))
-    sessions, _warnings = load_sessions(config.captures)  # errors surface in this thread
+    sessions: list[RecordedSession] = []
+    if config.captures or config.messages is None:
+        sessions, _warnings = load_sessions(config.captures)  # errors surface in this thread
     tls = server_tls_for(config, sessions)  # so do TLS setup errors
+    if config.model:  # and model errors
+        from pop3tap.replay_model import build_store
+
+        build_store(config, sessions, tls_available=tls is not None)
     background: BackgroundServer[ReplayServer] = BackgroundServer(
         functools.partial(serve_replay, config, sessions=sessions, tls=tls),
         name="pop3tap-replay",

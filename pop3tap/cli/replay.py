@@ -6,6 +6,7 @@ import argparse
 import functools
 import socket
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -45,6 +46,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _user_password(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition("=")
+    if not sep or not user:
+        raise argparse.ArgumentTypeError(f"expected USER=PASSWORD, not {text.split('=')[0]!r}")
+    return user, password
+
+
 def add_subcommand(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "replay",
@@ -53,7 +61,10 @@ def add_subcommand(sub: Subparsers) -> None:
         "sessions (see docs/replay.md).",
     )
     parser.add_argument(
-        "captures", nargs="+", metavar="CAPTURE|DIR", help="capture files or directories"
+        "captures",
+        nargs="*",
+        metavar="CAPTURE|DIR",
+        help="capture files or directories (optional with --model --messages)",
     )
     add_listen_option(parser)
     parser.add_argument(
@@ -90,6 +101,48 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="close connections idle this long (default 600)",
     )
+    model = parser.add_argument_group(
+        "mailbox model",
+        "Serve a consistent POP3 mailbox built from the captures for any command order, with "
+        "the recorded bytes where the same command was recorded in the same state (see "
+        "docs/model.md).",
+    )
+    model.add_argument(
+        "--model", action="store_true", help="serve a mailbox model instead of byte replay"
+    )
+    model.add_argument(
+        "--messages",
+        type=Path,
+        metavar="DIR|MBOX",
+        help="serve these messages (a directory of .eml files, a Maildir or an mbox file); "
+        "captures, if given, lend the greeting, CAPA and wording",
+    )
+    model.add_argument(
+        "--model-missing",
+        choices=("err", "synth"),
+        default="err",
+        help="a message whose body was never retrieved: err (one -ERR naming the gap, "
+        "default) or synth (a generated message of the recorded size, marked as such)",
+    )
+    model.add_argument(
+        "--model-persist",
+        action="store_true",
+        help="deletions made by one session's QUIT are seen by later sessions",
+    )
+    model.add_argument(
+        "--model-shared",
+        action="store_true",
+        help="allow several sessions on one mailbox at once (default: -ERR [IN-USE])",
+    )
+    model.add_argument(
+        "--model-password",
+        action="append",
+        default=[],
+        type=_user_password,
+        metavar="USER=PASSWORD",
+        help="check USER's logins against PASSWORD (repeatable; default: the password kept in "
+        "the capture, or any password when it was masked)",
+    )
     tls = parser.add_argument_group(
         "TLS",
         "STLS captures (RFC 2595 §4) upgrade where they did when recorded; certificates come "
@@ -123,6 +176,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pop3tap.tls import TlsSetupError
 
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
+    if not args.captures and args.messages is None:
+        raise CliError("replay needs capture files or directories (or --model --messages DIR)")
     check_workers(args.workers)
     if args.workers > 1 and args.sessions != "cycle":
         raise CliError(
@@ -144,8 +199,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             key=args.key,
             ca_dir=args.ca_dir,
             tls_timeout=args.tls_timeout,
+            model=args.model,
+            model_missing=args.model_missing,
+            model_persist=args.model_persist,
+            model_shared=args.model_shared,
+            messages=args.messages,
+            passwords=tuple(args.model_password),
         )
-        sessions, warnings = load_sessions(config.captures)
+        sessions, warnings = load_sessions(config.captures) if config.captures else ([], [])
     except (CaptureError, ReplayError, ValueError) as exc:
         raise CliError(str(exc)) from None
     for warning in warnings:
@@ -156,6 +217,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         log.warning("replay.public_listen", listen=host)
     try:
         server = ReplayServer(config, sessions)
+    except ReplayError as exc:
+        raise CliError(str(exc)) from None
     except TlsSetupError as exc:
         raise CliError(str(exc), EXIT_FAILURE) from None
 
@@ -171,6 +234,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                         "replay.listening",
                         listen=str(server.address),
                         sessions=len(sessions),
+                        mode="model" if config.model else "bytes",
                         match=config.match,
                         timing=str(config.timing),
                         tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
