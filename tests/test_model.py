@@ -97,7 +97,7 @@ def test_recorded_order_gets_the_recorded_bytes_exactly() -> None:
 def test_other_orders_get_consistent_generated_answers() -> None:
     client = Client(store_from([SHIPPED / "pipelined.p3cap"]))
     client.login()
-    ok, line, body, _ = client.send(b"UIDL 2")
+    ok, line, _body, _ = client.send(b"UIDL 2")
     assert ok and line == b"+OK 2 000000025f5e1000"
     ok, line, _, _ = client.send(b"LIST 3")
     assert ok and line == b"+OK 3 388"
@@ -304,7 +304,7 @@ def test_message_files_are_served_crlf_and_dot_stuffed(tmp_path: Path) -> None:
     store = ModelStore({None: box})
     client = Client(store)
     client.login(b"anyone", b"anything")
-    ok, line, listing, _ = client.send(b"LIST")
+    _ok, _line, listing, _ = client.send(b"LIST")
     assert listing == b"1 22\r\n2 30\r\n"
     raw = client.session.receive_line(b"RETR 2").data
     assert raw == b"+OK 30 octets\r\nSubject: two\r\n\r\n..hidden\r\nend\r\n.\r\n"

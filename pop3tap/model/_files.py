@@ -57,7 +57,10 @@ def _file_message(path: Path, uid: str) -> ModelMessage:
 
 def _eml_directory(directory: Path) -> list[ModelMessage]:
     taken: set[str] = set()
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".eml" and p.is_file())
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".eml")
+    for path in files:
+        if not path.is_file():
+            raise ModelError(f"{path}: cannot read message file: not a regular file")
     if not files:
         raise ModelError(f"{directory}: no .eml files (and not a Maildir with cur/ and new/)")
     return [_file_message(path, _uid_from_name(path.stem, taken)) for path in files]
