@@ -32,12 +32,22 @@ MODES = (
     "pop3tap-workers",
     "replay",
     "replay-workers",
+    "replay-model",
 )
+#: Modes that serve a recorded session instead of relaying to the benchmark server.
+REPLAY_MODES = frozenset({"replay", "replay-workers", "replay-model"})
 #: Modes measured only with the concurrency load (a replay server has no 64 MiB message,
 #: and its NOOP answer is a recorded line, so the other measurements say nothing).
-CONCURRENCY_ONLY = frozenset({"replay", "replay-workers"})
+CONCURRENCY_ONLY = REPLAY_MODES
 #: Modes compared with haproxy in the report.
-VS_HAPROXY = ("trio-floor", "pop3tap", "pop3tap-workers", "replay", "replay-workers")
+VS_HAPROXY = (
+    "trio-floor",
+    "pop3tap",
+    "pop3tap-workers",
+    "replay",
+    "replay-workers",
+    "replay-model",
+)
 #: ``--workers`` for the *-workers modes: one per CPU, as haproxy's default nbthread.
 WORKERS = os.cpu_count() or 1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -191,13 +201,16 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
             str(server_port),
         ]
     workers = ["--workers", str(WORKERS)] if mode.endswith("-workers") else []
-    if mode in ("replay", "replay-workers"):
+    if mode in REPLAY_MODES:
+        # The model mode serves every connection the same mailbox at once (--model-shared).
+        model = ["--model", "--model-shared"] if mode == "replay-model" else []
         return [
             sys.executable,
             "-m",
             "pop3tap",
             "replay",
             *workers,
+            *model,
             str(workdir / "session.p3cap"),
             "--listen",
             f"127.0.0.1:{port}",
@@ -244,6 +257,8 @@ MODE_NOTES = {
                         "the pop3tap mode"],
     "replay-workers": [f"pop3tap replay --workers {WORKERS} (one per CPU), otherwise as "
                        "the replay mode"],
+    "replay-model": ["pop3tap replay --model --model-shared: the mailbox model of the same "
+                     "recorded session, otherwise as the replay mode"],
 }
 
 
@@ -296,7 +311,7 @@ def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:
     if mode == "direct":
         return Relay(mode, server_port)
     notes: list[str] = list(MODE_NOTES.get(mode, []))
-    if mode in ("replay", "replay-workers"):
+    if mode in REPLAY_MODES:
         capture = record_session(server_port, workdir)
         notes.append(f"recorded capture: {capture.stat().st_size} octets")
     port = free_port()

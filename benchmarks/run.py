@@ -1,7 +1,8 @@
 """Run every benchmark mode and print/write the comparison.
 
     .venv/bin/python -m benchmarks.run [--quick] [--json out.json]
-        [--modes direct,socat,haproxy,trio-floor,pop3tap,pop3tap-workers,replay,replay-workers]
+        [--modes direct,socat,haproxy,trio-floor,pop3tap,pop3tap-workers,replay,replay-workers,
+         replay-model]
 
 For each mode the relay is started on a free 127.0.0.1 port in front of the benchmark server,
 measured with the load generator (a separate process) and stopped. Every measurement is
@@ -419,7 +420,18 @@ def run(modes: list[str], cfg: Config) -> dict[str, Any]:
         "to_haproxy": vs_haproxy,
         "pop3tap_to_haproxy": vs_haproxy.get("pop3tap", {}),
         "replay_to_haproxy": vs_haproxy.get("replay", {}),
+        "model_to_replay": _model_to_replay(results),
     }
+
+
+def _model_to_replay(results: dict[str, Any]) -> dict[str, float]:
+    """Sessions/s of the mailbox-model replay over the byte replay, in the same run."""
+    try:
+        model = float(results["replay-model"]["metrics"]["sessions_per_s"])
+        replay = float(results["replay"]["metrics"]["sessions_per_s"])
+    except (KeyError, TypeError):
+        return {}
+    return {"sessions_per_s": round(model / replay, 3)} if replay else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,7 +72,7 @@ MODES = [
     *(["socat"] if HAVE_SOCAT else []),
     "trio-floor",
     *(["pop3tap", "pop3tap-workers"] if HAVE_RELAY else []),
-    *(["replay"] if HAVE_REPLAY else []),
+    *(["replay", "replay-model"] if HAVE_REPLAY else []),
 ]
 
 
@@ -128,10 +128,11 @@ def test_quick_mode(report: dict[str, Any], mode: str) -> None:
         assert result["capture_files"] >= 20 and result["log_lines"] > 0
 
 
-def test_quick_replay(report: dict[str, Any]) -> None:
+@pytest.mark.parametrize("mode", ["replay", "replay-model"])
+def test_quick_replay(report: dict[str, Any], mode: str) -> None:
     if not HAVE_REPLAY:
         pytest.skip("pop3tap.replay / pop3tap.relay is not importable yet")
-    result = report["modes"]["replay"]
+    result = report["modes"][mode]
     assert "error" not in result, result.get("error")
     assert result["errors"] == []
     metrics = result["metrics"]

@@ -21,6 +21,7 @@ from dovecot import Dovecot, Mailbox
 from pop3tap.replay import replay_server
 
 pytestmark = pytest.mark.realpeer
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Commands whose +OK answer is multi-line when they carry no message number (RFC 1939 §5).
 _MULTI_WITHOUT_ARG = {b"LIST", b"UIDL", b"CAPA"}
@@ -366,3 +367,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert "a.eml" in bad.stderr
     no_model = run("--messages", str(unreadable_dir))
     assert no_model.returncode == 2 and "--model" in no_model.stderr
+    for extra in (["--by-user"], ["--workers", "2"], ["--match", "strict"]):
+        refused = run("--model", str(ROOT / "captures"), *extra)
+        assert refused.returncode == 2, (extra, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1 and extra[0] in refused.stderr

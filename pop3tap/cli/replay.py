@@ -53,6 +53,22 @@ def _user_password(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Options of byte replay that mean nothing for a mailbox model are refused."""
+    if args.workers > 1:
+        raise CliError(
+            f"--model cannot run with --workers {args.workers}: each worker would keep its own "
+            "mailbox, locks and deletions"
+        )
+    for given, name in (
+        (args.by_user, "--by-user"),
+        (args.match != "default", f"--match {args.match}"),
+        (args.sessions != "cycle", f"--sessions {args.sessions}"),
+    ):
+        if given:
+            raise CliError(f"{name} is for byte replay; --model serves a mailbox to any client")
+
+
 def add_subcommand(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "replay",
@@ -178,6 +194,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
     if not args.captures and args.messages is None:
         raise CliError("replay needs capture files or directories (or --model --messages DIR)")
+    if args.model:
+        _check_model_options(args)
     check_workers(args.workers)
     if args.workers > 1 and args.sessions != "cycle":
         raise CliError(
