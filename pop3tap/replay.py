@@ -61,6 +61,7 @@ import structlog
 import trio
 
 from pop3tap._fastio import plain_fd, receive_some, send_now
+from pop3tap._faultio import Delivery, deliver
 from pop3tap.capture import (
     Capture,
     CloseRecord,
@@ -70,6 +71,7 @@ from pop3tap.capture import (
     read_capture,
 )
 from pop3tap.certs import normalize_names
+from pop3tap.faults import ConnectionFaults, Fault, FaultAction, FaultError, FaultPlan, parse_fault
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     Exchange,
@@ -218,6 +220,8 @@ class RecordedExchange:
     starts_tls: bool = False
     #: The accepted STLS after which the recorded TLS handshake failed: close after it.
     tls_failed: bool = False
+    #: A fault the relay injected into this answer when it was recorded (a fault spec).
+    fault: str | None = None
 
     @property
     def command(self) -> str:
@@ -257,6 +261,8 @@ class RecordedSession:
     listen_tls: bool = False
     #: The recorded upstream host (a name the replay certificate also covers).
     upstream_host: str = ""
+    #: A fault the relay injected into the greeting when it was recorded (a fault spec).
+    greeting_fault: str | None = None
 
     @property
     def stls(self) -> bool:
@@ -417,6 +423,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
     raw_exchanges = [e for e in events if isinstance(e, Exchange)]
     start_tls = next((e for e in events if isinstance(e, StartTls)), None)
     tls_came_up, _tls_failed = _stls_outcome(capture)
+    recorded_faults = _recorded_faults(capture)
     cut_short = capture.truncated or not capture.complete
     server_closed = _server_closed_first(capture)
     if cut_short and not server_closed:
@@ -476,6 +483,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
                 after_tls=start_tls is not None and ex.seq > start_tls.seq,
                 starts_tls=is_switch and tls_came_up,
                 tls_failed=is_switch and not tls_came_up,
+                fault=recorded_faults.get(ex.seq),
             )
         )
     greeting_end = greeting.end
@@ -500,7 +508,19 @@ def session_from_capture(capture: Capture) -> RecordedSession:
         truncated=cut_short and not server_closed,
         listen_tls=capture.header.options.get("listen_tls") is True,
         upstream_host=_upstream_host(capture.header.upstream),
+        greeting_fault=recorded_faults.get(0),
     )
+
+
+def _recorded_faults(capture: Capture) -> dict[int, str]:
+    """Faults the relay injected (``fault`` records): exchange seq (0: greeting) -> spec."""
+    found: dict[int, str] = {}
+    for record in capture.records:
+        if isinstance(record, EventRecord) and record.name == "fault":
+            seq, spec = record.fields.get("seq"), record.fields.get("spec")
+            if isinstance(seq, int) and isinstance(spec, str):
+                found.setdefault(seq, spec)
+    return found
 
 
 def _sasl_cuts(s2c: bytes, start: int, end: int) -> list[int]:
@@ -619,6 +639,8 @@ class ReplayConfig:
     messages: Path | None = None
     #: ``(user, password)`` pairs the model checks logins against.
     passwords: tuple[tuple[str, str], ...] = ()
+    #: Fault specs (docs/faults.md) applied to the answers this server sends.
+    faults: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.sessions not in ("cycle", "once"):
@@ -636,6 +658,8 @@ class ReplayConfig:
             raise ValueError("tls_timeout must be a positive number of seconds")
         if self.model_missing not in ("err", "synth"):
             raise ValueError(f"model_missing must be 'err' or 'synth', not {self.model_missing!r}")
+        for spec in self.faults:
+            parse_fault(spec)  # FaultError is a ValueError: one line naming the bad part
         model_only = self.messages is not None or self.model_persist or self.model_shared
         if model_only and not self.model:
             raise ValueError("--messages, --model-persist and --model-shared need --model")
@@ -966,6 +990,9 @@ class _Connection:
         #: The client leg is TLS (implicit, or after STLS).
         self.tls_up = False
         self.log = logger.bind(connection=number, client=format_peer(stream))
+        self.faults = ConnectionFaults(server.faults, number)
+        #: A fault asked for a reset: close without the linger (which would send a FIN).
+        self.reset_on_close = False
 
     # -- sending --------------------------------------------------------------------------
 
@@ -1023,7 +1050,14 @@ class _Connection:
         session = self.play.session
         self.log.info("replay.session.open", capture=session.name, session=session.session)
         try:
-            await self.send(session.greeting)
+            fault = self.faults.choose("greeting") or _recorded_fault(session.greeting_fault)
+            if fault is not None:
+                ended = await self.deliver(session.greeting.data, fault, 0, "greeting")
+                if ended is not None:
+                    self.reason = ended
+                    return
+            else:
+                await self.send(session.greeting)
             if session.closes_after_greeting:
                 self.reason = "recorded server closed after its greeting"
                 return
@@ -1067,7 +1101,8 @@ class _Connection:
             if not self.user_chosen and len(self.prelogin) < _MAX_PRELOGIN:
                 self.prelogin.append((verb, args))
             self.log.debug("replay.exchange", seq=ex.seq, command=ex.command)
-            if not await self.answer(ex):
+            fault = self.faults.choose(verb, args) or _recorded_fault(ex.fault)
+            if not await self.answer(ex, fault):
                 return
             # A client may have sent SASL data before it saw the answer to AUTH.
             self.after_auth = verb == "AUTH" and bool(args.strip())
@@ -1129,14 +1164,44 @@ class _Connection:
         self.tls_up = True
         return True
 
-    async def answer(self, ex: RecordedExchange) -> bool:
-        """Send the recorded response; for AUTH, read a SASL line after each ``+``."""
+    async def deliver(self, data: bytes, fault: Fault, seq: int, command: str) -> str | None:
+        """Send one answer as ``fault`` says; the reason the session ends, or None."""
+        delivery = Delivery(
+            self._send_all, self.stream, self.log, wait_for_client_close=self._wait_client_gone
+        )
+        ended = await deliver(delivery, data, fault, seq=seq, command=command)
+        if fault.action is FaultAction.RESET:
+            self.reset_on_close = True
+        return ended
+
+    async def _wait_client_gone(self) -> None:
+        """Read and drop what the client sends until it leaves (or the idle limit)."""
+        idle = self.config.idle_timeout
+        with trio.move_on_after(idle if idle is not None else float("inf")):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                while await self.stream.receive_some(_RECEIVE_SIZE):
+                    pass
+
+    async def answer(self, ex: RecordedExchange, fault: Fault | None = None) -> bool:
+        """Send the recorded response; for AUTH, read a SASL line after each ``+``.
+
+        A ``fault`` applies to the first part of the answer (the whole of it, or the
+        first SASL challenge); where it lets the session go on, the rest is as recorded.
+        """
         if not ex.segments:
             # The recorded server never answered this command: it closed the connection.
             self.reason = "recorded server closed without answering"
             return False
         for number, segment in enumerate(ex.segments):
-            await self.send(segment)
+            if number == 0 and fault is not None:
+                ended = await self.deliver(segment.data, fault, ex.seq, ex.command)
+                if ended is not None:
+                    self.reason = ended
+                    return False
+                if fault.action is FaultAction.ERR:
+                    return True  # the -ERR took the place of the whole answer
+            else:
+                await self.send(segment)
             if number + 1 < len(ex.segments):
                 sasl = await self.reader.readline()
                 if sasl is None:
@@ -1258,7 +1323,8 @@ class _Connection:
             self.play.switch(index, self.prelogin)
 
     async def finish(self) -> None:
-        await self._linger()
+        if not self.reset_on_close:
+            await self._linger()
         with trio.move_on_after(1):
             await trio.aclose_forcefully(self.stream)
         if self.play is None:
@@ -1269,6 +1335,17 @@ class _Connection:
             self.log.warning("replay.session.close", unplayed=unplayed, **fields)
         else:
             self.log.info("replay.session.close", unplayed=[], **fields)
+
+
+def _recorded_fault(spec: str | None) -> Fault | None:
+    """The fault a capture's ``fault`` record names (None if none, or not parseable)."""
+    if spec is None:
+        return None
+    try:
+        return parse_fault(spec)
+    except FaultError:
+        logger.warning("replay.bad_fault_record", spec=spec[:200])
+        return None
 
 
 ################################################################
@@ -1323,6 +1400,8 @@ class ReplayServer:
 
             self.model = build_store(config, self.sessions, tls_available=self.tls is not None)
         self.accounting = _Accounting(self.sessions)
+        #: The faults every connection is subject to; tests may change them while it runs.
+        self.faults = FaultPlan(config.faults)
         self.listeners: list[trio.SocketListener] = []
         self.connections = 0
         self._next_session = 0
@@ -1437,9 +1516,7 @@ class ReplayServer:
                     connection.log.exception("replay.connection_crashed")
 
 
-def server_tls_for(
-    config: ReplayConfig, sessions: Sequence[RecordedSession]
-) -> ServerTls | None:
+def server_tls_for(config: ReplayConfig, sessions: Sequence[RecordedSession]) -> ServerTls | None:
     """What TLS clients are shown, or None when no session and no option needs TLS.
 
     ``--cert/--key`` when given; else a leaf from pop3tap's CA (created if missing, as
@@ -1526,6 +1603,18 @@ class ReplayServerHandle:
         """Every recorded exchange was played."""
         return self.server.all_played
 
+    def add_fault(self, spec: str) -> Fault:
+        """Add a fault while the server runs (docs/faults.md); new answers are subject to it.
+
+        Raises:
+            FaultError: the spec cannot be parsed (a ValueError).
+        """
+        return self.server.faults.add(spec)
+
+    def clear_faults(self) -> None:
+        """Remove every fault; answers are as recorded again."""
+        self.server.faults.clear()
+
     def reset_model(self) -> None:
         """Restore the modelled mailboxes as recorded (undo deletions that persisted)."""
         if self.server.model is None:
@@ -1556,6 +1645,10 @@ def _config(captures: Any, options: dict[str, Any]) -> ReplayConfig:
     listen = options.pop("listen", Endpoint("127.0.0.1", 0))
     if isinstance(listen, tuple):
         listen = Endpoint(*listen)
+    if isinstance(options.get("faults"), str):
+        options["faults"] = (options["faults"],)
+    elif options.get("faults") is not None:
+        options["faults"] = tuple(options["faults"])
     if isinstance(options.get("passwords"), dict):
         options["passwords"] = tuple(options["passwords"].items())
     for name in ("cert", "key", "ca_dir", "messages"):

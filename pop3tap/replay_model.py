@@ -21,9 +21,11 @@ from pop3tap.model import (
     ModelSession,
     ModelStore,
     Next,
+    Phase,
     mailbox_from_files,
     mailboxes_from_sessions,
 )
+from pop3tap.protocol import split_command
 from pop3tap.replay import (
     ReplayConfig,
     ReplayError,
@@ -77,13 +79,23 @@ class ModelConnection(_Connection):
         self.model = ModelSession(server.model, tls_up=self.config.listen_tls, stamp=stamp)
         self.recorded_answers = 0
         self.generated_answers = 0
+        #: Answers sent so far (the sequence number faults and logs name).
+        self.answers = 0
 
     async def run(self) -> None:
         if self.config.listen_tls and not await self.start_tls(self.stream, mode="implicit"):
             return
         self.log.info("replay.session.open", model=True)
         try:
-            await self._send_all(self.model.greeting().data)
+            greeting = self.model.greeting().data
+            fault = self.faults.choose("greeting")
+            if fault is not None:
+                ended = await self.deliver(greeting, fault, 0, "greeting")
+                if ended is not None:
+                    self.reason = ended
+                    return
+            else:
+                await self._send_all(greeting)
             await self.serve_model()
         except _LineTooLong:
             self.reason = "line too long"
@@ -104,8 +116,20 @@ class ModelConnection(_Connection):
             if line is None:
                 self.reason = "client closed"
                 return
+            in_sasl = self.model.phase is Phase.SASL
             reply = self.model.receive_line(line)
-            await self._send_all(reply.data)
+            self.answers += 1
+            fault = None
+            if not in_sasl:  # a SASL line is no command (RFC 5034 §4)
+                verb, args = split_command(line)
+                fault = self.faults.choose(verb, args)
+            if fault is not None:
+                ended = await self.deliver(reply.data, fault, self.answers, reply.command)
+                if ended is not None:
+                    self.reason = ended
+                    return
+            else:
+                await self._send_all(reply.data)
             if reply.recorded:
                 self.recorded_answers += 1
             else:
@@ -142,7 +166,8 @@ class ModelConnection(_Connection):
 
     async def finish(self) -> None:
         self.model.close()
-        await self._linger()
+        if not self.reset_on_close:
+            await self._linger()
         with trio.move_on_after(1):
             await trio.aclose_forcefully(self.stream)
         self.log.info(

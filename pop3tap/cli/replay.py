@@ -24,6 +24,7 @@ from pop3tap.cli._common import (
     parse_endpoint,
     setup_logging,
 )
+from pop3tap.cli._faults import add_fault_options, fault_specs
 
 
 def _timing(text: str) -> str:
@@ -177,6 +178,7 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="limit for each TLS handshake with a client (default 15)",
     )
+    add_fault_options(parser, relay=False)
     add_workers_option(parser)
     add_logging_options(parser)
     parser.set_defaults(handler=_cmd_replay)
@@ -223,6 +225,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             model_shared=args.model_shared,
             messages=args.messages,
             passwords=tuple(args.model_password),
+            faults=fault_specs(args, relay=False),
         )
         sessions, warnings = load_sessions(config.captures) if config.captures else ([], [])
     except (CaptureError, ReplayError, ValueError) as exc:
