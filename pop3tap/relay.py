@@ -43,7 +43,9 @@ import trio
 
 from pop3tap import __version__
 from pop3tap._fastio import plain_fd, read_now, receive_some, send_all
+from pop3tap._faultio import pace
 from pop3tap.capture import CaptureError, CaptureWriter
+from pop3tap.faults import ConnectionFaults, FaultError, FaultPlan, parse_fault
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
@@ -59,6 +61,7 @@ from pop3tap.protocol import (
     StrayLine,
     UnsolicitedLine,
 )
+from pop3tap.relay_faults import FaultGate, StepKind
 from pop3tap.tls import (
     ServerTls,
     TlsConfig,
@@ -113,9 +116,23 @@ class RelayConfig:
     connector: Callable[[Endpoint], Awaitable[trio.abc.Stream]] | None = None
     #: TLS on either leg and STLS interception (see pop3tap.tls).
     tls: TlsConfig = field(default_factory=TlsConfig)
+    #: Fault specs (docs/faults.md) applied to what the client receives.
+    faults: tuple[str, ...] = ()
+    #: Allow faults that change what the server said (err, garble, unsolicited).
+    fault_rewrite: bool = False
+
+    def __post_init__(self) -> None:
+        for spec in self.faults:
+            fault = parse_fault(spec)  # FaultError is a ValueError naming the bad part
+            if fault.rewrites and not self.fault_rewrite:
+                raise FaultError(
+                    f"fault {spec!r}: {fault.action.value} rewrites what the server said; "
+                    "the relay does that only with fault_rewrite (--fault-rewrite)"
+                )
 
     def options(self) -> dict[str, Any]:
         """The options stored in each capture header."""
+        extra: dict[str, Any] = {"faults": list(self.faults)} if self.faults else {}
         return {
             "keep_secrets": self.keep_secrets,
             "grace": self.grace,
@@ -123,6 +140,7 @@ class RelayConfig:
             "greeting_timeout": self.greeting_timeout,
             "max_line": self.max_line,
             **self.tls.options(),
+            **extra,
         }
 
 
@@ -206,6 +224,8 @@ class _Session:
         self.unobserved_server: tuple[bytes, float] | None = None
         #: Streams pop3tap closed itself (errors reading them afterwards are expected).
         self.closed_by_us: set[int] = set()
+        #: Faults on what the client receives (docs/faults.md).
+        self.faults = FaultGate(ConnectionFaults(relay.faults, relay.total_sessions))
 
     def now(self) -> float:
         return trio.current_time() - self.started
@@ -254,18 +274,26 @@ class _Session:
 
     def handle_events(self, events: list[Event]) -> None:
         log = self.log
+        gate = self.faults
         for event in events:
             if isinstance(event, Exchange):
                 log.info("pop3.exchange", **exchange_fields(event))
+                if gate.armed:
+                    gate.on_exchange(event.seq, event.response_start, event.response_end)
+                else:
+                    gate.completed = max(gate.completed, event.seq)
                 if event.verb == "STLS" and event.status is not Status.OK:
                     # -ERR (or no answer): the held client bytes go on, nothing changes.
                     self.stls_client_end = None
                     self.stls_resolved.set()
             elif isinstance(event, CommandSent):
+                if gate.faults.plan:
+                    self.arm_fault(event)
                 if event.verb == "STLS" and self.config.tls.intercept_stls:
                     self.stls_client_end = event.end
                     self.stls_resolved = trio.Event()
             elif isinstance(event, Greeting):
+                gate.on_greeting(event.end)
                 log.info(
                     "pop3.greeting",
                     status=None if event.status is None else event.status.value,
@@ -280,8 +308,18 @@ class _Session:
                 self.on_start_tls(event)
             elif isinstance(event, PairingLost):
                 log.warning("pop3.pairing_lost", reason=event.reason)
+                for armed in gate.disarm():
+                    log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
             elif isinstance(event, EndOfStream) and event.truncated:
                 log.warning("pop3.truncated", direction=event.direction.value)
+
+    def arm_fault(self, event: CommandSent) -> None:
+        """A fault may hit the answer to this command: note it, and record it."""
+        armed = self.faults.on_command(
+            event.seq, event.verb, event.args.encode(), self.seen[Direction.SERVER]
+        )
+        if armed is not None:
+            self.record_event("fault", seq=armed.seq, spec=armed.fault.spec)
 
     def on_start_tls(self, event: StartTls) -> None:
         if self.config.tls.intercept_stls:
@@ -432,6 +470,12 @@ class _Session:
                 self.observe(direction, data, at)
                 if not await self.forward_client(source, sink, data, start, cancel_scope):
                     return
+            elif self.faults.active and not self.observer.stls_pending:
+                # A fault waits for its answer: parse first to find where the answer starts.
+                start = self.seen[direction]
+                self.observe(direction, data, self.now())
+                if not await self.forward_faulted(source, sink, data, start, cancel_scope):
+                    return
             elif not self.observer.greeted or (
                 self.observer.stls_pending and self.config.tls.intercept_stls
             ):
@@ -456,6 +500,48 @@ class _Session:
                 self.flush_server()
                 if not sent:
                     return
+
+    async def forward_faulted(
+        self,
+        source: trio.abc.Stream,
+        sink: trio.abc.Stream,
+        data: bytes,
+        start: int,
+        cancel_scope: trio.CancelScope,
+    ) -> bool:
+        """Forward server bytes as the armed faults say; False when the session ends."""
+        for step in self.faults.plan(start, data):
+            if step.fault is not None:
+                self.log.warning(
+                    "fault.injected",
+                    spec=step.fault.spec,
+                    action=step.fault.action.value,
+                    seq=step.seq,
+                )
+            if step.kind is StepKind.SLEEP:
+                await trio.sleep(step.amount)
+            elif step.kind is StepKind.PACE:
+                ok = True
+
+                async def send_piece(piece: bytes) -> None:
+                    nonlocal ok
+                    if ok:
+                        ok = await self.send(source, sink, Direction.SERVER, piece, cancel_scope)
+
+                await pace(send_piece, step.data, step.amount)
+                if not ok:
+                    return False
+            elif step.kind is StepKind.SEND:
+                if not await self.send(source, sink, Direction.SERVER, step.data, cancel_scope):
+                    return False
+            else:  # END: both legs close; the server never gets a QUIT (RFC 1939 §6)
+                self.close_reason = step.reason
+                self.record_event("fault_end", seq=step.seq, reason=step.reason)
+                if step.reset:
+                    _abort(self.client)
+                cancel_scope.cancel()
+                return False
+        return True
 
     async def receive(
         self, source: trio.abc.Stream, source_fd: int | None, direction: Direction
@@ -639,6 +725,9 @@ class _Session:
         timeout = self.config.greeting_timeout
         if timeout is not None:
             self.greeting_deadline = trio.current_time() + timeout
+        armed = self.faults.on_greeting_expected()
+        if armed is not None:
+            self.record_event("fault", seq=0, spec=armed.fault.spec)
         while True:
             self.switch = None
             async with trio.open_nursery() as pumps:
@@ -857,6 +946,8 @@ class RelayServer:
         self.tls = TlsContexts(
             config.tls, upstream_host=config.upstream.host, listen_host=config.listen.host
         )
+        #: The faults every session is subject to; tests may change them while it runs.
+        self.faults = FaultPlan(config.faults)
 
     def server_tls(self) -> ServerTls:
         """What clients are shown; builds it (maybe creating pop3tap's CA) on first use."""

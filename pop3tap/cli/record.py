@@ -30,6 +30,7 @@ from pop3tap.cli._common import (
     setup_logging,
     stop_on_signal,
 )
+from pop3tap.cli._faults import add_fault_options, fault_specs
 
 if TYPE_CHECKING:
     from pop3tap.tls import TlsConfig
@@ -76,6 +77,7 @@ def add_subcommand(sub: Subparsers) -> None:
         help="give up on an upstream that sends no greeting line in this time "
         "(default 30; 0: wait forever)",
     )
+    add_fault_options(parser, relay=True)
     add_workers_option(parser)
     _add_tls_options(parser)
     add_logging_options(parser)
@@ -194,6 +196,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
         connect_timeout=args.connect_timeout,
         greeting_timeout=args.greeting_timeout or None,
         tls=tls,
+        faults=fault_specs(args, relay=True),
+        fault_rewrite=args.fault_rewrite,
     )
     server = RelayServer(config)
     try:
