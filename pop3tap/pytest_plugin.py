@@ -67,6 +67,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "pop3_capture(path=None, **options): the capture the pop3_replay fixture serves "
         "(relative to the test file) and replay options such as match='strict'",
     )
+    config.addinivalue_line(
+        "markers",
+        "pop3_faults(*specs): faults the replay server injects (docs/faults.md), "
+        "e.g. pop3_faults('RETR#2:cut=500')",
+    )
 
 
 def default_capture_path(node: pytest.Item) -> Path:
@@ -141,6 +146,9 @@ def pop3_replay(request: pytest.FixtureRequest) -> Iterator[Any]:
     node = request.node
     marker = node.get_closest_marker("pop3_capture")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    faults = node.get_closest_marker("pop3_faults")
+    if faults is not None:
+        options["faults"] = (*options.get("faults", ()), *(str(a) for a in faults.args))
     if marker and marker.args:
         path = Path(str(node.path)).parent / str(marker.args[0])
     else:

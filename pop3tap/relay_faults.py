@@ -138,7 +138,8 @@ class FaultGate:
             stop = (
                 len(data) if armed.end is None else min(len(data), max(position, armed.end - start))
             )
-            ending = self._apply(armed, data[position:stop], steps, stop == len(data))
+            reaches_end = armed.end is not None and start + stop >= armed.end
+            ending = self._apply(armed, data[position:stop], steps, reaches_end)
             if ending:
                 return steps
             position = stop
@@ -146,7 +147,7 @@ class FaultGate:
                 self.armed.popleft()
         return steps
 
-    def _apply(self, armed: Armed, piece: bytes, steps: list[Step], to_chunk_end: bool) -> bool:
+    def _apply(self, armed: Armed, piece: bytes, steps: list[Step], reaches_end: bool) -> bool:
         """Steps for one piece of the faulted answer; True when the session ends."""
         fault = armed.fault
         action = fault.action
@@ -163,7 +164,7 @@ class FaultGate:
             room = max(0, int(fault.amount) - armed.done)
             steps.append(Step(StepKind.SEND, piece[:room], fault=note, seq=armed.seq))
             armed.done += len(piece[:room])
-            if armed.done >= int(fault.amount) or (armed.end is not None and not to_chunk_end):
+            if armed.done >= int(fault.amount) or reaches_end:  # a short answer: cut at its end
                 steps.append(
                     Step(
                         StepKind.END, reason=f"fault: cut after {armed.done} octets", seq=armed.seq

@@ -86,6 +86,11 @@ def _describe_transport_event(record: EventRecord) -> str | None:
         return "TLS up on both legs after STLS: decrypted from here"
     if record.name == "tls_failed":
         return f"TLS failed on the {fields.get('leg', '?')} leg: {fields.get('reason', '?')}"
+    if record.name == "fault":
+        target = "the greeting" if fields.get("seq") == 0 else f"exchange #{fields.get('seq')}"
+        return f"Fault injected into {target}: {fields.get('spec', '?')}"
+    if record.name == "fault_end":
+        return f"Fault ended the session: {fields.get('reason', '?')}"
     if record.name == "upstream_connect_failed":
         return f"Cannot reach upstream {fields.get('upstream', '?')}: {fields.get('error', '?')}"
     details = " ".join(f"{key}={value}" for key, value in sorted(fields.items()))

@@ -1527,6 +1527,8 @@ def server_tls_for(config: ReplayConfig, sessions: Sequence[RecordedSession]) ->
         TlsSetupError: unreadable or mismatched certificate files, or a broken CA.
     """
     needed = config.listen_tls or config.cert is not None or any(s.stls for s in sessions)
+    # A model serves the recorded CAPA; when it offers STLS, the model must be able to do it.
+    needed = needed or (config.model and any(_offers_stls(s) for s in sessions))
     if not needed:
         return None
     hosts = [config.listen.host, "127.0.0.1", "localhost"]
@@ -1540,6 +1542,14 @@ def server_tls_for(config: ReplayConfig, sessions: Sequence[RecordedSession]) ->
             "tls.certificate", subject=server_tls.cert_subject, ca=str(server_tls.ca.cert_path)
         )
     return server_tls
+
+
+def _offers_stls(session: RecordedSession) -> bool:
+    """Whether the recorded server listed STLS in a CAPA answer (RFC 2595 §4)."""
+    return any(
+        ex.verb == "CAPA" and re.search(rb"\nSTLS\r?\n", ex.response) is not None
+        for ex in session.exchanges
+    )
 
 
 async def serve_replay(

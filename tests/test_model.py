@@ -83,7 +83,7 @@ def test_model_from_shipped_captures_knows_sizes_uids_and_bodies() -> None:
 def test_recorded_order_gets_the_recorded_bytes_exactly() -> None:
     """Exact where recorded: the pipelined capture's commands, in order, get its bytes."""
     (session,), _ = load_sessions(SHIPPED / "pipelined.p3cap")
-    client = Client(store_from([SHIPPED / "pipelined.p3cap"]))
+    client = Client(store_from([SHIPPED / "pipelined.p3cap"], tls_available=True))
     assert client.greeting == session.greeting.data
     for ex in session.exchanges:
         if ex.verb == "QUIT":

@@ -176,7 +176,7 @@ class ModelSession:
 
     def _authorization(self, verb: str, args: bytes, shown: str, recorded: Reply | None) -> Reply:
         if verb == "CAPA":
-            return recorded or self._capa(shown)
+            return self._recorded_capa(recorded) or self._capa(shown)
         if verb == "NOOP" and recorded is not None:
             return recorded
         if verb == "QUIT":
@@ -200,6 +200,13 @@ class ModelSession:
                 return self._err("STLS is not available.", shown)
             return self._ok(self.wording.stls, shown, Next.START_TLS)
         return self._err(self.wording.not_logged_in, shown)
+
+    def _recorded_capa(self, recorded: Reply | None) -> Reply | None:
+        """The recorded CAPA, unless it offers STLS this server cannot do (or the reverse)."""
+        if recorded is None:
+            return None
+        offered = b"\nSTLS\r\n" in recorded.data or b"\nSTLS\n" in recorded.data
+        return recorded if offered == (self.store.tls_available and not self.tls_up) else None
 
     def _capa(self, shown: str) -> Reply:
         lines = self.mailbox.capabilities
@@ -255,6 +262,9 @@ class ModelSession:
         self._sasl_answers = []
         if mechanism == "PLAIN":
             self._sasl_challenges = [b"+ \r\n"]
+        elif mechanism == "CRAM-MD5":
+            # RFC 2195 §2: the challenge is a timestamp-like string, base64-encoded.
+            self._sasl_challenges = [b"+ " + base64.b64encode(self._cram_challenge()) + b"\r\n"]
         elif mechanism == "LOGIN":
             self._sasl_challenges = list(_LOGIN_CHALLENGES)
         else:
@@ -279,6 +289,8 @@ class ModelSession:
             self.phase = Phase.SASL
             challenge = self._sasl_challenges[len(self._sasl_answers)]
             return Reply(challenge, Next.READ, False, shown)
+        if self._sasl_mechanism == "CRAM-MD5":
+            return self._cram_login(shown)
         user, password = _sasl_credentials(self._sasl_mechanism, self._sasl_answers)
         if user is None:
             if self._sasl_mechanism in ("PLAIN", "LOGIN"):
@@ -286,11 +298,32 @@ class ModelSession:
             user = self.store.default_user()
         return self._login(user, lambda known: password is None or password == known, shown)
 
+    def _cram_challenge(self) -> bytes:
+        stamp = self.apop_stamp
+        return stamp if stamp is not None else b"<pop3tap.model@localhost>"
+
+    def _cram_login(self, shown: str) -> Reply:
+        """RFC 2195 §2: ``user hex(HMAC-MD5(password, challenge))``."""
+        try:
+            answer = base64.b64decode(self._sasl_answers[0], validate=True)
+        except (binascii.Error, ValueError):
+            return self._err(self.wording.login_failed, shown)
+        user, _space, digest = answer.decode("utf-8", "replace").rpartition(" ")
+        if not user:
+            return self._err(self.wording.login_failed, shown)
+        challenge = self._cram_challenge()
+
+        def digest_matches(password: str) -> bool:
+            expected = hmac.new(password.encode(), challenge, "md5").hexdigest()
+            return hmac.compare_digest(expected, digest.lower())
+
+        return self._login(user, digest_matches, shown)
+
     # -- TRANSACTION (RFC 1939 §5) -----------------------------------------------------
 
     def _transaction(self, verb: str, args: bytes, shown: str, recorded: Reply | None) -> Reply:
         if verb == "CAPA":  # both states (RFC 2449 §5)
-            return recorded or self._capa(shown)
+            return self._recorded_capa(recorded) or self._capa(shown)
         handler = _TRANSACTION.get(verb)
         if handler is None:
             if verb == "LAST" and self.mailbox.has_last:
