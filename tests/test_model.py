@@ -403,3 +403,32 @@ def test_random_sessions_never_break_rfc_1939(sessions: list[list[bytes]]) -> No
                 assert full is not None
                 assert uid_of_body.setdefault(full, uid) == uid
         client.session.close()
+
+
+def test_capa_offers_stls_only_when_tls_can_be_served() -> None:
+    """The recorded Dovecot CAPA lists STLS: it is sent as recorded only if STLS works."""
+    with_tls = Client(store_from([SHIPPED / "pipelined.p3cap"], tls_available=True))
+    ok, _line, capa, recorded = with_tls.send(b"CAPA")
+    assert ok and recorded and capa is not None and b"STLS\r\n" in capa
+    without = Client(store_from([SHIPPED / "pipelined.p3cap"]))
+    ok, _line, capa, recorded = without.send(b"CAPA")
+    assert ok and not recorded and capa is not None and b"STLS" not in capa
+    assert b"UIDL\r\n" in capa  # the rest of the recorded list is kept
+    assert without.send(b"STLS")[0] is False
+
+
+def test_cram_md5_is_checked_when_the_password_is_known() -> None:
+    import hmac
+
+    store = store_from([SHIPPED / "pipelined.p3cap"], passwords={"dave": "pw"})
+    client = Client(store)
+    challenge = client.session.receive_line(b"AUTH CRAM-MD5").data
+    assert challenge.startswith(b"+ ") and client.session.phase is Phase.SASL
+    nonce = base64.b64decode(challenge[2:].strip())
+    good = hmac.new(b"pw", nonce, "md5").hexdigest()
+    reply = client.session.receive_line(base64.b64encode(f"dave {good}".encode()))
+    assert reply.data.startswith(b"+OK") and reply.command == "********"
+    bad = Client(store)
+    bad.session.receive_line(b"AUTH CRAM-MD5")
+    wrong = base64.b64encode(b"dave " + b"0" * 32)
+    assert bad.session.receive_line(wrong).data.startswith(b"-ERR")
