@@ -334,6 +334,24 @@ def test_maildir_and_mbox_are_read(tmp_path: Path) -> None:
     ]
 
 
+def test_message_files_behind_symlinks_are_refused(tmp_path: Path) -> None:
+    """A directory others can write could hold a link to a file only we may read."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0\n")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.eml").write_bytes(b"Subject: fine\r\n\r\nok\r\n")
+    (inbox / "b.eml").symlink_to(secret)
+    with pytest.raises(ModelError, match="symbolic link"):
+        mailbox_from_files(inbox)
+    (inbox / "b.eml").unlink()
+    box = mailbox_from_files(inbox)
+    (inbox / "a.eml").unlink()
+    (inbox / "a.eml").symlink_to(secret)  # swapped in after start: not served either
+    with pytest.raises(OSError):
+        box.messages[0].full_body()
+
+
 def test_bad_message_paths_give_one_line_errors(tmp_path: Path) -> None:
     for bad in (tmp_path / "missing", tmp_path):
         with pytest.raises(ModelError) as info:

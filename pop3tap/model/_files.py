@@ -9,8 +9,11 @@ Maildir unique name, the ``.eml`` name) or, in an mbox, the message's position.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import mailbox as stdlib_mailbox
+import os
+import stat
 from pathlib import Path
 
 from pop3tap.model._mailbox import (
@@ -43,24 +46,38 @@ def _uid_from_name(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file, never through a symlink (O_NOFOLLOW).
+
+    A directory others can write to could hold a link to a file only pop3tap's user may
+    read; serving it would hand that file to any POP3 client.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
 def _read(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return _read_regular(path)
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read message file: {exc.strerror or exc}") from None
+        why = "a symbolic link" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+        raise ModelError(f"{path}: cannot read message file: {why}") from None
 
 
 def _file_message(path: Path, uid: str) -> ModelMessage:
     size = crlf_size(_read(path))
-    return ModelMessage(size=size, uid=uid, source=lambda: path.read_bytes())
+    return ModelMessage(size=size, uid=uid, source=lambda: _read_regular(path))
 
 
 def _eml_directory(directory: Path) -> list[ModelMessage]:
     taken: set[str] = set()
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".eml")
-    for path in files:
-        if not path.is_file():
-            raise ModelError(f"{path}: cannot read message file: not a regular file")
     if not files:
         raise ModelError(f"{directory}: no .eml files (and not a Maildir with cur/ and new/)")
     return [_file_message(path, _uid_from_name(path.stem, taken)) for path in files]
@@ -73,7 +90,7 @@ def _maildir(directory: Path) -> list[ModelMessage]:
     for sub in ("new", "cur"):
         folder = directory / sub
         if folder.is_dir():
-            files += [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+            files += [p for p in folder.iterdir() if not p.name.startswith(".")]
     files.sort(key=lambda p: p.name)
     # The unique name is the file name up to the info part (":2,S" or "!2,S").
     return [
@@ -118,6 +135,8 @@ def mailbox_from_files(path: Path, template: Mailbox | None = None) -> Mailbox:
     """
     if not path.exists():
         raise ModelError(f"{path}: no such file or directory")
+    if path.is_symlink() and not path.is_dir():
+        raise ModelError(f"{path}: cannot read message file: a symbolic link")
     if path.is_dir():
         if (path / "cur").is_dir() or (path / "new").is_dir():
             messages = _maildir(path)
