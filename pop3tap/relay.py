@@ -225,7 +225,10 @@ class _Session:
         #: Streams pop3tap closed itself (errors reading them afterwards are expected).
         self.closed_by_us: set[int] = set()
         #: Faults on what the client receives (docs/faults.md).
-        self.faults = FaultGate(ConnectionFaults(relay.faults, relay.total_sessions))
+        #: None without faults, so a relay without them does no fault work at all.
+        self.faults: FaultGate | None = None
+        if relay.faults:
+            self.faults = FaultGate(ConnectionFaults(relay.faults, relay.total_sessions))
 
     def now(self) -> float:
         return trio.current_time() - self.started
@@ -278,22 +281,21 @@ class _Session:
         for event in events:
             if isinstance(event, Exchange):
                 log.info("pop3.exchange", **exchange_fields(event))
-                if gate.armed:
+                if gate is not None:
                     gate.on_exchange(event.seq, event.response_start, event.response_end)
-                else:
-                    gate.completed = max(gate.completed, event.seq)
                 if event.verb == "STLS" and event.status is not Status.OK:
                     # -ERR (or no answer): the held client bytes go on, nothing changes.
                     self.stls_client_end = None
                     self.stls_resolved.set()
             elif isinstance(event, CommandSent):
-                if gate.faults.plan:
-                    self.arm_fault(event)
+                if gate is not None:
+                    self.arm_fault(gate, event)
                 if event.verb == "STLS" and self.config.tls.intercept_stls:
                     self.stls_client_end = event.end
                     self.stls_resolved = trio.Event()
             elif isinstance(event, Greeting):
-                gate.on_greeting(event.end)
+                if gate is not None:
+                    gate.on_greeting(event.end)
                 log.info(
                     "pop3.greeting",
                     status=None if event.status is None else event.status.value,
@@ -308,14 +310,14 @@ class _Session:
                 self.on_start_tls(event)
             elif isinstance(event, PairingLost):
                 log.warning("pop3.pairing_lost", reason=event.reason)
-                for armed in gate.disarm():
+                for armed in gate.disarm() if gate is not None else ():
                     log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
             elif isinstance(event, EndOfStream) and event.truncated:
                 log.warning("pop3.truncated", direction=event.direction.value)
 
-    def arm_fault(self, event: CommandSent) -> None:
+    def arm_fault(self, gate: FaultGate, event: CommandSent) -> None:
         """A fault may hit the answer to this command: note it, and record it."""
-        armed = self.faults.on_command(
+        armed = gate.on_command(
             event.seq, event.verb, event.args.encode(), self.seen[Direction.SERVER]
         )
         if armed is not None:
@@ -470,7 +472,7 @@ class _Session:
                 self.observe(direction, data, at)
                 if not await self.forward_client(source, sink, data, start, cancel_scope):
                     return
-            elif self.faults.active and not self.observer.stls_pending:
+            elif self.faults is not None and self.faults.active and not self.observer.stls_pending:
                 # A fault waits for its answer: parse first to find where the answer starts.
                 start = self.seen[direction]
                 self.observe(direction, data, self.now())
@@ -510,6 +512,7 @@ class _Session:
         cancel_scope: trio.CancelScope,
     ) -> bool:
         """Forward server bytes as the armed faults say; False when the session ends."""
+        assert self.faults is not None
         for step in self.faults.plan(start, data):
             if step.fault is not None:
                 self.log.warning(
@@ -725,7 +728,7 @@ class _Session:
         timeout = self.config.greeting_timeout
         if timeout is not None:
             self.greeting_deadline = trio.current_time() + timeout
-        armed = self.faults.on_greeting_expected()
+        armed = self.faults.on_greeting_expected() if self.faults is not None else None
         if armed is not None:
             self.record_event("fault", seq=0, spec=armed.fault.spec)
         while True:

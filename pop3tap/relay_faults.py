@@ -100,6 +100,8 @@ class FaultGate:
 
     def on_exchange(self, seq: int, response_start: int, response_end: int) -> None:
         self.completed = max(self.completed, seq)
+        if not self.armed:
+            return
         for armed in self.armed:
             if armed.seq == seq and armed.start is None:
                 armed.start = response_start
