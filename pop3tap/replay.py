@@ -1040,28 +1040,8 @@ class _Connection:
     async def run(self) -> None:
         if self.config.listen_tls and not await self.start_tls(self.stream, mode="implicit"):
             return
-        index = self.server.assign_session()
-        if index is None:
-            self.log.warning("replay.sessions_exhausted", sessions=len(self.server.sessions))
-            self.reason = "no session left"
-            await self.send_error("every recorded session was played already (--sessions once)")
-            return
-        self.play = _Play(self.server, index)
-        session = self.play.session
-        self.log.info("replay.session.open", capture=session.name, session=session.session)
         try:
-            fault = self.faults.choose("greeting") or _recorded_fault(session.greeting_fault)
-            if fault is not None:
-                ended = await self.deliver(session.greeting.data, fault, 0, "greeting")
-                if ended is not None:
-                    self.reason = ended
-                    return
-            else:
-                await self.send(session.greeting)
-            if session.closes_after_greeting:
-                self.reason = "recorded server closed after its greeting"
-                return
-            await self.serve_commands()
+            await self.serve()
         except _LineTooLong:
             self.reason = "line too long"
             self.log.warning("replay.line_too_long", max_line=self.config.max_line)
@@ -1074,6 +1054,36 @@ class _Connection:
                 await self.send_error("idle timeout, closing")
         except _Closed:
             self.reason = "client gone"
+
+    async def serve(self) -> None:
+        """Byte replay: pick a recorded session, send its greeting, answer commands."""
+        index = self.server.assign_session()
+        if index is None:
+            self.log.warning("replay.sessions_exhausted", sessions=len(self.server.sessions))
+            self.reason = "no session left"
+            await self.send_error("every recorded session was played already (--sessions once)")
+            return
+        self.play = _Play(self.server, index)
+        session = self.play.session
+        self.log.info("replay.session.open", capture=session.name, session=session.session)
+        if not await self.greet(session.greeting, _recorded_fault(session.greeting_fault)):
+            return
+        if session.closes_after_greeting:
+            self.reason = "recorded server closed after its greeting"
+            return
+        await self.serve_commands()
+
+    async def greet(self, greeting: Segment, recorded: Fault | None = None) -> bool:
+        """Send the greeting, or what a greeting fault makes of it; False: the session ends."""
+        fault = self.faults.choose("greeting") or recorded
+        if fault is None:
+            await self.send(greeting)
+            return True
+        ended = await self.deliver(greeting.data, fault, 0, "greeting")
+        if ended is not None:
+            self.reason = ended
+            return False
+        return True
 
     async def serve_commands(self) -> None:
         assert self.play is not None

@@ -8,7 +8,6 @@ TLS handshakes and the close are the byte replay's own (:mod:`pop3tap.replay`).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -26,15 +25,7 @@ from pop3tap.model import (
     mailboxes_from_sessions,
 )
 from pop3tap.protocol import split_command
-from pop3tap.replay import (
-    ReplayConfig,
-    ReplayError,
-    _Closed,
-    _Connection,
-    _DropPlaintext,
-    _Idle,
-    _LineTooLong,
-)
+from pop3tap.replay import ReplayConfig, ReplayError, Segment, _Connection, _DropPlaintext
 
 if TYPE_CHECKING:
     from pop3tap.replay import RecordedSession, ReplayServer
@@ -82,33 +73,12 @@ class ModelConnection(_Connection):
         #: Answers sent so far (the sequence number faults and logs name).
         self.answers = 0
 
-    async def run(self) -> None:
-        if self.config.listen_tls and not await self.start_tls(self.stream, mode="implicit"):
-            return
+    async def serve(self) -> None:
+        """The model's greeting, then its answers (run() handles TLS and the errors)."""
         self.log.info("replay.session.open", model=True)
-        try:
-            greeting = self.model.greeting().data
-            fault = self.faults.choose("greeting")
-            if fault is not None:
-                ended = await self.deliver(greeting, fault, 0, "greeting")
-                if ended is not None:
-                    self.reason = ended
-                    return
-            else:
-                await self._send_all(greeting)
+        greeting = self.model.greeting().data
+        if await self.greet(Segment(data=greeting, delay=0.0, pacing=((0, 0.0),))):
             await self.serve_model()
-        except _LineTooLong:
-            self.reason = "line too long"
-            self.log.warning("replay.line_too_long", max_line=self.config.max_line)
-            with contextlib.suppress(_Closed, _Idle):
-                await self.send_error(f"line too long (limit {self.config.max_line} bytes)")
-        except _Idle:
-            self.reason = "idle timeout"
-            self.log.info("replay.idle_timeout", seconds=self.config.idle_timeout)
-            with contextlib.suppress(_Closed, _Idle), trio.move_on_after(5):
-                await self.send_error("idle timeout, closing")
-        except _Closed:
-            self.reason = "client gone"
 
     async def serve_model(self) -> None:
         while True:

@@ -149,6 +149,18 @@ def test_the_nth_occurrence_is_the_one_hit() -> None:
 # --------------------------------------------------------------------------- replay + curl
 
 
+def _curl_retr_1(spec: str) -> subprocess.CompletedProcess[bytes]:
+    """curl fetching message 1 from a model replay with ``spec``."""
+    with replay_server(PIPELINED, model=True, faults=[spec]) as s:
+        url = f"pop3://{s.host}:{s.port}/1"
+        return subprocess.run(
+            [_require_binary("curl"), "-q", "-sS", url, "-u", f"{USER}:x"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+
+
 @pytest.mark.realpeer
 @pytest.mark.parametrize(
     ("spec", "exit_code"),
@@ -160,20 +172,7 @@ def test_the_nth_occurrence_is_the_one_hit() -> None:
     ],
 )
 def test_curl_sees_the_fault(spec: str, exit_code: int) -> None:
-    with replay_server(PIPELINED, model=True, faults=[spec]) as s:
-        result = subprocess.run(
-            [
-                _require_binary("curl"),
-                "-q",
-                "-sS",
-                f"pop3://{s.host}:{s.port}/1",
-                "-u",
-                f"{USER}:x",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    result = _curl_retr_1(spec)
     assert result.returncode == exit_code, result.stderr
 
 
@@ -181,20 +180,8 @@ def test_curl_sees_the_fault(spec: str, exit_code: int) -> None:
 def test_curl_does_not_notice_a_cut_body() -> None:
     """A finding the fault makes visible: curl reports success for a RETR cut mid-body
     (no terminating dot line), so a caller cannot tell it from a short message."""
-    with replay_server(PIPELINED, model=True, faults=["RETR 1:cut=120"]) as s:
-        result = subprocess.run(
-            [
-                _require_binary("curl"),
-                "-q",
-                "-sS",
-                f"pop3://{s.host}:{s.port}/1",
-                "-u",
-                f"{USER}:x",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    result = _curl_retr_1("RETR 1:cut=120")
+    assert result.returncode == 0
     assert len(result.stdout) < len(_message(1))
 
 

@@ -353,30 +353,28 @@ class ModelSession:
         return self._ok(f"{len(live)} {sum(m.size for _n, m in live)}", shown)
 
     def _list(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
-        if recorded is not None:
-            return recorded
-        if args.strip():
-            found = self._message(args, shown)
-            if isinstance(found, Reply):
-                return found
-            number, message = found
-            return self._ok(f"{number} {message.size}", shown)
-        live = self._live()
-        body = b"".join(f"{n} {m.size}\r\n".encode() for n, m in live)
-        first = self.wording.list_all.format(count=len(live)) if self.wording.list_all else ""
-        return self._multi(first, body, shown)
+        """LIST [n] (RFC 1939 §5): ``n size`` lines, or the one line for message n."""
+        first = self.wording.list_all
+        if first:
+            first = first.format(count=len(self._live()))
+        return recorded or self._listing(args, shown, first, lambda _n, m: str(m.size))
 
     def _uidl(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
-        if recorded is not None:
-            return recorded
+        """UIDL [n] (RFC 1939 §7): ``n unique-id`` lines, or the one line for message n."""
+        first = self.wording.uidl_all
+        return recorded or self._listing(args, shown, first, self.store.uid_of_message)
+
+    def _listing(
+        self, args: bytes, shown: str, first: str, value: Callable[[int, ModelMessage], str]
+    ) -> Reply:
         if args.strip():
             found = self._message(args, shown)
             if isinstance(found, Reply):
                 return found
             number, message = found
-            return self._ok(f"{number} {self.store.uid_of(message, number)}", shown)
-        body = b"".join(f"{n} {self.store.uid_of(m, n)}\r\n".encode() for n, m in self._live())
-        return self._multi(self.wording.uidl_all, body, shown)
+            return self._ok(f"{number} {value(number, message)}", shown)
+        body = b"".join(f"{n} {value(n, m)}\r\n".encode() for n, m in self._live())
+        return self._multi(first, body, shown)
 
     def _retr(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
         found = self._message(args, shown)

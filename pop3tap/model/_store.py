@@ -134,7 +134,8 @@ class ModelStore:
     # -- content ----------------------------------------------------------------------
 
     @staticmethod
-    def uid_of(message: ModelMessage, number: int) -> str:
+    def uid_of_message(number: int, message: ModelMessage) -> str:
+        """The unique id UIDL shows (made up at start for messages never listed)."""
         return message.uid or f"pop3tap-{number}"
 
     def body_of(self, message: ModelMessage, number: int) -> bytes | None:
