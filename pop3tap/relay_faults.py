@@ -132,6 +132,10 @@ class FaultGate:
                 steps.append(Step(StepKind.SEND, data[position:]))
                 return steps
             here = start + position
+            if armed.end is not None and armed.end <= here and armed.start <= here:
+                # The answer passed by while something else decided (an STLS switch).
+                self.armed.popleft()
+                continue
             if armed.start > here:
                 upto = min(len(data), armed.start - start)
                 steps.append(Step(StepKind.SEND, data[position:upto]))
