@@ -20,10 +20,11 @@ def add_subcommand(sub: Subparsers) -> None:
     parser.add_argument("--bodies", action="store_true", help="print multi-line bodies in full")
     parser.add_argument(
         "--format",
-        choices=("text", "json"),
+        choices=("text", "json", "html"),
         default="text",
-        help="text: Pop3.log view; json: one JSON object per exchange",
+        help="text: Pop3.log view; json: one JSON object per exchange; html: a page (-o FILE)",
     )
+    parser.add_argument("-o", "--output", metavar="FILE", help="where --format html writes")
     parser.set_defaults(handler=_cmd_show)
 
 
@@ -31,6 +32,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from pop3tap.capture import CaptureError, iter_capture_paths, read_capture
     from pop3tap.render import render_json, render_lines
 
+    if args.format == "html":
+        from pop3tap.cli.show_html import write_html_report
+
+        return write_html_report(args)
     try:
         paths = iter_capture_paths(args.captures)
     except CaptureError as exc:
