@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from pop3tap.bodies import unstuff_body
 from pop3tap.capture import (
     Capture,
     CaptureError,
@@ -65,28 +66,6 @@ class ViewOptions:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
-
-
-def unstuff_body(raw_response: bytes) -> tuple[bytes, bool]:
-    """The body of a raw multi-line response, dot-unstuffed, and whether it was terminated.
-
-    The first (status) line is dropped; lines keep their own line ends; the ``.CRLF``
-    terminator ends the body (RFC 1939 §3).
-    """
-    first_end = raw_response.find(b"\n")
-    if first_end < 0:
-        return b"", False
-    out: list[bytes] = []
-    pos = first_end + 1
-    size = len(raw_response)
-    while pos < size:
-        end = raw_response.find(b"\n", pos)
-        line = raw_response[pos:] if end < 0 else raw_response[pos : end + 1]
-        pos = size if end < 0 else end + 1
-        if line in (b".\r\n", b".\n") or (end < 0 and line in (b".", b".\r")):
-            return b"".join(out), end >= 0
-        out.append(line[1:] if line.startswith(b".") else line)
-    return b"".join(out), False
 
 
 def _text(data: bytes) -> str:
