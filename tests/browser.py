@@ -38,7 +38,9 @@ def find_browser() -> tuple[str, str] | None:
 
 
 @contextmanager
-def headless_chromium(browser: str, driver: str, width: int = 1400, height: int = 900) -> Iterator[Any]:
+def headless_chromium(
+    browser: str, driver: str, width: int = 1400, height: int = 900
+) -> Iterator[Any]:
     """A Selenium WebDriver for a fresh headless Chromium; quits and removes its profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

@@ -113,8 +113,13 @@ def _verb_summary(exchanges: list[Exchange]) -> list[list[Any]]:
         if values:
             p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
             rows.append(
-                [verb, counts[verb], round(statistics.median(values), 3), round(p95, 3),
-                 round(values[-1], 3)]
+                [
+                    verb,
+                    counts[verb],
+                    round(statistics.median(values), 3),
+                    round(p95, 3),
+                    round(values[-1], 3),
+                ]
             )
         else:
             rows.append([verb, counts[verb], None, None, None])
@@ -172,13 +177,21 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
         add(
             ex.sent_at,
             [
-                "x", ex.seq, ex.verb, ex.args,
+                "x",
+                ex.seq,
+                ex.verb,
+                ex.args,
                 None if ex.status is None else ex.status.value,
-                ex.first_line, _ms(ex.sent_at), _ms(ex.first_byte_at),
+                ex.first_line,
+                _ms(ex.sent_at),
+                _ms(ex.first_byte_at),
                 _ms(ex.at) if ex.status is not None else None,
                 ex.body_lines if ex.multiline else 0,
                 ex.body_bytes if ex.multiline else 0,
-                _flags(ex.flags), body_index, depth, sasl,
+                _flags(ex.flags),
+                body_index,
+                depth,
+                sasl,
             ],
         )
     rows.sort(key=lambda item: (item[0], item[1]))

@@ -1,0 +1,339 @@
+"""``pop3tap import``: tcpdump files of real sessions become the captures the relay records.
+
+The pcaps are made here by running tcpdump on the loopback interface around real curl and
+poplib sessions against the test Dovecot through the relay; the relay's own captures of
+the same sessions are the reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import poplib
+import random
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from clients import RunningRelay, curl, running_relay
+from dovecot import Dovecot, Mailbox
+
+from pop3tap.capture import Capture, iter_capture_paths, read_capture
+from pop3tap.cli import main
+from pop3tap.pcap_import import PcapImportError, import_pcap, read_packets
+from pop3tap.render import render_lines
+
+scapy_all = pytest.importorskip("scapy.all")
+
+
+def _require_tcpdump() -> str:
+    from conftest import _require_binary
+
+    return _require_binary("tcpdump")
+
+
+def session_text(capture: Capture) -> list[str]:
+    """The show view with bodies, without clock times and without the lines that name this
+    particular recording (session id, upstream connection, close summary). The two
+    "Connection closed" lines are sorted: which FIN came first races between the legs."""
+    lines = []
+    for line in render_lines(capture, bodies=True):
+        text = line.split(" ", 2)[2]  # drop "POP3:" and HH:MM:SS
+        if text.startswith("[db] Session ") or text.startswith("[db] Connected to upstream"):
+            continue
+        if text.startswith("[db] Closed:"):
+            continue
+        lines.append(text)
+    closes = sorted(line for line in lines if line.startswith("[db] Connection closed"))
+    return [line for line in lines if not line.startswith("[db] Connection closed")] + closes
+
+
+@contextlib.contextmanager
+def tcpdump(path: Path, port: int) -> Iterator[None]:
+    """``tcpdump -i lo -w path`` for TCP port ``port`` while the block runs."""
+    binary = _require_tcpdump()
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-i",
+            "lo",
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-s",
+            "0",
+            "-B",
+            "65536",
+            "-Z",
+            "root",
+            "-w",
+            str(path),
+            f"tcp port {port}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline().decode(errors="replace")
+        assert "listening on" in banner, banner
+        yield
+    finally:
+        time.sleep(0.2)  # the last ACKs and FINs reach the interface
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+    # A pcap that misses packets is not the session; say so instead of a diff.
+    counts = re.findall(
+        rb"^(\d+) packets (captured|received by filter|dropped by kernel)", err, re.M
+    )
+    numbers = {kind: int(n) for n, kind in counts}
+    assert numbers[b"dropped by kernel"] == 0, err.decode(errors="replace")
+
+
+@dataclass
+class Recorded:
+    """A pcap of sessions through the relay, and the relay's own captures of them."""
+
+    pcap: Path
+    relay_captures: list[Capture]
+    port: int
+    mailbox: Mailbox
+
+
+def wait_complete(relay: RunningRelay, count: int) -> list[Capture]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        paths = relay.capture_files()
+        captures = [read_capture(p) for p in paths]
+        if len(captures) >= count and all(c.complete for c in captures):
+            return captures
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} complete captures")
+
+
+@pytest.fixture(scope="module")
+def recorded(
+    dovecot: Dovecot, corpus: list[bytes], curl_path: str, tmp_path_factory: pytest.TempPathFactory
+) -> Recorded:
+    """curl and poplib sessions through the relay, with tcpdump listening on lo."""
+    work = tmp_path_factory.mktemp("pcap")
+    box = dovecot.new_mailbox(corpus)
+    pcap = work / "sessions.pcap"
+    with running_relay(dovecot.host, dovecot.pop3_port, work / "captures") as relay:
+        port = relay.port
+        with tcpdump(pcap, port):
+            url = f"pop3://{relay.host}:{relay.port}"
+            curl(curl_path, f"{url}/2", "-u", f"{box.user}:{box.password}")
+            curl(
+                curl_path,
+                url + "/",
+                "-u",
+                f"{box.user}:{box.password}",
+                "--login-options",
+                "AUTH=PLAIN",
+            )
+            client = poplib.POP3(relay.host, relay.port, timeout=30)
+            client.user(box.user)
+            client.pass_(box.password)
+            client.stat()
+            client.uidl()
+            for number in range(1, len(box.messages) + 1):
+                client.retr(number)
+            client.top(1, 2)
+            client.quit()
+            wait_complete(relay, 3)
+        captures = wait_complete(relay, 3)
+    return Recorded(pcap=pcap, relay_captures=captures, port=port, mailbox=box)
+
+
+def by_client(captures: list[Capture]) -> dict[str, Capture]:
+    return {c.header.client: c for c in captures}
+
+
+pytestmark = pytest.mark.realpeer
+
+
+def test_tcpdump_of_curl_and_poplib_imports_as_the_relay_recorded(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    sessions = import_pcap(recorded.pcap, tmp_path, port=recorded.port)
+    assert [s.reason for s in sessions] == [None, None, None]
+    imported = by_client([read_capture(p) for p in iter_capture_paths([tmp_path])])
+    reference = by_client(recorded.relay_captures)
+    assert imported.keys() == reference.keys()
+    for client, capture in imported.items():
+        assert capture.complete
+        assert capture.header.secrets == "masked"
+        assert capture.header.options["mid_session"] is False
+        assert session_text(capture) == session_text(reference[client])
+        assert [(e.verb, e.args, e.status, e.first_line) for e in capture.exchanges()] == [
+            (e.verb, e.args, e.status, e.first_line) for e in reference[client].exchanges()
+        ]
+        assert capture.stream("s2c") == reference[client].stream("s2c")
+        assert capture.stream("c2s") == reference[client].stream("c2s")
+    # The password was on the wire in the pcap; the imported captures hold it masked.
+    for path in iter_capture_paths([tmp_path]):
+        assert recorded.mailbox.password.encode() not in path.read_bytes()
+    assert recorded.mailbox.password.encode() in recorded.pcap.read_bytes()
+
+
+def test_shuffled_and_duplicated_segments_reassemble_to_the_same_sessions(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    packets = read_packets(recorded.pcap)
+    rng = random.Random(1939)
+    mixed = []
+    for packet in packets:
+        mixed.append(packet)
+        if scapy_all.TCP in packet and len(packet[scapy_all.TCP].payload) and rng.random() < 0.3:
+            mixed.append(packet.copy())  # a retransmission
+    # Shuffle within windows of 12 packets (segments arrive out of order), and give the
+    # file increasing timestamps in its new order, as a capture of that arrival would.
+    for start in range(0, len(mixed), 12):
+        window = mixed[start : start + 12]
+        rng.shuffle(window)
+        mixed[start : start + 12] = window
+    times = sorted(float(p.time) for p in mixed)
+    for packet, when in zip(mixed, times, strict=True):
+        packet.time = when
+    shuffled = tmp_path / "shuffled.pcapng"
+    scapy_all.wrpcapng(str(shuffled), mixed)
+    assert [p.time for p in mixed] != [p.time for p in packets]
+
+    import_pcap(recorded.pcap, tmp_path / "plain", port=recorded.port)
+    import_pcap(shuffled, tmp_path / "mixed", port=recorded.port)
+    plain = by_client([read_capture(p) for p in iter_capture_paths([tmp_path / "plain"])])
+    mixed_caps = by_client([read_capture(p) for p in iter_capture_paths([tmp_path / "mixed"])])
+    assert plain.keys() == mixed_caps.keys()
+    for client, capture in plain.items():
+        assert session_text(mixed_caps[client]) == session_text(capture)
+        assert mixed_caps[client].stream("s2c") == capture.stream("s2c")
+
+
+def test_capture_that_starts_mid_session_is_imported_and_marked(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    packets = read_packets(recorded.pcap)
+    poplib_client = max(
+        by_client(recorded.relay_captures),
+        key=lambda c: len(by_client(recorded.relay_captures)[c].exchanges()),
+    )
+    port = int(poplib_client.rsplit(":", 1)[1])
+    TCP = scapy_all.TCP
+    ours = [i for i, p in enumerate(packets) if TCP in p and port in (p[TCP].sport, p[TCP].dport)]
+    # Drop the handshake, the greeting and the first commands of that session.
+    with_data = [i for i in ours if len(packets[i][TCP].payload)]
+    cut = with_data[4]
+    kept = [p for i, p in enumerate(packets) if i not in ours or i >= cut]
+    late = tmp_path / "late.pcap"
+    scapy_all.wrpcap(str(late), kept)
+    sessions = import_pcap(late, tmp_path / "out", port=recorded.port)
+    marked = [s for s in sessions if s.mid_session]
+    assert len(marked) == 1 and marked[0].path is not None
+    capture = read_capture(marked[0].path)
+    assert capture.header.options["mid_session"] is True
+    assert any(getattr(r, "name", "") == "mid_session" for r in capture.records)
+    retrieved = [e for e in capture.exchanges() if e.verb == "RETR"]
+    assert len(retrieved) == len(recorded.mailbox.messages)
+    text = session_text(capture)
+    assert any("mid_session" in line for line in text)
+
+
+def _synthetic(path: Path, conversation: list[tuple[str, bytes]], port: int = 110) -> None:
+    """A pcap of one TCP connection (handshake, then the payloads in order, then FINs)."""
+    IP, TCP = scapy_all.IP, scapy_all.TCP
+    client, server = ("192.0.2.10", 40000), ("192.0.2.20", port)
+    seq = {"c": 1000, "s": 5000}
+    packets = [
+        IP(src=client[0], dst=server[0]) / TCP(sport=client[1], dport=port, flags="S", seq=999),
+        IP(src=server[0], dst=client[0])
+        / TCP(sport=port, dport=client[1], flags="SA", seq=4999, ack=1000),
+    ]
+    for who, data in conversation:
+        src, dst = (client, server) if who == "c" else (server, client)
+        other = "s" if who == "c" else "c"
+        packets.append(
+            IP(src=src[0], dst=dst[0])
+            / TCP(sport=src[1], dport=dst[1], flags="PA", seq=seq[who], ack=seq[other])
+            / data
+        )
+        seq[who] += len(data)
+    for i, packet in enumerate(packets):
+        packet.time = 1_700_000_000 + i * 0.01
+    scapy_all.wrpcap(str(path), packets)
+
+
+def test_tls_connections_are_listed_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _synthetic(
+        tmp_path / "pop3s.pcap", [("c", b"\x16\x03\x01\x00\x05hello"), ("s", b"\x16\x03\x03x")]
+    )
+    _synthetic(
+        tmp_path / "stls.pcap",
+        [
+            ("s", b"+OK ready\r\n"),
+            ("c", b"STLS\r\n"),
+            ("s", b"+OK Begin TLS\r\n"),
+            ("c", b"\x16\x03\x01\x00\x05hello"),
+        ],
+    )
+    for name, why in (("pop3s", "TLS from the first byte"), ("stls", "after STLS")):
+        assert main(["import", str(tmp_path / f"{name}.pcap"), "-o", str(tmp_path / name)]) == 1
+        out = capsys.readouterr().out
+        assert out.startswith("skipped  192.0.2.10:40000 -> 192.0.2.20:110: ")
+        assert why in out
+        assert iter_capture_paths([tmp_path / name]) == []
+
+
+def test_synthetic_session_on_default_port_keeps_packet_times(tmp_path: Path) -> None:
+    _synthetic(
+        tmp_path / "plain.pcap",
+        [
+            ("s", b"+OK ready\r\n"),
+            ("c", b"USER a\r\nPASS hunter2\r\n"),
+            ("s", b"+OK\r\n"),
+            ("s", b"+OK in\r\n"),
+            ("c", b"RETR 1\r\n"),
+            ("s", b"+OK\r\n..x\r\n.\r\n"),
+        ],
+    )
+    (session,) = import_pcap(tmp_path / "plain.pcap", tmp_path / "out")
+    assert session.path is not None and session.exchanges == 3
+    capture = read_capture(session.path)
+    assert capture.header.started_unix == pytest.approx(1_700_000_000)
+    assert capture.header.client == "192.0.2.10:40000"
+    assert capture.stream("c2s") == b"USER a\r\nPASS ********\r\nRETR 1\r\n"
+    retr = capture.exchanges()[-1]
+    assert retr.sent_at == pytest.approx(0.06)
+    assert retr.at == pytest.approx(0.07)
+
+
+@pytest.mark.parametrize("kind", ["junk", "empty", "truncated", "truncated-pcapng"])
+def test_bad_pcap_is_one_line_error(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _synthetic(tmp_path / "good.pcap", [("s", b"+OK ready\r\n")])
+    good = (tmp_path / "good.pcap").read_bytes()
+    bad = tmp_path / "bad.pcap"
+    if kind == "junk":
+        bad.write_bytes(b"From: not a pcap\r\n" * 20)
+    elif kind == "empty":
+        bad.write_bytes(b"")
+    elif kind == "truncated":
+        bad.write_bytes(good[:-5])
+    else:
+        packets = read_packets(tmp_path / "good.pcap")
+        scapy_all.wrpcapng(str(tmp_path / "good.pcapng"), packets)
+        bad.write_bytes((tmp_path / "good.pcapng").read_bytes()[:-9])
+    assert main(["import", str(bad), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert ("truncated" if kind.startswith("truncated") else "not a pcap") in err
+    with pytest.raises(PcapImportError):
+        import_pcap(bad, tmp_path / "out")
