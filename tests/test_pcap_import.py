@@ -155,9 +155,7 @@ def by_client(captures: list[Capture]) -> dict[str, Capture]:
     return {c.header.client: c for c in captures}
 
 
-pytestmark = pytest.mark.realpeer
-
-
+@pytest.mark.realpeer
 def test_tcpdump_of_curl_and_poplib_imports_as_the_relay_recorded(
     recorded: Recorded, tmp_path: Path
 ) -> None:
@@ -182,6 +180,7 @@ def test_tcpdump_of_curl_and_poplib_imports_as_the_relay_recorded(
     assert recorded.mailbox.password.encode() in recorded.pcap.read_bytes()
 
 
+@pytest.mark.realpeer
 def test_shuffled_and_duplicated_segments_reassemble_to_the_same_sessions(
     recorded: Recorded, tmp_path: Path
 ) -> None:
@@ -215,6 +214,7 @@ def test_shuffled_and_duplicated_segments_reassemble_to_the_same_sessions(
         assert mixed_caps[client].stream("s2c") == capture.stream("s2c")
 
 
+@pytest.mark.realpeer
 def test_capture_that_starts_mid_session_is_imported_and_marked(
     recorded: Recorded, tmp_path: Path
 ) -> None:
