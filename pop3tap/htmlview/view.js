@@ -142,21 +142,17 @@
   function exchangeRow(s, r, span) {
     // ["x", seq, verb, args, status, first_line, sent, first, done, lines, bytes, flags,
     //  body, depth, sasl]
-    var row = el("div", "row ex");
+    var slowest = r[1] === s.slowest;
+    var row = el("div", "row ex" + (slowest ? " slowest" : "") + (r[13] > 1 ? " overlap" : ""));
     row.tabIndex = -1;
     row._row = r;
     row._session = s;
-    var flags = flagNames(r[11]);
-    if (r[1] === s.slowest) row.classList.add("slowest");
-    if (r[13] > 1) row.classList.add("overlap");
+    row.setAttribute("data-seq", String(r[1]));
+    var flags = r[11] ? flagNames(r[11]) : [];
+    var command = r[3] ? r[2] + " " + r[3] : r[2];
     row.appendChild(el("span", "t", "+" + ms(r[6])));
-    var client = el("span", "lane client");
-    client.appendChild(el("span", "cmd", r[3] ? r[2] + " " + r[3] : r[2]));
-    if (r[13] > 1) {
-      var depth = el("span", "depth", "\u21c9 " + r[13] + " in flight");
-      depth.title = "sent while " + (r[13] - 1) + " earlier command(s) were unanswered";
-      client.appendChild(depth);
-    }
+    var client = el("span", "lane client", command);
+    if (r[13] > 1) client.appendChild(el("span", "depth", "\u21c9 " + r[13] + " in flight"));
     if (r[14]) {
       var steps = el("span", "sasl");
       r[14].forEach(function (step) {
@@ -167,36 +163,47 @@
     }
     row.appendChild(client);
     var server = el("span", "lane server");
-    var status = r[4] === null ? "(no response)" : r[4];
-    server.appendChild(el("span", "st " + (r[4] === "+OK" ? "ok" : r[4] === "-ERR" ? "err" :
-      r[4] === "+" ? "cont" : "none"), status));
+    server.appendChild(el("b", "st " + (r[4] === "+OK" ? "ok" : r[4] === "-ERR" ? "err" :
+      r[4] === "+" ? "cont" : "none"), r[4] === null ? "(no response)" : r[4]));
     var rest = r[5] && r[4] && r[5].indexOf(r[4]) === 0 ? r[5].slice(r[4].length) : r[5];
-    server.appendChild(el("span", "fl", rest));
+    if (rest) server.appendChild(document.createTextNode(rest));
     if (r[12] !== null && r[12] !== undefined) {
       var toggle = el("button", "more", "\u25b8 " + r[9] + " lines, " + bytes(r[10]));
       toggle.type = "button";
-      toggle.addEventListener("click", function (e) { e.stopPropagation(); toggleBody(row); });
       server.appendChild(toggle);
       row.setAttribute("aria-expanded", "false");
     }
     row.appendChild(server);
     var fl = el("span", "flags");
-    flags.forEach(function (f) { fl.appendChild(el("b", "flag " + f, f)); });
-    if (r[1] === s.slowest) fl.appendChild(el("b", "flag slow", "slowest"));
+    for (var i = 0; i < flags.length; i++) fl.appendChild(el("b", "flag " + flags[i], flags[i]));
+    if (slowest) fl.appendChild(el("b", "flag slow", "slowest"));
     row.appendChild(fl);
     row.appendChild(el("span", "lat", r[8] === null ? "" : ms(r[8] - r[6])));
     var track = el("span", "track");
     bar(track, r[6], r[7], r[8], span);
-    track.title = "sent +" + ms(r[6]) + ", first byte " + (r[7] === null ? "-" : "+" + ms(r[7])) +
-      ", done " + (r[8] === null ? "-" : "+" + ms(r[8]));
     row.appendChild(track);
-    row._search = ((r[3] ? r[2] + " " + r[3] : r[2]) + " " + (r[5] || "")).toLowerCase();
+    row._search = (command + " " + (r[5] || "")).toLowerCase();
     row._verb = r[2].toLowerCase();
     row._status = (r[4] || "none").toLowerCase();
-    row._flags = flags.concat(r[1] === s.slowest ? ["slowest"] : []);
-    row.addEventListener("click", function () { focusRow(visible.indexOf(row)); toggleBody(row); });
+    row._flags = slowest ? flags.concat(["slowest"]) : flags;
     return row;
   }
+
+  // One listener for every row: a click opens or closes the body, a hover explains the bar.
+  app.addEventListener("click", function (e) {
+    var row = e.target.closest ? e.target.closest(".row.ex") : null;
+    if (!row || e.target.closest("pre.body")) return;
+    focusRow(visible.indexOf(row));
+    toggleBody(row);
+  });
+  app.addEventListener("mouseover", function (e) {
+    var track = e.target.closest ? e.target.closest(".track") : null;
+    if (!track || track.title) return;
+    var r = track.parentNode._row;
+    if (!r) return;
+    track.title = "sent +" + ms(r[6]) + ", first byte " + (r[7] === null ? "-" : "+" + ms(r[7])) +
+      ", done " + (r[8] === null ? "-" : "+" + ms(r[8]));
+  });
 
   var EVENT_CLASS = { g: "greeting", u: "unsolicited", s: "stray", t: "stls", d: "db" };
 
@@ -243,18 +250,21 @@
     });
     head.appendChild(el("span", "axis", "0 \u2026 " + ms(s.duration)));
     seq.appendChild(head);
-    var frag = document.createDocumentFragment();
+    // Rows go in blocks of 100 that the browser may skip while off screen
+    // (content-visibility), so a long session costs little more than its visible part.
     var span = s.duration || 0;
-    s.rows.forEach(function (r) {
+    var block = null;
+    for (var i = 0; i < s.rows.length; i++) {
+      if (i % 100 === 0) { block = el("div", "block"); seq.appendChild(block); }
+      var r = s.rows[i];
       if (r[0] === "x") {
         var row = exchangeRow(s, r, span);
         exRows.push(row);
-        frag.appendChild(row);
+        block.appendChild(row);
       } else {
-        frag.appendChild(eventRow(r));
+        block.appendChild(eventRow(r));
       }
-    });
-    seq.appendChild(frag);
+    }
     section.appendChild(seq);
     return section;
   }
@@ -346,6 +356,7 @@
     model.sessions.forEach(function (s, i) { app.appendChild(sessionView(s, i)); });
     applyFilter();
     document.body.setAttribute("data-ready", "1");
+    if (window.performance && performance.mark) performance.mark("pop3tap-ready");
   }
   render();
 
