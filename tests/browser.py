@@ -6,6 +6,7 @@ Each browser gets a fresh profile directory and the switches that keep it off th
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,9 +31,9 @@ document.addEventListener('securitypolicyviolation', function (e) {
 
 def find_browser() -> tuple[str, str] | None:
     """Paths of chromium and chromedriver, or None when either is missing."""
-    browser = shutil.which("chromium") or (CHROMIUM if shutil.os.path.exists(CHROMIUM) else None)
+    browser = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
     driver = shutil.which("chromedriver") or (
-        CHROMEDRIVER if shutil.os.path.exists(CHROMEDRIVER) else None
+        CHROMEDRIVER if os.path.exists(CHROMEDRIVER) else None
     )
     return (browser, driver) if browser and driver else None
 
@@ -69,3 +70,16 @@ def headless_chromium(
     finally:
         web.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def chromium_driver() -> Iterator[Any]:
+    """Body of the ``web`` fixtures: a headless Chromium, or a skip (a failure when real peers
+    are required) when it is not installed."""
+    found = find_browser()
+    if found is None:
+        from conftest import _missing_peer
+
+        _missing_peer("chromium and chromedriver are not installed (run: bash scripts/test.sh)")
+        raise AssertionError("unreachable")
+    with headless_chromium(*found) as driver:
+        yield driver

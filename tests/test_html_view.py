@@ -11,12 +11,11 @@ import re
 import struct
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from browser import find_browser, headless_chromium
+from browser import chromium_driver
 from clients import raw_session, running_relay
 from dovecot import Dovecot
 from synthetic_captures import hostile_capture, pipelined_capture
@@ -38,16 +37,7 @@ PAYLOADS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def web() -> Iterator[Any]:
-    found = find_browser()
-    if found is None:
-        from conftest import _missing_peer
-
-        _missing_peer("chromium and chromedriver are not installed (run: bash scripts/test.sh)")
-        raise AssertionError("unreachable")
-    with headless_chromium(*found) as driver:
-        yield driver
+web = pytest.fixture(scope="module", name="web")(chromium_driver)
 
 
 def html_for(tmp_path: Path, *captures: Path, name: str = "report.html") -> Path:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pop3tap import __version__
-from pop3tap.cli import ca, demo, export, pcap_import, record, replay, show
+from pop3tap.cli import ca, demo, export, pcap_import, record, replay, show, view
 from pop3tap.cli._common import EXIT_OK, CliError, Parser, Subparsers
 
 #: The subcommands, in the order ``--help`` lists them.
@@ -21,6 +21,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     record.add_subcommand,
     replay.add_subcommand,
     show.add_subcommand,
+    view.add_subcommand,
     export.add_subcommand,
     pcap_import.add_subcommand,
     demo.add_subcommand,

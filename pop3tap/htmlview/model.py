@@ -197,7 +197,7 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
     rows.sort(key=lambda item: (item[0], item[1]))
     problem = None
     if not capture.complete:
-        problem = "capture ends without a close record (truncated)"
+        problem = "capture ends without a close record (session still open, or truncated)"
         if capture.truncated:
             problem += f"; {capture.trailing_bytes} trailing bytes ignored"
         if capture.problem:

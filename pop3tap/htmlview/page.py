@@ -16,7 +16,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final
 
-__all__ = ["render_page"]
+__all__ = ["content_security_policy", "model_json", "render_page"]
 
 _JSON_ESCAPES: Final = str.maketrans(
     {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -37,17 +37,23 @@ def model_json(model: dict[str, Any]) -> str:
     return json.dumps(model, ensure_ascii=False, separators=(",", ":")).translate(_JSON_ESCAPES)
 
 
+def content_security_policy(*, live: bool = False) -> str:
+    """The page's policy: its own style and script (by hash), nothing else; ``live`` pages
+    may also fetch from the server that sent them."""
+    connect = "'self'" if live else "'none'"
+    return (
+        "default-src 'none'; "
+        f"style-src 'sha256-{_sha256(_asset('view.css'))}'; "
+        f"script-src 'sha256-{_sha256(_asset('view.js'))}'; "
+        f"connect-src {connect}; img-src 'none'; base-uri 'none'; form-action 'none'"
+    )
+
+
 def render_page(model: dict[str, Any], *, title: str = "pop3tap", live: bool = False) -> str:
     """The whole page. ``live``: the page asks its server for updates (``pop3tap view``)."""
     style = _asset("view.css")
     script = _asset("view.js")
-    connect = "'self'" if live else "'none'"
-    policy = (
-        "default-src 'none'; "
-        f"style-src 'sha256-{_sha256(style)}'; "
-        f"script-src 'sha256-{_sha256(script)}'; "
-        f"connect-src {connect}; img-src 'none'; base-uri 'none'; form-action 'none'"
-    )
+    policy = content_security_policy(live=live)
     safe_title = (
         title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
     )

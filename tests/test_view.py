@@ -1,0 +1,136 @@
+"""``pop3tap view``: the HTML view served on loopback, read-only, refreshed as captures arrive."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import chromium_driver
+
+web = pytest.fixture(scope="module", name="web")(chromium_driver)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "captures"
+
+
+@dataclass
+class View:
+    proc: subprocess.Popen[str]
+    url: str
+    port: int
+
+
+@pytest.fixture
+def view(tmp_path: Path) -> Iterator[View]:
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pop3tap", "view", str(folder)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"pop3tap view: (http://127\.0\.0\.1:(\d+)/) \(Ctrl-C stops\)\n", line)
+        assert match, line
+        yield View(proc, match.group(1), int(match.group(2)))
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+
+
+def request(view: View, method: str, path: str, host: str | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", view.port, timeout=10)
+    try:
+        headers = {"Host": host} if host else {}
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def test_view_serves_read_only_on_loopback_and_follows_new_captures(
+    view: View, tmp_path: Path
+) -> None:
+    status, first_state = request(view, "GET", "/state")
+    assert status == 200
+    status, page = request(view, "GET", "/")
+    assert status == 200 and b"Content-Security-Policy" in page and b'data-live="1"' in page
+    shutil.copy(SHIPPED / "apop.p3cap", tmp_path / "captures" / "apop.p3cap")
+    status, second_state = request(view, "GET", "/state")
+    assert second_state != first_state
+    status, model = request(view, "GET", "/model.json")
+    assert status == 200 and b'"file":"apop.p3cap"' in model
+    assert request(view, "POST", "/")[0] == 405
+    assert request(view, "DELETE", "/model.json")[0] == 405
+    assert request(view, "GET", "/../../etc/passwd")[0] == 404
+    # DNS rebinding: a page on another name that resolves to 127.0.0.1 gets nothing.
+    assert request(view, "GET", "/model.json", host=f"evil.example:{view.port}")[0] == 403
+    assert request(view, "GET", "/", host=f"localhost:{view.port}")[0] == 200
+    view.proc.send_signal(signal.SIGINT)
+    assert view.proc.wait(10) == 0
+    assert view.proc.stderr is not None and view.proc.stderr.read() == ""
+
+
+@pytest.mark.realpeer
+def test_open_page_shows_captures_as_they_arrive(
+    view: View,
+    web: Any,
+    tmp_path: Path,
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    web.get(view.url)
+    WebDriverWait(web, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "p.empty"))
+    shutil.copy(SHIPPED / "pipelined.p3cap", tmp_path / "captures" / "pipelined.p3cap")
+    WebDriverWait(web, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".row.ex")) == 13)
+    shutil.copy(SHIPPED / "apop.p3cap", tmp_path / "captures" / "apop.p3cap")
+    WebDriverWait(web, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".row.ex")) == 18)
+    assert len(web.find_elements(By.CSS_SELECTOR, "table.sessions tr")) == 3
+    assert web.execute_script("return window.__trapped") == []
+
+
+def test_non_loopback_listen_warns(tmp_path: Path) -> None:
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the warning comes, then the bind fails.
+    result = subprocess.run(
+        [sys.executable, "-m", "pop3tap", "view", str(tmp_path), "--listen", "192.0.2.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1
+    assert "warning: serving captures on 192.0.2.1" in lines[0]
+    assert lines[1].startswith("pop3tap: cannot listen on 192.0.2.1:0")
+
+
+def test_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pop3tap", "view", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "no such file or directory" in result.stderr
