@@ -68,6 +68,5 @@ def _cmd_import(args: argparse.Namespace) -> int:
             f"imported {session.connection}: {session.exchanges} command(s) -> {session.path}{note}"
         )
     if not sessions:
-        print(f"pop3tap: no TCP connections to port {args.port} in {args.pcap}")
-        return EXIT_FAILURE
+        raise CliError(f"no TCP connections to port {args.port} in {args.pcap}", code=EXIT_FAILURE)
     return EXIT_OK if imported else EXIT_FAILURE
