@@ -131,3 +131,28 @@ def test_torn_capture_shows_every_complete_record_and_says_so() -> None:
     assert whole["problem"] is None
     assert session["problem"] is not None and "truncated" in session["problem"]
     assert session["exchanges"] == expected > 0
+
+
+def test_sasl_steps_and_stls_switch_are_rows_of_their_own(tmp_path: Path) -> None:
+    writer = CaptureWriter.create(tmp_path, session_id="stls", header_fields={})
+    writer.write_data("s2c", 0.001, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.002, b"AUTH PLAIN\r\n")
+    writer.write_data("s2c", 0.003, b"+ \r\n")
+    writer.write_data("c2s", 0.004, b"AGFsaWNlAHNlY3JldA==\r\n")
+    writer.write_data("s2c", 0.005, b"+OK in\r\n")
+    writer.write_data("c2s", 0.006, b"STLS\r\n")
+    writer.write_data("s2c", 0.007, b"+OK Begin TLS\r\n")
+    writer.write_event("tls", 0.008)
+    writer.write_data("c2s", 0.009, b"QUIT\r\n")
+    writer.write_data("s2c", 0.010, b"+OK bye\r\n")
+    writer.close(0.011, "server closed")
+    (session,) = build_model([writer.path])["sessions"]
+    kinds = [row[0] for row in session["rows"]]
+    assert kinds.count("x") == 3 and "t" in kinds and "g" in kinds
+    auth = next(row for row in session["rows"] if row[0] == "x" and row[2] == "AUTH")
+    assert auth[14] == [["+", "0"], ["c", "********"]]
+    switch = next(row for row in session["rows"] if row[0] == "t")
+    assert switch[2] == "STLS accepted: TLS starts here"
+    assert kinds.index("t") < len(kinds) - 1 - kinds[::-1].index("x")  # before QUIT's row
+    assert session["tls"] is True
+    assert "AGFsaWNl" not in render_page(build_model([writer.path]))
