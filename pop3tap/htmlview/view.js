@@ -48,7 +48,11 @@
       [s.client, s.upstream, s.user, s.started, ms(s.duration), s.exchanges,
        bytes(s.bytes[0]) + " / " + bytes(s.bytes[1]),
        s.close === null ? "no close record" : s.close, s.tls ? "yes" : "no", s.findings
-      ].forEach(function (v) { tr.appendChild(el("td", null, v)); });
+      ].forEach(function (v) {
+        var td = el("td", null, v);
+        td.title = String(v);
+        tr.appendChild(td);
+      });
       table.appendChild(tr);
     });
     return table;
