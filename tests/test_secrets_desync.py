@@ -455,12 +455,19 @@ def test_replay_names_the_first_unrecorded_command_after_auth() -> None:
     assert "'command': 'UIDL'" in logs
 
 
-def test_replay_never_echoes_a_short_sasl_line_after_auth() -> None:
+@pytest.mark.parametrize(
+    "before",
+    [
+        [(b"AUTH PLAIN\r\n", 1), (PLAIN_BLOB + b"\r\n", 1), (b"NOOP\r\n", 1)],
+        [(b"AUTH LOGIN\r\n", 1)],  # not recorded: -ERR, then the client answers anyway
+    ],
+    ids=["after a login", "after an unrecorded AUTH"],
+)
+def test_replay_never_echoes_a_short_sasl_line_after_auth(before: list[tuple[bytes, int]]) -> None:
     replies, logs = replay_lines(
-        ROOT / "captures" / "auth-plain.p3cap",
-        [(b"AUTH PLAIN\r\n", 1), (PLAIN_BLOB + b"\r\n", 1), (SHORT_SASL + b"\r\n", 1)],
+        ROOT / "captures" / "auth-plain.p3cap", [*before, (SHORT_SASL + b"\r\n", 1)]
     )
-    assert replies[2] == b'-ERR pop3tap replay: no recorded response for "********"\r\n'
+    assert replies[-1] == b'-ERR pop3tap replay: no recorded response for "********"\r\n'
     assert_nowhere(secret_forms(SHORT_SASL), b"".join(replies), logs)
 
 
