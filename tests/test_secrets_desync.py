@@ -361,9 +361,9 @@ def dovecot_plain_blob(box: Mailbox) -> bytes:
 
 PIPELINED_SCRIPTS: dict[str, Callable[[bytes], bytes]] = {
     "initial response": lambda blob: b"AUTH PLAIN " + blob + b"\r\nSTAT\r\nLIST\r\nQUIT\r\n",
-    "before the continuation": lambda blob: b"AUTH PLAIN\r\n"
-    + blob
-    + b"\r\nSTAT\r\nLIST\r\nQUIT\r\n",
+    "before the continuation": lambda blob: (
+        b"AUTH PLAIN\r\n" + blob + b"\r\nSTAT\r\nLIST\r\nQUIT\r\n"
+    ),
 }
 
 

@@ -105,6 +105,9 @@ def _walk(line: bytes) -> tuple[bytes, bool]:
             return bytes(out), auth
         out += b"\r"
         pos = cr + 1
+        if auth:
+            # After an AUTH, a server that ends lines at a lone CR takes the rest as SASL.
+            return bytes(out) + (SECRET_PLACEHOLDER_BYTES if line[pos:] else b""), auth
 
 
 def mask_line(line: bytes) -> bytes:
@@ -115,7 +118,8 @@ def mask_line(line: bytes) -> bytes:
     otherwise the secret starts one separator byte after the keyword's last clear word
     (the APOP name, the AUTH mechanism) and runs to the end of the line, lone CRs included
     (RFC 1939 §7: PASS takes the rest of the line). Outside a secret a lone CR starts a
-    new line, since a server that ends lines there would run what follows it.
+    new line, since a server that ends lines there would run what follows it; after an
+    AUTH, what follows a lone CR is secret (that server would take it as SASL data).
     """
     return _walk(line)[0]
 

@@ -164,7 +164,7 @@ class SecretMasker:
                 pos = 1
                 self._end_of_line()
             else:
-                self._mode = _Mode.LINE_START
+                self._after_lone_cr(0)
         while pos < size:
             if self._holding:
                 self._hold(data, pos, at)
@@ -327,8 +327,17 @@ class SecretMasker:
             out.append(_LF)
             self._end_of_line()
             return pos + 2
-        self._mode = _Mode.LINE_START
-        return pos + 1  # a lone CR: what follows is classified as a new line
+        return self._after_lone_cr(pos + 1)
+
+    def _after_lone_cr(self, pos: int) -> int:
+        """A lone CR: what follows is classified as a new line, unless it follows an AUTH
+        (a server that ends lines there would take it as SASL data: secret to the LF)."""
+        if self._auth_on_line:
+            self._start_line()
+            self._mode = _Mode.SECRET
+        else:
+            self._mode = _Mode.LINE_START
+        return pos
 
     def _consume_clear(self, data: bytes, pos: int, out: bytearray) -> int:
         size = len(data)

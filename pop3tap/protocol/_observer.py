@@ -487,7 +487,10 @@ class SessionObserver:
         self._next_seq += 1
         self._summary.commands += 1
         if self._auth_seen and (
-            self._distrusted or Flag.OVERLONG in line.flags or not is_known_command(text)
+            self._distrusted
+            or self._open_auths > 0  # forced at the end, the AUTH never answered
+            or Flag.OVERLONG in line.flags
+            or not is_known_command(text)
         ):
             # Perhaps SASL data the pairing got wrong: never show it (RFC 5034 §4).
             shown_verb, masked = SECRET_PLACEHOLDER, ""
