@@ -7,21 +7,17 @@ issue 11 item 1)."""
 from __future__ import annotations
 
 import base64
-import random
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scripted import SPLITS, Relayed, relay_model, relay_turns
 
-from pop3tap.capture import Capture, CaptureHeader, DataRecord, EventRecord, Record
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
     Event,
     Exchange,
     SecretMasker,
-    SessionObserver,
     Status,
     Verdict,
     is_known_command,
@@ -32,97 +28,9 @@ from pop3tap.render import render_json, render_lines
 GREETING = b"+OK ready <1.2@host>\r\n"
 
 
-# ---------------------------------------------------------------------------- the relay's order
-
-
-@dataclass
-class Relayed:
-    """What one session through the relay leaves: capture records and live events."""
-
-    records: list[Record] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
-    def capture(self) -> Capture:
-        header = CaptureHeader(
-            format=1,
-            pop3tap="test",
-            session="prop",
-            started="2026-01-01T00:00:00Z",
-            started_unix=0.0,
-            client="c",
-            listen="l",
-            upstream="u",
-            secrets="masked",
-            options={},
-        )
-        return Capture(path=Path("prop.p3cap"), header=header, records=self.records)
-
-    def c2s(self) -> bytes:
-        return b"".join(
-            r.data for r in self.records if isinstance(r, DataRecord) and r.dir == "c2s"
-        )
-
-
-def relay(steps: list[tuple[str, bytes]]) -> Relayed:
-    """Drive an observer exactly as the relay does: client bytes are masked, then parsed,
-    then the lines they resolve are written; while client lines are held, server bytes
-    are parsed before they are written, after the client lines they resolve."""
-    observer = SessionObserver()
-    out = Relayed()
-    t = 0.0
-
-    def released() -> None:
-        out.records.extend(
-            DataRecord(at, "c2s", data) for at, data in observer.take_masked_client()
-        )
-
-    for direction, data in steps:
-        t += 0.001
-        if direction == "c":
-            now = observer.mask_client(data, t)
-            if now:
-                out.records.append(DataRecord(t, "c2s", now))
-            released()
-            out.events += observer.feed_client(data, t)
-            released()
-        elif observer.client_held or not observer.greeted:
-            out.events += observer.feed_server(data, t)
-            released()
-            out.records.append(DataRecord(t, "s2c", data))
-        else:
-            out.records.append(DataRecord(t, "s2c", data))
-            out.events += observer.feed_server(data, t)
-            released()
-    t += 0.001
-    out.events += observer.end_client(t)
-    released()
-    out.events += observer.end_server(t)
-    released()
-    observer.abandon_client_lines()
-    released()
-    out.records.append(EventRecord(t, "eof", {"dir": "c2s"}))
-    out.records.append(EventRecord(t, "eof", {"dir": "s2c"}))
-    return out
-
-
-def split(data: bytes, rng: random.Random, how: str) -> list[bytes]:
-    if how == "whole":
-        return [data]
-    if how == "bytes":
-        return [data[i : i + 1] for i in range(len(data))]
-    pieces = []
-    pos = 0
-    while pos < len(data):
-        size = rng.randint(1, 7)
-        pieces.append(data[pos : pos + size])
-        pos += size
-    return pieces
-
-
 def lockstep(turns: list[tuple[str, bytes]], how: str, seed: int = 0) -> Relayed:
-    rng = random.Random(seed)
-    steps = [(d, piece) for d, data in turns for piece in split(data, rng, how)]
-    return relay([("s", GREETING), *steps])
+    """The turns after a greeting, each split ``how``, through the relay model."""
+    return relay_turns([("s", GREETING), *turns], how, seed)
 
 
 def shown_everywhere(session: Relayed) -> str:
@@ -133,8 +41,6 @@ def shown_everywhere(session: Relayed) -> str:
     parts += list(render_lines(capture, bodies=True)) + list(render_json(capture))
     return "\n".join(parts)
 
-
-SPLITS = ["whole", "bytes", "random"]
 
 
 # ---------------------------------------------------------------------------- fixed cases
@@ -444,7 +350,7 @@ def hostile_sessions(draw: st.DrawFn) -> list[tuple[str, bytes]]:
 def test_no_secret_reaches_capture_log_or_show_whatever_the_server_sends(
     steps: list[tuple[str, bytes]],
 ) -> None:
-    session = relay(steps)
+    session = relay_model(steps)
     text = shown_everywhere(session)
     for secret in _SECRET_SET:
         for form in (secret, secret.upper(), secret.lower()):

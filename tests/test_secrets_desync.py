@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import structlog
 from clients import raw_session, relay_process
 from dovecot import Dovecot, Mailbox
-from faults import Connection, scripted_server
+from faults import scripted_server
+from scripted import Case, converse, sequential_behaviours
 
 import pop3tap
 from pop3tap.capture import iter_capture_paths, read_capture
@@ -30,7 +29,6 @@ from pop3tap.protocol import Status
 from pop3tap.render import render_json, render_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-GREETING = b"+OK scripted ready <1.1@scripted>\r\n"
 
 #: SASL PLAIN blob for bob / "desync-secret-pw" (RFC 4616).
 PLAIN_PASSWORD = b"desync-secret-pw"
@@ -53,68 +51,6 @@ def secret_forms(*secrets: bytes) -> list[bytes]:
             continue
         forms += [part for part in decoded.split(b"\x00") if len(part) >= 6]
     return forms
-
-
-# ---------------------------------------------------------------------------- scripting
-
-
-@dataclass(frozen=True)
-class Case:
-    """A scripted hostile server and the client that talks to it, in lockstep."""
-
-    name: str
-    #: ("read", n lines) or ("send", bytes), in order; the server closes after the last.
-    server: list[tuple[str, object]]
-    #: (bytes to send, bytes to wait for in the answer) pairs.
-    client: list[tuple[bytes, bytes]]
-    secrets: tuple[bytes, ...]
-
-
-def run_script(conn: Connection, steps: list[tuple[str, object]]) -> None:
-    conn.send(GREETING)
-    for kind, value in steps:
-        if kind == "read":
-            for _ in range(int(value)):  # type: ignore[call-overload]
-                conn.readline()
-        else:
-            assert isinstance(value, bytes)
-            conn.send(value)
-
-
-def sequential_behaviours(cases: list[Case]) -> Callable[[Connection], None]:
-    """Connection n of the scripted server plays case n."""
-    lock = threading.Lock()
-    counter = iter(range(len(cases)))
-
-    def behaviour(conn: Connection) -> None:
-        with lock:
-            index = next(counter)
-        run_script(conn, cases[index].server)
-
-    return behaviour
-
-
-def converse(host: str, port: int, steps: list[tuple[bytes, bytes]]) -> bytes:
-    """Lockstep client: after the greeting, send each chunk and wait for its marker."""
-    received = bytearray()
-    with socket.create_connection((host, port), timeout=20) as sock:
-
-        def wait_for(marker: bytes, since: int) -> None:
-            while marker not in received[since:]:
-                data = sock.recv(65536)
-                if not data:
-                    raise AssertionError(f"closed before {marker!r}: {bytes(received)!r}")
-                received.extend(data)
-
-        wait_for(b"\r\n", 0)
-        for data, marker in steps:
-            since = len(received)
-            sock.sendall(data)
-            wait_for(marker, since)
-        sock.shutdown(socket.SHUT_WR)
-        while sock.recv(65536):
-            pass
-    return bytes(received)
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
