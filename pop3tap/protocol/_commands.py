@@ -31,6 +31,8 @@ _SEPARATOR_RUN = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]+")
 #: ``AUTH mechanism initial-response``.
 SECRET_VERBS: dict[bytes, int] = {b"PASS": 1, b"APOP": 2, b"AUTH": 2}
 _LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
+#: Any secret-bearing keyword anywhere in a line: without one, nothing in it is secret.
+_ANY_SECRET_KEYWORD = re.compile(rb"(?i)pass|apop|auth")
 
 
 def split_command(line: bytes) -> tuple[str, bytes]:
@@ -87,6 +89,8 @@ def _secret_start(part: bytes) -> int | None:
 
 def _walk(line: bytes) -> tuple[bytes, bool]:
     """:func:`mask_line`, and whether a part of the line that was classified is an AUTH."""
+    if _ANY_SECRET_KEYWORD.search(line) is None:
+        return line, False
     out = bytearray()
     pos = 0
     auth = False

@@ -28,6 +28,7 @@ it at most :data:`MAX_HELD_BYTES` and :data:`MAX_HELD_LINES`.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
@@ -51,6 +52,11 @@ _CR = 0x0D
 _LF = 0x0A
 _SEPARATORS = WORD_SEPARATORS
 _LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
+
+
+#: The content of a line that masking replaces: everything before its LF except a CR right
+#: before the LF (greedy, so one match per non-empty line; a C-level substitution).
+_LINE_CONTENT = re.compile(rb"(?:[^\r\n]|\r(?!\n))+")
 
 
 def _may_hold_secret(data: bytes) -> bool:
@@ -120,7 +126,7 @@ class SecretMasker:
         self._open_length = 0
         self._open_at = 0.0
         self._open_cr = False
-        self._released: list[tuple[float, bytes]] = []
+        self._released: list[tuple[float, bytearray]] = []
         self._last_at = 0.0
 
     # ------------------------------------------------------------------ public API
@@ -181,7 +187,7 @@ class SecretMasker:
         self._offset += size
         if before and out:
             # Earlier lines still wait to be taken: these bytes come after them.
-            self._released.insert(before, (at, bytes(out)))
+            self._released.insert(before, (at, out))
             return b""
         return bytes(out)
 
@@ -214,7 +220,7 @@ class SecretMasker:
             tail = b"\r"
         self._pending_cr = False
         if tail:
-            self._released.append((self._last_at, tail))
+            self._released.append((self._last_at, bytearray(tail)))
 
     def abandon(self) -> None:
         """The session ends: every line still without a verdict is masked."""
@@ -225,12 +231,12 @@ class SecretMasker:
 
     def adopt_released(self, released: list[tuple[float, bytes]]) -> None:
         """Bytes another masker released and nobody took yet: they come first."""
-        self._released[:0] = released
+        self._released[:0] = [(at, bytearray(data)) for at, data in released]
 
     def take_released(self) -> list[tuple[float, bytes]]:
         """Masked bytes ready to be written, with the time their lines arrived, in order."""
         released, self._released = self._released, []
-        return released
+        return [(at, bytes(data)) for at, data in released]
 
     # ------------------------------------------------------------------ holding
 
@@ -239,6 +245,14 @@ class SecretMasker:
         size = len(data)
         base = self._offset
         while pos < size:
+            if self._distrusted and not self._held and not self._open_length:
+                last = data.rfind(b"\n", pos)
+                if last >= 0:
+                    # Nothing waits and every line is masked: whole lines in one go.
+                    block = data[pos : last + 1]
+                    self._append_released(at, _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, block))
+                    pos = last + 1
+                    continue
             if not self._open_length:
                 self._open_at = at
             newline = data.find(b"\n", pos)
@@ -292,11 +306,14 @@ class SecretMasker:
                 shown = content
         if shown is None:
             shown = SECRET_PLACEHOLDER_BYTES if line.nonempty else b""
-        data = shown + line.terminator
-        if self._released and self._released[-1][0] == line.at:
-            self._released[-1] = (line.at, self._released[-1][1] + data)
+        self._append_released(line.at, shown + line.terminator)
+
+    def _append_released(self, at: float, data: bytes) -> None:
+        released = self._released
+        if released and released[-1][0] == at:
+            released[-1][1].extend(data)
         else:
-            self._released.append((line.at, data))
+            released.append((at, bytearray(data)))
 
     # ------------------------------------------------------------------ line classification
 
