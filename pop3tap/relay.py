@@ -886,6 +886,10 @@ class _Session:
             return False
         self.client = client
         self.stls_client_end = None
+        # Plaintext lines still held (injected after STLS) are masked and written on this
+        # side of the switch.
+        self.observer.abandon_client_lines()
+        self.record_released_client()
         # The capture reader resumes parsing at this record; decrypted bytes follow.
         self.record_event(
             "tls",

@@ -24,7 +24,7 @@ from faults import scripted_server
 from scripted import Case, converse, sequential_behaviours
 
 import pop3tap
-from pop3tap.capture import iter_capture_paths, read_capture
+from pop3tap.capture import DataRecord, EventRecord, iter_capture_paths, read_capture
 from pop3tap.protocol import Status
 from pop3tap.render import render_json, render_lines
 
@@ -416,3 +416,34 @@ def test_replay_shows_unknown_lines_before_auth_as_sent() -> None:
     replies, logs = replay_lines(ROOT / "captures" / "auth-plain.p3cap", [(b"xFoo bar\r\n", 1)])
     assert replies == [b'-ERR pop3tap replay: no recorded response for "xFoo bar"\r\n']
     assert "XFOO" not in logs
+
+
+@pytest.mark.realpeer
+def test_client_that_half_closes_right_after_pipelining_behind_auth(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """The client's end of stream arrives before Dovecot answers the AUTH: the held lines
+    are still resolved by the answer, and the capture's client eof follows them."""
+    blob = dovecot_plain_blob(mailbox)
+    script = b"AUTH PLAIN " + blob + b"\r\nSTAT\r\nQUIT\r\n"
+    with relay_process(dovecot.host, dovecot.pop3_port, tmp_path) as relay:
+        with socket.create_connection((relay.host, relay.port), timeout=20) as sock:
+            sock.sendall(script)
+            sock.shutdown(socket.SHUT_WR)
+            received = b""
+            while data := sock.recv(65536):
+                received += data
+        wait_for(lambda: captures_complete(relay.captures, 1), "capture")
+    assert received.endswith(b"+OK Logging out.\r\n"), received
+    (path,) = iter_capture_paths([relay.captures])
+    capture = read_capture(path)
+    assert capture.stream("c2s") == b"AUTH PLAIN ********\r\nSTAT\r\nQUIT\r\n"
+    assert [e.verb for e in capture.exchanges()] == ["AUTH", "STAT", "QUIT"]
+    records = capture.records
+    client_data = [i for i, r in enumerate(records) if isinstance(r, DataRecord) and r.dir == "c2s"]
+    client_end = [
+        i
+        for i, r in enumerate(records)
+        if isinstance(r, EventRecord) and r.fields.get("dir") == "c2s"
+    ]
+    assert len(client_end) == 1 and client_end[0] > max(client_data)

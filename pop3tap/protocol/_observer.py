@@ -726,6 +726,9 @@ class SessionObserver:
     def _start_tls(self, pending: _Pending, at: float, server_switch: int) -> None:
         client_trailing = sum(line.end - line.start for line in self._client_queue)
         client_trailing += self._client_line.length
+        # Client lines still held are injected plaintext (or never answered): masked now,
+        # so they are written before the switch.
+        self._masker.abandon()
         self._opaque = True
         self._events.append(
             StartTls(
