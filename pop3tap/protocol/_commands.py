@@ -196,8 +196,9 @@ _KEYWORD = re.compile(rb"[A-Za-z0-9]{3,4}")
 def is_known_command(line: bytes) -> bool:
     """Whether a line (no line ending) is a known POP3 command with valid arguments.
 
-    After an AUTH only such lines are shown (issue: SASL data is base64, RFC 4648 §4, and
-    never contains a blank, so it cannot pass for a command that takes arguments).
+    After an AUTH only such lines are shown: SASL data is base64 (RFC 5034 §4, RFC 4648
+    §4) and never contains a blank, so it cannot pass for a command that takes arguments.
+    Separators other than space and tab, or any control byte, make a line invalid.
     """
     keyword = _KEYWORD.match(line)
     if keyword is None:
