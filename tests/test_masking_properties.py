@@ -144,6 +144,14 @@ def test_unresolved_lines_are_masked_at_session_end_and_at_the_bound() -> None:
     released = b"".join(data for _at, data in masker.take_released())
     assert released == b"********\r\n" * (2000 - 1024)
     assert len(masker._held) == 1024
+    # Bytes are bounded too, and a line too long to be a command is never kept whole.
+    masker = SecretMasker()
+    masker.mask(b"AUTH X\r\n" + (b"LIST " + b"1" * 995 + b"\r\n") * 200 + b"x" * (1 << 20))
+    assert masker._held_bytes <= 64 * 1024
+    assert len(masker._open) <= 8193
+    masker.abandon()
+    released = b"".join(data for _at, data in masker.take_released())
+    assert released == b"********\r\n" * 200 + b"********"
 
 
 def test_auth_cancel_star_stays_visible() -> None:
