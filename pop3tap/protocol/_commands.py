@@ -30,7 +30,8 @@ _SEPARATOR_RUN = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]+")
 #: (the keyword included) come before the secret: ``PASS secret``, ``APOP name digest``,
 #: ``AUTH mechanism initial-response``.
 SECRET_VERBS: dict[bytes, int] = {b"PASS": 1, b"APOP": 2, b"AUTH": 2}
-_LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
+#: ASCII letters: a secret-bearing keyword followed by one is another word (PASSWORD).
+LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
 #: Any secret-bearing keyword anywhere in a line: without one, nothing in it is secret.
 _ANY_SECRET_KEYWORD = re.compile(rb"(?i)pass|apop|auth")
 
@@ -59,7 +60,7 @@ def secret_verb(line: bytes) -> bytes | None:
     match = _FIRST_WORD.match(line)
     assert match is not None
     word = match.group(1)
-    if len(word) < 4 or (len(word) > 4 and word[4] in _LETTERS):
+    if len(word) < 4 or (len(word) > 4 and word[4] in LETTERS):
         return None
     head = word[:4].upper()
     return head if head in SECRET_VERBS else None

@@ -10,7 +10,8 @@ Before the first AUTH, lines are masked as they stream by, by the one rule of
 at LF; outside a secret a CR that is not followed by LF also ends a line for the purpose
 of classification (a server that splits lines at a lone CR would otherwise run a ``PASS``
 the masker took for the tail of the line before it). Inside a secret everything up to LF
-stays masked, lone CRs included.
+stays masked, lone CRs included, and so does what follows a lone CR after an AUTH (that
+server would take it as SASL data).
 
 After a line holding AUTH, any later line may be SASL data, and only the pairing of the
 whole session can tell (RFC 5034 §4: the server asks for each SASL line with ``+``). So
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from pop3tap.protocol._commands import (
+    LETTERS,
     SECRET_PLACEHOLDER_BYTES,
     SECRET_VERBS,
     WORD_SEPARATORS,
@@ -51,7 +53,6 @@ _KEYWORD_LIMIT = 4
 _CR = 0x0D
 _LF = 0x0A
 _SEPARATORS = WORD_SEPARATORS
-_LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
 
 
 #: The content of a line that masking replaces: everything before its LF except a CR right
@@ -405,7 +406,7 @@ class SecretMasker:
                     # A fifth byte glued to the keyword: a letter makes another word
                     # (PASSWORD); anything else glues the secret to it (PASS1secret).
                     self._keyword_too_long = True
-                    if byte not in _LETTERS and bytes(self._keyword) in SECRET_VERBS:
+                    if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
                         self._auth_on_line |= self._keyword == b"AUTH"
                         self._mode = _Mode.SECRET
                         return pos
