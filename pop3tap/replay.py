@@ -49,6 +49,7 @@ import contextlib
 import difflib
 import functools
 import itertools
+import re
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
@@ -724,7 +725,7 @@ def masked_command(line: bytes, *, after_auth: bool = False) -> str:
     verb, args = describe_command(line)
     shown = _display(args.encode("utf-8", "backslashreplace"))
     verb_shown = _display(verb.encode("utf-8", "backslashreplace"), 40)
-    return f"{verb_shown} {shown}".rstrip()
+    return f"{verb_shown} {shown}".rstrip()  # shown_command(), made printable and bounded
 
 
 ################################################################

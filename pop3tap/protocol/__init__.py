@@ -15,6 +15,7 @@ from pop3tap.protocol._commands import (
     opens_auth,
     parse_status,
     secret_verb,
+    shown_command,
     split_command,
 )
 from pop3tap.protocol._events import (
@@ -65,5 +66,6 @@ __all__ = [
     "opens_auth",
     "parse_status",
     "secret_verb",
+    "shown_command",
     "split_command",
 ]

@@ -238,6 +238,19 @@ def describe_command(line: bytes) -> tuple[str, str]:
     return shown_verb, text
 
 
+def shown_command(line: bytes, *, after_auth: bool = False) -> str:
+    """``VERB args`` as logs and views may show a client line (no line ending).
+
+    Secrets are masked (:func:`describe_command`). After an AUTH, a line that is not a
+    known command with valid arguments may be SASL data (RFC 5034 §4): it is shown as the
+    placeholder, whatever the pairing says.
+    """
+    if after_auth and not is_known_command(line):
+        return SECRET_PLACEHOLDER
+    verb, args = describe_command(line)
+    return f"{verb} {args}".rstrip()
+
+
 def decode_text(data: bytes) -> str:
     """Decode protocol bytes for display: UTF-8 where valid, escapes elsewhere."""
     return data.decode("utf-8", "backslashreplace")
