@@ -217,11 +217,12 @@ def describe_command(line: bytes) -> tuple[str, str]:
     """
     cr = line.find(b"\r")
     head = line if cr < 0 else line[:cr]
-    masked = mask_line(head)
+    has_secret = _ANY_SECRET_KEYWORD.search(head) is not None
+    masked = mask_line(head) if has_secret else head
     match = _FIRST_WORD.match(masked)
     assert match is not None
     word = match.group(1)
-    verb = secret_verb(head)
+    verb = secret_verb(head) if has_secret else None
     if verb is not None:
         shown_verb = verb.decode()
         if len(word) > 4:  # glued to its keyword: all of it is secret
