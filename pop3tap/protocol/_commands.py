@@ -163,7 +163,7 @@ _TEXT = rb"[\x21-\x7e\x80-\xff][\x20-\x7e\x80-\xff]*"
 _BLANK = rb"[ \t]+"
 #: Known commands and the shape of valid arguments (RFC 1939 §5-7, RFC 2449 §5 CAPA,
 #: RFC 2595 §4 STLS, RFC 5034 §4 AUTH, RFC 6856 §2-3 UTF8 and LANG, XTND of RFC 1082,
-#: LAST of RFC 1460 §5, which older clients still send).
+#: and LAST of RFC 1460/1725, dropped by RFC 1939 but still served by Dovecot and qmail).
 _VALID_ARGUMENTS: dict[str, re.Pattern[bytes]] = {
     verb: re.compile(pattern + rb"[ \t]*", re.DOTALL)
     for verb, pattern in {
