@@ -229,6 +229,8 @@ class _Session:
         self.faults: FaultGate | None = None
         if relay.faults:
             self.faults = FaultGate(ConnectionFaults(relay.faults, relay.total_sessions))
+        #: The client's eof/reset record, held back while masked client lines are.
+        self.client_end_record: tuple[str, float] | None = None
 
     def now(self) -> float:
         return trio.current_time() - self.started
@@ -355,31 +357,64 @@ class _Session:
         )
 
     def record_client(self, data: bytes, at: float) -> None:
-        """Write client bytes (secrets masked unless kept) to the capture."""
+        """Write client bytes (secrets masked unless kept) to the capture.
+
+        Lines after an AUTH are held by the masker until the pairing says whether they
+        were SASL data or commands (see :meth:`record_released_client`).
+        """
         if self.capture is None:
             return
         try:
-            recorded = data if self.config.keep_secrets else self.observer.mask_client(data)
+            recorded = data if self.config.keep_secrets else self.observer.mask_client(data, at)
             if recorded:
                 self.capture.write_data("c2s", at, recorded)
         except Exception:  # the masker must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+        self.record_released_client()
+
+    def record_released_client(self) -> None:
+        """Write the masked client lines the pairing has resolved since the last call.
+
+        Called after parsing, and before the server bytes that resolved them are captured,
+        so the capture keeps the order they crossed the relay in.
+        """
+        capture = self.capture
+        if capture is None:
+            return
+        try:
+            for at, data in self.observer.take_masked_client():
+                capture.write_data("c2s", at, data)
+        except Exception:  # the masker must never break the relay
+            self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+        if self.client_end_record is not None and not self.observer.client_held:
+            name, at = self.client_end_record
+            self.client_end_record = None
+            capture.write_event(name, at, dir=Direction.CLIENT.value)
         self.check_capture()
 
     def observe(
         self, direction: Direction, data: bytes, at: float, *, captured: bool = False
     ) -> None:
-        """Record (unless ``captured``) and parse a copy of the bytes."""
+        """Record (unless ``captured``) and parse a copy of the bytes.
+
+        Server bytes not captured yet are parsed first: client lines they resolve (see
+        :meth:`record_released_client`) were sent before them and are written first.
+        """
         self.seen[direction] += len(data)
+        events: list[Event] = []
         try:
             if direction is Direction.CLIENT:
                 if not captured:
                     self.record_client(data, at)
                 events = self.observer.feed_client(data, at)
             else:
-                if not captured:
-                    self.capture_server(data, at)
-                events = self.observer.feed_server(data, at)
+                try:
+                    events = self.observer.feed_server(data, at)
+                finally:
+                    self.record_released_client()
+                    if not captured:
+                        self.capture_server(data, at)
+            self.record_released_client()
             self.handle_events(events)
         except Exception:  # the parser must never break the relay
             self.log.exception("pop3.parser_error", direction=direction.value)
@@ -388,16 +423,18 @@ class _Session:
         if direction is Direction.SERVER:
             self.server_done.set()
         at = self.now()
-        self.record_event(kind, dir=direction.value)
+        if direction is Direction.CLIENT:
+            # Written once the client lines still held are (the reader stops reading
+            # client bytes at this record).
+            self.client_end_record = (kind, at)
+        else:
+            self.record_event(kind, dir=direction.value)
         try:
             if direction is Direction.CLIENT:
-                if self.capture is not None and not self.config.keep_secrets:
-                    rest = self.observer.flush_masked_client()
-                    if rest:
-                        self.capture.write_data("c2s", at, rest)
                 events = self.observer.end_client(at)
             else:
                 events = self.observer.end_server(at)
+            self.record_released_client()
             self.handle_events(events)
         except Exception:
             self.log.exception("pop3.parser_error", direction=direction.value)
@@ -414,8 +451,10 @@ class _Session:
         """Forward ``source`` to ``sink`` until end of stream, then propagate it.
 
         Bytes are captured, forwarded, then parsed. The exceptions parse first: server
-        bytes until the greeting is seen and while STLS waits for its answer, and client
-        bytes that may complete an STLS line, so that what follows it can be held.
+        bytes until the greeting is seen, while STLS waits for its answer and while
+        masked client lines wait for the answer that tells what they were (so they are
+        captured before it), and client bytes that may complete an STLS line, so that
+        what follows it can be held.
         """
         side = "client" if direction is Direction.CLIENT else "server"
         source_fd = plain_fd(source)
@@ -478,8 +517,10 @@ class _Session:
                 self.observe(direction, data, self.now())
                 if not await self.forward_faulted(source, sink, data, start, cancel_scope):
                     return
-            elif not self.observer.greeted or (
-                self.observer.stls_pending and self.config.tls.intercept_stls
+            elif (
+                not self.observer.greeted
+                or self.observer.client_held
+                or (self.observer.stls_pending and self.config.tls.intercept_stls)
             ):
                 start = self.seen[direction]
                 self.observe(direction, data, self.now())
@@ -845,6 +886,10 @@ class _Session:
             return False
         self.client = client
         self.stls_client_end = None
+        # Plaintext lines still held (injected after STLS) are masked and written on this
+        # side of the switch.
+        self.observer.abandon_client_lines()
+        self.record_released_client()
         # The capture reader resumes parsing at this record; decrypted bytes follow.
         self.record_event(
             "tls",
@@ -890,6 +935,9 @@ class _Session:
             anomalies=summary.anomalies,
         )
         if self.capture is not None:
+            # Client lines that never got a verdict are masked (the facts are missing).
+            self.observer.abandon_client_lines()
+            self.record_released_client()
             self.capture.close(at, self.close_reason, fields)
             self.check_capture()
 

@@ -79,7 +79,9 @@ from pop3tap.protocol import (
     Greeting,
     StartTls,
     Status,
-    mask_arguments,
+    describe_command,
+    is_known_command,
+    opens_auth,
     parse_status,
     split_command,
 )
@@ -212,6 +214,9 @@ class RecordedExchange:
     segments: tuple[Segment, ...]
     #: The recorded client SASL lines (without line endings), one per challenge.
     sasl_lines: tuple[bytes, ...]
+    #: The keyword a client command must have to match (upper-cased, as
+    #: :func:`~pop3tap.protocol.split_command` gives it), or the placeholder when masked.
+    match_verb: str = ""
     #: The recorded server closed the connection right after (or inside) this response.
     closes: bool = False
     #: Recorded after the STLS switch (decrypted), so only answered inside TLS.
@@ -439,7 +444,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
     previous_done = server.time_at(greeting.end - 1)
     for index, ex in enumerate(raw_exchanges):
         line = c2s[ex.request_start : ex.request_end].rstrip(b"\r\n")
-        _verb, raw_args = split_command(line)
+        line_verb, raw_args = split_command(line)
         challenges = sum(1 for kind, _ in ex.sasl if kind == "+")
         sasl = _split_lines(c2s, ex.request_end, challenges) if challenges else []
         closes = server_closed and (
@@ -479,6 +484,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
                 flags=ex.flags,
                 segments=tuple(segments),
                 sasl_lines=tuple(text for text, _end in sasl),
+                match_verb=ex.verb if ex.verb == SECRET_PLACEHOLDER else line_verb,
                 closes=closes,
                 after_tls=start_tls is not None and ex.seq > start_tls.seq,
                 starts_tls=is_switch and tls_came_up,
@@ -707,17 +713,19 @@ def _display(data: bytes, limit: int = 120) -> str:
 #: The longest recorded pause reproduced when there is no idle limit (seconds).
 _MAX_RECORDED_PAUSE = 600.0
 
-#: What a POP3 keyword looks like (RFC 1939 §3: 3-4 characters; allow a little more).
-_KEYWORD_SHAPE = re.compile(r"[A-Z][A-Z0-9]{1,7}")
-#: A word that could be base64 (RFC 4648 §4), as SASL data is (RFC 5034 §4).
-_BASE64_WORD = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+def masked_command(line: bytes, *, after_auth: bool = False) -> str:
+    """A client line as it may be shown: secrets masked, printable, bounded.
 
-
-def masked_command(verb: str, args: bytes) -> str:
-    """``VERB args`` as it may be shown: secrets masked, printable, bounded."""
-    shown = _display(mask_arguments(verb, args).encode("utf-8", "backslashreplace"))
+    The protocol core decides (:func:`~pop3tap.protocol.describe_command`): after an AUTH
+    only a known command with valid arguments is shown, since anything else may be SASL
+    data (RFC 5034 §4); an unknown keyword is never case-folded.
+    """
+    if after_auth and not is_known_command(line):
+        return SECRET_PLACEHOLDER
+    verb, args = describe_command(line)
+    shown = _display(args.encode("utf-8", "backslashreplace"))
     verb_shown = _display(verb.encode("utf-8", "backslashreplace"), 40)
-    return f"{verb_shown} {shown}".rstrip()
+    return f"{verb_shown} {shown}".rstrip()  # shown_command(), made printable and bounded
 
 
 ################################################################
@@ -800,7 +808,7 @@ class _Play:
 
     def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
         masked = self.session.secrets == "masked"
-        return ex.verb, _args_key(ex.verb, ex.raw_args, masked)
+        return ex.match_verb, _args_key(ex.match_verb, ex.raw_args, masked)
 
     def find(self, verb: str, args: bytes) -> RecordedExchange | None:
         """The exchange that answers this command under the configured match mode."""
@@ -833,11 +841,10 @@ class _Play:
         self.played[ex.index] = True
         self.server.accounting.counts[self.index][ex.index] += 1
 
-    def candidates(self, verb: str, args: bytes, limit: int = 3) -> list[str]:
+    def candidates(self, verb: str, args: bytes, shown: str, limit: int = 3) -> list[str]:
         """The closest recorded commands and what differed (vcrpy best matches)."""
         masked = self.session.secrets == "masked"
         key = _args_key(verb, args, masked)
-        shown = masked_command(verb, args)
         scored: list[tuple[float, int, str]] = []
         for ex in self.session.exchanges:
             ex_verb, ex_key = self.keys(ex)
@@ -981,8 +988,8 @@ class _Connection:
         self.reader = _LineReader(stream, self.config.max_line, self.config.idle_timeout)
         self.play: _Play | None = None
         self.errors_in_a_row = 0
-        #: The last command answered was AUTH with a mechanism (the next line may be SASL).
-        self.after_auth = False
+        #: A line holding AUTH was read: any later line may be SASL data (RFC 5034 §4).
+        self.auth_seen = False
         self.authenticated = False
         self.prelogin: list[tuple[str, bytes]] = []
         self.user_chosen = False
@@ -1093,12 +1100,13 @@ class _Connection:
                 self.reason = "client closed"
                 return
             verb, args = split_command(line)
-            after_auth, self.after_auth = self.after_auth, False
+            after_auth = self.auth_seen
+            self.auth_seen = after_auth or opens_auth(line)
             if self.config.by_user and not self.user_chosen:
                 self.maybe_choose_session(verb, args, line)
             ex = self.play.find(verb, args)
             if ex is None:
-                if await self.no_answer(verb, args, maybe_secret=after_auth):
+                if await self.no_answer(line, verb, args, after_auth=after_auth):
                     return
                 continue
             self.errors_in_a_row = 0
@@ -1114,8 +1122,6 @@ class _Connection:
             fault = self.faults.choose(verb, args) or _recorded_fault(ex.fault)
             if not await self.answer(ex, fault):
                 return
-            # A client may have sent SASL data before it saw the answer to AUTH.
-            self.after_auth = verb == "AUTH" and bool(args.strip())
             if ex.closes:
                 self.reason = "recorded server closed here"
                 return
@@ -1244,21 +1250,17 @@ class _Connection:
             return True
         return sasl == recorded
 
-    async def no_answer(self, verb: str, args: bytes, *, maybe_secret: bool = False) -> bool:
+    async def no_answer(
+        self, line: bytes, verb: str, args: bytes, *, after_auth: bool = False
+    ) -> bool:
         """Answer a command nothing was recorded for; True when the session must end.
 
-        A line right after AUTH, or a base64-looking word that is not shaped like a POP3
-        keyword (RFC 1939 §3: three or four characters), may be SASL data: it is never
-        echoed or logged.
+        After an AUTH, a line that is not a known command with valid arguments may be SASL
+        data: it is never echoed or logged (see :func:`masked_command`).
         """
         assert self.play is not None
-        if maybe_secret or (
-            _BASE64_WORD.fullmatch(verb) is not None and _KEYWORD_SHAPE.fullmatch(verb) is None
-        ):
-            shown = SECRET_PLACEHOLDER
-        else:
-            shown = masked_command(verb, args)
-        candidates = self.play.candidates(verb, args)
+        shown = masked_command(line, after_auth=after_auth)
+        candidates = self.play.candidates(verb, args, shown)
         self.server.note_unmatched(self.play.session.name, shown, tuple(candidates))
         self.log.warning(
             "replay.no_match",

@@ -156,3 +156,18 @@ def test_quick_report_shape(report: dict[str, Any]) -> None:
     for mode in MODES:
         if mode != "direct" and "error" not in report["modes"][mode]:
             assert mode in report["ratio_to_direct"]
+
+
+def test_masking_benchmark_reports_both_loads() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.masking", "--repeat", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["commands", "binary"]
+    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in lines)

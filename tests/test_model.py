@@ -187,6 +187,17 @@ def test_auth_plain_with_and_without_initial_response(initial: bool) -> None:
     assert cancel.session.phase is Phase.AUTHORIZATION
 
 
+def test_lines_after_an_auth_are_logged_only_when_they_are_valid_commands() -> None:
+    """SASL data a client sends after the model refused its AUTH is never logged, not even
+    upper-cased; a valid command is; an unknown keyword before any AUTH keeps its case."""
+    store = store_from([SHIPPED / "auth-plain.p3cap"], passwords={"carol": "pw"})
+    client = Client(store)
+    assert client.session.receive_line(b"xFoo bar").command == "xFoo bar"
+    assert client.session.receive_line(b"AUTH XUNKNOWN").data.startswith(b"-ERR")
+    assert client.session.receive_line(b"czNrcjF0").command == "********"
+    assert client.session.receive_line(b"noop").command == "NOOP"
+
+
 def test_second_login_to_a_held_mailbox_is_in_use_unless_shared() -> None:
     store = store_from([SHIPPED / "pipelined.p3cap"])
     first = Client(store)

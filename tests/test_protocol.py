@@ -420,10 +420,11 @@ def test_greeting_first_even_if_client_spoke_first() -> None:
 def test_secret_masking_in_bytes_and_events() -> None:
     observer = SessionObserver()
     raw = b"USER bob\r\nPASS hunter2 x\r\nAPOP bob c4c9334bac560ecc979e58001b3e22fb\r\n"
-    masked = (
-        b"".join(observer.mask_client(bytes([b])) for b in raw) + observer.flush_masked_client()
-    )
+    masked = b"".join(observer.mask_client(bytes([b])) for b in raw)
     assert masked == b"USER bob\r\nPASS ********\r\nAPOP bob ********\r\n"
+    observer.end_client(2.0)
+    assert observer.take_masked_client() == []
+    observer = SessionObserver()
     events = observer.feed_client(raw, 1.0)
     assert [e.args for e in events if isinstance(e, CommandSent)] == [
         "bob",
@@ -432,19 +433,24 @@ def test_secret_masking_in_bytes_and_events() -> None:
     ]
 
 
+def masked_step(observer: SessionObserver, data: bytes) -> bytes:
+    """What the relay writes to the capture for one client chunk: the masked bytes now,
+    then the held lines the pairing resolved once the observer has the chunk."""
+    now = observer.mask_client(data, 1.0)
+    observer.feed_client(data, 1.0)
+    return now + b"".join(chunk for _at, chunk in observer.take_masked_client())
+
+
 def test_masking_sasl_lines_until_auth_finishes() -> None:
     observer = SessionObserver()
     observer.feed_server(b"+OK hi\r\n", 0.0)
-    first = observer.mask_client(b"AUTH LOGIN\r\n")
-    observer.feed_client(b"AUTH LOGIN\r\n", 1.0)
+    first = masked_step(observer, b"AUTH LOGIN\r\n")
     observer.feed_server(b"+ VXNlcm5hbWU6\r\n", 1.0)
-    user = observer.mask_client(b"YWxpY2U=\r\n")
-    observer.feed_client(b"YWxpY2U=\r\n", 1.0)
+    user = masked_step(observer, b"YWxpY2U=\r\n")
     observer.feed_server(b"+ UGFzc3dvcmQ6\r\n", 1.0)
-    password = observer.mask_client(b"cGFzc3dvcmQ=\r\n")
-    observer.feed_client(b"cGFzc3dvcmQ=\r\n", 1.0)
+    password = masked_step(observer, b"cGFzc3dvcmQ=\r\n")
     observer.feed_server(b"+OK Logged in.\r\n", 2.0)
-    after = observer.mask_client(b"STAT\r\n")
+    after = masked_step(observer, b"STAT\r\n")
     assert (first, user, password, after) == (
         b"AUTH LOGIN\r\n",
         b"********\r\n",
@@ -514,9 +520,11 @@ def test_masking_does_not_depend_on_name_or_mechanism_length() -> None:
     masked = observer.mask_client(b"APOP " + name + b" c4c9334bac560ecc979e58001b3e22fb\r\n")
     assert masked == b"APOP " + name + b" ********\r\n"
     observer = SessionObserver()
+    observer.feed_server(b"+OK hi\r\n", 0.0)
     mechanism = b"X" * 3000
-    assert observer.mask_client(b"AUTH " + mechanism + b"\r\n") == b"AUTH " + mechanism + b"\r\n"
-    assert observer.mask_client(b"c2VjcmV0\r\n") == b"********\r\n"
+    assert masked_step(observer, b"AUTH " + mechanism + b"\r\n") == b"AUTH " + mechanism + b"\r\n"
+    observer.feed_server(b"+ \r\n", 1.0)
+    assert masked_step(observer, b"c2VjcmV0\r\n") == b"********\r\n"
 
 
 def test_masking_keywords_are_case_and_blank_insensitive() -> None:
@@ -554,17 +562,22 @@ _MASK_TOKENS = [
     chunks=st.lists(
         st.lists(st.sampled_from(_MASK_TOKENS), max_size=8).map(b"".join), max_size=12
     ),
-    finish_auth_after=st.integers(min_value=0, max_value=12),
+    distrust_after=st.integers(min_value=0, max_value=12),
 )
 def test_masker_shortcut_matches_the_bytewise_path(
-    chunks: list[bytes], finish_auth_after: int
+    chunks: list[bytes], distrust_after: int
 ) -> None:
     """Chunks of whole lines without secret keywords skip the byte loop: same output, same
     state afterwards, whatever came before."""
     fast, slow = SecretMasker(), SecretMasker()
     for index, chunk in enumerate(chunks):
         assert fast.mask(chunk) == slow.mask_bytewise(chunk)
-        if index == finish_auth_after:
-            fast.auth_finished()
-            slow.auth_finished()
-    assert fast.flush() == slow.flush()
+        if index == distrust_after:
+            fast.distrust()
+            slow.distrust()
+        assert fast.take_released() == slow.take_released()
+    fast.end_of_stream()
+    slow.end_of_stream()
+    fast.abandon()
+    slow.abandon()
+    assert fast.take_released() == slow.take_released()

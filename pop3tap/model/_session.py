@@ -41,7 +41,7 @@ from pop3tap.model._mailbox import (
     header_block,
 )
 from pop3tap.model._store import ModelStore
-from pop3tap.protocol import SECRET_PLACEHOLDER, mask_arguments, split_command
+from pop3tap.protocol import SECRET_PLACEHOLDER, opens_auth, shown_command, split_command
 
 __all__ = ["ModelSession", "Next", "Phase", "Reply"]
 
@@ -105,6 +105,8 @@ class ModelSession:
         self._sasl_mechanism = ""
         self._sasl_answers: list[bytes] = []
         self._sasl_challenges: list[bytes] = []
+        #: A line holding AUTH was read: a later line may be SASL data (RFC 5034 §4).
+        self._auth_seen = False
 
     # -- greeting ---------------------------------------------------------------------
 
@@ -129,7 +131,9 @@ class ModelSession:
         if self.phase is Phase.SASL:
             return self._sasl_answer(line)
         verb, args = split_command(line)
-        shown = f"{verb} {mask_arguments(verb, args)}".rstrip()
+        # The protocol core decides what may be logged: after an AUTH, only valid commands.
+        shown = shown_command(line, after_auth=self._auth_seen)
+        self._auth_seen = self._auth_seen or opens_auth(line)
         if self.phase is Phase.DONE:
             return self._err(self.wording.unknown, shown)
         recorded = self._recorded(verb, args, shown)

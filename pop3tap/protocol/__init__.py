@@ -6,9 +6,16 @@ drive the same :class:`SessionObserver`, so they agree on how a session is paire
 
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
+    WORD_SEPARATORS,
+    describe_command,
     expects_multiline,
+    is_known_command,
     mask_arguments,
+    mask_line,
+    opens_auth,
     parse_status,
+    secret_verb,
+    shown_command,
     split_command,
 )
 from pop3tap.protocol._events import (
@@ -27,11 +34,12 @@ from pop3tap.protocol._events import (
     StrayLine,
     UnsolicitedLine,
 )
-from pop3tap.protocol._masking import SecretMasker
+from pop3tap.protocol._masking import SecretMasker, Verdict
 from pop3tap.protocol._observer import SessionObserver, SessionSummary
 
 __all__ = [
     "SECRET_PLACEHOLDER",
+    "WORD_SEPARATORS",
     "CommandSent",
     "Direction",
     "EndOfStream",
@@ -49,8 +57,15 @@ __all__ = [
     "Status",
     "StrayLine",
     "UnsolicitedLine",
+    "Verdict",
+    "describe_command",
     "expects_multiline",
+    "is_known_command",
     "mask_arguments",
+    "mask_line",
+    "opens_auth",
     "parse_status",
+    "secret_verb",
+    "shown_command",
     "split_command",
 ]

@@ -17,20 +17,122 @@ _MULTILINE_WITHOUT_ARG = frozenset({"LIST", "UIDL", "LANG", "AUTH"})
 _APOP_TIMESTAMP = re.compile(rb"<[^<>]*@[^<>]*>")
 
 
+#: Bytes that separate the words of a command line. RFC 1939 §3 uses one space and
+#: RFC 1734 allows tabs, but servers split on whatever their C library calls a blank, so
+#: every ASCII control byte and space counts (CR and LF end lines; see :mod:`._masking`).
+#: One definition for the log, the capture masker and replay.
+WORD_SEPARATORS = frozenset(b for b in range(0x21) if b not in (0x0A, 0x0D)) | {0x7F}
+_SEPARATOR_CLASS = rb"\x00-\x09\x0b\x0c\x0e-\x20\x7f"
+_FIRST_WORD = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]*([^" + _SEPARATOR_CLASS + rb"]*)")
+_SEPARATOR_RUN = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]+")
+
+#: Keywords whose arguments hold a secret (RFC 1939 §7, RFC 5034 §4), and how many words
+#: (the keyword included) come before the secret: ``PASS secret``, ``APOP name digest``,
+#: ``AUTH mechanism initial-response``.
+SECRET_VERBS: dict[bytes, int] = {b"PASS": 1, b"APOP": 2, b"AUTH": 2}
+#: ASCII letters: a secret-bearing keyword followed by one is another word (PASSWORD).
+LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
+#: Any secret-bearing keyword anywhere in a line: without one, nothing in it is secret.
+_ANY_SECRET_KEYWORD = re.compile(rb"(?i)pass|apop|auth")
+
+
 def split_command(line: bytes) -> tuple[str, bytes]:
     """Split a command line into its upper-cased keyword and the raw argument bytes.
 
-    Keywords and arguments are separated by a single space (RFC 1939 §3); RFC 1734 allows
-    tabs after AUTH, so any run of spaces or tabs is accepted after the keyword.
+    Words are separated by runs of :data:`WORD_SEPARATORS` (RFC 1939 §3 asks for a single
+    space; RFC 1734 allows tabs after AUTH); separators before the keyword are skipped.
     """
-    stripped = line.lstrip(b" \t")
-    cut = len(stripped)
-    for index, byte in enumerate(stripped):
-        if byte in (0x20, 0x09):
-            cut = index
-            break
-    keyword = stripped[:cut].decode("ascii", "backslashreplace").upper()
-    return keyword, stripped[cut:].lstrip(b" \t")
+    match = _FIRST_WORD.match(line)
+    assert match is not None  # the pattern matches the empty string
+    keyword = match.group(1).decode("ascii", "backslashreplace").upper()
+    rest = line[match.end() :]
+    gap = _SEPARATOR_RUN.match(rest)
+    return keyword, rest if gap is None else rest[gap.end() :]
+
+
+def secret_verb(line: bytes) -> bytes | None:
+    """``PASS``, ``APOP`` or ``AUTH`` when the line's first word begins with one of them in
+    any case, followed by anything but a letter; None otherwise.
+
+    ``PASS\0 pw`` or ``pass1pw`` carry a password as surely as ``PASS pw`` does, since a
+    server may split words differently from pop3tap.
+    """
+    match = _FIRST_WORD.match(line)
+    assert match is not None
+    word = match.group(1)
+    if len(word) < 4 or (len(word) > 4 and word[4] in LETTERS):
+        return None
+    head = word[:4].upper()
+    return head if head in SECRET_VERBS else None
+
+
+def _secret_start(part: bytes) -> int | None:
+    """Where the secret of one line (no CR, no LF) begins, or None if it has none."""
+    verb = secret_verb(part)
+    if verb is None:
+        return None
+    match = _FIRST_WORD.match(part)
+    assert match is not None
+    pos = match.start(1) + 4
+    if len(match.group(1)) > 4:
+        return pos  # glued to its keyword: all of it is secret
+    for _ in range(SECRET_VERBS[verb] - 1):
+        gap = _SEPARATOR_RUN.match(part, pos)
+        if gap is None:
+            return None
+        word = _FIRST_WORD.match(part, gap.end())
+        assert word is not None
+        pos = word.end(1)
+    if pos >= len(part) or part[pos] not in WORD_SEPARATORS:
+        return None
+    return pos + 1
+
+
+def _walk(line: bytes) -> tuple[bytes, bool]:
+    """:func:`mask_line`, and whether a part of the line that was classified is an AUTH."""
+    if _ANY_SECRET_KEYWORD.search(line) is None:
+        return line, False
+    out = bytearray()
+    pos = 0
+    auth = False
+    while True:
+        cr = line.find(b"\r", pos)
+        part = line[pos:] if cr < 0 else line[pos:cr]
+        auth = auth or secret_verb(part) == b"AUTH"
+        start = _secret_start(part)
+        if start is not None:
+            out += part[:start]
+            if line[pos + start :]:
+                out += SECRET_PLACEHOLDER_BYTES
+            return bytes(out), auth
+        out += part
+        if cr < 0:
+            return bytes(out), auth
+        out += b"\r"
+        pos = cr + 1
+        if auth:
+            # After an AUTH, a server that ends lines at a lone CR takes the rest as SASL.
+            return bytes(out) + (SECRET_PLACEHOLDER_BYTES if line[pos:] else b""), auth
+
+
+def mask_line(line: bytes) -> bytes:
+    """One command line (no line ending) with its secret replaced by the placeholder.
+
+    The reference the streaming :class:`~pop3tap.protocol.SecretMasker` agrees with: after a
+    secret-bearing keyword glued to a non-letter, everything after the keyword is secret;
+    otherwise the secret starts one separator byte after the keyword's last clear word
+    (the APOP name, the AUTH mechanism) and runs to the end of the line, lone CRs included
+    (RFC 1939 §7: PASS takes the rest of the line). Outside a secret a lone CR starts a
+    new line, since a server that ends lines there would run what follows it; after an
+    AUTH, what follows a lone CR is secret (that server would take it as SASL data).
+    """
+    return _walk(line)[0]
+
+
+def opens_auth(line: bytes) -> bool:
+    """Whether the line holds an AUTH command as the masker classifies it (see
+    :func:`mask_line`): every client line after it may be SASL data (RFC 5034 §4)."""
+    return _walk(line)[1]
 
 
 def expects_multiline(verb: str, args: bytes) -> bool:
@@ -47,17 +149,109 @@ def expects_multiline(verb: str, args: bytes) -> bool:
 def mask_arguments(verb: str, args: bytes) -> str:
     """The argument text as it may appear in a log: secrets replaced by the placeholder.
 
-    PASS takes the rest of the line (RFC 1939 §7); the APOP digest is its second argument
-    (RFC 1939 §7); an AUTH initial response follows the mechanism (RFC 5034 §4).
+    Same rule as :func:`mask_line`, for a line already split by :func:`split_command`.
     """
+    if verb in ("PASS", "APOP", "AUTH"):
+        _verb, masked = split_command(mask_line(verb.encode() + b" " + args))
+        return decode_text(masked)
+    return decode_text(args)
+
+
+_NUMBER = rb"[0-9]{1,10}"
+_WORD = rb"[\x21-\x7e\x80-\xff]+"
+_TEXT = rb"[\x21-\x7e\x80-\xff][\x20-\x7e\x80-\xff]*"
+_BLANK = rb"[ \t]+"
+#: Known commands and the shape of valid arguments (RFC 1939 §5-7, RFC 2449 §5 CAPA,
+#: RFC 2595 §4 STLS, RFC 5034 §4 AUTH, RFC 6856 §2-3 UTF8 and LANG, XTND of RFC 1082,
+#: and LAST of RFC 1460/1725, dropped by RFC 1939 but still served by Dovecot and qmail).
+_VALID_ARGUMENTS: dict[str, re.Pattern[bytes]] = {
+    verb: re.compile(pattern + rb"[ \t]*", re.DOTALL)
+    for verb, pattern in {
+        "STAT": b"",
+        "NOOP": b"",
+        "RSET": b"",
+        "QUIT": b"",
+        "CAPA": b"",
+        "STLS": b"",
+        "UTF8": b"",
+        "LAST": b"",
+        "LIST": b"(?:" + _BLANK + _NUMBER + b")?",
+        "UIDL": b"(?:" + _BLANK + _NUMBER + b")?",
+        "RETR": _BLANK + _NUMBER,
+        "DELE": _BLANK + _NUMBER,
+        "TOP": _BLANK + _NUMBER + _BLANK + _NUMBER,
+        "USER": _BLANK + _TEXT,
+        "PASS": _BLANK + _TEXT,
+        "APOP": _BLANK + _WORD + _BLANK + _WORD,
+        # The initial response is base64, or the placeholder a masked capture holds.
+        "AUTH": b"(?:"
+        + _BLANK
+        + rb"[A-Za-z0-9_-]{1,20}(?:"
+        + _BLANK
+        + rb"(?:[A-Za-z0-9+/]*={0,2}|\*{8}))?)?",
+        "LANG": b"(?:" + _BLANK + rb"[\x21-\x7e]+)?",
+        "XTND": _BLANK + rb"[\x21-\x7e]+(?:" + _BLANK + rb"[\x21-\x7e]+)*",
+    }.items()
+}
+_KEYWORD = re.compile(rb"[A-Za-z0-9]{3,4}")
+
+
+def is_known_command(line: bytes) -> bool:
+    """Whether a line (no line ending) is a known POP3 command with valid arguments.
+
+    After an AUTH only such lines are shown: SASL data is base64 (RFC 5034 §4, RFC 4648
+    §4) and never contains a blank, so it cannot pass for a command that takes arguments.
+    Separators other than space and tab, or any control byte, make a line invalid.
+    """
+    keyword = _KEYWORD.match(line)
+    if keyword is None:
+        return False
+    pattern = _VALID_ARGUMENTS.get(keyword.group(0).decode("ascii").upper())
+    return pattern is not None and pattern.fullmatch(line, keyword.end()) is not None
+
+
+def describe_command(line: bytes) -> tuple[str, str]:
+    """The keyword and argument text of a command line as logs and views show them.
+
+    Secrets are masked (:func:`mask_line`); a known keyword is upper-cased, any other first
+    word is shown exactly as sent, never case-folded. A lone CR ends what is shown: a
+    server that ends lines there would run what follows, so that part is masked.
+    """
+    cr = line.find(b"\r")
+    head = line if cr < 0 else line[:cr]
+    has_secret = _ANY_SECRET_KEYWORD.search(head) is not None
+    masked = mask_line(head) if has_secret else head
+    match = _FIRST_WORD.match(masked)
+    assert match is not None
+    word = match.group(1)
+    verb = secret_verb(head) if has_secret else None
+    if verb is not None:
+        shown_verb = verb.decode()
+        if len(word) > 4:  # glued to its keyword: all of it is secret
+            args = SECRET_PLACEHOLDER_BYTES
+        else:
+            _keyword, args = split_command(masked)
+    else:
+        upper = word.decode("ascii", "backslashreplace").upper()
+        shown_verb = upper if upper in _VALID_ARGUMENTS else decode_text(word)
+        _keyword, args = split_command(masked)
     text = decode_text(args)
-    if verb == "PASS":
-        return SECRET_PLACEHOLDER if args else ""
-    if verb in ("APOP", "AUTH"):
-        parts = text.split(None, 1)
-        if len(parts) == 2:
-            return f"{parts[0]} {SECRET_PLACEHOLDER}"
-    return text
+    if cr >= 0:
+        text = f"{text}\\r{SECRET_PLACEHOLDER}"
+    return shown_verb, text
+
+
+def shown_command(line: bytes, *, after_auth: bool = False) -> str:
+    """``VERB args`` as logs and views may show a client line (no line ending).
+
+    Secrets are masked (:func:`describe_command`). After an AUTH, a line that is not a
+    known command with valid arguments may be SASL data (RFC 5034 §4): it is shown as the
+    placeholder, whatever the pairing says.
+    """
+    if after_auth and not is_known_command(line):
+        return SECRET_PLACEHOLDER
+    verb, args = describe_command(line)
+    return f"{verb} {args}".rstrip()
 
 
 def decode_text(data: bytes) -> str:

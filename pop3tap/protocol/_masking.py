@@ -3,41 +3,91 @@
 The capture keeps the bytes each direction carried, so secrets must be masked in the bytes
 themselves, chunk by chunk, without waiting for whole lines (a password line may arrive in
 pieces). Only the client direction carries secrets: the PASS argument (RFC 1939 §7), the
-APOP digest (RFC 1939 §7), an AUTH initial response and every SASL response line while an
-AUTH is open (RFC 5034 §4). A SASL line that is exactly ``*`` (cancel) is kept.
+APOP digest (RFC 1939 §7), an AUTH initial response and SASL data (RFC 5034 §4).
 
-Lines end at LF. Outside a secret, a CR that is not followed by LF also ends a line for
-the purpose of classification: a server that splits lines at a lone CR would otherwise
-run a ``PASS`` that the masker took for the tail of the line before it. Inside a secret
-everything up to LF stays masked, lone CRs included.
+Before the first AUTH, lines are masked as they stream by, by the one rule of
+:func:`~pop3tap.protocol._commands.mask_line` (same words, same separators). Lines end
+at LF; outside a secret a CR that is not followed by LF also ends a line for the purpose
+of classification (a server that splits lines at a lone CR would otherwise run a ``PASS``
+the masker took for the tail of the line before it). Inside a secret everything up to LF
+stays masked, lone CRs included, and so does what follows a lone CR after an AUTH (that
+server would take it as SASL data).
 
-Memory is constant: only the first word of a line (at most a few bytes) is kept, and the
-position of the secret is found by counting words, however long the user name is.
+After a line holding AUTH, any later line may be SASL data, and only the pairing of the
+whole session can tell (RFC 5034 §4: the server asks for each SASL line with ``+``). So
+from the line after it on, every line is *held* until the observer gives its verdict
+(:meth:`SecretMasker.resolve`): a command, a SASL line, or a SASL cancel ``*``. Even a
+command is written clear only if it is a known command with valid arguments
+(:func:`~pop3tap.protocol._commands.is_known_command`); anything else is masked whole.
+Held lines are bounded in number and bytes; a line that overflows the bound, or is still
+held when the stream ends or the pairing is given up, is masked. Once the pairing is in
+doubt (:meth:`SecretMasker.distrust`), every line after an AUTH is masked.
+
+Memory is bounded: before AUTH only the first word of a line (a few bytes) is kept; after
+it at most :data:`MAX_HELD_BYTES` and :data:`MAX_HELD_LINES`.
 """
 
 from __future__ import annotations
 
+import re
+from collections import deque
+from dataclasses import dataclass
 from enum import Enum
 
-from pop3tap.protocol._commands import SECRET_PLACEHOLDER_BYTES
+from pop3tap.protocol._commands import (
+    LETTERS,
+    SECRET_PLACEHOLDER_BYTES,
+    SECRET_VERBS,
+    WORD_SEPARATORS,
+    is_known_command,
+    mask_line,
+)
 
-#: Keywords whose arguments hold a secret, and the word after which the secret begins:
-#: ``PASS secret``, ``APOP name digest``, ``AUTH mechanism initial-response``.
-_SECRET_AFTER_WORDS = {b"PASS": 1, b"APOP": 2, b"AUTH": 2}
-#: Longer first words cannot be one of those keywords.
+#: Longest held line kept whole; a longer one cannot be a valid command and is masked.
+MAX_HELD_LINE = 8192
+#: Held lines and bytes per session before the oldest are masked without a verdict.
+MAX_HELD_LINES = 1024
+MAX_HELD_BYTES = 64 * 1024
+
 _KEYWORD_LIMIT = 4
+_CR = 0x0D
+_LF = 0x0A
+_SEPARATORS = WORD_SEPARATORS
 
+
+#: The content of a line that masking replaces: everything before its LF except a CR right
+#: before the LF (greedy, so one match per non-empty line; a C-level substitution).
+_LINE_CONTENT = re.compile(rb"(?:[^\r\n]|\r(?!\n))+")
 
 
 def _may_hold_secret(data: bytes) -> bool:
-    """Whether a keyword of :data:`_SECRET_AFTER_WORDS` occurs anywhere, in any case."""
+    """Whether a keyword of :data:`SECRET_VERBS` occurs anywhere, in any case."""
     upper = data.upper()
-    return any(keyword in upper for keyword in _SECRET_AFTER_WORDS)
+    return any(keyword in upper for keyword in SECRET_VERBS)
 
 
-_CR = 0x0D
-_LF = 0x0A
-_BLANKS = (0x20, 0x09)
+class Verdict(Enum):
+    """What the observer decided a held client line was."""
+
+    #: SASL data, or a line that cannot be shown: masked whole.
+    MASK = 0
+    #: Taken by the server as a command: clear if it is a known command with valid
+    #: arguments (secrets in it still masked), else masked whole.
+    COMMAND = 1
+    #: A SASL response: clear only if it is exactly ``*`` (cancel, RFC 5034 §4).
+    CANCEL = 2
+
+
+@dataclass(slots=True)
+class _HeldLine:
+    #: Client-stream offset just past the line (its LF), as the observer counts it.
+    end: int
+    at: float
+    #: The line without its terminator; None when it was too long to keep.
+    content: bytes | None
+    #: Whether the content is non-empty (known even when it was not kept).
+    nonempty: bool
+    terminator: bytes
 
 
 class _Mode(Enum):
@@ -45,13 +95,14 @@ class _Mode(Enum):
     COMMAND = 1
     CLEAR = 2
     SECRET = 3
-    SASL_FIRST = 4
 
 
 class SecretMasker:
     """Replace secret bytes with ``********``; everything else passes through unchanged."""
 
-    def __init__(self) -> None:
+    def __init__(self, offset: int = 0, *, distrusted: bool = False) -> None:
+        #: Client-stream offset of the next byte fed.
+        self._offset = offset
         self._mode = _Mode.LINE_START
         #: First word of the current command line (upper-cased, at most a few bytes).
         self._keyword = bytearray()
@@ -60,42 +111,71 @@ class SecretMasker:
         self._words = 0
         self._in_blank = True
         self._secret_emitted = False
-        #: SECRET/SASL: the last byte seen was a CR (terminator or secret, not yet known).
+        #: SECRET: the last byte seen was a CR (terminator or secret, not yet known).
         self._pending_cr = False
         #: CLEAR/COMMAND: a CR ended the last chunk; LF next ends the line, else it was lone.
         self._cr_at_edge = False
-        self._auth_open = False
-        self._held_star = False
+        #: An AUTH was classified on the current line: hold every line after its LF.
+        self._auth_on_line = False
+        #: After an AUTH line: every line waits for a verdict.
+        self._holding = False
+        self._distrusted = distrusted
+        self._held: deque[_HeldLine] = deque()
+        self._held_bytes = 0
+        #: The line being assembled while holding.
+        self._open = bytearray()
+        self._open_length = 0
+        self._open_at = 0.0
+        self._open_cr = False
+        self._released: list[tuple[float, bytearray]] = []
+        self._last_at = 0.0
 
-    def auth_finished(self) -> None:
-        """The server gave AUTH its final answer: client lines are commands again."""
-        self._auth_open = False
+    # ------------------------------------------------------------------ public API
 
-    def mask(self, data: bytes) -> bytes:
-        """Return ``data`` with secret bytes replaced; call once per chunk, in order."""
+    @property
+    def holding(self) -> bool:
+        """Complete lines wait for a verdict: server bytes may resolve them."""
+        return bool(self._held)
+
+    def mask(self, data: bytes, at: float = 0.0) -> bytes:
+        """Return what of ``data`` can be written now, secrets replaced; call once per
+        chunk, in order. Lines held for a verdict come out of :meth:`take_released`."""
         if (
             self._mode is _Mode.LINE_START
-            and not (self._cr_at_edge or self._auth_open or self._held_star)
+            and not (self._cr_at_edge or self._holding or self._released)
             and data.endswith(b"\n")
             and not _may_hold_secret(data)
         ):
             # Whole lines, none of them PASS, APOP or AUTH: nothing to mask, and the
             # state after them is a line start again, as the byte-wise path would leave it.
+            self._offset += len(data)
+            self._last_at = at
             return data
-        return self.mask_bytewise(data)
+        return self.mask_bytewise(data, at)
 
-    def mask_bytewise(self, data: bytes) -> bytes:
+    def mask_bytewise(self, data: bytes, at: float = 0.0) -> bytes:
         """:meth:`mask` without its shortcut for chunks of whole lines without secrets."""
         out = bytearray()
         pos = 0
         size = len(data)
+        self._last_at = at
+        before = len(self._released)
+        if self._holding:
+            self._hold(data, 0, at)
+            self._offset += size
+            return b""
         if self._cr_at_edge and size:
             self._cr_at_edge = False
             if data[0] == _LF:
                 out.append(_LF)
                 pos = 1
-            self._mode = _Mode.LINE_START
+                self._end_of_line()
+            else:
+                self._after_lone_cr(0)
         while pos < size:
+            if self._holding:
+                self._hold(data, pos, at)
+                break
             mode = self._mode
             if mode is _Mode.LINE_START:
                 self._start_line()
@@ -103,36 +183,156 @@ class SecretMasker:
                 pos = self._consume_clear(data, pos, out)
             elif mode is _Mode.SECRET:
                 pos = self._consume_secret(data, pos, out)
-            elif mode is _Mode.SASL_FIRST:
-                pos = self._consume_sasl_first(data, pos, out)
             else:
                 pos = self._consume_command(data, pos, out)
+        self._offset += size
+        if before and out:
+            # Earlier lines still wait to be taken: these bytes come after them.
+            self._released.insert(before, (at, out))
+            return b""
         return bytes(out)
 
-    def flush(self) -> bytes:
-        """Bytes still held back at end of stream (a lone ``*`` or a pending CR)."""
-        out = b""
-        if self._held_star:
-            out += b"*"
-            self._held_star = False
-        if self._pending_cr and not self._secret_emitted:
-            out += b"\r"
-        self._pending_cr = False
-        return out
+    def resolve(self, end: int, verdict: Verdict) -> None:
+        """The observer classified the client line that ends at stream offset ``end``."""
+        held = self._held
+        while held and held[0].end < end:
+            self._release(Verdict.MASK)  # never classified: mask
+        if held and held[0].end == end:
+            self._release(verdict)
 
-    # -- line classification --------------------------------------------------------------
+    def distrust(self) -> None:
+        """The pairing is lost or in doubt: mask every line after an AUTH from now on."""
+        self._distrusted = True
+        while self._held:
+            self._release(Verdict.MASK)
+
+    def end_of_stream(self) -> None:
+        """The client stream ended: a partial line is complete as it is.
+
+        Before an AUTH, the bytes still held back (a pending CR) come out of
+        :meth:`take_released`; after it the partial line waits for its verdict.
+        """
+        if self._holding:
+            if self._open_length:
+                self._close_open_line(b"")
+            return
+        tail = b""
+        if self._pending_cr and not self._secret_emitted:
+            tail = b"\r"
+        self._pending_cr = False
+        if tail:
+            self._released.append((self._last_at, bytearray(tail)))
+
+    def abandon(self) -> None:
+        """The session ends: every line still without a verdict is masked."""
+        if self._holding and self._open_length:
+            self._close_open_line(b"")
+        while self._held:
+            self._release(Verdict.MASK)
+
+    def adopt_released(self, released: list[tuple[float, bytes]]) -> None:
+        """Bytes another masker released and nobody took yet: they come first."""
+        self._released[:0] = [(at, bytearray(data)) for at, data in released]
+
+    def take_released(self) -> list[tuple[float, bytes]]:
+        """Masked bytes ready to be written, with the time their lines arrived, in order."""
+        released, self._released = self._released, []
+        return [(at, bytes(data)) for at, data in released]
+
+    # ------------------------------------------------------------------ holding
+
+    def _hold(self, data: bytes, pos: int, at: float) -> None:
+        """Frame ``data[pos:]`` into held lines (LF ends a line, as the observer frames)."""
+        size = len(data)
+        base = self._offset
+        while pos < size:
+            if self._distrusted and not self._held and not self._open_length:
+                last = data.rfind(b"\n", pos)
+                if last >= 0:
+                    # Nothing waits and every line is masked: whole lines in one go.
+                    block = data[pos : last + 1]
+                    self._append_released(at, _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, block))
+                    pos = last + 1
+                    continue
+            if not self._open_length:
+                self._open_at = at
+            newline = data.find(b"\n", pos)
+            stop = size if newline < 0 else newline
+            if stop > pos:
+                room = MAX_HELD_LINE + 1 - len(self._open)
+                if room > 0:
+                    self._open += data[pos : min(stop, pos + room)]
+                self._open_length += stop - pos
+                self._open_cr = data[stop - 1] == _CR
+            if newline < 0:
+                return
+            self._close_open_line(b"\r\n" if self._open_cr else b"\n", base + newline + 1)
+            pos = newline + 1
+
+    def _close_open_line(self, terminator: bytes, end: int | None = None) -> None:
+        length = self._open_length - (1 if terminator == b"\r\n" else 0)
+        content = bytes(self._open[:length]) if length <= MAX_HELD_LINE else None
+        line = _HeldLine(
+            end=self._offset if end is None else end,
+            at=self._open_at,
+            content=content,
+            nonempty=length > 0,
+            terminator=terminator,
+        )
+        self._open.clear()
+        self._open_length = 0
+        self._open_cr = False
+        if self._distrusted and not self._held:
+            self._emit(line, Verdict.MASK)
+            return
+        self._held.append(line)
+        self._held_bytes += len(content) if content is not None else 0
+        while self._held and (
+            len(self._held) > MAX_HELD_LINES or self._held_bytes > MAX_HELD_BYTES
+        ):
+            self._release(Verdict.MASK)  # bound hit: masked without a verdict
+
+    def _release(self, verdict: Verdict) -> None:
+        line = self._held.popleft()
+        self._held_bytes -= len(line.content) if line.content is not None else 0
+        self._emit(line, verdict)
+
+    def _emit(self, line: _HeldLine, verdict: Verdict) -> None:
+        content = line.content
+        shown: bytes | None = None
+        if content is not None and not self._distrusted:
+            if verdict is Verdict.COMMAND and is_known_command(content):
+                shown = mask_line(content)
+            elif verdict is Verdict.CANCEL and content == b"*":
+                shown = content
+        if shown is None:
+            shown = SECRET_PLACEHOLDER_BYTES if line.nonempty else b""
+        self._append_released(line.at, shown + line.terminator)
+
+    def _append_released(self, at: float, data: bytes) -> None:
+        released = self._released
+        if released and released[-1][0] == at:
+            released[-1][1].extend(data)
+        else:
+            released.append((at, bytearray(data)))
+
+    # ------------------------------------------------------------------ line classification
 
     def _start_line(self) -> None:
         self._secret_emitted = False
         self._pending_cr = False
-        if self._auth_open:
-            self._mode = _Mode.SASL_FIRST
-            return
         self._mode = _Mode.COMMAND
         self._keyword.clear()
         self._keyword_too_long = False
         self._words = 0
         self._in_blank = True
+
+    def _end_of_line(self) -> None:
+        """An LF ended the line: after an AUTH on it, every later line is held."""
+        self._mode = _Mode.LINE_START
+        if self._auth_on_line:
+            self._auth_on_line = False
+            self._holding = True
 
     def _line_boundary(self, data: bytes, pos: int, out: bytearray) -> int | None:
         """At a CR in CLEAR/COMMAND mode: emit it and return where the next line starts,
@@ -143,8 +343,19 @@ class SecretMasker:
             return None
         if data[pos + 1] == _LF:
             out.append(_LF)
+            self._end_of_line()
             return pos + 2
-        return pos + 1  # a lone CR: what follows is classified as a new line
+        return self._after_lone_cr(pos + 1)
+
+    def _after_lone_cr(self, pos: int) -> int:
+        """A lone CR: what follows is classified as a new line, unless it follows an AUTH
+        (a server that ends lines there would take it as SASL data: secret to the LF)."""
+        if self._auth_on_line:
+            self._start_line()
+            self._mode = _Mode.SECRET
+        else:
+            self._mode = _Mode.LINE_START
+        return pos
 
     def _consume_clear(self, data: bytes, pos: int, out: bytearray) -> int:
         size = len(data)
@@ -154,15 +365,12 @@ class SecretMasker:
         if cr >= 0:
             out += data[pos:cr]
             following = self._line_boundary(data, cr, out)
-            if following is None:
-                return size
-            self._mode = _Mode.LINE_START
-            return following
+            return size if following is None else following
         if newline < 0:
             out += data[pos:]
             return size
         out += data[pos : newline + 1]
-        self._mode = _Mode.LINE_START
+        self._end_of_line()
         return newline + 1
 
     def _consume_command(self, data: bytes, pos: int, out: bytearray) -> int:
@@ -173,16 +381,15 @@ class SecretMasker:
             if byte == _LF:
                 out.append(byte)
                 self._line_ended_in_command()
-                self._mode = _Mode.LINE_START
+                self._end_of_line()
                 return pos + 1
             if byte == _CR:
                 self._line_ended_in_command()
                 following = self._line_boundary(data, pos, out)
-                self._mode = _Mode.LINE_START
                 return size if following is None else following
-            out.append(byte)
-            pos += 1
-            if byte in _BLANKS:
+            if byte in _SEPARATORS:
+                out.append(byte)
+                pos += 1
                 if not self._in_blank:
                     self._in_blank = True
                     self._words += 1
@@ -196,30 +403,40 @@ class SecretMasker:
                 if len(self._keyword) < _KEYWORD_LIMIT:
                     self._keyword.append(byte & 0xDF if 0x61 <= byte <= 0x7A else byte)
                 else:
+                    # A fifth byte glued to the keyword: a letter makes another word
+                    # (PASSWORD); anything else glues the secret to it (PASS1secret).
                     self._keyword_too_long = True
+                    if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
+                        self._auth_on_line |= self._keyword == b"AUTH"
+                        self._mode = _Mode.SECRET
+                        return pos
+                    out.append(byte)
+                    self._mode = _Mode.CLEAR
+                    return pos + 1
+            out.append(byte)
+            pos += 1
         return pos
 
     def _secret_after(self) -> int | None:
         if self._keyword_too_long:
             return None
-        return _SECRET_AFTER_WORDS.get(bytes(self._keyword))
+        return SECRET_VERBS.get(bytes(self._keyword))
 
     def _decide(self) -> _Mode | None:
-        """After a word ended at a blank: SECRET, CLEAR, or None while still undecided."""
+        """After a word ended at a separator: SECRET, CLEAR, or None while undecided."""
         after = self._secret_after()
         if after is None:
             return _Mode.CLEAR
+        if self._keyword == b"AUTH":
+            self._auth_on_line = True
         if self._words < after:
             return None
-        if bytes(self._keyword) == b"AUTH":
-            self._auth_open = True
         return _Mode.SECRET
 
     def _line_ended_in_command(self) -> None:
-        """``AUTH mechanism`` without an initial response still opens a SASL exchange."""
-        words = self._words + (0 if self._in_blank else 1)
-        if bytes(self._keyword) == b"AUTH" and not self._keyword_too_long and words >= 2:
-            self._auth_open = True
+        """``AUTH`` alone, or ``AUTH mechanism`` without an initial response."""
+        if self._keyword == b"AUTH" and not self._keyword_too_long:
+            self._auth_on_line = True
 
     # -- secrets ----------------------------------------------------------------------------
 
@@ -236,34 +453,10 @@ class SecretMasker:
             return len(data)
         out += b"\r\n" if self._pending_cr else b"\n"
         self._pending_cr = False
-        self._mode = _Mode.LINE_START
+        self._end_of_line()
         return newline + 1
 
     def _emit_placeholder(self, out: bytearray) -> None:
         if not self._secret_emitted:
             out += SECRET_PLACEHOLDER_BYTES
             self._secret_emitted = True
-
-    def _consume_sasl_first(self, data: bytes, pos: int, out: bytearray) -> int:
-        byte = data[pos]
-        if not self._held_star:
-            if byte == 0x2A:  # "*": maybe a cancel line, hold it
-                self._held_star = True
-                return pos + 1
-            self._mode = _Mode.SECRET
-            return pos
-        if byte == _CR and not self._pending_cr:
-            self._pending_cr = True
-            return pos + 1
-        if byte == _LF:
-            out += b"*\r\n" if self._pending_cr else b"*\n"
-            self._held_star = False
-            self._pending_cr = False
-            self._mode = _Mode.LINE_START
-            return pos + 1
-        # "*" followed by more data: the whole line is a secret after all.
-        self._held_star = False
-        self._pending_cr = False
-        self._emit_placeholder(out)
-        self._mode = _Mode.SECRET
-        return pos

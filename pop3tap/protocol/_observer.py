@@ -18,7 +18,15 @@ pairs them by the rules of RFC 1939 and RFC 2449:
   line, and are never buffered.
 * After ``AUTH mechanism`` the server may answer with ``+`` continuations; the client's
   next line then is SASL data, whatever it looks like (RFC 5034 §4). Client lines are
-  classified lazily while an AUTH is open, in the order the server consumes them.
+  classified lazily while an AUTH is open, in the order the server consumes them: lines
+  pipelined behind it are commands once its final answer comes without a continuation.
+* Secrets never depend on the pairing being right. After a line holding AUTH, a client
+  line is shown only if the pairing says it is a command *and* it is a known command with
+  valid arguments (:func:`is_known_command`); anything else is shown as ``********``.
+  A server line that fits nowhere (stray, unsolicited, a ``+`` to anything but AUTH) or a
+  lost pairing puts the pairing in doubt: from then on every client line after an AUTH is
+  masked. The capture masker (:class:`SecretMasker`) holds client lines after an AUTH
+  until these same verdicts arrive.
 * ``STLS`` answered by ``+OK`` switches both streams to TLS right after the ``+OK`` line
   (RFC 2595 §4). The observer then goes opaque until :meth:`resume_after_tls`; plaintext
   already received beyond the switch point is counted as injection.
@@ -37,10 +45,12 @@ from pop3tap.protocol._bodyscan import scan_chunk
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
     decode_text,
+    describe_command,
     expects_multiline,
     find_apop_timestamp,
     find_resp_code,
-    mask_arguments,
+    is_known_command,
+    opens_auth,
     parse_status,
     split_command,
 )
@@ -60,7 +70,7 @@ from pop3tap.protocol._events import (
     StrayLine,
     UnsolicitedLine,
 )
-from pop3tap.protocol._masking import SecretMasker
+from pop3tap.protocol._masking import SecretMasker, Verdict
 
 DEFAULT_MAX_LINE = 8192
 #: Unanswered commands (and held-back client lines) kept before pairing is given up.
@@ -164,9 +174,6 @@ class _ClientLine:
     end: int
     flags: frozenset[Flag]
     pipelined: bool
-    #: Arrived while an AUTH with a mechanism waited: it may be SASL data, so it is
-    #: masked in events even if the server later takes it as a command.
-    behind_auth: bool = False
 
 
 @dataclass(slots=True)
@@ -220,6 +227,10 @@ class SessionObserver:
         #: Pairing was given up (a flood beyond ``max_pending``): bytes are only counted.
         self._lost = False
         self._masker = SecretMasker()
+        #: A line holding AUTH was classified: later lines may be SASL data.
+        self._auth_seen = False
+        #: A server line fit nowhere, or pairing was lost: mask every line after an AUTH.
+        self._distrusted = False
         self._client_line = _LineAssembler(max_line)
         self._server_line = _LineAssembler(max_line)
         self._client_offset = 0
@@ -268,15 +279,33 @@ class SessionObserver:
         """The counters so far."""
         return self._summary
 
-    def mask_client(self, data: bytes) -> bytes:
-        """The client chunk with PASS, APOP digests and SASL data replaced by ``********``."""
+    def mask_client(self, data: bytes, at: float = 0.0) -> bytes:
+        """The client chunk with PASS, APOP digests and SASL data replaced by ``********``.
+
+        Call it with every client chunk, before :meth:`feed_client` gets the same chunk.
+        Returns what can be written now; lines after an AUTH wait for the pairing to say
+        what they are and come out of :meth:`take_masked_client` (see :mod:`._masking`).
+        """
         if self._opaque:
             return data
-        return self._masker.mask(data)
+        return self._masker.mask(data, at)
 
-    def flush_masked_client(self) -> bytes:
-        """Bytes the masker still holds back at the end of the client stream."""
-        return self._masker.flush()
+    def take_masked_client(self) -> list[tuple[float, bytes]]:
+        """Masked client bytes released since the last call, with their arrival times.
+
+        Write them before the server bytes that were just fed: the client sent them first.
+        """
+        return self._masker.take_released()
+
+    @property
+    def client_held(self) -> bool:
+        """Masked client lines wait for a verdict that server bytes may bring: parse server
+        bytes before capturing them, so these lines are written first."""
+        return self._masker.holding
+
+    def abandon_client_lines(self) -> None:
+        """The session ends: client lines still without a verdict are masked."""
+        self._masker.abandon()
 
     def feed_client(self, data: bytes, at: float) -> list[Event]:
         """Bytes the client sent (any chunking); returns the events they complete."""
@@ -320,6 +349,8 @@ class SessionObserver:
         if self._client_ended:
             return []
         self._client_ended = True
+        if not self._opaque:
+            self._masker.end_of_stream()
         if not self._opaque and self._client_line.length:
             self._on_client_line(at, self._client_offset)
             self._drain_client_queue()
@@ -361,8 +392,13 @@ class SessionObserver:
     def resume_after_tls(self) -> None:
         """TLS is up on both legs (STLS interception): parse the decrypted streams."""
         self._opaque = False
-        # Plaintext injected before the switch must not shift the masker's idea of lines.
-        self._masker = SecretMasker()
+        # Plaintext injected before the switch must not shift the masker's idea of lines;
+        # lines it still held are masked and written first.
+        old = self._masker
+        old.abandon()
+        self._masker = SecretMasker(self._client_offset, distrusted=self._distrusted)
+        self._masker.adopt_released(old.take_released())
+        self._auth_seen = False
         self._client_queue.clear()
         self._client_line.take()
         self._server_line.take()
@@ -415,7 +451,6 @@ class SessionObserver:
                 end=end,
                 flags=frozenset(flags),
                 pipelined=pipelined,
-                behind_auth=self._open_auths > 0,
             )
         )
         self._drain_client_queue()
@@ -451,14 +486,20 @@ class SessionObserver:
         seq = self._next_seq
         self._next_seq += 1
         self._summary.commands += 1
-        if line.behind_auth:
-            # Perhaps SASL data the server did not ask for: never show it (RFC 5034 §4).
+        if self._auth_seen and (
+            self._distrusted
+            or self._open_auths > 0  # forced at the end, the AUTH never answered
+            or Flag.OVERLONG in line.flags
+            or not is_known_command(text)
+        ):
+            # Perhaps SASL data the pairing got wrong: never show it (RFC 5034 §4).
             shown_verb, masked = SECRET_PLACEHOLDER, ""
+            self._masker.resolve(line.end, Verdict.MASK)
         else:
-            shown_verb, masked = verb, mask_arguments(verb, args)
-            if lone_cr >= 0:
-                # A server that ends lines at a lone CR would run what follows it.
-                masked = f"{masked}\\r{SECRET_PLACEHOLDER}"
+            shown_verb, masked = describe_command(text)
+            self._masker.resolve(line.end, Verdict.COMMAND)
+        if opens_auth(text):
+            self._auth_seen = True
         pending = _Pending(
             seq=seq,
             verb=verb,
@@ -495,6 +536,7 @@ class SessionObserver:
 
     def _on_sasl_response(self, pending: _Pending, line: _ClientLine) -> None:
         cancelled = line.text.strip() == b"*"
+        self._masker.resolve(line.end, Verdict.CANCEL if cancelled else Verdict.MASK)
         text = "*" if cancelled else (SECRET_PLACEHOLDER if line.text else "")
         _add_sasl_step(pending, "c", text)
         self._events.append(
@@ -522,6 +564,7 @@ class SessionObserver:
             return
         if status is None or (status is Status.CONTINUE and pending.verb != "AUTH"):
             self._summary.anomalies += 1
+            self._distrust()
             self._events.append(
                 StrayLine(
                     at=at, direction=Direction.SERVER, text=decode_text(text), start=start, end=end
@@ -543,8 +586,6 @@ class SessionObserver:
         pending.first_line = decode_text(text)
         pending.resp_code = find_resp_code(rest)
         pending.awaiting_sasl = False
-        if pending.verb == "AUTH" and pending.args.strip():
-            self._masker.auth_finished()
         if status is Status.OK and expects_multiline(pending.verb, pending.args):
             self._pending.appendleft(pending)  # stays at the head until the body ends
             self._body = _Body(pending=pending, start=end)
@@ -575,6 +616,7 @@ class SessionObserver:
         self, text: bytes, status: Status | None, at: float, start: int, end: int
     ) -> None:
         self._summary.anomalies += 1
+        self._distrust()
         if status is None:
             self._events.append(
                 StrayLine(
@@ -684,6 +726,9 @@ class SessionObserver:
     def _start_tls(self, pending: _Pending, at: float, server_switch: int) -> None:
         client_trailing = sum(line.end - line.start for line in self._client_queue)
         client_trailing += self._client_line.length
+        # Client lines still held are injected plaintext (or never answered): masked now,
+        # so they are written before the switch.
+        self._masker.abandon()
         self._opaque = True
         self._events.append(
             StartTls(
@@ -713,11 +758,19 @@ class SessionObserver:
             return
         self._lost = True
         self._summary.anomalies += 1
+        self._distrust()
         self._client_queue.clear()
         self._pending.clear()
         self._body = None
         self._barriers = self._open_auths = 0
         self._events.append(PairingLost(at=at, reason=reason))
+
+    def _distrust(self) -> None:
+        """A server line fit nowhere or pairing was lost: the pairing may be wrong from
+        here on, so no client line after an AUTH can be shown."""
+        if not self._distrusted:
+            self._distrusted = True
+            self._masker.distrust()
 
     def _take_events(self) -> list[Event]:
         events = self._events
