@@ -386,6 +386,14 @@ def _write_flow(
     )
     last = 0.0
     ended: list[str] = []
+
+    def release_client_lines() -> None:
+        """Write client lines the masker held until the pairing resolved them (after an
+        AUTH): they were sent before the server bytes that resolved them."""
+        if not keep_secrets:
+            for when, data in observer.take_masked_client():
+                writer.write_data("c2s", when, data)
+
     try:
         if mid_session:
             writer.write_event("mid_session", 0.0, note="the capture starts after the SYN")
@@ -394,26 +402,24 @@ def _write_flow(
             last = at
             if chunk.event is not None:
                 if chunk.event in ("eof", "reset"):
-                    if chunk.direction == "c2s" and not keep_secrets:
-                        rest = observer.flush_masked_client()
-                        if rest:
-                            writer.write_data("c2s", at, rest)
+                    if chunk.direction == "c2s":
+                        observer.end_client(at)
+                        release_client_lines()
                     ended.append(f"{chunk.event}:{chunk.direction}")
                 writer.write_event(chunk.event, at, **chunk.fields)
                 continue
             if chunk.direction == "c2s":
-                recorded = chunk.data if keep_secrets else observer.mask_client(chunk.data)
+                recorded = chunk.data if keep_secrets else observer.mask_client(chunk.data, at)
                 if recorded:
                     writer.write_data("c2s", at, recorded)
                 observer.feed_client(chunk.data, at)
+                release_client_lines()
             else:
-                writer.write_data("s2c", at, chunk.data)
                 observer.feed_server(chunk.data, at)
-        if not keep_secrets and "eof:c2s" not in ended and "reset:c2s" not in ended:
-            rest = observer.flush_masked_client()
-            if rest:
-                writer.write_data("c2s", last, rest)
+                release_client_lines()
+                writer.write_data("s2c", at, chunk.data)
         observer.end_client(last)
+        release_client_lines()
         observer.end_server(last)
         writer.close(last, _close_reason(ended), observer.summary().as_dict())
     finally:

@@ -337,3 +337,25 @@ def test_bad_pcap_is_one_line_error(
     assert ("truncated" if kind.startswith("truncated") else "not a pcap") in err
     with pytest.raises(PcapImportError):
         import_pcap(bad, tmp_path / "out")
+
+
+def test_imported_sasl_is_masked_and_commands_pipelined_behind_auth_stay_clear(
+    tmp_path: Path,
+) -> None:
+    """The import masks as the relay does: the SASL answer is a secret, and commands
+    pipelined behind AUTH are written clear once the server's answer shows no continuation."""
+    _synthetic(
+        tmp_path / "auth.pcap",
+        [
+            ("s", b"+OK ready\r\n"),
+            ("c", b"AUTH PLAIN AGFsaWNlAGh1bnRlcjI=\r\nSTAT\r\nQUIT\r\n"),
+            ("s", b"+OK Logged in.\r\n+OK 1 10\r\n+OK bye\r\n"),
+        ],
+    )
+    (session,) = import_pcap(tmp_path / "auth.pcap", tmp_path / "out")
+    assert session.path is not None
+    capture = read_capture(session.path)
+    assert capture.stream("c2s") == b"AUTH PLAIN ********\r\nSTAT\r\nQUIT\r\n"
+    assert [ex.verb for ex in capture.exchanges()] == ["AUTH", "STAT", "QUIT"]
+    assert b"hunter2" not in session.path.read_bytes()
+    assert b"AGFsaWNlAGh1bnRlcjI" not in session.path.read_bytes()
