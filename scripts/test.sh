@@ -2,8 +2,8 @@
 # Set up and run every pop3tap check on a fresh Debian 12 machine (Python 3.11+):
 #   bash scripts/test.sh [extra pytest args]
 # As root it installs the real peers (Dovecot, curl, openssl, socat, haproxy, fetchmail, mpop,
-# tcpdump, and Chromium with its WebDriver for the HTML view) with apt, and gcc plus Python's
-# headers for the C body scanner.
+# tcpdump, and Chromium with its WebDriver for the HTML view; tmux for the terminal tests of
+# `pop3tap console`) with apt, and gcc plus Python's headers for the C body scanner.
 # Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
 # with POP3TAP_REQUIRE_REAL_PEERS=1 and POP3TAP_REQUIRE_C_SCANNER=1, so a missing real peer or
 # a C scanner that did not build fails instead of skipping.
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 pkgs=()
 for tool in dovecot:dovecot-pop3d doveadm:dovecot-core curl:curl openssl:openssl \
             socat:socat haproxy:haproxy gcc:gcc fetchmail:fetchmail mpop:mpop \
-            tcpdump:tcpdump chromium:chromium chromedriver:chromium-driver; do
+            tcpdump:tcpdump chromium:chromium chromedriver:chromium-driver tmux:tmux; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
         pkgs+=("${tool#*:}")
     fi

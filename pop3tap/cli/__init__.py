@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pop3tap import __version__
-from pop3tap.cli import ca, demo, export, pcap_import, record, replay, show, view
+from pop3tap.cli import ca, console, demo, export, pcap_import, record, replay, show, view
 from pop3tap.cli._common import EXIT_OK, CliError, Parser, Subparsers
 
 #: The subcommands, in the order ``--help`` lists them.
@@ -26,6 +26,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     pcap_import.add_subcommand,
     demo.add_subcommand,
     ca.add_subcommand,
+    console.add_subcommand,
 ]
 
 
