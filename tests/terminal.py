@@ -27,8 +27,8 @@ class TerminalError(AssertionError):
 class Tmux:
     """One program in a detached tmux session on a private socket.
 
-    The pane stays after the program exits (``remain-on-exit``) so its last screen and
-    its exit status can be read.
+    The pane stays after the program exits (``remain-on-exit``) so its last screen can
+    be read; the shell running the program prints its exit status last.
     """
 
     def __init__(
@@ -45,6 +45,7 @@ class Tmux:
         self.socket = directory / "tmux.sock"
         self.target = "console"
         shell_command = " ".join(shlex.quote(part) for part in command)
+        shell_command = f"{shell_command}; printf '\\n[exited %d]\\n' $?"
         environment = {k: v for k, v in os.environ.items() if not k.startswith("TMUX")}
         environment.update(env)
         self._env = environment
@@ -98,25 +99,14 @@ class Tmux:
                 raise TerminalError(f"{pattern!r} never appeared on the screen:\n{screen}")
             time.sleep(0.05)
 
-    def exit_status(self) -> int | None:
-        """The program's exit status once it has exited, else None."""
-        out = self._run(
-            "display-message", "-p", "-t", self.target, "#{pane_dead} #{pane_dead_status}"
-        ).split()
-        if out and out[0] == "1":
-            return int(out[1]) if len(out) > 1 and out[1].lstrip("-").isdigit() else -1
-        return None
-
     def wait_exit(self) -> int:
-        """Poll until the program has exited; return its status."""
-        deadline = time.monotonic() + WAIT_LIMIT
-        while True:
-            status = self.exit_status()
-            if status is not None:
-                return status
-            if time.monotonic() > deadline:
-                raise TerminalError(f"the program never exited:\n{self.screen()}")
-            time.sleep(0.05)
+        """Poll until the program has exited; return its exit status.
+
+        The status is printed by the shell that runs the program (see ``__init__``): tmux's
+        own ``pane_dead_status`` can lag behind the pane's end.
+        """
+        screen = self.wait_for(r"\[exited (\d+)\]")
+        return int(re.findall(r"\[exited (\d+)\]", screen)[-1])
 
     def close(self) -> None:
         subprocess.run(

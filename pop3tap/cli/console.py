@@ -36,9 +36,7 @@ def add_subcommand(sub: Subparsers) -> None:
     )
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument("--tls", action="store_true", help="implicit TLS from the start (POP3S)")
-    tls.add_argument(
-        "--starttls", action="store_true", help="upgrade with STLS after the greeting"
-    )
+    tls.add_argument("--starttls", action="store_true", help="upgrade with STLS after the greeting")
     parser.add_argument(
         "--upstream-ca",
         type=Path,

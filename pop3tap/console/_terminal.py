@@ -64,11 +64,19 @@ class Pop3Completer(Completer):
         for number in self.console.message_numbers():
             candidate = str(number)
             if candidate.startswith(prefix):
-                info = self.console.messages.get(number)
-                meta = "" if info is None else info.describe().split(None, 1)[-1].strip()
+                meta = self._meta(number)
                 if number in marks:
                     meta = f"marked  {meta}"
                 yield Completion(candidate, start_position=-len(prefix), display_meta=meta)
+
+    def _meta(self, number: int) -> str:
+        info = self.console.messages.get(number)
+        if info is None:
+            return ""
+        parts = [] if info.size is None else [f"{info.size} octets"]
+        if info.headers is not None and info.headers.subject:
+            parts.append(info.headers.subject)
+        return "  ".join(parts)
 
     @staticmethod
     def _verbs(prefix: str) -> Iterable[Completion]:
