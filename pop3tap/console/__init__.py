@@ -127,7 +127,10 @@ def run_script(console: Console, lines: list[str], *, keep_going: bool, source: 
     Returns 0, or :data:`EXIT_COMMAND_FAILED` when a command got ``-ERR`` or was refused.
     A script that ends without QUIT leaves without it: nothing is deleted.
     """
-    failed = False
+    failed = console.login in (Outcome.ERR, Outcome.REFUSED)
+    if failed and not keep_going:
+        console.display.error("the login on connect failed; stopping (--keep-going goes on)")
+        lines = []
     for number, line in enumerate(lines, start=1):
         if console.ended:
             if line.strip() and not line.strip().startswith("#"):

@@ -170,6 +170,8 @@ class Console:
     #: QUIT was answered +OK (the server entered the UPDATE state, RFC 1939 §6).
     quit_answered: bool = False
     apop_timestamp: str | None = None
+    #: How the login on connect (``user``) went; None when there was none.
+    login: Outcome | None = None
 
     # -- session -------------------------------------------------------------------------
 
@@ -197,8 +199,7 @@ class Console:
         if self.user is not None:
             user = self.user
             answer = self._command(f"USER {user}".encode(), f"USER {user}", typed=False)
-            if answer.ok:
-                self._pass(typed=False)
+            self.login = self._pass(typed=False) if answer.ok else Outcome.ERR
 
     def run_line(self, raw: str) -> Outcome:
         """Run one typed line (a POP3 command or a helper)."""

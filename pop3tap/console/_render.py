@@ -6,14 +6,8 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Final
-
-#: Bidirectional-text controls: they can make a line read as something it is not.
-_BIDI_CONTROLS: Final = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e") | frozenset(
-    "\u2066\u2067\u2068\u2069"
-)
 
 #: What each capability means (RFC 2449 §6, RFC 2595 §4, RFC 6856 §2 and §3).
 _CAPABILITIES: Final = {
@@ -37,23 +31,23 @@ _SUMMARY_HEADERS: Final = ("From", "To", "Subject", "Date")
 
 
 def terminal_safe(data: bytes | str) -> str:
-    """Text fit for a terminal: invalid UTF-8 and control characters shown as escapes.
+    """Text fit for a terminal: invalid UTF-8 and unprintable characters shown as escapes.
 
     A hostile server could otherwise move the cursor, retitle the window or hide text
-    with escape sequences and bidi controls. Tabs stay; line ends are the caller's.
+    with escape sequences, bidi overrides and zero-width characters: everything Unicode
+    calls "Other" or "Separator" (but the space) is escaped. Tabs stay; line ends are the
+    caller's.
     """
     text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
     if text.isprintable():
         return text
     out: list[str] = []
     for char in text:
-        if char == "\t":
+        if char == "\t" or char.isprintable():
             out.append(char)
-        elif char in _BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Cs"):
+        else:
             code = ord(char)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
     return "".join(out)
 
 
