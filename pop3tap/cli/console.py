@@ -182,7 +182,8 @@ def _cmd_console(args: argparse.Namespace) -> int:
         host=host,
         environ=os.environ,
         netrc_path=netrc_path,
-        ask=ask_hidden if interactive else None,
+        # A script run from a terminal may still ask there (never when stdin is a pipe).
+        ask=ask_hidden if sys.stdin.isatty() else None,
     )
     user = args.user
     if user is None:

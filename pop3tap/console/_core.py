@@ -217,7 +217,10 @@ class Console:
         if helper in ("help", "?"):
             self.display.note(HELP)
             return Outcome.NOTHING
-        if helper == "marks" and not rest.strip():
+        if helper == "marks":
+            if rest.strip():
+                self.display.error("usage: marks (no arguments)")
+                return Outcome.REFUSED
             self._show_marks()
             return Outcome.NOTHING
         if helper == "headers":

@@ -100,8 +100,11 @@ class TerminalDisplay:
     def _write(self, text: str, colour: str = "") -> None:
         if colour:
             text = f"{colour}{text}{_RESET}"
-        self.out.write(text + "\n")
-        self.out.flush()
+        try:
+            self.out.write(text + "\n")
+            self.out.flush()
+        except OSError:  # the terminal is gone (SIGHUP): the session still closes cleanly
+            pass
 
     def server(self, text: str) -> None:
         self._write(text)
