@@ -99,6 +99,14 @@ class Tmux:
                 raise TerminalError(f"{pattern!r} never appeared on the screen:\n{screen}")
             time.sleep(0.05)
 
+    def program_pid(self) -> int:
+        """The pid of the program (the child of the shell that runs it in the pane)."""
+        shell = self._run("display-message", "-p", "-t", self.target, "#{pane_pid}").strip()
+        children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+        if len(children) != 1:
+            raise TerminalError(f"expected one program under the pane's shell, not {children}")
+        return int(children[0])
+
     def wait_exit(self) -> int:
         """Poll until the program has exited; return its exit status.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+import trustme
 from dovecot import Dovecot, Mailbox, free_port
 from hypothesis import given
 from hypothesis import strategies as st
@@ -307,10 +309,17 @@ def test_unreachable_server_is_one_line_and_keeps_the_capture(tmp_path: Path) ->
     assert "upstream_connect_failed" in names
 
 
+#: In ``fake_server`` replies: do the TLS handshake as the server here.
+START_TLS = b"<start tls>"
+
+
 @contextmanager
-def fake_server(replies: Sequence[tuple[bytes, bytes | None]]) -> Iterator[int]:
+def fake_server(
+    replies: Sequence[tuple[bytes, bytes | None]], tls: ssl.SSLContext | None = None
+) -> Iterator[int]:
     """A server for cases no real one shows: send a greeting, then for each line the
-    client sends, the next reply (``None``: close). ``replies[0]`` is (b"", greeting)."""
+    client sends, the next reply (``None``: close; ``START_TLS``: handshake with ``tls``).
+    ``replies[0]`` is (b"", greeting)."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
@@ -319,6 +328,11 @@ def fake_server(replies: Sequence[tuple[bytes, bytes | None]]) -> Iterator[int]:
         with conn:
             reader = conn.makefile("rb")
             for expected, reply in replies:
+                if reply == START_TLS:
+                    assert tls is not None
+                    conn = tls.wrap_socket(conn, server_side=True)
+                    reader = conn.makefile("rb")
+                    continue
                 if expected:
                     line = reader.readline()
                     assert line.startswith(expected), line
@@ -389,6 +403,53 @@ def test_a_broken_server_ends_the_session_in_one_line(
     capture = read_capture(path)
     assert capture.complete  # kept, and closed properly
     assert capture.stream("s2c").startswith(replies[0][1] or b"")
+
+
+def test_stls_refused_ends_the_session_instead_of_going_on_in_plaintext(tmp_path: Path) -> None:
+    replies = [GREETING, NO_CAPA, (b"STLS", b"-ERR not here\r\n")]
+    with fake_server(replies) as port:
+        result = console(
+            f"127.0.0.1:{port}", "--starttls", "--captures", str(tmp_path / "caps"),
+            script="USER bob\n",
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert errors(result) == [
+        "pop3tap: the server refused STLS; not going on without TLS (drop --starttls to "
+        "talk to it in plaintext)"
+    ]
+    assert b"USER" not in read_capture(captures(tmp_path)[0]).stream("c2s")
+
+
+def test_plaintext_after_the_stls_answer_is_dropped_not_read_as_tls_data(
+    tmp_path: Path, tls_ca: trustme.CA
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    injected = b"+OK injected before TLS\r\n"
+    replies = [
+        GREETING,
+        NO_CAPA,
+        (b"STLS", b"+OK begin TLS\r\n" + injected),
+        (b"", START_TLS),
+        (b"CAPA", b"-ERR still no CAPA\r\n"),
+        (b"NOOP", b"+OK inside TLS\r\n"),
+        (b"QUIT", b"+OK bye\r\n"),
+    ]
+    with fake_server(replies, tls=context) as port:
+        result = console(
+            f"127.0.0.1:{port}", "--starttls", "--upstream-ca", str(ca_file),
+            "--captures", str(tmp_path / "caps"), script="NOOP\nQUIT\n",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"the server sent {len(injected)} bytes after its +OK to STLS" in result.stderr
+    assert "injected" not in result.stdout
+    assert "> NOOP\n+OK inside TLS" in result.stdout
+    capture = read_capture(captures(tmp_path)[0])
+    events = {r.name: r.fields for r in capture.records if isinstance(r, EventRecord)}
+    assert events["stls_injection"]["s2c"] == len(injected)
+    assert events["tls"]["dropped_s2c"] == len(injected)
 
 
 def test_escape_sequences_from_the_server_never_reach_the_terminal(tmp_path: Path) -> None:

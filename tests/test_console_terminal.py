@@ -6,9 +6,11 @@ Each test types into the console as a person would, waits for what the screen sh
 
 from __future__ import annotations
 
+import os
 import poplib
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -160,6 +162,23 @@ def test_ctrl_c_after_dele_2_leaves_message_2_on_the_server(
     capture = read_capture(only_capture(tmp_path))
     assert capture.complete and b"QUIT" not in capture.stream("c2s")
     assert b"DELE 2" in capture.stream("c2s")
+
+
+def test_sigterm_closes_without_quit_and_keeps_the_capture(
+    tmux_path: str, dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    box = dovecot.new_mailbox(corpus)
+    with start_console(tmux_path, dovecot, "tls", tmp_path, "--user", box.user) as term:
+        log_in(term, box, typed_user=False)
+        run(term, "DELE 4", r"message 4 is marked")
+        os.kill(term.program_pid(), signal.SIGTERM)
+        term.wait_for("SIGTERM received: connection closed without QUIT")
+        assert term.wait_exit() == 130
+        assert "Traceback" not in term.screen()
+    dovecot.wait_disconnected(box.user)
+    assert dovecot.mailbox_messages(box.user) == corpus
+    capture = read_capture(only_capture(tmp_path))
+    assert capture.complete and b"QUIT" not in capture.stream("c2s")
 
 
 def test_history_recalls_commands_and_tab_completes_verbs_and_numbers(
