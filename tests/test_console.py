@@ -465,7 +465,9 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
     for args, message in [
         (["127.0.0.1", "--tls", "--starttls"], "not allowed with argument"),
         (["127.0.0.1", "--insecure", "--upstream-ca", "x.pem"], "contradict each other"),
-        (["127.0.0.1", "--upstream-ca", str(tmp_path / "none.pem")], "no such file"),
+        (["127.0.0.1", "--tls", "--upstream-ca", str(tmp_path / "none.pem")], "no such file"),
+        (["127.0.0.1", "--starttls", "--upstream-ca", __file__], "not a readable PEM CA file"),
+        (["127.0.0.1", "--user", "bob\r\nDELE 1"], "control characters"),
         (["127.0.0.1", "--script", str(tmp_path / "none.txt")], "no such file"),
         (["::1"], "write IPv6 addresses as [ADDR]:PORT"),
         (["127.0.0.1:0"], "the port cannot be 0"),
@@ -537,3 +539,46 @@ def test_completion_offers_verbs_helpers_and_known_message_numbers(tmp_path: Pat
     assert complete("NOOP ") == []
     meta = completer.get_completions(Document("DELE 2"), CompleteEvent())
     assert [c.display_meta_text for c in meta] == ["marked  "]
+
+
+def read_body_through_a_socket(wire: bytes) -> tuple[bytes, list[bool]]:
+    """What ``Pop3Link.read_body`` hands on for a body sent as ``wire`` (terminator included)."""
+    link = Pop3Link(LinkConfig(server=Endpoint("127.0.0.1", 1), timeout=10), SessionRecorder(None))
+    ours, theirs = socket.socketpair()
+    link._sock = ours
+    pieces: list[bytes] = []
+    starts: list[bool] = []
+
+    def sink(piece: bytes, line_start: bool) -> None:
+        pieces.append(piece)
+        starts.append(line_start)
+
+    sender = threading.Thread(target=theirs.sendall, args=(wire,))
+    sender.start()
+    try:
+        link.read_body(sink, "in a test")
+    finally:
+        sender.join()
+        theirs.close()
+        link.close()
+    return b"".join(pieces), starts
+
+
+_LINE = st.binary(max_size=80).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@given(st.lists(_LINE, max_size=40), st.booleans())
+def test_read_body_undoes_dot_stuffing_exactly(lines: list[bytes], bare_lf: bool) -> None:
+    """RFC 1939 §3: a body line starting with '.' is sent with one more '.'."""
+    end = b"\n" if bare_lf else b"\r\n"
+    message = b"".join(line + end for line in lines)
+    wire = b"".join((b"." + line if line.startswith(b".") else line) + end for line in lines)
+    received, _starts = read_body_through_a_socket(wire + b"." + end)
+    assert received == message
+
+
+def test_an_overlong_body_line_comes_in_pieces_unstuffed_once() -> None:
+    line = b".." + b"x" * 200_000
+    received, starts = read_body_through_a_socket(line + b"\r\nnext\r\n.\r\n")
+    assert received == line[1:] + b"\r\nnext\r\n"
+    assert starts[0] and not starts[1] and starts[-1]

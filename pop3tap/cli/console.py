@@ -149,8 +149,13 @@ def _cmd_console(args: argparse.Namespace) -> int:
         raise CliError("--insecure and --upstream-ca contradict each other")
     if math.isnan(args.timeout) or args.timeout <= 0:
         raise CliError("--timeout must be a positive number of seconds")
-    if args.upstream_ca is not None and not args.upstream_ca.is_file():
-        raise CliError(f"--upstream-ca {args.upstream_ca}: no such file")
+    if args.upstream_ca is not None and (args.tls or args.starttls):
+        from pop3tap.tls import TlsSetupError, upstream_context
+
+        try:  # an unusable CA file fails here, before anything is sent
+            upstream_context(ca_file=args.upstream_ca)
+        except TlsSetupError as exc:
+            raise CliError(str(exc)) from None
     netrc_path = None if args.netrc is None else args.netrc.expanduser()
     if netrc_path is not None:
         try:
@@ -191,6 +196,9 @@ def _cmd_console(args: argparse.Namespace) -> int:
             user = secrets.default_user()
         except SecretError as exc:
             raise CliError(str(exc)) from None
+    if user is not None and (not user or not user.isprintable() or " " in user):
+        # It goes on the USER line: a CR or LF would smuggle in another command.
+        raise CliError(f"the user name {user!r} holds spaces or control characters")
     config = LinkConfig(
         server=Endpoint(host, port),
         tls=args.tls,
