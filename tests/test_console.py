@@ -466,6 +466,7 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
         (["127.0.0.1", "--tls", "--starttls"], "not allowed with argument"),
         (["127.0.0.1", "--insecure", "--upstream-ca", "x.pem"], "contradict each other"),
         (["127.0.0.1", "--tls", "--upstream-ca", str(tmp_path / "none.pem")], "no such file"),
+        (["127.0.0.1", "--insecure"], "add --tls (POP3S) or --starttls (STLS)"),
         (["127.0.0.1", "--starttls", "--upstream-ca", __file__], "not a readable PEM CA file"),
         (["127.0.0.1", "--user", "bob\r\nDELE 1"], "control characters"),
         (["127.0.0.1", "--script", str(tmp_path / "none.txt")], "no such file"),

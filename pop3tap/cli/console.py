@@ -147,6 +147,9 @@ def _cmd_console(args: argparse.Namespace) -> int:
     host, port = _server(args.server, args.tls)
     if args.insecure and args.upstream_ca is not None:
         raise CliError("--insecure and --upstream-ca contradict each other")
+    if (args.insecure or args.upstream_ca is not None) and not (args.tls or args.starttls):
+        option = "--insecure" if args.insecure else "--upstream-ca"
+        raise CliError(f"{option} is for TLS: add --tls (POP3S) or --starttls (STLS)")
     if math.isnan(args.timeout) or args.timeout <= 0:
         raise CliError("--timeout must be a positive number of seconds")
     if args.upstream_ca is not None and (args.tls or args.starttls):
