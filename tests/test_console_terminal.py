@@ -58,12 +58,11 @@ def start_console(tmux_path: str, dovecot: Dovecot, mode: str, tmp_path: Path, *
 
 def log_in(term: Tmux, box: Mailbox, *, typed_user: bool) -> None:
     """Log in, typing the password at the hidden prompt."""
-    term.wait_for(PROMPT if typed_user else "Password for")
     if typed_user:
-        term.line(f"USER {box.user}")
-        term.wait_for(r"(?m)^\+OK$")
+        term.wait_for(PROMPT)
+        run(term, f"USER {box.user}", r"(?m)^pop3 .*> USER .*\n\+OK$")
         term.line("PASS")
-        term.wait_for("Password for")
+    term.wait_for("Password for")
     term.type(box.password)
     term.keys("Enter")
     term.wait_for(r"\+OK Logged in\.")
