@@ -540,6 +540,9 @@ def test_completion_offers_verbs_helpers_and_known_message_numbers(tmp_path: Pat
     assert complete("NOOP ") == []
     meta = completer.get_completions(Document("DELE 2"), CompleteEvent())
     assert [c.display_meta_text for c in meta] == ["marked  "]
+    session.count = 10**12  # a hostile STAT: completion stays bounded
+    assert len(complete("RETR ")) == 500
+    assert complete("RETR 9999") == ["9999", *(str(n) for n in range(99990, 100000))]
 
 
 def read_body_through_a_socket(wire: bytes) -> tuple[bytes, list[bool]]:

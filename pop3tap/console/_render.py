@@ -101,13 +101,18 @@ def summarize_headers(block: bytes) -> HeaderSummary:
             key = name.decode("ascii", "replace").strip().title()
             if sep and key in _SUMMARY_HEADERS and key not in fields:
                 fields[key] = value.decode("utf-8", "replace").strip()
-    flat = {k: terminal_safe(" ".join(v.split())) for k, v in fields.items()}
+    flat = {k: terminal_safe(_shorten(" ".join(v.split()))) for k, v in fields.items()}
     return HeaderSummary(
         sender=flat.get("From", ""),
         to=flat.get("To", ""),
         subject=flat.get("Subject", ""),
         date=flat.get("Date", ""),
     )
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """At most ``limit`` characters: a header can be as long as the block that holds it."""
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 @dataclass(slots=True)

@@ -28,6 +28,8 @@ _NOTE = "\x1b[36m"
 _ERROR = "\x1b[1;31m"
 _SENT = "\x1b[33m"
 _RESET = "\x1b[0m"
+#: Message numbers offered at once (a mailbox may hold far more).
+_MAX_OFFERED = 500
 
 
 class SecretFreeHistory(InMemoryHistory):
@@ -61,9 +63,13 @@ class Pop3Completer(Completer):
             return
         prefix = "" if new_word else words[-1]
         marks = self.console.marks
+        offered = 0
         for number in self.console.message_numbers():
             candidate = str(number)
             if candidate.startswith(prefix):
+                offered += 1
+                if offered > _MAX_OFFERED:
+                    return
                 meta = self._meta(number)
                 if number in marks:
                     meta = f"marked  {meta}"
