@@ -133,7 +133,11 @@ class TerminalDisplay:
 
 def ask_hidden(prompt: str) -> str | None:
     """Read a secret with echo off on the terminal (nothing is shown as it is typed)."""
-    return getpass.getpass(prompt)
+    try:
+        return getpass.getpass(prompt)
+    except (KeyboardInterrupt, EOFError):
+        sys.stdout.write("\n")  # getpass leaves the cursor after its prompt
+        raise
 
 
 class ScriptDisplay:
