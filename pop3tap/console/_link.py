@@ -133,21 +133,35 @@ class SessionRecorder:
         return time.monotonic() - self._started
 
     def client(self, data: bytes) -> None:
-        """Bytes about to be sent: captured with secrets masked, then parsed."""
+        """Bytes about to be sent: captured with secrets masked, then parsed.
+
+        Lines after an AUTH are held by the masker until the pairing says whether they
+        are SASL data or commands; they are written as soon as it does.
+        """
         at = self.now()
-        masked = self.observer.mask_client(data)
+        masked = self.observer.mask_client(data, at)
         if self.writer is not None and masked:
             self.writer.write_data("c2s", at, masked)
         self._take(self.observer.feed_client(data, at))
+        self._write_released()
         self._check()
 
     def server(self, data: bytes) -> None:
-        """Bytes received: captured as they are, then parsed."""
+        """Bytes received: parsed first, so client lines they resolve are written before
+        them (the order they crossed the wire in), then captured as they are."""
         at = self.now()
-        if self.writer is not None:
-            self.writer.write_data("s2c", at, data)
-        self._take(self.observer.feed_server(data, at))
+        try:
+            self._take(self.observer.feed_server(data, at))
+        finally:
+            self._write_released()
+            if self.writer is not None:
+                self.writer.write_data("s2c", at, data)
         self._check()
+
+    def _write_released(self) -> None:
+        for at, masked in self.observer.take_masked_client():
+            if self.writer is not None:
+                self.writer.write_data("c2s", at, masked)
 
     def event(self, name: str, **fields: Any) -> None:
         if self.writer is not None:
@@ -157,6 +171,9 @@ class SessionRecorder:
     def tls_started(self, **fields: Any) -> None:
         """TLS is up after STLS: the reader resumes parsing at this record (RFC 2595 §4)."""
         switch = self.switch
+        # Client lines still held are masked and written on this side of the switch.
+        self.observer.abandon_client_lines()
+        self._write_released()
         self.event("tls", mode="stls", seq=0 if switch is None else switch.seq, **fields)
         self.observer.resume_after_tls()
         self.switch = None
@@ -164,13 +181,13 @@ class SessionRecorder:
     def close(self, reason: str) -> None:
         """End both directions and write the close record with the session summary."""
         at = self.now()
-        rest = self.observer.flush_masked_client()
-        if self.writer is not None and rest:
-            self.writer.write_data("c2s", at, rest)
-        self.event("eof", dir="c2s")
         self.observer.end_client(at)
-        self.event("eof", dir="s2c")
         self.observer.end_server(at)
+        # Client lines that never got a verdict are masked (the facts are missing).
+        self.observer.abandon_client_lines()
+        self._write_released()
+        self.event("eof", dir="c2s")
+        self.event("eof", dir="s2c")
         if self.writer is not None:
             self.writer.close(at, reason, self.observer.summary().as_dict())
             self._check()
