@@ -184,8 +184,8 @@ async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
     return stream
 
 
-def _abort(stream: trio.abc.Stream) -> None:
-    """Close with a TCP reset (SO_LINGER 0), to pass a reset on to the other side."""
+def reset_on_close(stream: trio.abc.Stream) -> None:
+    """Make the next close a TCP reset (SO_LINGER 0), to pass a reset on to the other side."""
     sock = _socket_of(stream)
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -479,7 +479,7 @@ class _Session:
                 self.log.info("session.reset", side=side, error=_reason(exc))
                 self.close_reason = f"{side} reset"
                 self.observe_end(direction, "reset")
-                _abort(sink)
+                reset_on_close(sink)
                 cancel_scope.cancel()
                 return
             except trio.ClosedResourceError:
@@ -582,7 +582,7 @@ class _Session:
                 self.close_reason = step.reason
                 self.record_event("fault_end", seq=step.seq, reason=step.reason)
                 if step.reset:
-                    _abort(self.client)
+                    reset_on_close(self.client)
                 cancel_scope.cancel()
                 return False
         return True
@@ -668,7 +668,7 @@ class _Session:
             self.close_reason = f"{other} gone"
             self.flush_server()  # keep the order: the bytes, then the failure
             self.record_event("send_failed", dir=direction.value, error=_reason(exc))
-            _abort(source)
+            reset_on_close(source)
             cancel_scope.cancel()
             return False
         return True

@@ -53,6 +53,12 @@ def dovecot(tls_ca: trustme.CA) -> Iterator[Dovecot]:
 
 
 @pytest.fixture(scope="session")
+def openssl_path() -> str:
+    """Path of the openssl binary (its s_client is a real TLS client)."""
+    return _require_binary("openssl")
+
+
+@pytest.fixture(scope="session")
 def curl_path() -> str:
     """Path of the curl binary."""
     return _require_binary("curl")

@@ -448,3 +448,136 @@ def test_curl_ssl_reqd_against_an_stls_replay(
         )
     assert replayed == live == mailbox.messages[2]
     assert server.unmatched == []
+
+
+# --------------------------------------------------------------------------- closing TLS
+
+
+def s_client(
+    openssl: str, host: str, port: int, ca_file: Path, commands: bytes, *extra: str
+) -> Any:
+    """``openssl s_client`` reading ``commands`` from stdin until the server ends the session.
+
+    ``-quiet`` implies ``-ign_eof``: it waits for the server's close, and exits 1 when that
+    close is a TCP close without a TLS close_notify ("unexpected eof while reading").
+    """
+    return subprocess.run(
+        [
+            *(openssl, "s_client", "-connect", f"{host}:{port}", "-CAfile", str(ca_file)),
+            *("-verify_return_error", "-quiet", *extra),
+        ],
+        input=commands,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def reset_capture(directory: Path) -> Path:
+    """A plaintext session whose server reset the connection after answering STAT."""
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = CaptureWriter.create(
+        directory,
+        session_id="reset",
+        header_fields={"secrets": "masked", "options": {"listen_tls": True}},
+        now=datetime(2026, 11, 27, tzinfo=UTC),
+    )
+    writer.write_data("s2c", 0.1, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.2, b"STAT\r\n")
+    writer.write_data("s2c", 0.3, b"+OK 0 0\r\n")
+    writer.write_event("reset", 0.4, dir="s2c")
+    writer.close(0.5, "server reset")
+    return writer.path
+
+
+@pytest.mark.realpeer
+def test_openssl_s_client_ends_cleanly_after_quit_on_a_pop3s_replay(
+    openssl_path: str, tmp_path: Path
+) -> None:
+    path = plain_capture(tmp_path / "caps", options={"listen_tls": True, "upstream_tls": True})
+    with pop3tap.replay_server(path, ca_dir=tmp_path / "ca", listen_tls=True) as server:
+        assert server.ca_file is not None
+        result = s_client(
+            openssl_path, server.host, server.port, server.ca_file, b"STAT\r\nQUIT\r\n"
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stdout == b"+OK plain ready\r\n+OK 0 0\r\n+OK bye\r\n"
+    assert b"unexpected eof" not in result.stderr
+
+
+@pytest.mark.realpeer
+def test_openssl_s_client_ends_cleanly_after_quit_on_an_stls_replay(
+    openssl_path: str, tmp_path: Path
+) -> None:
+    path = stls_capture(tmp_path / "caps")
+    commands = b"USER alice\r\nPASS any\r\nSTAT\r\nQUIT\r\n"
+    with pop3tap.replay_server(path, ca_dir=tmp_path / "ca") as server:
+        assert server.ca_file is not None
+        result = s_client(
+            openssl_path, server.host, server.port, server.ca_file, commands, "-starttls", "pop3"
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stdout == b"+OK\r\n+OK Logged in.\r\n+OK 2 320\r\n+OK Logging out.\r\n"
+
+
+class BioTlsClient:
+    """A TLS client over a plain socket through memory BIOs, so that how the TCP
+    connection ended (FIN or reset) stays visible under TLS, and so does close_notify."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=host)
+        self._pump(self.tls.do_handshake)
+
+    def _flush(self) -> None:
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+
+    def _pump(self, step: Any) -> Any:
+        while True:
+            try:
+                result = step()
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)  # raises ConnectionResetError on a reset
+                if data:
+                    self.incoming.write(data)
+                else:
+                    self.incoming.write_eof()
+                continue
+            self._flush()
+            return result
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def read_to_end(self) -> tuple[bytes, str]:
+        """Every byte until the end, and how it ended: close_notify, eof or reset."""
+        received = bytearray()
+        try:
+            while chunk := self._pump(lambda: self.tls.read(65536)):
+                received += chunk
+            return bytes(received), "close_notify"  # b"": the peer's close_notify
+        except ssl.SSLZeroReturnError:
+            return bytes(received), "close_notify"
+        except ssl.SSLEOFError:
+            return bytes(received), "eof"
+        except ConnectionResetError:
+            return bytes(received), "reset"
+        finally:
+            self.sock.close()
+
+
+def test_replay_resets_where_the_recorded_server_reset(tmp_path: Path) -> None:
+    path = reset_capture(tmp_path / "caps")
+    with pop3tap.replay_server(path, ca_dir=tmp_path / "ca", listen_tls=True) as server:
+        client = BioTlsClient(server.host, server.port, server.ssl_context())
+        client.send(b"STAT\r\n")
+        assert client.read_to_end() == (b"+OK ready\r\n+OK 0 0\r\n", "reset")
+        client = BioTlsClient(server.host, server.port, server.ssl_context())
+        client.send(b"QUIT\r\n")  # never recorded: an orderly close, with close_notify
+        received, ending = client.read_to_end()
+    assert received.endswith(b'no recorded response for "QUIT"\r\n')
+    assert ending == "close_notify"
