@@ -51,6 +51,7 @@ def assert_one_line_error(
         (["record", "--upstream", "127.0.0.1:0"], "cannot be 0"),
         (["record"], "--upstream"),
         (["record", "--upstream", "127.0.0.1:110", "--grace", "-1"], "not negative"),
+        (["record", "--upstream", "127.0.0.1:110", "--close-linger", "-1"], "not negative"),
         (["record", "--upstream", "127.0.0.1:110", "--grace", "nan"], "number of seconds"),
         (["record", "--upstream", "127.0.0.1:110", "--connect-timeout", "nan"], "seconds"),
         (["record", "--upstream", "127.0.0.1:110", "--tls-timeout", "nan"], "tls-timeout"),
