@@ -989,6 +989,11 @@ class _DropPlaintext(trio.abc.HalfCloseableStream):
             return data[start:]
         return await self.inner.receive_some(max_bytes)
 
+    @property
+    def socket(self) -> Any:
+        """The socket under (so a reset can be set on it), or None."""
+        return getattr(self.inner, "socket", None)
+
     async def send_eof(self) -> None:
         """Half-close the TCP stream under (after a TLS ``close_notify``)."""
         if isinstance(self.inner, trio.abc.HalfCloseableStream):
