@@ -8,11 +8,18 @@ record and ``("torn", bytes)`` for a torn tail after the last record. Step ``n``
 
 from __future__ import annotations
 
+import functools
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pop3tap.capture import CaptureWriter
+import jsonschema
+
+from pop3tap.capture import Capture, CaptureWriter
+from pop3tap.render import json_records
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "show-json.schema.json"
 
 #: The wall-clock start of every corpus capture.
 STARTED = datetime(2026, 11, 27, 6, 0, 0, tzinfo=UTC)
@@ -128,3 +135,21 @@ def write_session(directory: Path, name: str) -> Path:
         with open(path, "ab") as f:
             f.write(torn)
     return path
+
+
+@functools.cache
+def schema_validator() -> jsonschema.Draft202012Validator:
+    """The JSON view's schema, checked against the JSON Schema meta-schema first."""
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+
+
+def validate_json_view(capture: Capture) -> list[dict[str, Any]]:
+    """Every record of the capture's JSON view, each checked against the schema."""
+    records = [json.loads(json.dumps(r)) for r in json_records(capture)]
+    for record in records:
+        schema_validator().validate(record)
+    return records

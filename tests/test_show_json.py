@@ -3,7 +3,6 @@ order, each valid against docs/show-json.schema.json, as the README's tables say
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import subprocess
@@ -25,19 +24,9 @@ SCHEMA_PATH = ROOT / "docs" / "show-json.schema.json"
 EXPECTED = Path(__file__).resolve().parent / "show_json"
 
 
-@functools.cache
-def schema_validator() -> jsonschema.Draft202012Validator:
-    """The schema, checked against the JSON Schema meta-schema first."""
-    schema = json.loads(SCHEMA_PATH.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(
-        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-    )
-
-
 @pytest.fixture
 def validator() -> jsonschema.Draft202012Validator:
-    return schema_validator()
+    return show_corpus.schema_validator()
 
 
 def schema_kinds() -> dict[str, set[str]]:
@@ -193,7 +182,7 @@ def test_every_record_of_any_capture_validates(
     torn: bytes,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    validator = schema_validator()
+    validator = show_corpus.schema_validator()
     directory = tmp_path_factory.mktemp("caps")
     writer = CaptureWriter.create(
         directory, session_id="any", header_fields={"options": {}}, now=show_corpus.STARTED

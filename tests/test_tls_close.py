@@ -18,6 +18,7 @@ import structlog
 from clients import RunningRelay, running_relay
 from dovecot import Dovecot, Mailbox
 from mailutils import Mailutils
+from show_corpus import validate_json_view
 
 from pop3tap.capture import Capture, read_capture
 from pop3tap.certs import CA_CERT_FILE, init_ca
@@ -114,7 +115,10 @@ def test_pop3s_client_leaving_without_quit_frees_the_mailbox_at_once(
         again = poplib.POP3_SSL(relay.host, relay.port, context=trust, timeout=30)
         assert login(again, mailutils).startswith(b"+OK"), mailutils.log_tail()
         assert again.quit().startswith(b"+OK")
-        complete_captures(relay, 2)
+        captures = complete_captures(relay, 2)
+    for capture in captures:  # real TLS facts in the JSON view fit its schema
+        kinds = [r["kind"] for r in validate_json_view(capture)]
+        assert kinds.count("tls") == 2 and kinds[-1] == "summary"
 
 
 def test_stls_client_leaving_without_quit_frees_the_mailbox_at_once(
@@ -132,7 +136,11 @@ def test_stls_client_leaving_without_quit_frees_the_mailbox_at_once(
         again.stls(trust)
         assert login(again, mailutils).startswith(b"+OK"), mailutils.log_tail()
         assert again.quit().startswith(b"+OK")
-        complete_captures(relay, 2)
+        captures = complete_captures(relay, 2)
+    for capture in captures:
+        records = validate_json_view(capture)
+        events = [r["event"] for r in records if r["kind"] == "tls"]
+        assert events == ["stls_accepted", "tls_handshake", "tls_handshake", "tls"]
 
 
 def test_tls_session_ends_as_soon_as_the_client_leaves(
