@@ -31,7 +31,6 @@ import functools
 import ipaddress
 import secrets
 import socket
-import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,6 +68,8 @@ from pop3tap.tls import (
     TlsSetupError,
     client_handshake,
     describe_failure,
+    is_tls_end,
+    send_close_notify,
     server_handshake,
     tls_info,
     warn_if_ca_created,
@@ -108,8 +109,9 @@ class RelayConfig:
     connect_timeout: float = 10.0
     #: Seconds to wait for the upstream greeting before giving up (None: forever).
     greeting_timeout: float | None = 30.0
-    #: Seconds a TLS upstream may go on answering after the client half-closed.
-    half_close_timeout: float = 30.0
+    #: Seconds a TLS peer may go on sending after pop3tap passed the other side's close on
+    #: to it (as ``close_notify``), before pop3tap closes that connection itself.
+    close_linger: float = 5.0
     #: The longest line the parser keeps (longer lines are flagged, not buffered).
     max_line: int = 8192
     #: Opens the upstream transport (TCP by default); TLS, if any, is layered on top.
@@ -139,6 +141,7 @@ class RelayConfig:
             "connect_timeout": self.connect_timeout,
             "greeting_timeout": self.greeting_timeout,
             "max_line": self.max_line,
+            "close_linger": self.close_linger,
             **self.tls.options(),
             **extra,
         }
@@ -184,8 +187,8 @@ async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
     return stream
 
 
-def _abort(stream: trio.abc.Stream) -> None:
-    """Close with a TCP reset (SO_LINGER 0), to pass a reset on to the other side."""
+def reset_on_close(stream: trio.abc.Stream) -> None:
+    """Make the next close a TCP reset (SO_LINGER 0), to pass a reset on to the other side."""
     sock = _socket_of(stream)
     if sock is not None:
         with contextlib.suppress(OSError):
@@ -208,8 +211,12 @@ class _Session:
         self.close_reason = "closed"
         #: When the greeting line must be complete (trio time), or None for no limit.
         self.greeting_deadline: float | None = None
-        #: The server's stream ended (EOF or reset).
-        self.server_done = trio.Event()
+        #: Each direction's stream ended (EOF or reset).
+        self.ended = {Direction.CLIENT: trio.Event(), Direction.SERVER: trio.Event()}
+        #: Set (and replaced) whenever server bytes are parsed or the server's stream ends.
+        self.server_activity = trio.Event()
+        #: TLS streams pop3tap sent close_notify on, or set to close with a reset (by id).
+        self.closing: set[int] = set()
         self.log = logger.bind()
         #: Bytes observed so far per direction (the observer's stream offsets).
         self.seen = {Direction.CLIENT: 0, Direction.SERVER: 0}
@@ -414,14 +421,15 @@ class _Session:
                     self.record_released_client()
                     if not captured:
                         self.capture_server(data, at)
+                self.server_activity.set()
             self.record_released_client()
             self.handle_events(events)
         except Exception:  # the parser must never break the relay
             self.log.exception("pop3.parser_error", direction=direction.value)
 
     def observe_end(self, direction: Direction, kind: str) -> None:
-        if direction is Direction.SERVER:
-            self.server_done.set()
+        self.ended[direction].set()
+        self.server_activity.set()
         at = self.now()
         if direction is Direction.CLIENT:
             # Written once the client lines still held are (the reader stops reading
@@ -468,25 +476,28 @@ class _Session:
             except trio.BrokenResourceError as exc:
                 if id(source) in self.closed_by_us:
                     return
-                if _ragged_tls_eof(source, exc):
-                    # The peer closed TCP without a TLS close_notify, as many servers do:
-                    # that is an end of stream, not a reset (RFC 8446 §6.1).
-                    self.log.info("tls.no_close_notify", side=side)
+                if is_tls_end(source, exc):
+                    # The peer closed TCP without a TLS close_notify, as many servers do, or
+                    # sent its close_notify after ours: an end of stream, not a reset
+                    # (RFC 8446 §6.1).
+                    if id(source) not in self.closing:
+                        self.log.info("tls.no_close_notify", side=side)
                     self.observe_end(direction, "eof")
-                    await self.propagate_eof(sink, direction)
+                    await self.propagate_eof(sink, direction, cancel_scope)
                     return
                 # A reset (or a TLS failure) on the receiving side: pass it on as a reset.
                 self.log.info("session.reset", side=side, error=_reason(exc))
                 self.close_reason = f"{side} reset"
                 self.observe_end(direction, "reset")
-                _abort(sink)
+                self.closing.add(id(sink))
+                reset_on_close(sink)
                 cancel_scope.cancel()
                 return
             except trio.ClosedResourceError:
                 return
             if not data:
                 self.observe_end(direction, "eof")
-                await self.propagate_eof(sink, direction)
+                await self.propagate_eof(sink, direction, cancel_scope)
                 return
             if direction is Direction.CLIENT:
                 self.flush_server()  # what the client saw comes before what it says
@@ -582,7 +593,8 @@ class _Session:
                 self.close_reason = step.reason
                 self.record_event("fault_end", seq=step.seq, reason=step.reason)
                 if step.reset:
-                    _abort(self.client)
+                    self.closing.add(id(self.client))  # a reset, so no close_notify first
+                    reset_on_close(self.client)
                 cancel_scope.cancel()
                 return False
         return True
@@ -668,13 +680,25 @@ class _Session:
             self.close_reason = f"{other} gone"
             self.flush_server()  # keep the order: the bytes, then the failure
             self.record_event("send_failed", dir=direction.value, error=_reason(exc))
-            _abort(source)
+            self.closing.add(id(source))
+            reset_on_close(source)
             cancel_scope.cancel()
             return False
         return True
 
-    async def propagate_eof(self, sink: trio.abc.Stream, direction: Direction) -> None:
-        """Half-close the other side; if it cannot half-close, close it."""
+    async def propagate_eof(
+        self, sink: trio.abc.Stream, direction: Direction, cancel_scope: trio.CancelScope
+    ) -> None:
+        """Pass an end of stream on to the other side at once, as the peer sent it.
+
+        Plain TCP gets a half-close (FIN). TLS gets ``close_notify`` and a TCP half-close
+        (RFC 8446 §6.1): the other peer learns of the close as promptly as over plain TCP,
+        so a server ends the session (and releases its mailbox lock) at once. One
+        exception: a server may drop commands it has not answered yet when a close_notify
+        arrives (Dovecot does), so while the client's commands still wait for answers and
+        the server keeps sending, the close_notify waits for them. That peer then has
+        ``close_linger`` seconds to end its own side before pop3tap closes the session.
+        """
         if direction is Direction.SERVER:
             self.close_reason = "server closed"
         elif self.close_reason == "closed":
@@ -683,22 +707,43 @@ class _Session:
             if isinstance(sink, trio.abc.HalfCloseableStream):
                 await sink.send_eof()
                 return
-            if direction is Direction.CLIENT:
-                # TLS cannot half-close the upstream (trio's close_notify ends both ways),
-                # and closing it now would lose the answers to commands already sent: let
-                # the server finish, within a bound.
-                with trio.move_on_after(self.config.half_close_timeout):
-                    await self.server_done.wait()
-                if self.server_done.is_set():
+            if isinstance(sink, trio.SSLStream) and id(sink) not in self.closing:
+                if direction is Direction.CLIENT:
+                    await self.wait_for_answers()
+                self.closing.add(id(sink))
+                sent = False
+                with trio.move_on_after(self.config.close_linger):
+                    sent = await send_close_notify(sink)
+                if sent:
+                    await self.linger(direction, cancel_scope)
                     return
-                self.log.info(
-                    "session.half_close_timeout", timeout_s=self.config.half_close_timeout
-                )
             self.closed_by_us.add(id(sink))
-            with trio.move_on_after(5):
+            with trio.move_on_after(self.config.close_linger):
                 await sink.aclose()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+    async def wait_for_answers(self) -> None:
+        """Wait while commands await answers and the server sent something in the last
+        ``close_linger`` seconds."""
+        linger = self.config.close_linger
+        while self.observer.awaiting_answers and not self.ended[Direction.SERVER].is_set():
+            self.server_activity = trio.Event()
+            with trio.move_on_after(linger):
+                await self.server_activity.wait()
+            if not self.server_activity.is_set():
+                self.log.info("session.close_linger", side="server", linger_s=linger)
+                return
+
+    async def linger(self, direction: Direction, cancel_scope: trio.CancelScope) -> None:
+        """Give the other direction ``close_linger`` seconds to end after a close_notify."""
+        other = Direction.SERVER if direction is Direction.CLIENT else Direction.CLIENT
+        with trio.move_on_after(self.config.close_linger):
+            await self.ended[other].wait()
+        if not self.ended[other].is_set():
+            side = "server" if other is Direction.SERVER else "client"
+            self.log.info("session.close_linger", side=side, linger_s=self.config.close_linger)
+            cancel_scope.cancel()
 
     async def no_greeting(self) -> None:
         """The greeting deadline passed without a complete greeting line: say so.
@@ -916,6 +961,12 @@ class _Session:
             if type(stream) is trio.SocketStream:
                 stream.socket.close()  # what aclose does, without its checkpoint
             elif stream is not None:
+                if isinstance(stream, trio.SSLStream) and id(stream) not in self.closing:
+                    # An orderly close by pop3tap itself (shutdown, a peer that is gone
+                    # elsewhere): close_notify first, never waiting long (RFC 8446 §6.1).
+                    self.closing.add(id(stream))
+                    with trio.move_on_after(1):
+                        await send_close_notify(stream)
                 with trio.move_on_after(1):
                     await trio.aclose_forcefully(stream)
         at = self.now()
@@ -944,16 +995,6 @@ class _Session:
 
 class _NoGreeting(Exception):
     """The upstream did not complete its greeting line before the greeting deadline."""
-
-
-def _ragged_tls_eof(stream: trio.abc.Stream, exc: BaseException) -> bool:
-    """A TLS peer closed TCP without close_notify (``UNEXPECTED_EOF_WHILE_READING``)."""
-    if not isinstance(stream, trio.SSLStream):
-        return False
-    cause = exc.__cause__
-    return isinstance(cause, ssl.SSLEOFError) or (
-        isinstance(cause, ssl.SSLError) and "UNEXPECTED_EOF" in str(cause)
-    )
 
 
 def _reason(exc: BaseException) -> str:

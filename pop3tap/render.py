@@ -10,13 +10,16 @@ built from the observer's events, whose arguments are always masked.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Final
 
 from pop3tap.capture import Capture, CloseRecord, EventRecord, derive_events
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
+    Direction,
     EndOfStream,
     Event,
     Exchange,
@@ -188,18 +191,183 @@ def _render_event(event: Event, out: _Out, server_stream: bytes | None) -> Itera
         yield out(event.at, "db", f"Connection closed by the {side}{suffix}")
 
 
-def render_json(capture: Capture) -> Iterator[str]:
-    """One JSON object per exchange, with the session id and wall-clock time."""
+#: Capture event names shown as ``tls`` records in the JSON view; the rest are ``transport``.
+_TLS_EVENTS: Final = frozenset({"tls_handshake", "tls", "tls_failed", "stls", "stls_injection"})
+
+
+def _iso(capture: Capture, t: float) -> str | None:
+    when = _wall_time(capture, t)
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
+
+
+def _json_value(value: object) -> object:
+    """A capture field as JSON: bytes as text (never ``b'...'``), nested values kept."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    return value
+
+
+def _event_record_fields(record: EventRecord) -> dict[str, object]:
+    return {"event": record.name, "fields": _json_value(record.fields)}
+
+
+def _exchange_record(ex: Exchange, stray_lines: int) -> dict[str, object]:
+    """The fields of an ``exchange`` record (see docs/show-json.schema.json)."""
+    challenges = sum(1 for kind, _text in ex.sasl if kind == "+")
+    omitted = sum(int(text) for kind, text in ex.sasl if kind == "...")
+    record: dict[str, object] = exchange_fields(ex)
+    record["sent_t"] = round(ex.sent_at, 6)
+    record["sasl_steps"] = challenges + (omitted + 1) // 2
+    if any(kind == "c" and text == "*" for kind, text in ex.sasl):
+        record["sasl_cancelled"] = True
+    record["stray"] = stray_lines > 0
+    record["stray_lines"] = stray_lines
+    return record
+
+
+def json_records(capture: Capture) -> Iterator[dict[str, object]]:
+    """Every fact of the Pop3.log view as one JSON-ready record, in stream order.
+
+    Each record has ``kind``, ``session`` (the capture's session id), ``t`` (seconds since
+    the session started) and ``time`` (ISO 8601 UTC, or None for a damaged clock); the
+    rest depends on the kind. docs/show-json.schema.json is the schema of every record.
+    """
     header = capture.header
-    for exchange in capture.exchanges():
-        fields = exchange_fields(exchange)
-        when = _wall_time(capture, exchange.sent_at)
-        record = {
-            "session": header.session,
-            "time": None if when is None else when.isoformat().replace("+00:00", "Z"),
-            **fields,
+    session = header.session
+
+    def base(kind: str, t: float) -> dict[str, object]:
+        return {"kind": kind, "session": session, "t": round(t, 6), "time": _iso(capture, t)}
+
+    yield {
+        **base("session", 0.0),
+        "client": header.client,
+        "listen": header.listen,
+        "upstream": header.upstream,
+        "secrets": header.secrets,
+        "pop3tap": header.pop3tap,
+        "format": header.format,
+        "options": _json_value(header.options),
+    }
+    # Stream order, with each exchange held back until the server lines after it are known:
+    # stray lines that follow an answer are counted on that exchange.
+    batches = list(derive_events(capture.records))
+    pending: list[dict[str, object]] = []
+    held: Exchange | None = None
+    stray_after = 0
+    summary: dict[str, object] | None = None
+
+    def release() -> Iterator[dict[str, object]]:
+        nonlocal held, stray_after
+        if held is not None:
+            yield {**base("exchange", held.at), **_exchange_record(held, stray_after)}
+        held, stray_after = None, 0
+        yield from pending
+        pending.clear()
+
+    for record, events in batches:
+        inferred = record is None
+        if isinstance(record, EventRecord) and record.name not in ("eof", "reset"):
+            yield from release()
+            kind = "tls" if record.name in _TLS_EVENTS else "transport"
+            yield {**base(kind, record.t), **_event_record_fields(record)}
+        ends = [e for e in events if isinstance(e, EndOfStream)]
+        for event in events:
+            if isinstance(event, Exchange):
+                yield from release()
+                held = event
+            elif isinstance(event, StrayLine):
+                if event.direction is Direction.SERVER and held is not None:
+                    stray_after += 1
+                line = {**base("stray", event.at), "direction": event.direction.value}
+                line["text"] = event.text
+                pending.append(line)
+            elif isinstance(event, EndOfStream):
+                if inferred and not capture.complete:
+                    continue  # not recorded: the incomplete record says where it stops
+                yield from release()
+                how = record.name if isinstance(record, EventRecord) else "closed"
+                yield {
+                    **base("end", event.at),
+                    "direction": event.direction.value,
+                    "how": how,
+                    "recorded": not inferred,
+                    "truncated": event.truncated,
+                    "unanswered": event.unanswered,
+                }
+            elif not isinstance(event, CommandSent | SaslChallenge | SaslResponse):
+                yield from release()
+                yield {**base(_EVENT_KINDS[type(event)], event.at), **_event_fields(event)}
+        if isinstance(record, EventRecord) and record.name in ("eof", "reset") and not ends:
+            yield from release()  # a second end of a direction already ended: keep the fact
+            yield {**base("transport", record.t), **_event_record_fields(record)}
+        if isinstance(record, CloseRecord):
+            # Last, after the ends the close record implies (derive_events adds them after
+            # the last record).
+            summary = {
+                **base("summary", record.t),
+                "reason": record.reason,
+                "counters": _json_value(record.summary),
+            }
+    yield from release()
+    if summary is not None:
+        yield summary
+    if not capture.complete:
+        last = capture.records[-1].t if capture.records else 0.0
+        yield {
+            **base("incomplete", last),
+            "torn": capture.truncated,
+            "trailing_bytes": capture.trailing_bytes,
+            "problem": capture.problem,
         }
+
+
+#: The ``kind`` of the observer events that become records of their own.
+_EVENT_KINDS: Final[dict[type[Event], str]] = {
+    Greeting: "greeting",
+    UnsolicitedLine: "unsolicited",
+    StartTls: "tls",
+    PairingLost: "pairing_lost",
+}
+
+
+def _event_fields(event: Event) -> dict[str, object]:
+    if isinstance(event, Greeting):
+        fields: dict[str, object] = {
+            "status": None if event.status is None else event.status.value,
+            "text": event.text,
+            "apop": event.apop_timestamp is not None,
+        }
+        if event.resp_code:
+            fields["resp_code"] = event.resp_code
+        if event.flags:
+            fields["flags"] = sorted(f.value for f in event.flags)
+        return fields
+    if isinstance(event, UnsolicitedLine):
+        return {"status": None if event.status is None else event.status.value, "text": event.text}
+    if isinstance(event, StartTls):
+        return {
+            "event": "stls_accepted",
+            "fields": {
+                "seq": event.seq,
+                "client_trailing": event.client_trailing,
+                "server_trailing": event.server_trailing,
+            },
+        }
+    if isinstance(event, PairingLost):
+        return {"reason": event.reason}
+    raise TypeError(f"no JSON record for {type(event).__name__}")  # pragma: no cover
+
+
+def render_json(capture: Capture) -> Iterator[str]:
+    """The JSON view: one JSON object per line for every record of :func:`json_records`."""
+    for record in json_records(capture):
         yield json.dumps(record, ensure_ascii=False)
 
 
-__all__ = ["render_json", "render_lines"]
+__all__ = ["json_records", "render_json", "render_lines"]

@@ -61,7 +61,7 @@ import structlog
 import trio
 
 from pop3tap._fastio import plain_fd, receive_some, send_now
-from pop3tap._faultio import Delivery, deliver
+from pop3tap._faultio import Delivery, abort_with_reset, deliver
 from pop3tap.capture import (
     Capture,
     CloseRecord,
@@ -91,6 +91,7 @@ from pop3tap.tls import (
     ServerTls,
     build_server_tls,
     describe_failure,
+    send_close_notify,
     server_handshake,
     tls_info,
     warn_if_ca_created,
@@ -268,6 +269,8 @@ class RecordedSession:
     upstream_host: str = ""
     #: A fault the relay injected into the greeting when it was recorded (a fault spec).
     greeting_fault: str | None = None
+    #: Where the recorded server ended the connection, it did so with a TCP reset.
+    server_reset: bool = False
 
     @property
     def stls(self) -> bool:
@@ -352,6 +355,18 @@ def _split_lines(data: bytes, start: int, count: int) -> list[tuple[bytes, int]]
         out.append((data[pos:end].rstrip(b"\r\n"), end))
         pos = end
     return out
+
+
+def _server_reset(capture: Capture) -> bool:
+    """Whether the recorded server's stream ended with a reset rather than a clean close."""
+    for record in capture.records:
+        if (
+            isinstance(record, EventRecord)
+            and record.name in ("eof", "reset")
+            and record.fields.get("dir") in ("s2c", None)
+        ):
+            return record.name == "reset"
+    return False
 
 
 def _server_closed_first(capture: Capture) -> bool:
@@ -515,6 +530,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
         listen_tls=capture.header.options.get("listen_tls") is True,
         upstream_host=_upstream_host(capture.header.upstream),
         greeting_fault=recorded_faults.get(0),
+        server_reset=server_closed and _server_reset(capture),
     )
 
 
@@ -938,7 +954,7 @@ class _LineReader:
         raise _Idle
 
 
-class _DropPlaintext(trio.abc.Stream):
+class _DropPlaintext(trio.abc.HalfCloseableStream):
     """A client transport right after an STLS ``+OK``: plaintext before the first TLS
     record is dropped and counted (RFC 2595 §4; the CVE-2011-0411 injection class).
 
@@ -973,6 +989,16 @@ class _DropPlaintext(trio.abc.Stream):
             return data[start:]
         return await self.inner.receive_some(max_bytes)
 
+    @property
+    def socket(self) -> Any:
+        """The socket under (so a reset can be set on it), or None."""
+        return getattr(self.inner, "socket", None)
+
+    async def send_eof(self) -> None:
+        """Half-close the TCP stream under (after a TLS ``close_notify``)."""
+        if isinstance(self.inner, trio.abc.HalfCloseableStream):
+            await self.inner.send_eof()
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
@@ -994,6 +1020,8 @@ class _Connection:
         self.prelogin: list[tuple[str, bytes]] = []
         self.user_chosen = False
         self.reason = "client closed"
+        #: The recorded server closed the connection here (so close as it did).
+        self.recorded_close = False
         #: The client leg is TLS (implicit, or after STLS).
         self.tls_up = False
         self.log = logger.bind(connection=number, client=format_peer(stream))
@@ -1077,6 +1105,7 @@ class _Connection:
             return
         if session.closes_after_greeting:
             self.reason = "recorded server closed after its greeting"
+            self.recorded_close = True
             return
         await self.serve_commands()
 
@@ -1124,6 +1153,7 @@ class _Connection:
                 return
             if ex.closes:
                 self.reason = "recorded server closed here"
+                self.recorded_close = True
                 return
             if ex.tls_failed:
                 self.reason = "the recorded TLS handshake after STLS failed"
@@ -1207,6 +1237,7 @@ class _Connection:
         if not ex.segments:
             # The recorded server never answered this command: it closed the connection.
             self.reason = "recorded server closed without answering"
+            self.recorded_close = True
             return False
         for number, segment in enumerate(ex.segments):
             if number == 0 and fault is not None:
@@ -1285,17 +1316,28 @@ class _Connection:
         return False
 
     async def _linger(self) -> None:
-        """Half-close, then drop what the client still sends for a moment.
+        """End the connection the way the recorded server did, then drop what the client
+        still sends for a moment.
 
-        Closing a TCP socket with unread input sends a reset, which can destroy our last
-        ``-ERR`` line before the client reads it; reading a bounded amount avoids that.
+        An orderly close over TLS sends ``close_notify`` first (RFC 8446 §6.1), so a client
+        such as ``openssl s_client`` sees a clean end, not a truncation; a plain one sends
+        FIN. Where the recorded server reset the connection, so does the replay. Closing a
+        TCP socket with unread input sends a reset, which can destroy our last line before
+        the client reads it; reading a bounded amount (for one second) avoids that.
         """
         stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
+        if self.recorded_close and self.play is not None and self.play.session.server_reset:
+            abort_with_reset(stream)
             return
         with trio.move_on_after(1):
             try:
-                await stream.send_eof()
+                if isinstance(stream, trio.SSLStream):
+                    if not await send_close_notify(stream):
+                        return
+                elif isinstance(stream, trio.abc.HalfCloseableStream):
+                    await stream.send_eof()
+                else:
+                    return
                 discarded = 0
                 while discarded < (1 << 20):
                     data = await stream.receive_some(_RECEIVE_SIZE)

@@ -24,6 +24,7 @@ subject and SHA-256 fingerprint.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import ssl
@@ -57,6 +58,8 @@ __all__ = [
     "TlsSetupError",
     "client_handshake",
     "describe_failure",
+    "is_tls_end",
+    "send_close_notify",
     "server_context_for_ca",
     "server_context_from_files",
     "server_handshake",
@@ -376,6 +379,57 @@ async def server_handshake(
     tls = trio.SSLStream(stream, context, server_side=True)
     await tls.do_handshake()
     return tls
+
+
+# --------------------------------------------------------------------------- closing
+
+
+async def send_close_notify(stream: trio.SSLStream[Any]) -> bool:
+    """Send a TLS ``close_notify`` alert and half-close the TCP connection under it.
+
+    RFC 8446 §6.1: each party sends ``close_notify`` before closing its write side, and may
+    go on reading until the peer's own ``close_notify``. trio's ``SSLStream`` only closes
+    both ways at once (``aclose``), which would cut off a peer's last answers, so this calls
+    ``SSL_shutdown`` once through the stream's own send machinery and then shuts the TCP
+    write side. ``receive_some`` keeps working: the peer's ``close_notify`` then reads as
+    the end of the stream (see :func:`is_tls_end`).
+
+    Returns False when nothing could be sent (the peer is gone, the stream is broken, or
+    trio's internals are not what this expects); the caller then closes the stream.
+    """
+    retry = getattr(stream, "_retry", None)
+    ssl_object = getattr(stream, "_ssl_object", None)
+    unwrap = getattr(ssl_object, "unwrap", None)
+    if retry is None or unwrap is None:
+        return False
+    try:
+        # One SSL_shutdown call: it queues the alert, which _retry sends; not waiting for
+        # the peer's answer is what ignore_want_read means (as in SSLStream.aclose).
+        await retry(unwrap, ignore_want_read=True)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+        return False
+    transport: Any = stream.transport_stream
+    if isinstance(transport, trio.abc.HalfCloseableStream):
+        with contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError
+        ):
+            await transport.send_eof()
+    return True
+
+
+def is_tls_end(stream: trio.abc.Stream, exc: BaseException) -> bool:
+    """Whether a receive error on ``stream`` is the peer's end of stream, not a failure.
+
+    Two cases: the peer closed TCP without ``close_notify`` (``UNEXPECTED_EOF_WHILE_READING``,
+    as many servers do), or its ``close_notify`` came after pop3tap sent its own (Python's
+    ``ssl`` then raises ``SSLZeroReturnError`` instead of returning ``b""``).
+    """
+    if not isinstance(stream, trio.SSLStream):
+        return False
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLEOFError | ssl.SSLZeroReturnError) or (
+        isinstance(cause, ssl.SSLError) and "UNEXPECTED_EOF" in str(cause)
+    )
 
 
 def tls_info(stream: trio.SSLStream[Any], *, server: ServerTls | None = None) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up and run every pop3tap check on a fresh Debian 12 machine (Python 3.11+):
 #   bash scripts/test.sh [extra pytest args]
-# As root it installs the real peers (Dovecot, curl, openssl, socat, haproxy, fetchmail, mpop,
-# tcpdump, and Chromium with its WebDriver for the HTML view; tmux for the terminal tests of
-# `pop3tap console`) with apt, and gcc plus Python's headers for the C body scanner.
+# As root it installs the real peers (Dovecot, GNU Mailutils pop3d, curl, openssl, socat,
+# haproxy, fetchmail, mpop, tcpdump, and Chromium with its WebDriver for the HTML view; tmux
+# for the terminal tests of `pop3tap console`) with apt, and gcc plus Python's headers for
+# the C body scanner.
 # Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
 # with POP3TAP_REQUIRE_REAL_PEERS=1 and POP3TAP_REQUIRE_C_SCANNER=1, so a missing real peer or
 # a C scanner that did not build fails instead of skipping.
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/.."
 pkgs=()
 for tool in dovecot:dovecot-pop3d doveadm:dovecot-core curl:curl openssl:openssl \
             socat:socat haproxy:haproxy gcc:gcc fetchmail:fetchmail mpop:mpop \
-            tcpdump:tcpdump chromium:chromium chromedriver:chromium-driver tmux:tmux; do
+            tcpdump:tcpdump chromium:chromium chromedriver:chromium-driver tmux:tmux \
+            pop3d:mailutils-pop3d; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
         pkgs+=("${tool#*:}")
     fi
@@ -33,6 +35,7 @@ if [ "${#pkgs[@]}" -gt 0 ]; then
         # The package may start a system Dovecot on 110/995; the tests use their own instance.
         if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
             systemctl disable --now dovecot.service dovecot.socket >/dev/null 2>&1 || true
+            systemctl disable --now mailutils-pop3d.service >/dev/null 2>&1 || true
         fi
     else
         echo "==> warning: not root, cannot install: ${pkgs[*]} (real-peer tests will fail)" >&2

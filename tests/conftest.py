@@ -11,6 +11,7 @@ import pytest
 import trustme
 from dovecot import Dovecot, Mailbox
 from mail_corpus import standard_corpus
+from mailutils import Mailutils
 
 REQUIRE_REAL_PEERS = os.environ.get("POP3TAP_REQUIRE_REAL_PEERS") == "1"
 
@@ -50,6 +51,25 @@ def dovecot(tls_ca: trustme.CA) -> Iterator[Dovecot]:
         _missing_peer("the private Dovecot must run as root")
     with Dovecot(ca=tls_ca, binary=binary) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def mailutils(tls_ca: trustme.CA) -> Iterator[Mailutils]:
+    """A private GNU Mailutils pop3d (STLS and POP3S listeners on 127.0.0.1) under socat."""
+    _require_binary("socat")
+    _require_binary("openssl")
+    if shutil.which("pop3d", path="/usr/sbin:/usr/bin") is None:
+        _missing_peer("GNU Mailutils pop3d is not installed (run: bash scripts/test.sh)")
+    if os.geteuid() != 0:
+        _missing_peer("the private pop3d must run as root")
+    with Mailutils(tls_ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def openssl_path() -> str:
+    """Path of the openssl binary (its s_client is a real TLS client)."""
+    return _require_binary("openssl")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -51,6 +52,7 @@ def assert_one_line_error(
         (["record", "--upstream", "127.0.0.1:0"], "cannot be 0"),
         (["record"], "--upstream"),
         (["record", "--upstream", "127.0.0.1:110", "--grace", "-1"], "not negative"),
+        (["record", "--upstream", "127.0.0.1:110", "--close-linger", "-1"], "not negative"),
         (["record", "--upstream", "127.0.0.1:110", "--grace", "nan"], "number of seconds"),
         (["record", "--upstream", "127.0.0.1:110", "--connect-timeout", "nan"], "seconds"),
         (["record", "--upstream", "127.0.0.1:110", "--tls-timeout", "nan"], "tls-timeout"),
@@ -114,8 +116,11 @@ def test_show_renders_pop3_log_view_and_json(tmp_path: Path) -> None:
     assert all(line.startswith("POP3: ") for line in lines)
     bodies = pop3tap("show", "--bodies", str(tmp_path)).stdout.splitlines()
     assert any(line.endswith("[rx] .a") for line in bodies)  # dot-unstuffed (RFC 1939 §3)
-    as_json = pop3tap("show", "--format", "json", str(tmp_path)).stdout.splitlines()
-    assert len(as_json) == 3 and '"verb": "RETR"' in as_json[2]
+    shown = pop3tap("show", "--format", "json", str(tmp_path)).stdout.splitlines()
+    as_json = [json.loads(line) for line in shown]
+    exchanges = [r for r in as_json if r["kind"] == "exchange"]
+    assert [r["verb"] for r in exchanges] == ["USER", "PASS", "RETR"]
+    assert as_json[0]["kind"] == "session" and as_json[-1]["kind"] == "summary"
 
 
 @pytest.mark.realpeer

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ import structlog
 import trustme
 from clients import curl, running_relay
 from dovecot import Dovecot, Mailbox
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import pop3tap
 from pop3tap.capture import CaptureWriter, read_capture
@@ -448,3 +451,207 @@ def test_curl_ssl_reqd_against_an_stls_replay(
         )
     assert replayed == live == mailbox.messages[2]
     assert server.unmatched == []
+
+
+# --------------------------------------------------------------------------- closing TLS
+
+
+def s_client(
+    openssl: str, host: str, port: int, ca_file: Path, commands: bytes, *extra: str
+) -> Any:
+    """``openssl s_client`` reading ``commands`` from stdin until the server ends the session.
+
+    ``-quiet`` implies ``-ign_eof``: it waits for the server's close, and exits 1 when that
+    close is a TCP close without a TLS close_notify ("unexpected eof while reading").
+    """
+    return subprocess.run(
+        [
+            *(openssl, "s_client", "-connect", f"{host}:{port}", "-CAfile", str(ca_file)),
+            *("-verify_return_error", "-quiet", *extra),
+        ],
+        input=commands,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def reset_capture(directory: Path) -> Path:
+    """A plaintext session whose server reset the connection after answering STAT."""
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = CaptureWriter.create(
+        directory,
+        session_id="reset",
+        header_fields={"secrets": "masked", "options": {"listen_tls": True}},
+        now=datetime(2026, 11, 27, tzinfo=UTC),
+    )
+    writer.write_data("s2c", 0.1, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.2, b"STAT\r\n")
+    writer.write_data("s2c", 0.3, b"+OK 0 0\r\n")
+    writer.write_event("reset", 0.4, dir="s2c")
+    writer.close(0.5, "server reset")
+    return writer.path
+
+
+@pytest.mark.realpeer
+def test_openssl_s_client_ends_cleanly_after_quit_on_a_pop3s_replay(
+    openssl_path: str, tmp_path: Path
+) -> None:
+    path = plain_capture(tmp_path / "caps", options={"listen_tls": True, "upstream_tls": True})
+    with pop3tap.replay_server(path, ca_dir=tmp_path / "ca", listen_tls=True) as server:
+        assert server.ca_file is not None
+        result = s_client(
+            openssl_path, server.host, server.port, server.ca_file, b"STAT\r\nQUIT\r\n"
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stdout == b"+OK plain ready\r\n+OK 0 0\r\n+OK bye\r\n"
+    assert b"unexpected eof" not in result.stderr
+
+
+@pytest.mark.realpeer
+def test_openssl_s_client_ends_cleanly_after_quit_on_an_stls_replay(
+    openssl_path: str, tmp_path: Path
+) -> None:
+    path = stls_capture(tmp_path / "caps")
+    commands = b"USER alice\r\nPASS any\r\nSTAT\r\nQUIT\r\n"
+    with pop3tap.replay_server(path, ca_dir=tmp_path / "ca") as server:
+        assert server.ca_file is not None
+        result = s_client(
+            openssl_path, server.host, server.port, server.ca_file, commands, "-starttls", "pop3"
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert result.stdout == b"+OK\r\n+OK Logged in.\r\n+OK 2 320\r\n+OK Logging out.\r\n"
+
+
+class BioTlsClient:
+    """A TLS client over a plain socket through memory BIOs, so that how the TCP
+    connection ended (FIN or reset) stays visible under TLS, and so does close_notify."""
+
+    def __init__(
+        self, host: str, port: int, context: ssl.SSLContext, sock: socket.socket | None = None
+    ) -> None:
+        self.sock = sock if sock is not None else socket.create_connection((host, port), timeout=30)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname=host)
+        self._pump(self.tls.do_handshake)
+
+    @classmethod
+    def over(cls, sock: socket.socket, host: str, context: ssl.SSLContext) -> BioTlsClient:
+        """TLS on an already connected socket (after STLS)."""
+        return cls(host, 0, context, sock)
+
+    def _flush(self) -> None:
+        if pending := self.outgoing.read():
+            self.sock.sendall(pending)
+
+    def _pump(self, step: Any) -> Any:
+        while True:
+            try:
+                result = step()
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)  # raises ConnectionResetError on a reset
+                if data:
+                    self.incoming.write(data)
+                else:
+                    self.incoming.write_eof()
+                continue
+            self._flush()
+            return result
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def read_to_end(self) -> tuple[bytes, str]:
+        """Every byte until the end, and how it ended: close_notify, eof or reset."""
+        received = bytearray()
+        try:
+            while chunk := self._pump(lambda: self.tls.read(65536)):
+                received += chunk
+            return bytes(received), "close_notify"  # b"": the peer's close_notify
+        except ssl.SSLZeroReturnError:
+            return bytes(received), "close_notify"
+        except ssl.SSLEOFError:
+            return bytes(received), "eof"
+        except ConnectionResetError:
+            return bytes(received), "reset"
+        finally:
+            self.sock.close()
+
+
+def test_replay_resets_where_the_recorded_server_reset(tmp_path: Path) -> None:
+    path = reset_capture(tmp_path / "caps")
+    with pop3tap.replay_server(path, ca_dir=tmp_path / "ca", listen_tls=True) as server:
+        client = BioTlsClient(server.host, server.port, server.ssl_context())
+        client.send(b"STAT\r\n")
+        assert client.read_to_end() == (b"+OK ready\r\n+OK 0 0\r\n", "reset")
+        client = BioTlsClient(server.host, server.port, server.ssl_context())
+        client.send(b"QUIT\r\n")  # never recorded: an orderly close, with close_notify
+        received, ending = client.read_to_end()
+    assert received.endswith(b'no recorded response for "QUIT"\r\n')
+    assert ending == "close_notify"
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    commands=st.lists(st.sampled_from([b"STAT", b"NOOP", b"LIST"]), max_size=3),
+    ending=st.sampled_from(["quit", "unsolicited"]),
+    server_end=st.sampled_from(["eof", "reset"]),
+    stls=st.booleans(),
+)
+def test_replay_over_tls_ends_as_the_recorded_server_did(
+    commands: list[bytes], ending: str, server_end: str, stls: bool
+) -> None:
+    """Whatever the session, over POP3S or after STLS: close_notify where the recorded
+    server closed, a reset where it reset."""
+    # A line recorded inside TLS with no command before it would be sent before the
+    # handshake (the replay plays it with the STLS answer): not a case of this test.
+    assume(not (stls and ending == "unsolicited" and not commands))
+    answers = {b"STAT": b"+OK 0 0\r\n", b"NOOP": b"+OK\r\n", b"LIST": b"+OK\r\n.\r\n"}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        (directory / "caps").mkdir()
+        writer = CaptureWriter.create(
+            directory / "caps",
+            session_id="ending",
+            header_fields={"secrets": "masked", "options": {"listen_tls": not stls}},
+            now=datetime(2026, 11, 27, tzinfo=UTC),
+        )
+        steps: list[tuple[str, bytes]] = [("s2c", b"+OK ready\r\n")]
+        if stls:
+            steps += [("c2s", b"STLS\r\n"), ("s2c", b"+OK Begin TLS\r\n")]
+        for t, (direction, payload) in enumerate(steps, start=1):
+            writer.write_data(direction, t / 10, payload)
+        if stls:
+            writer.write_event("tls", 0.35, mode="stls", seq=1, dropped_c2s=0, dropped_s2c=0)
+        expected = b""
+        for t, command in enumerate(commands, start=4):
+            writer.write_data("c2s", t, command + b"\r\n")
+            writer.write_data("s2c", t + 0.5, answers[command])
+            expected += answers[command]
+        last = b"+OK bye\r\n" if ending == "quit" else b"-ERR Disconnected for inactivity.\r\n"
+        if ending == "quit":
+            writer.write_data("c2s", 9, b"QUIT\r\n")
+        writer.write_data("s2c", 9.5, last)
+        writer.write_event(server_end, 10, dir="s2c")
+        writer.close(10.5, "server closed" if server_end == "eof" else "server reset")
+        with pop3tap.replay_server(
+            writer.path, ca_dir=directory / "ca", listen_tls=not stls
+        ) as server:
+            if stls:
+                raw = socket.create_connection((server.host, server.port), timeout=30)
+                reader = raw.makefile("rb")
+                assert reader.readline() == b"+OK ready\r\n"
+                raw.sendall(b"STLS\r\n")
+                assert reader.readline() == b"+OK Begin TLS\r\n"
+                client = BioTlsClient.over(raw, server.host, server.ssl_context())
+            else:
+                client = BioTlsClient(server.host, server.port, server.ssl_context())
+            client.send(b"".join(c + b"\r\n" for c in commands))
+            if ending == "quit":
+                client.send(b"QUIT\r\n")
+            received, how = client.read_to_end()
+    greeting = b"" if stls else b"+OK ready\r\n"
+    assert received == greeting + expected + last
+    assert how == ("close_notify" if server_end == "eof" else "reset")

@@ -77,6 +77,14 @@ def add_subcommand(sub: Subparsers) -> None:
         help="give up on an upstream that sends no greeting line in this time "
         "(default 30; 0: wait forever)",
     )
+    parser.add_argument(
+        "--close-linger",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="after passing one side's close on to a TLS peer (as close_notify), wait this "
+        "long for that peer to end its side before closing it (default 5)",
+    )
     add_fault_options(parser, relay=True)
     add_workers_option(parser)
     _add_tls_options(parser)
@@ -170,7 +178,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     if upstream_port == 0:
         raise CliError(f"malformed address {args.upstream!r}: the upstream port cannot be 0")
     listen_host, listen_port = parse_endpoint(args.listen, default_host="127.0.0.1")
-    for name in ("grace", "connect_timeout", "greeting_timeout"):
+    for name in ("grace", "connect_timeout", "greeting_timeout", "close_linger"):
         value = getattr(args, name)
         if math.isnan(value) or value < 0:
             raise CliError(f"--{name.replace('_', '-')} must be a number of seconds, not negative")
@@ -195,6 +203,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
         grace=args.grace,
         connect_timeout=args.connect_timeout,
         greeting_timeout=args.greeting_timeout or None,
+        close_linger=args.close_linger,
         tls=tls,
         faults=fault_specs(args, relay=True),
         fault_rewrite=args.fault_rewrite,

@@ -22,7 +22,8 @@ def add_subcommand(sub: Subparsers) -> None:
         "--format",
         choices=("text", "json", "html"),
         default="text",
-        help="text: Pop3.log view; json: one JSON object per exchange; html: a page (-o FILE)",
+        help="text: Pop3.log view; json: one JSON object per record, each with a kind "
+        "(docs/show-json.schema.json); html: a page (-o FILE)",
     )
     parser.add_argument("-o", "--output", metavar="FILE", help="where --format html writes")
     parser.set_defaults(handler=_cmd_show)

@@ -260,6 +260,11 @@ class SessionObserver:
         return any(p.verb == "STLS" for p in self._pending)
 
     @property
+    def awaiting_answers(self) -> bool:
+        """Commands the client sent still wait for (the rest of) their answers."""
+        return bool(self._pending or self._client_queue)
+
+    @property
     def pairing_lost(self) -> bool:
         """Pairing was given up (a command flood beyond ``max_pending``): bytes are only
         counted from then on."""
