@@ -48,12 +48,14 @@ __all__ = [
     "Capture",
     "CaptureError",
     "CaptureHeader",
+    "CapturePath",
     "CaptureWriter",
     "CloseRecord",
     "DataRecord",
     "EventRecord",
     "Record",
     "capture_filename",
+    "expand_capture_args",
     "iter_capture_paths",
     "read_capture",
 ]
@@ -231,11 +233,13 @@ class CaptureWriter:
         try:
             os.fchmod(fd, 0o600)
         except OSError as exc:
-            writer._abandon()
+            writer._discard()
             raise CaptureError(f"{path}: cannot set file mode: {_reason(exc)}") from None
         writer._write_record(header)
         if writer.failed:
-            writer._abandon()
+            # A file without its header is not a capture (a full disk leaves 0 bytes);
+            # leaving it would only make readers of the directory stumble on it.
+            writer._discard()
             raise CaptureError(f"{path}: cannot write capture header: {writer.error}")
         return writer
 
@@ -344,6 +348,12 @@ class CaptureWriter:
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _discard(self) -> None:
+        """Close and remove a file this writer created but could not make a capture of."""
+        self._abandon()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
 
 def _fallback(value: object) -> object:
@@ -673,19 +683,39 @@ def _remaining(f: Any) -> int:
     return int(end - here)
 
 
+@dataclass(frozen=True, slots=True)
+class CapturePath:
+    """A capture file to read, and how the user named it."""
+
+    path: Path
+    #: Found by listing a directory: a reader skips it, with one warning line, when it
+    #: turns out not to be a capture (a 0-byte file from a full disk, a stray file).
+    from_directory: bool
+
+
+def expand_capture_args(args: Iterable[str | os.PathLike[str]]) -> list[CapturePath]:
+    """Expand files and directories (all ``*.p3cap`` inside, sorted) into capture paths.
+
+    Raises:
+        CaptureError: an argument does not exist.
+    """
+    paths: list[CapturePath] = []
+    for arg in args:
+        p = Path(arg)
+        if p.is_dir():
+            found = sorted(c for c in p.glob(f"*{SUFFIX}") if c.is_file())
+            paths.extend(CapturePath(c, from_directory=True) for c in found)
+        elif p.exists():
+            paths.append(CapturePath(p, from_directory=False))
+        else:
+            raise CaptureError(f"{p}: no such file or directory")
+    return paths
+
+
 def iter_capture_paths(args: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and directories (all ``*.p3cap`` inside, sorted) into capture paths.
 
     Raises:
         CaptureError: an argument does not exist.
     """
-    paths: list[Path] = []
-    for arg in args:
-        p = Path(arg)
-        if p.is_dir():
-            paths.extend(sorted(c for c in p.glob(f"*{SUFFIX}") if c.is_file()))
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise CaptureError(f"{p}: no such file or directory")
-    return paths
+    return [c.path for c in expand_capture_args(args)]

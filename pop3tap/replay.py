@@ -52,7 +52,7 @@ import itertools
 import re
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -64,10 +64,11 @@ from pop3tap._fastio import plain_fd, receive_some, send_now
 from pop3tap._faultio import Delivery, abort_with_reset, deliver
 from pop3tap.capture import (
     Capture,
+    CaptureError,
     CloseRecord,
     DataRecord,
     EventRecord,
-    iter_capture_paths,
+    expand_capture_args,
     read_capture,
 )
 from pop3tap.certs import normalize_names
@@ -564,34 +565,57 @@ def _sasl_cuts(s2c: bytes, start: int, end: int) -> list[int]:
 
 def load_sessions(
     captures: Iterable[str | Path] | str | Path,
+    *,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[list[RecordedSession], list[str]]:
     """Load capture files and directories; return the sessions and one-line warnings.
 
+    A file found in a directory that cannot be served (not a capture, no greeting, a
+    TLS session that was not intercepted) is skipped with a warning naming it and why.
+    ``on_warning`` sees each warning as it happens (also those before an error).
+
     Raises:
-        CaptureError: a missing, unreadable, corrupt or newer-format capture.
-        ReplayError: a TLS capture, a capture without a greeting, or no capture at all.
+        CaptureError: a named file that is missing, unreadable, corrupt or of a newer format.
+        ReplayError: a named TLS capture or one without a greeting, or nothing left to serve.
     """
     if isinstance(captures, str | Path):
         captures = [captures]
     args = list(captures)
-    paths = iter_capture_paths(args)
-    if not paths:
+    entries = expand_capture_args(args)
+    if not entries:
         raise ReplayError(f"no capture files in {' '.join(str(a) for a in args)}")
     sessions: list[RecordedSession] = []
     warnings: list[str] = []
-    for path in paths:
-        capture = read_capture(path)
-        session = session_from_capture(capture)
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        if on_warning is not None:
+            on_warning(text)
+
+    for entry in entries:
+        path = entry.path
+        try:
+            capture = read_capture(path)
+            session = session_from_capture(capture)
+        except (CaptureError, ReplayError) as exc:
+            if not entry.from_directory:
+                raise
+            warn(f"skipped {exc}")
+            continue
         if capture.truncated:
             why = capture.problem or f"{capture.trailing_bytes} trailing bytes"
-            warnings.append(
+            warn(
                 f"{path}: capture is truncated ({why}); serving it up to its last complete exchange"
             )
         elif not capture.complete and session.truncated:
-            warnings.append(
+            warn(
                 f"{path}: capture has no close record; serving it up to its last complete exchange"
             )
         sessions.append(session)
+    if not sessions:
+        raise ReplayError(
+            f"nothing left to serve: no replayable capture in {' '.join(str(a) for a in args)}"
+        )
     return sessions, warnings
 
 

@@ -102,11 +102,16 @@ class Pop3tapProcess:
     log_file: Path
     #: Where ``record`` writes captures (unused for ``replay``).
     captures: Path
+    #: Where the process's stderr goes.
+    stderr_file: Path
 
     host = "127.0.0.1"
 
     def log_text(self) -> str:
         return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def stderr_text(self) -> str:
+        return self.stderr_file.read_text(errors="replace") if self.stderr_file.exists() else ""
 
     def rss_peak_kib(self) -> int:
         """VmHWM of the process (peak resident set size)."""
@@ -133,6 +138,8 @@ def pop3tap_process(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log_file = workdir / f"{command}.log.jsonl"
+    stderr_file = workdir / f"{command}.stderr"
+    stderr = stderr_file.open("wb")
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -148,9 +155,17 @@ def pop3tap_process(
             str(log_file),
         ],
         stdin=subprocess.DEVNULL,
+        stderr=stderr,
         start_new_session=own_group,
     )
-    running = Pop3tapProcess(proc=proc, port=port, log_file=log_file, captures=workdir / "captures")
+    stderr.close()
+    running = Pop3tapProcess(
+        proc=proc,
+        port=port,
+        log_file=log_file,
+        captures=workdir / "captures",
+        stderr_file=stderr_file,
+    )
     ready = '"relay.listening"' if command == "record" else f'"{command}.listening"'
     try:
         deadline = time.monotonic() + 30
@@ -158,6 +173,7 @@ def pop3tap_process(
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(
                     f"pop3tap {command} did not start: {running.log_text()[-2000:]}"
+                    f"{running.stderr_text()[-2000:]}"
                 )
             time.sleep(0.02)
         yield running

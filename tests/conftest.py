@@ -121,3 +121,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     if REQUIRE_REAL_PEERS and collected_realpeer and _realpeer_outcomes["passed"] == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+@pytest.fixture
+def full_disk(tmp_path: os.PathLike[str]) -> Iterator[str]:
+    """A directory on a tiny tmpfs filled to the last byte (a real ENOSPC); needs root."""
+    import subprocess
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        _missing_peer("mounting a tmpfs needs root")
+    mount_point = Path(tmp_path) / "full"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount_point)],
+        check=True,
+    )
+    try:
+        fd = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while True:
+                os.write(fd, b"\0" * 512)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield str(mount_point)
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -227,11 +227,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             passwords=tuple(args.model_password),
             faults=fault_specs(args, relay=False),
         )
-        sessions, warnings = load_sessions(config.captures) if config.captures else ([], [])
+        sessions, _warnings = (
+            load_sessions(
+                config.captures,
+                on_warning=lambda text: print(f"pop3tap: warning: {text}", file=sys.stderr),
+            )
+            if config.captures
+            else ([], [])
+        )
     except (CaptureError, ReplayError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    for warning in warnings:
-        print(f"pop3tap: warning: {warning}", file=sys.stderr)
     setup_logging(args)
     log = structlog.get_logger("pop3tap")
     if not is_loopback(host):

@@ -30,7 +30,7 @@ def add_subcommand(sub: Subparsers) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pop3tap.capture import CaptureError, iter_capture_paths, read_capture
+    from pop3tap.capture import CaptureError, expand_capture_args, read_capture
     from pop3tap.render import render_json, render_lines
 
     if args.format == "html":
@@ -38,25 +38,34 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
         return write_html_report(args)
     try:
-        paths = iter_capture_paths(args.captures)
+        paths = expand_capture_args(args.captures)
     except CaptureError as exc:
         raise CliError(str(exc)) from None
     if not paths:
         raise CliError(f"no capture files in {' '.join(args.captures)}")
     status = EXIT_OK
-    for index, path in enumerate(paths):
+    shown = 0
+    for entry in paths:
         try:
-            capture = read_capture(path)
+            capture = read_capture(entry.path)
         except CaptureError as exc:
-            print(f"pop3tap: {exc}", file=sys.stderr)
-            status = EXIT_USAGE
+            if entry.from_directory:
+                # One stray file (a 0-byte capture from a full disk) must not hide the rest.
+                print(f"pop3tap: warning: skipped {exc}", file=sys.stderr)
+            else:
+                print(f"pop3tap: {exc}", file=sys.stderr)
+                status = EXIT_USAGE
             continue
         if args.format == "json":
             for line in render_json(capture):
                 print(line)
+            shown += 1
             continue
-        if index:
+        if shown:
             print()
         for line in render_lines(capture, bodies=args.bodies):
             print(line)
+        shown += 1
+    if not shown and status == EXIT_OK:
+        raise CliError(f"no readable capture in {' '.join(args.captures)}")
     return status
