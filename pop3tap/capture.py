@@ -49,6 +49,7 @@ __all__ = [
     "CaptureError",
     "CaptureHeader",
     "CapturePath",
+    "CaptureReader",
     "CaptureWriter",
     "CloseRecord",
     "DataRecord",
@@ -396,6 +397,15 @@ class Capture:
         default=None, init=False, repr=False, compare=False
     )
 
+    @property
+    def last_t(self) -> float:
+        """Time of the last record (seconds after the session start)."""
+        return max((r.t for r in self.records), default=0.0)
+
+    def iter_records(self) -> Iterator[Record]:
+        """The records, in file order (as :meth:`CaptureReader.iter_records` gives them)."""
+        return iter(self.records)
+
     def stream(self, direction: str) -> bytes:
         """All bytes recorded in one direction (``"c2s"`` or ``"s2c"``), concatenated."""
         if direction not in _DIRECTIONS:
@@ -579,10 +589,159 @@ def _parse_record(obj: object) -> Record:
     raise _Corrupt(f"unknown record type {kind!r}")
 
 
+def _open_file(path: Path) -> Any:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise CaptureError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CaptureError(f"{path}: is a directory, not a capture file") from None
+    except PermissionError:
+        raise CaptureError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot open: {_reason(exc)}") from None
+
+
+class CaptureReader:
+    """One capture file read record by record, in memory bounded by one record.
+
+    The header is read and checked when the reader is made; :meth:`iter_records` then
+    streams the records once. When it is exhausted, ``complete``, ``truncated``,
+    ``trailing_bytes``, ``problem`` and ``valid_bytes`` say how the file ended, as
+    :class:`Capture` does. Use it as a context manager (or call :meth:`close`).
+
+    Raises (on creation):
+        CaptureError: missing/unreadable/empty file, no valid header, or a newer format.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    ) -> None:
+        self.path = Path(path)
+        self.max_record_bytes = max_record_bytes
+        #: True when the records end with a close record.
+        self.complete = False
+        #: True when bytes after the last good record were ignored.
+        self.truncated = False
+        #: How many bytes after the last good record were ignored.
+        self.trailing_bytes = 0
+        #: What stopped the reader early (corruption), or None.
+        self.problem: str | None = None
+        #: File offset just after the last good record.
+        self.valid_bytes = 0
+        #: Time of the last good record (seconds after the session start).
+        self.last_t = 0.0
+        #: True once :meth:`iter_records` has read to the end.
+        self.finished = False
+        self._file = _open_file(self.path)
+        self._size = 0
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=max_record_bytes + _READ_CHUNK,
+            max_bin_len=max_record_bytes,
+            max_str_len=min(max_record_bytes, 1024 * 1024),
+            max_array_len=100_000,
+            max_map_len=10_000,
+            max_ext_len=0,
+        )
+        self._objects = self._scan()
+        try:
+            first = next(self._objects, None)
+            if first is None:
+                self._no_header()
+            self.header = _parse_header(first, self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def reopen(self) -> CaptureReader:
+        """A second, independent reader of the same file (for a second pass)."""
+        return CaptureReader(self.path, max_record_bytes=self.max_record_bytes)
+
+    def iter_records(self) -> Iterator[Record]:
+        """The records after the header, in file order (one pass only).
+
+        Raises:
+            CaptureError: the file cannot be read any more (an I/O error).
+        """
+        try:
+            for obj in self._objects:
+                try:
+                    record = _parse_record(obj)
+                except _Corrupt as exc:
+                    self.problem = f"invalid record at offset {self.valid_bytes}: {exc}"
+                    self._size += _remaining(self._file)
+                    break
+                self.valid_bytes = self._unpacker.tell()
+                self.complete = isinstance(record, CloseRecord)
+                self.last_t = max(self.last_t, record.t)
+                yield record
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: read error: {_reason(exc)}") from None
+        self.trailing_bytes = self._size - self.valid_bytes
+        self.truncated = self.trailing_bytes > 0 or self.problem is not None
+        self.finished = True
+        self.close()
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        self._file.close()
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _scan(self) -> Iterator[object]:
+        """Every decoded msgpack object of the file; sets ``problem`` where decoding stops."""
+        unpacker = self._unpacker
+        while True:
+            try:
+                chunk = self._file.read(_READ_CHUNK)
+            except OSError as exc:
+                raise CaptureError(f"{self.path}: read error: {_reason(exc)}") from None
+            if not chunk:
+                return
+            self._size += len(chunk)
+            try:
+                unpacker.feed(chunk)
+            except msgpack.BufferFull:
+                self.problem = (
+                    f"record at offset {self.valid_bytes} is larger than "
+                    f"{self.max_record_bytes} bytes"
+                )
+                self._size += _remaining(self._file)
+                return
+            while True:
+                try:
+                    obj = next(unpacker)
+                except StopIteration:
+                    break
+                except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)
+                    self.problem = (
+                        f"corrupt data at offset {self.valid_bytes}: {type(exc).__name__}"
+                    )
+                    self._size += _remaining(self._file)
+                    return
+                if not hasattr(self, "header"):
+                    self.valid_bytes = unpacker.tell()
+                yield obj
+
+    def _no_header(self) -> None:
+        path = self.path
+        if self._size == 0:
+            raise CaptureError(f"{path}: empty file, not a pop3tap capture")
+        if self.problem is not None:
+            raise CaptureError(f"{path}: not a pop3tap capture ({self.problem})")
+        raise CaptureError(f"{path}: not a pop3tap capture (file ends inside the header)")
+
+
 def read_capture(
     path: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> Capture:
-    """Read and validate a capture file.
+    """Read and validate a whole capture file into memory (see :class:`CaptureReader`).
 
     A torn or corrupt tail is not an error: the good records before it are returned with
     ``truncated=True`` (and ``problem`` set for corruption).
@@ -590,90 +749,18 @@ def read_capture(
     Raises:
         CaptureError: missing/unreadable/empty file, no valid header, or a newer format.
     """
-    p = Path(path)
-    try:
-        f = open(p, "rb")  # noqa: SIM115 - closed in the finally below
-    except FileNotFoundError:
-        raise CaptureError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise CaptureError(f"{p}: is a directory, not a capture file") from None
-    except PermissionError:
-        raise CaptureError(f"{p}: permission denied") from None
-    except OSError as exc:
-        raise CaptureError(f"{p}: cannot open: {_reason(exc)}") from None
-    try:
-        return _read_open(p, f, max_record_bytes)
-    except OSError as exc:
-        raise CaptureError(f"{p}: read error: {_reason(exc)}") from None
-    finally:
-        f.close()
-
-
-def _read_open(path: Path, f: Any, max_record_bytes: int) -> Capture:
-    unpacker = msgpack.Unpacker(
-        raw=False,
-        strict_map_key=True,
-        max_buffer_size=max_record_bytes + _READ_CHUNK,
-        max_bin_len=max_record_bytes,
-        max_str_len=min(max_record_bytes, 1024 * 1024),
-        max_array_len=100_000,
-        max_map_len=10_000,
-        max_ext_len=0,
-    )
-    header: CaptureHeader | None = None
-    records: list[Record] = []
-    good_end = 0
-    size = 0
-    problem: str | None = None
-    complete = False
-    while problem is None:
-        chunk = f.read(_READ_CHUNK)
-        if not chunk:
-            break
-        size += len(chunk)
-        try:
-            unpacker.feed(chunk)
-        except msgpack.BufferFull:
-            problem = f"record at offset {good_end} is larger than {max_record_bytes} bytes"
-            break
-        while True:
-            try:
-                obj = next(unpacker)
-            except StopIteration:
-                break
-            except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)...
-                problem = f"corrupt data at offset {good_end}: {type(exc).__name__}"
-                break
-            if header is None:
-                header = _parse_header(obj, path)
-            else:
-                try:
-                    record = _parse_record(obj)
-                except _Corrupt as exc:
-                    problem = f"invalid record at offset {good_end}: {exc}"
-                    break
-                records.append(record)
-                complete = isinstance(record, CloseRecord)
-            good_end = unpacker.tell()
-    if problem is not None:
-        size += _remaining(f)
-    if header is None:
-        if size == 0:
-            raise CaptureError(f"{path}: empty file, not a pop3tap capture")
-        if problem is not None:
-            raise CaptureError(f"{path}: not a pop3tap capture ({problem})")
-        raise CaptureError(f"{path}: not a pop3tap capture (file ends inside the header)")
-    trailing = size - good_end
-    return Capture(
-        path=path,
-        header=header,
-        records=records,
-        truncated=trailing > 0 or problem is not None,
-        trailing_bytes=trailing,
-        complete=complete,
-        problem=problem,
-        valid_bytes=good_end,
-    )
+    with CaptureReader(path, max_record_bytes=max_record_bytes) as reader:
+        records = list(reader.iter_records())
+        return Capture(
+            path=reader.path,
+            header=reader.header,
+            records=records,
+            truncated=reader.truncated,
+            trailing_bytes=reader.trailing_bytes,
+            complete=reader.complete,
+            problem=reader.problem,
+            valid_bytes=reader.valid_bytes,
+        )
 
 
 def _remaining(f: Any) -> int:

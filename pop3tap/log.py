@@ -24,6 +24,7 @@ from typing import Any, Final, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from pop3tap._text import printable
 from pop3tap.protocol._events import Exchange
 
 __all__ = [
@@ -249,10 +250,26 @@ class Pop3ConsoleRenderer:
     def __call__(
         self, logger: WrappedLogger, method: str, event_dict: MutableMapping[str, Any]
     ) -> str:
-        """Render one event dict to a line."""
+        """Render one event dict to a line; control characters in values are escaped."""
+        for key, value in event_dict.items():
+            if key not in ("exc_info", "exception", "stack") and isinstance(
+                value, str | dict | list
+            ):
+                event_dict[key] = _printable_value(value)
         if event_dict.get("event") != "pop3.exchange":
             return str(self._fallback(logger, method, event_dict))
         return render_exchange_line(event_dict)
+
+
+def _printable_value(value: Any) -> Any:
+    """``value`` with control characters escaped in every string inside it."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_value(v) for v in value]
+    return value
 
 
 def render_exchange_line(ev: MutableMapping[str, Any]) -> str:

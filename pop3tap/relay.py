@@ -699,10 +699,10 @@ class _Session:
         the server keeps sending, the close_notify waits for them. That peer then has
         ``close_linger`` seconds to end its own side before pop3tap closes the session.
         """
-        if direction is Direction.SERVER:
-            self.close_reason = "server closed"
-        elif self.close_reason == "closed":
-            self.close_reason = "client closed"
+        if self.close_reason == "closed":  # the side that ended first is the reason
+            self.close_reason = (
+                "server closed" if direction is Direction.SERVER else "client closed"
+            )
         try:
             if isinstance(sink, trio.abc.HalfCloseableStream):
                 await sink.send_eof()

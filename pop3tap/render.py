@@ -5,17 +5,33 @@ client sent, ``[rx]`` for what the server answered and ``[db]`` for transport ev
 the manner of the classic Outlook Express ``Pop3.log``. Multi-line bodies are summarised
 unless ``bodies`` is set. Secrets are masked whatever the capture holds: the view is
 built from the observer's events, whose arguments are always masked.
+
+Views stream: records are read one at a time (a :class:`~pop3tap.capture.CaptureReader`)
+and bodies are read back by a second, forward-only pass over the file, so memory does not
+grow with the capture. Every text line passes through :func:`~pop3tap._text.printable`:
+control characters a hostile server sent are shown escaped, never sent to the terminal.
+Endings come only from recorded facts: a capture without a close record ends with one
+line saying where the record stops.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
-from pop3tap.capture import Capture, CloseRecord, EventRecord, derive_events
+from pop3tap._text import printable
+from pop3tap.capture import (
+    Capture,
+    CaptureReader,
+    CloseRecord,
+    DataRecord,
+    EventRecord,
+    Record,
+    derive_events,
+)
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
@@ -35,9 +51,13 @@ from pop3tap.protocol import (
 
 #: Formats one view line from a time, a tag (tx, rx, db) and the text.
 _Out = Callable[[float, str, str], str]
+#: A capture in memory, or one streamed from its file.
+CaptureSource = Capture | CaptureReader
+#: Longest body line ``--bodies`` prints; the rest of the line is counted, not kept.
+MAX_SHOWN_LINE: Final = 64 * 1024
 
 
-def _wall_time(capture: Capture, t: float) -> datetime | None:
+def _wall_time(capture: CaptureSource, t: float) -> datetime | None:
     """The wall-clock time of a record, or None when a damaged capture gives nonsense."""
     try:
         return datetime.fromtimestamp(capture.header.started_unix + t, UTC)
@@ -45,21 +65,85 @@ def _wall_time(capture: Capture, t: float) -> datetime | None:
         return None
 
 
-def _clock(capture: Capture, t: float) -> str:
+def _clock(capture: CaptureSource, t: float) -> str:
     when = _wall_time(capture, t)
     return "??:??:??" if when is None else when.strftime("%H:%M:%S")
 
 
-def _body_lines(raw: bytes) -> Iterator[str]:
-    """Lines of a raw multi-line response after its first line, dot-unstuffed (RFC 1939 §3)."""
-    lines = raw.split(b"\n")[1:]
-    for line in lines:
-        text = line[:-1] if line.endswith(b"\r") else line
-        if text == b".":
-            return
+class _ServerBytes:
+    """Server bytes by stream offset, from a forward-only pass over the records."""
+
+    def __init__(self, records: Iterator[Record]) -> None:
+        self._records = records
+        self._chunk = b""
+        self._chunk_start = 0
+
+    def read(self, start: int, end: int) -> Iterator[bytes]:
+        """The bytes ``[start, end)`` in pieces; offsets before the last read are skipped."""
+        pos = max(start, self._chunk_start)
+        while pos < end:
+            chunk_end = self._chunk_start + len(self._chunk)
+            if pos >= chunk_end:
+                if not self._advance():
+                    return
+                continue
+            piece = self._chunk[pos - self._chunk_start : min(end, chunk_end) - self._chunk_start]
+            yield piece
+            pos += len(piece)
+
+    def _advance(self) -> bool:
+        for record in self._records:
+            if isinstance(record, DataRecord) and record.dir == "s2c" and record.data:
+                self._chunk_start += len(self._chunk)
+                self._chunk = record.data
+                return True
+        return False
+
+
+def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
+    """Lines of a raw multi-line response after its first line, dot-unstuffed (RFC 1939 §3).
+
+    At most :data:`MAX_SHOWN_LINE` bytes of a line are kept; the rest are counted.
+    """
+    first = True
+    line = bytearray()
+    dropped = 0
+
+    def finish(raw: bytes, more: int) -> str | None:
+        text = raw[:-1] if raw.endswith(b"\r") else raw
+        if text == b"." and not more:
+            return None
         if text.startswith(b"."):
             text = text[1:]
-        yield text.decode("utf-8", "backslashreplace")
+        shown = text.decode("utf-8", "backslashreplace")
+        return f"{shown} ... ({more} more bytes)" if more else shown
+
+    for piece in pieces:
+        pos = 0
+        while pos < len(piece):
+            newline = piece.find(b"\n", pos)
+            stop = len(piece) if newline < 0 else newline
+            room = MAX_SHOWN_LINE - len(line)
+            part = piece[pos:stop]
+            line += part[: max(room, 0)]
+            dropped += max(0, len(part) - max(room, 0))
+            if newline < 0:
+                break
+            pos = newline + 1
+            raw, more = bytes(line), dropped
+            line.clear()
+            dropped = 0
+            if first:
+                first = False
+                continue
+            text = finish(raw, more)
+            if text is None:
+                return
+            yield text
+    if not first and (line or dropped):
+        text = finish(bytes(line), dropped)
+        if text is not None:
+            yield text
 
 
 def _describe_transport_event(record: EventRecord) -> str | None:
@@ -112,49 +196,82 @@ def _describe_exchange(ex: Exchange) -> str:
     return line
 
 
-def render_lines(capture: Capture, *, bodies: bool = False) -> Iterator[str]:
-    """Yield the Pop3.log-style lines of one capture (times are UTC)."""
+def _records(capture: CaptureSource) -> Iterator[Record]:
+    return capture.iter_records()
+
+
+def render_lines(capture: CaptureSource, *, bodies: bool = False) -> Iterator[str]:
+    """Yield the Pop3.log-style lines of one capture (times are UTC).
+
+    A :class:`~pop3tap.capture.CaptureReader` is read in one pass (plus a second one for
+    ``bodies``), in memory that does not depend on the capture's size.
+    """
     header = capture.header
-    server_stream = capture.stream("s2c") if bodies else b""
+    server_bytes: _ServerBytes | None = None
+    second: CaptureReader | None = None
+    if bodies:
+        if isinstance(capture, CaptureReader):
+            second = capture.reopen()
+            server_bytes = _ServerBytes(second.iter_records())
+        else:
+            server_bytes = _ServerBytes(iter(capture.records))
 
     def out(t: float, tag: str, text: str) -> str:
-        return f"POP3: {_clock(capture, t)} [{tag}] {text}"
+        return printable(f"POP3: {_clock(capture, t)} [{tag}] {text}")
 
-    yield out(
-        0.0,
-        "db",
-        f"Session {header.session} {header.client} -> {header.upstream} "
-        f"(started {header.started}, secrets {header.secrets})",
-    )
-    for record, events in derive_events(capture.records):
-        if isinstance(record, EventRecord):
-            text = _describe_transport_event(record)
-            if text:
-                yield out(record.t, "db", text)
-        elif isinstance(record, CloseRecord):
-            summary = record.summary
-            yield out(
-                record.t,
-                "db",
-                f"Closed: {record.reason}; top={summary.get('top_count', 0)}/"
-                f"{summary.get('top_bytes', 0)} retr={summary.get('retr_count', 0)}/"
-                f"{summary.get('retr_bytes', 0)} del={summary.get('dele_count', 0)} "
-                f"update={'yes' if summary.get('reached_update') else 'no'} "
-                f"bytes={summary.get('client_bytes', 0)}/{summary.get('server_bytes', 0)}",
-            )
-        for event in events:
-            yield from _render_event(event, out, server_stream if bodies else None)
-    if not capture.complete:
-        why = f": {capture.problem}" if capture.problem else ""
-        torn = f" ({capture.trailing_bytes} trailing bytes ignored)" if capture.truncated else ""
+    try:
         yield out(
-            capture.records[-1].t if capture.records else 0.0,
+            0.0,
             "db",
-            f"Capture ends without a close record (truncated){torn}{why}",
+            f"Session {header.session} {header.client} -> {header.upstream} "
+            f"(started {header.started}, secrets {header.secrets})",
         )
+        for record, events in derive_events(_records(capture)):
+            if isinstance(record, EventRecord):
+                text = _describe_transport_event(record)
+                if text:
+                    yield out(record.t, "db", text)
+            elif isinstance(record, CloseRecord):
+                summary = record.summary
+                yield out(
+                    record.t,
+                    "db",
+                    f"Closed: {record.reason}; top={summary.get('top_count', 0)}/"
+                    f"{summary.get('top_bytes', 0)} retr={summary.get('retr_count', 0)}/"
+                    f"{summary.get('retr_bytes', 0)} del={summary.get('dele_count', 0)} "
+                    f"update={'yes' if summary.get('reached_update') else 'no'} "
+                    f"bytes={summary.get('client_bytes', 0)}/{summary.get('server_bytes', 0)}",
+                )
+            for event in events:
+                yield from _render_event(event, out, server_bytes, recorded=record is not None)
+        if not capture.complete:
+            yield out(capture.last_t, "db", _truncation_line(capture))
+    finally:
+        if second is not None:
+            second.close()
 
 
-def _render_event(event: Event, out: _Out, server_stream: bytes | None) -> Iterator[str]:
+def _truncation_line(capture: CaptureSource) -> str:
+    """Where a capture without a close record stops, and why it may have."""
+    if capture.problem:
+        why = f"the rest is unreadable ({capture.problem}; {capture.trailing_bytes} bytes ignored)"
+    elif capture.trailing_bytes:
+        why = (
+            f"a record was cut short ({capture.trailing_bytes} bytes ignored): pop3tap was "
+            "killed or the disk filled up"
+        )
+    else:
+        why = "pop3tap was killed, or a write failed (a full disk is logged as capture.incomplete)"
+    return (
+        f"Record stops here, at byte {capture.valid_bytes} of the capture, with no close "
+        f"record: {why}; what happened after is unknown"
+    )
+
+
+def _render_event(
+    event: Event, out: _Out, server_bytes: _ServerBytes | None, *, recorded: bool = True
+) -> Iterator[str]:
+    """The view lines of one event; ``recorded`` False for the ends the reader adds itself."""
     if isinstance(event, Greeting):
         yield out(event.at, "rx", event.text)
     elif isinstance(event, CommandSent):
@@ -165,9 +282,9 @@ def _render_event(event: Event, out: _Out, server_stream: bytes | None) -> Itera
         yield out(event.at, "rx", f"+ (SASL challenge, {event.length} bytes)")
     elif isinstance(event, Exchange):
         yield out(event.at, "rx", _describe_exchange(event))
-        if server_stream is not None and event.multiline:
-            raw = server_stream[event.response_start : event.response_end]
-            for line in _body_lines(raw):
+        if server_bytes is not None and event.multiline:
+            pieces = server_bytes.read(event.response_start, event.response_end)
+            for line in _body_lines(pieces):
                 yield out(event.at, "rx", line)
     elif isinstance(event, PairingLost):
         yield out(event.at, "db", f"Pairing stopped ({event.reason}); bytes are still recorded")
@@ -188,14 +305,18 @@ def _render_event(event: Event, out: _Out, server_stream: bytes | None) -> Itera
         if event.unanswered:
             details.append(f"{event.unanswered} command(s) got no response")
         suffix = f" ({'; '.join(details)})" if details else ""
-        yield out(event.at, "db", f"Connection closed by the {side}{suffix}")
+        if recorded:
+            yield out(event.at, "db", f"Connection closed by the {side}{suffix}")
+        elif details:
+            # No eof or reset was recorded: say what is open, not who closed.
+            yield out(event.at, "db", f"End of the {side} record{suffix}")
 
 
 #: Capture event names shown as ``tls`` records in the JSON view; the rest are ``transport``.
 _TLS_EVENTS: Final = frozenset({"tls_handshake", "tls", "tls_failed", "stls", "stls_injection"})
 
 
-def _iso(capture: Capture, t: float) -> str | None:
+def _iso(capture: CaptureSource, t: float) -> str | None:
     when = _wall_time(capture, t)
     return None if when is None else when.isoformat().replace("+00:00", "Z")
 
@@ -231,7 +352,7 @@ def _exchange_record(ex: Exchange, stray_lines: int) -> dict[str, object]:
     return record
 
 
-def json_records(capture: Capture) -> Iterator[dict[str, object]]:
+def json_records(capture: CaptureSource) -> Iterator[dict[str, object]]:
     """Every fact of the Pop3.log view as one JSON-ready record, in stream order.
 
     Each record has ``kind``, ``session`` (the capture's session id), ``t`` (seconds since
@@ -256,7 +377,7 @@ def json_records(capture: Capture) -> Iterator[dict[str, object]]:
     }
     # Stream order, with each exchange held back until the server lines after it are known:
     # stray lines that follow an answer are counted on that exchange.
-    batches = list(derive_events(capture.records))
+    batches = derive_events(_records(capture))  # streamed: see render_lines
     pending: list[dict[str, object]] = []
     held: Exchange | None = None
     stray_after = 0
@@ -318,7 +439,7 @@ def json_records(capture: Capture) -> Iterator[dict[str, object]]:
     if summary is not None:
         yield summary
     if not capture.complete:
-        last = capture.records[-1].t if capture.records else 0.0
+        last = capture.last_t
         yield {
             **base("incomplete", last),
             "torn": capture.truncated,
@@ -364,10 +485,10 @@ def _event_fields(event: Event) -> dict[str, object]:
     raise TypeError(f"no JSON record for {type(event).__name__}")  # pragma: no cover
 
 
-def render_json(capture: Capture) -> Iterator[str]:
+def render_json(capture: CaptureSource) -> Iterator[str]:
     """The JSON view: one JSON object per line for every record of :func:`json_records`."""
     for record in json_records(capture):
         yield json.dumps(record, ensure_ascii=False)
 
 
-__all__ = ["json_records", "render_json", "render_lines"]
+__all__ = ["MAX_SHOWN_LINE", "CaptureSource", "json_records", "render_json", "render_lines"]

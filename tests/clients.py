@@ -123,7 +123,7 @@ class Pop3tapProcess:
 
 @contextmanager
 def pop3tap_process(
-    command: str, workdir: Path, *args: str, own_group: bool = False
+    command: str, workdir: Path, *args: str, own_group: bool = False, log_format: str = "json"
 ) -> Iterator[Pop3tapProcess]:
     """Start ``python -m pop3tap COMMAND ... --listen 127.0.0.1:<free port>`` with a JSON log
     file; wait until it logs ``<command>.listening``; SIGKILL it if still running after.
@@ -150,7 +150,7 @@ def pop3tap_process(
             "--listen",
             f"127.0.0.1:{port}",
             "--log-format",
-            "json",
+            log_format,
             "--log-file",
             str(log_file),
         ],
@@ -166,7 +166,7 @@ def pop3tap_process(
         captures=workdir / "captures",
         stderr_file=stderr_file,
     )
-    ready = '"relay.listening"' if command == "record" else f'"{command}.listening"'
+    ready = "relay.listening" if command == "record" else f"{command}.listening"
     try:
         deadline = time.monotonic() + 30
         while ready not in running.log_text():
@@ -185,7 +185,12 @@ def pop3tap_process(
 
 @contextmanager
 def relay_process(
-    upstream_host: str, upstream_port: int, workdir: Path, *extra: str, own_group: bool = False
+    upstream_host: str,
+    upstream_port: int,
+    workdir: Path,
+    *extra: str,
+    own_group: bool = False,
+    log_format: str = "json",
 ) -> Iterator[Pop3tapProcess]:
     """``pop3tap record`` in front of the upstream, capturing into ``workdir/captures``."""
     upstream = f"{upstream_host}:{upstream_port}"
@@ -198,5 +203,6 @@ def relay_process(
         str(workdir / "captures"),
         *extra,
         own_group=own_group,
+        log_format=log_format,
     ) as running:
         yield running

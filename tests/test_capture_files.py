@@ -7,6 +7,7 @@ refusing the lot, and views of a cut capture show only what was recorded.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,9 +15,19 @@ from pathlib import Path
 
 import pytest
 from clients import pop3tap_process, raw_session, relay_process
-from faults import greet_and_wait, scripted_server
+from faults import Connection, greet_and_wait, scripted_server
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from pop3tap.capture import CaptureError, CaptureWriter, iter_capture_paths, read_capture
+from pop3tap.capture import (
+    CaptureError,
+    CaptureReader,
+    CaptureWriter,
+    EventRecord,
+    iter_capture_paths,
+    read_capture,
+)
+from pop3tap.render import render_lines
 
 PYTHON = sys.executable
 
@@ -177,3 +188,171 @@ def test_capture_modes_are_private_even_when_skipped(tmp_path: Path) -> None:
     pop3tap("show", str(empty.parent))
     assert {p: (p.stat().st_mode, p.read_bytes()) for p in (empty, foreign)} == before
     assert os.path.exists(empty)
+
+
+# ------------------------------------------------------------------ honest endings
+
+
+def test_close_reason_names_the_side_that_left_first(tmp_path: Path) -> None:
+    """A plaintext client that leaves first: the server closing after it is not the reason."""
+    with (
+        scripted_server(greet_and_wait) as upstream,
+        relay_process(upstream.host, upstream.port, tmp_path) as relay,
+    ):
+        with socket.create_connection((relay.host, relay.port), timeout=10) as client:
+            assert client.makefile("rb").readline() == b"+OK scripted ready\r\n"
+        upstream.wait()
+        path = wait_for_closed_capture(relay.captures)
+    capture = read_capture(path)
+    assert capture.records[-1].reason == "client closed"  # type: ignore[union-attr]
+    shown = pop3tap("show", str(path)).stdout
+    assert "Connection closed by the client" in shown
+    assert "Connection closed by the server" in shown  # it did close, after the client
+    assert "Closed: client closed" in shown
+
+
+def wait_for_closed_capture(directory: Path) -> Path:
+    import time
+
+    for _ in range(400):
+        paths = iter_capture_paths([directory])
+        if paths and read_capture(paths[0]).complete:
+            return paths[0]
+        time.sleep(0.05)
+    raise AssertionError("no closed capture")
+
+
+def body_then_stall(conn: Connection) -> None:
+    """Greet, answer RETR with part of a body, then hang (as a slow server would)."""
+    conn.send(b"+OK scripted ready\r\n")
+    conn.readline()
+    conn.send(b"+OK 4000 octets\r\n" + b"x" * 70 + b"\r\n" + b"y" * 30)
+    conn.read_all()
+
+
+def test_show_of_a_capture_cut_by_kill_9_invents_no_ending(tmp_path: Path) -> None:
+    with (
+        scripted_server(body_then_stall) as upstream,
+        relay_process(upstream.host, upstream.port, tmp_path) as relay,
+    ):
+        client = socket.create_connection((relay.host, relay.port), timeout=10)
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        client.sendall(b"RETR 1\r\n")
+        assert reader.readline() == b"+OK 4000 octets\r\n"
+        reader.readline()
+        relay.proc.kill()
+        relay.proc.wait(10)
+        client.close()
+        (path,) = iter_capture_paths([relay.captures])
+    result = pop3tap("show", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if "closed by" in line.lower()], lines
+    assert not [line for line in lines if "Closed:" in line], lines
+    assert "Record stops here" in lines[-1] and "no close record" in lines[-1]
+    assert "unknown" in lines[-1]
+
+
+# ------------------------------------------------------------------ terminal escapes
+
+HOSTILE_GREETING = b"+OK \x1b]0;owned\x07\x1b[2J\x1b[31mready\x9b1m \xe2\x80\xae\r\n"
+
+
+def hostile_terminal_server(conn: Connection) -> None:
+    conn.send(HOSTILE_GREETING)
+    while line := conn.readline():
+        if line.upper().startswith(b"QUIT"):
+            conn.send(b"+OK bye\x1b[2J\r\n")
+            return
+        if line.upper().startswith(b"RETR"):
+            conn.send(b"+OK \x1bc\r\nbody \x1b]52;c;AAAA\x07\r\n.\r\n")
+        else:
+            conn.send(b"-ERR \x1b[1A\x1b[2Kfake line\r\n")
+
+
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")
+
+
+def test_hostile_escapes_never_reach_show_or_the_console_log(tmp_path: Path) -> None:
+    with (
+        scripted_server(hostile_terminal_server) as upstream,
+        relay_process(upstream.host, upstream.port, tmp_path, log_format="console") as relay,
+    ):
+        reply = raw_session(relay.host, relay.port, b"NOOP\x1b[5m\r\nRETR 1\r\nQUIT\r\n")
+        assert reply.startswith(HOSTILE_GREETING)  # relayed unchanged
+        path = wait_for_closed_capture(relay.captures)
+        log = relay.log_text()
+    assert "fake line" in log and "owned" in log
+    assert not CONTROL.findall(log), [line for line in log.splitlines() if CONTROL.search(line)]
+    for args in ([], ["--bodies"]):
+        shown = pop3tap("show", *args, str(path)).stdout
+        assert "owned" in shown and "\\x1b]0;owned\\x07" in shown
+        assert not CONTROL.findall(shown), shown
+    assert "body \\x1b]52;c;AAAA\\x07" in pop3tap("show", "--bodies", str(path)).stdout
+
+
+# ------------------------------------------------------------------ properties
+
+
+def sample_capture_bytes(tmp_path: Path) -> bytes:
+    """A finished capture with an eof per side, control bytes and a body, as file bytes."""
+    writer = CaptureWriter.create(
+        tmp_path, session_id="dddddddddddd", header_fields={"client": "c:1", "upstream": "u:2"}
+    )
+    writer.write_data("s2c", 0.0, b"+OK ready \x1b[2J\r\n")
+    writer.write_data("c2s", 0.1, b"USER bob\r\nPASS secret\r\nRETR 1\r\n")
+    writer.write_data("s2c", 0.2, b"+OK\r\n+OK in\r\n+OK 9 octets\r\n\x1b]0;t\x07\r\n")
+    writer.write_data("s2c", 0.3, b"more\r\n.\r\n")
+    writer.write_event("tls_failed", 0.35, leg="client", reason="\x1b[31mred")
+    writer.write_data("c2s", 0.4, b"QUIT\r\n")
+    writer.write_data("s2c", 0.5, b"+OK bye\r\n")
+    writer.write_event("eof", 0.6, dir="s2c")
+    writer.write_event("eof", 0.7, dir="c2s")
+    writer.close(0.8, "server closed", {})
+    data = writer.path.read_bytes()
+    writer.path.unlink()
+    return data
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cut=st.integers(min_value=0, max_value=1000),
+    flips=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=1000), st.integers(min_value=0, max_value=255)
+        ),
+        max_size=3,
+    ),
+)
+def test_views_of_cut_or_corrupt_captures_show_only_recorded_endings(
+    tmp_path: Path, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    data = bytearray(sample_capture_bytes(tmp_path))
+    for offset, value in flips:
+        if offset < len(data):
+            data[offset] = value
+    path = tmp_path / "cut.p3cap"
+    path.write_bytes(bytes(data[: min(cut, len(data))]))
+    try:
+        reader = CaptureReader(path)
+    except CaptureError:
+        return
+    with reader:
+        lines = list(render_lines(reader, bodies=True))
+    kept = read_capture(path)
+    ended = {
+        r.fields.get("dir")
+        for r in kept.records
+        if isinstance(r, EventRecord) and r.name in ("eof", "reset")
+    }
+    for side, direction in (("client", "c2s"), ("server", "s2c")):
+        if any(f"Connection closed by the {side}" in line for line in lines):
+            assert direction in ended or any(
+                isinstance(r, EventRecord) and r.name == "reset" for r in kept.records
+            )
+    if not kept.complete:
+        assert "Record stops here" in lines[-1]
+    assert not [line for line in lines if CONTROL.search(line)]

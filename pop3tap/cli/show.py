@@ -30,7 +30,7 @@ def add_subcommand(sub: Subparsers) -> None:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from pop3tap.capture import CaptureError, expand_capture_args, read_capture
+    from pop3tap.capture import CaptureError, CaptureReader, expand_capture_args
     from pop3tap.render import render_json, render_lines
 
     if args.format == "html":
@@ -47,7 +47,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     shown = 0
     for entry in paths:
         try:
-            capture = read_capture(entry.path)
+            capture = CaptureReader(entry.path)  # streamed: memory does not grow with size
         except CaptureError as exc:
             if entry.from_directory:
                 # One stray file (a 0-byte capture from a full disk) must not hide the rest.
@@ -56,16 +56,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 print(f"pop3tap: {exc}", file=sys.stderr)
                 status = EXIT_USAGE
             continue
-        if args.format == "json":
-            for line in render_json(capture):
-                print(line)
+        with capture:
+            if args.format == "text" and shown:
+                print()
             shown += 1
-            continue
-        if shown:
-            print()
-        for line in render_lines(capture, bodies=args.bodies):
-            print(line)
-        shown += 1
+            lines = (
+                render_json(capture)
+                if args.format == "json"
+                else render_lines(capture, bodies=args.bodies)
+            )
+            try:
+                for line in lines:
+                    print(line)
+            except CaptureError as exc:  # an I/O error halfway through the file
+                print(f"pop3tap: {exc}", file=sys.stderr)
+                status = EXIT_USAGE
     if not shown and status == EXIT_OK:
         raise CliError(f"no readable capture in {' '.join(args.captures)}")
     return status
