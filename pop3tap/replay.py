@@ -68,6 +68,7 @@ from pop3tap.capture import (
     CloseRecord,
     DataRecord,
     EventRecord,
+    derive_events,
     expand_capture_args,
     read_capture,
 )
@@ -437,7 +438,13 @@ def session_from_capture(capture: Capture) -> RecordedSession:
     c2s = capture.stream("c2s")
     server = _Timeline(r for r in capture.records if isinstance(r, DataRecord) and r.dir == "s2c")
     client = _Timeline(r for r in capture.records if isinstance(r, DataRecord) and r.dir == "c2s")
-    events = capture.events()
+    # Only the events replay serves are kept: a hostile capture can hold millions of others.
+    events = [
+        e
+        for _record, batch in derive_events(capture.records)
+        for e in batch
+        if isinstance(e, Greeting | Exchange | StartTls)
+    ]
     greeting = next((e for e in events if isinstance(e, Greeting)), None)
     if greeting is None:
         raise ReplayError(f"{capture.path}: no server greeting in the capture; nothing to replay")

@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ from pop3tap.capture import (
     iter_capture_paths,
     read_capture,
 )
-from pop3tap.render import render_lines
+from pop3tap.render import render_json, render_lines
 
 PYTHON = sys.executable
 
@@ -356,3 +357,48 @@ def test_views_of_cut_or_corrupt_captures_show_only_recorded_endings(
     if not kept.complete:
         assert "Record stops here" in lines[-1]
     assert not [line for line in lines if CONTROL.search(line)]
+
+
+# ------------------------------------------------------------------ constant memory
+
+
+def capture_of_size(directory: Path, messages: int) -> Path:
+    """A session retrieving ``messages`` bodies of 256 KiB, written in 64 KiB records."""
+    writer = CaptureWriter.create(
+        directory,
+        session_id=f"{messages:012x}",
+        header_fields={"client": "c:1", "upstream": "u:2"},
+    )
+    writer.write_data("s2c", 0.0, b"+OK ready\r\n")
+    line = b"x" * 1022 + b"\r\n"
+    for number in range(1, messages + 1):
+        writer.write_data("c2s", 0.1, f"RETR {number}\r\n".encode())
+        writer.write_data("s2c", 0.2, f"+OK {256 * 1024} octets\r\n".encode())
+        for _ in range(4):
+            writer.write_data("s2c", 0.2, line * 64)
+        writer.write_data("s2c", 0.2, b".\r\n")
+    writer.close(0.3, "client closed", {})
+    return writer.path
+
+
+def peak_bytes_of_show(path: Path, *, bodies: bool, json: bool = False) -> int:
+    tracemalloc.start()
+    try:
+        with CaptureReader(path) as reader:
+            lines = render_json(reader) if json else render_lines(reader, bodies=bodies)
+            count = sum(1 for _ in lines)
+        assert count >= 4
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("bodies", "json"), [(False, False), (True, False), (False, True)])
+def test_show_memory_does_not_grow_with_the_capture(
+    tmp_path: Path, bodies: bool, json: bool
+) -> None:
+    small = capture_of_size(tmp_path, 4)  # 1 MiB of bodies
+    large = capture_of_size(tmp_path, 32)  # 8 MiB of bodies
+    small_peak = peak_bytes_of_show(small, bodies=bodies, json=json)
+    large_peak = peak_bytes_of_show(large, bodies=bodies, json=json)
+    assert large_peak < 1.3 * small_peak + 64 * 1024, (small_peak, large_peak)
