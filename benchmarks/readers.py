@@ -97,8 +97,10 @@ def measure_replay_startup(path: Path, workdir: Path, timeout: float = 600.0) ->
     log.unlink(missing_ok=True)
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pop3tap", "replay", str(path), "--listen", "127.0.0.1:0"]
-        + ["--log-format", "json", "--log-file", str(log)],
+        [
+            *(sys.executable, "-m", "pop3tap", "replay", str(path)),
+            *("--listen", "127.0.0.1:0", "--log-format", "json", "--log-file", str(log)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
