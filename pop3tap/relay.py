@@ -955,7 +955,9 @@ class _Session:
 
     async def finish(self) -> None:
         """Close both legs and the capture, and log the session summary."""
-        if self.relay.shutting_down and self.close_reason == "closed":
+        if self.relay.aborted and self.close_reason == "closed":
+            self.close_reason = "shutdown (closed at once by a second signal)"
+        elif self.relay.shutting_down and self.close_reason == "closed":
             self.close_reason = "shutdown"
         for stream in (self.client, self.upstream):
             if type(stream) is trio.SocketStream:
@@ -1030,6 +1032,8 @@ class RelayServer:
         self.sockets = sockets
         self.tls_prepared = False
         self.shutting_down = False
+        #: True once :meth:`abort` closed the open sessions without waiting.
+        self.aborted = False
         self.active_sessions = 0
         self.total_sessions = 0
         self._accept_scope = trio.CancelScope()
@@ -1113,6 +1117,13 @@ class RelayServer:
         """Stop accepting new clients; open sessions get the grace period."""
         self.shutting_down = True
         self._accept_scope.cancel()
+
+    def abort(self) -> None:
+        """Close every open session now; each still writes its capture's close record."""
+        self.aborted = True
+        self.shutdown()
+        if self._handlers is not None:
+            self._handlers.cancel_scope.cancel()
 
     async def _handle(self, client: trio.SocketStream) -> None:
         """Per-connection handler: every error is logged here, never raised to the server."""

@@ -694,6 +694,8 @@ class ReplayConfig:
     passwords: tuple[tuple[str, str], ...] = ()
     #: Fault specs (docs/faults.md) applied to the answers this server sends.
     faults: tuple[str, ...] = ()
+    #: After :meth:`ReplayServer.shutdown`, open connections get this long to finish.
+    grace: float = 10.0
 
     def __post_init__(self) -> None:
         if self.sessions not in ("cycle", "once"):
@@ -716,6 +718,8 @@ class ReplayConfig:
         model_only = self.messages is not None or self.model_persist or self.model_shared
         if model_only and not self.model:
             raise ValueError("--messages, --model-persist and --model-shared need --model")
+        if not self.grace >= 0:
+            raise ValueError("grace must be a number of seconds, not negative")
 
     @property
     def speed(self) -> float:
@@ -1408,7 +1412,8 @@ class _Connection:
             self.play.switch(index, self.prelogin)
 
     async def finish(self) -> None:
-        if not self.reset_on_close:
+        # A second stop signal (abort) closes at once, without the linger.
+        if not self.reset_on_close and not self.server.aborted:
             await self._linger()
         with trio.move_on_after(1):
             await trio.aclose_forcefully(self.stream)
@@ -1489,6 +1494,13 @@ class ReplayServer:
         self.faults = FaultPlan(config.faults)
         self.listeners: list[trio.SocketListener] = []
         self.connections = 0
+        #: Connections being served right now.
+        self.active_connections = 0
+        self.shutting_down = False
+        #: True once :meth:`abort` closed the open connections without waiting.
+        self.aborted = False
+        self._accept_scope = trio.CancelScope()
+        self._handlers: trio.Nursery | None = None
         self._next_session = 0
         self._used: set[int] = set()
 
@@ -1573,15 +1585,37 @@ class ReplayServer:
     async def run(
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve until cancelled."""
+        """Listen and serve until cancelled or :meth:`shutdown`, then drain within the grace."""
         listen = self.config.listen
         self.listeners = await open_listeners(listen.host, listen.port, self.sockets)
-        task_status.started(self.listeners)
-        await trio.serve_listeners(self.handle, self.listeners)
+        async with trio.open_nursery() as handlers:
+            self._handlers = handlers
+            with self._accept_scope:
+                task_status.started(self.listeners)
+                await trio.serve_listeners(self.handle, self.listeners, handler_nursery=handlers)
+            for listener in self.listeners:
+                await listener.aclose()
+            logger.info(
+                "replay.draining", sessions=self.active_connections, grace_s=self.config.grace
+            )
+            handlers.cancel_scope.deadline = trio.current_time() + self.config.grace
+
+    def shutdown(self) -> None:
+        """Stop accepting new clients; open connections get the grace period."""
+        self.shutting_down = True
+        self._accept_scope.cancel()
+
+    def abort(self) -> None:
+        """Close every open connection now."""
+        self.aborted = True
+        self.shutdown()
+        if self._handlers is not None:
+            self._handlers.cancel_scope.cancel()
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one client on any trio stream; errors are logged, never raised."""
         self.connections += 1
+        self.active_connections += 1
         connection: _Connection
         if self.model is not None:
             from pop3tap.replay_model import ModelConnection
@@ -1594,6 +1628,7 @@ class ReplayServer:
         except Exception:
             connection.log.exception("replay.connection_crashed")
         finally:
+            self.active_connections -= 1
             with trio.CancelScope(shield=True):
                 try:
                     await connection.finish()

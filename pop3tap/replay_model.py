@@ -136,7 +136,7 @@ class ModelConnection(_Connection):
 
     async def finish(self) -> None:
         self.model.close()
-        if not self.reset_on_close:
+        if not self.reset_on_close and not self.server.aborted:
             await self._linger()
         with trio.move_on_after(1):
             await trio.aclose_forcefully(self.stream)

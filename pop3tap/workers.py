@@ -2,9 +2,13 @@
 
 One Python process runs one trio loop on one core. To use more cores, the parent binds the
 listening sockets, forks ``N`` workers that each accept from them (the kernel hands each
-connection to one worker), and supervises them: SIGINT or SIGTERM to the parent becomes a
-SIGTERM to every worker, which drains its sessions as a single relay does. A worker that
-exits with an error stops the others, and the parent exits non-zero.
+connection to one worker), and supervises them: a first SIGINT, SIGTERM or SIGHUP to the
+parent becomes a SIGTERM to every worker, which drains its sessions as a single relay does;
+a second becomes :data:`ABORT_SIGNAL`, which makes every worker close its sessions at once.
+Workers ignore SIGINT and SIGHUP (a terminal sends them to the whole process group) and
+treat repeated SIGTERMs as one (a service manager may signal every process as well as the
+parent does). A worker that exits with an error stops the others, and the parent exits
+non-zero.
 
 The workers share the log file (lines are single ``O_APPEND`` writes) and the capture
 directory (names are unique per session and created with ``O_EXCL``).
@@ -25,8 +29,11 @@ from types import FrameType
 import trio
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-#: What the parent turns into one SIGTERM per worker.
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: What the parent turns into one SIGTERM per worker (the first time) or one
+#: :data:`ABORT_SIGNAL` per worker (the second time).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: What tells a worker to close every session now (sent by its parent only).
+ABORT_SIGNAL = signal.SIGUSR2
 
 #: Pending connections the kernel queues per listening socket.
 LISTEN_BACKLOG = 1024
@@ -91,30 +98,47 @@ def run_workers(
     *,
     on_exit: Callable[[int, int, int], None] | None = None,
     after_fork: Callable[[], None] | None = None,
+    on_signal: Callable[[int, bool], None] | None = None,
 ) -> int:
     """Fork ``count`` workers running ``child(index)``; wait for all; return the exit code.
 
-    ``child`` returns the worker's exit code; it runs with SIGINT ignored and SIGTERM at
-    its default until it installs its own handler (the parent turns SIGINT and SIGTERM into
-    one SIGTERM per worker). ``after_fork()`` runs in the parent once every worker has
-    started (e.g. to close the parent's copies of the listening sockets).
-    ``on_exit(index, pid, code)`` is called in the parent for each worker that ends. The
+    ``child`` returns the worker's exit code; it runs with SIGINT and SIGHUP ignored and
+    SIGTERM and :data:`ABORT_SIGNAL` at their defaults until it installs its own handlers.
+    ``after_fork()`` runs in the parent once every worker has started (e.g. to close the
+    parent's copies of the listening sockets). ``on_exit(index, pid, code)`` is called in
+    the parent for each worker that ends; ``on_signal(signum, second)`` for each stop
+    signal the parent gets (``second`` once the workers were told to close at once). The
     result is 0 only if every worker exited 0.
     """
     sys.stdout.flush()
     sys.stderr.flush()
     workers: dict[int, int] = {}
     stopping = False
+    aborting = False
 
-    def stop_all(signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
-        nonlocal stopping
-        stopping = True
+    def tell_all(sig: int) -> None:
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
+
+    def stop_all() -> None:
+        nonlocal stopping
+        stopping = True
+        tell_all(signal.SIGTERM)
+
+    def on_stop_signal(signum: int, _frame: FrameType | None = None) -> None:
+        nonlocal aborting
+        second = stopping
+        if second:
+            aborting = True
+            tell_all(ABORT_SIGNAL)
+        else:
+            stop_all()
+        if on_signal is not None:
+            on_signal(signum, second)
 
     # Installed before the first fork, so a signal during the forks is not lost.
-    previous = {sig: signal.signal(sig, stop_all) for sig in _STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, on_stop_signal) for sig in STOP_SIGNALS}
     parent = os.getpid()
     result = 0
     try:
@@ -124,13 +148,15 @@ def run_workers(
             # Held back around the fork: a signal handled between fork() and the pid being
             # stored would miss the new worker, and in the worker it would run a copy of
             # stop_all. It is delivered once the mask is restored.
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             pid = os.fork()
             if pid == 0:  # the worker: never returns into the parent's code
                 code = 1
                 try:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
+                    signal.signal(signal.SIGHUP, signal.SIG_IGN)
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(ABORT_SIGNAL, signal.SIG_DFL)
                     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                     _terminate_with_parent(parent)
                     code = child(index)
@@ -158,6 +184,8 @@ def run_workers(
             code = os.waitstatus_to_exitcode(status)
             if stopping and code == -signal.SIGTERM:
                 code = 0  # stopped by our SIGTERM before it could install its handler
+            if aborting and code == -ABORT_SIGNAL:
+                code = 1  # told to close at once before it could install its handler
             if on_exit is not None:
                 on_exit(index, pid, code)
             if code != 0:

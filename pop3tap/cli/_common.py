@@ -144,29 +144,66 @@ def add_certificate_options(group: argparse._ArgumentGroup) -> None:
     add_ca_dir_option(group)  # type: ignore[arg-type]
 
 
-async def stop_on_signal(
-    stop: Callable[[], None], log: structlog.typing.FilteringBoundLogger, *, worker: bool = False
-) -> None:
-    """Call ``stop()`` on the first SIGINT or SIGTERM.
+#: The one line a run stopped by a second signal ends with (exit code 1).
+ABORTED = "stopped by a second signal: open sessions were closed before they finished"
 
-    A ``worker`` (``--workers``) listens to SIGTERM only (its parent turns Ctrl-C into one
-    SIGTERM per worker) and keeps listening until cancelled, so that a second SIGTERM (from
-    the parent and from a service manager that signals every process) cannot kill it while
-    its sessions drain. Otherwise the handler is dropped after the first signal, and a
-    second Ctrl-C stops at once.
+
+async def stop_on_signal(
+    stop: Callable[[], None],
+    abort: Callable[[], None],
+    open_sessions: Callable[[], int],
+    grace: float,
+    log: structlog.typing.FilteringBoundLogger,
+    *,
+    worker: bool = False,
+) -> None:
+    """Drain on the first SIGINT, SIGTERM or SIGHUP; close everything on the second.
+
+    The first signal calls ``stop()`` (stop accepting, let open sessions finish within
+    ``grace`` seconds) and prints one line saying how many sessions are open and how long
+    they get; the second calls ``abort()`` (close every session now). The receiver stays
+    installed until this task is cancelled, so no later signal can kill the process
+    halfway through writing close records.
+
+    A ``worker`` (``--workers``) listens to SIGTERM (drain; repeats are ignored, since a
+    service manager may signal every process as well as the parent does) and to the
+    parent's :data:`~pop3tap.workers.ABORT_SIGNAL` (close now); SIGINT and SIGHUP are the
+    parent's to handle.
     """
     import trio
 
-    wanted = (signal.SIGTERM,) if worker else (signal.SIGINT, signal.SIGTERM)
-    stopped = False
+    from pop3tap.workers import ABORT_SIGNAL, STOP_SIGNALS
+
+    wanted = (signal.SIGTERM, ABORT_SIGNAL) if worker else STOP_SIGNALS
+    stopping = aborted = False
     with trio.open_signal_receiver(*wanted) as signals:
         async for signum in signals:
-            if not stopped:
-                stopped = True
-                log.info("relay.shutdown", signal=signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            second = signum == ABORT_SIGNAL if worker else stopping
+            if not second:
+                if stopping:
+                    continue
+                stopping = True
+                sessions = open_sessions()
+                log.info("relay.shutdown", signal=name, sessions=sessions, grace_s=grace)
+                _say(
+                    f"{name}: stopping; {sessions} open session(s) get up to {grace:g}s to "
+                    "finish (send the signal again to close them now)"
+                )
                 stop()
-            if not worker:
-                return
+            elif not aborted:
+                aborted = True
+                log.warning("relay.abort", signal=name, sessions=open_sessions())
+                if not worker:
+                    _say(f"{name} again: closing {open_sessions()} open session(s) now")
+                abort()
+
+
+def _say(text: str) -> None:
+    """One line on stderr for the person at the terminal (the log may go to a file)."""
+    import sys
+
+    print(f"pop3tap: {text}", file=sys.stderr, flush=True)
 
 
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +236,8 @@ def serve_workers(
     With one worker ``serve`` binds the address itself (sockets None) and ``log_fields``
     is empty; with more, the address is bound here first so that every worker accepts from
     the same sockets, and each worker gets ``{"worker": index, "pid": pid}`` for its lines.
+    ``serve`` returns 1 (and a single process raises ``CliError(ABORTED)``) when a second
+    signal closed its sessions.
     """
     if count == 1:
         return serve(None, {})
@@ -208,9 +247,22 @@ def serve_workers(
         sockets = bind_listen_sockets(listen.host, listen.port)
     except OSError as exc:
         raise socket_error(exc, f"listen on {listen}") from None
+    aborted = False
+
+    def on_signal(signum: int, second: bool) -> None:
+        nonlocal aborted
+        name = signal.Signals(signum).name
+        if second and not aborted:
+            aborted = True
+            _say(f"{name} again: every worker closes its open sessions now")
+        elif not second:
+            _say(
+                f"{name}: stopping; {count} workers let their open sessions finish "
+                "(see relay.draining in the log; send the signal again to close them now)"
+            )
 
     def on_exit(index: int, pid: int, code: int) -> None:
-        if code != 0:
+        if code != 0 and not aborted:
             log.error("worker.failed", worker=index, pid=pid, exit_code=code)
 
     def close_sockets() -> None:
@@ -224,7 +276,10 @@ def serve_workers(
         lambda index: serve(sockets, {"worker": index, "pid": os.getpid()}),
         on_exit=on_exit,
         after_fork=close_sockets,
+        on_signal=on_signal,
     )
+    if aborted:
+        raise CliError(ABORTED, EXIT_FAILURE)
     if code != 0:
         raise CliError("a worker process failed (see its log lines)", EXIT_FAILURE)
     return EXIT_OK

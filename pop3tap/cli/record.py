@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from pop3tap.cli._common import (
+    ABORTED,
     EXIT_FAILURE,
     EXIT_OK,
     CliError,
@@ -64,7 +65,8 @@ def add_subcommand(sub: Subparsers) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="on SIGINT/SIGTERM, let open sessions finish for this long (default 10)",
+        help="on SIGINT/SIGTERM/SIGHUP, let open sessions finish for this long (default 10); "
+        "a second signal closes them at once",
     )
     parser.add_argument(
         "--connect-timeout", type=float, default=10.0, metavar="SECONDS", help="default 10"
@@ -235,11 +237,23 @@ def _cmd_record(args: argparse.Namespace) -> int:
                     **where,
                 )
                 nursery.start_soon(
-                    functools.partial(stop_on_signal, server.shutdown, log, worker=bool(where))
+                    functools.partial(
+                        stop_on_signal,
+                        server.shutdown,
+                        server.abort,
+                        lambda: server.active_sessions,
+                        config.grace,
+                        log,
+                        worker=bool(where),
+                    )
                 )
 
         run_trio(main, what=f"listen on {config.listen}")
-        log.info("relay.stopped", sessions=server.total_sessions, **where)
+        log.info("relay.stopped", sessions=server.total_sessions, aborted=server.aborted, **where)
+        if server.aborted:
+            if where:
+                return EXIT_FAILURE  # the parent says why
+            raise CliError(ABORTED, EXIT_FAILURE)
         return EXIT_OK
 
     return serve_workers(args.workers, config.listen, serve, log)

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from pop3tap.cli._common import (
+    ABORTED,
     EXIT_FAILURE,
     EXIT_OK,
     CliError,
@@ -70,6 +71,16 @@ def _check_model_options(args: argparse.Namespace) -> None:
             raise CliError(f"{name} is for byte replay; --model serves a mailbox to any client")
 
 
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be a number of seconds, not negative")
+    return value
+
+
 def add_subcommand(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "replay",
@@ -110,6 +121,14 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="fast|recorded|FACTOR",
         help="fast: no delays (default); recorded: the recorded latency and pacing; "
         "FACTOR: recorded timing sped up (2 = twice as fast)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=_grace,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM/SIGHUP, let open connections finish for this long "
+        "(default 10); a second signal closes them at once",
     )
     parser.add_argument(
         "--idle-timeout",
@@ -226,6 +245,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             messages=args.messages,
             passwords=tuple(args.model_password),
             faults=fault_specs(args, relay=False),
+            grace=args.grace,
         )
         sessions, _warnings = (
             load_sessions(
@@ -250,26 +270,39 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
         server.sockets = sockets  # each worker has its own copy of the server
-        cancel = trio.CancelScope()
 
         async def main() -> None:
-            with cancel:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(server.run)
-                    log.info(
-                        "replay.listening",
-                        listen=str(server.address),
-                        sessions=len(sessions),
-                        mode="model" if config.model else "bytes",
-                        match=config.match,
-                        timing=str(config.timing),
-                        tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
-                        ca_cert=None if server.ca_file is None else str(server.ca_file),
-                        **where,
+            async with trio.open_nursery() as nursery:
+
+                async def serve_until_drained(
+                    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+                ) -> None:
+                    await server.run(task_status=task_status)
+                    nursery.cancel_scope.cancel()  # the signal listener too
+
+                await nursery.start(serve_until_drained)
+                log.info(
+                    "replay.listening",
+                    listen=str(server.address),
+                    sessions=len(sessions),
+                    mode="model" if config.model else "bytes",
+                    match=config.match,
+                    timing=str(config.timing),
+                    tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
+                    ca_cert=None if server.ca_file is None else str(server.ca_file),
+                    **where,
+                )
+                nursery.start_soon(
+                    functools.partial(
+                        stop_on_signal,
+                        server.shutdown,
+                        server.abort,
+                        lambda: server.active_connections,
+                        config.grace,
+                        log,
+                        worker=bool(where),
                     )
-                    nursery.start_soon(
-                        functools.partial(stop_on_signal, cancel.cancel, log, worker=bool(where))
-                    )
+                )
 
         run_trio(main, what=f"listen on {config.listen}")
         log.info(
@@ -277,8 +310,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             connections=server.connections,
             unplayed=len(server.unplayed),
             unmatched=server.accounting.unmatched_total,
+            aborted=server.aborted,
             **where,
         )
+        if server.aborted:
+            if where:
+                return EXIT_FAILURE  # the parent says why
+            raise CliError(ABORTED, EXIT_FAILURE)
         return EXIT_OK
 
     return serve_workers(args.workers, config.listen, serve, log)

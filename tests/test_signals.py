@@ -1,0 +1,132 @@
+"""Stop signals on the real command line: the first drains, the second closes at once.
+
+The first SIGINT, SIGTERM or SIGHUP (a closed terminal) stops accepting and lets open
+sessions finish within the grace period, and says how many are open; a second one closes
+every session and capture at once, still writing close records, and the process exits
+non-zero. Never a traceback, with or without ``--workers``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+from clients import Pop3tapProcess, pop3tap_process, relay_process
+from faults import greet_and_wait, scripted_server
+
+from pop3tap.capture import iter_capture_paths, read_capture
+
+ROOT = Path(__file__).resolve().parents[1]
+SESSIONS = 12
+#: Much longer than any wait below: a test that passes cannot have waited for the grace.
+GRACE = "120"
+
+
+def log_events(text: str, name: str) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [e for e in events if e["event"] == name]
+
+
+def wait_for_events(proc: Pop3tapProcess, name: str, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while len(log_events(proc.log_text(), name)) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} {name}: {proc.log_text()[-3000:]}"
+        time.sleep(0.02)
+
+
+def open_clients(host: str, port: int, stack: ExitStack, count: int) -> list[socket.socket]:
+    clients = []
+    for _ in range(count):
+        client = stack.enter_context(socket.create_connection((host, port), timeout=30))
+        assert client.recv(100).startswith(b"+OK")
+        clients.append(client)
+    return clients
+
+
+SIGNAL_PAIRS = [
+    (signal.SIGTERM, signal.SIGTERM),
+    (signal.SIGHUP, signal.SIGHUP),
+    (signal.SIGINT, signal.SIGTERM),
+]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(("first", "second"), SIGNAL_PAIRS, ids=lambda s: s.name)
+def test_record_second_signal_closes_every_capture_and_exits_nonzero(
+    tmp_path: Path, workers: str, first: signal.Signals, second: signal.Signals
+) -> None:
+    with (
+        ExitStack() as stack,
+        scripted_server(greet_and_wait) as upstream,
+        relay_process(
+            upstream.host, upstream.port, tmp_path, "--grace", GRACE, "--workers", workers
+        ) as relay,
+    ):
+        wait_for_events(relay, "relay.listening", int(workers))
+        clients = open_clients(relay.host, relay.port, stack, SESSIONS)
+        wait_for_events(relay, "capture.open", SESSIONS)
+        relay.proc.send_signal(first)
+        wait_for_events(relay, "relay.draining", int(workers))
+        draining = log_events(relay.log_text(), "relay.draining")
+        assert sum(int(e["sessions"]) for e in draining) == SESSIONS  # type: ignore[call-overload]
+        assert all(e["grace_s"] == float(GRACE) for e in draining)
+        # Still draining: the sessions are open.
+        time.sleep(0.3)
+        assert relay.proc.poll() is None
+        relay.proc.send_signal(second)
+        code = relay.proc.wait(timeout=30)
+        assert code not in (0, -second, -signal.SIGKILL), code
+        for client in clients:
+            client.settimeout(10)
+            assert client.recv(100) == b""
+    paths = iter_capture_paths([relay.captures])
+    assert len(paths) == SESSIONS
+    unclosed = [p.name for p in paths if not read_capture(p).complete]
+    assert not unclosed
+    stderr = relay.stderr_text()
+    assert "Traceback" not in stderr and "Traceback" not in relay.log_text()
+    assert f"{SESSIONS} " in stderr or workers == "2"  # the drain line names the open sessions
+    assert "again" in stderr  # and says what a second signal does
+    assert log_events(relay.log_text(), "relay.abort")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_replay_drains_on_the_first_signal_and_closes_on_the_second(
+    tmp_path: Path, workers: str
+) -> None:
+    capture = ROOT / "captures" / "user-pass.p3cap"
+    with (
+        ExitStack() as stack,
+        pop3tap_process(
+            "replay", tmp_path, str(capture), "--grace", GRACE, "--workers", workers
+        ) as replay,
+    ):
+        wait_for_events(replay, "replay.listening", int(workers))
+        clients = open_clients(replay.host, replay.port, stack, 4)
+        replay.proc.send_signal(signal.SIGTERM)
+        wait_for_events(replay, "replay.draining", int(workers))
+        # An open connection is still served while draining.
+        clients[0].sendall(b"CAPA\r\n")
+        assert clients[0].recv(100).startswith(b"+OK")
+        replay.proc.send_signal(signal.SIGHUP)
+        assert replay.proc.wait(timeout=30) not in (0, -signal.SIGHUP, -signal.SIGKILL)
+        for client in clients:
+            client.settimeout(10)
+            while client.recv(4096):  # the rest of the CAPA answer, then the close
+                pass
+    assert "Traceback" not in replay.stderr_text() + replay.log_text()
+
+
+def test_a_single_signal_with_no_open_session_exits_zero(tmp_path: Path) -> None:
+    with (
+        scripted_server(greet_and_wait) as upstream,
+        relay_process(upstream.host, upstream.port, tmp_path, "--grace", GRACE) as relay,
+    ):
+        relay.proc.send_signal(signal.SIGHUP)
+        assert relay.proc.wait(timeout=30) == 0
+    assert "Traceback" not in relay.stderr_text()
