@@ -21,14 +21,13 @@ readable by others, even for an instant.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import fcntl
 import hashlib
 import ipaddress
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -39,6 +38,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pop3tap._private import (
+    UnsafePathError,
+    create_private_dir,
+    read_owned_file,
+    write_private_file,
+)
 
 __all__ = [
     "CA_CERT_FILE",
@@ -92,28 +98,23 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-@contextlib.contextmanager
-def _private_umask() -> Iterator[None]:
-    """Temporarily add 0o077 to the umask: new files are readable by the owner only."""
-    old = os.umask(0o077)
-    os.umask(old | 0o077)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with _private_umask():
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically with mode 0600 (see :mod:`pop3tap._private`)."""
+    write_private_file(path, data)
+
+
+def _check_ca_dir(directory: Path, *, create: bool) -> None:
+    """Make or check the CA directory: 0700, ours, writable by nobody else.
+
+    Raises :class:`CertError` (one line with the fix).
+    """
+    try:
+        if create or directory.exists() or directory.is_symlink():
+            create_private_dir(directory, "CA directory")
+    except UnsafePathError as exc:
+        raise CertError(str(exc)) from None
+    except OSError as exc:
+        raise CertError(f"cannot use the CA directory {directory}: {exc.strerror or exc}") from None
 
 
 def _new_key(key_type: KeyType) -> CertificateIssuerPrivateKeyTypes:
@@ -208,17 +209,15 @@ def init_ca(
     """
     directory = directory if directory is not None else default_ca_dir()
     cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
-    if not force and (cert_path.exists() or key_path.exists()):
+    _check_ca_dir(directory, create=True)
+    if not force and (cert_path.exists() or key_path.exists() or key_path.is_symlink()):
         raise CertError(f"a CA already exists in {directory} (use --force to replace it)")
     cert, key = _build_ca(key_type)
     try:
-        with _private_umask():
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(key_path, _key_pem(key))
-        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-        cert_path.chmod(0o644)
+        write_private_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         leaves = directory / LEAF_DIR
-        if leaves.is_dir():
+        if leaves.is_dir() and not leaves.is_symlink():
             for old in leaves.glob("*.pem"):
                 old.unlink(missing_ok=True)
     except OSError as exc:
@@ -232,9 +231,14 @@ def load_ca(directory: Path | None = None) -> CertificateAuthority:
     cert_path, key_path = directory / CA_CERT_FILE, directory / CA_KEY_FILE
     if not cert_path.exists() and not key_path.exists():
         raise CertError(f"no pop3tap CA in {directory}: run `pop3tap ca init`")
+    _check_ca_dir(directory, create=False)
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        cert_pem = read_owned_file(cert_path, "CA certificate", private=False)
+        key_pem = read_owned_file(key_path, "CA key", private=True)
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except UnsafePathError as exc:
+        raise CertError(str(exc)) from None
     except OSError as exc:
         raise CertError(f"cannot read the CA in {directory}: {exc.strerror or exc}") from None
     except (ValueError, TypeError) as exc:
@@ -256,10 +260,13 @@ def load_or_create_ca(
         return load_ca(directory), False
     # Several processes may start at once (record and replay, pytest-xdist): one creates
     # the CA under an exclusive lock, the others wait and load it.
+    _check_ca_dir(directory, create=True)
     try:
-        with _private_umask():
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_fd = os.open(directory / ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock_fd = os.open(
+            directory / ".lock",
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0),
+            0o600,
+        )
     except OSError as exc:
         raise CertError(f"cannot use the CA directory {directory}: {exc.strerror or exc}") from None
     try:
@@ -445,11 +452,11 @@ class CertStore:
     def _load_from_disk(self, names: tuple[str, ...]) -> LeafCertificate | None:
         path = self._leaf_path(names)
         try:
-            data = path.read_bytes()
+            data = read_owned_file(path, "leaf certificate", private=True)
             cert = x509.load_pem_x509_certificate(data)
             key_start = data.index(b"-----BEGIN PRIVATE KEY-----")
             key = serialization.load_pem_private_key(data[key_start:], password=None)
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, UnsafePathError):
             return None
         try:
             cert.verify_directly_issued_by(self.ca.cert)
@@ -465,10 +472,9 @@ class CertStore:
     def _save_to_disk(self, leaf: LeafCertificate) -> LeafCertificate:
         path = self._leaf_path(leaf.names)
         try:
-            with _private_umask():
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            create_private_dir(path.parent, "leaf certificate directory")
             _write_private(path, leaf.chain_pem)
-        except OSError:
+        except (OSError, UnsafePathError):
             return leaf  # the memory cache still works
         return LeafCertificate(
             names=leaf.names,

@@ -19,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable, MutableMapping
 from enum import Enum
+from pathlib import Path
 from typing import Any, Final, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from pop3tap._private import UnsafePathError, open_private_append
 from pop3tap._text import printable
 from pop3tap.protocol._events import Exchange
 
@@ -312,14 +314,15 @@ def render_exchange_line(ev: MutableMapping[str, Any]) -> str:
 
 
 def _open_log_file(path: str) -> TextIO:
-    """Open ``path`` for appending; a new file is created with mode 0600."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+    """Open ``path`` for appending: created 0600, or an existing private file of ours.
+
+    A link, another user's file or one others may write is refused (see
+    :mod:`pop3tap._private`): the log names sessions, users and servers.
+    """
     try:
-        try:
-            fd = os.open(path, flags | os.O_EXCL, 0o600)
-            os.fchmod(fd, 0o600)
-        except FileExistsError:
-            fd = os.open(path, flags, 0o600)
+        fd = open_private_append(Path(path), "log file")
+    except UnsafePathError as exc:
+        raise LogSetupError(str(exc)) from None
     except OSError as exc:
         raise LogSetupError(f"cannot open log file {path}: {exc.strerror or exc}") from None
     return open(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)

@@ -152,6 +152,7 @@ def test_cli_record_tls_usage_errors(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "pop3tap-ca-key.pem").write_text("garbage")
+    (broken / "pop3tap-ca-key.pem").chmod(0o600)  # a shared key is refused before parsing
     (broken / "pop3tap-ca.pem").write_text("garbage")
     result = _record("--listen-tls", "--ca-dir", str(broken))
     assert result.returncode == 1 and "not readable PEM" in result.stderr

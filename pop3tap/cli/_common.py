@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 import structlog
+import trio
 
 if TYPE_CHECKING:
     from pop3tap.relay import Endpoint
@@ -99,6 +100,28 @@ def check_writable_directory(path: Path) -> None:
         raise CliError(f"captures directory {path}: not writable: {exc.strerror}") from None
 
 
+def warn_if_shared_directory(path: Path, log: structlog.typing.FilteringBoundLogger) -> None:
+    """Warn when other users may write the captures directory.
+
+    Capture files are created ``O_EXCL`` and 0600, so nothing can be planted in one; but
+    others could delete or rename captures, or add forged ones that `show` and `replay`
+    would read.
+    """
+    from pop3tap._private import shared_writable
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if shared_writable(mode):
+        log.warning(
+            "captures.shared_directory",
+            path=str(path),
+            mode=f"{mode & 0o7777:04o}",
+            note=f"other users can delete, rename or forge captures there: chmod 700 {path}",
+        )
+
+
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("logging")
     group.add_argument(
@@ -156,8 +179,11 @@ async def stop_on_signal(
     log: structlog.typing.FilteringBoundLogger,
     *,
     worker: bool = False,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Drain on the first SIGINT, SIGTERM or SIGHUP; close everything on the second.
+
+    Start it with ``nursery.start`` before serving: once started, the signals are caught.
 
     The first signal calls ``stop()`` (stop accepting, let open sessions finish within
     ``grace`` seconds) and prints one line saying how many sessions are open and how long
@@ -170,13 +196,12 @@ async def stop_on_signal(
     parent's :data:`~pop3tap.workers.ABORT_SIGNAL` (close now); SIGINT and SIGHUP are the
     parent's to handle.
     """
-    import trio
-
     from pop3tap.workers import ABORT_SIGNAL, STOP_SIGNALS
 
     wanted = (signal.SIGTERM, ABORT_SIGNAL) if worker else STOP_SIGNALS
     stopping = aborted = False
     with trio.open_signal_receiver(*wanted) as signals:
+        task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             second = signum == ABORT_SIGNAL if worker else stopping

@@ -30,6 +30,7 @@ from pop3tap.cli._common import (
     serve_workers,
     setup_logging,
     stop_on_signal,
+    warn_if_shared_directory,
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
 
@@ -148,13 +149,15 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig:
     if keylog is None and os.environ.get("SSLKEYLOGFILE"):
         keylog = Path(os.environ["SSLKEYLOGFILE"])
     if keylog is not None:
-        # TLS secrets decrypt everything, PASS included: the file is private (0600).
+        # TLS secrets decrypt everything, PASS included: the file is private (0600), ours,
+        # and in a directory no one else can swap it in (OpenSSL reopens it by name).
+        from pop3tap._private import UnsafePathError, check_parent_not_shared, open_private_append
+
         try:
-            fd = os.open(keylog, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
+            check_parent_not_shared(keylog, "--keylog")
+            os.close(open_private_append(keylog, "--keylog"))
+        except UnsafePathError as exc:
+            raise CliError(str(exc)) from None
         except OSError as exc:
             raise CliError(f"--keylog {keylog}: cannot write it: {exc.strerror}") from None
     return TlsConfig(
@@ -191,6 +194,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
         check_writable_directory(captures)
     setup_logging(args)
     log = structlog.get_logger("pop3tap")
+    if captures is not None:
+        warn_if_shared_directory(captures, log)
     if not is_loopback(listen_host):
         log.warning(
             "relay.public_listen",
@@ -228,15 +233,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
                     await server.run(task_status=task_status)
                     nursery.cancel_scope.cancel()  # the signal listener too
 
-                await nursery.start(serve_until_drained)
-                log.info(
-                    "relay.listening",
-                    listen=str(server.address),
-                    upstream=str(config.upstream),
-                    captures=str(captures) if captures else None,
-                    **where,
-                )
-                nursery.start_soon(
+                await nursery.start(
                     functools.partial(
                         stop_on_signal,
                         server.shutdown,
@@ -246,6 +243,14 @@ def _cmd_record(args: argparse.Namespace) -> int:
                         log,
                         worker=bool(where),
                     )
+                )
+                await nursery.start(serve_until_drained)
+                log.info(
+                    "relay.listening",
+                    listen=str(server.address),
+                    upstream=str(config.upstream),
+                    captures=str(captures) if captures else None,
+                    **where,
                 )
 
         run_trio(main, what=f"listen on {config.listen}")

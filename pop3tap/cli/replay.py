@@ -280,6 +280,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     await server.run(task_status=task_status)
                     nursery.cancel_scope.cancel()  # the signal listener too
 
+                await nursery.start(
+                    functools.partial(
+                        stop_on_signal,
+                        server.shutdown,
+                        server.abort,
+                        lambda: server.active_connections,
+                        config.grace,
+                        log,
+                        worker=bool(where),
+                    )
+                )
                 await nursery.start(serve_until_drained)
                 log.info(
                     "replay.listening",
@@ -291,17 +302,6 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                     tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
                     ca_cert=None if server.ca_file is None else str(server.ca_file),
                     **where,
-                )
-                nursery.start_soon(
-                    functools.partial(
-                        stop_on_signal,
-                        server.shutdown,
-                        server.abort,
-                        lambda: server.active_connections,
-                        config.grace,
-                        log,
-                        worker=bool(where),
-                    )
                 )
 
         run_trio(main, what=f"listen on {config.listen}")
