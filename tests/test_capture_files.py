@@ -402,3 +402,17 @@ def test_show_memory_does_not_grow_with_the_capture(
     small_peak = peak_bytes_of_show(small, bodies=bodies, json=json)
     large_peak = peak_bytes_of_show(large, bodies=bodies, json=json)
     assert large_peak < 1.3 * small_peak + 64 * 1024, (small_peak, large_peak)
+
+
+def test_a_file_name_with_escapes_is_shown_escaped(tmp_path: Path) -> None:
+    """Another user who can write the directory names a junk file with a terminal escape."""
+    directory = tmp_path / "captures"
+    directory.mkdir()
+    (directory / "\x1b]0;owned\x07.p3cap").write_bytes(b"junk")
+    replayed = pop3tap("replay", "--listen", "127.0.0.1:0", str(directory))
+    assert replayed.returncode == 2
+    good_capture(directory)
+    shown = pop3tap("show", str(directory))
+    for result in (replayed, shown):
+        assert "\x1b" not in result.stderr, result.stderr
+        assert "\\x1b]0;owned\\x07.p3cap" in result.stderr

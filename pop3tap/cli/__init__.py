@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pop3tap import __version__
+from pop3tap._text import printable
 from pop3tap.cli import ca, console, demo, export, pcap_import, record, replay, show, view
 from pop3tap.cli._common import EXIT_OK, CliError, Parser, Subparsers
 
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except CliError as exc:
         message = str(exc)
-        print(message if message.startswith("pop3tap") else f"pop3tap: {message}", file=sys.stderr)
+        line = message if message.startswith("pop3tap") else f"pop3tap: {message}"
+        print(printable(line), file=sys.stderr)  # paths and peer text may hold escapes
         return exc.code
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from pop3tap._text import printable
 from pop3tap.cli._common import (
     ABORTED,
     EXIT_FAILURE,
@@ -250,7 +251,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         sessions, _warnings = (
             load_sessions(
                 config.captures,
-                on_warning=lambda text: print(f"pop3tap: warning: {text}", file=sys.stderr),
+                on_warning=lambda text: print(
+                    printable(f"pop3tap: warning: {text}"), file=sys.stderr
+                ),
             )
             if config.captures
             else ([], [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers
 
 
@@ -51,9 +52,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         except CaptureError as exc:
             if entry.from_directory:
                 # One stray file (a 0-byte capture from a full disk) must not hide the rest.
-                print(f"pop3tap: warning: skipped {exc}", file=sys.stderr)
+                print(printable(f"pop3tap: warning: skipped {exc}"), file=sys.stderr)
             else:
-                print(f"pop3tap: {exc}", file=sys.stderr)
+                print(printable(f"pop3tap: {exc}"), file=sys.stderr)
                 status = EXIT_USAGE
             continue
         with capture:
@@ -69,7 +70,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
                 for line in lines:
                     print(line)
             except CaptureError as exc:  # an I/O error halfway through the file
-                print(f"pop3tap: {exc}", file=sys.stderr)
+                print(printable(f"pop3tap: {exc}"), file=sys.stderr)
                 status = EXIT_USAGE
     if not shown and status == EXIT_OK:
         raise CliError(f"no readable capture in {' '.join(args.captures)}")
