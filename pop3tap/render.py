@@ -258,10 +258,10 @@ def _truncation_line(capture: CaptureSource) -> str:
     elif capture.trailing_bytes:
         why = (
             f"a record was cut short ({capture.trailing_bytes} bytes ignored): pop3tap was "
-            "killed or the disk filled up"
+            "killed, or the disk filled up (a failed write is logged as capture.incomplete)"
         )
     else:
-        why = "pop3tap was killed, or a write failed (a full disk is logged as capture.incomplete)"
+        why = "pop3tap was killed, or a write failed (logged as capture.incomplete)"
     return (
         f"Record stops here, at byte {capture.valid_bytes} of the capture, with no close "
         f"record: {why}; what happened after is unknown"

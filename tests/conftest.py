@@ -3,9 +3,12 @@ POP3TAP_REQUIRE_REAL_PEERS=1 (set by scripts/test.sh), in which case they fail."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -126,29 +129,40 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # --------------------------------------------------------------------------- full disk
 
 
-@pytest.fixture
-def full_disk(tmp_path: os.PathLike[str]) -> Iterator[str]:
-    """A directory on a tiny tmpfs filled to the last byte (a real ENOSPC); needs root."""
-    import subprocess
-    from pathlib import Path
-
+@contextlib.contextmanager
+def _tmpfs(mount_point: Path, *, fill: bool) -> Iterator[str]:
+    """A 64 KiB tmpfs at ``mount_point``, optionally filled to the last byte; needs root."""
     if os.geteuid() != 0:
         _missing_peer("mounting a tmpfs needs root")
-    mount_point = Path(tmp_path) / "full"
     mount_point.mkdir()
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount_point)],
         check=True,
     )
     try:
-        fd = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 512)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        if fill:
+            fd = os.open(mount_point / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    os.write(fd, b"\0" * 512)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
         yield str(mount_point)
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[str]:
+    """A directory on a tiny tmpfs filled to the last byte (a real ENOSPC); needs root."""
+    with _tmpfs(tmp_path / "full", fill=True) as path:
+        yield path
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[str]:
+    """A directory on an empty 64 KiB tmpfs: it fills up during a session; needs root."""
+    with _tmpfs(tmp_path / "tiny", fill=False) as path:
+        yield path

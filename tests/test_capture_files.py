@@ -29,6 +29,7 @@ from pop3tap.capture import (
     read_capture,
 )
 from pop3tap.render import render_json, render_lines
+from pop3tap.replay import ReplayError, load_sessions
 
 PYTHON = sys.executable
 
@@ -357,6 +358,13 @@ def test_views_of_cut_or_corrupt_captures_show_only_recorded_endings(
     if not kept.complete:
         assert "Record stops here" in lines[-1]
     assert not [line for line in lines if CONTROL.search(line)]
+    # Replay loads the same file or refuses it with one clear line, never anything else.
+    try:
+        sessions, _warnings = load_sessions(path)
+    except (CaptureError, ReplayError) as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert len(sessions) == 1
 
 
 # ------------------------------------------------------------------ constant memory
@@ -416,3 +424,35 @@ def test_a_file_name_with_escapes_is_shown_escaped(tmp_path: Path) -> None:
     for result in (replayed, shown):
         assert "\x1b" not in result.stderr, result.stderr
         assert "\\x1b]0;owned\\x07.p3cap" in result.stderr
+
+
+def big_body_then_wait(conn: Connection) -> None:
+    """Greet, answer RETR with a 256 KiB body (more than the disk holds), then QUIT."""
+    conn.send(b"+OK scripted ready\r\n")
+    conn.readline()
+    conn.send(b"+OK 262144 octets\r\n" + (b"z" * 1022 + b"\r\n") * 256 + b".\r\n")
+    if conn.readline().upper().startswith(b"QUIT"):
+        conn.send(b"+OK bye\r\n")
+
+
+def test_show_after_the_disk_filled_up_blames_no_one(tiny_disk: str, tmp_path: Path) -> None:
+    with (
+        scripted_server(big_body_then_wait) as upstream,
+        relay_process(upstream.host, upstream.port, tmp_path, "--captures", tiny_disk) as relay,
+    ):
+        reply = raw_session(relay.host, relay.port, b"RETR 1\r\nQUIT\r\n")
+        assert reply.endswith(b".\r\n+OK bye\r\n")  # relaying went on
+        upstream.wait()
+        for _ in range(200):
+            if '"session.close"' in relay.log_text():
+                break
+            import time
+
+            time.sleep(0.05)
+        assert '"capture.incomplete"' in relay.log_text()
+    (path,) = iter_capture_paths([Path(tiny_disk)])
+    result = pop3tap("show", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if "closed by" in line.lower()], lines
+    assert "Record stops here" in lines[-1] and "capture.incomplete" in lines[-1]
