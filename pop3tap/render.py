@@ -263,7 +263,7 @@ def _truncation_line(capture: CaptureSource) -> str:
     else:
         why = "pop3tap was killed, or a write failed (logged as capture.incomplete)"
     return (
-        f"Record stops here, at byte {capture.valid_bytes} of the capture, with no close "
+        f"Record stops here, at byte {capture.valid_bytes} of the file, without a close "
         f"record: {why}; what happened after is unknown"
     )
 

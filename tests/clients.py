@@ -138,6 +138,7 @@ def pop3tap_process(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log_file = workdir / f"{command}.log.jsonl"
+    workdir.mkdir(parents=True, exist_ok=True)
     stderr_file = workdir / f"{command}.stderr"
     stderr = stderr_file.open("wb")
     proc = subprocess.Popen(

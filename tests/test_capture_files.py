@@ -252,7 +252,7 @@ def test_show_of_a_capture_cut_by_kill_9_invents_no_ending(tmp_path: Path) -> No
     lines = result.stdout.splitlines()
     assert not [line for line in lines if "closed by" in line.lower()], lines
     assert not [line for line in lines if "Closed:" in line], lines
-    assert "Record stops here" in lines[-1] and "no close record" in lines[-1]
+    assert "Record stops here" in lines[-1] and "without a close record" in lines[-1]
     assert "unknown" in lines[-1]
 
 
