@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["printable"]
+__all__ = ["json_safe", "printable"]
 
 #: C0 and C1 controls, DEL, line/paragraph separators, and the bidirectional controls
 #: that can reorder what a terminal shows (Unicode TR#9 §2).
@@ -35,3 +35,19 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return _UNSAFE.sub(_escape, text)
+
+
+#: What ``json.dumps(..., ensure_ascii=False)`` leaves raw but a terminal may act on.
+_JSON_UNSAFE: Final = re.compile(
+    "[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def json_safe(line: str) -> str:
+    """A JSON text with the controls JSON allows raw written as ``\\uNNNN`` escapes.
+
+    The result is the same JSON value; only its spelling changes (RFC 8259 §7).
+    """
+    if line.isascii() and "\x7f" not in line:
+        return line
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)

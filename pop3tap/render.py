@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
-from pop3tap._text import printable
+from pop3tap._text import json_safe, printable
 from pop3tap.capture import (
     Capture,
     CaptureReader,
@@ -486,9 +486,12 @@ def _event_fields(event: Event) -> dict[str, object]:
 
 
 def render_json(capture: CaptureSource) -> Iterator[str]:
-    """The JSON view: one JSON object per line for every record of :func:`json_records`."""
+    """The JSON view: one JSON object per line for every record of :func:`json_records`.
+
+    C1 and bidi controls, which JSON allows raw, are written as ``\\u`` escapes.
+    """
     for record in json_records(capture):
-        yield json.dumps(record, ensure_ascii=False)
+        yield json_safe(json.dumps(record, ensure_ascii=False))
 
 
 __all__ = ["MAX_SHOWN_LINE", "CaptureSource", "json_records", "render_json", "render_lines"]

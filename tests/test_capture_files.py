@@ -270,7 +270,7 @@ def hostile_terminal_server(conn: Connection) -> None:
         if line.upper().startswith(b"RETR"):
             conn.send(b"+OK \x1bc\r\nbody \x1b]52;c;AAAA\x07\r\n.\r\n")
         else:
-            conn.send(b"-ERR \x1b[1A\x1b[2Kfake line\r\n")
+            conn.send(b"-ERR \x1b[1A\x1b[2Kfake line \xc2\x9b31m\r\n")
 
 
 CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202e]")
@@ -292,6 +292,8 @@ def test_hostile_escapes_never_reach_show_or_the_console_log(tmp_path: Path) -> 
         assert "owned" in shown and "\\x1b]0;owned\\x07" in shown
         assert not CONTROL.findall(shown), shown
     assert "body \\x1b]52;c;AAAA\\x07" in pop3tap("show", "--bodies", str(path)).stdout
+    as_json = pop3tap("show", "--format", "json", str(path)).stdout
+    assert "\\u001b" in as_json and not CONTROL.findall(as_json), as_json
 
 
 # ------------------------------------------------------------------ properties
