@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -77,8 +78,14 @@ def _check_owned(path: Path, info: os.stat_result, what: str) -> None:
         )
 
 
-def create_private_dir(path: Path, what: str) -> None:
+def create_private_dir(
+    path: Path, what: str, *, owns: Callable[[str], bool] = lambda _name: False
+) -> None:
     """Make ``path`` (and missing parents) mode 0700, or check and tighten an existing one.
+
+    An existing directory looser than 0700 is tightened only when every name in it is one
+    pop3tap ``owns`` (or a dot file): pop3tap never changes the mode of a directory
+    that is also used for something else (a home directory given by mistake); it refuses.
 
     Raises:
         UnsafePathError: it is a link, not a directory, owned by another user or writable
@@ -100,8 +107,15 @@ def create_private_dir(path: Path, what: str) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePathError(f"{what} {path} is not a directory: remove it or choose another")
     _check_owned(path, info, what)
-    if stat.S_IMODE(info.st_mode) != 0o700:
-        os.chmod(path, 0o700)  # ours and not shared-writable: only its readability changes
+    mode = stat.S_IMODE(info.st_mode)
+    if mode != 0o700:
+        foreign = [n for n in os.listdir(path) if not owns(n) and not n.startswith(".")]
+        if foreign:
+            raise UnsafePathError(
+                f"{what} {path} is mode {mode:04o} and holds other files ({foreign[0]}...): "
+                f"run `chmod 700 {path}` or use a directory of its own"
+            )
+        os.chmod(path, 0o700)  # ours, not shared-writable, only ours inside: tighten it
 
 
 def check_parent_not_shared(path: Path, what: str) -> None:

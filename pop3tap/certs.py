@@ -110,7 +110,11 @@ def _check_ca_dir(directory: Path, *, create: bool) -> None:
     """
     try:
         if create or directory.exists() or directory.is_symlink():
-            create_private_dir(directory, "CA directory")
+            create_private_dir(
+                directory,
+                "CA directory",
+                owns=(CA_CERT_FILE, CA_KEY_FILE, LEAF_DIR).__contains__,
+            )
     except UnsafePathError as exc:
         raise CertError(str(exc)) from None
     except OSError as exc:
@@ -472,7 +476,9 @@ class CertStore:
     def _save_to_disk(self, leaf: LeafCertificate) -> LeafCertificate:
         path = self._leaf_path(leaf.names)
         try:
-            create_private_dir(path.parent, "leaf certificate directory")
+            create_private_dir(
+                path.parent, "leaf certificate directory", owns=lambda name: name.endswith(".pem")
+            )
             _write_private(path, leaf.chain_pem)
         except (OSError, UnsafePathError):
             return leaf  # the memory cache still works

@@ -265,3 +265,14 @@ def test_a_private_file_is_ours_and_0600_or_refused(
     assert stat.S_IMODE(info.st_mode) == 0o600
     assert not path.is_symlink()
     assert not elsewhere.exists() or elsewhere.read_bytes() == b""
+
+
+def test_a_shared_directory_used_for_other_things_is_not_chmodded(tmp_path: Path) -> None:
+    """`--ca-dir ~` by mistake: pop3tap refuses rather than making a home directory 0700."""
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    (home / "notes.txt").write_text("mine")
+    result = pop3tap("ca", "init", "--ca-dir", str(home))
+    assert_refused(result, "holds other files", f"chmod 700 {home}")
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
