@@ -28,6 +28,8 @@ from pop3tap.capture import (
     iter_capture_paths,
     read_capture,
 )
+from pop3tap.log import Pop3ConsoleRenderer, exchange_fields
+from pop3tap.protocol import Exchange
 from pop3tap.render import render_json, render_lines
 from pop3tap.replay import ReplayError, load_sessions
 
@@ -458,3 +460,57 @@ def test_show_after_the_disk_filled_up_blames_no_one(tiny_disk: str, tmp_path: P
     lines = result.stdout.splitlines()
     assert not [line for line in lines if "closed by" in line.lower()], lines
     assert "Record stops here" in lines[-1] and "capture.incomplete" in lines[-1]
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    server=st.lists(st.binary(max_size=200), min_size=1, max_size=6),
+    client=st.lists(st.binary(max_size=80), max_size=4),
+    reason=st.text(max_size=40),
+)
+def test_no_control_character_reaches_text_output(
+    tmp_path: Path, server: list[bytes], client: list[bytes], reason: str
+) -> None:
+    """Whatever bytes the peers sent, show's lines and console log lines hold no control."""
+    directory = tmp_path / f"c{abs(hash((tuple(server), tuple(client), reason)))}"
+    directory.mkdir()
+    writer = CaptureWriter.create(directory, session_id="eeeeeeeeeeee", header_fields={})
+    for index, chunk in enumerate(server):
+        writer.write_data("s2c", index * 0.1, b"+OK " + chunk + b"\r\n")
+        if index < len(client):
+            writer.write_data("c2s", index * 0.1 + 0.05, client[index] + b"\r\n")
+    writer.write_event("tls_failed", 1.0, leg="client", reason=reason)
+    writer.close(1.0, reason, {})
+    with CaptureReader(writer.path) as reader:
+        lines = list(render_lines(reader, bodies=True))
+    assert not [line for line in lines if CONTROL.search(line) or "\n" in line]
+    console = Pop3ConsoleRenderer(colors=False)
+    for event in read_capture(writer.path).events():
+        fields = (
+            {"event": "pop3.exchange", **exchange_fields(event)}
+            if isinstance(event, Exchange)
+            else {"event": "pop3.stray", "line": getattr(event, "text", ""), "reason": reason}
+        )
+        rendered = console(None, "info", fields)
+        assert not CONTROL.search(rendered) and "\n" not in rendered, rendered
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(junk=st.lists(st.binary(max_size=300), min_size=1, max_size=5))
+def test_a_directory_with_any_junk_still_loads_its_good_capture(
+    tmp_path: Path, junk: list[bytes]
+) -> None:
+    directory = tmp_path / f"d{abs(hash(tuple(junk)))}"
+    directory.mkdir()
+    good = good_capture(directory)
+    for number, data in enumerate(junk):
+        (directory / f"junk{number}.p3cap").write_bytes(data)
+    sessions, warnings = load_sessions(directory)
+    assert [s.path for s in sessions] == [good]  # random bytes never carry the magic
+    assert len(warnings) == len(junk)
+    assert all("skipped" in w and "junk" in w for w in warnings)
+    assert all("\n" not in w for w in warnings)
