@@ -30,7 +30,7 @@ from pop3tap.capture import (
 )
 from pop3tap.log import Pop3ConsoleRenderer, exchange_fields
 from pop3tap.protocol import Exchange
-from pop3tap.render import render_json, render_lines
+from pop3tap.render import MAX_SHOWN_LINE, render_json, render_lines
 from pop3tap.replay import ReplayError, load_sessions
 
 PYTHON = sys.executable
@@ -514,3 +514,18 @@ def test_a_directory_with_any_junk_still_loads_its_good_capture(
     assert len(warnings) == len(junk)
     assert all("skipped" in w and "junk" in w for w in warnings)
     assert all("\n" not in w for w in warnings)
+
+
+def test_a_huge_body_line_is_cut_in_the_bodies_view(tmp_path: Path) -> None:
+    writer = CaptureWriter.create(tmp_path, session_id="ffffffffffff", header_fields={})
+    writer.write_data("s2c", 0.0, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.1, b"RETR 1\r\n")
+    writer.write_data("s2c", 0.2, b"+OK\r\n" + b"a" * 100_000)
+    writer.write_data("s2c", 0.2, b"b" * 100_000 + b"\r\nshort\r\n.\r\n")
+    writer.close(0.3, "client closed", {})
+    with CaptureReader(writer.path) as reader:
+        lines = list(render_lines(reader, bodies=True))
+    (long_line,) = [line for line in lines if "more bytes" in line]
+    assert long_line.endswith(f"... ({200_000 - MAX_SHOWN_LINE} more bytes)")
+    assert len(long_line) < MAX_SHOWN_LINE + 100
+    assert any(line.endswith("[rx] short") for line in lines)
