@@ -108,9 +108,12 @@ def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
     first = True
     line = bytearray()
     dropped = 0
+    ends_cr = False  # the last byte of the line so far (kept or dropped) is a CR
 
     def finish(raw: bytes, more: int) -> str | None:
         text = raw[:-1] if raw.endswith(b"\r") else raw
+        if more and ends_cr:
+            more -= 1  # the CR of the CRLF was among the dropped bytes
         if text == b"." and not more:
             return None
         if text.startswith(b"."):
@@ -127,6 +130,8 @@ def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
             part = piece[pos:stop]
             line += part[: max(room, 0)]
             dropped += max(0, len(part) - max(room, 0))
+            if part:
+                ends_cr = part.endswith(b"\r")
             if newline < 0:
                 break
             pos = newline + 1
@@ -135,8 +140,10 @@ def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
             dropped = 0
             if first:
                 first = False
+                ends_cr = False
                 continue
             text = finish(raw, more)
+            ends_cr = False
             if text is None:
                 return
             yield text
