@@ -62,8 +62,9 @@ class FoundMessage:
     #: None for a complete RETR; else why it is partial (``TOP 1 0``, ``truncated RETR 3``).
     partial: str | None
     started_unix: float
-    #: The mailbox: upstream and user name (a UIDL is unique only within one mailbox).
-    mailbox: tuple[str, str] = ("", "")
+    #: The mailbox (a UIDL is unique only within one mailbox): the upstream and
+    #: ``("user", name)`` for a login the capture shows, else ``("session", id)``.
+    mailbox: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -139,13 +140,35 @@ def _uidls(exchanges: Iterable[Exchange], server: bytes) -> dict[int, str]:
     return found
 
 
+def _logged_in_user(exchanges: Iterable[Exchange]) -> str | None:
+    """The user whose login the server accepted: ``USER`` then ``PASS`` answered +OK, or
+    ``APOP`` answered +OK (RFC 1939 §7). None when no such login is in the capture, as
+    after a SASL ``AUTH`` (RFC 5034), whose user name is masked: two such sessions are
+    not known to share a mailbox."""
+    named: str | None = None
+    for ex in exchanges:
+        if ex.verb == "USER":
+            named = ex.args.split(" ")[0] or None if ex.status is Status.OK else None
+        elif ex.verb == "PASS" and ex.status is Status.OK:
+            return named
+        elif ex.verb == "APOP" and ex.status is Status.OK:
+            return ex.args.split(" ")[0] or None
+        elif ex.verb == "AUTH" and ex.status is Status.OK:
+            return None
+    return None
+
+
 def find_messages(capture: Capture) -> Iterator[FoundMessage]:
     """Every RETR and TOP body of one capture, complete or partial, in order."""
     server = capture.stream("s2c")
     exchanges = capture.exchanges()
     uidls = _uidls(exchanges, server)
-    user = next((ex.args.split(" ")[0] for ex in exchanges if ex.verb in ("USER", "APOP")), "")
-    mailbox = (capture.header.upstream, user)
+    user = _logged_in_user(exchanges)
+    mailbox = (
+        (capture.header.upstream, "user", user)
+        if user is not None
+        else (capture.header.upstream, "session", capture.header.session)
+    )
     for ex in exchanges:
         if ex.verb not in ("RETR", "TOP") or ex.status is not Status.OK or not ex.multiline:
             continue

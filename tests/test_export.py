@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from clients import running_relay
 from dovecot import Dovecot, Mailbox, uidl_for
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop3tap.capture import Capture, CaptureWriter, iter_capture_paths, read_capture
@@ -260,3 +260,76 @@ def test_safe_name_is_one_plain_component(text: str) -> None:
 def test_safe_name_keeps_different_uidls_apart(first: str, second: str) -> None:
     if first != second:
         assert safe_name(first) != safe_name(second)
+
+
+def _login_capture(
+    directory: Path, session: str, login: bytes, answers: bytes, body: bytes
+) -> Path:
+    """A session that logs in with ``login`` (answered by ``answers``), then lists UIDL 1 as
+    ``00000001cafe`` and retrieves message 1 holding ``body``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = CaptureWriter.create(
+        directory,
+        session_id=session,
+        header_fields={"client": "127.0.0.1:1", "upstream": "127.0.0.1:2", "listen": ""},
+    )
+    writer.write_data("s2c", 0.001, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.002, login)
+    writer.write_data("s2c", 0.003, answers)
+    writer.write_data("c2s", 0.004, b"UIDL\r\nRETR 1\r\n")
+    writer.write_data("s2c", 0.005, b"+OK\r\n1 00000001cafe\r\n.\r\n+OK\r\n" + body + b".\r\n")
+    writer.close(0.006, "server closed")
+    return writer.path
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        # SASL: who logged in is masked, so the mailbox is unknown.
+        (
+            (b"AUTH PLAIN AGFsaWNlAHB3\r\n", b"+OK\r\n"),
+            (b"AUTH PLAIN AGJvYgBwdw==\r\n", b"+OK\r\n"),
+        ),
+        # A refused USER is not the mailbox; the accepted one is.
+        (
+            (b"USER alice\r\nUSER bob\r\nPASS pw\r\n", b"-ERR no\r\n+OK\r\n+OK\r\n"),
+            (b"USER alice\r\nPASS pw\r\n", b"+OK\r\n+OK\r\n"),
+        ),
+    ],
+    ids=["sasl", "refused-user"],
+)
+def test_same_uidl_in_two_mailboxes_is_two_messages(
+    tmp_path: Path, first: tuple[bytes, bytes], second: tuple[bytes, bytes]
+) -> None:
+    bodies = [b"Subject: for the first\r\n\r\none\r\n", b"Subject: for the second\r\n\r\ntwo\r\n"]
+    paths = [
+        _login_capture(tmp_path / "caps", f"sess{n}", *login, body)
+        for n, (login, body) in enumerate(zip((first, second), bodies, strict=True))
+    ]
+    out = tmp_path / "out"
+    stats = export_messages([read_capture(p) for p in paths], "eml", out)
+    assert stats.written == 2 and stats.duplicates == 0
+    assert sorted(p.read_bytes() for p in out.iterdir()) == sorted(bodies)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.sampled_from(["sasl", "user", "apop"]), min_size=1, max_size=5))
+def test_no_message_of_a_distinct_or_unknown_mailbox_is_dropped(logins: list[str]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        bodies = []
+        paths = []
+        for n, kind in enumerate(logins):
+            login, answers = {
+                "sasl": (b"AUTH PLAIN AHUAcHc=\r\n", b"+OK\r\n"),
+                "user": (b"USER u%d\r\nPASS pw\r\n" % n, b"+OK\r\n+OK\r\n"),
+                "apop": (b"APOP a%d 0123456789abcdef0123456789abcdef\r\n" % n, b"+OK\r\n"),
+            }[kind]
+            bodies.append(b"Subject: %d\r\n\r\nmailbox %d\r\n" % (n, n))
+            paths.append(_login_capture(directory / "caps", f"s{n}", login, answers, bodies[-1]))
+        stats = export_messages([read_capture(p) for p in paths], "eml", directory / "out")
+        assert stats.written == len(logins)
+        written = sorted(p.read_bytes() for p in (directory / "out").iterdir())
+        assert written == sorted(bodies)
