@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import re
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -236,9 +237,16 @@ def _create(dir_fd: int, name: str, data: bytes) -> str | None:
 
 
 def _same_content(dir_fd: int, name: str, data: bytes) -> bool:
+    """Whether ``name`` is a regular file holding exactly ``data``. Opened without
+    blocking and checked before reading: a FIFO or directory planted under the name is
+    simply a different file."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
+        return False
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         return False
     with os.fdopen(fd, "rb") as f:
         return f.read(len(data) + 1) == data
@@ -363,12 +371,30 @@ def _link_new(tmp_fd: int, tmp_name: str, new_fd: int, name: str, data: bytes) -
     raise ExportError(f"cannot deliver {name}: every variant of the name is taken")
 
 
-def _export_mbox(messages: Iterable[FoundMessage], target: Path, stats: ExportStats) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+def _open_mbox(target: Path) -> int:
+    """The mbox file opened for appending: created 0600, or an existing regular file of
+    this user. Opened without blocking, so a FIFO planted under the name (with someone
+    reading it, or not) is refused before a byte of mail goes anywhere."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(target, flags, 0o600)
     except OSError as exc:
         raise ExportError(f"{target}: cannot open mbox: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = "not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = "owned by another user"
+    if problem is not None:
+        os.close(fd)
+        raise ExportError(f"{target}: {problem}; refusing to append mail to it")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _export_mbox(messages: Iterable[FoundMessage], target: Path, stats: ExportStats) -> None:
+    fd = _open_mbox(target)
     try:
         with os.fdopen(fd, "ab") as f:
             for message in messages:

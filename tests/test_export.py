@@ -333,3 +333,56 @@ def test_no_message_of_a_distinct_or_unknown_mailbox_is_dropped(logins: list[str
         assert stats.written == len(logins)
         written = sorted(p.read_bytes() for p in (directory / "out").iterdir())
         assert written == sorted(bodies)
+
+
+def test_planted_fifo_and_directory_in_the_target_are_not_read(tmp_path: Path) -> None:
+    import threading
+
+    client = b"UIDL\r\nRETR 1\r\nRETR 2\r\n"
+    server = b"+OK\r\n1 fifo\r\n2 dir\r\n.\r\n+OK\r\none\r\n.\r\n+OK\r\ntwo\r\n.\r\n"
+    capture = read_capture(_capture(tmp_path / "caps", server, client))
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "fifo.eml")
+    (out / "dir.eml").mkdir()
+    result: list[object] = []
+    worker = threading.Thread(
+        target=lambda: result.append(export_messages([capture], "eml", out)), daemon=True
+    )
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # blocked reading the FIFO: let it go, then fail
+        os.close(os.open(out / "fifo.eml", os.O_WRONLY))
+        worker.join(60)
+        pytest.fail("export blocked on a FIFO planted in the target directory")
+    assert len(result) == 1 and getattr(result[0], "written", None) == 2
+    assert (out / "fifo-2.eml").read_bytes() == b"one\r\n"
+    assert (out / "dir-2.eml").read_bytes() == b"two\r\n"
+
+
+def test_mbox_that_is_a_fifo_or_another_users_file_gets_no_mail(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _capture(tmp_path / "caps", b"+OK\r\nSubject: private\r\n\r\nx\r\n.\r\n", b"RETR 1\r\n")
+    fifo = tmp_path / "planted.mbox"
+    os.mkfifo(fifo, 0o666)
+    listener = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # someone waiting for the mail
+    try:
+        assert main(["export", str(path), "--mbox", str(fifo)]) == 1
+        try:
+            leaked = os.read(listener, 65536)
+        except BlockingIOError:
+            leaked = b""
+        assert leaked == b""
+    finally:
+        os.close(listener)
+    if os.geteuid() != 0:
+        return  # only root can give a file to another user
+    foreign = tmp_path / "foreign.mbox"
+    foreign.write_bytes(b"")
+    os.chown(foreign, 65534, 65534)
+    foreign.chmod(0o666)
+    assert main(["export", str(path), "--mbox", str(foreign)]) == 1
+    assert foreign.read_bytes() == b""
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("pop3tap: ") for line in err)
