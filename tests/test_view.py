@@ -27,6 +27,8 @@ class View:
     proc: subprocess.Popen[str]
     url: str
     port: int
+    #: The secret first path segment, with its slashes: ``/<key>/``.
+    base: str
 
 
 @pytest.fixture
@@ -43,9 +45,12 @@ def view(tmp_path: Path) -> Iterator[View]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        match = re.fullmatch(r"pop3tap view: (http://127\.0\.0\.1:(\d+)/) \(Ctrl-C stops\)\n", line)
+        match = re.fullmatch(
+            r"pop3tap view: (http://127\.0\.0\.1:(\d+)(/[A-Za-z0-9_-]{20,}/)) \(Ctrl-C stops\)\n",
+            line,
+        )
         assert match, line
-        yield View(proc, match.group(1), int(match.group(2)))
+        yield View(proc, match.group(1), int(match.group(2)), match.group(3))
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -70,21 +75,23 @@ def request(view: View, method: str, path: str, host: str | None = None) -> tupl
 def test_view_serves_read_only_on_loopback_and_follows_new_captures(
     view: View, tmp_path: Path
 ) -> None:
-    status, first_state = request(view, "GET", "/state")
+    status, first_state = request(view, "GET", view.base + "state")
     assert status == 200
-    status, page = request(view, "GET", "/")
+    status, page = request(view, "GET", view.base)
     assert status == 200 and b"Content-Security-Policy" in page and b'data-live="1"' in page
     shutil.copy(SHIPPED / "apop.p3cap", tmp_path / "captures" / "apop.p3cap")
-    status, second_state = request(view, "GET", "/state")
+    status, second_state = request(view, "GET", view.base + "state")
     assert second_state != first_state
-    status, model = request(view, "GET", "/model.json")
+    status, model = request(view, "GET", view.base + "model.json")
     assert status == 200 and b'"file":"apop.p3cap"' in model
-    assert request(view, "POST", "/")[0] == 405
-    assert request(view, "DELETE", "/model.json")[0] == 405
-    assert request(view, "GET", "/../../etc/passwd")[0] == 404
+    assert request(view, "POST", view.base)[0] == 405
+    assert request(view, "DELETE", view.base + "model.json")[0] == 405
+    assert request(view, "GET", view.base + "../../etc/passwd")[0] == 404
     # DNS rebinding: a page on another name that resolves to 127.0.0.1 gets nothing.
-    assert request(view, "GET", "/model.json", host=f"evil.example:{view.port}")[0] == 403
-    assert request(view, "GET", "/", host=f"localhost:{view.port}")[0] == 200
+    assert (
+        request(view, "GET", view.base + "model.json", host=f"evil.example:{view.port}")[0] == 403
+    )
+    assert request(view, "GET", view.base, host=f"localhost:{view.port}")[0] == 200
     view.proc.send_signal(signal.SIGINT)
     assert view.proc.wait(10) == 0
     assert view.proc.stderr is not None and view.proc.stderr.read() == ""
@@ -134,3 +141,42 @@ def test_missing_directory_is_a_one_line_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "no such file or directory" in result.stderr
+
+
+def test_other_local_users_without_the_printed_key_get_nothing(view: View, tmp_path: Path) -> None:
+    # Every user of the machine can connect to 127.0.0.1: only the printed URL opens the view.
+    shutil.copy(SHIPPED / "apop.p3cap", tmp_path / "captures" / "apop.p3cap")
+    assert request(view, "GET", view.base + "model.json")[0] == 200
+    wrong = "/" + "A" * (len(view.base) - 2) + "/"
+    for path in ("/", "/model.json", "/state", wrong, wrong + "model.json", view.base[:-2] + "/"):
+        status, body = request(view, "GET", path)
+        assert status == 404 and b"apop" not in body, path
+    status, _ = request(view, "GET", view.base.rstrip("/"))
+    assert status == 301
+
+
+def test_wildcard_listen_serves_its_addresses_but_not_dns_names(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pop3tap", "view", str(tmp_path), "--listen", "0.0.0.0:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.fullmatch(
+            r"pop3tap view: http://0\.0\.0\.0:(\d+)(/\S+/) \(Ctrl-C stops\)\n", line
+        )
+        assert match, line
+        port = int(match.group(1))
+        view = View(proc, "", port, match.group(2))
+        # What another machine would send: an address of this one.
+        assert request(view, "GET", view.base, host=f"127.0.0.1:{port}")[0] == 200
+        assert request(view, "GET", view.base, host=f"localhost:{port}")[0] == 200
+        assert request(view, "GET", view.base, host=f"rebind.example:{port}")[0] == 403
+        assert request(view, "GET", view.base, host="127.0.0.1:1")[0] == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

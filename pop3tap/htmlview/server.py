@@ -1,10 +1,13 @@
 """``pop3tap view``: the HTML view served over HTTP, refreshed as captures arrive.
 
-Read-only by construction: three GET resources (``/`` the page, ``/model.json`` the data,
-``/state`` a token that changes when a capture file appears, grows or goes), every other
-path is 404 and every other method is refused. A request whose ``Host`` header names
-anything but the address the server listens on is refused too, so a web page elsewhere
-cannot read the view through a DNS name that resolves to 127.0.0.1 (DNS rebinding).
+Read-only by construction: three GET resources under a random secret path prefix
+(``/<key>/`` the page, ``/<key>/model.json`` the data, ``/<key>/state`` a token that
+changes when a capture file appears, grows or goes), every other path is 404 and every
+other method is refused. Loopback is shared by every user of the machine, so the key,
+printed only to the user who started the view, is what keeps the mail in the captures
+from the others. A request whose ``Host`` header names anything but the address the server
+listens on (or, on a wildcard address, an IP literal) is refused too, so a web page
+elsewhere cannot read the view through a DNS name that resolves to it (DNS rebinding).
 
 Each capture is parsed again only when its size or modification time changes, so a page
 polling every two seconds costs a directory listing, not a re-read of every session.
@@ -13,6 +16,9 @@ polling every two seconds costs a directory listing, not a re-read of every sess
 from __future__ import annotations
 
 import hashlib
+import hmac
+import ipaddress
+import secrets
 import socket
 import threading
 from http import HTTPStatus
@@ -90,6 +96,7 @@ def _token(listing: list[tuple[Path, tuple[int, int]]]) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     server: ViewServer
+
     def version_string(self) -> str:
         """The ``Server`` header."""
         return "pop3tap-view"
@@ -111,7 +118,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _allowed_host(self) -> bool:
         host = (self.headers.get("Host") or "").lower()
-        return host in self.server.allowed_hosts
+        if host in self.server.allowed_hosts:
+            return True
+        if not self.server.wildcard:
+            return False
+        # A wildcard listen answers on every address of the machine: any IP literal with
+        # the port is one of them, and no DNS name is needed to reach it.
+        name, sep, port = host.rpartition(":")
+        if not sep or port != str(self.server.port):
+            return False
+        try:
+            ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+        except ValueError:
+            return False
+        return True
+
+    def _resource(self) -> str | None:
+        """The path after the secret prefix, or None when the prefix is missing or wrong."""
+        path = self.path.split("?", 1)[0]
+        prefix = f"/{self.server.key}"
+        head, rest = path[: len(prefix)], path[len(prefix) :]
+        if not hmac.compare_digest(head.encode(), prefix.encode()):
+            return None
+        if rest == "":
+            return ""
+        return rest if rest.startswith("/") else None
 
     def do_GET(self) -> None:
         if not self._allowed_host():
@@ -121,9 +152,14 @@ class _Handler(BaseHTTPRequestHandler):
                 "text/plain; charset=utf-8",
             )
             return
-        path = self.path.split("?", 1)[0]
+        path = self._resource()
         sessions = self.server.sessions
-        if path == "/":
+        if path == "":  # relative links need the trailing slash
+            self.send_response(HTTPStatus.MOVED_PERMANENTLY)
+            self.send_header("Location", f"/{self.server.key}/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/":
             page = render_page(sessions.model(), title=self.server.title, live=True)
             self._send(HTTPStatus.OK, page.encode("utf-8"), "text/html; charset=utf-8")
         elif path == "/model.json":
@@ -160,11 +196,15 @@ class ViewServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)
         self.port = int(self.server_address[1])
+        #: The secret first path segment of every resource.
+        self.key = secrets.token_urlsafe(18)
+        self.wildcard = host in ("0.0.0.0", "::", "")
         shown = f"[{host}]" if ":" in host else host
-        names = {shown, "localhost"} if host in ("127.0.0.1", "::1") else {shown}
+        local = host in ("127.0.0.1", "::1") or self.wildcard
+        names = {shown, "localhost"} if local else {shown}
         self.allowed_hosts = {f"{name}:{self.port}".lower() for name in names}
 
     @property
     def url(self) -> str:
         host = str(self.server_address[0])
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/{self.key}/"
