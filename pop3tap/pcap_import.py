@@ -254,7 +254,11 @@ def _base(flow: _Flow, direction: str) -> tuple[int | None, bool]:
     syn = flow.syn[direction]
     if syn is not None:
         return (syn + 1) % _SEQ_MOD, True
-    carrying = [s for s in flow.segments[direction] if s.payload or s.flags & (_FIN | _RST)]
+    # Data decides where the stream starts: a RST's sequence number may lie anywhere
+    # (RFC 9293 §3.10.7.1 has stacks send 0 and receivers check it against the window).
+    carrying = [s for s in flow.segments[direction] if s.payload]
+    if not carrying:
+        carrying = [s for s in flow.segments[direction] if s.flags & (_FIN | _RST)]
     if not carrying:
         return None, False
     ref = carrying[0].seq
@@ -307,11 +311,21 @@ def _direction_chunks(
     return chunks
 
 
+def _span(chunk: _Chunk) -> int:
+    """Sequence space a chunk stands for: its bytes, or the bytes of a gap."""
+    return len(chunk.data) or int(chunk.fields.get("bytes", 0))
+
+
 def _interleave(c2s: list[_Chunk], s2c: list[_Chunk]) -> Iterator[_Chunk]:
-    """Both directions in causal order: acknowledged bytes first, then by packet time."""
+    """Both directions in causal order: acknowledged bytes first, then by packet time.
+
+    A gap counts as the bytes it stands for, and an acknowledgement of bytes that are not
+    in the file at all (lost at the end of a stream) waits only for what is there, so a
+    capture that lost packets is still put in the order its packets were sent."""
     queues = {"c2s": c2s, "s2c": s2c}
     position = {"c2s": 0, "s2c": 0}
     emitted = {"c2s": 0, "s2c": 0}
+    total = {d: sum(_span(c) for c in q) for d, q in queues.items()}
     other = {"c2s": "s2c", "s2c": "c2s"}
     while True:
         heads = {d: q[position[d]] for d, q in queues.items() if position[d] < len(q)}
@@ -321,12 +335,12 @@ def _interleave(c2s: list[_Chunk], s2c: list[_Chunk]) -> Iterator[_Chunk]:
             c
             for d, c in heads.items()
             if c.needs is None
-            or emitted[other[d]] >= c.needs
+            or emitted[other[d]] >= min(c.needs, total[other[d]])
             or position[other[d]] >= len(queues[other[d]])
         ]
         pick = min(ready or heads.values(), key=lambda c: (c.t, c.direction != "c2s"))
         position[pick.direction] += 1
-        emitted[pick.direction] += len(pick.data)
+        emitted[pick.direction] += _span(pick)
         yield pick
 
 

@@ -13,6 +13,7 @@ import random
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +22,10 @@ from pathlib import Path
 import pytest
 from clients import RunningRelay, curl, running_relay
 from dovecot import Dovecot, Mailbox
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pop3tap.capture import Capture, iter_capture_paths, read_capture
+from pop3tap.capture import Capture, DataRecord, iter_capture_paths, read_capture
 from pop3tap.cli import main
 from pop3tap.pcap_import import PcapImportError, import_pcap, read_packets
 from pop3tap.render import render_lines
@@ -359,3 +362,74 @@ def test_imported_sasl_is_masked_and_commands_pipelined_behind_auth_stay_clear(
     assert [ex.verb for ex in capture.exchanges()] == ["AUTH", "STAT", "QUIT"]
     assert b"hunter2" not in session.path.read_bytes()
     assert b"AGFsaWNlAGh1bnRlcjI" not in session.path.read_bytes()
+
+
+def _exchanges_of(pcap: Path, out: Path) -> list[tuple[str, str | None]]:
+    (session,) = import_pcap(pcap, out)
+    assert session.path is not None
+    return [(e.verb + " " + e.args, e.first_line) for e in read_capture(session.path).exchanges()]
+
+
+_NOOPS = [("s", b"+OK ready\r\n")] + [
+    item for n in range(1, 7) for item in (("c", b"NOOP %d\r\n" % n), ("s", b"+OK %d\r\n" % n))
+]
+
+
+@settings(max_examples=20, deadline=None)
+@given(lost=st.sets(st.integers(1, 6), max_size=5))
+def test_commands_lost_by_the_capture_leave_the_others_paired(lost: set[int]) -> None:
+    # tcpdump drops packets under load: the bytes become a gap, and every answer still
+    # follows its own command, whatever is missing before it.
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        _synthetic(directory / "all.pcap", _NOOPS)
+        packets = read_packets(directory / "all.pcap")
+        # The client resets at the end (a RST carries no acknowledgement).
+        last = packets[-2]
+        reset = last.copy()
+        reset["TCP"].remove_payload()
+        reset["TCP"].flags, reset["TCP"].seq = "R", last["TCP"].seq + len(last["TCP"].payload)
+        reset.time = packets[-1].time + 0.01
+        packets.append(reset)
+        # 0 SYN, 1 SYN-ACK, 2 greeting, then NOOP n at 1 + 2n and its answer at 2 + 2n.
+        dropped = {1 + 2 * n for n in lost}
+        kept = [p for i, p in enumerate(packets) if i not in dropped]
+        scapy_all.wrpcap(str(directory / "lossy.pcap"), kept)
+        pairs = _exchanges_of(directory / "lossy.pcap", directory / "out")
+        expected = [(f"NOOP {n}", f"+OK {n}") for n in range(1, 7) if n not in lost]
+        assert [p for p in pairs if p[0].startswith("NOOP")] == expected
+        # A capture written in order imports in that order: the reset comes last.
+        (capture,) = [read_capture(p) for p in iter_capture_paths([directory / "out"])]
+        flow = [
+            (r.dir, r.data) if isinstance(r, DataRecord) else (r.name,)
+            for r in capture.records
+            if isinstance(r, DataRecord) or getattr(r, "name", "") == "reset"
+        ]
+        sent = [
+            ("c2s" if p["TCP"].dport == 110 else "s2c", bytes(p["TCP"].payload))
+            for p in kept
+            if len(p["TCP"].payload)
+        ]
+        assert flow == [*sent, ("reset",)]
+
+
+def test_out_of_window_reset_of_a_mid_session_capture_is_no_gap(tmp_path: Path) -> None:
+    IP, TCP = scapy_all.IP, scapy_all.TCP
+    client, server = ("192.0.2.10", 40000), ("192.0.2.20", 110)
+
+    def segment(who: str, **fields: object) -> object:
+        src, dst = (client, server) if who == "c" else (server, client)
+        return IP(src=src[0], dst=dst[0]) / TCP(sport=src[1], dport=dst[1], **fields)
+
+    packets = [
+        segment("s", flags="PA", seq=899_990, ack=700_000) / b"+OK hi\r\n",
+        segment("c", flags="PA", seq=700_000, ack=899_998) / b"STAT\r\n",
+        segment("s", flags="PA", seq=899_998, ack=700_006) / b"+OK 1 2\r\n",
+        segment("c", flags="R", seq=0),  # a reset from a stack that sends seq 0
+    ]
+    for i, packet in enumerate(packets):
+        packet.time = 1_700_000_000 + i * 0.1
+    scapy_all.wrpcap(str(tmp_path / "late.pcap"), packets)
+    assert _exchanges_of(tmp_path / "late.pcap", tmp_path / "out") == [("STAT ", "+OK 1 2")]
+    (capture,) = [read_capture(p) for p in iter_capture_paths([tmp_path / "out"])]
+    assert not [r for r in capture.records if getattr(r, "name", "") == "gap"]
