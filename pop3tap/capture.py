@@ -438,9 +438,10 @@ def derive_events(
     """Feed records, in file order, through an observer; yield each record with its events.
 
     An ``eof``/``reset`` event with a ``dir`` ends that direction (a ``reset`` without one
-    ends both); a ``tls`` event resumes parsing after STLS. Directions still open at the
-    end are ended at the last record's time, client first; those final events are
-    yielded with ``None`` as the record.
+    ends both); a ``tls`` event resumes parsing after STLS; a ``mid_session`` event with
+    ``greeting="missed"`` says the first server line is an answer, not the greeting.
+    Directions still open at the end are ended at the last record's time, client first;
+    those final events are yielded with ``None`` as the record.
     """
     from pop3tap.protocol import SessionObserver
 
@@ -472,6 +473,8 @@ def derive_events(
                     events = end("c2s", record.t) + end("s2c", record.t)
             elif record.name == "tls" and obs.opaque:
                 obs.resume_after_tls()
+            elif record.name == "mid_session" and record.fields.get("greeting") == "missed":
+                obs.greeting_missed()
         yield record, events
     final = end("c2s", last_t) + end("s2c", last_t)
     if final:

@@ -344,14 +344,18 @@ def _interleave(c2s: list[_Chunk], s2c: list[_Chunk]) -> Iterator[_Chunk]:
         yield pick
 
 
-def _tls_reason(c2s: list[_Chunk], s2c: list[_Chunk]) -> str | None:
+def _tls_reason(
+    ordered: list[_Chunk], c2s: list[_Chunk], s2c: list[_Chunk], *, greeting_missed: bool
+) -> str | None:
     """Why a connection is encrypted, or None for plaintext POP3."""
     for chunks, who in ((c2s, "client"), (s2c, "server")):
         first = next((c.data for c in chunks if c.data), b"")
         if first.startswith(_TLS_RECORD_START):
             return f"TLS from the first byte (the {who} sent a TLS record): encrypted, no keys"
     observer = SessionObserver()
-    for chunk in _interleave(list(c2s), list(s2c)):
+    if greeting_missed:
+        observer.greeting_missed()
+    for chunk in ordered:
         if not chunk.data:
             continue
         events = (
@@ -376,6 +380,7 @@ def _write_flow(
     source: Path,
     *,
     mid_session: bool,
+    greeting_missed: bool,
     gaps: int,
     keep_secrets: bool,
 ) -> tuple[Path, int]:
@@ -410,7 +415,11 @@ def _write_flow(
 
     try:
         if mid_session:
-            writer.write_event("mid_session", 0.0, note="the capture starts after the SYN")
+            fields = {"note": "the capture starts after the SYN"}
+            if greeting_missed:
+                fields["greeting"] = "missed"
+                observer.greeting_missed()
+            writer.write_event("mid_session", 0.0, **fields)
         for chunk in chunks:
             at = max(last, chunk.t - flow.first_t)
             last = at
@@ -481,19 +490,25 @@ def import_pcap(
         if not any(c.data for c in c2s + s2c):
             results.append(ImportedSession(flow.describe(), None, "no POP3 bytes (handshake only)"))
             continue
-        reason = _tls_reason(c2s, s2c)
+        mid_session = not (c2s_syn and s2c_syn)
+        chunks = list(_interleave(c2s, s2c))
+        # The client speaking first means the greeting went by before the capture
+        # (RFC 1939 §4: the server speaks first); its first line then answers a command.
+        first = next(c for c in chunks if c.data)
+        greeting_missed = mid_session and first.direction == "c2s"
+        reason = _tls_reason(chunks, c2s, s2c, greeting_missed=greeting_missed)
         if reason is not None:
             results.append(ImportedSession(flow.describe(), None, reason))
             continue
-        mid_session = not (c2s_syn and s2c_syn)
         gaps = sum(1 for c in c2s + s2c if c.event == "gap")
         try:
             written, commands = _write_flow(
                 flow,
-                list(_interleave(c2s, s2c)),
+                chunks,
                 out,
                 source,
                 mid_session=mid_session,
+                greeting_missed=greeting_missed,
                 gaps=gaps,
                 keep_secrets=keep_secrets,
             )

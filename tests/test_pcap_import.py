@@ -433,3 +433,22 @@ def test_out_of_window_reset_of_a_mid_session_capture_is_no_gap(tmp_path: Path) 
     assert _exchanges_of(tmp_path / "late.pcap", tmp_path / "out") == [("STAT ", "+OK 1 2")]
     (capture,) = [read_capture(p) for p in iter_capture_paths([tmp_path / "out"])]
     assert not [r for r in capture.records if getattr(r, "name", "") == "gap"]
+
+
+@settings(max_examples=12, deadline=None)
+@given(start=st.integers(1, 6))
+def test_capture_starting_after_the_greeting_pairs_every_answer(start: int) -> None:
+    # tcpdump started while the session was on: the first packet is a command, so the
+    # first server line answers it (it is no greeting), in the import and in every reader.
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        _synthetic(directory / "all.pcap", [*_NOOPS, ("c", b"QUIT\r\n"), ("s", b"+OK bye\r\n")])
+        packets = read_packets(directory / "all.pcap")
+        # 0 SYN, 1 SYN-ACK, 2 greeting, then NOOP n at 1 + 2n and its answer at 2 + 2n.
+        scapy_all.wrpcap(str(directory / "late.pcap"), packets[1 + 2 * start :])
+        pairs = _exchanges_of(directory / "late.pcap", directory / "out")
+        expected = [(f"NOOP {n}", f"+OK {n}") for n in range(start, 7)]
+        assert pairs == [*expected, ("QUIT ", "+OK bye")]
+        (capture,) = [read_capture(p) for p in iter_capture_paths([directory / "out"])]
+        text = session_text(capture)
+        assert not [line for line in text if "(stray)" in line or "(no response)" in line]

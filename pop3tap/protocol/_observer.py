@@ -394,6 +394,11 @@ class SessionObserver:
         )
         return self._take_events()
 
+    def greeting_missed(self) -> None:
+        """The session is seen from its middle, after the greeting (a packet capture that
+        started late): the first server line answers a command, it is no greeting."""
+        self._greeted = True
+
     def resume_after_tls(self) -> None:
         """TLS is up on both legs (STLS interception): parse the decrypted streams."""
         self._opaque = False
