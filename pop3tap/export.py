@@ -202,14 +202,27 @@ def _marked(message: FoundMessage) -> bytes:
 
 
 def _open_dir(path: Path, *, create: bool) -> int:
-    """A descriptor of a real directory (created 0700 if missing); never a symlink."""
+    """A descriptor of a real directory (created 0700 if missing); never a symlink, and
+    never one another user controls: its owner, or anyone when it is world-writable
+    without the sticky bit, could swap or delete the messages written. (Group-writable is
+    accepted: with a umask of 002 a user's own directories are, for a private group.)"""
     if create:
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700, parents=True)
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ExportError(f"{path}: cannot use as a directory: {exc.strerror or exc}") from None
+    info = os.fstat(fd)
+    problem = None
+    if info.st_uid != os.geteuid():
+        problem = "owned by another user"
+    elif info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        problem = "writable by other users"
+    if problem is not None:
+        os.close(fd)
+        raise ExportError(f"{path}: {problem}; refusing to export mail into it")
+    return fd
 
 
 def _create(dir_fd: int, name: str, data: bytes) -> str | None:

@@ -386,3 +386,23 @@ def test_mbox_that_is_a_fifo_or_another_users_file_gets_no_mail(
     assert foreign.read_bytes() == b""
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("pop3tap: ") for line in err)
+
+
+@pytest.mark.parametrize("planted", ["other-writable", "other-owner", "maildir-sub"])
+def test_target_another_user_controls_is_refused(tmp_path: Path, planted: str) -> None:
+    # Whoever can write the directory can swap a message for their own between the
+    # write and the link, or delete it: the export would not be the mail.
+    path = _capture(tmp_path / "caps", b"+OK\r\nSubject: x\r\n\r\nx\r\n.\r\n", b"RETR 1\r\n")
+    target = tmp_path / "shared"
+    target.mkdir(mode=0o700)
+    fmt = "--maildir" if planted == "maildir-sub" else "--eml"
+    inner = target / "tmp" if planted == "maildir-sub" else target
+    inner.mkdir(mode=0o700, exist_ok=True)
+    if planted == "other-owner":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a directory to another user")
+        os.chown(inner, 65534, 65534)
+    else:
+        inner.chmod(0o777)
+    assert main(["export", str(path), fmt, str(target)]) == 1
+    assert [p for p in target.rglob("*") if p.is_file()] == []
