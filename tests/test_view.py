@@ -180,3 +180,33 @@ def test_wildcard_listen_serves_its_addresses_but_not_dns_names(tmp_path: Path) 
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+@pytest.mark.parametrize("listen", ["localhost:0", "[::1]:0"])
+def test_printed_url_opens_the_view_whatever_the_listen_name(tmp_path: Path, listen: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pop3tap", "view", str(tmp_path), "--listen", listen],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.fullmatch(r"pop3tap view: (http://(\S+):(\d+)(/\S+/)) \(Ctrl-C stops\)\n", line)
+        assert match, line
+        port = int(match.group(3))
+        view = View(proc, match.group(1), port, match.group(4))
+        host = match.group(2).strip("[]")
+        # The Host header a browser sends for the printed URL, and for localhost.
+        for header in (None, f"localhost:{port}"):
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            try:
+                conn.request("GET", view.base, headers={"Host": header} if header else {})
+                assert conn.getresponse().status == 200, header
+            finally:
+                conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

@@ -198,10 +198,14 @@ class ViewServer(ThreadingHTTPServer):
         self.port = int(self.server_address[1])
         #: The secret first path segment of every resource.
         self.key = secrets.token_urlsafe(18)
-        self.wildcard = host in ("0.0.0.0", "::", "")
-        shown = f"[{host}]" if ":" in host else host
-        local = host in ("127.0.0.1", "::1") or self.wildcard
-        names = {shown, "localhost"} if local else {shown}
+        # The address actually bound (``localhost`` resolves to 127.0.0.1): the printed
+        # URL names it, so its Host header must pass, as must the name the user gave.
+        bound = ipaddress.ip_address(str(self.server_address[0]))
+        self.wildcard = bound.is_unspecified
+        names = {f"[{bound}]" if bound.version == 6 else str(bound)}
+        names.add(f"[{host}]" if ":" in host else host)
+        if bound.is_loopback or self.wildcard:
+            names.add("localhost")
         self.allowed_hosts = {f"{name}:{self.port}".lower() for name in names}
 
     @property
