@@ -368,6 +368,94 @@ def _tls_reason(
     return None
 
 
+#: Command keywords of RFC 1939 §§4-7, RFC 2449 (CAPA), RFC 2595 (STLS), RFC 5034 (AUTH)
+#: and RFC 6856 (UTF8, LANG).
+_POP3_VERBS: Final = frozenset(
+    b"USER PASS APOP AUTH STAT LIST RETR DELE NOOP RSET QUIT TOP UIDL CAPA STLS UTF8 LANG".split()
+)
+_MASKED_LINE: Final = b"********"
+#: Longest line held back while out of sync; beyond it the line is masked as it goes.
+_MAX_HELD: Final = 8192
+
+
+class _UntilInSync:
+    """Masking for a connection seen from its middle, before the masker knows its state.
+
+    The masker recognises SASL data by the ``AUTH`` command before it; a capture that
+    starts inside an exchange (RFC 5034 §4) shows the data without it. Until the server's
+    first ``+OK``/``-ERR`` line (after which the client is back at a command) a client line
+    that is not a POP3 command is replaced by ``********``: the facts are missing, so mask.
+    """
+
+    def __init__(self) -> None:
+        self.synced = False
+        self._line = bytearray()
+        self._dropping = False
+        self._server = bytearray()
+
+    def client(self, data: bytes) -> bytes:
+        """The client bytes to record (then through the ordinary masker)."""
+        if self.synced:
+            held, self._line = bytes(self._line), bytearray()
+            if self._dropping:
+                self._dropping = False
+                end = data.find(b"\n")
+                if end < 0:
+                    return b""
+                return _MASKED_LINE + b"\r\n" + data[end + 1 :]
+            return held + data
+        out = bytearray()
+        start = 0
+        while start < len(data):
+            end = data.find(b"\n", start)
+            piece = data[start:] if end < 0 else data[start : end + 1]
+            start = len(data) if end < 0 else end + 1
+            if self._dropping:
+                if end >= 0:
+                    self._dropping = False
+                    out += _MASKED_LINE + b"\r\n"
+                continue
+            self._line += piece
+            if end < 0:
+                if len(self._line) > _MAX_HELD:
+                    self._line.clear()
+                    self._dropping = True
+                continue
+            out += self._decide(bytes(self._line))
+            self._line.clear()
+        return bytes(out)
+
+    def server(self, data: bytes) -> None:
+        """Server bytes: the first status line puts the stream in sync."""
+        if self.synced:
+            return
+        self._server += data
+        while not self.synced:
+            end = self._server.find(b"\n")
+            if end < 0:
+                if len(self._server) > _MAX_HELD:
+                    self._server.clear()
+                return
+            line = bytes(self._server[: end + 1])
+            del self._server[: end + 1]
+            self.synced = line.startswith((b"+OK", b"-ERR"))
+
+    def flush(self) -> bytes:
+        """A line still held at the end of the client stream."""
+        held, self._line = bytes(self._line), bytearray()
+        if self.synced or not held:
+            return held
+        return self._decide(held)
+
+    @staticmethod
+    def _decide(line: bytes) -> bytes:
+        words = line.split(None, 1)
+        if words and words[0].upper() in _POP3_VERBS:
+            return line
+        ending = b"\r\n" if line.endswith(b"\r\n") else b"\n" if line.endswith(b"\n") else b""
+        return _MASKED_LINE + ending
+
+
 def _session_id(path: Path, flow: _Flow) -> str:
     digest = hashlib.sha256(f"{path.name}|{flow.describe()}|{flow.first_t!r}".encode())
     return digest.hexdigest()[:12]
@@ -413,6 +501,15 @@ def _write_flow(
             for when, data in observer.take_masked_client():
                 writer.write_data("c2s", when, data)
 
+    guard = _UntilInSync() if mid_session and not keep_secrets else None
+
+    def release_guarded_line(at: float) -> None:
+        """A client line the mid-session guard still holds, at the end of the stream."""
+        held = guard.flush() if guard is not None else b""
+        recorded = observer.mask_client(held, at) if held else b""
+        if recorded:
+            writer.write_data("c2s", at, recorded)
+
     try:
         if mid_session:
             fields = {"note": "the capture starts after the SYN"}
@@ -426,21 +523,26 @@ def _write_flow(
             if chunk.event is not None:
                 if chunk.event in ("eof", "reset"):
                     if chunk.direction == "c2s":
+                        release_guarded_line(at)
                         observer.end_client(at)
                         release_client_lines()
                     ended.append(f"{chunk.event}:{chunk.direction}")
                 writer.write_event(chunk.event, at, **chunk.fields)
                 continue
             if chunk.direction == "c2s":
-                recorded = chunk.data if keep_secrets else observer.mask_client(chunk.data, at)
+                data = guard.client(chunk.data) if guard is not None else chunk.data
+                recorded = data if keep_secrets else observer.mask_client(data, at)
                 if recorded:
                     writer.write_data("c2s", at, recorded)
                 observer.feed_client(chunk.data, at)
                 release_client_lines()
             else:
+                if guard is not None:
+                    guard.server(chunk.data)
                 observer.feed_server(chunk.data, at)
                 release_client_lines()
                 writer.write_data("s2c", at, chunk.data)
+        release_guarded_line(last)
         observer.end_client(last)
         release_client_lines()
         observer.end_server(last)

@@ -452,3 +452,66 @@ def test_capture_starting_after_the_greeting_pairs_every_answer(start: int) -> N
         (capture,) = [read_capture(p) for p in iter_capture_paths([directory / "out"])]
         text = session_text(capture)
         assert not [line for line in text if "(stray)" in line or "(no response)" in line]
+
+
+_SASL_SECRET = b"AGFsaWNlAGh1bnRlcjI="  # PLAIN: "\0alice\0hunter2"
+
+
+@pytest.mark.parametrize(
+    "conversation",
+    [
+        # The capture starts with the client's answer to a challenge it never shows...
+        [("c", _SASL_SECRET + b"\r\n"), ("s", b"+OK Logged in.\r\n"), ("c", b"STAT\r\n")],
+        # ...or with the challenge, taken for a greeting.
+        [("s", b"+ \r\n"), ("c", _SASL_SECRET + b"\r\n"), ("s", b"+OK Logged in.\r\n")],
+        # ...or in the middle of the answer's line.
+        [("c", b"bGljZQBodW50ZXIy\r\n"), ("s", b"+OK\r\n"), ("c", b"NOOP\r\n")],
+    ],
+    ids=["answer-first", "challenge-first", "mid-line"],
+)
+def test_capture_starting_inside_sasl_masks_what_it_cannot_place(
+    tmp_path: Path, conversation: list[tuple[str, bytes]]
+) -> None:
+    # Without the AUTH command the masker cannot know a line is SASL data: until the
+    # server's first status line, a client line that is no POP3 command is masked.
+    _synthetic(tmp_path / "all.pcap", conversation)
+    packets = read_packets(tmp_path / "all.pcap")
+    scapy_all.wrpcap(str(tmp_path / "late.pcap"), packets[2:])  # no handshake
+    assert main(["import", str(tmp_path / "late.pcap"), "-o", str(tmp_path / "out")]) == 0
+    (path,) = iter_capture_paths([tmp_path / "out"])
+    raw = path.read_bytes()
+    assert b"AGFsaWNl" not in raw and b"bGljZQBo" not in raw
+    capture = read_capture(path)
+    commands = capture.stream("c2s").split(b"\r\n")
+    assert b"********" in commands
+    assert {b"STAT", b"NOOP"} & set(commands) or conversation[-1][0] == "s"
+
+
+@settings(max_examples=25, deadline=None)
+@given(secret=st.binary(min_size=8, max_size=40), cut=st.integers(0, 8), split=st.integers(1, 30))
+def test_no_sasl_secret_survives_an_import_wherever_the_capture_starts(
+    secret: bytes, cut: int, split: int
+) -> None:
+    import base64
+
+    encoded = base64.b64encode(secret)
+    answer = encoded + b"\r\n"
+    conversation = [
+        ("s", b"+OK ready\r\n"),
+        ("c", b"AUTH PLAIN\r\n"),
+        ("s", b"+ \r\n"),
+        ("c", answer[:split]),
+        ("c", answer[split:]),
+        ("s", b"+OK in\r\n"),
+        ("c", b"STAT\r\n"),
+        ("s", b"+OK 1 2\r\n"),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        _synthetic(directory / "all.pcap", [(w, d) for w, d in conversation if d])
+        packets = read_packets(directory / "all.pcap")
+        scapy_all.wrpcap(str(directory / "late.pcap"), packets[cut:])
+        import_pcap(directory / "late.pcap", directory / "out")
+        for path in iter_capture_paths([directory / "out"]):
+            assert encoded not in path.read_bytes()
+            assert encoded[: len(encoded) // 2 + 1] not in read_capture(path).stream("c2s")
