@@ -225,9 +225,9 @@ def _open_dir(path: Path, *, create: bool) -> int:
     return fd
 
 
-def _create(dir_fd: int, name: str, data: bytes) -> str | None:
-    """Create ``name`` in ``dir_fd`` holding ``data``; the name used, or None when a file
-    with the same content is already there. Taken names get ``-2``, ``-3``... first."""
+def _create(dir_fd: int, name: str, data: bytes) -> tuple[str, bool]:
+    """Create ``name`` in ``dir_fd`` holding ``data``: the name used, and False when a
+    file with the same content was already there. Taken names get ``-2``, ``-3``... first."""
     base, dot, suffix = name.partition(".")
     for attempt in range(1, 1000):
         candidate = name if attempt == 1 else f"{base}-{attempt}{dot}{suffix}"
@@ -236,7 +236,7 @@ def _create(dir_fd: int, name: str, data: bytes) -> str | None:
             fd = os.open(candidate, flags, 0o600, dir_fd=dir_fd)
         except FileExistsError:
             if _same_content(dir_fd, candidate, data):
-                return None
+                return candidate, False
             continue
         except OSError as exc:
             raise ExportError(f"cannot create {candidate}: {exc.strerror or exc}") from None
@@ -245,7 +245,7 @@ def _create(dir_fd: int, name: str, data: bytes) -> str | None:
                 f.write(data)
         except OSError as exc:
             raise ExportError(f"cannot write {candidate}: {exc.strerror or exc}") from None
-        return candidate
+        return candidate, True
     raise ExportError(f"cannot create {name}: every variant of the name is taken")
 
 
@@ -322,7 +322,7 @@ def export_messages(
             for message in messages:
                 data = message.data if message.partial is None else _marked(message)
                 suffix = ".eml" if message.partial is None else ".partial.eml"
-                _count(stats, message, _create(dir_fd, message.name + suffix, data))
+                _count(stats, message, *_create(dir_fd, message.name + suffix, data))
         else:
             _export_maildir(messages, target, dir_fd, stats)
     finally:
@@ -330,11 +330,16 @@ def export_messages(
     return stats
 
 
-def _count(stats: ExportStats, message: FoundMessage, written: str | None) -> None:
-    if written is None:
-        stats.already_there += 1
+def _count(stats: ExportStats, message: FoundMessage, name: str, created: bool) -> None:
+    if not created:
+        # The same bytes under the same name: written earlier in this run (the same
+        # message seen under two mailbox keys), or by an earlier export.
+        if name in stats.paths:
+            stats.duplicates += 1
+        else:
+            stats.already_there += 1
         return
-    stats.paths.append(written)
+    stats.paths.append(name)
     if message.partial is None:
         stats.written += 1
     else:
@@ -355,32 +360,31 @@ def _export_maildir(
             data = message.data if message.partial is None else _marked(message)
             name = message.name if message.partial is None else f"{message.name}.partial"
             tmp_name = f"{os.getpid()}.{name}"
-            written = _create(fds["tmp"], tmp_name, data)
-            if written is None:  # a leftover of an interrupted run with the same content
-                written = tmp_name
+            # An existing file with the same content: a leftover of an interrupted run.
+            written, _created = _create(fds["tmp"], tmp_name, data)
             try:
                 final = _link_new(fds["tmp"], written, fds["new"], name, data)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(written, dir_fd=fds["tmp"])
-            _count(stats, message, None if final is None else f"new/{final}")
+            _count(stats, message, f"new/{final[0]}", final[1])
     finally:
         for fd in fds.values():
             os.close(fd)
 
 
-def _link_new(tmp_fd: int, tmp_name: str, new_fd: int, name: str, data: bytes) -> str | None:
+def _link_new(tmp_fd: int, tmp_name: str, new_fd: int, name: str, data: bytes) -> tuple[str, bool]:
     for attempt in range(1, 1000):
         candidate = name if attempt == 1 else f"{name}-{attempt}"
         try:
             os.link(tmp_name, candidate, src_dir_fd=tmp_fd, dst_dir_fd=new_fd)
         except FileExistsError:
             if _same_content(new_fd, candidate, data):
-                return None
+                return candidate, False
             continue
         except OSError as exc:
             raise ExportError(f"cannot deliver {candidate}: {exc.strerror or exc}") from None
-        return candidate
+        return candidate, True
     raise ExportError(f"cannot deliver {name}: every variant of the name is taken")
 
 
@@ -413,6 +417,6 @@ def _export_mbox(messages: Iterable[FoundMessage], target: Path, stats: ExportSt
             for message in messages:
                 data = message.data if message.partial is None else _marked(message)
                 f.write(_mbox_entry(message, data))
-                _count(stats, message, message.name)
+                _count(stats, message, message.name, True)
     except OSError as exc:
         raise ExportError(f"{target}: cannot write mbox: {exc.strerror or exc}") from None

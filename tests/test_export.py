@@ -406,3 +406,17 @@ def test_target_another_user_controls_is_refused(tmp_path: Path, planted: str) -
         inner.chmod(0o777)
     assert main(["export", str(path), fmt, str(target)]) == 1
     assert [p for p in target.rglob("*") if p.is_file()] == []
+
+
+def test_same_message_in_two_sessions_of_unknown_mailboxes_is_a_duplicate_not_already_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = b"Subject: same\r\n\r\nsame bytes\r\n"
+    for n in (1, 2):
+        _login_capture(tmp_path / "caps", f"sasl{n}", b"AUTH PLAIN AHUAcHc=\r\n", b"+OK\r\n", body)
+    out = tmp_path / "out"
+    assert main(["export", str(tmp_path / "caps"), "--eml", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert line == f"exported 1 message(s) to {out} (1 duplicate retrieval(s) written once)\n"
+    assert main(["export", str(tmp_path / "caps"), "--eml", str(out)]) == 0
+    assert capsys.readouterr().out == f"exported 0 message(s) to {out} (2 already there)\n"
