@@ -425,7 +425,9 @@ def test_a_file_name_with_escapes_is_shown_escaped(tmp_path: Path) -> None:
     assert replayed.returncode == 2
     good_capture(directory)
     shown = pop3tap("show", str(directory))
-    for result in (replayed, shown):
+    page = pop3tap("show", "--format", "html", str(directory), "-o", str(tmp_path / "r.html"))
+    exported = pop3tap("export", str(directory), "--eml", str(tmp_path / "mail"))
+    for result in (replayed, shown, page, exported):
         assert "\x1b" not in result.stderr, result.stderr
         assert "\\x1b]0;owned\\x07.p3cap" in result.stderr
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers
 
 
@@ -52,7 +53,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         try:
             captures.append(read_capture(path))
         except CaptureError as exc:
-            print(f"pop3tap: {exc}", file=sys.stderr)
+            print(printable(f"pop3tap: {exc}"), file=sys.stderr)  # names may hold escapes
             status = EXIT_USAGE
     fmt: Format
     if args.eml:

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_OK, CliError
 
 
@@ -30,7 +31,7 @@ def write_html_report(args: argparse.Namespace) -> int:
         raise CliError(f"no capture files in {' '.join(args.captures)}")
     model = build_model(paths)
     for message in model["errors"]:
-        print(f"pop3tap: {message}", file=sys.stderr)
+        print(printable(f"pop3tap: {message}"), file=sys.stderr)  # names may hold escapes
     page = render_page(model, title=f"pop3tap: {' '.join(args.captures)}")
     if output == "-":
         sys.stdout.write(page)
