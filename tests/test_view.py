@@ -210,3 +210,43 @@ def test_printed_url_opens_the_view_whatever_the_listen_name(tmp_path: Path, lis
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+@pytest.mark.realpeer
+def test_live_redraw_keeps_an_open_body_and_the_focused_row(
+    view: View, web: Any, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pop3tap.capture import CaptureWriter
+
+    # A session still being recorded: it grows while the reader has a body open.
+    writer = CaptureWriter.create(
+        tmp_path / "captures",
+        session_id="growing",
+        header_fields={"client": "127.0.0.1:1", "upstream": "127.0.0.1:2", "listen": ""},
+    )
+    try:
+        writer.write_data("s2c", 0.001, b"+OK ready\r\n")
+        writer.write_data("c2s", 0.002, b"RETR 1\r\n")
+        writer.write_data("s2c", 0.003, b"+OK\r\nSubject: kept open\r\n\r\nbody\r\n.\r\n")
+        web.get(view.url)
+        WebDriverWait(web, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".row.ex")))
+        web.find_element(By.CSS_SELECTOR, ".row.ex button.more").click()
+        assert len(web.find_elements(By.CSS_SELECTOR, ".bodyrow")) == 1
+        for n in range(2, 5):
+            writer.write_data("c2s", 0.001 * (n + 3), b"NOOP\r\n")
+            writer.write_data("s2c", 0.001 * (n + 4), b"+OK\r\n")
+        # New rows come only from a redraw of the whole page.
+        WebDriverWait(web, 30).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, ".row.ex")) == 4
+        )
+        bodies = web.find_elements(By.CSS_SELECTOR, ".bodyrow")
+        assert len(bodies) == 1 and "kept open" in bodies[0].text
+        focused = web.find_elements(By.CSS_SELECTOR, ".row.ex.cur")
+        assert [row.get_attribute("data-seq") for row in focused] == ["1"]
+        assert web.execute_script("return window.__trapped") == []
+    finally:
+        writer.close(0.01, "server closed")
+        writer.release()

@@ -347,7 +347,14 @@
   });
   filterBox.addEventListener("input", applyFilter);
 
+  function rowKey(row) { return row._session.file + "\u0000" + row._row[1]; }
+
   function render() {
+    // A live redraw keeps what the reader was doing: open bodies, the focused row, the scroll.
+    var opened = {};
+    exRows.forEach(function (row) { if (row.classList.contains("open")) opened[rowKey(row)] = 1; });
+    var focused = cur >= 0 && visible[cur] ? rowKey(visible[cur]) : null;
+    var scrollX = window.scrollX, scrollY = window.scrollY;
     exRows = [];
     app.textContent = "";
     if (model.errors.length) {
@@ -358,7 +365,12 @@
     if (!model.sessions.length) app.appendChild(el("p", "empty", "No captures yet."));
     else app.appendChild(sessionList(model.sessions));
     model.sessions.forEach(function (s, i) { app.appendChild(sessionView(s, i)); });
+    exRows.forEach(function (row) { if (opened[rowKey(row)]) toggleBody(row); });
     applyFilter();
+    for (var i = 0; focused !== null && i < visible.length; i++) {
+      if (rowKey(visible[i]) === focused) { cur = i; visible[i].classList.add("cur"); break; }
+    }
+    window.scrollTo(scrollX, scrollY);
     document.body.setAttribute("data-ready", "1");
     if (window.performance && performance.mark) performance.mark("pop3tap-ready");
   }
