@@ -326,10 +326,11 @@ def test_command_flood_beyond_the_limit_gives_up_pairing_but_stays_bounded() -> 
 
 
 def test_pipelining_thousands_of_commands_in_one_chunk_pairs_them_all() -> None:
-    client = b"".join(b"DELE %d\r\n" % i for i in range(1, 5001)) + b"LIST\r\nQUIT\r\n"
-    server = b"+OK hi\r\n" + b"+OK deleted\r\n" * 5000 + b"+OK\r\n1 2\r\n.\r\n+OK bye\r\n"
+    # Up to the parser's bound (1024 unanswered commands) every one is paired.
+    client = b"".join(b"DELE %d\r\n" % i for i in range(1, 1021)) + b"LIST\r\nQUIT\r\n"
+    server = b"+OK hi\r\n" + b"+OK deleted\r\n" * 1020 + b"+OK\r\n1 2\r\n.\r\n+OK bye\r\n"
     got = exchanges(run(client, server, [], []))
-    assert len(got) == 5002
+    assert len(got) == 1022
     assert (got[-2].verb, got[-2].body_lines) == ("LIST", 1)
     assert got[-1].first_line == "+OK bye"
 

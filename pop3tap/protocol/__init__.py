@@ -32,6 +32,7 @@ from pop3tap.protocol._events import (
     StartTls,
     Status,
     StrayLine,
+    Suppressed,
     UnsolicitedLine,
 )
 from pop3tap.protocol._masking import SecretMasker, Verdict
@@ -56,6 +57,7 @@ __all__ = [
     "StartTls",
     "Status",
     "StrayLine",
+    "Suppressed",
     "UnsolicitedLine",
     "Verdict",
     "describe_command",

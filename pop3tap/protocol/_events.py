@@ -189,6 +189,25 @@ class PairingLost(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Suppressed(Event):
+    """Lines of one direction that were counted instead of reported one by one.
+
+    Keeps the events (and log lines) of a session bounded whatever a peer sends: a run of
+    stray or unsolicited server lines beyond the session's budget, or every byte after
+    pairing was lost. Emitted once when suppression begins (``final`` False, counts so
+    far) and once at the end of that direction's stream with the totals (``final`` True).
+    """
+
+    direction: Direction
+    #: ``"anomalies"`` (stray/unsolicited lines past the budget) or ``"unpaired"``
+    #: (bytes after pairing was lost).
+    kind: str
+    lines: int
+    bytes: int
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfStream(Event):
     """One direction ended (EOF or reset)."""
 

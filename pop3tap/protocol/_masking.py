@@ -66,6 +66,53 @@ def _may_hold_secret(data: bytes) -> bool:
     return any(keyword in upper for keyword in SECRET_VERBS)
 
 
+_KEYWORDS = tuple(SECRET_VERBS)
+#: Every upper-cased beginning of a keyword: a first word that is not one is clear.
+_KEYWORD_PREFIXES = frozenset(
+    keyword[:length] for keyword in _KEYWORDS for length in range(1, len(keyword) + 1)
+)
+_SEPARATOR_BYTES = bytes(sorted(WORD_SEPARATORS))
+
+
+def _separator_run_start(data: bytes, pos: int, index: int) -> int:
+    """Where the run of word separators that ends at ``index`` begins (not before ``pos``)."""
+    window = 64
+    while True:
+        begin = max(pos, index - window)
+        kept = data[begin:index].rstrip(_SEPARATOR_BYTES)
+        if kept or begin == pos:
+            return begin + len(kept)
+        window *= 8
+
+
+def _next_keyword_line(data: bytes, upper: bytes, pos: int, hits: list[int]) -> int:
+    """Where the first line at or after ``pos`` (a line start) whose first word may begin
+    with a secret keyword starts, or -1.
+
+    Keywords are rare, so they are searched for (``bytes.find`` on the upper-cased chunk,
+    which folds ASCII letters only, as the step machine does), each at most once per byte:
+    ``hits`` keeps each keyword's next occurrence (-1: none left in the chunk). A hit
+    counts when only word separators stand between it and a line boundary: ``pos``, a LF,
+    or a CR (the byte after that CR is a separator or a letter: a lone CR).
+    """
+    while True:
+        best = which = -1
+        for number, keyword in enumerate(_KEYWORDS):
+            at = hits[number]
+            if 0 <= at < pos:
+                at = hits[number] = upper.find(keyword, pos)
+            if at >= 0 and (best < 0 or at < best):
+                best, which = at, number
+        if best < 0:
+            return -1
+        start = best
+        if start > pos and data[start - 1] in WORD_SEPARATORS:
+            start = _separator_run_start(data, pos, start)
+        if start == pos or data[start - 1] in (_LF, _CR):
+            return start
+        hits[which] = upper.find(_KEYWORDS[which], best + 1)
+
+
 class Verdict(Enum):
     """What the observer decided a held client line was."""
 
@@ -151,7 +198,35 @@ class SecretMasker:
             self._offset += len(data)
             self._last_at = at
             return data
-        return self.mask_bytewise(data, at)
+        if self._holding or self._released or self._auth_on_line:
+            return self.mask_bytewise(data, at)
+        if self._mode is not _Mode.LINE_START or self._cr_at_edge:
+            # Finish the line the last chunk left open by the steps, then the rest.
+            newline = data.find(b"\n")
+            if newline < 0 or newline == len(data) - 1:
+                return self.mask_bytewise(data, at)
+            head = self.mask_bytewise(data[: newline + 1], at)
+            return head + self.mask(data[newline + 1 :], at)
+        # At a line start before any AUTH: lines whose first word cannot begin with a
+        # secret keyword are found by keyword searches and copied whole; only the lines
+        # that may hold a secret, and the partial last line, go through the steps.
+        upper = data.upper()
+        hits = [upper.find(keyword) for keyword in _KEYWORDS]
+        found = _next_keyword_line(data, upper, 0, hits)
+        size = len(data)
+        if found < 0:
+            lf = data.rfind(b"\n")
+            cr = data.rfind(b"\r", lf + 1, size - 1)  # a lone CR after the last LF
+            cut = max(lf + 1, cr + 1)
+        else:
+            cut = found
+        if cut == 0:
+            return self.mask_bytewise(data, at)
+        self._offset += cut
+        self._last_at = at
+        if cut == size:
+            return data
+        return data[:cut] + self.mask_bytewise(data[cut:], at)
 
     def mask_bytewise(self, data: bytes, at: float = 0.0) -> bytes:
         """:meth:`mask` without its shortcut for chunks of whole lines without secrets."""
@@ -254,6 +329,19 @@ class SecretMasker:
                     self._append_released(at, _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, block))
                     pos = last + 1
                     continue
+            if not self._open_length and data.count(b"\n", pos) > MAX_HELD_LINES:
+                # More whole lines than may be held: all but the last MAX_HELD_LINES would
+                # push the oldest out unresolved, masked. Do that in one substitution.
+                cut = size
+                for _ in range(MAX_HELD_LINES + 1):
+                    cut = data.rfind(b"\n", pos, cut)
+                while self._held:
+                    self._release(Verdict.MASK)
+                self._append_released(
+                    at, _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, data[pos : cut + 1])
+                )
+                pos = cut + 1
+                continue
             if not self._open_length:
                 self._open_at = at
             newline = data.find(b"\n", pos)
@@ -402,6 +490,12 @@ class SecretMasker:
             if self._words == 0:
                 if len(self._keyword) < _KEYWORD_LIMIT:
                     self._keyword.append(byte & 0xDF if 0x61 <= byte <= 0x7A else byte)
+                    if bytes(self._keyword) not in _KEYWORD_PREFIXES:
+                        # The first word cannot begin with a secret keyword: the line is
+                        # clear, and the rest of it is skipped with bytes.find.
+                        out.append(byte)
+                        self._mode = _Mode.CLEAR
+                        return pos + 1
                 else:
                     # A fifth byte glued to the keyword: a letter makes another word
                     # (PASSWORD); anything else glues the secret to it (PASS1secret).

@@ -30,16 +30,27 @@ pairs them by the rules of RFC 1939 and RFC 2449:
 * ``STLS`` answered by ``+OK`` switches both streams to TLS right after the ``+OK`` line
   (RFC 2595 §4). The observer then goes opaque until :meth:`resume_after_tls`; plaintext
   already received beyond the switch point is counted as injection.
-* Memory is bounded: a line keeps at most ``max_line`` bytes (the rest is only counted and
-  the line is flagged overlong), bodies keep nothing, and at most ``max_pending`` commands
-  wait for answers (older ones are reported as unanswered).
+* Memory and work are bounded per byte and per session, whatever a peer sends. A line
+  keeps at most ``max_line`` bytes (the rest is only counted and the line is flagged
+  overlong), bodies keep nothing, and unanswered commands plus held-back client lines are
+  bounded both in number (``max_pending``) and in bytes (``max_pending_bytes``). Past
+  either bound pairing is given up, said once (:class:`PairingLost`), and every later
+  byte is only counted: no per-line work, no events, until the end of the stream.
+* Stray and unsolicited server lines are reported one by one up to a per-session budget
+  (``max_anomaly_events``); past it they are counted (:class:`Suppressed`), and a run of
+  them is skipped with one C-level search for the next line that could be a status line,
+  where pairing picks up again.
+* STLS waits for one server line: only ``+OK`` starts TLS; any other line (``-ERR``,
+  ``+ok``, ``+ ``, free text) ends the wait (RFC 2595 §4), so client lines held behind the
+  STLS are never held forever.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pop3tap.protocol._bodyscan import scan_chunk
 from pop3tap.protocol._commands import (
@@ -68,13 +79,66 @@ from pop3tap.protocol._events import (
     StartTls,
     Status,
     StrayLine,
+    Suppressed,
     UnsolicitedLine,
 )
 from pop3tap.protocol._masking import SecretMasker, Verdict
 
 DEFAULT_MAX_LINE = 8192
 #: Unanswered commands (and held-back client lines) kept before pairing is given up.
-DEFAULT_MAX_PENDING = 16384
+DEFAULT_MAX_PENDING = 1024
+#: Bytes those may hold (each is charged its kept line bytes plus :data:`_ENTRY_COST`).
+DEFAULT_MAX_PENDING_BYTES = 256 << 10
+#: Stray and unsolicited server lines reported one by one per session; the rest are counted.
+DEFAULT_MAX_ANOMALY_EVENTS = 100
+#: What one pending entry's Python objects cost, charged on top of its line bytes.
+_ENTRY_COST = 200
+
+#: A complete server line that can answer a command other than AUTH (RFC 1939 §3), at the
+#: match position / right after a LF. Used to skip runs of stray lines in one search.
+_STATUS_LINE = re.compile(rb"(?:\+OK|-ERR)(?: |\r?\n)")
+_STATUS_AFTER_LF = re.compile(rb"\n(?=(?:\+OK|-ERR)(?: |\r?\n))")
+#: The same while AUTH waits: a ``+`` continuation answers it too (RFC 5034 §4).
+_AUTH_LINE = re.compile(rb"(?:\+OK|-ERR|\+)(?: |\r?\n)")
+_AUTH_AFTER_LF = re.compile(rb"\n(?=(?:\+OK|-ERR|\+)(?: |\r?\n))")
+#: A run of whole SASL challenge lines (``+`` or ``+ data``, RFC 5034 §4) of ordinary
+#: length, counted in one match once an exchange has more steps than are kept.
+_CHALLENGE_RUN = re.compile(rb"(?:\+(?: [^\n]{0,4000}|\r)?\n)+")
+
+#: Verbs kept as one shared string each (a flood of commands does not copy them).
+_KNOWN_VERBS = {
+    verb: verb
+    for verb in (
+        "",
+        "USER",
+        "PASS",
+        "APOP",
+        "AUTH",
+        "STAT",
+        "LIST",
+        "RETR",
+        "DELE",
+        "NOOP",
+        "RSET",
+        "QUIT",
+        "TOP",
+        "UIDL",
+        "CAPA",
+        "STLS",
+        "UTF8",
+        "LANG",
+        "XTND",
+    )
+}
+_FLAG_SETS: dict[frozenset[Flag], frozenset[Flag]] = {}
+_NO_FLAGS: frozenset[Flag] = frozenset()
+
+
+def _shared_flags(flags: set[Flag] | frozenset[Flag]) -> frozenset[Flag]:
+    """One shared frozenset per combination of flags (there are few)."""
+    frozen = frozenset(flags)
+    return _FLAG_SETS.setdefault(frozen, frozen)
+
 
 _STATUS_BY_TOKEN = {"+OK": Status.OK, "-ERR": Status.ERR, "+": Status.CONTINUE}
 _TERMINATORS = (b"\n.\r\n", b"\n.\n")
@@ -174,6 +238,8 @@ class _ClientLine:
     end: int
     flags: frozenset[Flag]
     pipelined: bool
+    #: What it is charged against ``max_pending_bytes``.
+    cost: int = _ENTRY_COST
 
 
 @dataclass(slots=True)
@@ -183,19 +249,26 @@ class _Pending:
     seq: int
     verb: str
     shown_verb: str
-    args: bytes
     masked_args: str
     sent_at: float
     pipelined: bool
     request_start: int
     request_end: int
-    flags: set[Flag] = field(default_factory=set)
+    #: The command had arguments (its raw bytes are not kept: only the masked text is).
+    has_args: bool
+    #: A ``+OK`` opens a multi-line body (decided from the command alone).
+    multiline: bool
+    #: STLS, or AUTH with a mechanism: later client lines are held behind it.
+    barrier: bool
+    #: What it is charged against ``max_pending_bytes``.
+    cost: int
+    flags: frozenset[Flag] = frozenset()
     first_byte_at: float | None = None
     response_start: int = -1
     status: Status | None = None
     first_line: str = ""
     resp_code: str | None = None
-    sasl: list[tuple[str, str]] = field(default_factory=list)
+    sasl: list[tuple[str, str]] | None = None
     sasl_omitted: int = 0
     awaiting_sasl: bool = False
 
@@ -217,14 +290,27 @@ class SessionObserver:
     """Pair the commands and responses of one POP3 session (see the module docstring)."""
 
     def __init__(
-        self, *, max_line: int = DEFAULT_MAX_LINE, max_pending: int = DEFAULT_MAX_PENDING
+        self,
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        max_anomaly_events: int = DEFAULT_MAX_ANOMALY_EVENTS,
     ) -> None:
         self._max_line = max_line
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        #: Charged bytes of the client queue and the pending commands together.
+        self._pending_bytes = 0
+        #: Stray/unsolicited lines that may still be reported one by one.
+        self._anomaly_budget = max_anomaly_events
+        #: Per direction: [lines, bytes] counted instead of reported, per kind.
+        self._suppressed: dict[tuple[Direction, str], list[int]] = {}
         #: Pending STLS and ``AUTH mechanism`` commands (they hold back client lines).
         self._barriers = 0
         self._open_auths = 0
-        #: Pairing was given up (a flood beyond ``max_pending``): bytes are only counted.
+        self._open_stls = 0
+        #: Pairing was given up (a flood beyond the bounds): bytes are only counted.
         self._lost = False
         self._masker = SecretMasker()
         #: A line holding AUTH was classified: later lines may be SASL data.
@@ -257,7 +343,7 @@ class SessionObserver:
     @property
     def stls_pending(self) -> bool:
         """An STLS command waits for its answer: the relay must not forward past the switch."""
-        return any(p.verb == "STLS" for p in self._pending)
+        return self._open_stls > 0
 
     @property
     def awaiting_answers(self) -> bool:
@@ -266,8 +352,8 @@ class SessionObserver:
 
     @property
     def pairing_lost(self) -> bool:
-        """Pairing was given up (a command flood beyond ``max_pending``): bytes are only
-        counted from then on."""
+        """Pairing was given up (a command flood beyond ``max_pending`` or
+        ``max_pending_bytes``): bytes are only counted from then on."""
         return self._lost
 
     @property
@@ -316,8 +402,10 @@ class SessionObserver:
         """Bytes the client sent (any chunking); returns the events they complete."""
         self._summary.client_bytes += len(data)
         if self._opaque or self._lost or not data:
+            if self._lost and not self._opaque:
+                self._count_unpaired(Direction.CLIENT, data, 0)
             self._client_offset += len(data)
-            return []
+            return self._take_events()
         self._split_client_lines(data, at)
         self._client_offset += len(data)
         self._drain_client_queue()
@@ -327,8 +415,10 @@ class SessionObserver:
         """Bytes the server sent (any chunking); returns the events they complete."""
         self._summary.server_bytes += len(data)
         if self._opaque or self._lost or not data:
+            if self._lost and not self._opaque:
+                self._count_unpaired(Direction.SERVER, data, 0)
             self._server_offset += len(data)
-            return []
+            return self._take_events()
         pos = 0
         size = len(data)
         base = self._server_offset
@@ -336,6 +426,14 @@ class SessionObserver:
             if self._body is not None:
                 pos = self._scan_body(data, pos, at)
                 continue
+            if self._anomaly_budget <= 0 and self._greeted and not self._server_line.length:
+                pos = self._skip_noise(data, pos, at)
+                if pos >= size:
+                    break
+            if self._pending and self._pending[0].sasl_omitted and not self._server_line.length:
+                pos = self._count_challenges(data, pos)
+                if pos >= size:
+                    break
             newline = data.find(b"\n", pos)
             if newline < 0:
                 self._server_line.add(data, pos, size, at, base + pos)
@@ -346,6 +444,8 @@ class SessionObserver:
             self._finish_server_line(at, base + pos)
             if self._opaque:
                 self._note_trailing_after_stls(size - pos)
+        if self._lost and pos < size:
+            self._count_unpaired(Direction.SERVER, data, pos)
         self._server_offset += size
         return self._take_events()
 
@@ -356,9 +456,10 @@ class SessionObserver:
         self._client_ended = True
         if not self._opaque:
             self._masker.end_of_stream()
-        if not self._opaque and self._client_line.length:
+        if not self._opaque and not self._lost and self._client_line.length:
             self._on_client_line(at, self._client_offset)
             self._drain_client_queue()
+        self._report_suppressed(Direction.CLIENT, at)
         self._events.append(
             EndOfStream(at=at, direction=Direction.CLIENT, truncated=False, unanswered=0)
         )
@@ -370,23 +471,24 @@ class SessionObserver:
             return []
         self._server_ended = True
         truncated = False
-        if not self._opaque:
+        if not self._opaque and not self._lost:
             if self._body is not None:
                 truncated = True
                 body = self._body
                 self._body = None
-                body.pending.flags.add(Flag.TRUNCATED)
+                _add_flag(body.pending, Flag.TRUNCATED)
                 self._complete(body.pending, at, self._server_offset, body)
             elif self._server_line.length:
                 self._finish_server_line(at, self._server_offset)
         unanswered = 0
-        if not self._opaque:
+        if not self._opaque and not self._lost:
             self._drain_client_queue(force_commands=True)
             while self._pending:
                 pending = self._pending.popleft()
-                pending.flags.add(Flag.NO_RESPONSE)
+                _add_flag(pending, Flag.NO_RESPONSE)
                 unanswered += 1
                 self._complete(pending, at, self._server_offset, None)
+        self._report_suppressed(Direction.SERVER, at)
         self._events.append(
             EndOfStream(
                 at=at, direction=Direction.SERVER, truncated=truncated, unanswered=unanswered
@@ -409,6 +511,8 @@ class SessionObserver:
         self._masker = SecretMasker(self._client_offset, distrusted=self._distrusted)
         self._masker.adopt_released(old.take_released())
         self._auth_seen = False
+        for line in self._client_queue:
+            self._pending_bytes -= line.cost
         self._client_queue.clear()
         self._client_line.take()
         self._server_line.take()
@@ -422,16 +526,30 @@ class SessionObserver:
         pos = 0
         size = len(data)
         while pos < size:
+            if self._lost:
+                # Past the bounds: the rest is only counted, no per-line work.
+                self._count_unpaired(Direction.CLIENT, data, pos)
+                return
             newline = data.find(b"\n", pos)
             if newline < 0:
                 assembler.add(data, pos, size, at, base + pos)
                 return
+            if assembler.length == 0 and newline - pos < self._max_line:
+                # The whole line is in this chunk: no need to assemble it.
+                line = data[pos : newline + 1]
+                self._on_client_line(at, base + newline + 1, line, len(line), base + pos)
+                pos = newline + 1
+                continue
             assembler.add(data, pos, newline + 1, at, base + pos)
             pos = newline + 1
             self._on_client_line(at, base + pos)
 
     @staticmethod
-    def _strip_terminator(kept: bytes, length: int, limit: int) -> tuple[bytes, set[Flag]]:
+    def _strip_terminator(
+        kept: bytes, length: int, limit: int
+    ) -> tuple[bytes, set[Flag] | frozenset[Flag]]:
+        if length <= limit and kept.endswith(b"\r\n"):
+            return kept[:-2], _NO_FLAGS
         flags: set[Flag] = set()
         if length > limit:
             flags.add(Flag.OVERLONG)
@@ -447,25 +565,36 @@ class SessionObserver:
 
     # ------------------------------------------------------------------ client side
 
-    def _on_client_line(self, at: float, end: int) -> None:
-        kept, length, _started_at, start = self._client_line.take()
+    def _on_client_line(
+        self, at: float, end: int, kept: bytes | None = None, length: int = 0, start: int = 0
+    ) -> None:
+        """A client line ended at ``end``: the assembled one, or ``kept`` (a whole line)."""
+        if kept is None:
+            kept, length, _started_at, start = self._client_line.take()
         text, flags = self._strip_terminator(kept, length, self._max_line)
         if flags:
             self._summary.anomalies += 1
         pipelined = bool(self._pending or self._client_queue)
+        cost = len(text) + _ENTRY_COST
+        self._pending_bytes += cost
         self._client_queue.append(
             _ClientLine(
                 text=text,
                 at=at,
                 start=start,
                 end=end,
-                flags=frozenset(flags),
+                flags=_shared_flags(flags),
                 pipelined=pipelined,
+                cost=cost,
             )
         )
         self._drain_client_queue()
         if len(self._client_queue) > self._max_pending:  # bounded memory
             self._lose_pairing(at, "more client lines held back than the parser keeps")
+        elif self._pending_bytes > self._max_pending_bytes:
+            self._lose_pairing(
+                at, "unanswered commands and held-back lines hold more bytes than the parser keeps"
+            )
 
     def _barrier_pending(self) -> bool:
         """Client lines after this point cannot be classified yet.
@@ -482,6 +611,7 @@ class SessionObserver:
             head_auth = self._pending[0] if self._pending else None
             if head_auth is not None and head_auth.awaiting_sasl:
                 line = queue.popleft()
+                self._pending_bytes -= line.cost
                 head_auth.awaiting_sasl = False
                 self._on_sasl_response(head_auth, line)
                 continue
@@ -493,6 +623,7 @@ class SessionObserver:
         text = line.text
         lone_cr = text.find(b"\r")
         verb, args = split_command(text if lone_cr < 0 else text[:lone_cr])
+        verb = _KNOWN_VERBS.get(verb, verb)
         seq = self._next_seq
         self._next_seq += 1
         self._summary.commands += 1
@@ -510,25 +641,31 @@ class SessionObserver:
             self._masker.resolve(line.end, Verdict.COMMAND)
         if opens_auth(text):
             self._auth_seen = True
+        barrier = _is_barrier(verb, args)
         pending = _Pending(
             seq=seq,
             verb=verb,
             shown_verb=shown_verb,
-            args=args,
             masked_args=masked,
             sent_at=line.at,
             pipelined=line.pipelined,
             request_start=line.start,
             request_end=line.end,
-            flags=set(line.flags),
+            has_args=bool(args.strip()),
+            multiline=expects_multiline(verb, args),
+            barrier=barrier,
+            # The raw line is dropped now; the verb and the masked text are what stay.
+            cost=len(verb) + len(masked) + _ENTRY_COST,
+            flags=_shared_flags(line.flags | {Flag.PIPELINED}) if line.pipelined else line.flags,
         )
-        if line.pipelined:
-            pending.flags.add(Flag.PIPELINED)
+        self._pending_bytes += pending.cost - line.cost
         self._pending.append(pending)
-        if _is_barrier(verb, args):
+        if barrier:
             self._barriers += 1
             if verb == "AUTH":
                 self._open_auths += 1
+            else:
+                self._open_stls += 1
         if len(self._pending) > self._max_pending:  # bounded memory
             self._lose_pairing(line.at, "more unanswered commands than the parser keeps")
         self._events.append(
@@ -548,10 +685,10 @@ class SessionObserver:
         cancelled = line.text.strip() == b"*"
         self._masker.resolve(line.end, Verdict.CANCEL if cancelled else Verdict.MASK)
         text = "*" if cancelled else (SECRET_PLACEHOLDER if line.text else "")
-        _add_sasl_step(pending, "c", text)
-        self._events.append(
-            SaslResponse(at=line.at, seq=pending.seq, text=text, cancelled=cancelled)
-        )
+        if _add_sasl_step(pending, "c", text):
+            self._events.append(
+                SaslResponse(at=line.at, seq=pending.seq, text=text, cancelled=cancelled)
+            )
 
     # ------------------------------------------------------------------ server side
 
@@ -572,31 +709,42 @@ class SessionObserver:
         if pending is None:
             self._on_line_without_command(text, status, at, start, end)
             return
-        if status is None or (status is Status.CONTINUE and pending.verb != "AUTH"):
+        # RFC 2595 §4: only +OK starts TLS. Any other line ends the STLS wait, so the
+        # client lines held behind it are released instead of held forever.
+        stls_refused = pending.verb == "STLS" and status is not Status.OK
+        if not stls_refused and (
+            status is None or (status is Status.CONTINUE and pending.verb != "AUTH")
+        ):
             self._summary.anomalies += 1
             self._distrust()
-            self._events.append(
+            self._report_anomaly(
                 StrayLine(
                     at=at, direction=Direction.SERVER, text=decode_text(text), start=start, end=end
-                )
+                ),
+                at,
+                end - start,
             )
             return
         if pending.first_byte_at is None:
             pending.first_byte_at = first_byte_at
             pending.response_start = start
-        pending.flags |= flags
-        if status is Status.CONTINUE:
-            _add_sasl_step(pending, "+", str(len(rest)))
+        if flags:
+            pending.flags = _shared_flags(pending.flags | flags)
+        if stls_refused and status is not Status.ERR:
+            self._summary.anomalies += 1
+            _add_flag(pending, Flag.STRAY)
+        elif status is Status.CONTINUE:
+            if _add_sasl_step(pending, "+", str(len(rest))):
+                self._events.append(SaslChallenge(at=at, seq=pending.seq, length=len(rest)))
             pending.awaiting_sasl = True
-            self._events.append(SaslChallenge(at=at, seq=pending.seq, length=len(rest)))
             self._drain_client_queue()
             return
         self._pending.popleft()
         pending.status = status
         pending.first_line = decode_text(text)
-        pending.resp_code = find_resp_code(rest)
+        pending.resp_code = None if rest is text else find_resp_code(rest)
         pending.awaiting_sasl = False
-        if status is Status.OK and expects_multiline(pending.verb, pending.args):
+        if status is Status.OK and pending.multiline:
             self._pending.appendleft(pending)  # stays at the head until the body ends
             self._body = _Body(pending=pending, start=end)
             return
@@ -606,7 +754,9 @@ class SessionObserver:
             return
         self._drain_client_queue()
 
-    def _on_greeting(self, text: bytes, flags: set[Flag], at: float, start: int, end: int) -> None:
+    def _on_greeting(
+        self, text: bytes, flags: set[Flag] | frozenset[Flag], at: float, start: int, end: int
+    ) -> None:
         token, rest = parse_status(text)
         status = _STATUS_BY_TOKEN.get(token) if token is not None else None
         self._events.append(
@@ -627,15 +777,21 @@ class SessionObserver:
     ) -> None:
         self._summary.anomalies += 1
         self._distrust()
-        if status is None:
-            self._events.append(
+        if self._anomaly_budget <= 0:
+            self._report_anomaly(None, at, end - start)
+        elif status is None:
+            self._report_anomaly(
                 StrayLine(
                     at=at, direction=Direction.SERVER, text=decode_text(text), start=start, end=end
-                )
+                ),
+                at,
+                end - start,
             )
         else:
-            self._events.append(
-                UnsolicitedLine(at=at, text=decode_text(text), status=status, start=start, end=end)
+            self._report_anomaly(
+                UnsolicitedLine(at=at, text=decode_text(text), status=status, start=start, end=end),
+                at,
+                end - start,
             )
 
     def _scan_body(self, data: bytes, pos: int, at: float) -> int:
@@ -673,10 +829,13 @@ class SessionObserver:
     def _complete(
         self, pending: _Pending, at: float, response_end: int, body: _Body | None
     ) -> None:
-        if _is_barrier(pending.verb, pending.args):
+        self._pending_bytes -= pending.cost
+        if pending.barrier:
             self._barriers -= 1
             if pending.verb == "AUTH":
                 self._open_auths -= 1
+            else:
+                self._open_stls -= 1
         body_lines = body_bytes = 0
         if body is not None:
             if self._pending and self._pending[0] is pending:
@@ -687,7 +846,7 @@ class SessionObserver:
                 terminator = 3 if body.tail.endswith(b".\r\n") else 2
                 body_lines, body_bytes = body.newlines - 1, body.consumed - terminator
             if body.bare_lf:
-                pending.flags.add(Flag.BARE_LF)
+                _add_flag(pending, Flag.BARE_LF)
         if pending.status is Status.OK:
             self._count(pending, body_bytes)
         self._events.append(
@@ -705,7 +864,7 @@ class SessionObserver:
                 sent_at=pending.sent_at,
                 first_byte_at=pending.first_byte_at,
                 pipelined=pending.pipelined,
-                flags=frozenset(pending.flags),
+                flags=pending.flags,
                 request_start=pending.request_start,
                 request_end=pending.request_end,
                 response_start=pending.response_start
@@ -727,7 +886,7 @@ class SessionObserver:
             summary.top_bytes += body_bytes
         elif verb == "DELE":
             summary.dele_count += 1
-        elif verb in ("PASS", "APOP", "AUTH") and (verb != "AUTH" or pending.args.strip()):
+        elif verb in ("PASS", "APOP", "AUTH") and (verb != "AUTH" or pending.has_args):
             self._in_transaction = True
             summary.authenticated = True
         elif verb == "QUIT" and self._in_transaction:
@@ -771,8 +930,11 @@ class SessionObserver:
         self._distrust()
         self._client_queue.clear()
         self._pending.clear()
+        self._pending_bytes = 0
         self._body = None
-        self._barriers = self._open_auths = 0
+        self._barriers = self._open_auths = self._open_stls = 0
+        self._client_line.take()
+        self._server_line.take()
         self._events.append(PairingLost(at=at, reason=reason))
 
     def _distrust(self) -> None:
@@ -781,6 +943,102 @@ class SessionObserver:
         if not self._distrusted:
             self._distrusted = True
             self._masker.distrust()
+
+    # ------------------------------------------------------------------ bounded reporting
+
+    def _count_suppressed(self, direction: Direction, kind: str, lines: int, size: int) -> None:
+        counts = self._suppressed.setdefault((direction, kind), [0, 0])
+        counts[0] += lines
+        counts[1] += size
+
+    def _count_unpaired(self, direction: Direction, data: bytes, pos: int) -> None:
+        """Bytes after pairing was lost: counted (one C-level count), never parsed."""
+        self._count_suppressed(direction, "unpaired", data.count(b"\n", pos), len(data) - pos)
+
+    def _report_anomaly(self, event: Event | None, at: float, size: int) -> None:
+        """Report a stray/unsolicited line while the budget lasts; count it after that."""
+        if event is not None and self._anomaly_budget > 0:
+            self._anomaly_budget -= 1
+            self._events.append(event)
+            return
+        self._anomaly_budget = 0
+        self._suppress_anomalies(1, size, at)
+
+    def _suppress_anomalies(self, lines: int, size: int, at: float) -> None:
+        """Count server lines past the budget; say so the first time."""
+        first = (Direction.SERVER, "anomalies") not in self._suppressed
+        self._count_suppressed(Direction.SERVER, "anomalies", lines, size)
+        if first:
+            self._events.append(
+                Suppressed(
+                    at=at,
+                    direction=Direction.SERVER,
+                    kind="anomalies",
+                    lines=lines,
+                    bytes=size,
+                    final=False,
+                )
+            )
+
+    def _report_suppressed(self, direction: Direction, at: float) -> None:
+        """At the end of a direction's stream: the totals of what was only counted."""
+        for (counted_direction, kind), (lines, size) in self._suppressed.items():
+            if counted_direction is direction:
+                self._events.append(
+                    Suppressed(
+                        at=at, direction=direction, kind=kind, lines=lines, bytes=size, final=True
+                    )
+                )
+
+    def _count_challenges(self, data: bytes, pos: int) -> int:
+        """An AUTH exchange past its kept steps, at a server line start: a run of
+        challenge lines is counted in one match, each letting one held client line through
+        as SASL data, as one line at a time would; returns where the run ends."""
+        pending = self._pending[0]
+        run = _CHALLENGE_RUN.match(data, pos) if pending.verb == "AUTH" else None
+        if run is None:
+            return pos
+        end = run.end()
+        challenges = data.count(b"\n", pos, end)
+        if data.count(b"\r\n", pos, end) != challenges:
+            pending.flags = _shared_flags(pending.flags | {Flag.BARE_LF})
+        queue = self._client_queue
+        answered = 0
+        for _ in range(min(challenges, len(queue))):
+            line = queue.popleft()
+            self._pending_bytes -= line.cost
+            cancelled = line.text.strip() == b"*"
+            self._masker.resolve(line.end, Verdict.CANCEL if cancelled else Verdict.MASK)
+            answered += 1
+        pending.sasl_omitted += challenges + answered
+        pending.awaiting_sasl = challenges > answered
+        return end
+
+    def _skip_noise(self, data: bytes, pos: int, at: float) -> int:
+        """Past the anomaly budget, at a server line start: skip the complete lines that
+        cannot pair with anything in one C-level search, counting them; return where
+        normal parsing resumes (a possible status line, or the partial last line)."""
+        self._drain_client_queue()
+        last = data.rfind(b"\n", pos)
+        if last < 0:
+            return pos
+        stop = last + 1
+        if self._pending:
+            head = self._pending[0]
+            if head.verb == "STLS":
+                return pos  # any line answers STLS
+            auth = head.verb == "AUTH"
+            at_line = _AUTH_LINE if auth else _STATUS_LINE
+            after_lf = _AUTH_AFTER_LF if auth else _STATUS_AFTER_LF
+            if at_line.match(data, pos):
+                return pos
+            found = after_lf.search(data, pos, stop)
+            if found is not None:
+                stop = found.start() + 1
+        lines = data.count(b"\n", pos, stop)
+        self._summary.anomalies += lines
+        self._suppress_anomalies(lines, stop - pos, at)
+        return stop
 
     def _take_events(self) -> list[Event]:
         events = self._events
@@ -797,15 +1055,23 @@ def _is_barrier(verb: str, args: bytes) -> bool:
     return verb == "STLS" or (verb == "AUTH" and bool(args.strip()))
 
 
-def _add_sasl_step(pending: _Pending, kind: str, text: str) -> None:
+def _add_flag(pending: _Pending, flag: Flag) -> None:
+    pending.flags = _shared_flags(pending.flags | {flag})
+
+
+def _add_sasl_step(pending: _Pending, kind: str, text: str) -> bool:
+    """Keep a SASL step while there is room; False when it was only counted."""
+    if pending.sasl is None:
+        pending.sasl = []
     if len(pending.sasl) < _MAX_SASL_STEPS:
         pending.sasl.append((kind, text))
-    else:
-        pending.sasl_omitted += 1
+        return True
+    pending.sasl_omitted += 1
+    return False
 
 
 def _sasl_steps(pending: _Pending) -> tuple[tuple[str, str], ...]:
-    steps = tuple(pending.sasl)
+    steps = tuple(pending.sasl or ())
     if pending.sasl_omitted:
         steps += (("...", str(pending.sasl_omitted)),)
     return steps
