@@ -58,6 +58,7 @@ from pop3tap.protocol import (
     StartTls,
     Status,
     StrayLine,
+    Suppressed,
     UnsolicitedLine,
 )
 from pop3tap.relay_faults import FaultGate, StepKind
@@ -112,6 +113,10 @@ class RelayConfig:
     #: Seconds a TLS peer may go on sending after pop3tap passed the other side's close on
     #: to it (as ``close_notify``), before pop3tap closes that connection itself.
     close_linger: float = 5.0
+    #: Seconds client bytes sent after STLS are held waiting for the server's answer;
+    #: past it they are dropped and the session ends (they must not reach the server in
+    #: plaintext if TLS follows, RFC 2595 §4).
+    stls_timeout: float = 30.0
     #: The longest line the parser keeps (longer lines are flagged, not buffered).
     max_line: int = 8192
     #: Opens the upstream transport (TCP by default); TLS, if any, is layered on top.
@@ -140,6 +145,7 @@ class RelayConfig:
             "grace": self.grace,
             "connect_timeout": self.connect_timeout,
             "greeting_timeout": self.greeting_timeout,
+            "stls_timeout": self.stls_timeout,
             "max_line": self.max_line,
             "close_linger": self.close_linger,
             **self.tls.options(),
@@ -321,6 +327,18 @@ class _Session:
                 log.warning("pop3.pairing_lost", reason=event.reason)
                 for armed in gate.disarm() if gate is not None else ():
                     log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
+            elif isinstance(event, Suppressed):
+                log.warning(
+                    "pop3.suppressed",
+                    direction=event.direction.value,
+                    kind=event.kind,
+                    lines=event.lines,
+                    bytes=event.bytes,
+                    final=event.final,
+                    note="totals for the session"
+                    if event.final
+                    else "further lines like these are counted, not logged",
+                )
             elif isinstance(event, EndOfStream) and event.truncated:
                 log.warning("pop3.truncated", direction=event.direction.value)
 
@@ -649,9 +667,20 @@ class _Session:
             if not await self.send(source, sink, Direction.CLIENT, data[:cut], cancel_scope):
                 return False
             data, start = data[cut:], start + cut
-            await self.stls_resolved.wait()
             if not data:
                 return True
+            timeout = self.config.stls_timeout
+            with trio.move_on_after(timeout):
+                await self.stls_resolved.wait()
+            if not self.stls_resolved.is_set():
+                # No answer to STLS: the held bytes never reach the server in plaintext.
+                self.log.warning(
+                    "tls.stls_timeout", timeout_s=timeout, dropped_client_bytes=len(data)
+                )
+                self.record_event("stls_timeout", timeout=timeout, dropped_c2s=len(data))
+                self.close_reason = f"server did not answer STLS in {timeout:g}s"
+                cancel_scope.cancel()
+                return False
 
     async def send(
         self,

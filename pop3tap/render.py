@@ -46,6 +46,7 @@ from pop3tap.protocol import (
     SaslResponse,
     StartTls,
     StrayLine,
+    Suppressed,
     UnsolicitedLine,
 )
 
@@ -295,6 +296,14 @@ def _render_event(
                 yield out(event.at, "rx", line)
     elif isinstance(event, PairingLost):
         yield out(event.at, "db", f"Pairing stopped ({event.reason}); bytes are still recorded")
+    elif isinstance(event, Suppressed):
+        side = "client" if event.direction.value == "c2s" else "server"
+        what = "unpaired" if event.kind == "unpaired" else "stray/unsolicited"
+        if event.final:
+            text = f"{event.lines} {what} {side} lines ({event.bytes} bytes) counted, not shown"
+        else:
+            text = f"Further {what} {side} lines are counted, not shown"
+        yield out(event.at, "db", text)
     elif isinstance(event, StartTls):
         injected = event.client_trailing + event.server_trailing
         note = f", {injected} bytes of injected plaintext" if injected else ""
