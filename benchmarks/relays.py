@@ -306,8 +306,13 @@ def each_relay(
                 relay.stop()
 
 
-def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:
-    """Start ``mode`` in front of the server; return once it accepts connections."""
+def start_relay(
+    mode: str, server_port: int, workdir: Path, extra_args: tuple[str, ...] = ()
+) -> Relay:
+    """Start ``mode`` in front of the server; return once it accepts connections.
+
+    ``extra_args`` go at the end of the relay's command line (e.g. ``--keep-secrets``).
+    """
     if mode == "direct":
         return Relay(mode, server_port)
     notes: list[str] = list(MODE_NOTES.get(mode, []))
@@ -315,7 +320,7 @@ def start_relay(mode: str, server_port: int, workdir: Path) -> Relay:
         capture = record_session(server_port, workdir)
         notes.append(f"recorded capture: {capture.stat().st_size} octets")
     port = free_port()
-    cmd = relay_command(mode, port, server_port, workdir)
+    cmd = relay_command(mode, port, server_port, workdir) + list(extra_args)
     stderr_path = workdir / f"{mode}.stderr"
     with open(stderr_path, "wb") as err:
         try:

@@ -171,3 +171,26 @@ def test_masking_benchmark_reports_both_loads() -> None:
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == ["commands", "binary"]
     assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in lines)
+
+
+def test_hostile_quick_reports_every_figure(tmp_path: Path) -> None:
+    """benchmarks.hostile --quick runs end to end; figures are present and positive."""
+    out = tmp_path / "hostile.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.hostile", "--quick", "--json", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    results = json.loads(out.read_text())
+    pop3tap = results["pop3tap"]
+    assert pop3tap["lf_burst"]["sessions"] == 3
+    assert pop3tap["lf_burst"]["cpu_ms_per_burst_max"] > 0
+    for run in ("victim", "victim_noop_bursts"):
+        assert pop3tap[run]["attacked_noops"] > 0 and pop3tap[run]["bursts"] > 0
+        assert pop3tap[run]["p99_ratio"] > 0
+    for name in ("pop3tap", "pop3tap-keep-secrets", "trio-floor"):
+        assert results[name]["upload"]["mib_per_relay_cpu_s"] > 0
+    assert results["masker_alone"]["mib_per_cpu_s"] > 0
+    assert set(results["upload_cpu_ratios"]) == {"pop3tap_to_keep_secrets", "pop3tap_to_trio_floor"}
