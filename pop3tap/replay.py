@@ -802,6 +802,8 @@ def _args_key(verb: str, args: bytes, masked: bool) -> bytes:
         return SECRET_PLACEHOLDER.encode() if args else b""
     if masked and verb == "APOP":
         parts = args.split(None, 1)
+        if not parts:  # only whitespace after APOP (a \x0c, say): nothing to match
+            return b""
         return parts[0] + (b" " + SECRET_PLACEHOLDER.encode() if len(parts) == 2 else b"")
     return args
 

@@ -96,6 +96,20 @@ def test_random_clients_get_err_or_close_and_never_break_the_server(
     assert raw_session(server.host, server.port, client_stream) == recorded  # type: ignore[attr-defined]
 
 
+def test_apop_with_only_whitespace_after_it_gets_an_answer(
+    shared_replay: tuple[object, list[dict[str, object]]],
+) -> None:
+    """A form feed after APOP once crashed the connection (no argument to split)."""
+    server, logs = shared_replay
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:  # type: ignore[attr-defined]
+        sock.recv(200)
+        sock.sendall(b"APOP \x0c\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"-ERR")
+    assert not [e for e in logs if e["event"] == "replay.connection_crashed"]
+
+
 def test_flood_of_unknown_commands_is_cut_off(shared_replay: tuple[object, list[object]]) -> None:
     server, _ = shared_replay
     with socket.create_connection((server.host, server.port), timeout=10) as sock:  # type: ignore[attr-defined]
