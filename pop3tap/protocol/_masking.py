@@ -25,6 +25,13 @@ doubt (:meth:`SecretMasker.distrust`), every line after an AUTH is masked.
 
 Memory is bounded: before AUTH only the first word of a line (a few bytes) is kept; after
 it at most :data:`MAX_HELD_BYTES` and :data:`MAX_HELD_LINES`.
+
+Work per byte is C-level where a hostile client could make it large. Before an AUTH, a
+line's kind is decided within its first bytes (a first word that stops being a prefix of
+PASS/APOP/AUTH is clear, and the rest of the line is skipped with ``bytes.find``), and
+:meth:`SecretMasker.mask` copies whole the lines that cannot begin with a secret keyword,
+found by searching for the keywords. After an AUTH, a chunk bringing more whole lines than
+may be held masks all but the last :data:`MAX_HELD_LINES` in one substitution.
 """
 
 from __future__ import annotations
