@@ -470,6 +470,7 @@ _EVENT_KINDS: Final[dict[type[Event], str]] = {
     UnsolicitedLine: "unsolicited",
     StartTls: "tls",
     PairingLost: "pairing_lost",
+    Suppressed: "suppressed",
 }
 
 
@@ -498,6 +499,14 @@ def _event_fields(event: Event) -> dict[str, object]:
         }
     if isinstance(event, PairingLost):
         return {"reason": event.reason}
+    if isinstance(event, Suppressed):
+        return {
+            "direction": event.direction.value,
+            "what": event.kind,
+            "lines": event.lines,
+            "bytes": event.bytes,
+            "final": event.final,
+        }
     raise TypeError(f"no JSON record for {type(event).__name__}")  # pragma: no cover
 
 

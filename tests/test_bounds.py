@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import gc
 import itertools
+import json
 import random
 import sys
 import tracemalloc
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 
 import pop3tap.protocol
 from pop3tap.capture import CaptureWriter, read_capture
+from pop3tap.htmlview.model import build_model
 from pop3tap.protocol import (
     CommandSent,
     Event,
@@ -36,7 +38,7 @@ from pop3tap.protocol import (
     Suppressed,
     UnsolicitedLine,
 )
-from pop3tap.render import render_lines
+from pop3tap.render import render_json, render_lines
 
 GREETING = b"+OK ready\r\n"
 PROTOCOL_DIR = str(Path(pop3tap.protocol.__file__).resolve().parent)
@@ -431,3 +433,11 @@ def test_a_capture_of_client_lfs_derives_a_bounded_number_of_events(tmp_path: Pa
     shown = list(render_lines(capture))
     assert len(shown) < 1200
     assert any("counted, not shown" in line for line in shown)
+    records = [json.loads(line) for line in render_json(capture)]
+    suppressed = [r for r in records if r["kind"] == "suppressed"]
+    assert {(r["direction"], r["what"], r["final"]) for r in suppressed} == {
+        ("c2s", "unpaired", True),
+        ("s2c", "unpaired", True),
+    }
+    page = build_model([writer.path])
+    assert "counted, not shown" in json.dumps(page)

@@ -45,6 +45,7 @@ from pop3tap.protocol import (
     SaslResponse,
     StartTls,
     StrayLine,
+    Suppressed,
     UnsolicitedLine,
 )
 from pop3tap.render import _describe_transport_event
@@ -240,6 +241,15 @@ def _event_row(event: Event, add: Any, exchanges: list[Exchange]) -> None:
         add(event.at, ["t", _ms(event.at), f"STLS accepted: TLS starts here{note}"])
     elif isinstance(event, PairingLost):
         add(event.at, ["d", _ms(event.at), f"Pairing stopped ({event.reason})"])
+    elif isinstance(event, Suppressed):
+        side = "client" if event.direction.value == "c2s" else "server"
+        what = "unpaired" if event.kind == "unpaired" else "stray/unsolicited"
+        text = (
+            f"{event.lines} {what} {side} lines ({event.bytes} bytes) counted, not shown"
+            if event.final
+            else f"Further {what} {side} lines are counted, not shown"
+        )
+        add(event.at, ["d", _ms(event.at), text])
     elif isinstance(event, EndOfStream):
         side = "client" if event.direction.value == "c2s" else "server"
         details = []
