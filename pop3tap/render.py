@@ -194,7 +194,8 @@ def _describe_transport_event(record: EventRecord) -> str | None:
 
 def _describe_exchange(ex: Exchange) -> str:
     if ex.status is None:
-        return "(no response)"
+        # A line that is not a status line can end an exchange (STLS, RFC 2595 §4).
+        return f"{ex.first_line}  (not a status line)" if ex.first_line else "(no response)"
     line = ex.first_line
     if ex.multiline:
         extra = f"{ex.body_lines} lines, {ex.body_bytes} bytes"

@@ -18,6 +18,7 @@ from faults import Behaviour, Connection, scripted_server
 
 from pop3tap.capture import EventRecord, read_capture
 from pop3tap.protocol import Status
+from pop3tap.render import render_lines
 
 
 def _answer_stls_with(answer: bytes) -> Behaviour:
@@ -74,6 +75,8 @@ def test_any_answer_but_ok_releases_the_held_bytes_in_order(
     stls, noop = relay.only_capture().exchanges()
     assert (stls.verb, stls.status) == ("STLS", status)
     assert (noop.verb, noop.first_line) == ("NOOP", "+OK noop")
+    shown = "\n".join(render_lines(relay.only_capture()))
+    assert answer.decode().strip() in shown and "(no response)" not in shown
 
 
 def test_a_server_that_never_answers_stls_ends_the_session_and_drops_held_bytes(
