@@ -37,7 +37,9 @@ __all__ = [
     "FaultAction",
     "FaultError",
     "FaultPlan",
+    "GarbleState",
     "garble",
+    "garble_piece",
     "parse_fault",
 ]
 
@@ -347,24 +349,56 @@ class ConnectionFaults:
         return rng.random()
 
 
+@dataclass(slots=True)
+class GarbleState:
+    """Where in an answer the next octet falls, for an answer garbled piece by piece."""
+
+    #: Whether the status line's text (after the status word) may change: True for a
+    #: single-line answer, whose text is all there is to garble.
+    status_text: bool = False
+    #: The next octet is in the status line.
+    in_status: bool = True
+    #: The status word (``+OK``, ``-ERR``) has ended.
+    after_word: bool = False
+    #: The next octet begins a line.
+    line_start: bool = True
+
+
 def garble(response: bytes, seed: int = 0) -> bytes:
     """``response`` with some body octets changed: same length, same lines, same framing.
 
     Only letters and digits inside body lines change (never CR, LF or a line's first
     octet, so dot-stuffing and the terminator stay intact); a single-line answer changes
-    in its text after the status word.
+    in its text after the status word. The status word itself never changes: it is what a
+    client reads first (RFC 1939 §3).
     """
-    data = bytearray(response)
-    first_end = data.find(b"\n") + 1
-    start = first_end if first_end < len(data) else data.find(b" ") + 1
-    rng = random.Random(seed)
-    candidates = [
-        i
-        for i in range(max(start, 1), len(data))
-        if chr(data[i]).isalnum() and data[i - 1] not in (0x0A,)
-    ]
+    single_line = response.find(b"\n") + 1 in (0, len(response))
+    return garble_piece(response, seed, GarbleState(status_text=single_line))
+
+
+def garble_piece(piece: bytes, seed: int, state: GarbleState) -> bytes:
+    """One piece of an answer garbled as :func:`garble` does; ``state`` carries over."""
+    data = bytearray(piece)
+    candidates: list[int] = []
+    for index, byte in enumerate(data):
+        if byte == 0x0A:
+            state.in_status = False
+            state.line_start = True
+            continue
+        first = state.line_start
+        state.line_start = False
+        if not (0x30 <= byte <= 0x39 or 0x41 <= byte <= 0x5A or 0x61 <= byte <= 0x7A):
+            if state.in_status and byte == 0x20:
+                state.after_word = True
+            continue
+        if state.in_status:
+            if state.status_text and state.after_word:
+                candidates.append(index)
+        elif not first:
+            candidates.append(index)
     if not candidates:
         return bytes(data)
+    rng = random.Random(seed)
     for index in rng.sample(candidates, k=max(1, min(len(candidates), len(candidates) // 50))):
         byte = data[index]
         data[index] = byte ^ 0x01 if chr(byte ^ 0x01).isalnum() else byte ^ 0x02

@@ -20,7 +20,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass
 
-from pop3tap.faults import ConnectionFaults, Fault, FaultAction, garble
+from pop3tap.faults import ConnectionFaults, Fault, FaultAction, GarbleState, garble_piece
 
 __all__ = ["Armed", "FaultGate", "Step", "StepKind"]
 
@@ -59,6 +59,8 @@ class Armed:
     done: int = 0
     #: The fault's first step was taken (logged).
     begun: bool = False
+    #: Where a garbled answer is, between pieces (status line, line starts).
+    garbling: GarbleState | None = None
 
 
 class FaultGate:
@@ -198,7 +200,13 @@ class FaultGate:
                 steps.append(Step(StepKind.SEND, line, fault=note, seq=armed.seq))
             # the server's own answer is dropped up to its end
         elif action is FaultAction.GARBLE:
-            changed = garble(piece, seed=fault.seed or 0) if first else _garble_body(piece, fault)
+            if armed.garbling is None:
+                # Only a whole single-line answer in hand may have its text changed; an
+                # answer whose status line is all that has come may still have a body.
+                newline = piece.find(b"\n")
+                single = reaches_end and newline + 1 == len(piece)
+                armed.garbling = GarbleState(status_text=single)
+            changed = garble_piece(piece, fault.seed or 0, armed.garbling)
             steps.append(Step(StepKind.SEND, changed, fault=note, seq=armed.seq))
         else:  # UNSOLICITED
             line = fault.text.encode() + b"\r\n"
@@ -206,9 +214,3 @@ class FaultGate:
             steps.append(Step(StepKind.END, reason="fault: unsolicited line, then closed"))
             return True
         return False
-
-
-def _garble_body(piece: bytes, fault: Fault) -> bytes:
-    """A later piece of a garbled body: every line counts as body (no status line here)."""
-    changed = garble(b"\n" + piece, seed=fault.seed or 0)
-    return changed[1:]

@@ -393,3 +393,30 @@ def test_a_faulted_recording_replays_with_the_same_fault(
             client.retr(1)
     digest = hashlib.sha256(capture.stream("s2c")).hexdigest()
     assert digest  # the capture keeps every byte the server sent
+
+
+@pytest.mark.realpeer
+def test_relay_garble_never_changes_a_status_word(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """Dovecot answers USER and NOOP with a bare ``+OK``: garble may change a body, never the
+    status indicator a client reads first (RFC 1939 §3)."""
+    faults = ("USER:garble,seed=3", "NOOP:garble,seed=3", "RETR:garble,seed=3")
+    with _faulted_relay(dovecot, tmp_path, *faults, rewrite=True) as (relay, tee):
+        sock = socket.create_connection((relay.host, relay.port), timeout=30)  # type: ignore[attr-defined]
+        file = sock.makefile("rb")
+        file.readline()
+        statuses = []
+        for command in (f"USER {mailbox.user}", f"PASS {mailbox.password}", "NOOP", "RETR 1"):
+            sock.sendall(command.encode() + b"\r\n")
+            statuses.append(file.readline())
+            if command == "RETR 1":
+                while file.readline() != b".\r\n":
+                    pass
+        sock.sendall(b"QUIT\r\n")
+        statuses.append(file.readline())
+        file.close()
+        sock.close()
+        _wait_for(lambda: not relay.server.active_sessions)  # type: ignore[attr-defined]
+    assert [s.split(b" ", 1)[0].rstrip() for s in statuses] == [b"+OK"] * 5, statuses
+    assert tee.received.endswith(b"RETR 1\r\nQUIT\r\n")

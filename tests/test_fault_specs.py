@@ -187,6 +187,24 @@ def test_garble_keeps_size_lines_and_framing(lines: list[bytes], seed: int) -> N
         assert old[:1] == new[:1]  # dot-stuffing and the terminator untouched
 
 
+_STATUS_LINES = st.sampled_from([b"+OK", b"-ERR", b"+OK 2 320", b"-ERR [IN-USE] locked", b"+"])
+
+
+@given(_STATUS_LINES, st.one_of(st.none(), _BODY_LINES), st.integers(0, 100))
+def test_garble_never_changes_the_status_word(
+    status: bytes, lines: list[bytes] | None, seed: int
+) -> None:
+    """A client reads ``+OK`` or ``-ERR`` first (RFC 1939 §3); garble changes what follows."""
+    response = status + b"\r\n"
+    if lines is not None:
+        stuffed = [b"." + line if line.startswith(b".") else line for line in lines]
+        response += b"".join(line + b"\r\n" for line in stuffed) + b".\r\n"
+    changed = garble(response, seed)
+    word = status.split(b" ")[0]
+    assert changed[: len(word) + 1] == response[: len(word) + 1]
+    assert len(changed) == len(response)
+
+
 # --------------------------------------------------------------------------- the relay's gate
 
 RESPONSE = b"+OK 40 octets\r\n" + b"x" * 38 + b"\r\n.\r\n"
@@ -234,6 +252,38 @@ def test_delay_sleeps_once_then_sends_everything(splits: list[int]) -> None:
     sent, kinds = _run(gate, RESPONSE, 10, splits)
     assert sent == RESPONSE and kinds == ["sleep"]
     assert not gate.armed
+
+
+@given(
+    st.sampled_from([b"+OK\r\n", b"-ERR\r\n", b"+OK 40 octets\r\n"]),
+    st.lists(st.integers(0, 60), max_size=6),
+    st.integers(0, 100),
+)
+def test_relay_garble_keeps_the_status_word_whatever_the_chunks(
+    status: bytes, splits: list[int], seed: int
+) -> None:
+    """The relay garbles an answer piece by piece, as the server's bytes arrive; a status
+    line split over pieces keeps its status word, and a body line keeps its first octet."""
+    body = b"".join(b"l%dxyz\r\n" % i for i in range(4)) + b"..dot\r\n.\r\n"
+    response = status + (body if status.startswith(b"+OK 40") else b"")
+    gate = _gate(f"RETR:garble,seed={seed}")
+    gate.on_command(1, "RETR", b"1", 10)
+    data = response + b"+OK\r\n"
+    cuts = sorted({0, len(response), *(min(len(response), s) for s in splits)})
+    sent = bytearray()
+    for a, b in itertools.pairwise(cuts):
+        if b == len(response):
+            gate.on_exchange(1, 10, 10 + len(response))
+        for step in gate.plan(10 + a, data[a:b]):
+            sent += step.data
+    for step in gate.plan(10 + len(response), data[len(response) :]):
+        sent += step.data
+    assert len(sent) == len(data)
+    word = status.split(b" ")[0].rstrip()
+    assert sent.startswith(word + status[len(word) : len(word) + 1])
+    old_lines, new_lines = data.split(b"\r\n"), bytes(sent).split(b"\r\n")
+    assert [line[:1] for line in old_lines] == [line[:1] for line in new_lines]
+    assert sent.endswith(b".\r\n+OK\r\n") or not status.startswith(b"+OK 40")
 
 
 def test_err_replaces_the_answer_and_the_session_goes_on() -> None:
