@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -461,3 +464,44 @@ def test_cram_md5_is_checked_when_the_password_is_known() -> None:
     bad.session.receive_line(b"AUTH CRAM-MD5")
     wrong = base64.b64encode(b"dave " + b"0" * 32)
     assert bad.session.receive_line(wrong).data.startswith(b"-ERR")
+
+
+def test_a_fifo_among_message_files_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """Opening a FIFO for reading waits for a writer: a directory others can write must not
+    be able to stop the server from starting, or a RETR from ever being answered."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.eml").write_bytes(b"Subject: fine\r\n\r\nok\r\n")
+    os.mkfifo(inbox / "b.eml")
+    result = subprocess.run(
+        [sys.executable, "-m", "pop3tap", "replay", "--model", "--messages", str(inbox)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a guard against the hang itself, not a speed target
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "b.eml" in result.stderr and "not a regular file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    # A FIFO given as the mbox itself.
+    with pytest.raises(ModelError, match="not a regular file"):
+        mailbox_from_files(inbox / "b.eml")
+    # A FIFO swapped in after start: the RETR fails at once instead of blocking the server.
+    (inbox / "b.eml").unlink()
+    swapped = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; from pathlib import Path\n"
+            "from pop3tap.model import mailbox_from_files\n"
+            "box = mailbox_from_files(Path(sys.argv[1]))\n"
+            "path = Path(sys.argv[1]) / 'a.eml'; path.unlink(); os.mkfifo(path)\n"
+            "try:\n    box.messages[0].full_body()\nexcept OSError as exc:\n    print(exc)\n",
+            str(inbox),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "not a regular file" in swapped.stdout, swapped.stderr

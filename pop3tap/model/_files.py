@@ -50,9 +50,12 @@ def _read_regular(path: Path) -> bytes:
     """The bytes of a regular file, never through a symlink (O_NOFOLLOW).
 
     A directory others can write to could hold a link to a file only pop3tap's user may
-    read; serving it would hand that file to any POP3 client.
+    read; serving it would hand that file to any POP3 client. It could also hold a FIFO,
+    whose open waits for a writer: the open does not wait (O_NONBLOCK, which changes
+    nothing for a regular file) and anything but a regular file is refused.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file")
@@ -142,8 +145,10 @@ def mailbox_from_files(path: Path, template: Mailbox | None = None) -> Mailbox:
             messages = _maildir(path)
         else:
             messages = _eml_directory(path)
-    else:
+    elif path.is_file():
         messages = _mbox(path)
+    else:
+        raise ModelError(f"{path}: not a regular file, a directory of .eml files or a Maildir")
     if template is None:
         return Mailbox(user=None, messages=messages, wording=Wording(), sources=[str(path)])
     return Mailbox(
