@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.contextvars import bind_contextvars, clear_contextvars
 
 from pop3tap.log import LogSetupError, configure_logging, exchange_fields, plain_values
@@ -284,3 +286,25 @@ def test_json_renderer_recovers_after_a_circular_value() -> None:
     with pytest.raises(ValueError, match=r"[Cc]ircular"):
         renderer(None, "info", {"event": "x", "loop": loop})
     assert json.loads(renderer(None, "info", {"event": "y", "l": [1]})) == {"event": "y", "l": [1]}
+
+
+_TERMINAL_CONTROLS = st.lists(
+    st.sampled_from(["a", " ", "\x1b", "\x07", "\x9b", "]0;", "[2J", "\r", "\n", "\x00", "é"]),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_TERMINAL_CONTROLS, _TERMINAL_CONTROLS)
+def test_console_lines_carry_no_control_characters_from_peers(args: str, other: str) -> None:
+    """A client's USER argument or a capture's wording can hold terminal escapes (OSC sets
+    the window title, CSI clears the screen); a console line shows them escaped, on one line."""
+    out = io.StringIO()
+    configure_logging(log_format="console", stream=out, cache=False)
+    log = structlog.get_logger()
+    log.info("pop3.exchange", **exchange_fields(make_exchange(verb="USER", args=args)))
+    log.info("replay.model.answer", command="USER " + args, status=other, lines=[other])
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert len(lines) == 2, text
+    assert not any(c in line for line in lines for c in "\x1b\x07\x9b\r\x00")

@@ -505,3 +505,23 @@ def test_a_fifo_among_message_files_is_an_error_not_a_hang(tmp_path: Path) -> No
         check=False,
     )
     assert "not a regular file" in swapped.stdout, swapped.stderr
+
+
+def test_a_hostile_user_name_in_a_capture_reaches_the_terminal_escaped(tmp_path: Path) -> None:
+    """The one-line error naming the conflicting captures names their user, which comes from
+    the capture: an escape sequence in it must not reach the terminal."""
+    user = "e\x1b]0;pwned\x07ve\x1b[2J"
+    uidl_a = (b"UIDL\r\n", b"+OK\r\n1 aaa\r\n.\r\n")
+    uidl_b = (b"UIDL\r\n", b"+OK\r\n1 zzz\r\n.\r\n")
+    a = _capture(tmp_path, user, [LOGIN, uidl_a])
+    b = _capture(tmp_path, user, [LOGIN, uidl_b])
+    result = subprocess.run(
+        [sys.executable, "-m", "pop3tap", "replay", "--model", str(a), str(b)],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"captures disagree" in result.stderr
+    assert not any(c in result.stderr for c in b"\x1b\x07"), result.stderr
+    assert b"\\x1b" in result.stderr and len(result.stderr.strip().splitlines()) == 1
