@@ -38,6 +38,7 @@ __all__ = [
     "FaultError",
     "FaultPlan",
     "GarbleState",
+    "check_relay_fault",
     "garble",
     "garble_piece",
     "parse_fault",
@@ -403,6 +404,25 @@ def garble_piece(piece: bytes, seed: int, state: GarbleState) -> bytes:
         byte = data[index]
         data[index] = byte ^ 0x01 if chr(byte ^ 0x01).isalnum() else byte ^ 0x02
     return bytes(data)
+
+
+def check_relay_fault(fault: Fault, *, rewrite: bool) -> None:
+    """Refuse a fault the relay cannot carry out as asked.
+
+    Raises:
+        FaultError: an STLS fault (TLS starts on both legs right after its ``+OK``, RFC
+            2595 §4, so no fault can act there), or a rewriting one without ``rewrite``.
+    """
+    if fault.verb == "STLS":
+        raise FaultError(
+            f"fault {fault.spec!r}: the relay cannot fault the STLS answer (TLS starts "
+            "right after it, RFC 2595 §4); replay can"
+        )
+    if fault.rewrites and not rewrite:
+        raise FaultError(
+            f"fault {fault.spec!r}: {fault.action.value} rewrites what the server said; the "
+            "relay does that only with --fault-rewrite (fault_rewrite in Python)"
+        )
 
 
 def fault_lines(faults: Sequence[Fault]) -> list[str]:

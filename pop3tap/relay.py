@@ -44,7 +44,7 @@ from pop3tap import __version__
 from pop3tap._fastio import plain_fd, read_now, receive_some, send_all
 from pop3tap._faultio import pace
 from pop3tap.capture import CaptureError, CaptureWriter
-from pop3tap.faults import ConnectionFaults, FaultError, FaultPlan, parse_fault
+from pop3tap.faults import ConnectionFaults, FaultPlan, check_relay_fault, parse_fault
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
@@ -130,12 +130,8 @@ class RelayConfig:
 
     def __post_init__(self) -> None:
         for spec in self.faults:
-            fault = parse_fault(spec)  # FaultError is a ValueError naming the bad part
-            if fault.rewrites and not self.fault_rewrite:
-                raise FaultError(
-                    f"fault {spec!r}: {fault.action.value} rewrites what the server said; "
-                    "the relay does that only with fault_rewrite (--fault-rewrite)"
-                )
+            # FaultError is a ValueError naming the bad part
+            check_relay_fault(parse_fault(spec), rewrite=self.fault_rewrite)
 
     def options(self) -> dict[str, Any]:
         """The options stored in each capture header."""

@@ -92,6 +92,10 @@ class FaultGate:
         self._ended(0, end)
 
     def on_command(self, seq: int, verb: str, args: bytes, server_offset: int) -> Armed | None:
+        if verb == "STLS":
+            # Its +OK is where the relay switches to TLS on both legs (RFC 2595 §4): no
+            # fault can act there, so none is chosen (nor recorded as if it were).
+            return None
         fault = self.faults.choose(verb, args)
         if fault is None:
             return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import poplib
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,8 +21,9 @@ from conftest import _require_binary
 from dovecot import Dovecot, Mailbox
 
 from pop3tap.capture import CloseRecord, EventRecord
+from pop3tap.certs import CA_CERT_FILE, init_ca
 from pop3tap.faults import FaultError
-from pop3tap.relay import Endpoint, RelayConfig
+from pop3tap.relay import Endpoint, RelayConfig, TlsConfig
 from pop3tap.replay import replay_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -420,3 +422,31 @@ def test_relay_garble_never_changes_a_status_word(
         _wait_for(lambda: not relay.server.active_sessions)  # type: ignore[attr-defined]
     assert [s.split(b" ", 1)[0].rstrip() for s in statuses] == [b"+OK"] * 5, statuses
     assert tee.received.endswith(b"RETR 1\r\nQUIT\r\n")
+
+
+@pytest.mark.realpeer
+def test_relay_never_claims_a_fault_on_the_stls_answer(
+    dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
+) -> None:
+    """TLS starts right after STLS's ``+OK`` (RFC 2595 §4), where the relay switches legs and
+    cannot act on the answer: an STLS fault is refused up front, and ``*`` passes STLS by
+    instead of recording a fault that never happened (a replay would inject it)."""
+    with pytest.raises(FaultError, match="STLS"):
+        RelayConfig(upstream=Endpoint("127.0.0.1", 1), faults=("STLS:close",))
+    init_ca(tmp_path / "ca")
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca" / CA_CERT_FILE))
+    tls = TlsConfig(ca_dir=tmp_path / "ca", upstream_ca=dovecot.ca_pem_path)
+    with running_relay(
+        dovecot.host, dovecot.pop3_port, tmp_path / "captures", tls=tls, faults=("*:delay=1ms",)
+    ) as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=30)
+        assert client.stls(trust).startswith(b"+OK")
+        client.user(mailbox.user)
+        client.pass_(mailbox.password)
+        client.quit()
+        _wait_for(lambda: not relay.server.active_sessions)
+        capture = relay.only_capture()
+    faults = [
+        r.fields["seq"] for r in capture.records if isinstance(r, EventRecord) and r.name == "fault"
+    ]
+    assert faults == [1, 3, 4, 5]  # CAPA, USER, PASS, QUIT: STLS (#2) passed by

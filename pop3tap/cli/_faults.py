@@ -7,7 +7,7 @@ import secrets
 import sys
 
 from pop3tap.cli._common import CliError
-from pop3tap.faults import PRESETS, REWRITING, FaultError, parse_fault, preset_faults
+from pop3tap.faults import PRESETS, FaultError, check_relay_fault, parse_fault, preset_faults
 
 __all__ = ["add_fault_options", "fault_specs"]
 
@@ -66,11 +66,8 @@ def fault_specs(args: argparse.Namespace, *, relay: bool) -> tuple[str, ...]:
     for spec in specs:
         try:
             fault = parse_fault(spec)
+            if relay:
+                check_relay_fault(fault, rewrite=args.fault_rewrite)
         except FaultError as exc:
             raise CliError(str(exc)) from None
-        if relay and fault.action in REWRITING and not args.fault_rewrite:
-            raise CliError(
-                f"fault {spec!r}: {fault.action.value} rewrites what the server said; the "
-                "relay does that only with --fault-rewrite"
-            )
     return tuple(specs)
