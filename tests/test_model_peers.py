@@ -371,3 +371,26 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
         refused = run("--model", str(ROOT / "captures"), *extra)
         assert refused.returncode == 2, (extra, refused.stderr)
         assert len(refused.stderr.strip().splitlines()) == 1 and extra[0] in refused.stderr
+
+
+@pytest.mark.realpeer
+def test_noise_after_a_message_number_is_refused_as_dovecot_does(
+    dovecot: Dovecot, recorded: tuple[Mailbox, Path]
+) -> None:
+    """RFC 1939 §5 gives RETR, DELE, LIST and UIDL one message number: Dovecot refuses more
+    (``-ERR Noise after message number``). The model must too, or ``DELE 1 2`` marks a
+    message the real server keeps, and every later answer differs."""
+    mailbox, capture = recorded
+    lines = [b"DELE 1 2", b"RETR 2 3", b"LIST 1 1", b"UIDL 2 x", b"TOP 1 0 0", b"STAT", b"LIST"]
+    with replay_server(capture, model=True) as model:
+        real = _Conversation(dovecot.host, dovecot.pop3_port)
+        fake = _Conversation(model.host, model.port)
+        try:
+            for conversation in (real, fake):
+                assert conversation.command(b"USER " + mailbox.user.encode())[0][:3] == b"+OK"
+                assert conversation.command(b"PASS " + mailbox.password.encode())[0][:3] == b"+OK"
+            for line in lines:
+                _same_answer(line, real.command(line), fake.command(line))
+        finally:
+            real.drop()
+            fake.drop()

@@ -335,10 +335,16 @@ class ModelSession:
             return self._err(self.wording.unknown, shown)
         return handler(self, args, shown, recorded)
 
-    def _message(self, args: bytes, shown: str) -> tuple[int, ModelMessage] | Reply:
-        """The message an argument names, or the ``-ERR`` for a bad or deleted one."""
+    def _message(
+        self, args: bytes, shown: str, *, words: int = 1
+    ) -> tuple[int, ModelMessage] | Reply:
+        """The message an argument names, or the ``-ERR`` for a bad or deleted one.
+
+        ``words``: how many arguments the command takes (RFC 1939 §5, §7: one message
+        number; TOP two); more is refused, as Dovecot and Mailutils refuse it.
+        """
         parts = args.split()
-        if not parts or not parts[0].isdigit() or len(parts[0]) > 9:
+        if not 1 <= len(parts) <= words or not parts[0].isdigit() or len(parts[0]) > 9:
             return self._err(self.wording.bad_args, shown)
         number = int(parts[0])
         if not 1 <= number <= len(self.messages):
@@ -397,7 +403,7 @@ class ModelSession:
         parts = args.split()
         if len(parts) != 2 or not parts[1].isdigit():
             return recorded or self._err(self.wording.bad_args, shown)
-        found = self._message(args, shown)
+        found = self._message(args, shown, words=2)
         if isinstance(found, Reply):
             return recorded or found
         number, message = found
