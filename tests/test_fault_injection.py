@@ -450,3 +450,24 @@ def test_relay_never_claims_a_fault_on_the_stls_answer(
         r.fields["seq"] for r in capture.records if isinstance(r, EventRecord) and r.name == "fault"
     ]
     assert faults == [1, 3, 4, 5]  # CAPA, USER, PASS, QUIT: STLS (#2) passed by
+
+
+@pytest.mark.parametrize("command", ["record", "replay"])
+@pytest.mark.parametrize("spec", ["RETR:cut=10,times=1", "RETR:close,p=0.5,seed=3"])
+def test_server_wide_fault_counts_are_refused_with_workers(command: str, spec: str) -> None:
+    """``times=`` counts over the whole server and ``p=`` is seeded per connection number;
+    ``--workers`` runs processes that each count and number alone, so ``times=1`` would
+    inject once per worker and a seed would not repeat: refused in one line."""
+    target = ["--upstream", "127.0.0.1:1"] if command == "record" else [str(PIPELINED)]
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "pop3tap", command, *target),
+            *("--listen", "127.0.0.1:0", "--workers", "2", "--fault", spec),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,  # a guard: today's code starts serving instead of refusing
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1

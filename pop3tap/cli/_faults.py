@@ -70,4 +70,12 @@ def fault_specs(args: argparse.Namespace, *, relay: bool) -> tuple[str, ...]:
                 check_relay_fault(fault, rewrite=args.fault_rewrite)
         except FaultError as exc:
             raise CliError(str(exc)) from None
+        workers = getattr(args, "workers", 1)
+        if workers > 1 and (fault.times is not None or fault.probability < 1.0):
+            # Each worker process keeps its own counts and numbers its own connections.
+            raise CliError(
+                f"fault {spec!r}: times= and p= count over the whole server, which "
+                f"--workers {workers} splits into processes that each count alone; "
+                "use --workers 1"
+            )
     return tuple(specs)
