@@ -146,9 +146,10 @@ def pop3_replay(request: pytest.FixtureRequest) -> Iterator[Any]:
     node = request.node
     marker = node.get_closest_marker("pop3_capture")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
-    faults = node.get_closest_marker("pop3_faults")
-    if faults is not None:
-        options["faults"] = (*options.get("faults", ()), *(str(a) for a in faults.args))
+    # Every pop3_faults marker counts (the test's own, its class's, a module's pytestmark).
+    specs = [str(a) for faults in node.iter_markers("pop3_faults") for a in faults.args]
+    if specs:
+        options["faults"] = (*options.get("faults", ()), *specs)
     if marker and marker.args:
         path = Path(str(node.path)).parent / str(marker.args[0])
     else:
