@@ -323,6 +323,8 @@ class _Session:
                 log.warning("pop3.pairing_lost", reason=event.reason)
                 for armed in gate.disarm() if gate is not None else ():
                     log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
+                    # So a replay of this capture does not inject what never happened.
+                    self.record_event("fault_dropped", seq=armed.seq, spec=armed.fault.spec)
             elif isinstance(event, Suppressed):
                 log.warning(
                     "pop3.suppressed",

@@ -184,6 +184,9 @@ def _describe_transport_event(record: EventRecord) -> str | None:
     if record.name == "fault":
         target = "the greeting" if fields.get("seq") == 0 else f"exchange #{fields.get('seq')}"
         return f"Fault injected into {target}: {fields.get('spec', '?')}"
+    if record.name == "fault_dropped":
+        seq, spec = fields.get("seq"), fields.get("spec", "?")
+        return f"Fault on exchange #{seq} dropped (pairing lost): {spec}"
     if record.name == "fault_end":
         return f"Fault ended the session: {fields.get('reason', '?')}"
     if record.name == "upstream_connect_failed":

@@ -545,12 +545,17 @@ def session_from_capture(capture: Capture) -> RecordedSession:
 def _recorded_faults(capture: Capture) -> dict[int, str]:
     """Faults the relay injected (``fault`` records): exchange seq (0: greeting) -> spec."""
     found: dict[int, str] = {}
+    dropped: set[int] = set()
     for record in capture.records:
-        if isinstance(record, EventRecord) and record.name == "fault":
+        if isinstance(record, EventRecord) and record.name in ("fault", "fault_dropped"):
             seq, spec = record.fields.get("seq"), record.fields.get("spec")
-            if isinstance(seq, int) and isinstance(spec, str):
+            if not isinstance(seq, int) or not isinstance(spec, str):
+                continue
+            if record.name == "fault":
                 found.setdefault(seq, spec)
-    return found
+            else:  # armed, then dropped when the pairing was lost: it never happened
+                dropped.add(seq)
+    return {seq: spec for seq, spec in found.items() if seq not in dropped}
 
 
 def _sasl_cuts(s2c: bytes, start: int, end: int) -> list[int]:

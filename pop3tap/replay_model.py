@@ -131,7 +131,7 @@ class ModelConnection(_Connection):
                 note="plaintext sent after STLS before TLS (CVE-2011-0411 class): dropped",
             )
         if ok:
-            self.model.tls_up = True
+            self.model.tls_started()
         return ok
 
     async def finish(self) -> None:

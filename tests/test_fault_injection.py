@@ -471,3 +471,28 @@ def test_server_wide_fault_counts_are_refused_with_workers(command: str, spec: s
     )
     assert result.returncode == 2, result.stderr
     assert "--workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_fault_dropped_with_the_pairing_is_not_replayed(tmp_path: Path) -> None:
+    """The relay records a fault when the command is seen; if the pairing is lost before
+    its answer, a ``fault_dropped`` record says it never happened, and replay ignores it."""
+    from pop3tap.capture import CaptureWriter
+    from pop3tap.replay import load_sessions
+
+    def capture(dropped: bool) -> Path:
+        writer = CaptureWriter.create(
+            tmp_path, session_id="abcdef01234" + str(int(dropped)), header_fields={}
+        )
+        writer.write_data("s2c", 0.0, b"+OK hi\r\n")
+        writer.write_data("c2s", 0.1, b"NOOP\r\n")
+        writer.write_event("fault", 0.1, seq=1, spec="NOOP:close")
+        if dropped:
+            writer.write_event("fault_dropped", 0.15, seq=1, spec="NOOP:close")
+        writer.write_data("s2c", 0.2, b"+OK\r\n")
+        writer.close(0.3, "client closed")
+        return writer.path
+
+    (kept,), _ = load_sessions(capture(dropped=False))
+    (ignored,), _ = load_sessions(capture(dropped=True))
+    assert kept.exchanges[0].fault == "NOOP:close"
+    assert ignored.exchanges[0].fault is None

@@ -525,3 +525,13 @@ def test_a_hostile_user_name_in_a_capture_reaches_the_terminal_escaped(tmp_path:
     assert b"captures disagree" in result.stderr
     assert not any(c in result.stderr for c in b"\x1b\x07"), result.stderr
     assert b"\\x1b" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_user_without_a_name_and_stls_forgets_the_user() -> None:
+    store = store_from([SHIPPED / "pipelined.p3cap"], tls_available=True)
+    client = Client(store)
+    assert client.send(b"USER")[1] == b"-ERR No username given."
+    assert client.send(b"USER dave")[0]
+    assert client.session.receive_line(b"STLS").data.startswith(b"+OK")
+    client.session.tls_started()  # RFC 2595 §4: what came before TLS is forgotten
+    assert client.send(b"PASS x")[0] is False

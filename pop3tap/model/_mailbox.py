@@ -100,6 +100,7 @@ class Wording:
     unknown: str = "Unknown command."
     not_logged_in: str = "Unknown AUTHORIZATION state command"
     bad_args: str = "Invalid message number."
+    no_user: str = "No username given."
     in_use: str = "[IN-USE] Mailbox is locked by another POP3 session."
     stls: str = "Begin TLS negotiation now."
     auth_aborted: str = "Authentication aborted by client."

@@ -188,7 +188,7 @@ class ModelSession:
             return self._ok(self.wording.quit, shown, Next.CLOSE)
         if verb == "USER":
             if not args.strip():
-                return self._err(self.wording.bad_args, shown)
+                return self._err(self.wording.no_user, shown)
             self.user = args.strip().decode("utf-8", "replace")
             return recorded or self._ok(self.wording.user, shown)
         if verb == "PASS":
@@ -445,6 +445,11 @@ class ModelSession:
         self.deleted = set()
         self.phase = Phase.DONE
         return Reply(recorded.data, Next.CLOSE, recorded.recorded, shown)
+
+    def tls_started(self) -> None:
+        """TLS came up after STLS: forget what the client said before (RFC 2595 §4)."""
+        self.tls_up = True
+        self.user = None
 
     def close(self) -> None:
         """The connection ended: let go of the mailbox (nothing is deleted without QUIT)."""
