@@ -90,7 +90,7 @@ class ModelConnection(_Connection):
             reply = self.model.receive_line(line)
             self.answers += 1
             fault = None
-            if not in_sasl:  # a SASL line is no command (RFC 5034 §4)
+            if not in_sasl and self.faults.plan:  # a SASL line is no command (RFC 5034 §4)
                 verb, args = split_command(line)
                 fault = self.faults.choose(verb, args)
             if fault is not None:
@@ -101,15 +101,17 @@ class ModelConnection(_Connection):
             else:
                 await self._send_all(reply.data)
             if reply.recorded:
+                # The recorded server's own bytes: as byte replay, only at debug level.
                 self.recorded_answers += 1
+                self.log.debug("replay.model.answer", command=reply.command, source="recorded")
             else:
                 self.generated_answers += 1
-            self.log.info(
-                "replay.model.answer",
-                command=reply.command,
-                source="recorded" if reply.recorded else "generated",
-                status=reply.data[:4].decode("ascii", "replace").strip(),
-            )
+                self.log.info(
+                    "replay.model.answer",
+                    command=reply.command,
+                    source="generated",
+                    status=reply.data[:4].decode("ascii", "replace").strip(),
+                )
             if reply.next is Next.CLOSE:
                 self.reason = "quit"
                 return

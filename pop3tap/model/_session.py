@@ -74,6 +74,31 @@ class Next(enum.Enum):
     CLOSE = "close"
 
 
+class Display:
+    """How a client line may be logged, worked out only if something logs it.
+
+    The protocol core decides (``shown_command``: after an AUTH only valid commands are
+    shown); most answers are never logged above debug level, so it is not done per line.
+    """
+
+    __slots__ = ("_after_auth", "_line", "_text")
+
+    def __init__(self, line: bytes = b"", *, after_auth: bool = False, text: str | None = None):
+        self._line = line
+        self._after_auth = after_auth
+        self._text = text
+
+    @classmethod
+    def fixed(cls, text: str) -> Display:
+        return cls(text=text)
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = shown_command(self._line, after_auth=self._after_auth)
+        return self._text
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """Bytes for the client and what to do next."""
@@ -82,8 +107,12 @@ class Reply:
     next: Next
     #: True when the bytes are a recorded server's own, False when the model made them.
     recorded: bool
-    #: The command as it may be logged (secrets masked; SASL lines as the placeholder).
-    command: str
+    display: Display
+
+    @property
+    def command(self) -> str:
+        """The command as it may be logged (secrets masked; SASL lines as the placeholder)."""
+        return self.display.text
 
 
 class ModelSession:
@@ -113,10 +142,11 @@ class ModelSession:
     def greeting(self) -> Reply:
         """The recorded greeting, or ``+OK`` with an APOP timestamp (RFC 1939 §4, §7)."""
         if self.mailbox.greeting is not None:
-            return Reply(self.mailbox.greeting, Next.READ, True, "greeting")
+            return Reply(self.mailbox.greeting, Next.READ, True, Display.fixed("greeting"))
         stamp = self._stamp or "<pop3tap.model@localhost>"
         text = f"+OK pop3tap model ready. {stamp}".encode()
-        return Reply(text + self.mailbox.wording.newline, Next.READ, False, "greeting")
+        greeting = Display.fixed("greeting")
+        return Reply(text + self.mailbox.wording.newline, Next.READ, False, greeting)
 
     @property
     def apop_stamp(self) -> bytes | None:
@@ -132,7 +162,7 @@ class ModelSession:
             return self._sasl_answer(line)
         verb, args = split_command(line)
         # The protocol core decides what may be logged: after an AUTH, only valid commands.
-        shown = shown_command(line, after_auth=self._auth_seen)
+        shown = Display(line, after_auth=self._auth_seen)
         self._auth_seen = self._auth_seen or opens_auth(line)
         if self.phase is Phase.DONE:
             return self._err(self.wording.unknown, shown)
@@ -151,20 +181,20 @@ class ModelSession:
         body = status + (b" " + text.encode("utf-8") if text else b"")
         return body + self.wording.newline
 
-    def _ok(self, text: str, shown: str, nxt: Next = Next.READ) -> Reply:
+    def _ok(self, text: str, shown: Display, nxt: Next = Next.READ) -> Reply:
         return Reply(self._line(b"+OK", text), nxt, False, shown)
 
-    def _err(self, text: str, shown: str) -> Reply:
+    def _err(self, text: str, shown: Display) -> Reply:
         return Reply(self._line(b"-ERR", text), Next.READ, False, shown)
 
-    def _multi(self, first: str, body: bytes, shown: str) -> Reply:
+    def _multi(self, first: str, body: bytes, shown: Display) -> Reply:
         data = self._line(b"+OK", first) + dot_stuff(body) + b"." + self.wording.newline
         return Reply(data, Next.READ, False, shown)
 
     def _state(self) -> StateKey:
         return (self.phase is Phase.TRANSACTION, self.tls_up, frozenset(self.deleted))
 
-    def _recorded(self, verb: str, args: bytes, shown: str) -> Reply | None:
+    def _recorded(self, verb: str, args: bytes, shown: Display) -> Reply | None:
         """The recorded server's bytes for this command in this state, if it answered it."""
         if verb not in MAILBOX_VERBS and verb not in STATELESS_VERBS:
             return None
@@ -178,7 +208,9 @@ class ModelSession:
 
     # -- AUTHORIZATION (RFC 1939 §4, §7; RFC 2449; RFC 2595; RFC 5034) ---------------------
 
-    def _authorization(self, verb: str, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _authorization(
+        self, verb: str, args: bytes, shown: Display, recorded: Reply | None
+    ) -> Reply:
         if verb == "CAPA":
             return self._recorded_capa(recorded) or self._capa(shown)
         if verb == "NOOP" and recorded is not None:
@@ -212,7 +244,7 @@ class ModelSession:
         offered = b"\nSTLS\r\n" in recorded.data or b"\nSTLS\n" in recorded.data
         return recorded if offered == (self.store.tls_available and not self.tls_up) else None
 
-    def _capa(self, shown: str) -> Reply:
+    def _capa(self, shown: Display) -> Reply:
         lines = self.mailbox.capabilities
         if lines is None:
             lines = [b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING", b"USER", b"SASL PLAIN LOGIN"]
@@ -223,7 +255,7 @@ class ModelSession:
             shown_lines.append(b"STLS")
         return self._multi("", b"\r\n".join(shown_lines) + b"\r\n", shown)
 
-    def _login(self, user: str, check: Callable[[str], bool], shown: str) -> Reply:
+    def _login(self, user: str, check: Callable[[str], bool], shown: Display) -> Reply:
         """Finish a login for ``user`` (RFC 1939 §7): password, mailbox, lock."""
         key, known = self.store.credentials(user)
         if key is _NO_MAILBOX or (known is not None and not check(known)):
@@ -239,7 +271,7 @@ class ModelSession:
         self.phase = Phase.TRANSACTION
         return self._ok(self.wording.login, shown)
 
-    def _apop(self, args: bytes, shown: str) -> Reply:
+    def _apop(self, args: bytes, shown: Display) -> Reply:
         parts = args.split()
         stamp = self.apop_stamp
         if len(parts) != 2 or stamp is None:
@@ -252,7 +284,7 @@ class ModelSession:
 
         return self._login(user, digest_matches, shown)
 
-    def _auth(self, args: bytes, shown: str) -> Reply:
+    def _auth(self, args: bytes, shown: Display) -> Reply:
         parts = args.split(None, 1)
         if not parts:
             mechanisms = sorted(self.mailbox.mechanisms or {"PLAIN", "LOGIN"})
@@ -280,10 +312,10 @@ class ModelSession:
         return Reply(self._sasl_challenges[0], Next.READ, False, shown)
 
     def _sasl_answer(self, line: bytes, *, skip_first: bool = False) -> Reply:
-        shown = (
-            "AUTH " + self._sasl_mechanism + " " + SECRET_PLACEHOLDER
+        shown = Display.fixed(
+            f"AUTH {self._sasl_mechanism} {SECRET_PLACEHOLDER}"
             if skip_first
-            else (SECRET_PLACEHOLDER)
+            else SECRET_PLACEHOLDER
         )
         self.phase = Phase.AUTHORIZATION
         if line.strip() == b"*":
@@ -306,7 +338,7 @@ class ModelSession:
         stamp = self.apop_stamp
         return stamp if stamp is not None else b"<pop3tap.model@localhost>"
 
-    def _cram_login(self, shown: str) -> Reply:
+    def _cram_login(self, shown: Display) -> Reply:
         """RFC 2195 §2: ``user hex(HMAC-MD5(password, challenge))``."""
         try:
             answer = base64.b64decode(self._sasl_answers[0], validate=True)
@@ -325,7 +357,7 @@ class ModelSession:
 
     # -- TRANSACTION (RFC 1939 §5) -----------------------------------------------------
 
-    def _transaction(self, verb: str, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _transaction(self, verb: str, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         if verb == "CAPA":  # both states (RFC 2449 §5)
             return self._recorded_capa(recorded) or self._capa(shown)
         handler = _TRANSACTION.get(verb)
@@ -336,7 +368,7 @@ class ModelSession:
         return handler(self, args, shown, recorded)
 
     def _message(
-        self, args: bytes, shown: str, *, words: int = 1
+        self, args: bytes, shown: Display, *, words: int = 1
     ) -> tuple[int, ModelMessage] | Reply:
         """The message an argument names, or the ``-ERR`` for a bad or deleted one.
 
@@ -356,26 +388,26 @@ class ModelSession:
     def _live(self) -> list[tuple[int, ModelMessage]]:
         return [(n, m) for n, m in enumerate(self.messages, start=1) if n not in self.deleted]
 
-    def _stat(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _stat(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         if recorded is not None:
             return recorded
         live = self._live()
         return self._ok(f"{len(live)} {sum(m.size for _n, m in live)}", shown)
 
-    def _list(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _list(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         """LIST [n] (RFC 1939 §5): ``n size`` lines, or the one line for message n."""
         first = self.wording.list_all
         if first:
             first = first.format(count=len(self._live()))
         return recorded or self._listing(args, shown, first, lambda _n, m: str(m.size))
 
-    def _uidl(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _uidl(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         """UIDL [n] (RFC 1939 §7): ``n unique-id`` lines, or the one line for message n."""
         first = self.wording.uidl_all
         return recorded or self._listing(args, shown, first, self.store.uid_of_message)
 
     def _listing(
-        self, args: bytes, shown: str, first: str, value: Callable[[int, ModelMessage], str]
+        self, args: bytes, shown: Display, first: str, value: Callable[[int, ModelMessage], str]
     ) -> Reply:
         if args.strip():
             found = self._message(args, shown)
@@ -386,7 +418,7 @@ class ModelSession:
         body = b"".join(f"{n} {value(n, m)}\r\n".encode() for n, m in self._live())
         return self._multi(first, body, shown)
 
-    def _retr(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _retr(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         found = self._message(args, shown)
         if isinstance(found, Reply):
             return recorded or found
@@ -399,7 +431,7 @@ class ModelSession:
             return self._err(self.store.missing_text(number, "RETR"), shown)
         return self._multi(self.wording.retr.format(size=message.size, n=number), body, shown)
 
-    def _top(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _top(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         parts = args.split()
         if len(parts) != 2 or not parts[1].isdigit():
             return recorded or self._err(self.wording.bad_args, shown)
@@ -417,7 +449,7 @@ class ModelSession:
             return self._err(self.store.missing_text(number, "TOP"), shown)
         return self._multi(self.wording.top, top_of(body, lines), shown)
 
-    def _dele(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _dele(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         found = self._message(args, shown)
         if isinstance(found, Reply):
             return recorded or found
@@ -426,16 +458,16 @@ class ModelSession:
         self.deleted.add(number)
         return reply
 
-    def _rset(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _rset(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         reply = recorded or self._ok(self.wording.rset, shown)
         self.deleted.clear()
         self.highest_accessed = 0
         return reply
 
-    def _noop(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _noop(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         return recorded or self._ok(self.wording.noop, shown)
 
-    def _quit(self, args: bytes, shown: str, recorded: Reply | None) -> Reply:
+    def _quit(self, args: bytes, shown: Display, recorded: Reply | None) -> Reply:
         """UPDATE (RFC 1939 §6): the marked messages go, then the session ends."""
         if recorded is None:
             text = self.wording.quit_deleted if self.deleted else self.wording.quit
@@ -490,7 +522,7 @@ def _sasl_credentials(mechanism: str, answers: list[bytes]) -> tuple[str | None,
 _NO_MAILBOX = ModelStore.NO_MAILBOX
 
 #: A TRANSACTION command's handler: (session, arguments, shown command, recorded reply).
-_Handler = Callable[[ModelSession, bytes, str, "Reply | None"], Reply]
+_Handler = Callable[[ModelSession, bytes, Display, "Reply | None"], Reply]
 #: TRANSACTION state commands (RFC 1939 §5); LAST is handled apart (only if recorded).
 _TRANSACTION: dict[str, _Handler] = {
     "STAT": ModelSession._stat,
