@@ -4,6 +4,7 @@ the console that need no server (secret handling, terminal safety, script checks
 from __future__ import annotations
 
 import base64
+import io
 import os
 import socket
 import ssl
@@ -23,7 +24,7 @@ from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 from pop3tap.capture import EventRecord, iter_capture_paths, read_capture
-from pop3tap.console import Console, SecretSource, check_script, line_has_secret
+from pop3tap.console import Console, Outcome, SecretSource, check_script, line_has_secret
 from pop3tap.console._link import LinkConfig, Pop3Link, SessionRecorder
 from pop3tap.console._render import BodyPreview, terminal_safe
 from pop3tap.console._terminal import Pop3Completer, ScriptDisplay, SecretFreeHistory
@@ -586,3 +587,82 @@ def test_an_overlong_body_line_comes_in_pieces_unstuffed_once() -> None:
     received, starts = read_body_through_a_socket(line + b"\r\nnext\r\n.\r\n")
     assert received == line[1:] + b"\r\nnext\r\n"
     assert starts[0] and not starts[1] and starts[-1]
+
+
+# ------------------------------------------------------------------ marks the server accepted
+
+
+class RefusingDisplay(ScriptDisplay):
+    """Script output that records each question and answers no."""
+
+    def __init__(self) -> None:
+        super().__init__(confirm_quit=False, out=io.StringIO(), err=io.StringIO())
+        self.questions: list[str] = []
+
+    def confirm(self, question: str) -> bool:
+        self.questions.append(question)
+        return False
+
+
+@realpeer
+def test_dele_with_a_leading_zero_is_a_mark_and_quit_asks_first(
+    dovecot: Dovecot, corpus: list[bytes]
+) -> None:
+    """Dovecot deletes message 1 for ``DELE 01``: the console must count it as a mark."""
+    box = dovecot.new_mailbox(corpus)
+    display = RefusingDisplay()
+    session = Console(
+        Pop3Link(LinkConfig(Endpoint("127.0.0.1", dovecot.pop3_port)), SessionRecorder(None)),
+        display,
+        SecretSource(host="127.0.0.1", environ={"POP3TAP_PASSWORD": box.password}),
+        user=box.user,
+    )
+    session.open()
+    assert session.run_line("DELE 01") is Outcome.OK
+    assert session.run_line("QUIT") is Outcome.REFUSED
+    assert len(display.questions) == 1
+    session.abandon("test over")
+    dovecot.wait_disconnected(box.user)
+    assert dovecot.mailbox_messages(box.user) == corpus
+
+
+def lenient_server(ours: socket.socket, received: list[bytes]) -> None:
+    """A server that accepts every command (a LIST N and TOP N 0 look-up included)."""
+    with ours, ours.makefile("rb") as reader:
+        for line in reader:
+            received.append(line)
+            words = line.split()
+            verb = words[0].upper() if words else b""
+            if verb == b"TOP":
+                reply = b"+OK\r\nSubject: s\r\n\r\n.\r\n"
+            elif verb == b"LIST" and len(words) > 1:
+                reply = b"+OK " + words[1] + b" 10\r\n"
+            else:
+                reply = b"+OK\r\n"
+            ours.sendall(reply)
+
+
+_DELE_ARGUMENT = st.text(max_size=12).map(lambda t: t.translate({0: None, 10: None, 13: None}))
+
+
+@given(_DELE_ARGUMENT)
+def test_every_dele_the_server_accepts_makes_quit_ask(argument: str) -> None:
+    """Whatever follows DELE, if the server says +OK something may be deleted at QUIT
+    (RFC 1939 §6), so QUIT must ask; and a refused QUIT is never sent."""
+    link = Pop3Link(LinkConfig(server=Endpoint("127.0.0.1", 1), timeout=10), SessionRecorder(None))
+    ours, theirs = socket.socketpair()
+    link._sock = theirs
+    received: list[bytes] = []
+    server = threading.Thread(target=lenient_server, args=(ours, received))
+    server.start()
+    display = RefusingDisplay()
+    session = Console(link, display, SecretSource(host="127.0.0.1", environ={}))
+    try:
+        outcome = session.run_line(f"DELE {argument}")
+        if outcome is Outcome.OK:
+            assert session.run_line("QUIT") is Outcome.REFUSED
+            assert len(display.questions) == 1
+    finally:
+        session.abandon("test over")
+        server.join()
+    assert not any(line.split()[:1] == [b"QUIT"] for line in received)

@@ -162,6 +162,9 @@ class Console:
     #: Upgrade with STLS right after the greeting (RFC 2595 §4).
     starttls: bool = False
     marks: dict[int, MessageInfo] = field(default_factory=dict)
+    #: DELE arguments the server accepted that name no message number the console can
+    #: read (``DELE 1 x`` on a lenient server): still marks, since QUIT may delete them.
+    odd_marks: list[str] = field(default_factory=list)
     messages: dict[int, MessageInfo] = field(default_factory=dict)
     #: Message count from the last STAT (for completion).
     count: int = 0
@@ -239,10 +242,19 @@ class Console:
         if not was_open:
             return
         text = f"{why}: connection closed without QUIT, so nothing was deleted"
-        if self.marks:
-            numbers = ", ".join(str(n) for n in sorted(self.marks))
-            text += f" (the marks on {numbers} were dropped; the messages stay)"
+        if self.has_marks:
+            text += f" (the marks on {self._marked_text()} were dropped; the messages stay)"
         self.display.note(text)
+
+    @property
+    def has_marks(self) -> bool:
+        """Whether a DELE the server accepted is pending: QUIT would delete (RFC 1939 §6)."""
+        return bool(self.marks or self.odd_marks)
+
+    def _marked_text(self) -> str:
+        shown = [str(n) for n in sorted(self.marks)]
+        shown += [f"DELE {terminal_safe(a)}".rstrip() for a in self.odd_marks]
+        return ", ".join(shown)
 
     def message_numbers(self) -> list[int]:
         """Known message numbers, for completion."""
@@ -293,8 +305,9 @@ class Console:
             self._learn(verb, words, answer)
             if verb == "USER" and words:
                 self.user = args.strip()
-            if verb == "RSET" and self.marks:
+            if verb == "RSET" and self.has_marks:
                 self.marks.clear()
+                self.odd_marks.clear()
                 self.display.note("all marks removed")
         return Outcome.OK if answer.ok else Outcome.ERR
 
@@ -622,7 +635,15 @@ class Console:
         answer = self._command(line.encode("utf-8", "surrogateescape"), line, typed=True)
         if not answer.ok:
             return Outcome.ERR
-        if number is not None:
+        if number is None:
+            # The server accepted a DELE the console cannot read as one message number:
+            # whatever it marked, QUIT would delete, so it counts as a mark all the same.
+            self.odd_marks.append(" ".join(words))
+            self.display.note(
+                "the server accepted that DELE; it is counted as a mark "
+                "(QUIT asks first; RSET unmarks, Ctrl-D leaves without deleting)"
+            )
+        else:
             self.marks[number] = self._info(number)
             self.display.note(
                 f"message {number} is marked; the server deletes it only at QUIT "
@@ -631,19 +652,21 @@ class Console:
         return Outcome.OK
 
     def _show_marks(self) -> None:
-        if not self.marks:
+        if not self.has_marks:
             self.display.note("no messages are marked for deletion")
             return
-        count = len(self.marks)
+        count = len(self.marks) + len(self.odd_marks)
         self.display.note(f"{count} message{'s' if count > 1 else ''} marked for deletion at QUIT:")
         for number in sorted(self.marks):
             self.display.server(self.marks[number].describe())
+        for argument in self.odd_marks:
+            self.display.server(f"{'?':>5}  accepted: DELE {terminal_safe(argument)}".rstrip())
 
     def _quit(self, line: str) -> Outcome:
         """QUIT, after confirmation when messages are marked (RFC 1939 §6)."""
-        if self.marks:
+        if self.has_marks:
             self._show_marks()
-            count = len(self.marks)
+            count = len(self.marks) + len(self.odd_marks)
             what = "this message" if count == 1 else f"these {count} messages"
             if not self.display.confirm(f"QUIT makes the server delete {what}. Send QUIT?"):
                 self.display.note(
@@ -651,10 +674,12 @@ class Console:
                 )
                 return Outcome.REFUSED
         answer = self._command(line.encode("utf-8", "surrogateescape"), line, typed=True)
-        if answer.ok and self.marks:
-            numbers = ", ".join(str(n) for n in sorted(self.marks))
-            self.display.note(f"QUIT accepted: the server deletes the marked messages ({numbers})")
+        if answer.ok and self.has_marks:
+            self.display.note(
+                f"QUIT accepted: the server deletes the marked messages ({self._marked_text()})"
+            )
         self.marks.clear()
+        self.odd_marks.clear()
         self.link.close()
         self.ended = True
         self.quit_answered = answer.ok
