@@ -666,3 +666,24 @@ def test_every_dele_the_server_accepts_makes_quit_ask(argument: str) -> None:
         session.abandon("test over")
         server.join()
     assert not any(line.split()[:1] == [b"QUIT"] for line in received)
+
+
+def test_a_hostile_certificate_subject_never_reaches_the_terminal(
+    tmp_path: Path, tls_ca: trustme.CA
+) -> None:
+    """The connect line names the server certificate's subject: a hostile server chooses
+    it, escape sequences (an OSC 52 clipboard write here) and bidi overrides included."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    hostile = "\x1b]52;c;b3duZWQ=\x07pop\u202eevil"
+    tls_ca.issue_cert("127.0.0.1", common_name=hostile).configure_cert(context)
+    replies = [(b"", START_TLS), GREETING, NO_CAPA, (b"QUIT", b"+OK bye\r\n")]
+    with fake_server(replies, tls=context) as port:
+        result = console(
+            f"127.0.0.1:{port}", "--tls", "--insecure", "--captures", str(tmp_path / "caps"),
+            script="QUIT\n",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "NOT verified" in result.stderr
+    shown = result.stdout + result.stderr
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "CN=\\x1b]52\\;c\\;b3duZWQ=\\x07pop\\u202eevil" in result.stderr  # RFC 4514 escapes

@@ -426,7 +426,8 @@ class Console:
         tls = self.link.tls
         if tls is None:
             return " (no TLS)" if not self.starttls else " (plaintext until STLS)"
-        subject = tls.get("peer_subject")
+        # The server chooses its certificate's subject: escape sequences and all.
+        subject = terminal_safe(str(tls.get("peer_subject")))
         cert = "" if self.link.config.insecure else f"; verified certificate {subject}"
         if self.link.config.insecure:
             cert = f"; certificate {subject} NOT verified (--insecure)"
