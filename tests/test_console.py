@@ -244,6 +244,23 @@ def test_a_secret_on_the_command_line_is_never_sent(
 
 
 @realpeer
+@pytest.mark.parametrize("glue", ["\u00a0", ":", "="])
+def test_a_secret_glued_to_pass_is_never_sent_nor_printed(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path, glue: str
+) -> None:
+    """``PASS<no-break space>pw`` (Option-Space on a Mac) carries the password as surely as
+    ``PASS pw``: the capture masks it, so the console must not send or print it either."""
+    box = dovecot.new_mailbox(corpus[:1])
+    server, *args = dovecot_args(dovecot, tmp_path)
+    result = console(server, *args, script=f"USER {box.user}\nPASS{glue}{box.password}\nQUIT\n")
+    assert result.returncode == 3
+    assert "PASS takes no secret on the command line" in result.stderr
+    assert box.password not in result.stdout + result.stderr
+    (path,) = captures(tmp_path)
+    assert b"PASS" not in read_capture(path).stream("c2s")
+
+
+@realpeer
 def test_login_without_a_password_source_stops_the_script(
     dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
 ) -> None:
@@ -485,9 +502,12 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_lines_with_secrets_are_recognised_and_kept_out_of_history() -> None:
-    for line in ("PASS x", "pass  two words", "APOP bob 0123abcd", "AUTH PLAIN AGJvYgBw"):
+    for line in (
+        "PASS x", "pass  two words", "APOP bob 0123abcd", "AUTH PLAIN AGJvYgBw",
+        "PASS\u00a0x", "pass1pw", "PASS:x", "AUTH\u00a0PLAIN x",
+    ):  # fmt: skip
         assert line_has_secret(line)
-    for line in ("PASS", "APOP bob", "AUTH PLAIN", "AUTH", "USER bob", "LIST 1"):
+    for line in ("PASS", "APOP bob", "AUTH PLAIN", "AUTH", "USER bob", "LIST 1", "PASSWORD x"):
         assert not line_has_secret(line)
     history = SecretFreeHistory()
     for line in ("USER bob", "PASS hunter2", "LIST"):

@@ -47,6 +47,7 @@ from pop3tap.console._secrets import (
     cram_md5_response,
     line_has_secret,
     plain_response,
+    secret_keyword,
 )
 from pop3tap.protocol import SECRET_PLACEHOLDER, expects_multiline, parse_status, split_command
 from pop3tap.protocol._commands import find_apop_timestamp
@@ -276,8 +277,10 @@ class Console:
             else:
                 show_all = False
         if line_has_secret(line):
+            keyword = secret_keyword(line) or "this command"
             self.display.error(
-                f"{verb} takes no secret on the command line here: type {_secret_usage(verb)} "
+                f"{keyword} takes no secret on the command line here: type "
+                f"{_secret_usage(keyword)} "
                 "and the password is asked without echo; the line was not sent"
             )
             return Outcome.REFUSED

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pop3tap.protocol import split_command
+from pop3tap.protocol import mask_line
+from pop3tap.protocol._commands import secret_verb
 
 #: Environment variable read for the password in scripted use.
 PASSWORD_ENV: Final = "POP3TAP_PASSWORD"
@@ -34,14 +35,19 @@ class SecretError(Exception):
 
 def line_has_secret(line: str) -> bool:
     """Whether a typed line carries a secret: ``PASS x``, ``APOP name digest``,
-    ``AUTH mechanism initial-response`` (RFC 1939 §7, RFC 5034 §4)."""
-    verb, args = split_command(line.encode("utf-8", "surrogateescape"))
-    words = args.split()
-    if verb == "PASS":
-        return bool(words)
-    if verb in ("APOP", "AUTH"):
-        return len(words) >= 2
-    return False
+    ``AUTH mechanism initial-response`` (RFC 1939 §7, RFC 5034 §4), also glued to its
+    keyword (``PASS\u00a0x``, ``pass:x``), which a server may read as ``PASS x``.
+
+    The rule is the capture masker's: a line carries a secret when it would be masked.
+    """
+    data = line.strip().encode("utf-8", "surrogateescape")
+    return mask_line(data) != data
+
+
+def secret_keyword(line: str) -> str | None:
+    """``PASS``, ``APOP`` or ``AUTH`` for a line that begins with one (glued or not)."""
+    verb = secret_verb(line.strip().encode("utf-8", "surrogateescape"))
+    return None if verb is None else verb.decode("ascii")
 
 
 def check_private_file(path: Path) -> None:
