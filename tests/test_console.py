@@ -272,6 +272,32 @@ def test_login_without_a_password_source_stops_the_script(
     assert b"STAT" not in read_capture(captures(tmp_path)[0]).stream("c2s")
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "machine 127.0.0.1 login bob password correct horse-battery\n",
+        "machine 127.0.0.1 login bob password correct\nhorse-battery\n",
+    ],
+)
+def test_a_malformed_netrc_is_one_line_that_never_quotes_the_file(
+    tmp_path: Path, entry: str
+) -> None:
+    """A password with a space, unquoted, is the usual mistake: Python's netrc error
+    quotes the token it stopped at, which is then a piece of the password."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text(entry)
+    netrc.chmod(0o600)
+    result = console(
+        "127.0.0.1:1", "--netrc", str(netrc), "--captures", str(tmp_path / "caps"),
+        script="QUIT\n",
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = errors(result)
+    assert line.startswith(f"pop3tap: netrc file {netrc}: cannot be parsed")
+    assert "horse" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @realpeer
 def test_netrc_gives_user_and_password_and_must_be_private(
     dovecot: Dovecot, corpus: list[bytes], tmp_path: Path

@@ -83,8 +83,15 @@ class SecretSource:
         check_private_file(self.netrc_path)
         try:
             entry = netrc.netrc(str(self.netrc_path)).authenticators(self.host.strip("[]"))
-        except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
-            message = getattr(exc, "msg", None) or str(exc)
+        except netrc.NetrcParseError as exc:
+            # Its message quotes the token it stopped at: often a piece of a password
+            # with a space in it. Only the line number is shown.
+            raise SecretError(
+                f"netrc file {self.netrc_path}: cannot be parsed (line {exc.lineno}; "
+                "a password with spaces needs double quotes)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            message = getattr(exc, "strerror", None) or type(exc).__name__
             raise SecretError(f"netrc file {self.netrc_path}: {message}") from None
         if entry is None:
             return None
