@@ -44,6 +44,24 @@ def line_has_secret(line: str) -> bool:
     return mask_line(data) != data
 
 
+def secret_offset(line: str) -> int | None:
+    """Where the secret a typed line carries begins (a character index), or None.
+
+    As :func:`line_has_secret`, by the capture masker's rule: the first character the
+    masker would replace.
+    """
+    data = line.encode("utf-8", "surrogateescape")
+    masked = mask_line(data)
+    if masked == data:
+        return None
+    same = 0
+    for ours, theirs in zip(data, masked, strict=False):
+        if ours != theirs:
+            break
+        same += 1
+    return len(data[:same].decode("utf-8", "surrogateescape"))
+
+
 def secret_keyword(line: str) -> str | None:
     """``PASS``, ``APOP`` or ``AUTH`` for a line that begins with one (glued or not)."""
     verb = secret_verb(line.strip().encode("utf-8", "surrogateescape"))

@@ -19,10 +19,16 @@ from typing import TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.layout.processors import (
+    Processor,
+    Transformation,
+    TransformationInput,
+)
 
 from pop3tap.console._core import HELPERS, NUMBERED, POP3_VERBS, Console
-from pop3tap.console._secrets import line_has_secret
+from pop3tap.console._secrets import line_has_secret, secret_offset
 
 _NOTE = "\x1b[36m"
 _ERROR = "\x1b[1;31m"
@@ -39,6 +45,28 @@ class SecretFreeHistory(InMemoryHistory):
         if line_has_secret(string):
             return
         super().append_string(string)
+
+
+class SecretMask(Processor):
+    """Draws as ``*`` what a line being typed carries after ``PASS``, ``APOP NAME`` or
+    ``AUTH MECH``: the telnet habit is ``PASS secret`` on one line. The console refuses
+    such a line; this keeps the secret off the screen and the scrollback while it is typed.
+    """
+
+    def apply_transformation(self, ti: TransformationInput) -> Transformation:
+        start = secret_offset(ti.document.lines[ti.lineno]) if ti.lineno == 0 else None
+        if start is None:
+            return Transformation(ti.fragments)
+        masked: StyleAndTextTuples = []
+        position = 0
+        for fragment in ti.fragments:
+            text = fragment[1]
+            shown = "".join(
+                "*" if position + i >= start else char for i, char in enumerate(text)
+            )
+            position += len(text)
+            masked.append((fragment[0], shown))
+        return Transformation(masked)
 
 
 class Pop3Completer(Completer):
@@ -182,6 +210,7 @@ def run_interactive(console: Console, prompt_text: str) -> int:
         completer=Pop3Completer(console),
         complete_while_typing=False,
         enable_history_search=True,
+        input_processors=[SecretMask()],
     )
     while not console.ended:
         try:
