@@ -27,7 +27,9 @@ from pop3tap.capture import EventRecord, iter_capture_paths, read_capture
 from pop3tap.console import Console, Outcome, SecretSource, check_script, line_has_secret
 from pop3tap.console._link import LinkConfig, Pop3Link, SessionRecorder
 from pop3tap.console._render import BodyPreview, terminal_safe
+from pop3tap.console._secrets import secret_offset
 from pop3tap.console._terminal import Pop3Completer, ScriptDisplay, SecretFreeHistory
+from pop3tap.protocol import mask_line
 from pop3tap.relay import Endpoint
 
 realpeer = pytest.mark.realpeer
@@ -733,3 +735,26 @@ def test_a_hostile_certificate_subject_never_reaches_the_terminal(
     shown = result.stdout + result.stderr
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "CN=\\x1b]52\\;c\\;b3duZWQ=\\x07pop\\u202eevil" in result.stderr  # RFC 4514 escapes
+
+
+_TYPED_LINE = st.one_of(
+    st.text(max_size=30),
+    st.builds(
+        lambda verb, glue, rest: verb + glue + rest,
+        st.sampled_from(["PASS", "pass", "APOP bob", "AUTH PLAIN", "Auth login", "apop é"]),
+        st.text(max_size=3),
+        st.text(max_size=20),
+    ),
+).map(lambda t: t.translate({0: None, 10: None, 13: None}))
+
+
+@given(_TYPED_LINE)
+def test_the_prompt_draws_no_more_of_a_line_than_the_capture_keeps(line: str) -> None:
+    """What SecretMask leaves readable is exactly a prefix the capture masker keeps."""
+    data = line.encode("utf-8", "surrogateescape")
+    offset = secret_offset(line)
+    if offset is None:
+        assert mask_line(data) == data
+    else:
+        assert mask_line(data).startswith(line[:offset].encode("utf-8", "surrogateescape"))
+        assert mask_line(data) != data
