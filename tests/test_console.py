@@ -758,3 +758,22 @@ def test_the_prompt_draws_no_more_of_a_line_than_the_capture_keeps(line: str) ->
     else:
         assert mask_line(data).startswith(line[:offset].encode("utf-8", "surrogateescape"))
         assert mask_line(data) != data
+
+
+@realpeer
+def test_save_to_a_full_disk_reads_the_rest_of_the_message_and_the_session_goes_on(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path, tiny_disk: str
+) -> None:
+    """A write that fails mid-message must not leave the rest of the body in the
+    connection, where the next command would read it as its answer."""
+    box = dovecot.new_mailbox(corpus)
+    target = Path(tiny_disk) / "big.eml"
+    big = max(range(len(corpus)), key=lambda i: len(corpus[i])) + 1
+    result = run_script(
+        dovecot, box, tmp_path, f"save {big} {target}\nSTAT\nQUIT\n", "--keep-going"
+    )
+    assert result.returncode == 3, result.stdout[-600:] + result.stderr  # the save failed
+    assert errors(result) == [f"pop3tap: cannot write {target}: No space left on device"]
+    assert f"> STAT\n+OK {len(corpus)} {sum(len(m) for m in corpus)}" in result.stdout
+    assert result.stdout.rstrip().endswith("+OK Logging out.")
+    assert list(Path(tiny_disk).iterdir()) == []  # no partial file left

@@ -606,12 +606,24 @@ class Console:
                 if not answer.ok:
                     return Outcome.ERR
 
+                failure: OSError | None = None
+
                 def sink(piece: bytes, _line_start: bool) -> None:
-                    nonlocal written
-                    out.write(piece)
+                    # After a failed write the rest of the message is still read: left in
+                    # the connection, it would be taken for the next command's answer.
+                    nonlocal written, failure
+                    if failure is not None:
+                        return
+                    try:
+                        out.write(piece)
+                    except OSError as exc:
+                        failure = exc
+                        return
                     written += len(piece)
 
                 self.link.read_body(sink, f"inside message {number}")
+                if failure is not None:
+                    raise failure
             _publish(temp, target)
         except FileExistsError:
             self.display.error(f"{target} appeared meanwhile; not overwritten")
