@@ -777,3 +777,33 @@ def test_save_to_a_full_disk_reads_the_rest_of_the_message_and_the_session_goes_
     assert f"> STAT\n+OK {len(corpus)} {sum(len(m) for m in corpus)}" in result.stdout
     assert result.stdout.rstrip().endswith("+OK Logging out.")
     assert list(Path(tiny_disk).iterdir()) == []  # no partial file left
+
+
+@realpeer
+def test_a_script_whose_output_is_closed_stops_without_quit_and_exits_1(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    """``pop3tap console ... | head -1``: once nobody reads the output, the script must not
+    go on (its QUIT would commit the marks unseen), and the exit code must say it stopped."""
+    box = dovecot.new_mailbox(corpus)
+    server, *args = dovecot_args(dovecot, tmp_path)
+    environment = {k: v for k, v in os.environ.items() if k != "POP3TAP_PASSWORD"}
+    environment["POP3TAP_PASSWORD"] = box.password
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line
+    with open(writer, "wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "pop3tap", "console", server, *args, "--user", box.user,
+             "--confirm-quit"],
+            input="DELE 1\nQUIT\n", stdout=stdout, stderr=subprocess.PIPE, text=True,
+            env=environment, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "pop3tap: standard output was closed; stopping" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    (path,) = captures(tmp_path)
+    capture = read_capture(path)
+    # It stops at the first output it cannot deliver: on connect, before the script.
+    assert capture.complete and b"DELE" not in capture.stream("c2s")
+    assert b"QUIT" not in capture.stream("c2s")
+    assert dovecot.mailbox_messages(box.user) == corpus

@@ -11,7 +11,9 @@ pop3tap's notes and errors to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
@@ -28,6 +30,7 @@ from prompt_toolkit.layout.processors import (
 )
 
 from pop3tap.console._core import HELPERS, NUMBERED, POP3_VERBS, Console
+from pop3tap.console._link import ConsoleError
 from pop3tap.console._secrets import line_has_secret, secret_offset
 
 _NOTE = "\x1b[36m"
@@ -169,27 +172,59 @@ def ask_hidden(prompt: str) -> str | None:
 
 
 class ScriptDisplay:
-    """Server lines and sent commands on stdout; notes and errors on stderr."""
+    """Server lines and sent commands on stdout; notes and errors on stderr.
+
+    When stdout is closed (``pop3tap console ... | head -1``) the script stops with a
+    :class:`ConsoleError`: nobody sees the answers any more, so it must not go on to a
+    QUIT, and the exit code says it stopped.
+    """
 
     def __init__(self, *, confirm_quit: bool, out: TextIO | None = None, err: TextIO | None = None):
         self.confirm_quit = confirm_quit
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
+        self._out_closed = False
+
+    def _write_out(self, text: str) -> None:
+        if self._out_closed:
+            return
+        try:
+            self.out.write(text)
+        except BrokenPipeError:
+            self._stdout_gone()
+
+    def _flush_out(self) -> None:
+        if self._out_closed:
+            return
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            self._stdout_gone()
+
+    def _stdout_gone(self) -> None:
+        self._out_closed = True
+        # What is still buffered would fail again when Python flushes it at exit.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+        raise ConsoleError("standard output was closed; stopping")
 
     def server(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self._write_out(text + "\n")
 
     def sent(self, text: str, *, typed: bool) -> None:
-        self.out.write(f"> {text}\n")
+        self._write_out(f"> {text}\n")
 
     def note(self, text: str) -> None:
-        self.out.flush()
+        self._flush_out()
         for line in text.splitlines():
             self.err.write(f"# {line}\n")
         self.err.flush()
 
     def error(self, text: str) -> None:
-        self.out.flush()
+        with contextlib.suppress(ConsoleError):  # the error is what is being reported
+            self._flush_out()
         self.err.write(f"pop3tap: {text}\n")
         self.err.flush()
 
