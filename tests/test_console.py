@@ -532,7 +532,7 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
 def test_lines_with_secrets_are_recognised_and_kept_out_of_history() -> None:
     for line in (
         "PASS x", "pass  two words", "APOP bob 0123abcd", "AUTH PLAIN AGJvYgBw",
-        "PASS\u00a0x", "pass1pw", "PASS:x", "AUTH\u00a0PLAIN x",
+        "PASS\u00a0x", "pass1pw", "PASS:x", "AUTH\u00a0PLAIN x", "USER bob\nPASS x",
     ):  # fmt: skip
         assert line_has_secret(line)
     for line in ("PASS", "APOP bob", "AUTH PLAIN", "AUTH", "USER bob", "LIST 1", "PASSWORD x"):

@@ -267,3 +267,24 @@ def test_a_password_typed_after_pass_out_of_telnet_habit_never_shows(
         screen = term.screen()
     assert box.password not in screen
     assert box.password[:4] not in screen
+
+
+def test_a_pasted_block_with_a_pass_line_never_shows_the_password(
+    tmux_path: str, dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    """Pasting the recipe (``USER x`` and ``PASS secret`` lines at once, bracketed paste)
+    puts several lines in the buffer: the secret is masked on every one of them."""
+    box = dovecot.new_mailbox(corpus)
+    with start_console(tmux_path, dovecot, "tls", tmp_path) as term:
+        term.wait_for(PROMPT)
+        term._run("set-buffer", "-b", "recipe", f"USER {box.user}\nPASS {box.password}")
+        term._run("paste-buffer", "-p", "-b", "recipe", "-t", term.target)
+        term.wait_for(r"PASS \*+")
+        term.keys("Enter")
+        term.wait_for("one command per line")
+        term.wait_for(PROMPT, count=2)
+        term.keys("Up")  # the pasted block is not in the history either
+        term.keys("C-u", "C-d")
+        term.wait_exit()
+        screen = term.screen()
+    assert box.password not in screen

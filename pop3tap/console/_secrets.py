@@ -40,8 +40,12 @@ def line_has_secret(line: str) -> bool:
 
     The rule is the capture masker's: a line carries a secret when it would be masked.
     """
-    data = line.strip().encode("utf-8", "surrogateescape")
-    return mask_line(data) != data
+    # A pasted block holds several lines; any of them may carry the secret.
+    for part in line.replace("\r", "\n").split("\n"):
+        data = part.strip().encode("utf-8", "surrogateescape")
+        if mask_line(data) != data:
+            return True
+    return False
 
 
 def secret_offset(line: str) -> int | None:

@@ -57,7 +57,8 @@ class SecretMask(Processor):
     """
 
     def apply_transformation(self, ti: TransformationInput) -> Transformation:
-        start = secret_offset(ti.document.lines[ti.lineno]) if ti.lineno == 0 else None
+        # Every line: a pasted block puts several in the buffer.
+        start = secret_offset(ti.document.lines[ti.lineno].replace("\r", " "))
         if start is None:
             return Transformation(ti.fragments)
         masked: StyleAndTextTuples = []
