@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 from pop3tap import __version__
 from pop3tap._text import printable
 from pop3tap.cli import ca, console, demo, export, pcap_import, record, replay, show, view
+from pop3tap.cli import check as check_cmd
+from pop3tap.cli import diff as diff_cmd
+from pop3tap.cli import lint as lint_cmd
 from pop3tap.cli._common import EXIT_OK, CliError, Parser, Subparsers
 
 #: The subcommands, in the order ``--help`` lists them.
@@ -28,6 +31,9 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     demo.add_subcommand,
     ca.add_subcommand,
     console.add_subcommand,
+    lint_cmd.add_subcommand,
+    diff_cmd.add_subcommand,
+    check_cmd.add_subcommand,
 ]
 
 

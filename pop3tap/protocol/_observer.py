@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pop3tap.protocol._bodyscan import scan_chunk
@@ -85,6 +86,11 @@ from pop3tap.protocol._events import (
 from pop3tap.protocol._masking import SecretMasker, Verdict
 
 DEFAULT_MAX_LINE = 8192
+
+#: Called with every slice of a multi-line body as it is scanned, terminator included:
+#: ``(seq, verb, chunk, start, stop, stream_offset_of_start)``. The chunk is not copied;
+#: the listener must not keep it.
+BodyListener = Callable[[int, str, bytes, int, int, int], None]
 #: Unanswered commands (and held-back client lines) kept before pairing is given up.
 DEFAULT_MAX_PENDING = 1024
 #: Bytes those may hold (each is charged its kept line bytes plus :data:`_ENTRY_COST`).
@@ -296,8 +302,10 @@ class SessionObserver:
         max_pending: int = DEFAULT_MAX_PENDING,
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_anomaly_events: int = DEFAULT_MAX_ANOMALY_EVENTS,
+        body_listener: BodyListener | None = None,
     ) -> None:
         self._max_line = max_line
+        self._body_listener = body_listener
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
         #: Charged bytes of the client queue and the pending commands together.
@@ -813,6 +821,10 @@ class SessionObserver:
             end = edge
         stop = size if end < 0 else end
         body.consumed += stop - pos
+        if self._body_listener is not None and stop > pos:
+            self._body_listener(
+                body.pending.seq, body.pending.verb, data, pos, stop, self._server_offset + pos
+            )
         body.newlines += newlines
         if bare_lf:
             body.bare_lf = True

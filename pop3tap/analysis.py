@@ -1,0 +1,416 @@
+"""Streaming analysis of a capture: exchanges with facts about their bodies, in constant memory.
+
+``lint`` and ``diff`` need more than :meth:`Capture.exchanges` gives (what a LIST said, the
+headers of a message, whether a body was dot-stuffed), but must not hold a session's bodies:
+a capture can carry gigabytes of mail. :func:`analyse` therefore reads the file record by
+record (nothing is kept), runs the records through a fresh ``SessionObserver`` whose body
+listener sees every body chunk once, and yields each protocol event with the facts gathered
+for it: a hash of the body, its header block (RETR/TOP, bounded), its lines (listings such as
+LIST/UIDL/CAPA, bounded), dot-stuffing and bare-CR counts. Work per body byte is a handful of
+C-level calls (``hashlib``, ``bytes.count``/``find``), never a Python loop per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgpack
+
+from pop3tap.capture import (
+    DEFAULT_MAX_RECORD_BYTES,
+    CaptureError,
+    CaptureHeader,
+    CloseRecord,
+    EventRecord,
+    Record,
+    _Corrupt,
+    _parse_header,
+    _parse_record,
+    derive_events,
+)
+from pop3tap.protocol import Event, Exchange, SessionObserver
+
+__all__ = [
+    "LISTING_VERBS",
+    "MESSAGE_VERBS",
+    "Analysed",
+    "BodyFacts",
+    "CaptureStream",
+    "analyse",
+]
+
+#: Commands whose body is a listing worth keeping line by line (RFC 1939 §5, §7; RFC 2449 §5).
+LISTING_VERBS: Final = frozenset({"LIST", "UIDL", "CAPA", "AUTH", "XTND", "LANG"})
+#: Commands whose body is (part of) a message: headers are kept, the rest hashed.
+MESSAGE_VERBS: Final = frozenset({"RETR", "TOP"})
+#: Most bytes of a listing kept; a longer listing is hashed only (``listing`` is None).
+MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
+#: Most bytes of a message header block kept; beyond it the headers count as body.
+MAX_HEADER_BYTES: Final = 64 * 1024
+_READ_CHUNK: Final = 256 * 1024
+
+
+class CaptureStream:
+    """A capture read one record at a time: only the unpacker's buffer is held.
+
+    Iterate :meth:`records` once; afterwards ``complete``, ``truncated``,
+    ``trailing_bytes`` and ``problem`` describe how the file ended (as :class:`Capture`).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    ) -> None:
+        """Open ``path`` and read its header.
+
+        Raises:
+            CaptureError: missing or unreadable file, or no valid header.
+        """
+        self.path = Path(path)
+        self.complete = False
+        self.truncated = False
+        self.trailing_bytes = 0
+        self.problem: str | None = None
+        self.valid_bytes = 0
+        self._limit = max_record_bytes
+        try:
+            self._file: Any = open(self.path, "rb")  # noqa: SIM115 - closed by records()
+        except FileNotFoundError:
+            raise CaptureError(f"{self.path}: no such file") from None
+        except IsADirectoryError:
+            raise CaptureError(f"{self.path}: is a directory, not a capture file") from None
+        except PermissionError:
+            raise CaptureError(f"{self.path}: permission denied") from None
+        except OSError as exc:
+            raise CaptureError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=max_record_bytes + _READ_CHUNK,
+            max_bin_len=max_record_bytes,
+            max_str_len=min(max_record_bytes, 1024 * 1024),
+            max_array_len=100_000,
+            max_map_len=10_000,
+            max_ext_len=0,
+        )
+        self._size = 0
+        try:
+            self.header: CaptureHeader = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> CaptureHeader:
+        while True:
+            try:
+                chunk = self._file.read(_READ_CHUNK)
+            except OSError as exc:
+                raise CaptureError(f"{self.path}: read error: {exc.strerror or exc}") from None
+            if not chunk:
+                break
+            self._size += len(chunk)
+            try:
+                self._unpacker.feed(chunk)
+                obj = next(self._unpacker)
+            except StopIteration:
+                continue
+            except Exception as exc:
+                raise CaptureError(
+                    f"{self.path}: not a pop3tap capture ({type(exc).__name__})"
+                ) from None
+            header = _parse_header(obj, self.path)
+            self.valid_bytes = self._unpacker.tell()
+            return header
+        if self._size == 0:
+            raise CaptureError(f"{self.path}: empty file, not a pop3tap capture")
+        raise CaptureError(f"{self.path}: not a pop3tap capture (file ends inside the header)")
+
+    def records(self) -> Iterator[Record]:
+        """Yield every good record after the header, then close the file."""
+        unpacker = self._unpacker
+        try:
+            while self.problem is None:
+                while True:
+                    try:
+                        obj = next(unpacker)
+                    except StopIteration:
+                        break
+                    except Exception as exc:
+                        self.problem = (
+                            f"corrupt data at offset {self.valid_bytes}: " + type(exc).__name__
+                        )
+                        break
+                    try:
+                        record = _parse_record(obj)
+                    except _Corrupt as exc:
+                        self.problem = f"invalid record at offset {self.valid_bytes}: {exc}"
+                        break
+                    self.valid_bytes = unpacker.tell()
+                    self.complete = isinstance(record, CloseRecord)
+                    yield record
+                if self.problem is not None:
+                    break
+                chunk = self._file.read(_READ_CHUNK)
+                if not chunk:
+                    break
+                self._size += len(chunk)
+                try:
+                    unpacker.feed(chunk)
+                except msgpack.BufferFull:
+                    self.problem = (
+                        f"record at offset {self.valid_bytes} is larger than {self._limit} bytes"
+                    )
+            if self.problem is not None:
+                here = self._file.tell()
+                self._size += self._file.seek(0, os.SEEK_END) - here
+        except OSError as exc:
+            self.problem = f"read error: {exc.strerror or exc}"
+        finally:
+            self._file.close()
+        self.trailing_bytes = max(0, self._size - self.valid_bytes)
+        self.truncated = self.trailing_bytes > 0 or self.problem is not None
+
+    def close(self) -> None:
+        """Close the file early (records() closes it when done)."""
+        self._file.close()
+
+
+@dataclass(slots=True)
+class BodyFacts:
+    """What was learnt from one multi-line body while it streamed past."""
+
+    #: BLAKE2b of the body as sent (dot-stuffed, terminator included).
+    digest: str = ""
+    #: BLAKE2b of the bytes after the header block (RETR/TOP), terminator included.
+    rest_digest: str = ""
+    #: Header lines (RETR/TOP) without line ends; empty when not a message body.
+    headers: tuple[bytes, ...] = ()
+    #: False when the header block was larger than the kept bound or never ended.
+    headers_complete: bool = True
+    #: Bytes of the header block, blank line included (0 when not a message body).
+    header_bytes: int = 0
+    #: Dot-unstuffed lines of a listing body (LIST, UIDL, CAPA...); None when too large.
+    listing: tuple[bytes, ...] | None = None
+    #: Lines that began with ``..`` (a stuffed dot each, RFC 1939 §3).
+    stuffed: int = 0
+    #: Lines that began with a single ``.`` and were not the terminator.
+    unstuffed: int = 0
+    #: Stream offset of the first such line.
+    first_unstuffed: int | None = None
+    #: CR bytes not followed by LF.
+    bare_cr: int = 0
+    #: Stream offset where the body began (just after the status line).
+    start: int = 0
+    #: Bytes the listener saw (body plus terminator).
+    seen: int = 0
+
+
+class _BodyTap:
+    """The body listener: accumulates :class:`BodyFacts` for the body being scanned."""
+
+    def __init__(self) -> None:
+        self.seq = -1
+        self.verb = ""
+        self.facts = BodyFacts()
+        self.done: dict[int, BodyFacts] = {}
+        self._hash: Any = None
+        self._rest: Any = None
+        self._tail = b"\n"
+        self._pending_cr = False
+        self._last_dot = -1
+        self._headers: bytearray | None = None
+        self._listing: bytearray | None = None
+
+    def __call__(self, seq: int, verb: str, data: bytes, start: int, stop: int, at: int) -> None:
+        if seq != self.seq:
+            self._finish()
+            self.seq, self.verb = seq, verb
+            self.facts = BodyFacts(start=at)
+            self._hash = hashlib.blake2b(digest_size=16)
+            self._rest = None
+            self._tail = b"\n"
+            self._pending_cr = False
+            self._last_dot = -1
+            self._headers = bytearray() if verb in MESSAGE_VERBS else None
+            self._listing = bytearray() if verb in LISTING_VERBS else None
+        facts = self.facts
+        view = memoryview(data)[start:stop]
+        self._hash.update(view)
+        facts.seen += stop - start
+        # Bare CR: every CR not starting a CRLF (a CR at the chunk end waits for the next).
+        crs = data.count(b"\r", start, stop)
+        if crs:
+            bare = crs - data.count(b"\r\n", start, stop)
+            if self._pending_cr and data[start] != 0x0A:
+                bare += 1
+            self._pending_cr = data[stop - 1] == 0x0D
+            if self._pending_cr:
+                bare -= 1
+            facts.bare_cr += bare
+        elif self._pending_cr:
+            facts.bare_cr += data[start] != 0x0A
+            self._pending_cr = False
+        self._dots(data, start, stop, at)
+        if self._headers is not None:
+            self._collect_headers(data, start, stop)
+        elif self._rest is not None:
+            self._rest.update(view)
+        if self._listing is not None:
+            if len(self._listing) + stop - start <= MAX_LISTING_BYTES:
+                self._listing += view
+            else:
+                self._listing = None
+                facts.listing = None
+        self._tail = (self._tail + data[max(start, stop - 2) : stop])[-2:]
+
+    def _dots(self, data: bytes, start: int, stop: int, at: int) -> None:
+        """Count lines starting with a dot (RFC 1939 §3), across chunk edges."""
+        edge = self._tail + data[start : min(stop, start + 2)]
+        carry = len(self._tail)
+        found = edge.find(b"\n.")
+        while 0 <= found < carry:
+            if found + 2 < len(edge):
+                self._classify_dot(edge[found + 2], at - carry + found + 1)
+            found = edge.find(b"\n.", found + 1)
+        pos = data.find(b"\n.", start, stop)
+        while 0 <= pos <= stop - 3:
+            self._classify_dot(data[pos + 2], at + pos + 1 - start)
+            pos = data.find(b"\n.", pos + 1, stop)
+
+    def _classify_dot(self, after: int, offset: int) -> None:
+        if offset <= self._last_dot:
+            return  # already seen through an earlier chunk edge
+        self._last_dot = offset
+        if after == 0x2E:
+            self.facts.stuffed += 1
+        elif after not in (0x0D, 0x0A):
+            self.facts.unstuffed += 1
+            if self.facts.first_unstuffed is None:
+                self.facts.first_unstuffed = offset
+
+    def _collect_headers(self, data: bytes, start: int, stop: int) -> None:
+        """Keep the header block of a message body (up to its blank line, RFC 5322 §2.1)."""
+        headers = self._headers
+        assert headers is not None
+        before = len(headers)
+        taken = min(stop, start + MAX_HEADER_BYTES - before)
+        headers += memoryview(data)[start:taken]
+        end = -1
+        if headers[:2] == b"\r\n":
+            end = 2
+        elif headers[:1] == b"\n":
+            end = 1
+        else:
+            for blank in (b"\n\r\n", b"\n\n"):
+                found = headers.find(blank, max(0, before - 2))
+                if found >= 0 and (end < 0 or found + len(blank) < end):
+                    end = found + len(blank)
+        if end < 0 and len(headers) < MAX_HEADER_BYTES:
+            return
+        self._rest = hashlib.blake2b(digest_size=16)
+        self._headers = None
+        if end < 0:
+            # No end of the header block within the bound: all of it counts as body.
+            self.facts.headers_complete = False
+            self._rest.update(headers)
+            self._rest.update(memoryview(data)[taken:stop])
+            return
+        self.facts.header_bytes = end
+        self.facts.headers = tuple(_unfold_lines(bytes(headers[:end])))
+        self._rest.update(memoryview(data)[start + end - before : stop])
+
+    def _finish(self) -> None:
+        if self.seq < 0:
+            return
+        facts = self.facts
+        if self._pending_cr:
+            facts.bare_cr += 1
+            self._pending_cr = False
+        facts.digest = self._hash.hexdigest()
+        if self._headers is not None:
+            # The body ended inside the header block (e.g. TOP n 0 of a message
+            # without a blank line, or a truncated body).
+            facts.header_bytes = len(self._headers)
+            facts.headers = tuple(_unfold_lines(bytes(self._headers)))
+            facts.headers_complete = False
+            self._rest = hashlib.blake2b(digest_size=16)
+            self._headers = None
+        if self._rest is not None:
+            facts.rest_digest = self._rest.hexdigest()
+        if self._listing is not None:
+            facts.listing = tuple(_listing_lines(bytes(self._listing)))
+        self.done[self.seq] = facts
+        self.seq = -1
+
+    def take(self, seq: int) -> BodyFacts | None:
+        """The facts of the body of command ``seq`` (None when it had none)."""
+        if seq == self.seq:
+            self._finish()
+        return self.done.pop(seq, None)
+
+
+def _unfold_lines(block: bytes) -> Iterator[bytes]:
+    """Lines of a header block without line ends or the blank line; dot-unstuffed."""
+    for line in block.split(b"\n"):
+        text = line[:-1] if line.endswith(b"\r") else line
+        if not text:
+            continue
+        yield text[1:] if text.startswith(b"..") else text
+
+
+def _listing_lines(raw: bytes) -> Iterator[bytes]:
+    """Lines of a listing body, dot-unstuffed, up to the terminator (RFC 1939 §3)."""
+    for line in raw.split(b"\n"):
+        text = line[:-1] if line.endswith(b"\r") else line
+        if text == b".":
+            return
+        yield text[1:] if text.startswith(b".") else text
+
+
+@dataclass(frozen=True, slots=True)
+class Analysed:
+    """One item of :func:`analyse`: a protocol event, a transport event or the close record.
+
+    ``body`` is set for multi-line exchanges; ``status_line_bytes`` is the length of the
+    first response line (or of the greeting), CRLF included, when known.
+    """
+
+    record: Record | None
+    event: Event | None
+    body: BodyFacts | None = None
+    status_line_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def analyse(stream: CaptureStream) -> Iterator[Analysed]:
+    """Yield the events of a capture in order, each multi-line exchange with its body facts.
+
+    Transport event records and the close record come as items with ``event=None``.
+    """
+    tap = _BodyTap()
+    observer = SessionObserver(body_listener=tap)
+    for record, events in derive_events(stream.records(), observer):
+        if isinstance(record, EventRecord | CloseRecord):
+            yield Analysed(record=record, event=None)
+        for event in events:
+            if isinstance(event, Exchange):
+                body = tap.take(event.seq) if event.multiline else None
+                if body is not None:
+                    line_bytes = body.start - event.response_start
+                elif event.multiline:
+                    body = BodyFacts(start=event.response_end)
+                    line_bytes = None
+                else:
+                    line_bytes = event.response_end - event.response_start
+                if event.sasl or event.status is None:
+                    line_bytes = None
+                yield Analysed(record=None, event=event, body=body, status_line_bytes=line_bytes)
+            else:
+                end = getattr(event, "end", None)
+                begin = getattr(event, "start", None)
+                size = end - begin if isinstance(end, int) and isinstance(begin, int) else None
+                yield Analysed(record=None, event=event, status_line_bytes=size)

@@ -1,0 +1,119 @@
+"""``pop3tap lint``: RFC conformance findings for captures (docs/lint.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, Subparsers
+
+
+def add_subcommand(sub: Subparsers) -> None:
+    parser = sub.add_parser(
+        "lint",
+        help="check captures against RFC 1939/2449/2595/5034/3206",
+        description="Report who broke which POP3 rule where: each finding has a severity, "
+        "the exchange, the side at fault and the RFC section. Exit code 0 when no finding "
+        "reaches --fail-on, 1 when one does, 2 for unreadable input.",
+    )
+    parser.add_argument(
+        "captures", nargs="*", metavar="CAPTURE", help="capture files or directories"
+    )
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default text)"
+    )
+    parser.add_argument(
+        "--fail-on",
+        choices=("error", "warning", "info"),
+        default="error",
+        help="lowest severity that makes the exit code 1 (default error)",
+    )
+    parser.add_argument("--rules", action="store_true", help="list the rules and exit")
+    parser.set_defaults(handler=_cmd_lint)
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    from pop3tap.analysis import CaptureStream
+    from pop3tap.capture import CaptureError, iter_capture_paths
+    from pop3tap.lint import (
+        JSON_VERSION,
+        RULES,
+        SEVERITIES,
+        CaptureReport,
+        MailboxMemory,
+        lint_capture,
+    )
+
+    if args.rules:
+        for rule in RULES.values():
+            print(
+                f"{rule.id:31} {rule.severity:8} {rule.side:8} {rule.rfc or '-':26} {rule.summary}"
+            )
+        return EXIT_OK
+    if not args.captures:
+        raise CliError("pop3tap lint: give at least one CAPTURE or directory (or --rules)")
+    try:
+        paths = iter_capture_paths(args.captures)
+    except CaptureError as exc:
+        raise CliError(str(exc)) from None
+    if not paths:
+        raise CliError(f"no capture files in {' '.join(args.captures)}")
+    memory = MailboxMemory()
+    threshold = SEVERITIES.index(args.fail_on)
+    totals: dict[str, int] = dict.fromkeys(SEVERITIES, 0)
+    unreadable = False
+    json_out = args.format == "json"
+    if json_out:
+        sys.stdout.write(f'{{"format": "pop3tap-lint", "version": {JSON_VERSION}, "captures": [')
+    for index, path in enumerate(paths):
+        try:
+            report = lint_capture(CaptureStream(path), memory)
+        except CaptureError as exc:
+            unreadable = True
+            report = CaptureReport(path=str(path), session="", client="", upstream="")
+            report.error = str(exc)
+            if not json_out:
+                print(f"pop3tap: {exc}", file=sys.stderr)
+                continue
+        for severity, count in report.counts().items():
+            totals[severity] += count
+        if json_out:
+            sys.stdout.write(("," if index else "") + "\n  " + json.dumps(report.as_json()))
+        else:
+            _print_text(report)
+    failed = any(totals[s] for s in SEVERITIES[: threshold + 1])
+    if json_out:
+        summary = {"counts": totals, "fail_on": args.fail_on, "failed": failed}
+        sys.stdout.write("\n], " + json.dumps(summary)[1:] + "\n")
+    else:
+        print(
+            f"{len(paths)} capture(s): {totals['error']} error(s), "
+            f"{totals['warning']} warning(s), {totals['info']} info"
+        )
+    if unreadable:
+        return EXIT_USAGE
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_text(report: object) -> None:
+    from pop3tap.lint import RULES, CaptureReport
+
+    assert isinstance(report, CaptureReport)
+    head = f"{report.path}  session {report.session}  {report.client} -> {report.upstream}"
+    if not report.findings:
+        print(f"{head}: clean")
+        return
+    print(head)
+    for finding in report.findings:
+        rule = RULES[finding.rule]
+        where = f"#{finding.seq}" if finding.seq is not None else "session"
+        print(
+            f"  {rule.severity:7} {finding.blamed:7} {where:>6}  {finding.rule} "
+            f"({rule.rfc or 'capture'}): {finding.message}"
+        )
+        for quoted in (finding.tx, finding.rx):
+            if quoted:
+                print(f"      {quoted}")
+    for rule_id, extra in sorted(report.suppressed.items()):
+        print(f"  ... {extra} more {rule_id} finding(s) not shown")
