@@ -8,11 +8,11 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from handmade import MSG1, MSG2, Step, clean_session, message, retr_response, write_capture
 
 from pop3tap.analysis import CaptureStream
 from pop3tap.cli import main
 from pop3tap.lint import RULES, MailboxMemory, lint_capture
-from tests.scripted import MSG1, MSG2, Step, clean_session, message, retr_response, write_capture
 
 # Step indexes in clean_session(); exchange seqs are CAPA=1 USER=2 PASS=3 STAT=4 LIST=5
 # UIDL=6 RETR 1=7 DELE 1=8 QUIT=9.
