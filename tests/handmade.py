@@ -1,7 +1,8 @@
 """Hand-made captures: a scripted POP3 conversation written with the project's CaptureWriter.
 
 A script is a list of ``("c", bytes)`` (client) and ``("s", bytes)`` (server) steps, plus
-optional ``("event", name, fields)`` transport events. Each step becomes one data record,
+optional ``("event", name, fields)`` transport events. Steps are 1 ms apart unless a data
+step gives its own delay as a third item. Each step becomes one data record,
 so a test decides exactly how the bytes were chunked on the wire.
 """
 
@@ -59,7 +60,7 @@ def write_capture(
     )
     t = 0.0
     for step in steps:
-        t += 0.001
+        t += 0.001 if step[0] == "event" or len(step) < 3 else step[2]
         if step[0] == "c":
             writer.write_data("c2s", t, step[1])
         elif step[0] == "s":

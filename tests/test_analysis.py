@@ -1,0 +1,95 @@
+"""The streaming body facts do not depend on how the server's bytes were chunked."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from handmade import write_capture
+
+from pop3tap.analysis import BodyFacts, CaptureStream, _BodyTap, analyse
+from pop3tap.protocol import Exchange, SessionObserver
+
+line_text = st.text(alphabet=".a\r :", max_size=12).map(str.encode)
+
+
+def reference(body: bytes) -> tuple[int, int, int]:
+    """(stuffed, unstuffed, bare CR) computed on the whole body, the obvious way."""
+    stuffed = unstuffed = 0
+    lines = body.split(b"\n")
+    for line in lines[:-1]:
+        if line.startswith(b".."):
+            stuffed += 1
+        elif line.startswith(b".") and line[1:2] not in (b"\r", b""):
+            unstuffed += 1
+    bare_cr = sum(1 for i, b in enumerate(body) if b == 0x0D and body[i + 1 : i + 2] != b"\n")
+    return stuffed, unstuffed, bare_cr
+
+
+def facts_for(verb: str, response: bytes, cuts: list[int]) -> tuple[Exchange, BodyFacts]:
+    tap = _BodyTap()
+    observer = SessionObserver(body_listener=tap)
+    observer.feed_server(b"+OK hi\r\n", 0.0)
+    observer.feed_client(verb.encode() + b"\r\n", 0.0)
+    events = []
+    bounds = [0, *sorted(set(cuts)), len(response)]
+    for start, end in itertools.pairwise(bounds):
+        events += observer.feed_server(response[start:end], 0.0)
+    (exchange,) = [e for e in events if isinstance(e, Exchange)]
+    body = tap.take(exchange.seq)
+    assert body is not None
+    return exchange, body
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(line_text.filter(lambda b: b != b"."), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_body_facts_do_not_depend_on_chunking(lines: list[bytes], cuts: list[int]) -> None:
+    body = b"".join(line + b"\r\n" for line in lines)
+    response = b"+OK\r\n" + body + b".\r\n"
+    exchange, whole = facts_for("RETR 1", response, [])
+    _, chunked = facts_for("RETR 1", response, [c % (len(response) + 1) for c in cuts])
+    assert chunked == whole
+    assert (whole.stuffed, whole.unstuffed, whole.bare_cr) == reference(body)
+    assert whole.digest == hashlib.blake2b(body + b".\r\n", digest_size=16).hexdigest()
+    assert exchange.body_bytes == len(body)
+    assert whole.start == len(b"+OK hi\r\n+OK\r\n")
+
+
+@settings(max_examples=100)
+@given(
+    headers=st.lists(st.text(alphabet="abc: ", min_size=1, max_size=10), max_size=6),
+    rest=st.lists(line_text.filter(lambda b: not b.startswith(b".")), max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=6),
+)
+def test_message_headers_and_rest_are_split_at_the_blank_line(
+    headers: list[str], rest: list[bytes], cuts: list[int]
+) -> None:
+    head = "".join(h.strip() + "\r\n" for h in headers if h.strip()).encode()
+    body = head + b"\r\n" + b"".join(line + b"\r\n" for line in rest)
+    response = b"+OK\r\n" + body + b".\r\n"
+    _, facts = facts_for("RETR 1", response, [c % (len(response) + 1) for c in cuts])
+    assert facts.headers == tuple(head.split(b"\r\n")[:-1])
+    assert facts.header_bytes == len(head) + 2
+    tail = body[len(head) + 2 :] + b".\r\n"
+    assert facts.rest_digest == hashlib.blake2b(tail, digest_size=16).hexdigest()
+
+
+def test_listing_lines_are_kept_unstuffed() -> None:
+    _, facts = facts_for("UIDL", b"+OK\r\n1 abc\r\n2 ..x\r\n.\r\n", [7, 8])
+    assert facts.listing == (b"1 abc", b"2 ..x")
+
+
+def test_capture_stream_reports_a_torn_tail(tmp_path: Path) -> None:
+    path = write_capture(tmp_path, [("s", b"+OK hi\r\n"), ("c", b"QUIT\r\n")], close=False)
+    with open(path, "ab") as f:
+        f.write(b"\x84\xa4ty")
+    stream = CaptureStream(path)
+    items = list(analyse(stream))
+    assert stream.truncated and not stream.complete and stream.trailing_bytes == 4
+    assert any(isinstance(i.event, Exchange) and i.event.verb == "QUIT" for i in items)
