@@ -33,7 +33,8 @@ from pop3tap.capture import (
     _parse_record,
     derive_events,
 )
-from pop3tap.protocol import Event, Exchange, SessionObserver
+from pop3tap.protocol import Event, Exchange, Flag, SessionObserver
+from pop3tap.protocol._bodyscan import body_stats
 
 __all__ = [
     "LISTING_VERBS",
@@ -53,6 +54,12 @@ MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
 #: Most bytes of a message header block kept; beyond it the headers count as body.
 MAX_HEADER_BYTES: Final = 64 * 1024
 _READ_CHUNK: Final = 256 * 1024
+#: SHA-256 (CPUs hash it in hardware, faster than BLAKE2 here), shown as 128 bits.
+_new_hash: Final = hashlib.sha256
+
+
+def _hex(hasher: Any) -> str:
+    return str(hasher.hexdigest()[:32])
 
 
 class CaptureStream:
@@ -183,9 +190,11 @@ class CaptureStream:
 class BodyFacts:
     """What was learnt from one multi-line body while it streamed past."""
 
-    #: BLAKE2b of the body as sent (dot-stuffed, terminator included).
+    #: SHA-256 (128 bits shown) of the body as sent (dot-stuffed, terminator included);
+    #: for RETR/TOP, of the digests of the header block and of the rest (each byte is
+    #: hashed once).
     digest: str = ""
-    #: BLAKE2b of the bytes after the header block (RETR/TOP), terminator included.
+    #: SHA-256 (128 bits shown) of the bytes after the header block (RETR/TOP), terminator included.
     rest_digest: str = ""
     #: Header lines (RETR/TOP) without line ends; empty when not a message body.
     headers: tuple[bytes, ...] = ()
@@ -201,8 +210,10 @@ class BodyFacts:
     unstuffed: int = 0
     #: Stream offset of the first such line.
     first_unstuffed: int | None = None
-    #: CR bytes not followed by LF.
-    bare_cr: int = 0
+    #: CR bytes not followed by LF (None when bare LFs make the count unknown).
+    bare_cr: int | None = 0
+    #: CR bytes in the body and terminator.
+    crs: int = 0
     #: Stream offset where the body began (just after the status line).
     start: int = 0
     #: Bytes the listener saw (body plus terminator).
@@ -218,9 +229,9 @@ class _BodyTap:
         self.facts = BodyFacts()
         self.done: dict[int, BodyFacts] = {}
         self._hash: Any = None
+        self._head_digest = ""
         self._rest: Any = None
         self._tail = b"\n"
-        self._pending_cr = False
         self._last_dot = -1
         self._headers: bytearray | None = None
         self._listing: bytearray | None = None
@@ -230,31 +241,23 @@ class _BodyTap:
             self._finish()
             self.seq, self.verb = seq, verb
             self.facts = BodyFacts(start=at)
-            self._hash = hashlib.blake2b(digest_size=16)
+            # A message is hashed once, in two parts (header block, rest); see _finish.
+            self._hash = None if verb in MESSAGE_VERBS else _new_hash()
+            self._head_digest = ""
             self._rest = None
             self._tail = b"\n"
-            self._pending_cr = False
             self._last_dot = -1
             self._headers = bytearray() if verb in MESSAGE_VERBS else None
             self._listing = bytearray() if verb in LISTING_VERBS else None
         facts = self.facts
         view = memoryview(data)[start:stop]
-        self._hash.update(view)
+        if self._hash is not None:
+            self._hash.update(view)
         facts.seen += stop - start
         # Bare CR: every CR not starting a CRLF (a CR at the chunk end waits for the next).
-        crs = data.count(b"\r", start, stop)
-        if crs:
-            bare = crs - data.count(b"\r\n", start, stop)
-            if self._pending_cr and data[start] != 0x0A:
-                bare += 1
-            self._pending_cr = data[stop - 1] == 0x0D
-            if self._pending_cr:
-                bare -= 1
-            facts.bare_cr += bare
-        elif self._pending_cr:
-            facts.bare_cr += data[start] != 0x0A
-            self._pending_cr = False
-        self._dots(data, start, stop, at)
+        # CRs are counted here (with the dot lines, in one pass); LFs by the observer:
+        # without bare LFs every LF ends a CRLF, so the CRs beyond the LF count are bare.
+        self._scan(data, start, stop, at)
         if self._headers is not None:
             self._collect_headers(data, start, stop)
         elif self._rest is not None:
@@ -267,8 +270,13 @@ class _BodyTap:
                 facts.listing = None
         self._tail = (self._tail + data[max(start, stop - 2) : stop])[-2:]
 
-    def _dots(self, data: bytes, start: int, stop: int, at: int) -> None:
-        """Count lines starting with a dot (RFC 1939 §3), across chunk edges."""
+    def _scan(self, data: bytes, start: int, stop: int, at: int) -> None:
+        """Count CRs and lines starting with a dot (RFC 1939 §3), across chunk edges.
+
+        Inside the chunk this is one call of :func:`body_stats` (one C pass, or a few
+        ``bytes.count`` passes); the dot lines whose LF ends the previous chunk are
+        classified here from the kept tail.
+        """
         edge = self._tail + data[start : min(stop, start + 2)]
         carry = len(self._tail)
         found = edge.find(b"\n.")
@@ -276,10 +284,15 @@ class _BodyTap:
             if found + 2 < len(edge):
                 self._classify_dot(edge[found + 2], at - carry + found + 1)
             found = edge.find(b"\n.", found + 1)
-        pos = data.find(b"\n.", start, stop)
-        while 0 <= pos <= stop - 3:
-            self._classify_dot(data[pos + 2], at + pos + 1 - start)
-            pos = data.find(b"\n.", pos + 1, stop)
+        # "\n." starting at start..stop-3 (its third byte is in the chunk); edges above.
+        crs, _dots, stuffed, odd, first_odd = body_stats(data, start, stop)
+        facts = self.facts
+        facts.crs += crs
+        facts.stuffed += stuffed
+        if odd:
+            facts.unstuffed += odd
+            if facts.first_unstuffed is None:
+                facts.first_unstuffed = at + first_odd + 1 - start
 
     def _classify_dot(self, after: int, offset: int) -> None:
         if offset <= self._last_dot:
@@ -311,7 +324,7 @@ class _BodyTap:
                     end = found + len(blank)
         if end < 0 and len(headers) < MAX_HEADER_BYTES:
             return
-        self._rest = hashlib.blake2b(digest_size=16)
+        self._rest = _new_hash()
         self._headers = None
         if end < 0:
             # No end of the header block within the bound: all of it counts as body.
@@ -320,37 +333,58 @@ class _BodyTap:
             self._rest.update(memoryview(data)[taken:stop])
             return
         self.facts.header_bytes = end
-        self.facts.headers = tuple(_unfold_lines(bytes(headers[:end])))
+        block = bytes(headers[:end])
+        self._head_digest = _hex(_new_hash(block))
+        self.facts.headers = tuple(_unfold_lines(block))
         self._rest.update(memoryview(data)[start + end - before : stop])
 
     def _finish(self) -> None:
         if self.seq < 0:
             return
         facts = self.facts
-        if self._pending_cr:
-            facts.bare_cr += 1
-            self._pending_cr = False
-        facts.digest = self._hash.hexdigest()
         if self._headers is not None:
             # The body ended inside the header block (e.g. TOP n 0 of a message
             # without a blank line, or a truncated body).
-            facts.header_bytes = len(self._headers)
-            facts.headers = tuple(_unfold_lines(bytes(self._headers)))
+            block = bytes(self._headers)
+            facts.header_bytes = len(block)
+            facts.headers = tuple(_unfold_lines(block))
             facts.headers_complete = False
-            self._rest = hashlib.blake2b(digest_size=16)
+            self._head_digest = _hex(_new_hash(block))
+            self._rest = _new_hash()
             self._headers = None
-        if self._rest is not None:
-            facts.rest_digest = self._rest.hexdigest()
+        if self._hash is not None:
+            facts.digest = _hex(self._hash)
+        else:
+            facts.rest_digest = _hex(self._rest)
+            both = f"{self._head_digest}:{facts.rest_digest}".encode()
+            facts.digest = _hex(_new_hash(both))
         if self._listing is not None:
             facts.listing = tuple(_listing_lines(bytes(self._listing)))
         self.done[self.seq] = facts
         self.seq = -1
 
-    def take(self, seq: int) -> BodyFacts | None:
-        """The facts of the body of command ``seq`` (None when it had none)."""
-        if seq == self.seq:
+    def take(self, exchange: Exchange) -> BodyFacts | None:
+        """The facts of the body of a completed exchange (None when it had none)."""
+        if exchange.seq == self.seq:
             self._finish()
-        return self.done.pop(seq, None)
+        facts = self.done.pop(exchange.seq, None)
+        if facts is not None:
+            if Flag.BARE_LF in exchange.flags:
+                facts.bare_cr = None
+            else:
+                # The observer counted the body's lines; the terminator adds one LF.
+                lfs = exchange.body_lines + (0 if Flag.TRUNCATED in exchange.flags else 1)
+                facts.bare_cr = max(0, facts.crs - lfs)
+        return facts
+
+
+def body_digests(verb: str, body: bytes) -> tuple[str, str]:
+    """``(digest, rest_digest)`` of a whole body (terminator included), as streamed."""
+    tap = _BodyTap()
+    tap(0, verb, body, 0, len(body), 0)
+    tap._finish()
+    facts = tap.done[0]
+    return facts.digest, facts.rest_digest
 
 
 def _unfold_lines(block: bytes) -> Iterator[bytes]:
@@ -398,7 +432,7 @@ def analyse(stream: CaptureStream) -> Iterator[Analysed]:
             yield Analysed(record=record, event=None)
         for event in events:
             if isinstance(event, Exchange):
-                body = tap.take(event.seq) if event.multiline else None
+                body = tap.take(event) if event.multiline else None
                 if body is not None:
                     line_bytes = body.start - event.response_start
                 elif event.multiline:

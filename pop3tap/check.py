@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pop3tap import __version__
-from pop3tap.analysis import _BodyTap
+from pop3tap.analysis import _BodyTap, body_digests
 from pop3tap.capture import CaptureWriter, read_capture
 from pop3tap.protocol import SECRET_PLACEHOLDER, Event, Exchange, Flag, Greeting, SessionObserver
 from pop3tap.replay import RecordedExchange, RecordedSession, ReplayError, session_from_capture
@@ -217,7 +217,7 @@ class _Connection:
                 self.greeting = event
             elif isinstance(event, Exchange):
                 self.exchanges.append(event)
-                body = self.tap.take(event.seq) if event.multiline else None
+                body = self.tap.take(event) if event.multiline else None
                 if body is not None:
                     self.digests[event.seq] = body.digest
 
@@ -469,8 +469,7 @@ def _wait_challenge(conn: _Connection, step: str, expected: int) -> bytes | None
 def _recorded_digest(ex: RecordedExchange) -> str:
     """Digest of a recorded multi-line body, as the body tap computes it for the live one."""
     response = ex.response
-    body = response[response.find(b"\n") + 1 :]
-    return hashlib.blake2b(body, digest_size=16).hexdigest()
+    return body_digests(ex.verb, response[response.find(b"\n") + 1 :])[0]
 
 
 def _first_divergence(conn: _Connection, recorded: Mapping[int, RecordedExchange]) -> str | None:

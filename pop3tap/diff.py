@@ -217,7 +217,7 @@ def _describe(diff: dict[str, Any]) -> list[str]:
             parts.append(f"{diff['bytes'][0]} vs {diff['bytes'][1]} bytes")
         if diff.get("rest_hash"):
             parts.append(
-                f"rest of body blake2b {diff['rest_hash'][0][:12]} vs {diff['rest_hash'][1][:12]}"
+                f"rest of body sha256 {diff['rest_hash'][0][:12]} vs {diff['rest_hash'][1][:12]}"
             )
         lines = [f"{head} differs: " + (", ".join(parts) or "content")]
         lines.extend(f"      {line}" for line in diff.get("unified", []))

@@ -87,6 +87,41 @@ def corpus() -> list[bytes]:
     return standard_corpus()
 
 
+@pytest.fixture(autouse=True)
+def dovecot_captures_lint_clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every capture a test recorded from the test Dovecot lints clean at error level.
+
+    A test whose captures are expected to carry error findings names the rules with
+    ``@pytest.mark.lint_findings("rule-id", ...)``.
+    """
+    yield
+    tmp_path = request.node.funcargs.get("tmp_path") if hasattr(request.node, "funcargs") else None
+    if "dovecot" not in request.fixturenames or not isinstance(tmp_path, Path):
+        return
+    from pop3tap.analysis import CaptureStream
+    from pop3tap.capture import CaptureError
+    from pop3tap.lint import lint_capture
+
+    server: Dovecot = request.getfixturevalue("dovecot")
+    upstreams = {f"{server.host}:{server.pop3_port}", f"{server.host}:{server.pop3s_port}"}
+    marker = request.node.get_closest_marker("lint_findings")
+    allowed = set(marker.args) if marker is not None else set()
+    problems = []
+    for path in sorted(tmp_path.rglob("*.p3cap")):
+        try:
+            stream = CaptureStream(path)
+        except CaptureError:
+            continue
+        if stream.header.upstream not in upstreams:
+            stream.close()
+            continue
+        for finding in lint_capture(stream).findings:
+            if finding.severity == "error" and finding.rule not in allowed:
+                problems.append(f"{path.name} #{finding.seq}: {finding.rule}: {finding.message}")
+    if problems:
+        pytest.fail("Dovecot captures with lint errors: " + "; ".join(problems), pytrace=False)
+
+
 @pytest.fixture
 def mailbox(dovecot: Dovecot, corpus: list[bytes]) -> Mailbox:
     """A fresh Dovecot user whose INBOX holds the standard corpus as messages 1..4."""

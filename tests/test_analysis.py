@@ -6,27 +6,34 @@ import hashlib
 import itertools
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from handmade import write_capture
 
-from pop3tap.analysis import BodyFacts, CaptureStream, _BodyTap, analyse
+from pop3tap import analysis
+from pop3tap.analysis import BodyFacts, CaptureStream, _BodyTap, analyse, body_digests
 from pop3tap.protocol import Exchange, SessionObserver
+from pop3tap.protocol._bodyscan import BodyStats, body_stats, body_stats_python
 
 line_text = st.text(alphabet=".a\r :", max_size=12).map(str.encode)
 
 
-def reference(body: bytes) -> tuple[int, int, int]:
-    """(stuffed, unstuffed, bare CR) computed on the whole body, the obvious way."""
+def reference(body: bytes) -> tuple[int, int, int, int | None]:
+    """(stuffed, unstuffed, bare CR, first unstuffed offset) of a whole body, the obvious way."""
     stuffed = unstuffed = 0
+    first = None
+    offset = 0
     lines = body.split(b"\n")
     for line in lines[:-1]:
         if line.startswith(b".."):
             stuffed += 1
         elif line.startswith(b".") and line[1:2] not in (b"\r", b""):
             unstuffed += 1
+            first = offset if first is None else first
+        offset += len(line) + 1
     bare_cr = sum(1 for i, b in enumerate(body) if b == 0x0D and body[i + 1 : i + 2] != b"\n")
-    return stuffed, unstuffed, bare_cr
+    return stuffed, unstuffed, bare_cr, first
 
 
 def facts_for(verb: str, response: bytes, cuts: list[int]) -> tuple[Exchange, BodyFacts]:
@@ -39,26 +46,56 @@ def facts_for(verb: str, response: bytes, cuts: list[int]) -> tuple[Exchange, Bo
     for start, end in itertools.pairwise(bounds):
         events += observer.feed_server(response[start:end], 0.0)
     (exchange,) = [e for e in events if isinstance(e, Exchange)]
-    body = tap.take(exchange.seq)
+    body = tap.take(exchange)
     assert body is not None
     return exchange, body
 
 
+STATS = [body_stats_python]
+if body_stats is not body_stats_python:
+    STATS.append(body_stats)
+
+
+@pytest.mark.parametrize("stats", STATS, ids=lambda f: "c" if f is not body_stats_python else "py")
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lines=st.lists(line_text.filter(lambda b: b != b"."), max_size=12),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
 )
-def test_body_facts_do_not_depend_on_chunking(lines: list[bytes], cuts: list[int]) -> None:
+def test_body_facts_do_not_depend_on_chunking(
+    stats: BodyStats, lines: list[bytes], cuts: list[int]
+) -> None:
+    analysis.body_stats = stats
+    try:
+        check_chunking(lines, cuts)
+    finally:
+        analysis.body_stats = body_stats
+
+
+def check_chunking(lines: list[bytes], cuts: list[int]) -> None:
     body = b"".join(line + b"\r\n" for line in lines)
     response = b"+OK\r\n" + body + b".\r\n"
     exchange, whole = facts_for("RETR 1", response, [])
     _, chunked = facts_for("RETR 1", response, [c % (len(response) + 1) for c in cuts])
     assert chunked == whole
-    assert (whole.stuffed, whole.unstuffed, whole.bare_cr) == reference(body)
-    assert whole.digest == hashlib.blake2b(body + b".\r\n", digest_size=16).hexdigest()
+    first = None if whole.first_unstuffed is None else whole.first_unstuffed - whole.start
+    assert (whole.stuffed, whole.unstuffed, whole.bare_cr, first) == reference(body)
+    assert (whole.digest, whole.rest_digest) == body_digests("RETR", body + b".\r\n")
+    _, listing = facts_for("UIDL", response, [c % (len(response) + 1) for c in cuts])
+    assert listing.digest == hashlib.sha256(body + b".\r\n").hexdigest()[:32]
     assert exchange.body_bytes == len(body)
     assert whole.start == len(b"+OK hi\r\n+OK\r\n")
+
+
+@given(
+    data=st.binary(max_size=64).map(lambda b: b.replace(b"x", b"\n.")),
+    pos=st.integers(min_value=0, max_value=80),
+    limit=st.integers(min_value=0, max_value=80),
+)
+def test_c_body_stats_agree_with_python(data: bytes, pos: int, limit: int) -> None:
+    limit = min(limit, len(data))
+    pos = min(pos, limit)
+    assert body_stats(data, pos, limit) == body_stats_python(data, pos, limit)
 
 
 @settings(max_examples=100)
@@ -77,7 +114,7 @@ def test_message_headers_and_rest_are_split_at_the_blank_line(
     assert facts.headers == tuple(head.split(b"\r\n")[:-1])
     assert facts.header_bytes == len(head) + 2
     tail = body[len(head) + 2 :] + b".\r\n"
-    assert facts.rest_digest == hashlib.blake2b(tail, digest_size=16).hexdigest()
+    assert facts.rest_digest == hashlib.sha256(tail).hexdigest()[:32]
 
 
 def test_listing_lines_are_kept_unstuffed() -> None:

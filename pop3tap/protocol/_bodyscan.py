@@ -70,3 +70,44 @@ def _load() -> tuple[ChunkScanner, str]:
 
 
 scan_chunk, SCANNER = _load()
+
+#: ``stats(data, pos, limit) -> (crs, dot_lines, stuffed, odd, first_odd)``.
+BodyStats = Callable[[bytes, int, int], tuple[int, int, int, int, int]]
+
+
+def body_stats_python(data: bytes, pos: int, limit: int) -> tuple[int, int, int, int, int]:
+    """CRs and dot lines in ``data[pos:limit]`` (for ``lint``/``diff``; RFC 1939 §3).
+
+    A dot line is an LF at ``p`` followed by ``.``, counted when ``p + 2 < limit`` (the byte
+    after the dot is in the chunk). It is stuffed (``..``), a terminator candidate (``.``
+    then CR or LF) or odd: a line the server did not dot-stuff. ``first_odd`` is the offset
+    of the LF before the first odd line, or -1. ``bytes.count`` passes; the C twin is one.
+    """
+    crs = data.count(b"\r", pos, limit)
+    dots = data.count(b"\n.", pos, limit - 1) if limit - pos >= 3 else 0
+    if not dots:
+        return crs, 0, 0, 0, -1
+    stuffed = data.count(b"\n..", pos, limit)
+    if dots == stuffed:
+        return crs, dots, stuffed, 0, -1
+    ends = data.count(b"\n.\r", pos, limit) + data.count(b"\n.\n", pos, limit)
+    odd = dots - stuffed - ends
+    first = -1
+    if odd:
+        first = data.find(b"\n.", pos, limit - 1)
+        while first >= 0 and data[first + 2] in (0x2E, 0x0D, 0x0A):
+            first = data.find(b"\n.", first + 1, limit - 1)
+    return crs, dots, stuffed, odd, first
+
+
+def _load_stats() -> BodyStats:
+    if SCANNER == "python":
+        return body_stats_python
+    try:
+        from pop3tap.protocol._bodyscan_c import body_stats as c_stats
+    except ImportError:  # an older build of the extension
+        return body_stats_python
+    return c_stats
+
+
+body_stats = _load_stats()
