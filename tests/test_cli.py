@@ -156,6 +156,7 @@ def test_sigterm_lets_open_sessions_finish_within_grace(
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_record_command_end_to_end_with_json_log(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:

@@ -160,6 +160,7 @@ def test_server_closing_mid_body_closes_client_at_same_point(tmp_path: Path) -> 
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_client_closing_mid_retr_closes_upstream_and_sends_nothing(
     dovecot: Dovecot, tmp_path: Path
 ) -> None:

@@ -321,3 +321,17 @@ def test_cli_rules_lists_every_rule(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for rule in RULES:
         assert rule in out
+
+
+def test_cli_json_reports_an_unreadable_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.p3cap"
+    bad.write_bytes(b"not msgpack at all\n")
+    good = write_capture(tmp_path, clean_session())
+    assert main(["lint", "--format", "json", str(bad), str(good)]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    first, second = doc["captures"]
+    assert first["error"] == f"{bad}: not a pop3tap capture (no capture header)"
+    assert first["complete"] is False and first["findings"] == []
+    assert second["findings"] == [] and "error" not in second

@@ -170,6 +170,7 @@ def test_poplib_stls_and_pop3_ssl(dovecot: Dovecot, mailbox: Mailbox, tmp_path: 
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # s_client sends them at once
 def test_openssl_s_client_starttls(dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path) -> None:
     init_ca(tmp_path / "ca")
     commands = f"USER {mailbox.user}\nPASS {mailbox.password}\nSTAT\nQUIT\n"
@@ -268,6 +269,7 @@ def test_client_distrusting_the_ca_is_logged(dovecot: Dovecot, tmp_path: Path) -
     ],
     ids=["one-write", "split-verb", "split-crlf"],
 )
+@pytest.mark.lint_findings("stls-pipelined")  # the injection this test sends on purpose
 def test_plaintext_pipelined_after_stls_is_not_forwarded(
     dovecot: Dovecot, tmp_path: Path, writes: list[bytes]
 ) -> None:
@@ -299,6 +301,7 @@ def test_plaintext_pipelined_after_stls_is_not_forwarded(
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_stls_refused_releases_held_commands(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:
@@ -401,6 +404,7 @@ async def test_hostname_mismatch_is_described() -> None:
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_client_half_close_over_pop3s_upstream_keeps_every_answer(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:

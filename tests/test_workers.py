@@ -123,6 +123,7 @@ def test_a_dead_worker_stops_the_others_and_fails_the_run(
 
 @pytest.mark.realpeer
 @pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_ctrl_c_lets_open_sessions_finish_and_refuses_new_clients(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path, workers: str
 ) -> None:

@@ -73,6 +73,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
             unreadable = True
             report = CaptureReport(path=str(path), session="", client="", upstream="")
             report.error = str(exc)
+            report.complete = False
             if not json_out:
                 print(f"pop3tap: {exc}", file=sys.stderr)
                 continue
