@@ -7,6 +7,7 @@ import os
 import poplib
 import shutil
 import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from clients import RunningRelay, raw_session, running_relay
 from dovecot import Dovecot, Mailbox
 
 from pop3tap.analysis import CaptureStream
-from pop3tap.capture import iter_capture_paths, read_capture
+from pop3tap.capture import EventRecord, iter_capture_paths, read_capture
+from pop3tap.certs import CA_CERT_FILE, init_ca
 from pop3tap.cli import main
 from pop3tap.diff import DiffOptions, diff_paths
 from pop3tap.lint import lint_capture
@@ -439,3 +441,45 @@ def test_check_over_pop3s_as_recorded(
     assert check(*args, "--upstream-ca", str(dovecot.ca_pem_path)) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "no differences"
 
+
+def test_check_over_stls_as_recorded(
+    dovecot: Dovecot, small_box: Mailbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init_ca(tmp_path / "ca")
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca" / CA_CERT_FILE))
+    tls = TlsConfig(ca_dir=tmp_path / "ca", upstream_ca=dovecot.ca_pem_path)
+    with running_relay(dovecot.host, dovecot.pop3_port, tmp_path / "caps", tls=tls) as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=30)
+        try:
+            client.stls(trust)
+            client.capa()
+            client.user(small_box.user)
+            client.pass_(small_box.password)
+            client.stat()
+            client.retr(1)
+            client.quit()
+        finally:
+            client.close()
+        (path,) = wait_complete(relay, 1)
+    assert lint_capture(CaptureStream(path)).findings == []
+    out_dir = tmp_path / "checked"
+    out_dir.mkdir()
+    args = [
+        str(path),
+        "--against",
+        f"{dovecot.host}:{dovecot.pop3_port}",
+        "--password",
+        f"{small_box.user}={small_box.password}",
+        "--capture-dir",
+        str(out_dir),
+        "--upstream-ca",
+        str(dovecot.ca_pem_path),
+    ]
+    capsys.readouterr()
+    assert check(*args) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.splitlines()[-1] == "no differences"
+    (new,) = iter_capture_paths([out_dir])
+    capture = read_capture(new)
+    verbs = [e.verb for e in capture.exchanges()]
+    assert verbs == ["CAPA", "STLS", "CAPA", "USER", "PASS", "STAT", "RETR", "QUIT"]
+    assert any(isinstance(r, EventRecord) and r.name == "tls" for r in capture.records)

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from handmade import MSG1, MSG2, Step, clean_session, message, retr_response, write_capture
 
 from pop3tap.analysis import CaptureStream
 from pop3tap.cli import main
+from pop3tap.diff import DiffOptions, diff_paths
 from pop3tap.lint import RULES, MailboxMemory, lint_capture
 
 # Step indexes in clean_session(); exchange seqs are CAPA=1 USER=2 PASS=3 STAT=4 LIST=5
@@ -335,3 +338,55 @@ def test_cli_json_reports_an_unreadable_file(
     assert first["error"] == f"{bad}: not a pop3tap capture (no capture header)"
     assert first["complete"] is False and first["findings"] == []
     assert second["findings"] == [] and "error" not in second
+
+
+pop3ish = st.lists(
+    st.tuples(
+        st.sampled_from(["c", "s"]),
+        st.lists(
+            st.sampled_from(
+                [
+                    b"+OK",
+                    b"-ERR",
+                    b"[SYS/TEMP]",
+                    b"[",
+                    b"LIST",
+                    b"UIDL",
+                    b"RETR 1",
+                    b"DELE 1",
+                    b"CAPA",
+                    b"STLS",
+                    b"AUTH PLAIN",
+                    b"USER a",
+                    b"PASS x",
+                    b"QUIT",
+                    b".",
+                    b"..",
+                    b"1 2",
+                    b"\r\n",
+                    b"\n",
+                    b"\r",
+                    b" ",
+                    b"+",
+                    b"\xff",
+                    b"x" * 300,
+                ]
+            ),
+            max_size=8,
+        ).map(b"".join),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=pop3ish, close=st.booleans())
+def test_any_session_lints_and_diffs_with_itself(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, bytes]], close: bool
+) -> None:
+    directory = tmp_path_factory.mktemp("fuzz")
+    path = write_capture(directory, list(steps), close=close)
+    report = lint_capture(CaptureStream(path))
+    assert all(f.rule in RULES for f in report.findings)
+    (result,) = diff_paths(path, path, DiffOptions(strict=True))
+    assert result.equal
