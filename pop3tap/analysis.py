@@ -223,7 +223,16 @@ class BodyFacts:
 class _BodyTap:
     """The body listener: accumulates :class:`BodyFacts` for the body being scanned."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stats: bool = True, rest_limit: int | None = None) -> None:
+        """``stats=False`` skips the CR and dot-line counts (diff needs only digests).
+
+        ``rest_limit`` hashes only that many bytes of a message after its header block;
+        the digest then stands for the headers, that prefix and the body size: enough to
+        recognise a message (lint), not to compare two (diff, check).
+        """
+        self.stats = stats
+        self.rest_limit = rest_limit
+        self._rest_budget = -1
         self.seq = -1
         self.verb = ""
         self.facts = BodyFacts()
@@ -244,6 +253,7 @@ class _BodyTap:
             # A message is hashed once, in two parts (header block, rest); see _finish.
             self._hash = None if verb in MESSAGE_VERBS else _new_hash()
             self._head_digest = ""
+            self._rest_budget = -1
             self._rest = None
             self._tail = b"\n"
             self._last_dot = -1
@@ -257,11 +267,12 @@ class _BodyTap:
         # Bare CR: every CR not starting a CRLF (a CR at the chunk end waits for the next).
         # CRs are counted here (with the dot lines, in one pass); LFs by the observer:
         # without bare LFs every LF ends a CRLF, so the CRs beyond the LF count are bare.
-        self._scan(data, start, stop, at)
+        if self.stats:
+            self._scan(data, start, stop, at)
         if self._headers is not None:
             self._collect_headers(data, start, stop)
         elif self._rest is not None:
-            self._rest.update(view)
+            self._feed_rest(view)
         if self._listing is not None:
             if len(self._listing) + stop - start <= MAX_LISTING_BYTES:
                 self._listing += view
@@ -329,14 +340,24 @@ class _BodyTap:
         if end < 0:
             # No end of the header block within the bound: all of it counts as body.
             self.facts.headers_complete = False
-            self._rest.update(headers)
-            self._rest.update(memoryview(data)[taken:stop])
+            self._feed_rest(memoryview(headers))
+            self._feed_rest(memoryview(data)[taken:stop])
             return
         self.facts.header_bytes = end
         block = bytes(headers[:end])
         self._head_digest = _hex(_new_hash(block))
         self.facts.headers = tuple(_unfold_lines(block))
-        self._rest.update(memoryview(data)[start + end - before : stop])
+        self._feed_rest(memoryview(data)[start + end - before : stop])
+
+    def _feed_rest(self, view: memoryview) -> None:
+        if self.rest_limit is None:
+            self._rest.update(view)
+            return
+        if self._rest_budget < 0:
+            self._rest_budget = self.rest_limit
+        if self._rest_budget > 0:
+            self._rest.update(view[: self._rest_budget])
+            self._rest_budget = max(0, self._rest_budget - len(view))
 
     def _finish(self) -> None:
         if self.seq < 0:
@@ -357,6 +378,8 @@ class _BodyTap:
         else:
             facts.rest_digest = _hex(self._rest)
             both = f"{self._head_digest}:{facts.rest_digest}".encode()
+            if self.rest_limit is not None:
+                both += f":{facts.seen}".encode()
             facts.digest = _hex(_new_hash(both))
         if self._listing is not None:
             facts.listing = tuple(_listing_lines(bytes(self._listing)))
@@ -380,7 +403,7 @@ class _BodyTap:
 
 def body_digests(verb: str, body: bytes) -> tuple[str, str]:
     """``(digest, rest_digest)`` of a whole body (terminator included), as streamed."""
-    tap = _BodyTap()
+    tap = _BodyTap(stats=False)
     tap(0, verb, body, 0, len(body), 0)
     tap._finish()
     facts = tap.done[0]
@@ -420,12 +443,17 @@ class Analysed:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def analyse(stream: CaptureStream) -> Iterator[Analysed]:
+def analyse(
+    stream: CaptureStream, *, stats: bool = True, rest_limit: int | None = None
+) -> Iterator[Analysed]:
     """Yield the events of a capture in order, each multi-line exchange with its body facts.
 
     Transport event records and the close record come as items with ``event=None``.
+    With ``stats=False`` the bodies' CR and dot-line counts stay zero (digests, headers
+    and listings are still gathered); ``rest_limit`` bounds the bytes of a message hashed
+    after its headers (see :class:`_BodyTap`).
     """
-    tap = _BodyTap()
+    tap = _BodyTap(stats=stats, rest_limit=rest_limit)
     observer = SessionObserver(body_listener=tap)
     for record, events in derive_events(stream.records(), observer):
         if isinstance(record, EventRecord | CloseRecord):

@@ -122,7 +122,7 @@ class _Connection:
     def __init__(self, config: CheckConfig, writer: CaptureWriter) -> None:
         self.config = config
         self.writer = writer
-        self.tap = _BodyTap()
+        self.tap = _BodyTap(stats=False)
         self.observer = SessionObserver(body_listener=self.tap)
         #: Body digests of the live multi-line responses, by command number.
         self.digests: dict[int, str] = {}

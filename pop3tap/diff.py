@@ -132,7 +132,7 @@ def digest_capture(path: str | Path) -> SessionDigest:
         greeting="",
         user=None,
     )
-    for item in analyse(stream):
+    for item in analyse(stream, stats=False):
         event = item.event
         if isinstance(event, Greeting):
             result.greeting = event.text

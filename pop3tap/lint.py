@@ -37,6 +37,8 @@ Side = Literal["client", "server", "capture"]
 SEVERITIES: Final[tuple[Severity, ...]] = ("error", "warning", "info")
 #: Findings of one rule kept per capture; the rest are only counted.
 MAX_FINDINGS_PER_RULE: Final = 20
+#: Bytes of a message after its headers that go into the digest lint recognises it by.
+IDENTITY_PREFIX: Final = 1024 * 1024
 #: Version of the JSON output schema (docs/lint.md).
 JSON_VERSION: Final = 1
 
@@ -838,7 +840,9 @@ class SessionLinter:
 def lint_capture(stream: CaptureStream, memory: MailboxMemory | None = None) -> CaptureReport:
     """Lint one capture read through ``stream`` (consumed)."""
     linter = SessionLinter(stream.header, str(stream.path), memory or MailboxMemory())
-    items: Iterator[Analysed] = analyse(stream)
+    # A message is recognised (uidl-changed) by its headers, its first MiB and its size:
+    # lint needs no hash of every byte, diff and check do.
+    items: Iterator[Analysed] = analyse(stream, rest_limit=IDENTITY_PREFIX)
     for item in items:
         linter.feed(item)
     return linter.finish(stream)

@@ -36,8 +36,10 @@ def reference(body: bytes) -> tuple[int, int, int, int | None]:
     return stuffed, unstuffed, bare_cr, first
 
 
-def facts_for(verb: str, response: bytes, cuts: list[int]) -> tuple[Exchange, BodyFacts]:
-    tap = _BodyTap()
+def facts_for(
+    verb: str, response: bytes, cuts: list[int], rest_limit: int | None = None
+) -> tuple[Exchange, BodyFacts]:
+    tap = _BodyTap(rest_limit=rest_limit)
     observer = SessionObserver(body_listener=tap)
     observer.feed_server(b"+OK hi\r\n", 0.0)
     observer.feed_client(verb.encode() + b"\r\n", 0.0)
@@ -115,6 +117,12 @@ def test_message_headers_and_rest_are_split_at_the_blank_line(
     assert facts.header_bytes == len(head) + 2
     tail = body[len(head) + 2 :] + b".\r\n"
     assert facts.rest_digest == hashlib.sha256(tail).hexdigest()[:32]
+    # Recognising a message by its headers, the start of the rest and the size (lint):
+    # the same whatever the chunking, and the same as hashing that prefix in one go.
+    chunked = facts_for("RETR 1", response, [c % (len(response) + 1) for c in cuts], 7)[1]
+    whole = facts_for("RETR 1", response, [], 7)[1]
+    assert chunked.digest == whole.digest
+    assert whole.rest_digest == hashlib.sha256(tail[:7]).hexdigest()[:32]
 
 
 def test_listing_lines_are_kept_unstuffed() -> None:

@@ -483,3 +483,31 @@ def test_check_over_stls_as_recorded(
     verbs = [e.verb for e in capture.exchanges()]
     assert verbs == ["CAPA", "STLS", "CAPA", "USER", "PASS", "STAT", "RETR", "QUIT"]
     assert any(isinstance(r, EventRecord) and r.name == "tls" for r in capture.records)
+
+
+def test_check_replays_pipelined_commands_pipelined(
+    dovecot: Dovecot, small_box: Mailbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with running_relay(dovecot.host, dovecot.pop3_port, tmp_path / "caps") as relay:
+        with socket.create_connection((relay.host, relay.port), timeout=30) as sock:
+            reader = sock.makefile("rb")
+            reader.readline()
+            sock.sendall(b"CAPA\r\n")
+            while reader.readline() != b".\r\n":
+                pass
+            commands = f"USER {small_box.user}\r\nPASS {small_box.password}\r\nSTAT\r\n"
+            sock.sendall((commands + "LIST\r\nRETR 1\r\nRETR 2\r\nQUIT\r\n").encode())
+            while reader.readline():
+                pass
+            reader.close()
+        (path,) = wait_complete(relay, 1)
+    assert lint_capture(CaptureStream(path)).findings == []
+    out_dir = tmp_path / "checked"
+    out_dir.mkdir()
+    args = [str(path), "--against", f"{dovecot.host}:{dovecot.pop3_port}", "--capture-dir"]
+    args += [str(out_dir), "--password", f"{small_box.user}={small_box.password}"]
+    capsys.readouterr()
+    assert check(*args) == 0, capsys.readouterr()
+    (new,) = iter_capture_paths([out_dir])
+    pipelined = [e.verb for e in read_capture(new).exchanges() if e.pipelined]
+    assert pipelined == ["PASS", "STAT", "LIST", "RETR", "RETR", "QUIT"]

@@ -15,7 +15,8 @@ pairs them by the rules of RFC 1939 and RFC 2449:
   the text are never used for framing.
 * Bodies are scanned a chunk at a time by one call (:mod:`pop3tap.protocol._bodyscan`: a
   one-pass C scanner, or ``bytes.find``/``count`` without it), never by a Python loop per
-  line, and are never buffered.
+  line, and are never buffered. An optional body listener sees each scanned slice as it
+  passes (``pop3tap lint``/``diff`` hash and inspect bodies that way, keeping nothing).
 * After ``AUTH mechanism`` the server may answer with ``+`` continuations; the client's
   next line then is SASL data, whatever it looks like (RFC 5034 §4). Client lines are
   classified lazily while an AUTH is open, in the order the server consumes them: lines
