@@ -41,7 +41,7 @@ from pop3tap.capture import CaptureWriter, read_capture
 from pop3tap.protocol import SECRET_PLACEHOLDER, Event, Exchange, Flag, Greeting, SessionObserver
 from pop3tap.replay import RecordedExchange, RecordedSession, ReplayError, session_from_capture
 
-__all__ = ["CheckConfig", "CheckError", "CheckOutcome", "find_password", "run_check"]
+__all__ = ["CheckConfig", "CheckError", "CheckOutcome", "find_credentials", "run_check"]
 
 _MASK: Final = SECRET_PLACEHOLDER.encode()
 _RECV: Final = 256 * 1024
@@ -84,12 +84,16 @@ def env_name(user: str) -> str:
     return "POP3TAP_PASSWORD_" + "".join(c if c.isalnum() else "_" for c in user.upper())
 
 
-def find_password(user: str | None, config: CheckConfig) -> str | None:
-    """The password for ``user``: --password, then the netrc file, then the environment."""
+def find_credentials(user: str | None, config: CheckConfig) -> tuple[str | None, str | None]:
+    """User and password: --password, then the netrc file, then the environment.
+
+    ``user`` is the name the capture shows (None when masked, as with ``AUTH PLAIN``); a
+    single --password entry or the netrc entry for the host then names the user.
+    """
     if user is not None and user in config.passwords:
-        return config.passwords[user]
+        return user, config.passwords[user]
     if user is None and len(config.passwords) == 1:
-        return next(iter(config.passwords.values()))
+        return next(iter(config.passwords.items()))
     path = config.netrc_file
     if path is None:
         home = config.environ.get("HOME")
@@ -100,10 +104,10 @@ def find_password(user: str | None, config: CheckConfig) -> str | None:
         except (NetrcParseError, OSError) as exc:
             raise CheckError(f"netrc {path}: {exc}") from None
         if entry is not None and entry[2] is not None and (user is None or entry[0] == user):
-            return entry[2]
+            return entry[0] or user, entry[2]
     if user is not None:
-        return config.environ.get(env_name(user))
-    return None
+        return user, config.environ.get(env_name(user))
+    return None, None
 
 
 def _needs_secret(session: RecordedSession) -> list[str]:
@@ -133,6 +137,8 @@ class _Connection:
         #: Server bytes after the last complete line, for SASL challenges (bounded).
         self._partial = b""
         self._lines: list[bytes] = []
+        #: Collect server lines (only while a SASL exchange waits for challenges).
+        self.want_lines = False
         self.closed_by_server = False
 
     def now(self) -> float:
@@ -202,6 +208,8 @@ class _Connection:
             return
         self.writer.write_data("s2c", at, data)
         self._handle(self.observer.feed_server(data, at))
+        if not self.want_lines:
+            return
         buffered = self._partial + data
         *lines, self._partial = buffered.split(b"\n")
         self._partial = self._partial[-8192:]
@@ -309,8 +317,8 @@ def load_session(path: Path) -> tuple[RecordedSession, bool]:
     return session, capture.header.options.get("upstream_tls") is True
 
 
-def preflight(session: RecordedSession, config: CheckConfig) -> str | None:
-    """Refuse what must not be sent; return the password the session needs (or None).
+def preflight(session: RecordedSession, config: CheckConfig) -> tuple[str | None, str | None]:
+    """Refuse what must not be sent; return the user and password the session needs.
 
     Raises:
         CheckError: DELE without permission, or a masked secret nobody supplied.
@@ -324,20 +332,24 @@ def preflight(session: RecordedSession, config: CheckConfig) -> str | None:
         )
     needs = _needs_secret(session)
     if not needs:
-        return None
-    password = find_password(session.user, config)
-    if password is None:
+        return session.user, None
+    user, password = find_credentials(session.user, config)
+    if password is None or user is None:
         who = session.user or "the user"
         hint = env_name(session.user) if session.user else "POP3TAP_PASSWORD_<USER>"
         raise CheckError(
             f"{session.path}: {needs[0]} is masked; give --password {who}=..., a netrc "
             f"entry for {config.host} or {hint} (nothing was sent)"
         )
-    return password
+    return user, password
 
 
 def run_check(
-    session: RecordedSession, config: CheckConfig, password: str | None, *, upstream_tls: bool
+    session: RecordedSession,
+    config: CheckConfig,
+    credentials: tuple[str | None, str | None],
+    *,
+    upstream_tls: bool,
 ) -> CheckOutcome:
     """Replay ``session`` against the live server and record the new session.
 
@@ -376,7 +388,7 @@ def run_check(
         conn.wait(lambda: conn.greeting is not None or conn.closed_by_server, "greeting")
         if conn.greeting is None:
             raise CheckError("greeting: the server closed the connection without one")
-        _replay(session, conn, _Secrets(session.user, password), tls_context, outcome)
+        _replay(session, conn, _Secrets(*credentials), tls_context, outcome)
     except CheckError:
         reason = "error"
         raise
@@ -414,6 +426,10 @@ def _replay(
         expected = len(conn.exchanges) + len(group)
         step = f"{first.command} (#{first.seq})"
         data = b"".join(secrets.command(ex, conn) + b"\r\n" for ex in group)
+        # Only lines after this command can be its SASL challenges.
+        conn.want_lines = bool(first.sasl_lines)
+        conn._lines.clear()
+        conn._partial = b""
         conn.send(data, step)
         outcome.sent += len(group)
         for index, answer in enumerate(first.sasl_lines):

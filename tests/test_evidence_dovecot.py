@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import poplib
@@ -511,3 +514,51 @@ def test_check_replays_pipelined_commands_pipelined(
     (new,) = iter_capture_paths([out_dir])
     pipelined = [e.verb for e in read_capture(new).exchanges() if e.pipelined]
     assert pipelined == ["PASS", "STAT", "LIST", "RETR", "RETR", "QUIT"]
+
+
+def sasl_login(client: poplib.POP3, mechanism: str, user: str, password: str) -> None:
+    """Log in with AUTH as a mail client would (RFC 5034)."""
+    if mechanism == "PLAIN":
+        answer = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        client._shortcmd(f"AUTH PLAIN {answer}")  # type: ignore[attr-defined]
+        return
+    reply = client._shortcmd(f"AUTH {mechanism}")  # type: ignore[attr-defined]
+    if mechanism == "LOGIN":
+        reply = client._shortcmd(base64.b64encode(user.encode()).decode())  # type: ignore[attr-defined]
+        client._shortcmd(base64.b64encode(password.encode()).decode())  # type: ignore[attr-defined]
+        return
+    challenge = base64.b64decode(reply[2:])
+    digest = hmac.new(password.encode(), challenge, hashlib.md5).hexdigest()
+    client._shortcmd(base64.b64encode(f"{user} {digest}".encode()).decode())  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN", "CRAM-MD5"])
+def test_check_fills_in_masked_sasl_data(
+    dovecot: Dovecot,
+    small_box: Mailbox,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    mechanism: str,
+) -> None:
+    with running_relay(dovecot.host, dovecot.pop3_port, tmp_path / "caps") as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=30)
+        try:
+            client.capa()
+            sasl_login(client, mechanism, small_box.user, small_box.password)
+            client.stat()
+            client.retr(2)
+            client.quit()
+        finally:
+            client.close()
+        (path,) = wait_complete(relay, 1)
+    assert small_box.password.encode() not in path.read_bytes()
+    assert lint_capture(CaptureStream(path)).findings == []
+    out_dir = tmp_path / "checked"
+    out_dir.mkdir()
+    args = [str(path), "--against", f"{dovecot.host}:{dovecot.pop3_port}", "--capture-dir"]
+    args += [str(out_dir), "--password", f"{small_box.user}={small_box.password}"]
+    capsys.readouterr()
+    assert check(*args) == 0, capsys.readouterr()
+    assert capsys.readouterr().out.splitlines()[-1] == "no differences"
+    (new,) = iter_capture_paths([out_dir])
+    assert small_box.password.encode() not in new.read_bytes()

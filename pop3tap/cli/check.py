@@ -98,11 +98,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
     try:
         session, upstream_tls = load_session(Path(args.capture))
-        password = preflight(session, config)
+        credentials = preflight(session, config)
     except CheckError as exc:
         raise CliError(str(exc)) from None
     try:
-        outcome = run_check(session, config, password, upstream_tls=upstream_tls)
+        outcome = run_check(session, config, credentials, upstream_tls=upstream_tls)
     except CheckError as exc:
         raise CliError(f"check: {exc}", code=EXIT_FAILURE) from None
     print(f"pop3tap: new session recorded in {outcome.capture}", file=sys.stderr)
