@@ -99,6 +99,7 @@ def find_credentials(user: str | None, config: CheckConfig) -> tuple[str | None,
         home = config.environ.get("HOME")
         path = Path(home) / ".netrc" if home else None
     if path is not None and path.is_file():
+        _check_private(path)
         try:
             entry = netrc(str(path)).authenticators(config.host)
         except (NetrcParseError, OSError) as exc:
@@ -108,6 +109,15 @@ def find_credentials(user: str | None, config: CheckConfig) -> tuple[str | None,
     if user is not None:
         return user, config.environ.get(env_name(user))
     return None, None
+
+
+def _check_private(path: Path) -> None:
+    """Refuse a netrc file others could read or plant passwords in (as ftp and Python do)."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise CheckError(f"netrc {path}: owned by another user; not reading passwords from it")
+    if info.st_mode & 0o077:
+        raise CheckError(f"netrc {path}: readable or writable by others; chmod 600 it")
 
 
 def _needs_secret(session: RecordedSession) -> list[str]:

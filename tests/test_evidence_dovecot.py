@@ -254,13 +254,10 @@ def test_check_without_password_stops_before_sending(
     path = record(dovecot, tmp_path / "caps", small_box)
     monkeypatch.setenv("HOME", str(tmp_path))
     logins_before = dovecot.log_text().count(f"user=<{small_box.user}>")
-    code = check(
-        str(path),
-        "--against",
-        f"{dovecot.host}:{dovecot.pop3_port}",
-        "--capture-dir",
-        str(tmp_path),
-    )
+    args = [str(path), "--against", f"{dovecot.host}:{dovecot.pop3_port}", "--capture-dir"]
+    args.append(str(tmp_path))
+    capsys.readouterr()
+    code = check(*args)
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -272,15 +269,12 @@ def test_check_without_password_stops_before_sending(
     netrc.write_text(
         f"machine {dovecot.host} login {small_box.user} password {small_box.password}\n"
     )
+    netrc.chmod(0o644)
+    code = check(*args)
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith("readable or writable by others; chmod 600 it")
     netrc.chmod(0o600)
-    code = check(
-        str(path),
-        "--against",
-        f"{dovecot.host}:{dovecot.pop3_port}",
-        "--capture-dir",
-        str(tmp_path),
-    )
-    assert code == 0, capsys.readouterr().err
+    assert check(*args) == 0, capsys.readouterr().err
 
 
 def reset_mailbox(dovecot: Dovecot, box: Mailbox) -> None:
