@@ -1,0 +1,157 @@
+"""``pop3tap check`` against misbehaving servers: one line naming the step, never a hang."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from handmade import clean_session, write_capture
+
+from pop3tap.cli import main
+
+
+@contextmanager
+def fake_server(behave: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A one-connection server on 127.0.0.1 that runs ``behave`` on the accepted socket."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    received: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            behave(conn)
+            conn.settimeout(5)
+            try:
+                while data := conn.recv(65536):
+                    received.append(data)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(10)
+
+
+def greet_then_silence(conn: socket.socket) -> None:
+    conn.sendall(b"+OK ready\r\n")
+
+
+def greet_then_close(conn: socket.socket) -> None:
+    conn.sendall(b"+OK ready\r\n")
+    conn.recv(100)
+    conn.shutdown(socket.SHUT_RDWR)
+
+
+def test_a_silent_answer_names_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_capture(tmp_path, clean_session()[:15])  # no DELE
+    with fake_server(greet_then_silence) as port:
+        code = main(
+            [
+                "check",
+                str(path),
+                "--against",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "0.3",
+                "--password",
+                "alice=pw",
+                "--capture-dir",
+                str(tmp_path),
+            ]
+        )
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"pop3tap: check: response to CAPA (#1): no answer from 127.0.0.1:{port} within 0.3s"
+    ]
+
+
+def test_a_server_that_hangs_up_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_capture(tmp_path, clean_session()[:15])
+    with fake_server(greet_then_close) as port:
+        code = main(
+            [
+                "check",
+                str(path),
+                "--against",
+                f"127.0.0.1:{port}",
+                "--timeout",
+                "5",
+                "--password",
+                "alice=pw",
+                "--capture-dir",
+                str(tmp_path),
+            ]
+        )
+    assert code == 1
+    out = capsys.readouterr()
+    # CAPA got no answer before the close: the diff says so, nothing more was sent.
+    assert "pop3tap: the server closed the connection before #2" in out.err
+    assert "#1 CAPA: status: '+OK' vs None" in out.out
+
+
+def test_nothing_listening_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_capture(tmp_path, clean_session()[:15])
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    code = main(
+        [
+            "check",
+            str(path),
+            "--against",
+            f"127.0.0.1:{port}",
+            "--password",
+            "alice=pw",
+            "--capture-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"pop3tap: check: connect to 127.0.0.1:{port} failed: Connection refused"]
+
+
+def test_dele_is_refused_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_capture(tmp_path, clean_session())
+    code = main(["check", str(path), "--against", "127.0.0.1:9", "--password", "alice=pw"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "the capture deletes messages (DELE 1, #8)" in err[0]
+    assert "without --allow-dele" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--against", "nohost"], "malformed address 'nohost'"),
+        (["--against", "127.0.0.1:0"], "the port cannot be 0"),
+        (["--against", "127.0.0.1:1", "--timeout", "0"], "--timeout must be more than 0"),
+        (["--against", "127.0.0.1:1", "--password", "nouser"], "--password takes USER=PASSWORD"),
+    ],
+)
+def test_bad_arguments_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    path = write_capture(tmp_path, clean_session()[:15])
+    assert main(["check", str(path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
