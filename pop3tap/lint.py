@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from pop3tap.analysis import Analysed, BodyFacts, CaptureStream, analyse
-from pop3tap.capture import CaptureHeader
+from pop3tap.capture import CaptureHeader, EventRecord
 from pop3tap.protocol import (
     CommandSent,
     Exchange,
@@ -236,6 +236,13 @@ _RULE_LIST: Final = (
         "capture",
         "",
         "the capture ends early (torn or corrupt tail, or no close record)",
+    ),
+    Rule(
+        "faults-injected",
+        "info",
+        "capture",
+        "",
+        "pop3tap injected faults into this session: findings near them are its doing",
     ),
     Rule(
         "pairing-lost",
@@ -457,6 +464,15 @@ class SessionLinter:
 
     def feed(self, item: Analysed) -> None:
         """Apply the rules to one analysed item."""
+        record = item.record
+        if isinstance(record, EventRecord) and record.name == "fault":
+            seq = record.fields.get("seq")
+            where = "the greeting" if seq == 0 else f"#{seq}"
+            self.add(
+                "faults-injected",
+                f"fault {record.fields.get('spec', '?')!r} injected into {where}",
+                seq=seq if isinstance(seq, int) and seq > 0 else None,
+            )
         event = item.event
         if isinstance(event, Exchange):
             self._exchange(event, item.body, item.status_line_bytes)

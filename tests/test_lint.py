@@ -194,6 +194,7 @@ def test_every_rule_has_a_corpus_case() -> None:
         "plaintext-credentials",
         "capture-truncated",
         "pairing-lost",
+        "faults-injected",
     }
     assert covered == set(RULES)
 
@@ -252,6 +253,14 @@ def test_corrupt_record_stops_the_lint_there(tmp_path: Path) -> None:
     report = lint_capture(CaptureStream(good))
     assert [(f.rule, f.seq) for f in report.findings] == [("capture-truncated", None)]
     assert "unknown record type 'bogus'" in report.findings[0].message
+
+
+def test_injected_faults_are_noted(tmp_path: Path) -> None:
+    steps = clean_session()
+    fault: Step = ("event", "fault", {"seq": 7, "spec": "RETR:err"})
+    erred = [*steps[: RETR_S - 1], fault, steps[RETR_S - 1], ("s", b"-ERR injected\r\n")]
+    findings = lint_steps(tmp_path, [*erred, *steps[RETR_S + 1 :]])
+    assert findings == expect("faults-injected", 7)
 
 
 def test_pairing_lost_on_a_flood(tmp_path: Path) -> None:
