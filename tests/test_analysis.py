@@ -7,9 +7,9 @@ import itertools
 from pathlib import Path
 
 import pytest
+from handmade import write_capture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from handmade import write_capture
 
 from pop3tap import analysis
 from pop3tap.analysis import BodyFacts, CaptureStream, _BodyTap, analyse, body_digests

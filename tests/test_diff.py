@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from handmade import MSG2, Step, clean_session, message, retr_response, write_capture
 from hypothesis import given
 from hypothesis import strategies as st
-from handmade import MSG2, Step, clean_session, message, retr_response, write_capture
 
 from pop3tap.cli import main
 from pop3tap.diff import DiffOptions, _lcs, diff_paths

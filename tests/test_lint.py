@@ -8,9 +8,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from handmade import MSG1, MSG2, Step, clean_session, message, retr_response, write_capture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from handmade import MSG1, MSG2, Step, clean_session, message, retr_response, write_capture
 
 from pop3tap.analysis import CaptureStream
 from pop3tap.cli import main
