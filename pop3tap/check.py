@@ -180,12 +180,28 @@ class _Connection:
 
     def send(self, data: bytes, step: str) -> None:
         assert self.sock is not None
-        self.writer.write_data("c2s", self.now(), self.observer.mask_client(data))
-        self._handle(self.observer.feed_client(data, self.now()))
+        at = self.now()
+        # As the relay records: masked bytes now, lines held after an AUTH once the
+        # pairing says what they are (before the server bytes that told it).
+        masked = self.observer.mask_client(data, at)
+        if masked:
+            self.writer.write_data("c2s", at, masked)
+        events = self.observer.feed_client(data, at)
+        self._write_released()
+        self._handle(events)
         try:
             self.sock.sendall(data)
         except OSError as exc:
             raise CheckError(f"{step}: sending failed: {exc.strerror or exc}") from None
+
+    def _write_released(self) -> None:
+        for at, data in self.observer.take_masked_client():
+            self.writer.write_data("c2s", at, data)
+
+    def finish(self) -> None:
+        """The session ends: client lines still held are masked and written."""
+        self.observer.abandon_client_lines()
+        self._write_released()
 
     def wait(self, done: Callable[[], bool], step: str) -> None:
         """Read until ``done()``; CheckError after the idle timeout or the step deadline."""
@@ -213,11 +229,15 @@ class _Connection:
         at = self.now()
         if not data:
             self.closed_by_server = True
+            events = self.observer.end_server(at)
+            self._write_released()
             self.writer.write_event("eof", at, dir="s2c")
-            self._handle(self.observer.end_server(at))
+            self._handle(events)
             return
+        events = self.observer.feed_server(data, at)
+        self._write_released()
         self.writer.write_data("s2c", at, data)
-        self._handle(self.observer.feed_server(data, at))
+        self._handle(events)
         if not self.want_lines:
             return
         buffered = self._partial + data
@@ -404,6 +424,7 @@ def run_check(
         raise
     finally:
         at = conn.now()
+        conn.finish()
         conn.close()
         if not conn.closed_by_server:
             writer.write_event("eof", at, dir="c2s")

@@ -556,3 +556,7 @@ def test_check_fills_in_masked_sasl_data(
     assert capsys.readouterr().out.splitlines()[-1] == "no differences"
     (new,) = iter_capture_paths([out_dir])
     assert small_box.password.encode() not in new.read_bytes()
+    # The SASL lines are in the new capture, masked, as in the recorded one.
+    recorded_c2s, new_c2s = read_capture(path).stream("c2s"), read_capture(new).stream("c2s")
+    assert new_c2s.count(b"********") == recorded_c2s.count(b"********") > 0
+    assert new_c2s.count(b"\r\n") == recorded_c2s.count(b"\r\n")

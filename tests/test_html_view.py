@@ -171,6 +171,7 @@ def test_shipped_capture_in_chromium(web: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_pipelined_100_retr_from_dovecot_in_chromium(
     web: Any, dovecot: Dovecot, tmp_path: Path
 ) -> None:

@@ -294,6 +294,7 @@ def test_unknown_lines_keep_their_case_and_commands_after_auth_stay_visible(
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_pass_with_nul_separator_against_dovecot(dovecot: Dovecot, tmp_path: Path) -> None:
     password = "nul-Separated-pw9"
     box = dovecot.add_user(dovecot.unique_user(), password, [b"Subject: s\r\n\r\nhi\r\n"])
@@ -323,6 +324,7 @@ PIPELINED_SCRIPTS: dict[str, Callable[[bytes], bytes]] = {
 
 @pytest.mark.realpeer
 @pytest.mark.parametrize("how", list(PIPELINED_SCRIPTS))
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_commands_pipelined_behind_auth_are_recorded_clear(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path, how: str
 ) -> None:
@@ -437,6 +439,7 @@ def test_replay_shows_unknown_lines_before_auth_as_sent() -> None:
 
 
 @pytest.mark.realpeer
+@pytest.mark.lint_findings("pipelining-without-capability")  # pipelines, never asks CAPA
 def test_client_that_half_closes_right_after_pipelining_behind_auth(
     dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:
