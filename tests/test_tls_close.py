@@ -179,6 +179,7 @@ def s_client(openssl: str, port: int, ca_file: Path, commands: bytes, *extra: st
     )
 
 
+@pytest.mark.lint_findings("pipelining-without-capability")  # s_client sends them at once
 def test_openssl_s_client_ends_cleanly_through_the_relay(
     openssl_path: str, dovecot: Dovecot, mailbox: Mailbox, tmp_path: Path
 ) -> None:
