@@ -426,3 +426,34 @@ def test_pipelined_behind_auth_live_and_capture_agree_with_a_correct_server(
             assert line.split()[0].decode() in shown
     text = shown_everywhere(session)
     assert "model-pw-Q9" not in text and _MODEL_BLOB.decode() not in text
+
+
+# ---------------------------------------------------------------------------- overlong lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    before_cr=st.integers(min_value=8150, max_value=8250),
+    after_cr=st.sampled_from([b"AUTH PLAIN", b"auth\tlogin", b"AUTH", b"xx\rAUTH PLAIN"]),
+    terminator=st.sampled_from([b"\r\n", b"\n"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=9000), min_size=1, max_size=4),
+    server=st.sampled_from([b"+OK\r\n+ \r\n", b"+ \r\n", b"-ERR\r\n+ \r\n", b"+OK\r\n"]),
+)
+def test_an_auth_after_a_lone_cr_past_the_line_limit_still_masks_what_follows(
+    before_cr: int, after_cr: bytes, terminator: bytes, sizes: list[int], server: bytes
+) -> None:
+    """The log keeps a client line's first bytes only. When a lone CR lies past them or in
+    them, what followed it may have been an AUTH (for a server that ends lines there), so a
+    later line that is not a known command is never shown, at any chunking."""
+    secret = b"czNrcjF0"
+    client = b"NOOP " + b"x" * before_cr + b"\r" + after_cr + terminator + secret + b"\r\n"
+    steps: list[tuple[str, bytes]] = [("s", GREETING)]
+    pos = index = 0
+    while pos < len(client):
+        size = sizes[index % len(sizes)]
+        steps.append(("c", client[pos : pos + size]))
+        pos += size
+        index += 1
+    steps.append(("s", server + b"+OK Logged in.\r\n"))
+    text = shown_everywhere(relay_model(steps))
+    assert secret.decode() not in text and secret.upper().decode() not in text

@@ -170,6 +170,25 @@ DESYNC_CASES = [
         ],
         secrets=(PLAIN_BLOB,),
     ),
+    Case(
+        # The log keeps a line's first 8 KiB; the AUTH after the lone CR is past them,
+        # yet a server that ends lines at a lone CR runs it, and the next line is SASL.
+        "AUTH after a lone CR past the line limit",
+        server=[
+            ("read", 1),
+            ("send", b"+OK\r\n+ \r\n"),
+            ("read", 1),
+            ("send", b"+OK Logged in.\r\n"),
+            ("read", 1),
+            ("send", b"+OK bye\r\n"),
+        ],
+        client=[
+            (b"NOOP " + b"x" * 9000 + b"\rAUTH PLAIN\r\n", b"+ \r\n"),
+            (SHORT_SASL + b"\r\n", b"Logged in"),
+            (b"QUIT\r\n", b"bye"),
+        ],
+        secrets=(SHORT_SASL,),
+    ),
 ]
 
 SEPARATOR_CASES = [

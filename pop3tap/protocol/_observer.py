@@ -211,7 +211,7 @@ class SessionSummary:
 class _LineAssembler:
     """Collects one line across chunks, keeping at most ``limit`` bytes of it."""
 
-    __slots__ = ("kept", "length", "limit", "start", "started_at")
+    __slots__ = ("cr_at_edge", "kept", "length", "limit", "lone_cr_dropped", "start", "started_at")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -219,6 +219,11 @@ class _LineAssembler:
         self.length = 0
         self.started_at: float | None = None
         self.start = 0
+        #: A CR not followed by LF was past the kept bytes: a server that ends lines at a
+        #: lone CR ran what followed it as a line of its own (perhaps an AUTH).
+        self.lone_cr_dropped = False
+        #: The bytes so far end with a CR (a LF may follow in the next chunk).
+        self.cr_at_edge = False
 
     def add(self, data: bytes, begin: int, end: int, at: float, offset: int) -> None:
         if self.length == 0:
@@ -228,12 +233,26 @@ class _LineAssembler:
         if room > 0:
             self.kept += data[begin : min(end, begin + room)]
         self.length += end - begin
+        dropped = max(begin, begin + room)
+        if dropped < end:
+            # C-level counts: LF only ends a line, so a CR before it is the terminator.
+            before = data[dropped - 1] == 0x0D if dropped > begin else self.cr_at_edge
+            if before and data[dropped] != 0x0A:
+                self.lone_cr_dropped = True
+            if data.count(b"\r", dropped, end) > data.count(b"\r\n", dropped, end) + (
+                data[end - 1] == 0x0D
+            ):
+                self.lone_cr_dropped = True
+        if end > begin:
+            self.cr_at_edge = data[end - 1] == 0x0D
 
     def take(self) -> tuple[bytes, int, float | None, int]:
         kept, length, started_at, start = bytes(self.kept), self.length, self.started_at, self.start
         self.kept.clear()
         self.length = 0
         self.started_at = None
+        self.lone_cr_dropped = False
+        self.cr_at_edge = False
         return kept, length, started_at, start
 
 
@@ -247,6 +266,9 @@ class _ClientLine:
     pipelined: bool
     #: What it is charged against ``max_pending_bytes``.
     cost: int = _ENTRY_COST
+    #: The line was cut at the length limit with a lone CR in it: what followed the CR
+    #: (not kept) may have been an AUTH.
+    may_open_auth: bool = False
 
 
 @dataclass(slots=True)
@@ -578,9 +600,14 @@ class SessionObserver:
         self, at: float, end: int, kept: bytes | None = None, length: int = 0, start: int = 0
     ) -> None:
         """A client line ended at ``end``: the assembled one, or ``kept`` (a whole line)."""
+        lone_cr_dropped = False
         if kept is None:
+            lone_cr_dropped = self._client_line.lone_cr_dropped
             kept, length, _started_at, start = self._client_line.take()
         text, flags = self._strip_terminator(kept, length, self._max_line)
+        # Past the limit the line's end is not kept: with a lone CR in it, the part after
+        # the CR (an AUTH for a server that ends lines there) cannot be classified.
+        may_open_auth = Flag.OVERLONG in flags and (lone_cr_dropped or b"\r" in text)
         if flags:
             self._summary.anomalies += 1
         pipelined = bool(self._pending or self._client_queue)
@@ -595,6 +622,7 @@ class SessionObserver:
                 flags=_shared_flags(flags),
                 pipelined=pipelined,
                 cost=cost,
+                may_open_auth=may_open_auth,
             )
         )
         self._drain_client_queue()
@@ -648,7 +676,7 @@ class SessionObserver:
         else:
             shown_verb, masked = describe_command(text)
             self._masker.resolve(line.end, Verdict.COMMAND)
-        if opens_auth(text):
+        if line.may_open_auth or opens_auth(text):
             self._auth_seen = True
         barrier = _is_barrier(verb, args)
         pending = _Pending(
