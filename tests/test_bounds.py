@@ -305,7 +305,8 @@ _OPS_PER_CALL = 1024 * 150
     seed=st.integers(0, 2**32),
 )
 def test_events_and_work_per_byte_stay_bounded(client: bytes, server: bytes, seed: int) -> None:
-    """Arbitrary streams, arbitrary splits, arbitrary interleaving of the two directions."""
+    """Arbitrary streams, arbitrary splits, arbitrary interleaving of the two directions;
+    the capture masker's work counts too."""
     rng = random.Random(seed)
     observer = SessionObserver()
     counter = OperationCounter()
@@ -321,7 +322,10 @@ def test_events_and_work_per_byte_stay_bounded(client: bytes, server: bytes, see
         feed = observer.feed_client if side == "c" else observer.feed_server
         before = counter.lines
         with counter.counting():
+            if side == "c":  # the relay masks every client chunk for the capture first
+                observer.mask_client(piece, 1.0)
             batch = feed(piece, 1.0)
+            observer.take_masked_client()
         assert counter.lines - before <= _OPS_PER_CALL + _OPS_PER_BYTE * len(piece)
         assert counter.lines <= 3000 + _OPS_PER_BYTE * sum(positions.values())
         events += len(batch)
@@ -360,6 +364,40 @@ def test_masker_decides_each_line_within_a_few_bytes() -> None:
     for data in (blob, no_blanks):
         work = lines_run(functools.partial(SecretMasker().mask, data))
         assert work < len(data) // 20, work
+
+
+def test_masker_skips_lone_cr_floods_and_clear_lines_in_every_chunk() -> None:
+    """A chunk that starts mid-line (a CR at the last chunk's edge), or a keyword line at a
+    chunk's start, must not send the rest of the chunk through the byte steps: lone CRs
+    end lines for classification, so a CR flood would be one Python pass per byte."""
+    chunk = 65536
+    floods = {
+        "CRs": b"\r" * (1 << 20),
+        "P and CR": b"P\r" * (1 << 19),
+        "a word then CRs": (b"NOOP x" + b"\r" * 1000) * 1000,
+        "PASS then LFs in every chunk": (b"PASS x\n" + b"\n" * (chunk - 7)) * 16,
+        "PASS then CRs in every chunk": (b"PASS x\n" + b"\r" * (chunk - 7)) * 16,
+    }
+    for name, flood in floods.items():
+        masker = SecretMasker()
+        pieces = [flood[pos : pos + chunk] for pos in range(0, len(flood), chunk)]
+        out: list[bytes] = []
+
+        def feed(
+            masker: SecretMasker = masker, pieces: list[bytes] = pieces, out: list[bytes] = out
+        ) -> None:
+            for piece in pieces:
+                out.append(masker.mask(piece))
+
+        work = lines_run(feed)
+        assert work < len(flood) // 20, (name, work)
+        masker.end_of_stream()
+        out += [d for _, d in masker.take_released()]
+        slow = SecretMasker()
+        expected = [slow.mask_bytewise(piece) for piece in pieces]
+        slow.end_of_stream()
+        expected += [d for _, d in slow.take_released()]
+        assert b"".join(out) == b"".join(expected), name
 
 
 _MASK_PIECES = [

@@ -207,33 +207,68 @@ class SecretMasker:
             return data
         if self._holding or self._released or self._auth_on_line:
             return self.mask_bytewise(data, at)
-        if self._mode is not _Mode.LINE_START or self._cr_at_edge:
-            # Finish the line the last chunk left open by the steps, then the rest.
-            newline = data.find(b"\n")
-            if newline < 0 or newline == len(data) - 1:
-                return self.mask_bytewise(data, at)
-            head = self.mask_bytewise(data[: newline + 1], at)
-            return head + self.mask(data[newline + 1 :], at)
-        # At a line start before any AUTH: lines whose first word cannot begin with a
-        # secret keyword are found by keyword searches and copied whole; only the lines
-        # that may hold a secret, and the partial last line, go through the steps.
+        # Lines whose first word cannot begin with a secret keyword are found by keyword
+        # searches and copied whole; the byte steps see only the line the last chunk left
+        # open and the lines that may hold a secret, one line at a time, so that every
+        # line start goes back to the searches (a flood of lone CRs is a flood of lines).
+        out = bytearray()
+        pos = 0
+        size = len(data)
         upper = data.upper()
         hits = [upper.find(keyword) for keyword in _KEYWORDS]
-        found = _next_keyword_line(data, upper, 0, hits)
+        while pos < size:
+            if self._holding or self._auth_on_line:
+                out += self.mask_bytewise(data[pos:], at)
+                break
+            if self._cr_at_edge:
+                # The last chunk ended with a CR: a LF ends that line, anything else made
+                # the CR a lone one and starts a line here.
+                if data[pos] == _LF:
+                    out += self.mask_bytewise(data[pos : pos + 1], at)
+                    pos += 1
+                else:
+                    self._cr_at_edge = False
+                    self._after_lone_cr(pos)
+                continue
+            if self._mode is not _Mode.LINE_START:
+                end = self._line_end(data, pos)
+                out += self.mask_bytewise(data[pos:end], at)
+                pos = end
+                continue
+            found = _next_keyword_line(data, upper, pos, hits)
+            if found < 0:
+                lf = data.rfind(b"\n", pos)
+                start = max(pos, lf + 1)
+                cr = data.rfind(b"\r", start, size - 1)  # a lone CR after the last LF
+                cut = max(start, cr + 1)
+            else:
+                cut = found
+            if cut == pos:
+                # This line may hold a secret (or is the partial last one): step it.
+                end = self._line_end(data, pos)
+                out += self.mask_bytewise(data[pos:end], at)
+                pos = end
+                continue
+            out += data[pos:cut]
+            self._offset += cut - pos
+            self._last_at = at
+            pos = cut
+        return bytes(out)
+
+    def _line_end(self, data: bytes, pos: int) -> int:
+        """Where the line open at ``pos`` ends for classification: past its LF, or past a
+        CR (a lone CR ends a line outside a secret); the chunk's end if neither is there."""
         size = len(data)
-        if found < 0:
-            lf = data.rfind(b"\n")
-            cr = data.rfind(b"\r", lf + 1, size - 1)  # a lone CR after the last LF
-            cut = max(lf + 1, cr + 1)
-        else:
-            cut = found
-        if cut == 0:
-            return self.mask_bytewise(data, at)
-        self._offset += cut
-        self._last_at = at
-        if cut == size:
-            return data
-        return data[:cut] + self.mask_bytewise(data[cut:], at)
+        newline = data.find(b"\n", pos)
+        stop = size if newline < 0 else newline + 1
+        if self._mode is _Mode.SECRET:
+            return stop
+        cr = data.find(b"\r", pos, stop)
+        if cr < 0:
+            return stop
+        if cr + 1 < size and data[cr + 1] == _LF:
+            return cr + 2
+        return cr + 1
 
     def mask_bytewise(self, data: bytes, at: float = 0.0) -> bytes:
         """:meth:`mask` without its shortcut for chunks of whole lines without secrets."""
