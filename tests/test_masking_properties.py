@@ -296,6 +296,8 @@ def _secret_line(secret: bytes, form: int) -> bytes:
         b"AUTH PLAIN\x0b" + secret + b"\r\n",
         b"AUTH PLAIN\r" + secret + b"\r\n",
         secret + b"\r" + secret + b"\r\n",
+        b"PASS\r" + secret + b"\r\n",
+        b"apop bob\r" + secret + b"\r\n",
     ][form]
 
 
@@ -327,7 +329,7 @@ def hostile_sessions(draw: st.DrawFn) -> list[tuple[str, bytes]]:
             after.append(draw(st.sampled_from(_AFTER_AUTH)))
         else:
             secret = draw(st.sampled_from(_SECRET_SET))
-            after.append(_secret_line(secret, draw(st.integers(min_value=0, max_value=9))))
+            after.append(_secret_line(secret, draw(st.integers(min_value=0, max_value=11))))
     client = b"".join([*before, auth, *after])
     server = GREETING + b"".join(draw(st.lists(st.sampled_from(_SERVER_TOKENS), max_size=12)))
     steps: list[tuple[str, bytes]] = []
@@ -457,3 +459,39 @@ def test_an_auth_after_a_lone_cr_past_the_line_limit_still_masks_what_follows(
     steps.append(("s", server + b"+OK Logged in.\r\n"))
     text = shown_everywhere(relay_model(steps))
     assert secret.decode() not in text and secret.upper().decode() not in text
+
+
+_BLANKS = [b" ", b"\t", b"\x00", b"\x0b", b"\x7f", b"\r", b"\x1b", b"\x0c"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    verb=st.sampled_from([b"PASS", b"pass", b"APOP", b"apop", b"AUTH", b"AuTh"]),
+    lead=st.sampled_from([b"", b" ", b"\t"]),
+    blanks=st.lists(st.sampled_from(_BLANKS), min_size=2, max_size=2),
+    tail=st.sampled_from([b"", b" x", b"\rmore", b"\x00"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=4),
+)
+def test_a_secret_after_any_blank_or_lone_cr_is_masked(
+    verb: bytes, lead: bytes, blanks: list[bytes], tail: bytes, sizes: list[int]
+) -> None:
+    """Whatever blank (a lone CR included: a server that splits words with isspace() takes
+    it as one) separates the words of PASS, APOP or AUTH, the secret is masked by the line
+    rule and by the streaming masker at any chunking."""
+    secret = b"Zq8sekritA"
+    middle = b"" if verb.upper() == b"PASS" else blanks[0] + b"bobPLAIN"
+    line = lead + verb + middle + blanks[1] + secret + tail
+    assert secret not in mask_line(line)
+    stream = line + b"\r\n"
+    masker = SecretMasker()
+    got = bytearray()
+    pos = index = 0
+    while pos < len(stream):
+        size = sizes[index % len(sizes)]
+        got += masker.mask(stream[pos : pos + size])
+        pos += size
+        index += 1
+    masker.end_of_stream()
+    masker.abandon()
+    got += b"".join(data for _at, data in masker.take_released())
+    assert secret not in got

@@ -214,6 +214,16 @@ SEPARATOR_CASES = [
         secrets=(PLAIN_BLOB,),
     ),
     Case(
+        # A server that splits words at any C blank (isspace) reads the CR as a separator.
+        "PASS and APOP followed by a lone CR",
+        server=[("read", 2), ("send", b"+OK\r\n-ERR\r\n"), ("read", 1), ("send", b"+OK bye\r\n")],
+        client=[
+            (b"PASS\ralicepw-secret\r\nAPOP bob\r" + CRAM_DIGEST + b"\r\n", b"-ERR\r\n"),
+            (b"QUIT\r\n", b"bye"),
+        ],
+        secrets=(b"alicepw-secret", CRAM_DIGEST),
+    ),
+    Case(
         "pass glued to its argument by a digit",
         server=[("read", 1), ("send", b"+OK\r\n"), ("read", 1), ("send", b"+OK bye\r\n")],
         client=[(b"pass1glued-secret\r\n", b"+OK"), (b"QUIT\r\n", b"bye")],

@@ -98,7 +98,8 @@ def _walk(line: bytes) -> tuple[bytes, bool]:
     while True:
         cr = line.find(b"\r", pos)
         part = line[pos:] if cr < 0 else line[pos:cr]
-        auth = auth or secret_verb(part) == b"AUTH"
+        verb = secret_verb(part)
+        auth = auth or verb == b"AUTH"
         start = _secret_start(part)
         if start is not None:
             out += part[:start]
@@ -110,8 +111,10 @@ def _walk(line: bytes) -> tuple[bytes, bool]:
             return bytes(out), auth
         out += b"\r"
         pos = cr + 1
-        if auth:
-            # After an AUTH, a server that ends lines at a lone CR takes the rest as SASL.
+        if auth or verb is not None:
+            # After an AUTH, a server that ends lines at a lone CR takes the rest as SASL;
+            # after PASS or APOP, one that splits words at any C blank takes it as the
+            # secret.
             return bytes(out) + (SECRET_PLACEHOLDER_BYTES if line[pos:] else b""), auth
 
 
@@ -124,7 +127,9 @@ def mask_line(line: bytes) -> bytes:
     (the APOP name, the AUTH mechanism) and runs to the end of the line, lone CRs included
     (RFC 1939 §7: PASS takes the rest of the line). Outside a secret a lone CR starts a
     new line, since a server that ends lines there would run what follows it; after an
-    AUTH, what follows a lone CR is secret (that server would take it as SASL data).
+    AUTH, what follows a lone CR is secret (that server would take it as SASL data), and
+    so is what follows one after PASS or APOP before their secret began (a server that
+    splits words at any C blank takes the CR as a separator).
     """
     return _walk(line)[0]
 

@@ -11,7 +11,8 @@ at LF; outside a secret a CR that is not followed by LF also ends a line for the
 of classification (a server that splits lines at a lone CR would otherwise run a ``PASS``
 the masker took for the tail of the line before it). Inside a secret everything up to LF
 stays masked, lone CRs included, and so does what follows a lone CR after an AUTH (that
-server would take it as SASL data).
+server would take it as SASL data) or after PASS or APOP before their secret began (a
+server that splits words at any C blank takes that CR as a separator).
 
 After a line holding AUTH, any later line may be SASL data, and only the pairing of the
 whole session can tell (RFC 5034 §4: the server asks for each SASL line with ``+``). So
@@ -480,12 +481,22 @@ class SecretMasker:
     def _after_lone_cr(self, pos: int) -> int:
         """A lone CR: what follows is classified as a new line, unless it follows an AUTH
         (a server that ends lines there would take it as SASL data: secret to the LF)."""
-        if self._auth_on_line:
+        if self._auth_on_line or self._secret_verb_open():
             self._start_line()
             self._mode = _Mode.SECRET
         else:
             self._mode = _Mode.LINE_START
         return pos
+
+    def _secret_verb_open(self) -> bool:
+        """The line's first word is PASS, APOP or AUTH and its secret has not begun: a
+        server that splits words at any C blank takes a CR as a separator, so what
+        follows a lone CR there is the secret (the line's own rule, :func:`mask_line`)."""
+        return (
+            self._mode is _Mode.COMMAND
+            and not self._keyword_too_long
+            and bytes(self._keyword) in SECRET_VERBS
+        )
 
     def _consume_clear(self, data: bytes, pos: int, out: bytearray) -> int:
         size = len(data)
