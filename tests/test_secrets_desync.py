@@ -23,6 +23,7 @@ import structlog
 from clients import raw_session, relay_process
 from dovecot import Dovecot, Mailbox
 from faults import scripted_server
+from mailutils import Mailutils
 from scripted import Case, converse, sequential_behaviours
 
 import pop3tap
@@ -337,6 +338,28 @@ def test_pass_with_nul_separator_against_dovecot(dovecot: Dovecot, tmp_path: Pat
         log = relay.log_text()
     (path,) = iter_capture_paths([relay.captures])
     assert_nowhere([password.encode()], log, path.read_bytes(), views(path))
+
+
+@pytest.mark.realpeer
+def test_pass_with_a_lone_cr_against_mailutils(mailutils: Mailutils, tmp_path: Path) -> None:
+    """GNU Mailutils pop3d splits words with isspace(): ``PASS\\rsecret`` logs in."""
+    with relay_process(mailutils.host, mailutils.pop3_port, tmp_path) as relay:
+        answers = raw_session(
+            relay.host,
+            relay.port,
+            f"USER {mailutils.user}\r\nPASS\r{mailutils.password}\r\nSTAT\r\nQUIT\r\n".encode(),
+        )
+        wait_for(lambda: captures_complete(relay.captures, 1), "capture")
+        log = relay.log_text()
+    assert answers.count(b"+OK") == 5, answers  # greeting, USER, PASS, STAT, QUIT
+    (path,) = iter_capture_paths([relay.captures])
+    c2s = b"".join(
+        r.data for r in read_capture(path).records if isinstance(r, DataRecord) and r.dir == "c2s"
+    )
+    assert mailutils.password.encode() not in c2s
+    shown = log + views(path) + show_cli(path.parent)
+    for form in ("\\r" + mailutils.password, "\r" + mailutils.password, "PASS secret"):
+        assert form not in shown, form
 
 
 def dovecot_plain_blob(box: Mailbox) -> bytes:
