@@ -4,6 +4,7 @@ the console that need no server (secret handling, terminal safety, script checks
 from __future__ import annotations
 
 import base64
+import io
 import os
 import socket
 import ssl
@@ -23,10 +24,12 @@ from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 from pop3tap.capture import EventRecord, iter_capture_paths, read_capture
-from pop3tap.console import Console, SecretSource, check_script, line_has_secret
+from pop3tap.console import Console, Outcome, SecretSource, check_script, line_has_secret
 from pop3tap.console._link import LinkConfig, Pop3Link, SessionRecorder
 from pop3tap.console._render import BodyPreview, terminal_safe
+from pop3tap.console._secrets import secret_offset
 from pop3tap.console._terminal import Pop3Completer, ScriptDisplay, SecretFreeHistory
+from pop3tap.protocol import mask_line
 from pop3tap.relay import Endpoint
 
 realpeer = pytest.mark.realpeer
@@ -243,6 +246,23 @@ def test_a_secret_on_the_command_line_is_never_sent(
 
 
 @realpeer
+@pytest.mark.parametrize("glue", ["\u00a0", ":", "="])
+def test_a_secret_glued_to_pass_is_never_sent_nor_printed(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path, glue: str
+) -> None:
+    """``PASS<no-break space>pw`` (Option-Space on a Mac) carries the password as surely as
+    ``PASS pw``: the capture masks it, so the console must not send or print it either."""
+    box = dovecot.new_mailbox(corpus[:1])
+    server, *args = dovecot_args(dovecot, tmp_path)
+    result = console(server, *args, script=f"USER {box.user}\nPASS{glue}{box.password}\nQUIT\n")
+    assert result.returncode == 3
+    assert "PASS takes no secret on the command line" in result.stderr
+    assert box.password not in result.stdout + result.stderr
+    (path,) = captures(tmp_path)
+    assert b"PASS" not in read_capture(path).stream("c2s")
+
+
+@realpeer
 def test_login_without_a_password_source_stops_the_script(
     dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
 ) -> None:
@@ -252,6 +272,32 @@ def test_login_without_a_password_source_stops_the_script(
     assert result.returncode == 3
     assert "no password: set POP3TAP_PASSWORD or use --netrc FILE" in result.stderr
     assert b"STAT" not in read_capture(captures(tmp_path)[0]).stream("c2s")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "machine 127.0.0.1 login bob password correct horse-battery\n",
+        "machine 127.0.0.1 login bob password correct\nhorse-battery\n",
+    ],
+)
+def test_a_malformed_netrc_is_one_line_that_never_quotes_the_file(
+    tmp_path: Path, entry: str
+) -> None:
+    """A password with a space, unquoted, is the usual mistake: Python's netrc error
+    quotes the token it stopped at, which is then a piece of the password."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text(entry)
+    netrc.chmod(0o600)
+    result = console(
+        "127.0.0.1:1", "--netrc", str(netrc), "--captures", str(tmp_path / "caps"),
+        script="QUIT\n",
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = errors(result)
+    assert line.startswith(f"pop3tap: netrc file {netrc}: cannot be parsed")
+    assert "horse" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @realpeer
@@ -484,9 +530,12 @@ def test_usage_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_lines_with_secrets_are_recognised_and_kept_out_of_history() -> None:
-    for line in ("PASS x", "pass  two words", "APOP bob 0123abcd", "AUTH PLAIN AGJvYgBw"):
+    for line in (
+        "PASS x", "pass  two words", "APOP bob 0123abcd", "AUTH PLAIN AGJvYgBw",
+        "PASS\u00a0x", "pass1pw", "PASS:x", "AUTH\u00a0PLAIN x", "USER bob\nPASS x",
+    ):  # fmt: skip
         assert line_has_secret(line)
-    for line in ("PASS", "APOP bob", "AUTH PLAIN", "AUTH", "USER bob", "LIST 1"):
+    for line in ("PASS", "APOP bob", "AUTH PLAIN", "AUTH", "USER bob", "LIST 1", "PASSWORD x"):
         assert not line_has_secret(line)
     history = SecretFreeHistory()
     for line in ("USER bob", "PASS hunter2", "LIST"):
@@ -586,3 +635,175 @@ def test_an_overlong_body_line_comes_in_pieces_unstuffed_once() -> None:
     received, starts = read_body_through_a_socket(line + b"\r\nnext\r\n.\r\n")
     assert received == line[1:] + b"\r\nnext\r\n"
     assert starts[0] and not starts[1] and starts[-1]
+
+
+# ------------------------------------------------------------------ marks the server accepted
+
+
+class RefusingDisplay(ScriptDisplay):
+    """Script output that records each question and answers no."""
+
+    def __init__(self) -> None:
+        super().__init__(confirm_quit=False, out=io.StringIO(), err=io.StringIO())
+        self.questions: list[str] = []
+
+    def confirm(self, question: str) -> bool:
+        self.questions.append(question)
+        return False
+
+
+@realpeer
+def test_dele_with_a_leading_zero_is_a_mark_and_quit_asks_first(
+    dovecot: Dovecot, corpus: list[bytes]
+) -> None:
+    """Dovecot deletes message 1 for ``DELE 01``: the console must count it as a mark."""
+    box = dovecot.new_mailbox(corpus)
+    display = RefusingDisplay()
+    session = Console(
+        Pop3Link(LinkConfig(Endpoint("127.0.0.1", dovecot.pop3_port)), SessionRecorder(None)),
+        display,
+        SecretSource(host="127.0.0.1", environ={"POP3TAP_PASSWORD": box.password}),
+        user=box.user,
+    )
+    session.open()
+    assert session.run_line("DELE 01") is Outcome.OK
+    assert session.run_line("QUIT") is Outcome.REFUSED
+    assert len(display.questions) == 1
+    session.abandon("test over")
+    dovecot.wait_disconnected(box.user)
+    assert dovecot.mailbox_messages(box.user) == corpus
+
+
+def lenient_server(ours: socket.socket, received: list[bytes]) -> None:
+    """A server that accepts every command (a LIST N and TOP N 0 look-up included)."""
+    with ours, ours.makefile("rb") as reader:
+        for line in reader:
+            received.append(line)
+            words = line.split()
+            verb = words[0].upper() if words else b""
+            if verb == b"TOP":
+                reply = b"+OK\r\nSubject: s\r\n\r\n.\r\n"
+            elif verb == b"LIST" and len(words) > 1:
+                reply = b"+OK " + words[1] + b" 10\r\n"
+            else:
+                reply = b"+OK\r\n"
+            ours.sendall(reply)
+
+
+_DELE_ARGUMENT = st.text(max_size=12).map(lambda t: t.translate({0: None, 10: None, 13: None}))
+
+
+@given(_DELE_ARGUMENT)
+def test_every_dele_the_server_accepts_makes_quit_ask(argument: str) -> None:
+    """Whatever follows DELE, if the server says +OK something may be deleted at QUIT
+    (RFC 1939 §6), so QUIT must ask; and a refused QUIT is never sent."""
+    link = Pop3Link(LinkConfig(server=Endpoint("127.0.0.1", 1), timeout=10), SessionRecorder(None))
+    ours, theirs = socket.socketpair()
+    link._sock = theirs
+    received: list[bytes] = []
+    server = threading.Thread(target=lenient_server, args=(ours, received))
+    server.start()
+    display = RefusingDisplay()
+    session = Console(link, display, SecretSource(host="127.0.0.1", environ={}))
+    try:
+        outcome = session.run_line(f"DELE {argument}")
+        if outcome is Outcome.OK:
+            assert session.run_line("QUIT") is Outcome.REFUSED
+            assert len(display.questions) == 1
+    finally:
+        session.abandon("test over")
+        server.join()
+    assert not any(line.split()[:1] == [b"QUIT"] for line in received)
+
+
+def test_a_hostile_certificate_subject_never_reaches_the_terminal(
+    tmp_path: Path, tls_ca: trustme.CA
+) -> None:
+    """The connect line names the server certificate's subject: a hostile server chooses
+    it, escape sequences (an OSC 52 clipboard write here) and bidi overrides included."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    hostile = "\x1b]52;c;b3duZWQ=\x07pop\u202eevil"
+    tls_ca.issue_cert("127.0.0.1", common_name=hostile).configure_cert(context)
+    replies = [(b"", START_TLS), GREETING, NO_CAPA, (b"QUIT", b"+OK bye\r\n")]
+    with fake_server(replies, tls=context) as port:
+        result = console(
+            f"127.0.0.1:{port}", "--tls", "--insecure", "--captures", str(tmp_path / "caps"),
+            script="QUIT\n",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "NOT verified" in result.stderr
+    shown = result.stdout + result.stderr
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "CN=\\x1b]52\\;c\\;b3duZWQ=\\x07pop\\u202eevil" in result.stderr  # RFC 4514 escapes
+
+
+_TYPED_LINE = st.one_of(
+    st.text(max_size=30),
+    st.builds(
+        lambda verb, glue, rest: verb + glue + rest,
+        st.sampled_from(["PASS", "pass", "APOP bob", "AUTH PLAIN", "Auth login", "apop é"]),
+        st.text(max_size=3),
+        st.text(max_size=20),
+    ),
+).map(lambda t: t.translate({0: None, 10: None, 13: None}))
+
+
+@given(_TYPED_LINE)
+def test_the_prompt_draws_no_more_of_a_line_than_the_capture_keeps(line: str) -> None:
+    """What SecretMask leaves readable is exactly a prefix the capture masker keeps."""
+    data = line.encode("utf-8", "surrogateescape")
+    offset = secret_offset(line)
+    if offset is None:
+        assert mask_line(data) == data
+    else:
+        assert mask_line(data).startswith(line[:offset].encode("utf-8", "surrogateescape"))
+        assert mask_line(data) != data
+
+
+@realpeer
+def test_save_to_a_full_disk_reads_the_rest_of_the_message_and_the_session_goes_on(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path, tiny_disk: str
+) -> None:
+    """A write that fails mid-message must not leave the rest of the body in the
+    connection, where the next command would read it as its answer."""
+    box = dovecot.new_mailbox(corpus)
+    target = Path(tiny_disk) / "big.eml"
+    big = max(range(len(corpus)), key=lambda i: len(corpus[i])) + 1
+    result = run_script(
+        dovecot, box, tmp_path, f"save {big} {target}\nSTAT\nQUIT\n", "--keep-going"
+    )
+    assert result.returncode == 3, result.stdout[-600:] + result.stderr  # the save failed
+    assert errors(result) == [f"pop3tap: cannot write {target}: No space left on device"]
+    assert f"> STAT\n+OK {len(corpus)} {sum(len(m) for m in corpus)}" in result.stdout
+    assert result.stdout.rstrip().endswith("+OK Logging out.")
+    assert list(Path(tiny_disk).iterdir()) == []  # no partial file left
+
+
+@realpeer
+def test_a_script_whose_output_is_closed_stops_without_quit_and_exits_1(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    """``pop3tap console ... | head -1``: once nobody reads the output, the script must not
+    go on (its QUIT would commit the marks unseen), and the exit code must say it stopped."""
+    box = dovecot.new_mailbox(corpus)
+    server, *args = dovecot_args(dovecot, tmp_path)
+    environment = {k: v for k, v in os.environ.items() if k != "POP3TAP_PASSWORD"}
+    environment["POP3TAP_PASSWORD"] = box.password
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line
+    with open(writer, "wb") as stdout:
+        result = subprocess.run(
+            [sys.executable, "-m", "pop3tap", "console", server, *args, "--user", box.user,
+             "--confirm-quit"],
+            input="DELE 1\nQUIT\n", stdout=stdout, stderr=subprocess.PIPE, text=True,
+            env=environment, timeout=120, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "pop3tap: standard output was closed; stopping" in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    (path,) = captures(tmp_path)
+    capture = read_capture(path)
+    # It stops at the first output it cannot deliver: on connect, before the script.
+    assert capture.complete and b"DELE" not in capture.stream("c2s")
+    assert b"QUIT" not in capture.stream("c2s")
+    assert dovecot.mailbox_messages(box.user) == corpus

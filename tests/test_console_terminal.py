@@ -240,3 +240,51 @@ def test_console_capture_replays_to_a_poplib_client_sending_the_same_commands(
         assert b"Subject: small message" in head
         assert client.quit().startswith(b"+OK Logging out")
     assert server.all_played and not server.unmatched
+
+
+def test_a_password_typed_after_pass_out_of_telnet_habit_never_shows(
+    tmux_path: str, dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    """The recipe's habit is ``PASS secret`` on one line: the console refuses the line,
+    and the secret is drawn as ``*`` as it is typed, so no screen or scrollback holds it."""
+    box = dovecot.new_mailbox(corpus)
+    with start_console(tmux_path, dovecot, "tls", tmp_path) as term:
+        term.wait_for(PROMPT)
+        run(term, f"USER {box.user}", r"(?m)^\+OK$")
+        term.type(f"PASS {box.password[:4]}")
+        screen = term.wait_for(PROMPT + r" PASS \*{4}$")
+        assert box.password[:4] not in screen.splitlines()[-1]
+        term.type(box.password[4:])
+        term.keys("Enter")
+        term.wait_for("PASS takes no secret on the command line")
+        term.wait_for(PROMPT, count=3)
+        term.line(f"APOP {box.user} {box.password}")
+        term.wait_for("APOP takes no secret on the command line")
+        term.keys("Up")  # a refused secret line is not in the history either
+        term.wait_for(PROMPT + f" USER {box.user}$", count=2)
+        term.keys("C-u", "C-d")
+        term.wait_exit()
+        screen = term.screen()
+    assert box.password not in screen
+    assert box.password[:4] not in screen
+
+
+def test_a_pasted_block_with_a_pass_line_never_shows_the_password(
+    tmux_path: str, dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    """Pasting the recipe (``USER x`` and ``PASS secret`` lines at once, bracketed paste)
+    puts several lines in the buffer: the secret is masked on every one of them."""
+    box = dovecot.new_mailbox(corpus)
+    with start_console(tmux_path, dovecot, "tls", tmp_path) as term:
+        term.wait_for(PROMPT)
+        term._run("set-buffer", "-b", "recipe", f"USER {box.user}\nPASS {box.password}")
+        term._run("paste-buffer", "-p", "-b", "recipe", "-t", term.target)
+        term.wait_for(r"PASS \*+")
+        term.keys("Enter")
+        term.wait_for("one command per line")
+        term.wait_for(PROMPT, count=2)
+        term.keys("Up")  # the pasted block is not in the history either
+        term.keys("C-u", "C-d")
+        term.wait_exit()
+        screen = term.screen()
+    assert box.password not in screen

@@ -28,7 +28,8 @@ def add_subcommand(sub: Subparsers) -> None:
         "marks asks first; Ctrl-C and Ctrl-D leave without QUIT, so nothing is deleted. "
         "Every session is written as a capture with secrets masked. With --script FILE, "
         "or commands on stdin when it is not a terminal, runs them in order.",
-        epilog="Exit codes: 0 success; 1 connection, TLS or server failure; 2 bad usage; "
+        epilog="Exit codes: 0 success; 1 connection, TLS or server failure (or stdout closed); "
+        "2 bad usage; "
         "3 a scripted command failed (-ERR, or refused); 130 interrupted.",
     )
     parser.add_argument(

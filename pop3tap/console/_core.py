@@ -47,6 +47,7 @@ from pop3tap.console._secrets import (
     cram_md5_response,
     line_has_secret,
     plain_response,
+    secret_keyword,
 )
 from pop3tap.protocol import SECRET_PLACEHOLDER, expects_multiline, parse_status, split_command
 from pop3tap.protocol._commands import find_apop_timestamp
@@ -162,6 +163,9 @@ class Console:
     #: Upgrade with STLS right after the greeting (RFC 2595 §4).
     starttls: bool = False
     marks: dict[int, MessageInfo] = field(default_factory=dict)
+    #: DELE arguments the server accepted that name no message number the console can
+    #: read (``DELE 1 x`` on a lenient server): still marks, since QUIT may delete them.
+    odd_marks: list[str] = field(default_factory=list)
     messages: dict[int, MessageInfo] = field(default_factory=dict)
     #: Message count from the last STAT (for completion).
     count: int = 0
@@ -239,10 +243,19 @@ class Console:
         if not was_open:
             return
         text = f"{why}: connection closed without QUIT, so nothing was deleted"
-        if self.marks:
-            numbers = ", ".join(str(n) for n in sorted(self.marks))
-            text += f" (the marks on {numbers} were dropped; the messages stay)"
+        if self.has_marks:
+            text += f" (the marks on {self._marked_text()} were dropped; the messages stay)"
         self.display.note(text)
+
+    @property
+    def has_marks(self) -> bool:
+        """Whether a DELE the server accepted is pending: QUIT would delete (RFC 1939 §6)."""
+        return bool(self.marks or self.odd_marks)
+
+    def _marked_text(self) -> str:
+        shown = [str(n) for n in sorted(self.marks)]
+        shown += [f"DELE {terminal_safe(a)}".rstrip() for a in self.odd_marks]
+        return ", ".join(shown)
 
     def message_numbers(self) -> list[int]:
         """Known message numbers, for completion."""
@@ -264,8 +277,10 @@ class Console:
             else:
                 show_all = False
         if line_has_secret(line):
+            keyword = secret_keyword(line) or "this command"
             self.display.error(
-                f"{verb} takes no secret on the command line here: type {_secret_usage(verb)} "
+                f"{keyword} takes no secret on the command line here: type "
+                f"{_secret_usage(keyword)} "
                 "and the password is asked without echo; the line was not sent"
             )
             return Outcome.REFUSED
@@ -293,8 +308,9 @@ class Console:
             self._learn(verb, words, answer)
             if verb == "USER" and words:
                 self.user = args.strip()
-            if verb == "RSET" and self.marks:
+            if verb == "RSET" and self.has_marks:
                 self.marks.clear()
+                self.odd_marks.clear()
                 self.display.note("all marks removed")
         return Outcome.OK if answer.ok else Outcome.ERR
 
@@ -413,7 +429,8 @@ class Console:
         tls = self.link.tls
         if tls is None:
             return " (no TLS)" if not self.starttls else " (plaintext until STLS)"
-        subject = tls.get("peer_subject")
+        # The server chooses its certificate's subject: escape sequences and all.
+        subject = terminal_safe(str(tls.get("peer_subject")))
         cert = "" if self.link.config.insecure else f"; verified certificate {subject}"
         if self.link.config.insecure:
             cert = f"; certificate {subject} NOT verified (--insecure)"
@@ -589,12 +606,24 @@ class Console:
                 if not answer.ok:
                     return Outcome.ERR
 
+                failure: OSError | None = None
+
                 def sink(piece: bytes, _line_start: bool) -> None:
-                    nonlocal written
-                    out.write(piece)
+                    # After a failed write the rest of the message is still read: left in
+                    # the connection, it would be taken for the next command's answer.
+                    nonlocal written, failure
+                    if failure is not None:
+                        return
+                    try:
+                        out.write(piece)
+                    except OSError as exc:
+                        failure = exc
+                        return
                     written += len(piece)
 
                 self.link.read_body(sink, f"inside message {number}")
+                if failure is not None:
+                    raise failure
             _publish(temp, target)
         except FileExistsError:
             self.display.error(f"{target} appeared meanwhile; not overwritten")
@@ -622,7 +651,15 @@ class Console:
         answer = self._command(line.encode("utf-8", "surrogateescape"), line, typed=True)
         if not answer.ok:
             return Outcome.ERR
-        if number is not None:
+        if number is None:
+            # The server accepted a DELE the console cannot read as one message number:
+            # whatever it marked, QUIT would delete, so it counts as a mark all the same.
+            self.odd_marks.append(" ".join(words))
+            self.display.note(
+                "the server accepted that DELE; it is counted as a mark "
+                "(QUIT asks first; RSET unmarks, Ctrl-D leaves without deleting)"
+            )
+        else:
             self.marks[number] = self._info(number)
             self.display.note(
                 f"message {number} is marked; the server deletes it only at QUIT "
@@ -631,19 +668,21 @@ class Console:
         return Outcome.OK
 
     def _show_marks(self) -> None:
-        if not self.marks:
+        if not self.has_marks:
             self.display.note("no messages are marked for deletion")
             return
-        count = len(self.marks)
+        count = len(self.marks) + len(self.odd_marks)
         self.display.note(f"{count} message{'s' if count > 1 else ''} marked for deletion at QUIT:")
         for number in sorted(self.marks):
             self.display.server(self.marks[number].describe())
+        for argument in self.odd_marks:
+            self.display.server(f"{'?':>5}  accepted: DELE {terminal_safe(argument)}".rstrip())
 
     def _quit(self, line: str) -> Outcome:
         """QUIT, after confirmation when messages are marked (RFC 1939 §6)."""
-        if self.marks:
+        if self.has_marks:
             self._show_marks()
-            count = len(self.marks)
+            count = len(self.marks) + len(self.odd_marks)
             what = "this message" if count == 1 else f"these {count} messages"
             if not self.display.confirm(f"QUIT makes the server delete {what}. Send QUIT?"):
                 self.display.note(
@@ -651,10 +690,12 @@ class Console:
                 )
                 return Outcome.REFUSED
         answer = self._command(line.encode("utf-8", "surrogateescape"), line, typed=True)
-        if answer.ok and self.marks:
-            numbers = ", ".join(str(n) for n in sorted(self.marks))
-            self.display.note(f"QUIT accepted: the server deletes the marked messages ({numbers})")
+        if answer.ok and self.has_marks:
+            self.display.note(
+                f"QUIT accepted: the server deletes the marked messages ({self._marked_text()})"
+            )
         self.marks.clear()
+        self.odd_marks.clear()
         self.link.close()
         self.ended = True
         self.quit_answered = answer.ok

@@ -26,7 +26,8 @@ _CAPABILITIES: Final = {
     "LANG": "LANG: the language of server messages can be chosen",
 }
 
-_MESSAGE_NUMBER: Final = re.compile(r"[1-9][0-9]{0,9}")
+#: Leading zeros are allowed: servers read ``01`` as message 1 (Dovecot deletes it).
+_MESSAGE_NUMBER: Final = re.compile(r"0*([1-9][0-9]{0,9})")
 _SUMMARY_HEADERS: Final = ("From", "To", "Subject", "Date")
 
 
@@ -74,7 +75,8 @@ def describe_capabilities(lines: list[str]) -> list[str]:
 
 def parse_message_number(text: str) -> int | None:
     """A message number as RFC 1939 §3 allows (a positive decimal), or None."""
-    return int(text) if _MESSAGE_NUMBER.fullmatch(text) else None
+    match = _MESSAGE_NUMBER.fullmatch(text)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from pop3tap.protocol import split_command
+from pop3tap.protocol import mask_line
+from pop3tap.protocol._commands import secret_verb
 
 #: Environment variable read for the password in scripted use.
 PASSWORD_ENV: Final = "POP3TAP_PASSWORD"
@@ -34,14 +35,41 @@ class SecretError(Exception):
 
 def line_has_secret(line: str) -> bool:
     """Whether a typed line carries a secret: ``PASS x``, ``APOP name digest``,
-    ``AUTH mechanism initial-response`` (RFC 1939 §7, RFC 5034 §4)."""
-    verb, args = split_command(line.encode("utf-8", "surrogateescape"))
-    words = args.split()
-    if verb == "PASS":
-        return bool(words)
-    if verb in ("APOP", "AUTH"):
-        return len(words) >= 2
+    ``AUTH mechanism initial-response`` (RFC 1939 §7, RFC 5034 §4), also glued to its
+    keyword (``PASS\u00a0x``, ``pass:x``), which a server may read as ``PASS x``.
+
+    The rule is the capture masker's: a line carries a secret when it would be masked.
+    """
+    # A pasted block holds several lines; any of them may carry the secret.
+    for part in line.replace("\r", "\n").split("\n"):
+        data = part.strip().encode("utf-8", "surrogateescape")
+        if mask_line(data) != data:
+            return True
     return False
+
+
+def secret_offset(line: str) -> int | None:
+    """Where the secret a typed line carries begins (a character index), or None.
+
+    As :func:`line_has_secret`, by the capture masker's rule: the first character the
+    masker would replace.
+    """
+    data = line.encode("utf-8", "surrogateescape")
+    masked = mask_line(data)
+    if masked == data:
+        return None
+    same = 0
+    for ours, theirs in zip(data, masked, strict=False):
+        if ours != theirs:
+            break
+        same += 1
+    return len(data[:same].decode("utf-8", "surrogateescape"))
+
+
+def secret_keyword(line: str) -> str | None:
+    """``PASS``, ``APOP`` or ``AUTH`` for a line that begins with one (glued or not)."""
+    verb = secret_verb(line.strip().encode("utf-8", "surrogateescape"))
+    return None if verb is None else verb.decode("ascii")
 
 
 def check_private_file(path: Path) -> None:
@@ -77,8 +105,15 @@ class SecretSource:
         check_private_file(self.netrc_path)
         try:
             entry = netrc.netrc(str(self.netrc_path)).authenticators(self.host.strip("[]"))
-        except (netrc.NetrcParseError, OSError, UnicodeDecodeError) as exc:
-            message = getattr(exc, "msg", None) or str(exc)
+        except netrc.NetrcParseError as exc:
+            # Its message quotes the token it stopped at: often a piece of a password
+            # with a space in it. Only the line number is shown.
+            raise SecretError(
+                f"netrc file {self.netrc_path}: cannot be parsed (line {exc.lineno}; "
+                "a password with spaces needs double quotes)"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            message = getattr(exc, "strerror", None) or type(exc).__name__
             raise SecretError(f"netrc file {self.netrc_path}: {message}") from None
         if entry is None:
             return None

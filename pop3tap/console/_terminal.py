@@ -11,7 +11,9 @@ pop3tap's notes and errors to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
@@ -19,10 +21,17 @@ from typing import TextIO
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.layout.processors import (
+    Processor,
+    Transformation,
+    TransformationInput,
+)
 
 from pop3tap.console._core import HELPERS, NUMBERED, POP3_VERBS, Console
-from pop3tap.console._secrets import line_has_secret
+from pop3tap.console._link import ConsoleError
+from pop3tap.console._secrets import line_has_secret, secret_offset
 
 _NOTE = "\x1b[36m"
 _ERROR = "\x1b[1;31m"
@@ -39,6 +48,29 @@ class SecretFreeHistory(InMemoryHistory):
         if line_has_secret(string):
             return
         super().append_string(string)
+
+
+class SecretMask(Processor):
+    """Draws as ``*`` what a line being typed carries after ``PASS``, ``APOP NAME`` or
+    ``AUTH MECH``: the telnet habit is ``PASS secret`` on one line. The console refuses
+    such a line; this keeps the secret off the screen and the scrollback while it is typed.
+    """
+
+    def apply_transformation(self, ti: TransformationInput) -> Transformation:
+        # Every line: a pasted block puts several in the buffer.
+        start = secret_offset(ti.document.lines[ti.lineno].replace("\r", " "))
+        if start is None:
+            return Transformation(ti.fragments)
+        masked: StyleAndTextTuples = []
+        position = 0
+        for fragment in ti.fragments:
+            text = fragment[1]
+            shown = "".join(
+                "*" if position + i >= start else char for i, char in enumerate(text)
+            )
+            position += len(text)
+            masked.append((fragment[0], shown))
+        return Transformation(masked)
 
 
 class Pop3Completer(Completer):
@@ -141,27 +173,59 @@ def ask_hidden(prompt: str) -> str | None:
 
 
 class ScriptDisplay:
-    """Server lines and sent commands on stdout; notes and errors on stderr."""
+    """Server lines and sent commands on stdout; notes and errors on stderr.
+
+    When stdout is closed (``pop3tap console ... | head -1``) the script stops with a
+    :class:`ConsoleError`: nobody sees the answers any more, so it must not go on to a
+    QUIT, and the exit code says it stopped.
+    """
 
     def __init__(self, *, confirm_quit: bool, out: TextIO | None = None, err: TextIO | None = None):
         self.confirm_quit = confirm_quit
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
+        self._out_closed = False
+
+    def _write_out(self, text: str) -> None:
+        if self._out_closed:
+            return
+        try:
+            self.out.write(text)
+        except BrokenPipeError:
+            self._stdout_gone()
+
+    def _flush_out(self) -> None:
+        if self._out_closed:
+            return
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            self._stdout_gone()
+
+    def _stdout_gone(self) -> None:
+        self._out_closed = True
+        # What is still buffered would fail again when Python flushes it at exit.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.out.fileno())
+            os.close(devnull)
+        raise ConsoleError("standard output was closed; stopping")
 
     def server(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self._write_out(text + "\n")
 
     def sent(self, text: str, *, typed: bool) -> None:
-        self.out.write(f"> {text}\n")
+        self._write_out(f"> {text}\n")
 
     def note(self, text: str) -> None:
-        self.out.flush()
+        self._flush_out()
         for line in text.splitlines():
             self.err.write(f"# {line}\n")
         self.err.flush()
 
     def error(self, text: str) -> None:
-        self.out.flush()
+        with contextlib.suppress(ConsoleError):  # the error is what is being reported
+            self._flush_out()
         self.err.write(f"pop3tap: {text}\n")
         self.err.flush()
 
@@ -182,6 +246,7 @@ def run_interactive(console: Console, prompt_text: str) -> int:
         completer=Pop3Completer(console),
         complete_while_typing=False,
         enable_history_search=True,
+        input_processors=[SecretMask()],
     )
     while not console.ended:
         try:
