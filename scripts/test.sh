@@ -7,7 +7,8 @@
 # the C body scanner.
 # Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
 # with POP3TAP_REQUIRE_REAL_PEERS=1 and POP3TAP_REQUIRE_C_SCANNER=1, so a missing real peer or
-# a C scanner that did not build fails instead of skipping.
+# a C scanner that did not build fails instead of skipping. Last, with no arguments, it builds
+# the sdist and wheel and uses the wheel from a fresh venv (scripts/wheel-smoke.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -54,3 +55,9 @@ echo "==> mypy"
 
 echo "==> pytest"
 POP3TAP_REQUIRE_REAL_PEERS=1 POP3TAP_REQUIRE_C_SCANNER=1 .venv/bin/python -m pytest -q "$@"
+
+# The released form: sdist -> wheel -> a fresh venv outside the checkout (demo, --help, replay).
+# Skipped only when pytest was asked for a subset (e.g. `-k name`), as during development.
+if [ "$#" -eq 0 ]; then
+    bash scripts/wheel-smoke.sh
+fi
