@@ -179,3 +179,13 @@ def test_keylog_file_is_private(tmp_path: Path) -> None:
     finally:
         os.umask(old_umask)
     assert os.stat(keylog).st_mode & 0o777 == 0o600
+
+
+def test_demo_hint_commands_work_as_printed(tmp_path: Path) -> None:
+    demo = pop3tap("demo", "--captures", str(tmp_path), "--log-file", str(tmp_path / "log"))
+    assert demo.returncode == 0, demo.stderr
+    hints = demo.stdout.split("next:\n", 1)[1].splitlines()
+    show = next(h.strip() for h in hints if " show " in h)
+    assert show.startswith(f"{PYTHON} -m pop3tap show --bodies ")
+    shown = subprocess.run(show, shell=True, capture_output=True, text=True, check=False)
+    assert shown.returncode == 0 and "[tx] USER alice" in shown.stdout, shown.stderr
