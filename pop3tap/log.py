@@ -1,9 +1,16 @@
 """structlog configuration and the fields of the canonical ``pop3.exchange`` log line.
 
 Configure once, from the command line entry point, with :func:`configure_logging`.
-Library modules only call ``structlog.get_logger()`` and bind per-session context with
+Library modules log through :func:`get_logger` and bind per-session context with
 ``structlog.contextvars.bind_contextvars(session=..., client=..., upstream=...)``; the
 first processor merges that context into every event.
+
+A library never configures logging for its host program. Until structlog is configured
+(by pop3tap's command line, or by the program that imports pop3tap), pop3tap's events go
+to the standard library logger of the same name (``pop3tap.relay``, ``pop3tap.replay``),
+which has a ``NullHandler``: silent by default, seen by ``caplog`` and by any handler
+the program installs. Each record's message is ``event key=value ...`` and its
+``pop3tap`` attribute holds the event dict.
 
 Wire bytes are never rendered as ``b'...'``: a processor turns ``bytes`` values (also
 inside lists and dicts), sets and enums into plain text/JSON values before rendering.
@@ -35,6 +42,7 @@ __all__ = [
     "Pop3ConsoleRenderer",
     "configure_logging",
     "exchange_fields",
+    "get_logger",
     "plain_values",
 ]
 
@@ -193,6 +201,68 @@ class _FdLoggerFactory:
 
     def __call__(self, *args: Any) -> FdLogger:
         return self._logger
+
+
+################################################################
+# Library loggers: structlog when configured, else stdlib logging
+################################################################
+
+logging.getLogger("pop3tap").addHandler(logging.NullHandler())
+
+
+def _stdlib_message(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> tuple[tuple[str], dict[str, Any]]:
+    """Final processor of the stdlib route: ``event key=value ...`` and the dict itself."""
+    exc_info = event_dict.pop("exc_info", None)
+    fields = " ".join(
+        f"{key}={json.dumps(value, ensure_ascii=False, default=str)}"
+        for key, value in event_dict.items()
+        if key != "event"
+    )
+    message = f"{event_dict.get('event', '')} {fields}".rstrip()
+    return (message,), {"exc_info": exc_info, "extra": {"pop3tap": dict(event_dict)}}
+
+
+class LibraryLogger:
+    """A logger for pop3tap's modules that follows the host program's choice.
+
+    Each call goes to ``structlog.get_logger(name)`` once structlog is configured (the
+    command line, ``structlog.testing.capture_logs``, or the host program), and otherwise
+    to the standard library logger ``name`` through structlog's stdlib wrapper.
+    """
+
+    def __init__(self, name: str) -> None:
+        """Loggers are built on first use."""
+        self._name = name
+        self._structlog: Any = structlog.get_logger(name)
+        self._stdlib: Any = None
+
+    def _target(self) -> Any:
+        if structlog.is_configured():
+            return self._structlog
+        if self._stdlib is None:
+            self._stdlib = structlog.wrap_logger(
+                logging.getLogger(self._name),
+                processors=[
+                    structlog.stdlib.filter_by_level,
+                    structlog.contextvars.merge_contextvars,
+                    plain_values,
+                    _stdlib_message,
+                ],
+                wrapper_class=structlog.stdlib.BoundLogger,
+                cache_logger_on_first_use=False,
+            )
+        return self._stdlib
+
+    def __getattr__(self, name: str) -> Any:
+        """``bind``, ``info``, ``warning``... of the current target."""
+        return getattr(self._target(), name)
+
+
+def get_logger(name: str) -> Any:
+    """The logger a pop3tap module logs through (see the module docstring)."""
+    return LibraryLogger(name)
 
 
 ################################################################

@@ -45,7 +45,7 @@ from pop3tap._fastio import plain_fd, read_now, receive_some, send_all
 from pop3tap._faultio import pace
 from pop3tap.capture import CaptureError, CaptureWriter
 from pop3tap.faults import ConnectionFaults, FaultPlan, check_relay_fault, parse_fault
-from pop3tap.log import exchange_fields
+from pop3tap.log import exchange_fields, get_logger
 from pop3tap.protocol import (
     CommandSent,
     Direction,
@@ -77,7 +77,7 @@ from pop3tap.tls import (
 )
 from pop3tap.workers import open_listeners
 
-logger = structlog.get_logger("pop3tap.relay")
+logger = get_logger("pop3tap.relay")
 
 #: Bytes asked of the kernel per receive; large enough that a big RETR is few chunks.
 RECEIVE_SIZE = 256 * 1024

@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import structlog
 import trio
 
 from pop3tap._fastio import plain_fd, receive_some, send_now
@@ -74,6 +73,7 @@ from pop3tap.capture import (
 )
 from pop3tap.certs import normalize_names
 from pop3tap.faults import ConnectionFaults, Fault, FaultAction, FaultError, FaultPlan, parse_fault
+from pop3tap.log import get_logger
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     Exchange,
@@ -103,7 +103,7 @@ from pop3tap.workers import open_listeners
 if TYPE_CHECKING:
     from pop3tap.model import ModelStore
 
-logger = structlog.get_logger("pop3tap.replay")
+logger = get_logger("pop3tap.replay")
 
 __all__ = [
     "RecordedExchange",

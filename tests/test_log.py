@@ -308,3 +308,50 @@ def test_console_lines_carry_no_control_characters_from_peers(args: str, other: 
     lines = text.splitlines()
     assert len(lines) == 2, text
     assert not any(c in line for line in lines for c in "\x1b\x07\x9b\r\x00")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_library_events_reach_caplog_when_structlog_is_not_configured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import poplib
+
+    import pop3tap
+
+    structlog.reset_defaults()  # as in a program that never configured structlog
+    caplog.set_level("DEBUG", logger="pop3tap")
+    with pop3tap.replay_server(ROOT / "captures" / "user-pass.p3cap") as server:
+        client = poplib.POP3(server.host, server.port, timeout=10)
+        client.user("alice")
+        client.pass_("secret-password")
+        client.quit()
+    events = [r.pop3tap["event"] for r in caplog.records if r.name == "pop3tap.replay"]
+    assert "replay.session.open" in events and "replay.exchange" in events
+    close = next(r for r in caplog.records if r.getMessage().startswith("replay.session.close"))
+    assert close.levelname == "WARNING" and '"#4 STAT"' in close.getMessage()
+    assert "secret-password" not in caplog.text
+
+
+def test_library_is_silent_by_default(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = f"""
+import poplib
+import pop3tap
+
+with pop3tap.replay_server({str(ROOT / "captures" / "user-pass.p3cap")!r}) as server:
+    client = poplib.POP3(server.host, server.port, timeout=10)
+    client.user("alice")
+    client.pass_("x")
+    client.quit()
+print("done")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    # An unplayed-exchanges warning is logged, but nothing configured logging: no output.
+    assert (result.stdout, result.stderr) == ("done\n", "")
