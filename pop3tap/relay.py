@@ -806,7 +806,7 @@ class _Session:
             "session.open",
             client=client_peer,
             upstream=str(config.upstream),
-            listen=str(config.listen),
+            listen=self.listen_address(),
         )
         self.open_capture(client_peer)
         try:
@@ -816,6 +816,15 @@ class _Session:
         finally:
             with trio.CancelScope(shield=True):
                 await self.finish()
+
+    def listen_address(self) -> str:
+        """Where this client connected: the real port, also when the relay bound port 0."""
+        sock = _socket_of(self.client)
+        try:
+            host, port = sock.getsockname()[:2]
+        except (AttributeError, OSError):
+            return str(self.config.listen)
+        return str(Endpoint(str(host), int(port)))
 
     async def connect_and_relay(self) -> None:
         config = self.config

@@ -123,27 +123,43 @@ def warn_if_shared_directory(path: Path, log: structlog.typing.FilteringBoundLog
 
 
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("logging")
+    group = parser.add_argument_group(
+        "logging",
+        "On a terminal: one aligned line per exchange (colours unless NO_COLOR is set; "
+        "FORCE_COLOR forces them). Otherwise JSON lines.",
+    )
     group.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
         default="auto",
-        help="JSON lines, or readable console lines (auto: console on a terminal)",
+        help="JSON lines, or the console view (auto: the console view on a terminal)",
     )
-    group.add_argument("--log-file", metavar="PATH", help="append the log here instead of stderr")
+    group.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append JSON lines here (created 0600); a terminal keeps the console view",
+    )
     group.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
         help="minimum level to log (default: info)",
     )
+    loudness = group.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only (--log-level warning)"
+    )
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="debug events too (--log-level debug)"
+    )
 
 
 def setup_logging(args: argparse.Namespace) -> None:
     from pop3tap.log import LogSetupError, configure_logging
 
+    level = "warning" if args.quiet else "debug" if args.verbose else args.log_level
     try:
-        configure_logging(log_format=args.log_format, log_file=args.log_file, level=args.log_level)
+        configure_logging(log_format=args.log_format, log_file=args.log_file, level=level)
     except LogSetupError as exc:
         raise CliError(str(exc)) from None
 
@@ -151,6 +167,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 def add_listen_option(parser: argparse.ArgumentParser) -> None:
     """``--listen [HOST:]PORT`` (default 127.0.0.1:1110)."""
     parser.add_argument(
+        "-l",
         "--listen",
         default="127.0.0.1:1110",
         metavar="[HOST:]PORT",

@@ -45,9 +45,12 @@ def add_subcommand(sub: Subparsers) -> None:
         description="Listen for POP3 clients, relay each to UPSTREAM byte for byte, log every "
         "command/response pair and write one capture file per session.",
     )
-    parser.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the real server")
+    parser.add_argument(
+        "-u", "--upstream", required=True, metavar="HOST:PORT", help="the real server"
+    )
     add_listen_option(parser)
     parser.add_argument(
+        "-w",
         "--captures",
         default="captures",
         metavar="DIR",
