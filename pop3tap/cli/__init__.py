@@ -46,11 +46,23 @@ def build_parser() -> Parser:
     return parser
 
 
+def _attach_status_values(argv: list[str]) -> list[str]:
+    """``--status -ERR`` as ``--status=-ERR``: argparse takes ``-ERR`` for an option."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--status" and arg.upper() == "-ERR":
+            joined[-1] = f"--status={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pop3tap`` console script and ``python -m pop3tap``."""
     parser = build_parser()
+    arguments = _attach_status_values(list(sys.argv[1:] if argv is None else argv))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(arguments)
         code: int = args.handler(args)
     except CliError as exc:
         message = str(exc)
