@@ -187,8 +187,10 @@ def add_subcommand(sub: Subparsers) -> None:
     )
     tls.add_argument(
         "--listen-tls",
-        action="store_true",
-        help="implicit TLS from the first byte (RFC 8314), for captures recorded that way",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="implicit TLS from the first byte (RFC 8314); default: as the captures were "
+        "recorded (POP3S captures are served over TLS)",
     )
     add_certificate_options(tls)
     tls.add_argument(
@@ -210,7 +212,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pop3tap.capture import CaptureError
     from pop3tap.cli._common import run_trio, serve_workers, stop_on_signal
     from pop3tap.relay import Endpoint
-    from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
+    from pop3tap.replay import (
+        ReplayConfig,
+        ReplayError,
+        ReplayServer,
+        load_sessions,
+        resolve_tls,
+    )
     from pop3tap.tls import TlsSetupError
 
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
@@ -258,8 +266,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             if config.captures
             else ([], [])
         )
+        config, notes = resolve_tls(config, sessions)
     except (CaptureError, ReplayError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    for note in notes:
+        print(printable(f"pop3tap: note: {note}"), file=sys.stderr)
     setup_logging(args)
     log = structlog.get_logger("pop3tap")
     if not is_loopback(host):
