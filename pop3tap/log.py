@@ -44,6 +44,7 @@ __all__ = [
     "exchange_fields",
     "get_logger",
     "plain_values",
+    "set_process_fields",
 ]
 
 #: Accepted values of ``log_format``.
@@ -59,6 +60,22 @@ _LEVELS: Final = {
 _SESSION_KEYS: Final = ("session", "session_id", "conn_id")
 
 _log_file: TextIO | None = None
+#: Fields every line of this process carries (``worker`` and ``pid`` with ``--workers``).
+_process_fields: dict[str, Any] = {}
+
+
+def set_process_fields(**fields: Any) -> None:
+    """Put ``fields`` on every later log line of this process (a ``--workers`` worker)."""
+    _process_fields.clear()
+    _process_fields.update(fields)
+
+
+def add_process_fields(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """Processor: the fields of :func:`set_process_fields`."""
+    if _process_fields:
+        for key, value in _process_fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 class LogSetupError(Exception):
@@ -557,6 +574,7 @@ def configure_logging(
     file: TextIO | None = _open_log_file(log_file) if log_file is not None else None
     processors: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_process_fields,
         structlog.processors.add_log_level,
         utc_timestamp,
         plain_values,

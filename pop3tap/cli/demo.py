@@ -19,6 +19,7 @@ from pop3tap.cli._common import (
     Subparsers,
     add_logging_options,
     check_writable_directory,
+    epilog,
     setup_logging,
 )
 
@@ -61,6 +62,12 @@ def add_subcommand(sub: Subparsers) -> None:
         help="record a session against a replayed server and show it (loopback only)",
         description="Start a replay server from a shipped capture, the recording relay in front "
         "of it, drive a poplib session through the relay, and print the new capture.",
+        epilog=epilog(
+            "  pop3tap demo\n"
+            "  pop3tap demo --bodies --captures demo-captures/\n"
+            "  pop3tap demo --capture my-session.p3cap"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--capture",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from pop3tap._text import printable
-from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers
+from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers, epilog
 
 if TYPE_CHECKING:
     from pop3tap.capture import CapturePath
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 FOLLOW_INTERVAL = 0.25
 
 EXAMPLES = """\
-examples:
   pop3tap show captures/                        every session, Pop3.log style
   pop3tap show captures/ --status -ERR          only the exchanges that failed
   pop3tap show captures/ --user alice --verb RETR --verb TOP --bodies
@@ -43,7 +42,7 @@ def add_subcommand(sub: Subparsers) -> None:
         help="print captures as a Pop3.log-style session log",
         description="Render capture files (or directories of them) as [tx]/[rx]/[db] lines. "
         "Times are UTC. On a terminal the output goes through $PAGER (less -FRX).",
-        epilog=EXAMPLES,
+        epilog=epilog(EXAMPLES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
