@@ -17,6 +17,7 @@ from pop3tap._text import printable
 from pop3tap.cli import (
     ca,
     completion,
+    config,
     console,
     demo,
     export,
@@ -39,6 +40,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     demo.add_subcommand,
     ca.add_subcommand,
     console.add_subcommand,
+    config.add_subcommand,
     completion.add_subcommand,
 ]
 
@@ -91,7 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        from_files = config.apply(parser, arguments)  # pop3tap.toml, config.toml: defaults
         args = parser.parse_args(arguments)
+        config.finish(args, from_files)
         code: int = args.handler(args)
     except CliError as exc:
         message = str(exc)
