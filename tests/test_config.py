@@ -60,11 +60,12 @@ def test_files_set_defaults_and_the_command_line_overrides_them(project: Path) -
 
 
 def test_project_file_wins_over_the_user_file(project: Path) -> None:
-    user_file(project, '[record]\nupstream = "user.example:110"\ngrace = 3\n')
+    user_file(project, '[record]\nupstream = "user.example:110"\ngrace = 3\nkeep-secrets = true\n')
     (project / "pop3tap.toml").write_text('[record]\nupstream = "project.example:110"\n')
     lines = pop3tap(project, "config", "record").stdout.splitlines()
     assert any(x.startswith('upstream = "project.example:110"  # ') for x in lines)
     assert any(x.startswith("grace = 3.0  # ") and "home" in x for x in lines)
+    assert any(x.startswith("keep-secrets = true  # ") and "home" in x for x in lines)
 
 
 @pytest.mark.parametrize(
@@ -73,10 +74,12 @@ def test_project_file_wins_over_the_user_file(project: Path) -> None:
         ("[record\n", "not valid TOML"),
         ("[record]\nupstrem = 'x:1'\n", "unknown setting 'upstrem' in [record]"),
         ("[recrod]\nupstream = 'x:1'\n", "[recrod] is not a command"),
-        ("[record]\nkeep-secrets = 'yes'\n", "keep-secrets must be true or false"),
+        ("[record]\nlisten-tls = 'yes'\n", "listen-tls must be true or false"),
         ("[record]\nlog-format = 'xml'\n", "'xml' is not one of auto, json, console"),
         ("[replay]\ntiming = 'sometimes'\n", "timing"),
         ("[record]\nlisten = ['a']\n", "listen must be a string or a number"),
+        ("log-file = '/home/u/.bashrc'\n", "log-file is only taken from the user's config"),
+        ("[record]\nkeep-secrets = true\n", "keep-secrets is only taken from the user's"),
     ],
 )
 def test_bad_files_are_one_line_usage_errors(project: Path, text: str, needle: str) -> None:

@@ -10,6 +10,8 @@ The command line overrides both. Keys are long option names (``log-level`` or
 ``[record]``, ``[replay]``, ``[show]``... table to that command only (``[ca.init]`` for
 ``ca init``). A file is input like any other: one other users can write is refused, and an
 unknown key, a wrong type or a bad value is a one-line error naming the file (exit 2).
+A project file may come with a repository from anyone, so it cannot set ``log-file``,
+``keylog``, ``keep-secrets`` or ``insecure-upstream``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from pop3tap.cli._common import EXIT_OK, CliError, Subparsers, epilog
 PROJECT_FILE = "pop3tap.toml"
 #: Options no file may set: they are about one run, not a default.
 NOT_CONFIGURABLE = frozenset({"help", "version", "force"})
+#: Options a project file may not set: it may come with a repository from anyone, and
+#: these write files where it says or weaken what protects secrets.
+USER_ONLY = frozenset({"log_file", "keylog", "keep_secrets", "insecure_upstream"})
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -138,7 +143,7 @@ def load(parser: argparse.ArgumentParser, cwd: Path | None = None) -> Settings:
         if path is None or not path.is_file():
             continue
         settings.files.append(path)
-        _apply_table(settings, commands, _read(path), (), path)
+        _apply_table(settings, commands, _read(path), (), path, project=path is project)
     return settings
 
 
@@ -148,14 +153,21 @@ def _apply_table(
     table: dict[str, Any],
     prefix: tuple[str, ...],
     path: Path,
+    *,
+    project: bool,
 ) -> None:
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
+        if project and key in USER_ONLY:
+            raise CliError(
+                f"config file {path}: {raw_key} is only taken from the user's config.toml or "
+                "the command line (a project file may come from anyone)"
+            )
         nested = (*prefix, raw_key)
         if isinstance(value, dict):
             if not any(c[: len(nested)] == nested for c in commands):
                 raise CliError(f"config file {path}: [{'.'.join(nested)}] is not a command")
-            _apply_table(settings, commands, value, nested, path)
+            _apply_table(settings, commands, value, nested, path, project=project)
             continue
         targets = [
             c for c in commands if c[: len(prefix)] == prefix and key in _options(commands[c])
