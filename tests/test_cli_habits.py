@@ -19,7 +19,9 @@ from pop3tap.replay import replay_server
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["record", "replay", "show", "demo", "ca", "completion"]
+COMMANDS = [
+    "record", "replay", "show", "view", "export", "import", "demo", "ca", "config", "completion"
+]
 
 
 def pop3tap(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -112,7 +114,7 @@ def test_bash_completion_generated_from_the_parser(tmp_path: Path) -> None:
 
     assert complete("pop3tap", "re") == ["record", "replay"]
     assert "--upstream-ca" in complete("pop3tap", "record", "--upstream-")
-    assert complete("pop3tap", "show", "--format", "") == ["json", "text"]
+    assert complete("pop3tap", "show", "--format", "") == ["html", "json", "text"]
     for shell in ("zsh", "fish"):
         other = pop3tap("completion", shell)
         assert other.returncode == 0 and "upstream-ca" in other.stdout
