@@ -38,7 +38,10 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     if relative:
         amount = float(relative.group(1))
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[relative.group(2)]
-        return now - timedelta(**{unit: amount})
+        try:
+            return now - timedelta(**{unit: amount})
+        except OverflowError:  # older than datetime can say: since the beginning
+            return datetime.min.replace(tzinfo=UTC)
     if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?", raw):
         raw = f"{now.date().isoformat()}T{raw}"
     try:

@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pop3tap.capture import CaptureWriter
 
@@ -196,3 +198,17 @@ def test_git_textconv_recipe_gives_a_readable_diff(tmp_path: Path) -> None:
     assert "-POP3: [tx] USER alice" in diff and "+POP3: [tx] USER erin" in diff
     assert "+POP3: [rx] -ERR [AUTH] Authentication failed." in diff
     assert " POP3: [tx] CAPA" in diff  # unchanged lines are context, not noise
+
+
+@given(text=st.text(max_size=40) | st.from_regex(r"\d{1,30}(\.\d{0,5})?[smhd]", fullmatch=True))
+@settings(max_examples=500, deadline=None)
+def test_any_time_text_is_a_time_or_one_selection_error(text: str) -> None:
+    """--since/--until take user text: it parses or is a SelectionError, never a traceback."""
+    from pop3tap.selection import SelectionError, parse_when
+
+    try:
+        when = parse_when(text)
+    except SelectionError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert when.tzinfo is not None
