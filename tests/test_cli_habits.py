@@ -20,7 +20,8 @@ from pop3tap.replay import replay_server
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [
-    "record", "replay", "show", "view", "export", "import", "demo", "ca", "config", "completion"
+    "record", "replay", "show", "view", "export", "import", "demo", "ca", "console", "config",
+    "completion",
 ]
 
 

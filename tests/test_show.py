@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -88,7 +89,9 @@ def test_filters_select_sessions_and_exchanges(two_sessions: Path) -> None:
     assert early[1:] == ["POP3: 06:00:01 [tx] USER alice", "POP3: 06:00:02 [rx] +OK"]
     assert lines("--user", "carol") == []
     as_json = pop3tap("show", str(two_sessions), "--format", "json", "--status", "-ERR").stdout
-    assert [line.count('"verb": "RETR"') for line in as_json.splitlines()] == [1, 1]
+    records = [json.loads(line) for line in as_json.splitlines()]
+    assert [(r["kind"], r.get("verb")) for r in records] == [
+        ("session", None), ("exchange", "RETR"), ("session", None), ("exchange", "RETR")]
 
 
 @pytest.mark.parametrize(
