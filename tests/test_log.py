@@ -176,7 +176,7 @@ def test_console_renders_exchanges_compactly() -> None:
     # Every other event in the same shape: time, session, name, key=value.
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d a1b2c3d4e5f6 pop3\.connect "
-        r"upstream=pop\.example\.com:110 raw=\"\+OK\\r\\n\"",
+        r"upstream=pop\.example\.com:110 raw=\+OK\\r\\n",  # CR LF escaped: one line
         third,
     ), third
     assert "\x1b[" not in out.getvalue() and "b'" not in third  # no colours, no reprs
