@@ -45,7 +45,7 @@ from pop3tap._fastio import plain_fd, read_now, receive_some, send_all
 from pop3tap._faultio import pace
 from pop3tap.capture import CaptureError, CaptureWriter
 from pop3tap.faults import ConnectionFaults, FaultPlan, check_relay_fault, parse_fault
-from pop3tap.log import exchange_fields
+from pop3tap.log import exchange_fields, get_logger
 from pop3tap.protocol import (
     CommandSent,
     Direction,
@@ -77,7 +77,7 @@ from pop3tap.tls import (
 )
 from pop3tap.workers import open_listeners
 
-logger = structlog.get_logger("pop3tap.relay")
+logger = get_logger("pop3tap.relay")
 
 #: Bytes asked of the kernel per receive; large enough that a big RETR is few chunks.
 RECEIVE_SIZE = 256 * 1024
@@ -806,7 +806,7 @@ class _Session:
             "session.open",
             client=client_peer,
             upstream=str(config.upstream),
-            listen=str(config.listen),
+            listen=self.listen_address(),
         )
         self.open_capture(client_peer)
         try:
@@ -816,6 +816,15 @@ class _Session:
         finally:
             with trio.CancelScope(shield=True):
                 await self.finish()
+
+    def listen_address(self) -> str:
+        """Where this client connected: the real port, also when the relay bound port 0."""
+        sock = _socket_of(self.client)
+        try:
+            host, port = sock.getsockname()[:2]
+        except (AttributeError, OSError):
+            return str(self.config.listen)
+        return str(Endpoint(str(host), int(port)))
 
     async def connect_and_relay(self) -> None:
         config = self.config

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
@@ -154,9 +154,16 @@ def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
             yield text
 
 
-def _describe_transport_event(record: EventRecord) -> str | None:
-    """The [db] text of a transport event record; None where a protocol line says it."""
+def _describe_transport_event(record: EventRecord, *, stable: bool = False) -> str | None:
+    """The [db] text of a transport event record; None where a protocol line says it.
+
+    ``stable`` leaves out what differs between recordings of the same conversation.
+    """
     fields = record.fields
+    if stable and record.name == "upstream_connected":
+        return "Connected to upstream"
+    if stable and record.name == "tls_handshake":
+        return f"TLS {fields.get('version', '?')} with the {fields.get('leg', '?')}"
     side = {"c2s": "client", "s2c": "server"}.get(str(fields.get("dir")), "?")
     if record.name == "eof":
         return None  # the observer's end-of-stream line says it, with what was pending
@@ -212,11 +219,20 @@ def _records(capture: CaptureSource) -> Iterator[Record]:
     return capture.iter_records()
 
 
-def render_lines(capture: CaptureSource, *, bodies: bool = False) -> Iterator[str]:
+def render_lines(
+    capture: CaptureSource,
+    *,
+    bodies: bool = False,
+    only: Container[int] | None = None,
+    stable: bool = False,
+) -> Iterator[str]:
     """Yield the Pop3.log-style lines of one capture (times are UTC).
 
     A :class:`~pop3tap.capture.CaptureReader` is read in one pass (plus a second one for
     ``bodies``), in memory that does not depend on the capture's size.
+    ``only``: show just these exchanges (by ``seq``) after the session line, nothing else.
+    ``stable``: no times, session ids, ports or fingerprints, so the text of the same
+    conversation is the same in every recording (golden files, ``git diff``).
     """
     header = capture.header
     server_bytes: _ServerBytes | None = None
@@ -229,18 +245,31 @@ def render_lines(capture: CaptureSource, *, bodies: bool = False) -> Iterator[st
             server_bytes = _ServerBytes(iter(capture.records))
 
     def out(t: float, tag: str, text: str) -> str:
+        if stable:
+            return printable(f"POP3: [{tag}] {text}")
         return printable(f"POP3: {_clock(capture, t)} [{tag}] {text}")
 
     try:
-        yield out(
-            0.0,
-            "db",
-            f"Session {header.session} {header.client} -> {header.upstream} "
-            f"(started {header.started}, secrets {header.secrets})",
-        )
+        if stable:
+            yield out(0.0, "db", f"Session (secrets {header.secrets})")
+        else:
+            yield out(
+                0.0,
+                "db",
+                f"Session {header.session} {header.client} -> {header.upstream} "
+                f"(started {header.started}, secrets {header.secrets})",
+            )
         for record, events in derive_events(_records(capture)):
+            if only is not None:
+                for event in events:
+                    seq = getattr(event, "seq", None)
+                    if seq is not None and seq in only:
+                        yield from _render_event(
+                            event, out, server_bytes, recorded=record is not None
+                        )
+                continue
             if isinstance(record, EventRecord):
-                text = _describe_transport_event(record)
+                text = _describe_transport_event(record, stable=stable)
                 if text:
                     yield out(record.t, "db", text)
             elif isinstance(record, CloseRecord):
@@ -256,7 +285,7 @@ def render_lines(capture: CaptureSource, *, bodies: bool = False) -> Iterator[st
                 )
             for event in events:
                 yield from _render_event(event, out, server_bytes, recorded=record is not None)
-        if not capture.complete:
+        if not capture.complete and only is None:
             yield out(capture.last_t, "db", _truncation_line(capture))
     finally:
         if second is not None:

@@ -57,7 +57,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import structlog
 import trio
 
 from pop3tap._fastio import plain_fd, receive_some, send_now
@@ -74,6 +73,7 @@ from pop3tap.capture import (
 )
 from pop3tap.certs import normalize_names
 from pop3tap.faults import ConnectionFaults, Fault, FaultAction, FaultError, FaultPlan, parse_fault
+from pop3tap.log import get_logger
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     Exchange,
@@ -103,7 +103,7 @@ from pop3tap.workers import open_listeners
 if TYPE_CHECKING:
     from pop3tap.model import ModelStore
 
-logger = structlog.get_logger("pop3tap.replay")
+logger = get_logger("pop3tap.replay")
 
 __all__ = [
     "RecordedExchange",
@@ -273,6 +273,8 @@ class RecordedSession:
     greeting_fault: str | None = None
     #: Where the recorded server ended the connection, it did so with a TCP reset.
     server_reset: bool = False
+    #: pop3tap's CA directory the recording relay used (capture option ``ca_dir``).
+    ca_dir: str | None = None
 
     @property
     def stls(self) -> bool:
@@ -316,7 +318,7 @@ def tls_mismatch(session: RecordedSession, listen_tls: bool) -> str | None:
     if session.listen_tls and not listen_tls:
         return (
             f"{session.path}: recorded with implicit TLS on the client leg (RFC 8314); "
-            "serving it in plaintext (add --listen-tls to replay it over TLS)"
+            "serving it in plaintext because of --no-listen-tls"
         )
     if listen_tls and not session.listen_tls:
         more = " (its STLS is refused inside TLS)" if session.stls else ""
@@ -539,6 +541,7 @@ def session_from_capture(capture: Capture) -> RecordedSession:
         upstream_host=_upstream_host(capture.header.upstream),
         greeting_fault=recorded_faults.get(0),
         server_reset=server_closed and _server_reset(capture),
+        ca_dir=_text_option(capture.header.options.get("ca_dir")),
     )
 
 
@@ -556,6 +559,10 @@ def _recorded_faults(capture: Capture) -> dict[int, str]:
             else:  # armed, then dropped when the pairing was lost: it never happened
                 dropped.add(seq)
     return {seq: spec for seq, spec in found.items() if seq not in dropped}
+
+
+def _text_option(value: object) -> str | None:
+    return value if isinstance(value, str) and value and "\0" not in value else None
 
 
 def _sasl_cuts(s2c: bytes, start: int, end: int) -> list[int]:
@@ -676,12 +683,13 @@ class ReplayConfig:
     max_line: int = 8192
     #: Close after this many commands in a row without a recorded answer.
     max_errors: int = 20
-    #: Implicit TLS from the first byte (RFC 8314 §3), for captures with ``listen_tls``.
-    listen_tls: bool = False
+    #: Implicit TLS from the first byte (RFC 8314 §3); None: as the captures were recorded.
+    listen_tls: bool | None = None
     #: Present this certificate chain and key instead of a leaf from pop3tap's CA.
     cert: Path | None = None
     key: Path | None = None
-    #: pop3tap's CA directory (created if missing); None: as ``pop3tap ca`` (config home).
+    #: pop3tap's CA directory (created if missing); None: the one the captures were
+    #: recorded with when it is still there, else as ``pop3tap ca`` (config home).
     ca_dir: Path | None = None
     #: Seconds allowed for each TLS handshake with a client.
     tls_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
@@ -1482,10 +1490,14 @@ class ReplayServer:
             sessions = loaded
         if not sessions and config.messages is None:
             raise ReplayError("no recorded sessions to replay")
+        config, self.tls_notes = resolve_tls(config, sessions)
+        self.config = config
+        for note in self.tls_notes:
+            logger.info("replay.tls_choice", note=note)
         self.sessions: tuple[RecordedSession, ...] = tuple(sessions)
         #: One-line warnings about captures whose client-leg TLS differs from the listener.
         self.tls_warnings = [
-            w for w in (tls_mismatch(s, config.listen_tls) for s in self.sessions) if w
+            w for w in (tls_mismatch(s, bool(config.listen_tls)) for s in self.sessions) if w
         ]
         for warning in self.tls_warnings:
             logger.warning("replay.tls_mismatch", note=warning)
@@ -1643,6 +1655,74 @@ class ReplayServer:
                     connection.log.exception("replay.connection_crashed")
 
 
+def resolve_tls(
+    config: ReplayConfig, sessions: Sequence[RecordedSession]
+) -> tuple[ReplayConfig, list[str]]:
+    """``config`` with the TLS choices the captures make where the caller made none.
+
+    ``listen_tls`` None becomes the recorded client leg (POP3S captures are served over
+    TLS); ``ca_dir`` None becomes the CA directory the recording relay used, when its
+    CA is still there. Returns the config and one note per choice made.
+
+    Raises:
+        ReplayError: the captures mix implicit-TLS and plaintext client legs.
+    """
+    import dataclasses
+
+    from pop3tap.certs import CA_CERT_FILE
+
+    notes: list[str] = []
+    changes: dict[str, Any] = {}
+    if config.listen_tls is None:
+        modes = {s.listen_tls for s in sessions}
+        if len(modes) > 1:
+            implicit = next(s.path for s in sessions if s.listen_tls)
+            plain = next(s.path for s in sessions if not s.listen_tls)
+            raise ReplayError(
+                f"{implicit} was recorded with implicit TLS (POP3S) and {plain} without: "
+                "replay them separately, or pass --listen-tls or --no-listen-tls to serve "
+                "all of them one way"
+            )
+        changes["listen_tls"] = modes == {True}
+        if changes["listen_tls"]:
+            notes.append(
+                "the captures were recorded with implicit TLS (POP3S): serving them over "
+                "TLS (--no-listen-tls serves them in plaintext)"
+            )
+    needs_ca = (changes.get("listen_tls") or config.listen_tls or any(s.stls for s in sessions))
+    if config.ca_dir is None and config.cert is None and needs_ca:
+        recorded = {s.ca_dir for s in sessions if s.ca_dir}
+        if len(recorded) == 1:
+            directory = Path(recorded.pop())
+            if (directory / CA_CERT_FILE).is_file() and _private_ca_dir(directory):
+                changes["ca_dir"] = directory
+                notes.append(f"using the CA the captures were recorded with: {directory}")
+    if not changes:
+        return config, notes
+    return dataclasses.replace(config, **changes), notes
+
+
+def _private_ca_dir(directory: Path) -> bool:
+    """A CA directory named by a capture is used only when it is this user's own and no
+    one else can write it or read its key: a capture is input, and may be hostile."""
+    import os
+
+    from pop3tap.certs import CA_KEY_FILE
+
+    try:
+        folder = os.stat(directory)
+        key = os.stat(directory / CA_KEY_FILE)
+    except OSError:
+        return False
+    uid = os.getuid()
+    return (
+        folder.st_uid == uid
+        and key.st_uid == uid
+        and not folder.st_mode & 0o022
+        and not key.st_mode & 0o077
+    )
+
+
 def server_tls_for(config: ReplayConfig, sessions: Sequence[RecordedSession]) -> ServerTls | None:
     """What TLS clients are shown, or None when no session and no option needs TLS.
 
@@ -1653,6 +1733,7 @@ def server_tls_for(config: ReplayConfig, sessions: Sequence[RecordedSession]) ->
     Raises:
         TlsSetupError: unreadable or mismatched certificate files, or a broken CA.
     """
+    config, _notes = resolve_tls(config, sessions)
     needed = config.listen_tls or config.cert is not None or any(s.stls for s in sessions)
     # A model serves the recorded CAPA; when it offers STLS, the model must be able to do it.
     needed = needed or (config.model and any(_offers_stls(s) for s in sessions))

@@ -67,7 +67,7 @@ class ModelConnection(_Connection):
         super().__init__(server, stream, number)
         assert server.model is not None
         stamp = f"<{os.getpid()}.{number}.{int(time.time())}@pop3tap>"
-        self.model = ModelSession(server.model, tls_up=self.config.listen_tls, stamp=stamp)
+        self.model = ModelSession(server.model, tls_up=bool(self.config.listen_tls), stamp=stamp)
         self.recorded_answers = 0
         self.generated_answers = 0
         #: Answers sent so far (the sequence number faults and logs name).

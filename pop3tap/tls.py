@@ -128,6 +128,9 @@ class TlsConfig:
             "tls_cert": None if self.cert is None else str(self.cert),
             "tls_keylog": self.keylog is not None,
             "intercept_stls": self.intercept_stls,
+            # Where the certificates clients were shown came from: replay uses that CA
+            # again when it is still there, so clients that trust it need no change.
+            "ca_dir": None if self.cert is not None else str(self.ca_dir or default_ca_dir()),
         }
 
 

@@ -19,6 +19,19 @@ pop3tap_venv() {
         echo "==> creating .venv"
         python3 -m venv .venv
     fi
+    # The editable install follows the Python sources; only the packaging files, the C
+    # scanner and the extras need a new install. Skip it when none of them changed.
+    # An install with extras also serves a caller that asks for none (demo.sh after test.sh).
+    local digest stamp installed=""
+    digest="$(cat pyproject.toml setup.py pop3tap/protocol/_bodyscan.c | sha256sum | cut -c1-64)"
+    stamp="${digest}${extras}"
+    [ -f .venv/.pop3tap-installed ] && installed="$(cat .venv/.pop3tap-installed)"
+    if { [ "$installed" = "$stamp" ] || { [ -z "$extras" ] && [ "${installed:0:64}" = "$digest" ]; }; } \
+            && .venv/bin/python -c 'import pop3tap' >/dev/null 2>&1; then
+        echo "==> pop3tap${extras} is up to date in .venv"
+        return 0
+    fi
     echo "==> installing pop3tap${extras} into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}"
+    printf '%s' "$stamp" > .venv/.pop3tap-installed
 }

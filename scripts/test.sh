@@ -3,11 +3,12 @@
 #   bash scripts/test.sh [extra pytest args]
 # As root it installs the real peers (Dovecot, GNU Mailutils pop3d, curl, openssl, socat,
 # haproxy, fetchmail, mpop, tcpdump, and Chromium with its WebDriver for the HTML view; tmux
-# for the terminal tests of `pop3tap console`) with apt, and gcc plus Python's headers for
-# the C body scanner.
+# for the terminal tests of `pop3tap console` and of record's live view; git for the textconv
+# recipe) with apt, and gcc plus Python's headers for the C body scanner.
 # Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
 # with POP3TAP_REQUIRE_REAL_PEERS=1 and POP3TAP_REQUIRE_C_SCANNER=1, so a missing real peer or
-# a C scanner that did not build fails instead of skipping.
+# a C scanner that did not build fails instead of skipping. Last, with no arguments, it builds
+# the sdist and wheel and uses the wheel from a fresh venv (scripts/wheel-smoke.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ pkgs=()
 for tool in dovecot:dovecot-pop3d doveadm:dovecot-core curl:curl openssl:openssl \
             socat:socat haproxy:haproxy gcc:gcc fetchmail:fetchmail mpop:mpop \
             tcpdump:tcpdump chromium:chromium chromedriver:chromium-driver tmux:tmux \
-            pop3d:mailutils-pop3d; do
+            pop3d:mailutils-pop3d git:git; do
     if ! command -v "${tool%%:*}" >/dev/null 2>&1 && [ ! -x "/usr/sbin/${tool%%:*}" ]; then
         pkgs+=("${tool#*:}")
     fi
@@ -54,3 +55,9 @@ echo "==> mypy"
 
 echo "==> pytest"
 POP3TAP_REQUIRE_REAL_PEERS=1 POP3TAP_REQUIRE_C_SCANNER=1 .venv/bin/python -m pytest -q "$@"
+
+# The released form: sdist -> wheel -> a fresh venv outside the checkout (demo, --help, replay).
+# Skipped only when pytest was asked for a subset (e.g. `-k name`), as during development.
+if [ "$#" -eq 0 ]; then
+    bash scripts/wheel-smoke.sh
+fi

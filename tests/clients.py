@@ -193,15 +193,16 @@ def relay_process(
     own_group: bool = False,
     log_format: str = "json",
 ) -> Iterator[Pop3tapProcess]:
-    """``pop3tap record`` in front of the upstream, capturing into ``workdir/captures``."""
+    """``pop3tap record`` in front of the upstream, capturing into ``workdir/captures``
+    (unless ``extra`` says ``--no-captures``)."""
     upstream = f"{upstream_host}:{upstream_port}"
+    captures = [] if "--no-captures" in extra else ["--captures", str(workdir / "captures")]
     with pop3tap_process(
         "record",
         workdir,
         "--upstream",
         upstream,
-        "--captures",
-        str(workdir / "captures"),
+        *captures,
         *extra,
         own_group=own_group,
         log_format=log_format,

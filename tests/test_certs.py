@@ -119,7 +119,8 @@ def test_cli_ca_init_and_export(
     assert "pop3tap ca init" in capsys.readouterr().err
     assert main(["ca", "init", "--ca-dir", str(ca_dir)]) == 0
     assert "SHA-256 fingerprint" in capsys.readouterr().out
-    assert main(["ca", "init", "--ca-dir", str(ca_dir)]) == 1
+    assert main(["ca", "init", "--ca-dir", str(ca_dir)]) == 0  # already there: a no-op
+    assert "already exists" in capsys.readouterr().out
     assert main(["ca", "export", "--ca-dir", str(ca_dir)]) == 0
     exported = capsys.readouterr().out
     assert exported.startswith("-----BEGIN CERTIFICATE-----")
@@ -147,7 +148,7 @@ def test_cli_record_tls_usage_errors(tmp_path: Path) -> None:
     result = _record("--cert", str(tmp_path / "c.pem"))
     assert result.returncode == 2 and "--cert and --key go together" in result.stderr
     result = _record("--upstream-tls", "--upstream-ca", str(tmp_path / "none.pem"))
-    assert result.returncode == 1 and "no such file" in result.stderr
+    assert result.returncode == 2 and "no such file" in result.stderr  # a missing input file
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
     broken = tmp_path / "broken"
     broken.mkdir()

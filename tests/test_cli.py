@@ -180,3 +180,117 @@ def test_keylog_file_is_private(tmp_path: Path) -> None:
     finally:
         os.umask(old_umask)
     assert os.stat(keylog).st_mode & 0o777 == 0o600
+
+
+def test_demo_hint_commands_work_as_printed(tmp_path: Path) -> None:
+    demo = pop3tap("demo", "--captures", str(tmp_path), "--log-file", str(tmp_path / "log"))
+    assert demo.returncode == 0, demo.stderr
+    hints = demo.stdout.split("next:\n", 1)[1].splitlines()
+    show = next(h.strip() for h in hints if " show " in h)
+    assert show.startswith(f"{PYTHON} -m pop3tap show --bodies ")
+    shown = subprocess.run(show, shell=True, capture_output=True, text=True, check=False)
+    assert shown.returncode == 0 and "[tx] USER alice" in shown.stdout, shown.stderr
+
+
+@pytest.mark.realpeer
+@pytest.mark.parametrize("mode", ["colour", "NO_COLOR", "quiet"])
+def test_live_console_view_in_a_real_terminal(tmp_path: Path, mode: str) -> None:
+    """`record` under tmux: one aligned line per exchange, the real port, colours by env."""
+    import poplib
+    import re
+    import shlex
+    import shutil
+
+    from pop3tap.replay import replay_server
+
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        if os.environ.get("POP3TAP_REQUIRE_REAL_PEERS"):
+            pytest.fail("tmux is required (apt-get install tmux)")
+        pytest.skip("tmux is not installed")
+    sock = str(tmp_path / "tmux.sock")
+    root = Path(__file__).resolve().parents[1]
+
+    def pane() -> str:
+        return subprocess.run(
+            [tmux, "-S", sock, "capture-pane", "-p", "-e", "-J", "-t", "relay"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+
+    def wait_for(pattern: str) -> str:
+        for _ in range(1000):
+            text = pane()
+            if re.search(pattern, text):
+                return text
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern!r} never appeared:\n{pane()}")
+
+    from dovecot import free_port
+
+    # Port 0 (the console shows the real one), except with -q, which shows nothing.
+    quiet_port = free_port()
+    listen = f"127.0.0.1:{quiet_port if mode == 'quiet' else 0}"
+    with replay_server(root / "captures" / "user-pass.p3cap") as upstream:
+        env = {"NO_COLOR": "1"} if mode == "NO_COLOR" else {}
+        command = " ".join(
+            [
+                *(f"{k}={v}" for k, v in env.items()),
+                shlex.quote(PYTHON), "-m", "pop3tap", "record", "-u",
+                f"{upstream.host}:{upstream.port}", "-l", listen,
+                "-w", shlex.quote(str(tmp_path / "caps")),
+                *(["-q"] if mode == "quiet" else []),
+                "; sleep 600",
+            ]
+        )
+        environment = {**os.environ, "TERM": "xterm-256color"}
+        environment.pop("NO_COLOR", None)
+        environment.pop("FORCE_COLOR", None)
+        subprocess.run(
+            [tmux, "-S", sock, "new-session", "-d", "-s", "relay", "-x", "200", "-y", "50",
+             f"cd {shlex.quote(str(root))} && exec env -u NO_COLOR sh -c {shlex.quote(command)}"],
+            check=True, env=environment,
+        )
+        try:
+            if mode == "quiet":
+                # Nothing below warning: find the port from the socket table instead.
+                port = quiet_port
+            else:
+                text = wait_for(r"relay\.listening listen=127\.0\.0\.1:\d+")
+                plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+                port = int(re.search(r"listen=127\.0\.0\.1:(\d+)", plain).group(1))  # type: ignore[union-attr]
+            for _ in range(500):  # with -q nothing says when the relay listens
+                try:
+                    client = poplib.POP3("127.0.0.1", port, timeout=10)
+                    break
+                except ConnectionRefusedError:
+                    time.sleep(0.02)
+            client.user("alice")
+            client.pass_("secret")
+            assert client.stat() == (3, 954)
+            client.retr(1)
+            client.quit()
+            if mode == "quiet":
+                for _ in range(200):  # the capture is complete once the session closed
+                    captures = iter_capture_paths([tmp_path / "caps"])
+                    if captures and read_capture(captures[0]).complete:
+                        break
+                    time.sleep(0.02)
+                text = pane()
+                assert "USER alice" not in text and "open" not in text, text
+                return
+            text = wait_for(r"<< close")
+        finally:
+            subprocess.run([tmux, "-S", sock, "kill-server"], check=False)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    lines = [line for line in plain.splitlines() if line.strip()]
+    exchange = [line for line in lines if re.search(r" (USER|PASS|STAT|RETR|QUIT)\b", line)]
+    assert len(exchange) == 5, lines  # one line per exchange, nothing else about them
+    columns = {line.index("+OK") for line in exchange}
+    assert len(columns) == 1, exchange  # the responses line up
+    assert any(re.search(rf">> open 127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{port} -> ", x) for x in lines)
+    assert "secret" not in plain and "PASS ********" in plain
+    assert not any(line.lstrip().startswith("{") for line in lines)  # no JSON on the console
+    if mode == "NO_COLOR":
+        assert "\x1b[" not in text
+    else:
+        assert re.search(r"\x1b\[[0-9;]*32m\+OK", text), text  # +OK in green

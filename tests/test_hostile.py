@@ -211,3 +211,29 @@ def test_replay_memory_stays_bounded_under_junk_floods(tmp_path: Path) -> None:
     for reply in replies:
         assert reply.startswith(b"-ERR") and reply.count(b"\r\n") == 1
     assert peak_kib < 100 * 1024, f"replay server peaked at {peak_kib / 1024:.0f} MiB"
+
+
+def test_apop_without_arguments_gets_err_not_a_crash(
+    shared_replay: tuple[object, list[dict[str, object]]],
+) -> None:
+    """An APOP line with no name (or only spaces) once crashed the connection."""
+    server, logs = shared_replay
+    for line in (b"APOP\r\n", b"APOP   \r\n", b"APOP \t\r\n"):
+        with socket.create_connection((server.host, server.port), timeout=10) as sock:  # type: ignore[attr-defined]
+            assert sock.recv(200).startswith(b"+OK")
+            sock.sendall(line)
+            sock.shutdown(socket.SHUT_WR)
+            assert read_until_closed(sock).startswith(b"-ERR")
+    assert not [e for e in logs if e["event"] == "replay.connection_crashed"]
+
+
+@given(
+    verb=st.sampled_from(["APOP", "AUTH", "PASS", "USER", "RETR", "X"]),
+    args=st.binary(max_size=40),
+    masked=st.booleans(),
+)
+def test_argument_keys_never_raise(verb: str, args: bytes, masked: bool) -> None:
+    """Whatever argument bytes a client sends, matching computes a key (bytes) for them."""
+    from pop3tap.replay import _args_key
+
+    assert isinstance(_args_key(verb, args, masked), bytes)

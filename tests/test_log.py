@@ -165,17 +165,53 @@ def test_console_renders_exchanges_compactly() -> None:
     log.info("pop3.connect", upstream="pop.example.com:110", raw=b"+OK\r\n")
     first, second, third = out.getvalue().splitlines()
     assert re.fullmatch(
-        r"\d\d:\d\d:\d\d \[a1b2c3d4e5f6\] RETR 1 -> \+OK 1834 octets "
+        r"\d\d:\d\d:\d\d a1b2c3d4e5f6 RETR 1 {17}\+OK 1834 octets "
         r"\(27 lines, 1834 bytes\) 0\.8ms",
         first,
     ), first
     assert re.fullmatch(
-        r"\d\d:\d\d:\d\d \[a1b2c3d4e5f6\] QUIT -> \(no response\) "
-        r"\[no_response\]",
+        r"\d\d:\d\d:\d\d a1b2c3d4e5f6 QUIT {19}\(no response\) \[no_response\]",
         second,
     ), second
-    assert "pop3.connect" in third and "pop.example.com:110" in third
-    assert "b'" not in third and "\x1b[" not in third
+    # Every other event in the same shape: time, session, name, key=value.
+    assert re.fullmatch(
+        r"\d\d:\d\d:\d\d a1b2c3d4e5f6 pop3\.connect "
+        r"upstream=pop\.example\.com:110 raw=\+OK\\r\\n",  # CR LF escaped: one line
+        third,
+    ), third
+    assert "\x1b[" not in out.getvalue() and "b'" not in third  # no colours, no reprs
+
+
+def test_colours_follow_no_color_and_force_color() -> None:
+    from pop3tap.log import use_colors
+
+    assert use_colors(True, {}) and not use_colors(False, {})
+    assert not use_colors(True, {"NO_COLOR": "1"})
+    assert use_colors(False, {"FORCE_COLOR": "1"}) and not use_colors(False, {"FORCE_COLOR": "0"})
+    assert not use_colors(False, {"FORCE_COLOR": "1", "NO_COLOR": "1"})
+    out = io.StringIO()
+    configure_logging(
+        log_format="console", stream=out, cache=False, environ={"FORCE_COLOR": "1"}
+    )
+    structlog.get_logger().info("pop3.exchange", **exchange_fields(make_exchange(
+        status=Status.ERR, first_line="-ERR no such message", multiline=False)))
+    assert "\x1b[1;31m-ERR no such message\x1b[0m" in out.getvalue()
+
+
+def test_log_file_gets_json_while_a_terminal_keeps_the_console_view(tmp_path: Path) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    path = tmp_path / "pop3tap.log"
+    configure_logging(log_file=str(path), stream=terminal, cache=False, environ={})
+    bind_contextvars(session="a1b2c3d4e5f6")
+    structlog.get_logger().info("pop3.exchange", **exchange_fields(make_exchange()))
+    (record,) = [json.loads(line) for line in path.read_text().splitlines()]
+    assert record["verb"] == "RETR" and record["session"] == "a1b2c3d4e5f6"
+    (line,) = terminal.getvalue().splitlines()
+    assert "a1b2c3d4e5f6 RETR 1" in line and "\x1b[32m+OK\x1b[0m 1834 octets" in line
 
 
 def test_exchange_fields_keep_lines_short() -> None:
@@ -308,3 +344,68 @@ def test_console_lines_carry_no_control_characters_from_peers(args: str, other: 
     lines = text.splitlines()
     assert len(lines) == 2, text
     assert not any(c in line for line in lines for c in "\x1b\x07\x9b\r\x00")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_library_events_reach_caplog_when_structlog_is_not_configured(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import poplib
+
+    import pop3tap
+
+    structlog.reset_defaults()  # as in a program that never configured structlog
+    caplog.set_level("DEBUG", logger="pop3tap")
+    with pop3tap.replay_server(ROOT / "captures" / "user-pass.p3cap") as server:
+        client = poplib.POP3(server.host, server.port, timeout=10)
+        client.user("alice")
+        client.pass_("secret-password")
+        client.quit()
+    events = [r.pop3tap["event"] for r in caplog.records if r.name == "pop3tap.replay"]
+    assert "replay.session.open" in events and "replay.exchange" in events
+    close = next(r for r in caplog.records if r.getMessage().startswith("replay.session.close"))
+    assert close.levelname == "WARNING" and '"#4 STAT"' in close.getMessage()
+    assert "secret-password" not in caplog.text
+
+
+def test_library_is_silent_by_default(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = f"""
+import poplib
+import pop3tap
+
+with pop3tap.replay_server({str(ROOT / "captures" / "user-pass.p3cap")!r}) as server:
+    client = poplib.POP3(server.host, server.port, timeout=10)
+    client.user("alice")
+    client.pass_("x")
+    client.quit()
+print("done")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    # An unplayed-exchanges warning is logged, but nothing configured logging: no output.
+    assert (result.stdout, result.stderr) == ("done\n", "")
+
+
+@given(line=st.text(max_size=60), args=st.text(max_size=30))
+@settings(max_examples=300, deadline=None)
+def test_console_view_is_one_line_without_control_characters(line: str, args: str) -> None:
+    """Whatever a hostile server or client sends, the view stays one line with no escapes."""
+    from pop3tap.log import Pop3ConsoleRenderer
+
+    renderer = Pop3ConsoleRenderer(colors=False)
+    for event in (
+        {"event": "pop3.exchange", "verb": "RETR", "args": args, "status": "+OK",
+         "first_line": line, "session": "abc"},
+        {"event": "pop3.greeting", "first_line": line},
+        {"event": "pop3.stray", "line": line, "direction": "s2c"},
+        {"event": "session.close", "reason": line},
+    ):
+        rendered = renderer.render(event)
+        assert rendered.isprintable(), rendered

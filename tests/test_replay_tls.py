@@ -4,6 +4,7 @@ replay on a TLS listener (RFC 8314 §3), injection after STLS, failing handshake
 from __future__ import annotations
 
 import contextlib
+import os
 import poplib
 import socket
 import ssl
@@ -243,13 +244,22 @@ def test_listen_tls_capture_replays_over_tls(tmp_path: Path) -> None:
     assert server.all_played and server.server.tls_warnings == []
 
 
-def test_tls_mismatch_is_served_with_a_warning(tmp_path: Path) -> None:
+def test_tls_mode_comes_from_the_capture_and_a_mismatch_is_served_with_a_warning(
+    tmp_path: Path,
+) -> None:
     implicit = plain_capture(tmp_path / "a", options={"listen_tls": True})
-    with pop3tap.replay_server(implicit) as server:  # no --listen-tls: plaintext
+    with pop3tap.replay_server(implicit, ca_dir=tmp_path / "ca") as server:  # no option: TLS
+        client = poplib.POP3_SSL(server.host, server.port, context=server.ssl_context())
+        assert client.stat() == (0, 0)
+        client.quit()
+    assert "recorded with implicit TLS (POP3S): serving them over TLS" in (
+        server.server.tls_notes[0]
+    )
+    with pop3tap.replay_server(implicit, listen_tls=False) as server:  # --no-listen-tls
         client = poplib.POP3(server.host, server.port, timeout=30)
         assert client.stat() == (0, 0)
         client.quit()
-    assert "add --listen-tls" in server.server.tls_warnings[0]
+    assert "plaintext because of --no-listen-tls" in server.server.tls_warnings[0]
     upstream_only = plain_capture(tmp_path / "b", options={"upstream_tls": True})
     with pop3tap.replay_server(upstream_only) as server:  # client leg was plaintext
         client = poplib.POP3(server.host, server.port, timeout=30)
@@ -262,6 +272,33 @@ def test_tls_mismatch_is_served_with_a_warning(tmp_path: Path) -> None:
         assert client.stat() == (0, 0)
         client.quit()
     assert "serving it over implicit TLS anyway" in server.server.tls_warnings[0]
+    from pop3tap.replay import ReplayConfig, ReplayError, load_sessions, resolve_tls
+
+    sessions, _warnings = load_sessions([implicit, plain])
+    with pytest.raises(ReplayError, match="pass --listen-tls or --no-listen-tls"):
+        resolve_tls(ReplayConfig(), sessions)
+
+
+def test_replay_uses_the_ca_a_capture_was_recorded_with_only_when_it_is_private(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pop3tap.certs import init_ca
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    recorded_ca = init_ca(tmp_path / "recorded-ca")
+    path = plain_capture(
+        tmp_path / "caps", options={"listen_tls": True, "ca_dir": str(recorded_ca.directory)}
+    )
+    with pop3tap.replay_server(path) as server:
+        assert server.ca_file == recorded_ca.cert_path
+        client = poplib.POP3_SSL(server.host, server.port, context=server.ssl_context())
+        assert client.stat() == (0, 0)
+        client.quit()
+    assert any("recorded with: " in note for note in server.server.tls_notes)
+    # A directory others can write is not trusted because a capture names it.
+    os.chmod(recorded_ca.directory, 0o777)
+    with pop3tap.replay_server(path) as server:
+        assert server.ca_file == tmp_path / "config" / "pop3tap" / "ca" / "pop3tap-ca.pem"
 
 
 def test_stls_refused_inside_implicit_tls(tmp_path: Path) -> None:

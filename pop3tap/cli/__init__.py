@@ -14,11 +14,23 @@ from collections.abc import Callable, Sequence
 
 from pop3tap import __version__
 from pop3tap._text import printable
-from pop3tap.cli import ca, console, demo, export, pcap_import, record, replay, show, view
+from pop3tap.cli import (
+    ca,
+    completion,
+    config,
+    console,
+    demo,
+    export,
+    pcap_import,
+    record,
+    replay,
+    show,
+    view,
+)
 from pop3tap.cli import check as check_cmd
 from pop3tap.cli import diff as diff_cmd
 from pop3tap.cli import lint as lint_cmd
-from pop3tap.cli._common import EXIT_OK, CliError, Parser, Subparsers
+from pop3tap.cli._common import EXIT_CODES, EXIT_OK, EXIT_USAGE, CliError, Parser, Subparsers
 
 #: The subcommands, in the order ``--help`` lists them.
 SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
@@ -34,16 +46,31 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     lint_cmd.add_subcommand,
     diff_cmd.add_subcommand,
     check_cmd.add_subcommand,
+    config.add_subcommand,
+    completion.add_subcommand,
 ]
+
+EXAMPLES = """\
+examples:
+  pop3tap demo                                   see it work, loopback only
+  pop3tap record -u pop.example.com:110          relay and record on 127.0.0.1:1110
+  pop3tap show captures/ --status -ERR           what went wrong
+  pop3tap replay captures/ -l 2110               a recorded server, offline
+  pop3tap COMMAND --help                         more about one command
+"""
 
 
 def build_parser() -> Parser:
     """The argument parser with every subcommand."""
+    import argparse
+
     parser = Parser(
         prog="pop3tap",
         description="A transparent POP3 man-in-the-middle: relay, record and replay sessions.",
+        epilog=f"{EXAMPLES}\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"pop3tap {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"pop3tap {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
@@ -52,11 +79,29 @@ def build_parser() -> Parser:
     return parser
 
 
+def _attach_status_values(argv: list[str]) -> list[str]:
+    """``--status -ERR`` as ``--status=-ERR``: argparse takes ``-ERR`` for an option."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--status" and arg.upper() == "-ERR":
+            joined[-1] = f"--status={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pop3tap`` console script and ``python -m pop3tap``."""
     parser = build_parser()
+    arguments = _attach_status_values(list(sys.argv[1:] if argv is None else argv))
+    if not arguments:
+        # Bare `pop3tap`: the command list, as `git` does; it is still a usage error.
+        parser.print_help()
+        return EXIT_USAGE
     try:
-        args = parser.parse_args(argv)
+        from_files = config.apply(parser, arguments)  # pop3tap.toml, config.toml: defaults
+        args = parser.parse_args(arguments)
+        config.finish(args, from_files)
         code: int = args.handler(args)
     except CliError as exc:
         message = str(exc)

@@ -48,6 +48,31 @@ class Parser(argparse.ArgumentParser):
 Subparsers: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
+def check_input_file(path: Path | None, option: str) -> None:
+    """A file the user named must exist and be a readable file: else usage error (exit 2)."""
+    if path is None:
+        return
+    if not path.exists():
+        raise CliError(f"{option} {path}: no such file")
+    if not path.is_file():
+        raise CliError(f"{option} {path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise CliError(f"{option} {path}: not readable")
+
+
+#: Listed at the end of every ``--help``.
+EXIT_CODES = """exit codes:
+  0  success
+  1  runtime failure (a busy port, an unreachable host, a failed worker, a broken CA)
+  2  bad usage or bad input (an unknown option, a malformed address, a missing or corrupt
+     input file, a bad config file)"""
+
+
+def epilog(examples: str) -> str:
+    """The end of a subcommand's ``--help``: examples, then the exit codes."""
+    return f"examples:\n{examples.rstrip()}\n\n{EXIT_CODES}"
+
+
 def parse_endpoint(text: str, *, default_host: str | None = None) -> tuple[str, int]:
     """Parse ``host:port``, ``[v6]:port`` or (with a default host) ``:port``/``port``."""
     raw = text.strip()
@@ -123,27 +148,43 @@ def warn_if_shared_directory(path: Path, log: structlog.typing.FilteringBoundLog
 
 
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("logging")
+    group = parser.add_argument_group(
+        "logging",
+        "On a terminal: one aligned line per exchange (colours unless NO_COLOR is set; "
+        "FORCE_COLOR forces them). Otherwise JSON lines.",
+    )
     group.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
         default="auto",
-        help="JSON lines, or readable console lines (auto: console on a terminal)",
+        help="JSON lines, or the console view (auto: the console view on a terminal)",
     )
-    group.add_argument("--log-file", metavar="PATH", help="append the log here instead of stderr")
+    group.add_argument(
+        "--log-file",
+        metavar="PATH",
+        help="append JSON lines here (created 0600); a terminal keeps the console view",
+    )
     group.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
         help="minimum level to log (default: info)",
     )
+    loudness = group.add_mutually_exclusive_group()
+    loudness.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only (--log-level warning)"
+    )
+    loudness.add_argument(
+        "-v", "--verbose", action="store_true", help="debug events too (--log-level debug)"
+    )
 
 
 def setup_logging(args: argparse.Namespace) -> None:
     from pop3tap.log import LogSetupError, configure_logging
 
+    level = "warning" if args.quiet else "debug" if args.verbose else args.log_level
     try:
-        configure_logging(log_format=args.log_format, log_file=args.log_file, level=args.log_level)
+        configure_logging(log_format=args.log_format, log_file=args.log_file, level=level)
     except LogSetupError as exc:
         raise CliError(str(exc)) from None
 
@@ -151,6 +192,7 @@ def setup_logging(args: argparse.Namespace) -> None:
 def add_listen_option(parser: argparse.ArgumentParser) -> None:
     """``--listen [HOST:]PORT`` (default 127.0.0.1:1110)."""
     parser.add_argument(
+        "-l",
         "--listen",
         default="127.0.0.1:1110",
         metavar="[HOST:]PORT",
@@ -281,6 +323,8 @@ def serve_workers(
             aborted = True
             _say(f"{name} again: every worker closes its open sessions now")
         elif not second:
+            # The parent turns SIGINT (Ctrl-C) into SIGTERM for each worker: log which it was.
+            log.info("relay.shutdown", signal=name, workers=count)
             _say(
                 f"{name}: stopping; {count} workers let their open sessions finish "
                 "(see relay.draining in the log; send the signal again to close them now)"
@@ -296,12 +340,15 @@ def serve_workers(
         for sock in sockets:
             sock.close()
 
+    def worker(index: int) -> int:
+        from pop3tap.log import set_process_fields
+
+        where = {"worker": index, "pid": os.getpid()}
+        set_process_fields(**where)  # on every line of this worker, sessions' too
+        return serve(sockets, where)
+
     code = run_workers(
-        count,
-        lambda index: serve(sockets, {"worker": index, "pid": os.getpid()}),
-        on_exit=on_exit,
-        after_fork=close_sockets,
-        on_signal=on_signal,
+        count, worker, on_exit=on_exit, after_fork=close_sockets, on_signal=on_signal
     )
     if aborted:
         raise CliError(ABORTED, EXIT_FAILURE)

@@ -12,6 +12,7 @@ from pop3tap.cli._common import (
     CliError,
     Subparsers,
     check_writable_directory,
+    epilog,
     parse_endpoint,
 )
 
@@ -28,9 +29,14 @@ def add_subcommand(sub: Subparsers) -> None:
         "marks asks first; Ctrl-C and Ctrl-D leave without QUIT, so nothing is deleted. "
         "Every session is written as a capture with secrets masked. With --script FILE, "
         "or commands on stdin when it is not a terminal, runs them in order.",
-        epilog="Exit codes: 0 success; 1 connection, TLS or server failure (or stdout closed); "
-        "2 bad usage; "
-        "3 a scripted command failed (-ERR, or refused); 130 interrupted.",
+        epilog=epilog(
+            "  pop3tap console pop.example.com --tls --user alice        POP3S on 995\n"
+            "  pop3tap console pop.example.com --starttls --user alice   STLS on 110\n"
+            "  pop3tap console mail.test --tls --script fetch.txt --netrc"
+        )
+        + "\n  1  also: stdout closed"
+        + "\n  3  a scripted command failed (-ERR, or refused)\n  130  interrupted",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "server", metavar="HOST[:PORT]", help="the POP3 server (port 110, or 995 with --tls)"

@@ -19,17 +19,41 @@ from pop3tap.cli._common import (
     Subparsers,
     add_logging_options,
     check_writable_directory,
+    epilog,
     setup_logging,
 )
 
 #: The capture the demo replays by default.
 DEFAULT_CAPTURE = "user-pass.p3cap"
+#: A client command for the replayed demo session (USER/PASS, as recorded).
+CLIENT_HINT = (
+    "python3 -c \"import poplib; c = poplib.POP3('127.0.0.1', 1110); c.user('alice'); "
+    "c.pass_('any'); print(c.stat()); c.quit()\""
+)
 
 
 def shipped_captures_dir() -> Path:
-    """``captures/`` of the source tree (or of the current directory)."""
-    here = Path(__file__).resolve().parents[2] / "captures"
-    return here if here.is_dir() else Path("captures")
+    """The sample captures: ``pop3tap/samples`` of an installed wheel or sdist (package
+    data), else ``captures/`` of the source tree (an editable install or a checkout)."""
+    installed = Path(__file__).resolve().parents[1] / "samples"
+    if (installed / DEFAULT_CAPTURE).is_file():
+        return installed
+    return Path(__file__).resolve().parents[2] / "captures"
+
+
+def invocation() -> str:
+    """How to run pop3tap again as this process was run, for hints printed to copy."""
+    import shlex
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "pop3tap"
+    if argv0.endswith("__main__.py") or argv0 == "-m":
+        return f"{shlex.quote(sys.executable)} -m pop3tap"
+    found = shutil.which("pop3tap")
+    if found and Path(found).resolve() == Path(argv0).resolve():
+        return "pop3tap"
+    return shlex.quote(argv0)
 
 
 def add_subcommand(sub: Subparsers) -> None:
@@ -38,11 +62,17 @@ def add_subcommand(sub: Subparsers) -> None:
         help="record a session against a replayed server and show it (loopback only)",
         description="Start a replay server from a shipped capture, the recording relay in front "
         "of it, drive a poplib session through the relay, and print the new capture.",
+        epilog=epilog(
+            "  pop3tap demo\n"
+            "  pop3tap demo --bodies --captures demo-captures/\n"
+            "  pop3tap demo --capture my-session.p3cap"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--capture",
         metavar="PATH",
-        help=f"capture to replay (default: captures/{DEFAULT_CAPTURE})",
+        help=f"capture to replay (default: the shipped sample {DEFAULT_CAPTURE})",
     )
     parser.add_argument(
         "--captures",
@@ -56,6 +86,7 @@ def add_subcommand(sub: Subparsers) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import functools
+    import shlex
 
     import trio
 
@@ -118,8 +149,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for line in render_lines(capture, bodies=args.bodies):
         print(line)
     print()
+    command = invocation()
+    quoted = shlex.quote(str(path))
     print(f"capture written to {path}")
-    print(f"replay it with: pop3tap replay {path}")
+    print("next:")
+    print(f"  {command} show --bodies {quoted}")
+    print(f"  {command} replay --listen 127.0.0.1:1110 {quoted}")
+    print(f"  {CLIENT_HINT}   # in another terminal, while replay runs")
     return EXIT_OK
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pop3tap._text import printable
-from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers
+from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError, Subparsers, epilog
 
 
 def add_subcommand(sub: Subparsers) -> None:
@@ -20,6 +20,12 @@ def add_subcommand(sub: Subparsers) -> None:
             "number). A message retrieved more than once is written once. TOP answers and "
             "truncated bodies are skipped and counted, or written with --partial, marked."
         ),
+        epilog=epilog(
+            "  pop3tap export captures/ --eml messages/\n"
+            "  pop3tap export captures/ --maildir Maildir/ --partial\n"
+            "  pop3tap export session.p3cap --mbox fetched.mbox"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "captures", nargs="+", metavar="CAPTURE", help="capture files or directories"

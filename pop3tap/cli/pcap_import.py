@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers
+from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers, epilog
 
 
 def add_subcommand(sub: Subparsers) -> None:
@@ -18,6 +18,11 @@ def add_subcommand(sub: Subparsers) -> None:
             "so show, replay and export work on it. Connections that use TLS are listed and "
             "skipped; one that started before the capture is imported and marked."
         ),
+        epilog=epilog(
+            "  pop3tap import traffic.pcap -o captures/\n"
+            "  pop3tap import server.pcapng -o captures/ --port 2110"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("pcap", metavar="FILE.pcap", help="a pcap or pcapng file")
     parser.add_argument(

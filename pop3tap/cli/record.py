@@ -22,8 +22,10 @@ from pop3tap.cli._common import (
     add_listen_option,
     add_logging_options,
     add_workers_option,
+    check_input_file,
     check_workers,
     check_writable_directory,
+    epilog,
     is_loopback,
     parse_endpoint,
     run_trio,
@@ -44,12 +46,25 @@ def add_subcommand(sub: Subparsers) -> None:
         help="relay clients to a real server and record every session",
         description="Listen for POP3 clients, relay each to UPSTREAM byte for byte, log every "
         "command/response pair and write one capture file per session.",
+        epilog=epilog(
+            "  pop3tap record -u pop.example.com:110                 listen on 127.0.0.1:1110\n"
+            "  pop3tap record -u pop.example.com:110 -l 2110 -w caps/\n"
+            "  pop3tap record -u pop.example.com:995 --upstream-tls --listen-tls -l 1995\n"
+            "  pop3tap record -u 10.0.0.5:110 --upstream-ca test-ca.pem -q --log-file relay.log"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the real server")
+    parser.add_argument(
+        "-u",
+        "--upstream",
+        metavar="HOST:PORT",
+        help="the real server (required, here or in the config file)",
+    )
     add_listen_option(parser)
     parser.add_argument(
+        "-w",
         "--captures",
-        default="captures",
+        default=None,
         metavar="DIR",
         help="directory for capture files (default: captures/)",
     )
@@ -141,6 +156,9 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig:
 
     if (args.cert is None) != (args.key is None):
         raise CliError("--cert and --key go together")
+    check_input_file(args.cert, "--cert")
+    check_input_file(args.key, "--key")
+    check_input_file(args.upstream_ca, "--upstream-ca")
     if args.insecure_upstream and args.upstream_ca is not None:
         raise CliError("--insecure-upstream and --upstream-ca contradict each other")
     if math.isnan(args.tls_timeout) or args.tls_timeout <= 0:
@@ -179,6 +197,13 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from pop3tap.relay import Endpoint, RelayConfig, RelayServer
     from pop3tap.tls import TlsSetupError
 
+    if not args.upstream:
+        raise CliError(
+            "record: the following arguments are required: -u/--upstream "
+            "(or upstream in the [record] table of pop3tap.toml)"
+        )
+    if args.no_captures and args.captures is not None:
+        raise CliError("--captures and --no-captures contradict each other")
     upstream_host, upstream_port = parse_endpoint(args.upstream)
     if upstream_port == 0:
         raise CliError(f"malformed address {args.upstream!r}: the upstream port cannot be 0")
@@ -189,7 +214,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
             raise CliError(f"--{name.replace('_', '-')} must be a number of seconds, not negative")
     check_workers(args.workers)
     tls = _tls_config(args)
-    captures = None if args.no_captures else Path(args.captures)
+    captures = None if args.no_captures else Path(args.captures or "captures")
     if captures is not None:
         check_writable_directory(captures)
     setup_logging(args)

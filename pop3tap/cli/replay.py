@@ -21,7 +21,9 @@ from pop3tap.cli._common import (
     add_listen_option,
     add_logging_options,
     add_workers_option,
+    check_input_file,
     check_workers,
+    epilog,
     is_loopback,
     parse_endpoint,
     setup_logging,
@@ -88,6 +90,13 @@ def add_subcommand(sub: Subparsers) -> None:
         help="serve recorded captures as a fake POP3 server",
         description="Answer POP3 clients with the exact bytes a real server sent in recorded "
         "sessions (see docs/replay.md).",
+        epilog=epilog(
+            "  pop3tap replay captures/user-pass.p3cap               on 127.0.0.1:1110\n"
+            "  pop3tap replay captures/ -l 2110 --by-user             one session per user\n"
+            "  pop3tap replay pop3s.p3cap -l 1995                     POP3S, as recorded\n"
+            "  pop3tap replay session.p3cap --timing recorded --match strict"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "captures",
@@ -187,8 +196,10 @@ def add_subcommand(sub: Subparsers) -> None:
     )
     tls.add_argument(
         "--listen-tls",
-        action="store_true",
-        help="implicit TLS from the first byte (RFC 8314), for captures recorded that way",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="implicit TLS from the first byte (RFC 8314); default: as the captures were "
+        "recorded (POP3S captures are served over TLS)",
     )
     add_certificate_options(tls)
     tls.add_argument(
@@ -210,7 +221,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pop3tap.capture import CaptureError
     from pop3tap.cli._common import run_trio, serve_workers, stop_on_signal
     from pop3tap.relay import Endpoint
-    from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions
+    from pop3tap.replay import (
+        ReplayConfig,
+        ReplayError,
+        ReplayServer,
+        load_sessions,
+        resolve_tls,
+    )
     from pop3tap.tls import TlsSetupError
 
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
@@ -219,6 +236,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if args.model:
         _check_model_options(args)
     check_workers(args.workers)
+    if (args.cert is None) != (args.key is None):
+        raise CliError("--cert and --key go together")
+    check_input_file(args.cert, "--cert")
+    check_input_file(args.key, "--key")
     if args.workers > 1 and args.sessions != "cycle":
         raise CliError(
             f"--workers {args.workers} needs --sessions cycle: each worker keeps its own "
@@ -258,8 +279,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             if config.captures
             else ([], [])
         )
+        config, notes = resolve_tls(config, sessions)
     except (CaptureError, ReplayError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    for note in notes:
+        print(printable(f"pop3tap: note: {note}"), file=sys.stderr)
     setup_logging(args)
     log = structlog.get_logger("pop3tap")
     if not is_loopback(host):

@@ -8,7 +8,7 @@ import sys
 import threading
 from types import FrameType
 
-from pop3tap.cli._common import EXIT_OK, CliError, Subparsers, is_loopback, parse_endpoint
+from pop3tap.cli._common import EXIT_OK, CliError, Subparsers, epilog, is_loopback, parse_endpoint
 
 
 def add_subcommand(sub: Subparsers) -> None:
@@ -20,6 +20,11 @@ def add_subcommand(sub: Subparsers) -> None:
             "local HTTP port (a free one unless --listen names it) and print its address. "
             "The page refreshes itself as captures appear or grow. Read-only."
         ),
+        epilog=epilog(
+            "  pop3tap view captures/                      a free port, printed\n"
+            "  pop3tap view captures/ --listen 8025"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "captures", nargs="+", metavar="CAPTURE", help="capture files or directories"

@@ -1,0 +1,99 @@
+"""The config files (pop3tap.toml, ~/.config/pop3tap/config.toml) and `pop3tap config`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "project" / "sub").mkdir(parents=True)
+    shutil.copytree(ROOT / "captures", tmp_path / "project" / "captures")
+    return tmp_path / "project"
+
+
+def pop3tap(project: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(project.parent / "home")}
+    return subprocess.run(
+        [PYTHON, "-m", "pop3tap", *args],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        check=False, cwd=cwd or project, env=env,
+    )
+
+
+def user_file(project: Path, text: str) -> Path:
+    path = project.parent / "home" / "pop3tap" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_files_set_defaults_and_the_command_line_overrides_them(project: Path) -> None:
+    user = user_file(project, 'log-level = "warning"\n[show]\nverb = ["RETR"]\nbodies = true\n')
+    (project / "pop3tap.toml").write_text(
+        '[record]\nupstream = "127.0.0.1:110"\nlisten = "2110"\n[show]\nstatus = ["-ERR"]\n'
+    )
+    # From a subdirectory: the nearest pop3tap.toml upwards is the project's.
+    shown = pop3tap(project, "config", "record", cwd=project / "sub")
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert f'upstream = "127.0.0.1:110"  # {project / "pop3tap.toml"}' in lines
+    assert f'log-level = "warning"  # {user}' in lines
+    assert "grace = 10.0  # default" in lines
+    # The files' filters apply (user: RETR, project: -ERR) ...
+    both = pop3tap(project, "show", "captures/pipelined.p3cap")
+    assert [x.split("] ", 1)[1] for x in both.stdout.splitlines()[1:]] == [
+        "RETR 9", "-ERR There's no message 9."]
+    # ... and the command line replaces a repeatable option instead of adding to it.
+    cli = pop3tap(project, "show", "captures/pipelined.p3cap", "--status", "+OK", "--verb", "STAT")
+    assert [x.split("] ", 1)[1] for x in cli.stdout.splitlines()[1:]] == ["STAT", "+OK 3 954"]
+
+
+def test_project_file_wins_over_the_user_file(project: Path) -> None:
+    user_file(project, '[record]\nupstream = "user.example:110"\ngrace = 3\nkeep-secrets = true\n')
+    (project / "pop3tap.toml").write_text('[record]\nupstream = "project.example:110"\n')
+    lines = pop3tap(project, "config", "record").stdout.splitlines()
+    assert any(x.startswith('upstream = "project.example:110"  # ') for x in lines)
+    assert any(x.startswith("grace = 3.0  # ") and "home" in x for x in lines)
+    assert any(x.startswith("keep-secrets = true  # ") and "home" in x for x in lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[record\n", "not valid TOML"),
+        ("[record]\nupstrem = 'x:1'\n", "unknown setting 'upstrem' in [record]"),
+        ("[recrod]\nupstream = 'x:1'\n", "[recrod] is not a command"),
+        ("[record]\nlisten-tls = 'yes'\n", "listen-tls must be true or false"),
+        ("[record]\nlog-format = 'xml'\n", "'xml' is not one of auto, json, console"),
+        ("[replay]\ntiming = 'sometimes'\n", "timing"),
+        ("[record]\nlisten = ['a']\n", "listen must be a string or a number"),
+        ("log-file = '/home/u/.bashrc'\n", "log-file is only taken from the user's config"),
+        ("[record]\nkeep-secrets = true\n", "keep-secrets is only taken from the user's"),
+    ],
+)
+def test_bad_files_are_one_line_usage_errors(project: Path, text: str, needle: str) -> None:
+    (project / "pop3tap.toml").write_text(text)
+    for args in (["config"], ["record", "-u", "127.0.0.1:110"], ["replay", "captures"]):
+        result = pop3tap(project, *args)
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+        assert str(project / "pop3tap.toml") in result.stderr and needle in result.stderr
+
+
+def test_a_file_others_can_write_is_refused(project: Path) -> None:
+    path = project / "pop3tap.toml"
+    path.write_text("[record]\nkeep-secrets = true\n")
+    os.chmod(path, 0o666)
+    result = pop3tap(project, "show", "captures")
+    assert result.returncode == 2 and "refused, other users can write it" in result.stderr
