@@ -9,11 +9,24 @@ from pathlib import Path
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers, parse_endpoint
 from pop3tap.cli.diff import add_diff_options, diff_options, print_results
 
+#: The end of ``--help``: examples and this command's own exit codes.
+_EPILOG = """\
+examples:
+  POP3TAP_PASSWORD_alice=secret pop3tap check session.p3cap --against 127.0.0.1:110
+  pop3tap check session.p3cap --against pop.example.com:995 --upstream-ca ca.pem
+
+exit codes:
+  0  the live server answers as recorded
+  1  it differs, or a step failed (no answer, TLS, refused login)
+  2  bad usage, unreadable input, or no password for a masked login"""
+
 
 def add_subcommand(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "check",
         help="replay a capture's client against a live server and diff the sessions",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
         description="Send the recorded client's commands to a live server (pipelined where "
         "they were, over plain, STLS or POP3S as recorded), record the new session as a "
         "capture and print how it differs from the recorded one. Exit code 0 when they "

@@ -7,11 +7,25 @@ import json
 
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers
 
+#: The end of ``--help``: examples and this command's own exit codes.
+_EPILOG = """\
+examples:
+  pop3tap diff before.p3cap after.p3cap
+  pop3tap diff old-dovecot/ new-dovecot/ --ignore-header Received
+  pop3tap diff a.p3cap b.p3cap --format json
+
+exit codes:
+  0  the sessions agree (volatile parts aside)
+  1  they differ
+  2  bad usage or unreadable input"""
+
 
 def add_subcommand(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "diff",
         help="compare two captures (or directories of captures) exchange by exchange",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
         description="Align the exchanges of two sessions by command and report what differs "
         "(status, response code, first line, body, latency, flags). Volatile parts are "
         "ignored and listed unless --strict. Exit code 0 when equal, 1 when they differ, "

@@ -8,11 +8,25 @@ import sys
 
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, Subparsers
 
+#: The end of ``--help``: examples and this command's own exit codes.
+_EPILOG = """\
+examples:
+  pop3tap lint captures/                        findings grouped by session
+  pop3tap lint captures/ --fail-on warning      gate a server's CI on warnings too
+  pop3tap lint --rules                          every rule, its severity and RFC
+
+exit codes:
+  0  no finding at or above --fail-on
+  1  a finding at or above --fail-on
+  2  bad usage or unreadable input"""
+
 
 def add_subcommand(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "lint",
         help="check captures against RFC 1939/2449/2595/5034/3206",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG,
         description="Report who broke which POP3 rule where: each finding has a severity, "
         "the exchange, the side at fault and the RFC section. Exit code 0 when no finding "
         "reaches --fail-on, 1 when one does, 2 for unreadable input.",
