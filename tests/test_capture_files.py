@@ -30,7 +30,7 @@ from pop3tap.capture import (
 )
 from pop3tap.log import Pop3ConsoleRenderer, exchange_fields
 from pop3tap.protocol import Exchange
-from pop3tap.render import MAX_SHOWN_LINE, render_json, render_lines
+from pop3tap.render import MAX_SHOWN_LINE, json_records, render_json, render_lines
 from pop3tap.replay import ReplayError, load_sessions
 
 PYTHON = sys.executable
@@ -414,6 +414,46 @@ def test_show_memory_does_not_grow_with_the_capture(
     small_peak = peak_bytes_of_show(small, bodies=bodies, json=json)
     large_peak = peak_bytes_of_show(large, bodies=bodies, json=json)
     assert large_peak < 1.3 * small_peak + 64 * 1024, (small_peak, large_peak)
+
+
+def capture_of_stray_lines(directory: Path, lines: int) -> Path:
+    """One answered NOOP, then ``lines`` server lines nobody asked for (a babbling server)."""
+    writer = CaptureWriter.create(
+        directory,
+        session_id=f"{lines:012x}",
+        header_fields={"client": "c:1", "upstream": "u:2"},
+    )
+    writer.write_data("s2c", 0.0, b"+OK ready\r\n")
+    writer.write_data("c2s", 0.1, b"NOOP\r\n")
+    writer.write_data("s2c", 0.2, b"+OK\r\n")
+    for _ in range(lines // 1000):
+        writer.write_data("s2c", 0.3, b"junk line\r\n" * 1000)
+    writer.close(0.4, "server closed", {})
+    return writer.path
+
+
+def test_json_view_memory_does_not_grow_with_stray_lines(tmp_path: Path) -> None:
+    """The exchange's stray count is known only after its stray lines: they are not all
+    held in memory until then."""
+    small = peak_bytes_of_show(capture_of_stray_lines(tmp_path, 10_000), bodies=False, json=True)
+    large = peak_bytes_of_show(capture_of_stray_lines(tmp_path, 80_000), bodies=False, json=True)
+    assert large < 1.3 * small + 64 * 1024, (small, large)
+
+
+def test_json_view_of_many_stray_lines_accounts_for_every_line_in_order(tmp_path: Path) -> None:
+    lines = 5_000
+    with CaptureReader(capture_of_stray_lines(tmp_path, lines)) as reader:
+        records = list(json_records(reader))
+    kinds = [r["kind"] for r in records]
+    exchange = kinds.index("exchange")
+    shown = records[exchange]["stray_lines"]
+    assert isinstance(shown, int) and 0 < shown < lines
+    strays = records[exchange + 1 : exchange + 1 + shown]
+    assert all(r["kind"] == "stray" and r["text"] == "junk line" for r in strays)
+    suppressed = [r for r in records if r["kind"] == "suppressed"]
+    assert suppressed[-1]["final"] is True
+    assert shown + suppressed[-1]["lines"] == lines  # type: ignore[operator]
+    assert kinds[-1] == "summary" and kinds.count("end") == 2
 
 
 def test_a_file_name_with_escapes_is_shown_escaped(tmp_path: Path) -> None:
