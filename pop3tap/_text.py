@@ -13,10 +13,11 @@ from typing import Final
 
 __all__ = ["json_safe", "printable"]
 
-#: C0 and C1 controls, DEL, line/paragraph separators, and the bidirectional controls
-#: that can reorder what a terminal shows (Unicode TR#9 §2).
+#: C0 and C1 controls, DEL, line/paragraph separators, the bidirectional controls that
+#: can reorder what a terminal shows (Unicode TR#9 §2), and lone surrogates (the bytes of
+#: a file name that is not UTF-8, PEP 383), which no UTF-8 output can encode.
 _UNSAFE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
 )
 _NAMED: Final = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 

@@ -472,6 +472,34 @@ def test_a_file_name_with_escapes_is_shown_escaped(tmp_path: Path) -> None:
         assert "\\x1b]0;owned\\x07.p3cap" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["show", "--format", "html", "-o", "{out}/page.html"],
+        ["show", "--format", "html", "-o", "-"],
+        ["export", "--eml", "{out}/mail"],
+        ["export", "--mbox", "{out}/mail.mbox"],
+    ],
+)
+def test_a_hostile_file_name_reaches_no_terminal_raw(tmp_path: Path, command: list[str]) -> None:
+    """A junk file whose name holds an escape, a C1 control, a bidi override and a byte
+    that is not UTF-8: every command that names it prints it escaped, and none fails."""
+    directory = tmp_path / "captures"
+    directory.mkdir()
+    name = b"\x1b]0;owned\x07\xc2\x9b\xe2\x80\xae\xff.p3cap"
+    Path(os.fsdecode(os.fsencode(directory) + b"/" + name)).write_bytes(b"junk")
+    good_capture(directory)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = pop3tap(*[arg.format(out=out) for arg in command], str(directory))
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0, result.stderr
+    # stdout is an HTML page for "-o -": the browser, not the terminal, shows that.
+    for text in (result.stderr, "" if "-" in command else result.stdout):
+        assert not re.search("[\x1b\x07\x9b\u202e\udc80-\udcff]", text), text
+    assert "\\x1b]0;owned\\x07\\x9b\\u202e" in result.stderr, result.stderr
+
+
 def big_body_then_wait(conn: Connection) -> None:
     """Greet, answer RETR with a 256 KiB body (more than the disk holds), then QUIT."""
     conn.send(b"+OK scripted ready\r\n")

@@ -44,23 +44,27 @@ def add_subcommand(sub: Subparsers) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pop3tap.capture import Capture, CaptureError, iter_capture_paths, read_capture
+    from pop3tap.capture import Capture, CaptureError, expand_capture_args, read_capture
     from pop3tap.export import ExportError, Format, export_messages
 
     try:
-        paths = iter_capture_paths(args.captures)
+        paths = expand_capture_args(args.captures)
     except CaptureError as exc:
         raise CliError(str(exc)) from None
     if not paths:
         raise CliError(f"no capture files in {' '.join(args.captures)}")
     status = EXIT_OK
     captures: list[Capture] = []
-    for path in paths:
+    for entry in paths:
         try:
-            captures.append(read_capture(path))
+            captures.append(read_capture(entry.path))
         except CaptureError as exc:
-            print(printable(f"pop3tap: {exc}"), file=sys.stderr)  # names may hold escapes
-            status = EXIT_USAGE
+            if entry.from_directory:
+                # As show and replay: one junk file in a directory does not fail the rest.
+                print(printable(f"pop3tap: warning: skipped {exc}"), file=sys.stderr)
+            else:
+                print(printable(f"pop3tap: {exc}"), file=sys.stderr)
+                status = EXIT_USAGE
     fmt: Format
     if args.eml:
         fmt, target = "eml", args.eml
@@ -72,5 +76,5 @@ def _cmd_export(args: argparse.Namespace) -> int:
         stats = export_messages(captures, fmt, Path(target), partial=args.partial)
     except ExportError as exc:
         raise CliError(str(exc), code=1) from None
-    print(stats.describe(target))
+    print(printable(stats.describe(target)))
     return status

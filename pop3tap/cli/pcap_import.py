@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers, epilog
 
 
@@ -60,7 +61,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     imported = 0
     for session in sessions:
         if session.path is None:
-            print(f"skipped  {session.connection}: {session.reason}")
+            print(printable(f"skipped  {session.connection}: {session.reason}"))
             continue
         imported += 1
         notes = []
@@ -70,7 +71,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
             notes.append(f"{session.gaps} gap(s) of uncaptured bytes")
         note = f" ({'; '.join(notes)})" if notes else ""
         print(
-            f"imported {session.connection}: {session.exchanges} command(s) -> {session.path}{note}"
+            printable(
+                f"imported {session.connection}: {session.exchanges} command(s) -> "
+                f"{session.path}{note}"
+            )
         )
     if not sessions:
         raise CliError(f"no TCP connections to port {args.port} in {args.pcap}", code=EXIT_FAILURE)

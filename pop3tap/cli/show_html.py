@@ -33,10 +33,14 @@ def write_html_report(args: argparse.Namespace) -> int:
     for message in model["errors"]:
         print(printable(f"pop3tap: {message}"), file=sys.stderr)  # names may hold escapes
     page = render_page(model, title=f"pop3tap: {' '.join(args.captures)}")
+    # A file name that is not UTF-8 holds lone surrogates (PEP 383): written as \udcXX.
+    data = page.encode("utf-8", "backslashreplace")
     if output == "-":
-        sys.stdout.write(page)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
         return EXIT_OK
-    _write_file(Path(output), page.encode("utf-8"))
+    _write_file(Path(output), data)
     return EXIT_OK
 
 
