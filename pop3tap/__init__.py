@@ -6,20 +6,24 @@ server live in their own modules.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("pop3tap")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
 __all__ = ["__version__", "open_replay_server", "replay_server"]
 
 _LAZY = {"replay_server", "open_replay_server", "ReplayConfig", "ReplayServer"}
 
 
 def __getattr__(name: str) -> object:
-    """Import the replay API on first use, so ``import pop3tap`` does not import trio."""
+    """Import the replay API on first use, so ``import pop3tap`` does not import trio;
+    ``__version__`` too (importlib.metadata is slow to load: the command line loads it
+    where Ctrl-C is handled)."""
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("pop3tap")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            found = "0.0.0+unknown"
+        globals()["__version__"] = found
+        return found
     if name in _LAZY:
         from pop3tap import replay
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -138,3 +140,35 @@ def test_a_single_signal_with_no_open_session_exits_zero(tmp_path: Path) -> None
         relay.proc.send_signal(signal.SIGHUP)
         assert relay.proc.wait(timeout=30) == 0
     assert "Traceback" not in relay.stderr_text()
+
+
+#: The console script's own code (``from pop3tap.cli import main``), with a real SIGINT
+#: sent to the process while the import system loads MODULE: Ctrl-C during start-up.
+INTERRUPTED_START = """
+import os, signal, sys
+MODULE = sys.argv.pop(1)
+class InterruptOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == MODULE:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, InterruptOnImport())
+from pop3tap.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("module", ["importlib.metadata", "trio", "structlog", "pop3tap.relay"])
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path: Path, module: str) -> None:
+    args = ["record", "--upstream", "127.0.0.1:9", "--listen", "127.0.0.1:0", "--no-captures"]
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_START, module, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 130, result

@@ -8,47 +8,34 @@ traceback. Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad input.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from pop3tap import __version__
-from pop3tap._text import printable
-from pop3tap.cli import (
-    ca,
-    completion,
-    config,
-    console,
-    demo,
-    export,
-    pcap_import,
-    record,
-    replay,
-    show,
-    view,
+if TYPE_CHECKING:
+    from pop3tap.cli._common import Parser
+
+#: The subcommand modules, in the order ``--help`` lists them. They (and trio, structlog
+#: and the rest) are imported inside :func:`main`, so Ctrl-C while they load is the same
+#: quiet exit 130 as Ctrl-C later, not a traceback.
+SUBCOMMANDS: tuple[str, ...] = (
+    "record",
+    "replay",
+    "show",
+    "view",
+    "export",
+    "pcap_import",
+    "demo",
+    "ca",
+    "console",
+    "lint",
+    "diff",
+    "check",
+    "config",
+    "completion",
 )
-from pop3tap.cli import check as check_cmd
-from pop3tap.cli import diff as diff_cmd
-from pop3tap.cli import lint as lint_cmd
-from pop3tap.cli._common import EXIT_CODES, EXIT_OK, EXIT_USAGE, CliError, Parser, Subparsers
-
-#: The subcommands, in the order ``--help`` lists them.
-SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
-    record.add_subcommand,
-    replay.add_subcommand,
-    show.add_subcommand,
-    view.add_subcommand,
-    export.add_subcommand,
-    pcap_import.add_subcommand,
-    demo.add_subcommand,
-    ca.add_subcommand,
-    console.add_subcommand,
-    lint_cmd.add_subcommand,
-    diff_cmd.add_subcommand,
-    check_cmd.add_subcommand,
-    config.add_subcommand,
-    completion.add_subcommand,
-]
 
 EXAMPLES = """\
 examples:
@@ -64,6 +51,9 @@ def build_parser() -> Parser:
     """The argument parser with every subcommand."""
     import argparse
 
+    from pop3tap import __version__
+    from pop3tap.cli._common import EXIT_CODES, Parser
+
     parser = Parser(
         prog="pop3tap",
         description="A transparent POP3 man-in-the-middle: relay, record and replay sessions.",
@@ -74,8 +64,8 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    for add in SUBCOMMANDS:
-        add(sub)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"pop3tap.cli.{name}").add_subcommand(sub)
     return parser
 
 
@@ -92,6 +82,17 @@ def _attach_status_values(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pop3tap`` console script and ``python -m pop3tap``."""
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    from pop3tap._text import printable
+    from pop3tap.cli import config
+    from pop3tap.cli._common import EXIT_OK, EXIT_USAGE, CliError
+
     parser = build_parser()
     arguments = _attach_status_values(list(sys.argv[1:] if argv is None else argv))
     if not arguments:
@@ -108,8 +109,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = message if message.startswith("pop3tap") else f"pop3tap: {message}"
         print(printable(line), file=sys.stderr)  # paths and peer text may hold escapes
         return exc.code
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         # `pop3tap show ... | head`: the reader went away; that is not an error.
         devnull = os.open(os.devnull, os.O_WRONLY)
