@@ -172,3 +172,47 @@ def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path: Path, mo
     )
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 130, result
+
+
+#: The console script's own code, run as the program: once the replay server listens a
+#: thread sends FIRST; after main() has returned (the drain is over, the process is on its
+#: way out) the process gets LATE, as from an impatient user or a service manager.
+LATE_SIGNAL = """
+import os, signal, sys, threading, time
+first, late, log = int(sys.argv.pop(1)), int(sys.argv.pop(1)), sys.argv.pop(1)
+def stop_once_listening():
+    while "replay.listening" not in open(log).read():
+        time.sleep(0.05)
+    os.kill(os.getpid(), first)
+threading.Thread(target=stop_once_listening, daemon=True).start()
+from pop3tap.cli import main
+code = main()
+os.kill(os.getpid(), late)
+print("still here", flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("late", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=str)
+def test_a_signal_after_the_drain_does_not_change_the_exit_code(
+    tmp_path: Path, late: signal.Signals
+) -> None:
+    capture = Path(__file__).resolve().parents[1] / "captures" / "user-pass.p3cap"
+    log = tmp_path / "log.jsonl"
+    log.write_text("")
+    log.chmod(0o600)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-c", LATE_SIGNAL, str(int(signal.SIGTERM)), str(int(late))),
+            *(str(log), "replay", str(capture), "--listen", "127.0.0.1:0"),
+            *("--log-format", "json", "--log-file", str(log)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == "still here\n"
+    assert result.returncode == 0, result

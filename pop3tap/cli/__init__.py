@@ -82,10 +82,20 @@ def _attach_status_values(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pop3tap`` console script and ``python -m pop3tap``."""
+    program = argv is None  # the console script or python -m, not a library call
+    if program:
+        from pop3tap.cli._stop import install_program_handlers
+
+        install_program_handlers()
     try:
         return _run(argv)
     except KeyboardInterrupt:
         return 130
+    finally:
+        if program:
+            from pop3tap.cli._stop import ignore_after_drain
+
+            ignore_after_drain()
 
 
 def _run(argv: Sequence[str] | None) -> int:

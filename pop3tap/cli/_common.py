@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, NoReturn, TypeAlias
 import structlog
 import trio
 
+from pop3tap.cli._stop import mark_draining
+
 if TYPE_CHECKING:
     from pop3tap.relay import Endpoint
 
@@ -251,6 +253,7 @@ async def stop_on_signal(
                 if stopping:
                     continue
                 stopping = True
+                mark_draining()
                 sessions = open_sessions()
                 log.info("relay.shutdown", signal=name, sessions=sessions, grace_s=grace)
                 _say(
@@ -323,6 +326,7 @@ def serve_workers(
             aborted = True
             _say(f"{name} again: every worker closes its open sessions now")
         elif not second:
+            mark_draining()
             # The parent turns SIGINT (Ctrl-C) into SIGTERM for each worker: log which it was.
             log.info("relay.shutdown", signal=name, workers=count)
             _say(
