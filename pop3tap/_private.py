@@ -34,6 +34,7 @@ __all__ = [
     "check_parent_not_shared",
     "create_private_dir",
     "open_private_append",
+    "owner_name",
     "read_owned_file",
     "shared_writable",
     "write_private_file",
@@ -49,7 +50,8 @@ class UnsafePathError(Exception):
     """A path another user controls or could change; the message is one line with the fix."""
 
 
-def _owner(uid: int) -> str:
+def owner_name(uid: int) -> str:
+    """``name (uid N)`` for messages, or ``uid N`` when the user has no name."""
     try:
         import pwd
 
@@ -67,7 +69,7 @@ def _check_owned(path: Path, info: os.stat_result, what: str) -> None:
     me = os.geteuid()
     if info.st_uid != me:
         raise UnsafePathError(
-            f"{what} {path} is owned by {_owner(info.st_uid)}, not by {_owner(me)}: "
+            f"{what} {path} is owned by {owner_name(info.st_uid)}, not by {owner_name(me)}: "
             "remove it or choose a path you own"
         )
     if shared_writable(info.st_mode):

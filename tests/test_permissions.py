@@ -276,3 +276,26 @@ def test_a_shared_directory_used_for_other_things_is_not_chmodded(tmp_path: Path
     result = pop3tap("ca", "init", "--ca-dir", str(home))
     assert_refused(result, "holds other files", f"chmod 700 {home}")
     assert stat.S_IMODE(home.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("planted", ["directory", "link"])
+def test_a_captures_directory_another_user_controls_is_warned_about(
+    shared: Path, tmp_path: Path, planted: str
+) -> None:
+    """A directory ``nobody`` owns (0755), or a link of theirs they can point anywhere:
+    they can delete, rename or forge captures as in a world-writable one."""
+    sticky = shared / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    theirs = sticky / "theirs"
+    as_nobody("mkdir", "-m", "755", str(theirs))
+    captures = theirs
+    if planted == "link":
+        captures = sticky / "captures"
+        as_nobody("ln", "-s", str(theirs), str(captures))
+    with (
+        scripted_server(greet_and_wait) as upstream,
+        relay_process(upstream.host, upstream.port, tmp_path, "--captures", str(captures)) as relay,
+    ):
+        log = relay.log_text()
+    assert '"captures.shared_directory"' in log and "nobody" in log, log

@@ -128,24 +128,42 @@ def check_writable_directory(path: Path) -> None:
 
 
 def warn_if_shared_directory(path: Path, log: structlog.typing.FilteringBoundLogger) -> None:
-    """Warn when other users may write the captures directory.
+    """Warn when another user controls the captures directory.
 
     Capture files are created ``O_EXCL`` and 0600, so nothing can be planted in one; but
-    others could delete or rename captures, or add forged ones that `show` and `replay`
-    would read.
+    a user who may write the directory (group or world write, or owning it), or who owns
+    a link on the way to it (and can point it anywhere at any time), could delete or
+    rename captures, or add forged ones that `show` and `replay` would read.
     """
-    from pop3tap._private import shared_writable
+    import stat
 
+    from pop3tap._private import owner_name, shared_writable
+
+    trusted = (0, os.geteuid())
     try:
-        mode = path.stat().st_mode
+        link = os.lstat(path)
+        info = path.stat()
     except OSError:
         return
-    if shared_writable(mode):
+    note: str | None = None
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in trusted:
+        note = (
+            f"{path} is a link owned by {owner_name(link.st_uid)}, who can point it "
+            "anywhere: give the real directory's path"
+        )
+    elif info.st_uid not in trusted:
+        note = (
+            f"{path} is owned by {owner_name(info.st_uid)}, who can delete, rename or "
+            "forge captures there: use a directory you own"
+        )
+    elif shared_writable(info.st_mode):
+        note = f"other users can delete, rename or forge captures there: chmod 700 {path}"
+    if note is not None:
         log.warning(
             "captures.shared_directory",
             path=str(path),
-            mode=f"{mode & 0o7777:04o}",
-            note=f"other users can delete, rename or forge captures there: chmod 700 {path}",
+            mode=f"{info.st_mode & 0o7777:04o}",
+            note=note,
         )
 
 
