@@ -1220,7 +1220,6 @@ class _Connection:
         Client bytes already read past the STLS line, or sent before the ClientHello,
         are dropped and logged, never answered.
         """
-        assert self.play is not None
         buffered = len(self.reader.buffer)
         self.reader.buffer.clear()
         self.reader.scanned = 0
@@ -1234,8 +1233,13 @@ class _Connection:
                 note="plaintext sent after STLS before TLS (CVE-2011-0411 class): dropped",
             )
         if ok:
-            self.play.after_tls = True
+            self.tls_started()
         return ok
+
+    def tls_started(self) -> None:
+        """TLS came up after STLS: only the exchanges recorded inside TLS match now."""
+        assert self.play is not None
+        self.play.after_tls = True
 
     async def start_tls(self, transport: trio.abc.Stream, *, mode: str) -> bool:
         """A bounded TLS handshake as server with the client; logs which leg failed and why."""

@@ -25,7 +25,7 @@ from pop3tap.model import (
     mailboxes_from_sessions,
 )
 from pop3tap.protocol import split_command
-from pop3tap.replay import ReplayConfig, ReplayError, Segment, _Connection, _DropPlaintext
+from pop3tap.replay import ReplayConfig, ReplayError, Segment, _Connection
 
 if TYPE_CHECKING:
     from pop3tap.replay import RecordedSession, ReplayServer
@@ -115,26 +115,12 @@ class ModelConnection(_Connection):
             if reply.next is Next.CLOSE:
                 self.reason = "quit"
                 return
-            if reply.next is Next.START_TLS and not await self._model_upgrade():
+            if reply.next is Next.START_TLS and not await self.upgrade():
                 return
 
-    async def _model_upgrade(self) -> bool:
-        """TLS after STLS's ``+OK``; plaintext sent before the ClientHello is dropped."""
-        buffered = len(self.reader.buffer)
-        self.reader.buffer.clear()
-        self.reader.scanned = 0
-        transport = _DropPlaintext(self.stream)
-        ok = await self.start_tls(transport, mode="stls")
-        injected = buffered + transport.dropped
-        if injected:
-            self.log.warning(
-                "replay.stls_injection",
-                client_bytes=injected,
-                note="plaintext sent after STLS before TLS (CVE-2011-0411 class): dropped",
-            )
-        if ok:
-            self.model.tls_started()
-        return ok
+    def tls_started(self) -> None:
+        """TLS came up after STLS: the model forgets what came before (RFC 2595 §4)."""
+        self.model.tls_started()
 
     async def finish(self) -> None:
         self.model.close()
