@@ -13,24 +13,16 @@ C-level calls (``hashlib``, ``bytes.count``/``find``), never a Python loop per l
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
-import msgpack
-
 from pop3tap.capture import (
-    DEFAULT_MAX_RECORD_BYTES,
     CaptureError,
-    CaptureHeader,
+    CaptureReader,
     CloseRecord,
     EventRecord,
     Record,
-    _Corrupt,
-    _parse_header,
-    _parse_record,
     derive_events,
 )
 from pop3tap.protocol import Event, Exchange, Flag, SessionObserver
@@ -53,7 +45,6 @@ MESSAGE_VERBS: Final = frozenset({"RETR", "TOP"})
 MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
 #: Most bytes of a message header block kept; beyond it the headers count as body.
 MAX_HEADER_BYTES: Final = 64 * 1024
-_READ_CHUNK: Final = 256 * 1024
 #: SHA-256 (CPUs hash it in hardware, faster than BLAKE2 here), shown as 128 bits.
 _new_hash: Final = hashlib.sha256
 
@@ -62,128 +53,22 @@ def _hex(hasher: Any) -> str:
     return str(hasher.hexdigest()[:32])
 
 
-class CaptureStream:
-    """A capture read one record at a time: only the unpacker's buffer is held.
+class CaptureStream(CaptureReader):
+    """A capture read one record at a time (the capture module's streaming reader).
 
     Iterate :meth:`records` once; afterwards ``complete``, ``truncated``,
     ``trailing_bytes`` and ``problem`` describe how the file ended (as :class:`Capture`).
+    A read error part-way is reported there too, so a capture is analysed up to it.
     """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
-    ) -> None:
-        """Open ``path`` and read its header.
-
-        Raises:
-            CaptureError: missing or unreadable file, or no valid header.
-        """
-        self.path = Path(path)
-        self.complete = False
-        self.truncated = False
-        self.trailing_bytes = 0
-        self.problem: str | None = None
-        self.valid_bytes = 0
-        self._limit = max_record_bytes
-        try:
-            self._file: Any = open(self.path, "rb")  # noqa: SIM115 - closed by records()
-        except FileNotFoundError:
-            raise CaptureError(f"{self.path}: no such file") from None
-        except IsADirectoryError:
-            raise CaptureError(f"{self.path}: is a directory, not a capture file") from None
-        except PermissionError:
-            raise CaptureError(f"{self.path}: permission denied") from None
-        except OSError as exc:
-            raise CaptureError(f"{self.path}: cannot open: {exc.strerror or exc}") from None
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            strict_map_key=True,
-            max_buffer_size=max_record_bytes + _READ_CHUNK,
-            max_bin_len=max_record_bytes,
-            max_str_len=min(max_record_bytes, 1024 * 1024),
-            max_array_len=100_000,
-            max_map_len=10_000,
-            max_ext_len=0,
-        )
-        self._size = 0
-        try:
-            self.header: CaptureHeader = self._read_header()
-        except BaseException:
-            self._file.close()
-            raise
-
-    def _read_header(self) -> CaptureHeader:
-        while True:
-            try:
-                chunk = self._file.read(_READ_CHUNK)
-            except OSError as exc:
-                raise CaptureError(f"{self.path}: read error: {exc.strerror or exc}") from None
-            if not chunk:
-                break
-            self._size += len(chunk)
-            try:
-                self._unpacker.feed(chunk)
-                obj = next(self._unpacker)
-            except StopIteration:
-                continue
-            except Exception as exc:
-                raise CaptureError(
-                    f"{self.path}: not a pop3tap capture ({type(exc).__name__})"
-                ) from None
-            header = _parse_header(obj, self.path)
-            self.valid_bytes = self._unpacker.tell()
-            return header
-        if self._size == 0:
-            raise CaptureError(f"{self.path}: empty file, not a pop3tap capture")
-        raise CaptureError(f"{self.path}: not a pop3tap capture (file ends inside the header)")
 
     def records(self) -> Iterator[Record]:
         """Yield every good record after the header, then close the file."""
-        unpacker = self._unpacker
         try:
-            while self.problem is None:
-                while True:
-                    try:
-                        obj = next(unpacker)
-                    except StopIteration:
-                        break
-                    except Exception as exc:
-                        self.problem = (
-                            f"corrupt data at offset {self.valid_bytes}: " + type(exc).__name__
-                        )
-                        break
-                    try:
-                        record = _parse_record(obj)
-                    except _Corrupt as exc:
-                        self.problem = f"invalid record at offset {self.valid_bytes}: {exc}"
-                        break
-                    self.valid_bytes = unpacker.tell()
-                    self.complete = isinstance(record, CloseRecord)
-                    yield record
-                if self.problem is not None:
-                    break
-                chunk = self._file.read(_READ_CHUNK)
-                if not chunk:
-                    break
-                self._size += len(chunk)
-                try:
-                    unpacker.feed(chunk)
-                except msgpack.BufferFull:
-                    self.problem = (
-                        f"record at offset {self.valid_bytes} is larger than {self._limit} bytes"
-                    )
-            if self.problem is not None:
-                here = self._file.tell()
-                self._size += self._file.seek(0, os.SEEK_END) - here
-        except OSError as exc:
-            self.problem = f"read error: {exc.strerror or exc}"
-        finally:
-            self._file.close()
-        self.trailing_bytes = max(0, self._size - self.valid_bytes)
-        self.truncated = self.trailing_bytes > 0 or self.problem is not None
-
-    def close(self) -> None:
-        """Close the file early (records() closes it when done)."""
-        self._file.close()
+            yield from self.iter_records()
+        except CaptureError as exc:
+            self.problem = str(exc).removeprefix(f"{self.path}: ")
+            self.truncated = True
+            self.close()
 
 
 @dataclass(slots=True)
