@@ -98,12 +98,17 @@ def find_credentials(user: str | None, config: CheckConfig) -> tuple[str | None,
     if path is None:
         home = config.environ.get("HOME")
         path = Path(home) / ".netrc" if home else None
+    if config.netrc_file is not None and not config.netrc_file.is_file():
+        raise CheckError(f"netrc {config.netrc_file}: no such file")
     if path is not None and path.is_file():
         _check_private(path)
         try:
             entry = netrc(str(path)).authenticators(config.host)
-        except (NetrcParseError, OSError) as exc:
-            raise CheckError(f"netrc {path}: {exc}") from None
+        except NetrcParseError as exc:
+            # The library's message quotes the token it could not place: often a password.
+            raise CheckError(f"netrc {path}, line {exc.lineno}: cannot parse it") from None
+        except OSError as exc:
+            raise CheckError(f"netrc {path}: {exc.strerror or exc}") from None
         if entry is not None and entry[2] is not None and (user is None or entry[0] == user):
             return entry[0] or user, entry[2]
     if user is not None:

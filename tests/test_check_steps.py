@@ -155,3 +155,27 @@ def test_bad_arguments_are_one_line(
     assert main(["check", str(path), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_a_netrc_parse_error_does_not_echo_the_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python's netrc quotes the token it could not place; here a piece of the password."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password hunter2 s3cr3t-half\n")
+    netrc.chmod(0o600)
+    path = write_capture(tmp_path, clean_session()[:15])
+    code = main(["check", str(path), "--against", "127.0.0.1:9", "--netrc", str(netrc)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"netrc {netrc}" in err[0] and ", line " in err[0]
+    assert "s3cr3t" not in err[0] and "hunter2" not in err[0]
+
+
+def test_a_missing_netrc_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_capture(tmp_path, clean_session()[:15])
+    missing = tmp_path / "no-such-netrc"
+    code = main(["check", str(path), "--against", "127.0.0.1:9", "--netrc", str(missing)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"netrc {missing}: no such file" in err[0]
