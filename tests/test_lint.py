@@ -398,3 +398,18 @@ def test_any_session_lints_and_diffs_with_itself(
     assert all(f.rule in RULES for f in report.findings)
     (result,) = diff_paths(path, path, DiffOptions(strict=True))
     assert result.equal
+
+
+def test_cli_text_writes_no_terminal_controls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Server and client bytes, and the capture's own header, reach the terminal escaped."""
+    esc = b"\x1b]0;owned\x07\x1b[2J"
+    steps = clean_session()
+    steps[16] = ("s", b"-ERR [X" + esc + b"] no\r\n")  # the answer to DELE 1
+    steps[15] = ("c", b"DELE 1" + esc + b"\r\n")
+    write_capture(tmp_path, steps, upstream="10.0.0.1:110\x1b[31m")
+    assert main(["lint", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "malformed-response-code" in out and "10.0.0.1:110" in out
+    assert "\x1b" not in out and "\x07" not in out

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, Subparsers
 
 #: The end of ``--help``: examples and this command's own exit codes.
@@ -89,7 +90,7 @@ def _cmd_lint(args: argparse.Namespace) -> int:
             report.error = str(exc)
             report.complete = False
             if not json_out:
-                print(f"pop3tap: {exc}", file=sys.stderr)
+                print(f"pop3tap: {printable(str(exc))}", file=sys.stderr)
                 continue
         for severity, count in report.counts().items():
             totals[severity] += count
@@ -115,7 +116,11 @@ def _print_text(report: object) -> None:
     from pop3tap.lint import RULES, CaptureReport
 
     assert isinstance(report, CaptureReport)
-    head = f"{report.path}  session {report.session}  {report.client} -> {report.upstream}"
+    # Paths, header fields and quoted peer bytes come from hostile input: no terminal
+    # controls reach the screen.
+    head = printable(
+        f"{report.path}  session {report.session}  {report.client} -> {report.upstream}"
+    )
     if not report.findings:
         print(f"{head}: clean")
         return
@@ -125,10 +130,10 @@ def _print_text(report: object) -> None:
         where = f"#{finding.seq}" if finding.seq is not None else "session"
         print(
             f"  {rule.severity:7} {finding.blamed:7} {where:>6}  {finding.rule} "
-            f"({rule.rfc or 'capture'}): {finding.message}"
+            f"({rule.rfc or 'capture'}): {printable(finding.message)}"
         )
         for quoted in (finding.tx, finding.rx):
             if quoted:
-                print(f"      {quoted}")
+                print(f"      {printable(quoted)}")
     for rule_id, extra in sorted(report.suppressed.items()):
         print(f"  ... {extra} more {rule_id} finding(s) not shown")
