@@ -172,3 +172,21 @@ def test_lcs_alignment_is_complete_ordered_and_longest(a: list[str], b: list[str
                 table[i][j] + 1 if a[i] == b[j] else max(table[i][j + 1], table[i + 1][j])
             )
     assert len(matches) == table[len(a)][len(b)]
+
+
+def test_cli_text_writes_no_terminal_controls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Command lines, header lines and codes from a hostile capture reach the terminal escaped."""
+    esc = "\x1b]0;owned\x07\x1b[2J"
+    steps = clean_session(retr=retr_response(message([f"Subject: x{esc}"], ["body"])))
+    steps[3] = ("c", f"USER alice{esc}\r\n".encode())
+    steps[16] = ("s", f"-ERR [X{esc}] no\r\n".encode())
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = write_capture(tmp_path / "a", steps)
+    b = write_capture(tmp_path / "b", clean_session())
+    assert main(["diff", str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "USER alice" in out and "Subject: x" in out
+    assert "\x1b" not in out and "\x07" not in out

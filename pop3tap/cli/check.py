@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers, parse_endpoint
 from pop3tap.cli.diff import add_diff_options, diff_options, print_results
 
@@ -120,7 +121,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         raise CliError(f"check: {exc}", code=EXIT_FAILURE) from None
     print(f"pop3tap: new session recorded in {outcome.capture}", file=sys.stderr)
     if outcome.stopped:
-        print(f"pop3tap: {outcome.stopped}", file=sys.stderr)
+        print(f"pop3tap: {printable(outcome.stopped)}", file=sys.stderr)
     results = diff_paths(args.capture, outcome.capture, options)
     equal = print_results(list(results), args.format)
     return EXIT_OK if equal and not outcome.stopped else EXIT_FAILURE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers
 
 #: The end of ``--help``: examples and this command's own exit codes.
@@ -99,7 +100,7 @@ def print_results(results: list[object], fmt: str) -> bool:
             if index:
                 print()
             for line in result.text_lines():
-                print(line)
+                print(printable(line))  # command lines and headers come from hostile peers
     return equal
 
 
