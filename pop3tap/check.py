@@ -324,11 +324,13 @@ def _groups(exchanges: tuple[RecordedExchange, ...]) -> list[list[RecordedExchan
     groups: list[list[RecordedExchange]] = []
     for ex in exchanges:
         simple = not ex.sasl_lines and ex.verb not in ("STLS", "AUTH", "APOP", "DELE")
+        # A QUIT never shares a write with a DELE: its answer is checked before the QUIT.
         if (
             groups
             and Flag.PIPELINED in ex.flags
             and simple
             and all(not g.sasl_lines and g.verb not in ("STLS", "AUTH") for g in groups[-1])
+            and not (ex.verb == "QUIT" and any(g.verb == "DELE" for g in groups[-1]))
         ):
             groups[-1].append(ex)
         else:
@@ -456,6 +458,15 @@ def _replay(
                     f"answered {diverged} differently, so message numbers may differ"
                 )
                 return
+        if any(ex.verb == "QUIT" for ex in group):
+            refused = _dele_divergence(conn, recorded)
+            if refused is not None:
+                outcome.stopped = (
+                    f"stopped before QUIT (#{group[-1].seq}): the live server answered "
+                    f"{refused} otherwise than recorded, so QUIT could commit a deletion "
+                    "the recorded session did not make"
+                )
+                return
         if conn.closed_by_server:
             outcome.stopped = f"the server closed the connection before #{first.seq}"
             return
@@ -522,6 +533,19 @@ def _recorded_digest(ex: RecordedExchange) -> str:
     """Digest of a recorded multi-line body, as the body tap computes it for the live one."""
     response = ex.response
     return body_digests(ex.verb, response[response.find(b"\n") + 1 :])[0]
+
+
+def _dele_divergence(conn: _Connection, recorded: Mapping[int, RecordedExchange]) -> str | None:
+    """The first DELE the live server answered with another status than recorded, if any.
+
+    RFC 1939 §6: QUIT removes the messages DELE marked, so one marked live but refused in
+    the recording must not be committed.
+    """
+    for ex in conn.exchanges:
+        old = recorded.get(ex.seq)
+        if old is not None and old.verb == "DELE" and old.status != ex.status:
+            return f"{old.command} (#{ex.seq})"
+    return None
 
 
 def _first_divergence(conn: _Connection, recorded: Mapping[int, RecordedExchange]) -> str | None:

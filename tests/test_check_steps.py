@@ -179,3 +179,40 @@ def test_a_missing_netrc_file_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"netrc {missing}: no such file" in err[0]
+
+
+def test_no_quit_after_a_dele_the_live_server_accepted_but_the_recording_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The recorded DELE 1 got -ERR, so the recorded QUIT deleted nothing; live it is +OK.
+
+    Sending the QUIT would delete a message the recorded session never deleted (RFC 1939 §6).
+    """
+    steps = clean_session()
+    steps[16] = ("s", b"-ERR no such message\r\n")
+    path = write_capture(tmp_path, steps)
+    answers = {steps[i][1].rstrip(b"\r\n"): steps[i + 1][1] for i in range(1, len(steps), 2)}
+    answers[b"PASS pw"] = answers.pop(b"PASS ********")
+    answers[b"DELE 1"] = b"+OK marked\r\n"
+    commands: list[bytes] = []
+
+    def follow_script(conn: socket.socket) -> None:
+        conn.sendall(steps[0][1])
+        reader = conn.makefile("rb")
+        conn.settimeout(10)
+        while line := reader.readline():
+            commands.append(line.rstrip(b"\r\n"))
+            conn.sendall(answers.get(commands[-1], b"-ERR unexpected\r\n"))
+            if commands[-1] == b"QUIT":
+                return
+
+    with fake_server(follow_script) as port:
+        main(
+            [
+                *("check", str(path), "--against", f"127.0.0.1:{port}"),
+                *("--password", "alice=pw", "--allow-dele", "--timeout", "5"),
+            ]
+        )
+    assert b"DELE 1" in commands
+    assert b"QUIT" not in commands
+    assert "DELE 1" in capsys.readouterr().err
