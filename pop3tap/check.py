@@ -38,7 +38,15 @@ from typing import Any, Final
 from pop3tap import __version__
 from pop3tap.analysis import _BodyTap, body_digests
 from pop3tap.capture import CaptureWriter, read_capture
-from pop3tap.protocol import SECRET_PLACEHOLDER, Event, Exchange, Flag, Greeting, SessionObserver
+from pop3tap.protocol import (
+    SECRET_PLACEHOLDER,
+    Event,
+    Exchange,
+    Flag,
+    Greeting,
+    SessionObserver,
+    split_command,
+)
 from pop3tap.replay import RecordedExchange, RecordedSession, ReplayError, session_from_capture
 
 __all__ = ["CheckConfig", "CheckError", "CheckOutcome", "find_credentials", "run_check"]
@@ -319,18 +327,29 @@ class _Secrets:
         raise CheckError(f"AUTH {mechanism}: cannot fill in masked data for this mechanism")
 
 
+def _sends(ex: RecordedExchange, verb: str) -> bool:
+    """Whether the line check would send for ``ex`` is the command ``verb``.
+
+    The recorded verb is not enough: where the pairing was lost the capture shows the
+    command masked, while a capture with kept secrets still holds the line that is sent.
+    """
+    return ex.verb == verb or split_command(ex.line)[0] == verb
+
+
 def _groups(exchanges: tuple[RecordedExchange, ...]) -> list[list[RecordedExchange]]:
     """Commands sent together: a pipelined command joins the group before it."""
     groups: list[list[RecordedExchange]] = []
     for ex in exchanges:
-        simple = not ex.sasl_lines and ex.verb not in ("STLS", "AUTH", "APOP", "DELE")
+        simple = (
+            not ex.sasl_lines and ex.verb not in ("STLS", "AUTH", "APOP") and not _sends(ex, "DELE")
+        )
         # A QUIT never shares a write with a DELE: its answer is checked before the QUIT.
         if (
             groups
             and Flag.PIPELINED in ex.flags
             and simple
             and all(not g.sasl_lines and g.verb not in ("STLS", "AUTH") for g in groups[-1])
-            and not (ex.verb == "QUIT" and any(g.verb == "DELE" for g in groups[-1]))
+            and not (_sends(ex, "QUIT") and any(_sends(g, "DELE") for g in groups[-1]))
         ):
             groups[-1].append(ex)
         else:
@@ -360,7 +379,7 @@ def preflight(session: RecordedSession, config: CheckConfig) -> tuple[str | None
     Raises:
         CheckError: DELE without permission, or a masked secret nobody supplied.
     """
-    deletes = [ex for ex in session.exchanges if ex.verb == "DELE"]
+    deletes = [ex for ex in session.exchanges if _sends(ex, "DELE")]
     if deletes and not config.allow_dele:
         raise CheckError(
             f"{session.path}: the capture deletes messages ({deletes[0].command}, "
@@ -450,7 +469,7 @@ def _replay(
     recorded = {ex.seq: ex for ex in session.exchanges}
     for group in _groups(session.exchanges):
         first = group[0]
-        if first.verb == "DELE":
+        if _sends(first, "DELE"):
             diverged = _first_divergence(conn, recorded)
             if diverged is not None:
                 outcome.stopped = (
@@ -458,7 +477,7 @@ def _replay(
                     f"answered {diverged} differently, so message numbers may differ"
                 )
                 return
-        if any(ex.verb == "QUIT" for ex in group):
+        if any(_sends(ex, "QUIT") for ex in group):
             refused = _dele_divergence(conn, recorded)
             if refused is not None:
                 outcome.stopped = (
@@ -543,7 +562,7 @@ def _dele_divergence(conn: _Connection, recorded: Mapping[int, RecordedExchange]
     """
     for ex in conn.exchanges:
         old = recorded.get(ex.seq)
-        if old is not None and old.verb == "DELE" and old.status != ex.status:
+        if old is not None and _sends(old, "DELE") and old.status != ex.status:
             return f"{old.command} (#{ex.seq})"
     return None
 

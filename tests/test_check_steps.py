@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from handmade import clean_session, write_capture
+from handmade import Step, clean_session, write_capture
 
 from pop3tap.cli import main
 
@@ -216,3 +216,23 @@ def test_no_quit_after_a_dele_the_live_server_accepted_but_the_recording_refused
     assert b"DELE 1" in commands
     assert b"QUIT" not in commands
     assert "DELE 1" in capsys.readouterr().err
+
+
+def test_a_dele_the_pairing_masked_is_still_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After an AUTH the server never paired, the capture shows the next lines as masked
+    commands, but a capture with kept secrets still holds ``DELE 1`` and check sends lines."""
+    steps: list[Step] = [
+        ("s", b"+OK ready\r\n"),
+        ("c", b"AUTH X\r\n"),
+        ("s", b"garbage\r\n"),
+        ("c", b"DELE 1\r\n"),
+        ("s", b"+OK\r\n"),
+        ("c", b"QUIT\r\n"),
+    ]
+    path = write_capture(tmp_path, steps)
+    code = main(["check", str(path), "--against", "127.0.0.1:9", "--password", "alice=pw"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without --allow-dele" in err[0]
