@@ -538,7 +538,9 @@ def _wait_challenge(conn: _Connection, step: str, expected: int) -> bytes | None
         while line is not None:
             text = line.rstrip(b"\r")
             if text == b"+" or text.startswith(b"+ "):
-                return text
+                # A challenge the server already closed with its status line (same read):
+                # an answer now would be taken as a command.
+                return None if len(conn.exchanges) >= expected else text
             line = conn.take_line()
         if len(conn.exchanges) >= expected:
             return None

@@ -236,3 +236,35 @@ def test_a_dele_the_pairing_masked_is_still_refused(
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without --allow-dele" in err[0]
+
+
+def test_no_sasl_answer_after_the_server_ended_the_exchange(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A challenge and the final -ERR in one read: the recorded answer is not sent, since
+    the server would take it as a command (here ``DELE 1``, never allowed)."""
+    steps: list[Step] = [
+        ("s", b"+OK ready\r\n"),
+        ("c", b"AUTH PLAIN\r\n"),
+        ("s", b"+ \r\n"),
+        ("c", b"DELE 1\r\n"),
+        ("s", b"-ERR bad\r\n"),
+    ]
+    path = write_capture(tmp_path, steps)
+    commands: list[bytes] = []
+
+    def challenge_and_refuse(conn: socket.socket) -> None:
+        conn.sendall(b"+OK ready\r\n")
+        reader = conn.makefile("rb")
+        conn.settimeout(10)
+        while line := reader.readline():
+            commands.append(line.rstrip(b"\r\n"))
+            if commands[-1] == b"AUTH PLAIN":
+                conn.sendall(b"+ \r\n-ERR no such mechanism today\r\n")
+            else:
+                conn.sendall(b"-ERR unknown command\r\n")
+
+    with fake_server(challenge_and_refuse) as port:
+        main(["check", str(path), "--against", f"127.0.0.1:{port}", "--timeout", "2"])
+    capsys.readouterr()
+    assert commands == [b"AUTH PLAIN"]
