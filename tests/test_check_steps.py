@@ -14,6 +14,12 @@ from handmade import Step, clean_session, write_capture
 from pop3tap.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _captures_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """check writes its new capture in the working directory: not the repository's."""
+    monkeypatch.chdir(tmp_path)
+
+
 @contextmanager
 def fake_server(behave: Callable[[socket.socket], None]) -> Iterator[int]:
     """A one-connection server on 127.0.0.1 that runs ``behave`` on the accepted socket."""
