@@ -27,6 +27,7 @@ import errno
 import math
 import os
 import re
+import stat
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -593,8 +594,13 @@ def _parse_record(obj: object) -> Record:
 
 
 def _open_file(path: Path) -> Any:
+    """Open a capture for reading; only a regular file is one.
+
+    The open does not wait (O_NONBLOCK), so a FIFO or device planted under a capture's
+    name is refused at once instead of hanging the reader.
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise CaptureError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -603,6 +609,17 @@ def _open_file(path: Path) -> Any:
         raise CaptureError(f"{path}: permission denied") from None
     except OSError as exc:
         raise CaptureError(f"{path}: cannot open: {_reason(exc)}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise CaptureError(f"{path}: is a directory, not a capture file")
+        if not stat.S_ISREG(mode):
+            raise CaptureError(f"{path}: not a regular file, not a capture file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 class CaptureReader:

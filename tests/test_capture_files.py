@@ -599,3 +599,20 @@ def test_a_huge_body_line_is_cut_in_the_bodies_view(tmp_path: Path) -> None:
     assert long_line.endswith(f"... ({200_000 - MAX_SHOWN_LINE} more bytes)")
     assert len(long_line) < MAX_SHOWN_LINE + 100
     assert any(line.endswith("[rx] short") for line in lines)
+
+
+@pytest.mark.parametrize("command", [["show"], ["lint"], ["replay", "--listen", "127.0.0.1:0"]])
+def test_a_fifo_named_as_a_capture_is_refused_at_once(tmp_path: Path, command: list[str]) -> None:
+    """Opening a FIFO blocks until a writer comes; a reader must refuse it, not hang."""
+    fifo = tmp_path / "planted.p3cap"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "pop3tap", *command[:1], str(fifo), *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "not a regular file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
