@@ -97,3 +97,25 @@ def test_a_file_others_can_write_is_refused(project: Path) -> None:
     os.chmod(path, 0o666)
     result = pop3tap(project, "show", "captures")
     assert result.returncode == 2 and "refused, other users can write it" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [
+        ('[record]\ncaptures = "recorded"\n', ["--no-captures"]),
+        ("[record]\nno-captures = true\n", ["-w", "elsewhere"]),
+    ],
+)
+def test_the_command_line_overrides_a_contradicting_file_option(
+    project: Path, text: str, flags: list[str]
+) -> None:
+    (project / "pop3tap.toml").write_text(text)
+    # --grace -1 is checked right after the contradiction: its error shows we got past it.
+    result = pop3tap(project, "record", "-u", "127.0.0.1:110", *flags, "--grace", "-1")
+    assert result.returncode == 2 and "--grace must be" in result.stderr, result.stderr
+
+
+def test_a_file_that_contradicts_itself_is_still_an_error(project: Path) -> None:
+    (project / "pop3tap.toml").write_text('[record]\ncaptures = "recorded"\nno-captures = true\n')
+    result = pop3tap(project, "record", "-u", "127.0.0.1:110", "--grace", "-1")
+    assert result.returncode == 2 and "contradict each other" in result.stderr, result.stderr

@@ -32,6 +32,9 @@ NOT_CONFIGURABLE = frozenset({"help", "version", "force"})
 #: Options a project file may not set: it may come with a repository from anyone, and
 #: these write files where it says or weaken what protects secrets.
 USER_ONLY = frozenset({"log_file", "keylog", "keep_secrets", "insecure_upstream"})
+#: Namespace attribute holding the values the files gave, so a command can let the command
+#: line win over a file's option that contradicts it (``-w DIR`` over ``no-captures = true``).
+FROM_FILES = "_pop3tap_from_files"
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -221,9 +224,16 @@ def apply(parser: argparse.ArgumentParser, arguments: list[str]) -> dict[str, li
         if isinstance(options[dest], argparse._AppendAction)
     }
     commands[path].set_defaults(
-        **{dest: value for dest, (value, _f) in values.items() if dest not in lists}
+        **{dest: value for dest, (value, _f) in values.items() if dest not in lists},
+        **{FROM_FILES: {dest: value for dest, (value, _f) in values.items()}},
     )
     return lists
+
+
+def from_files(args: argparse.Namespace, dest: str) -> bool:
+    """Whether the option still holds the value a config file gave it (not the command line's)."""
+    values: dict[str, Any] = getattr(args, FROM_FILES, {})
+    return dest in values and getattr(args, dest, None) == values[dest]
 
 
 def finish(args: argparse.Namespace, lists: dict[str, list[Any]]) -> None:
