@@ -119,3 +119,23 @@ def test_a_file_that_contradicts_itself_is_still_an_error(project: Path) -> None
     (project / "pop3tap.toml").write_text('[record]\ncaptures = "recorded"\nno-captures = true\n')
     result = pop3tap(project, "record", "-u", "127.0.0.1:110", "--grace", "-1")
     assert result.returncode == 2 and "contradict each other" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[console]\ninsecure = true\n", "insecure is only taken from the user's"),
+        ("[check]\nallow-dele = true\n", "allow-dele is only taken from the user's"),
+        ("[console]\nconfirm-quit = true\n", "confirm-quit is only taken from the user's"),
+    ],
+)
+def test_a_project_file_cannot_turn_off_what_protects_a_live_mailbox(
+    project: Path, text: str, needle: str
+) -> None:
+    (project / "pop3tap.toml").write_text(text)
+    result = pop3tap(project, "config")
+    assert result.returncode == 2 and needle in result.stderr, result
+    # The user's own file may.
+    (project / "pop3tap.toml").unlink()
+    user_file(project, text)
+    assert pop3tap(project, "config").returncode == 0

@@ -11,7 +11,8 @@ The command line overrides both. Keys are long option names (``log-level`` or
 ``ca init``). A file is input like any other: one other users can write is refused, and an
 unknown key, a wrong type or a bad value is a one-line error naming the file (exit 2).
 A project file may come with a repository from anyone, so it cannot set ``log-file``,
-``keylog``, ``keep-secrets`` or ``insecure-upstream``.
+``keylog``, ``keep-secrets``, ``insecure-upstream``, ``insecure`` (console),
+``allow-dele`` (check) or ``confirm-quit`` (console).
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ PROJECT_FILE = "pop3tap.toml"
 #: Options no file may set: they are about one run, not a default.
 NOT_CONFIGURABLE = frozenset({"help", "version", "force"})
 #: Options a project file may not set: it may come with a repository from anyone, and
-#: these write files where it says or weaken what protects secrets.
-USER_ONLY = frozenset({"log_file", "keylog", "keep_secrets", "insecure_upstream"})
+#: these write files where it says, weaken what protects secrets (certificate checks
+#: included) or let a session delete mail on a live server.
+USER_ONLY = frozenset({
+    "log_file", "keylog", "keep_secrets", "insecure_upstream", "insecure", "allow_dele",
+    "confirm_quit",
+})
 #: Namespace attribute holding the values the files gave, so a command can let the command
 #: line win over a file's option that contradicts it (``-w DIR`` over ``no-captures = true``).
 FROM_FILES = "_pop3tap_from_files"
