@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,26 @@ def test_a_project_file_cannot_turn_off_what_protects_a_live_mailbox(
     (project / "pop3tap.toml").unlink()
     user_file(project, text)
     assert pop3tap(project, "config").returncode == 0
+
+
+def test_config_prints_a_hostile_value_escaped_as_toml(project: Path) -> None:
+    hostile = "a\x1b]0;pwned\x07\x9b31m\x7f\nfake = 1:110"
+    (project / "pop3tap.toml").write_text(
+        '[record]\nupstream = "' + hostile.encode("unicode_escape").decode().replace(
+            "\\x", "\\u00") + '"\n'
+    )
+    shown = pop3tap(project, "config", "record")
+    assert shown.returncode == 0, shown.stderr
+    assert not any(not c.isprintable() for c in shown.stdout.replace("\n", ""))
+    (line,) = [x for x in shown.stdout.splitlines() if x.startswith("upstream = ")]
+    assert tomllib.loads(line.split("  # ")[0])["upstream"] == hostile
+
+
+def test_config_prints_a_hostile_file_path_escaped(project: Path) -> None:
+    where = project / "sub" / "evil\x1b]0;pwned\x07"
+    where.mkdir()
+    (where / "pop3tap.toml").write_text('[record]\nupstream = "x:110"\n')
+    shown = pop3tap(project, "config", "record", cwd=where)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert 'upstream = "x:110"  # ' in shown.stdout

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_OK, CliError, Subparsers, epilog
 
 PROJECT_FILE = "pop3tap.toml"
@@ -278,8 +279,17 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return '"' + "".join(_toml_char(ch) for ch in str(value)) + '"'
+
+
+def _toml_char(ch: str) -> str:
+    """One character of a TOML basic string (TOML 1.0, "String"): a file's terminal
+    escapes, newlines and anything else not printable become ``\\uXXXX`` escapes."""
+    if ch in '"\\':
+        return "\\" + ch
+    if ch.isprintable():
+        return ch
+    return f"\\u{ord(ch):04X}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08X}"
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -293,7 +303,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         raise CliError(f"config: no command {' '.join(wanted)!r}")
     for path in settings.searched:
         state = "read" if path in settings.files else "not found"
-        print(f"# {path}: {state}")
+        print(f"# {printable(str(path))}: {state}")  # a path may hold terminal escapes
     for command, sub in commands.items():
         if (wanted and command != wanted) or command == ("config",):
             continue
@@ -305,7 +315,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         for dest, action in sorted(options.items()):
             if dest in chosen:
                 value, source = chosen[dest]
-                where = str(source)
+                where = printable(str(source))
             else:
                 value, where = action.default, "default"
             name = dest.replace("_", "-")
