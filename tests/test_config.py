@@ -163,3 +163,13 @@ def test_config_prints_a_hostile_file_path_escaped(project: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
     assert 'upstream = "x:110"  # ' in shown.stdout
+
+
+def test_a_huge_config_file_is_refused_without_reading_it_all(project: Path) -> None:
+    # A pop3tap.toml can be a link to any big file of root's (the owner check allows root).
+    path = project / "pop3tap.toml"
+    with path.open("wb") as handle:
+        handle.truncate(1 << 30)  # sparse: 1 GiB of NUL bytes that take no disk space
+    result = pop3tap(project, "show", "captures")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "larger than 1 MiB" in result.stderr

@@ -29,6 +29,8 @@ from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_OK, CliError, Subparsers, epilog
 
 PROJECT_FILE = "pop3tap.toml"
+#: A config file is a few lines; a link to any big file of root's must not be read whole.
+MAX_FILE_BYTES = 1 << 20
 #: Options no file may set: they are about one run, not a default.
 NOT_CONFIGURABLE = frozenset({"help", "version", "force"})
 #: Options a project file may not set: it may come with a repository from anyone, and
@@ -70,20 +72,28 @@ class Settings:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    # Checked on the open file, so it cannot be swapped between the check and the read.
     try:
-        info = path.stat()
+        handle = path.open("rb")
     except OSError as exc:
-        raise CliError(f"config file {path}: {exc.strerror}") from None
-    if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
-        raise CliError(
-            f"config file {path}: refused, other users can write it (chmod go-w, or remove it)"
-        )
+        raise CliError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    with handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
+            raise CliError(
+                f"config file {path}: refused, other users can write it (chmod go-w, or remove it)"
+            )
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise CliError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise CliError(f"config file {path}: refused, larger than 1 MiB")
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise CliError(f"config file {path}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise CliError(f"config file {path}: cannot read it: {exc}") from None
 
 
