@@ -663,6 +663,12 @@ def parse_timing(value: str | float) -> float:
     return factor
 
 
+
+def _positive_number(value: object) -> bool:
+    """A number of seconds above 0 (not a bool, not a string from a hand-written dict)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
 @dataclass(frozen=True, slots=True)
 class ReplayConfig:
     """Everything a replay server needs; defaults are what ``pop3tap replay`` uses."""
@@ -716,13 +722,13 @@ class ReplayConfig:
         if self.match not in ("default", "strict", "any"):
             raise ValueError(f"match must be 'default', 'strict' or 'any', not {self.match!r}")
         parse_timing(self.timing)
-        if self.idle_timeout is not None and not self.idle_timeout > 0:
+        if self.idle_timeout is not None and not _positive_number(self.idle_timeout):
             raise ValueError("idle_timeout must be a positive number of seconds")
         if self.max_line < 64:
             raise ValueError("max_line must be at least 64 bytes")
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
-        if not self.tls_timeout > 0:
+        if not _positive_number(self.tls_timeout):
             raise ValueError("tls_timeout must be a positive number of seconds")
         if self.model_missing not in ("err", "synth"):
             raise ValueError(f"model_missing must be 'err' or 'synth', not {self.model_missing!r}")

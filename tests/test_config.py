@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,78 @@ def test_a_file_others_can_write_is_refused(project: Path) -> None:
     os.chmod(path, 0o666)
     result = pop3tap(project, "show", "captures")
     assert result.returncode == 2 and "refused, other users can write it" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [
+        ('[record]\ncaptures = "recorded"\n', ["--no-captures"]),
+        ("[record]\nno-captures = true\n", ["-w", "elsewhere"]),
+    ],
+)
+def test_the_command_line_overrides_a_contradicting_file_option(
+    project: Path, text: str, flags: list[str]
+) -> None:
+    (project / "pop3tap.toml").write_text(text)
+    # --grace -1 is checked right after the contradiction: its error shows we got past it.
+    result = pop3tap(project, "record", "-u", "127.0.0.1:110", *flags, "--grace", "-1")
+    assert result.returncode == 2 and "--grace must be" in result.stderr, result.stderr
+
+
+def test_a_file_that_contradicts_itself_is_still_an_error(project: Path) -> None:
+    (project / "pop3tap.toml").write_text('[record]\ncaptures = "recorded"\nno-captures = true\n')
+    result = pop3tap(project, "record", "-u", "127.0.0.1:110", "--grace", "-1")
+    assert result.returncode == 2 and "contradict each other" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[console]\ninsecure = true\n", "insecure is only taken from the user's"),
+        ("[check]\nallow-dele = true\n", "allow-dele is only taken from the user's"),
+        ("[console]\nconfirm-quit = true\n", "confirm-quit is only taken from the user's"),
+    ],
+)
+def test_a_project_file_cannot_turn_off_what_protects_a_live_mailbox(
+    project: Path, text: str, needle: str
+) -> None:
+    (project / "pop3tap.toml").write_text(text)
+    result = pop3tap(project, "config")
+    assert result.returncode == 2 and needle in result.stderr, result
+    # The user's own file may.
+    (project / "pop3tap.toml").unlink()
+    user_file(project, text)
+    assert pop3tap(project, "config").returncode == 0
+
+
+def test_config_prints_a_hostile_value_escaped_as_toml(project: Path) -> None:
+    hostile = "a\x1b]0;pwned\x07\x9b31m\x7f\nfake = 1:110"
+    (project / "pop3tap.toml").write_text(
+        '[record]\nupstream = "' + hostile.encode("unicode_escape").decode().replace(
+            "\\x", "\\u00") + '"\n'
+    )
+    shown = pop3tap(project, "config", "record")
+    assert shown.returncode == 0, shown.stderr
+    assert not any(not c.isprintable() for c in shown.stdout.replace("\n", ""))
+    (line,) = [x for x in shown.stdout.splitlines() if x.startswith("upstream = ")]
+    assert tomllib.loads(line.split("  # ")[0])["upstream"] == hostile
+
+
+def test_config_prints_a_hostile_file_path_escaped(project: Path) -> None:
+    where = project / "sub" / "evil\x1b]0;pwned\x07"
+    where.mkdir()
+    (where / "pop3tap.toml").write_text('[record]\nupstream = "x:110"\n')
+    shown = pop3tap(project, "config", "record", cwd=where)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert 'upstream = "x:110"  # ' in shown.stdout
+
+
+def test_a_huge_config_file_is_refused_without_reading_it_all(project: Path) -> None:
+    # A pop3tap.toml can be a link to any big file of root's (the owner check allows root).
+    path = project / "pop3tap.toml"
+    with path.open("wb") as handle:
+        handle.truncate(1 << 30)  # sparse: 1 GiB of NUL bytes that take no disk space
+    result = pop3tap(project, "show", "captures")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "larger than 1 MiB" in result.stderr

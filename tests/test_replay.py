@@ -511,3 +511,11 @@ def test_captures_with_impossible_times_are_corrupt(tmp_path: Path, bad_time: fl
     capture = read_capture(writer.path)
     assert capture.truncated and capture.problem and "t" in capture.problem
     assert [type(r).__name__ for r in capture.records] == ["DataRecord"]
+
+
+@pytest.mark.parametrize("field", ["idle_timeout", "tls_timeout"])
+@pytest.mark.parametrize("value", ["30", "x", True, [5]])
+def test_a_timeout_that_is_not_a_number_is_named_in_the_error(field: str, value: object) -> None:
+    # pop3_config in a conftest.py is a dict a user writes by hand: {"idle_timeout": "30"}.
+    with pytest.raises(ValueError, match=f"^{field} must be a positive number of seconds"):
+        ReplayConfig(**{field: value})  # type: ignore[arg-type]

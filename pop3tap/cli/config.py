@@ -11,7 +11,8 @@ The command line overrides both. Keys are long option names (``log-level`` or
 ``ca init``). A file is input like any other: one other users can write is refused, and an
 unknown key, a wrong type or a bad value is a one-line error naming the file (exit 2).
 A project file may come with a repository from anyone, so it cannot set ``log-file``,
-``keylog``, ``keep-secrets`` or ``insecure-upstream``.
+``keylog``, ``keep-secrets``, ``insecure-upstream``, ``insecure`` (console),
+``allow-dele`` (check) or ``confirm-quit`` (console).
 """
 
 from __future__ import annotations
@@ -24,14 +25,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_OK, CliError, Subparsers, epilog
 
 PROJECT_FILE = "pop3tap.toml"
+#: A config file is a few lines; a link to any big file of root's must not be read whole.
+MAX_FILE_BYTES = 1 << 20
 #: Options no file may set: they are about one run, not a default.
 NOT_CONFIGURABLE = frozenset({"help", "version", "force"})
 #: Options a project file may not set: it may come with a repository from anyone, and
-#: these write files where it says or weaken what protects secrets.
-USER_ONLY = frozenset({"log_file", "keylog", "keep_secrets", "insecure_upstream"})
+#: these write files where it says, weaken what protects secrets (certificate checks
+#: included) or let a session delete mail on a live server.
+USER_ONLY = frozenset({
+    "log_file", "keylog", "keep_secrets", "insecure_upstream", "insecure", "allow_dele",
+    "confirm_quit",
+})
+#: Namespace attribute holding the values the files gave, so a command can let the command
+#: line win over a file's option that contradicts it (``-w DIR`` over ``no-captures = true``).
+FROM_FILES = "_pop3tap_from_files"
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -61,20 +72,28 @@ class Settings:
 
 
 def _read(path: Path) -> dict[str, Any]:
+    # Checked on the open file, so it cannot be swapped between the check and the read.
     try:
-        info = path.stat()
+        handle = path.open("rb")
     except OSError as exc:
-        raise CliError(f"config file {path}: {exc.strerror}") from None
-    if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
-        raise CliError(
-            f"config file {path}: refused, other users can write it (chmod go-w, or remove it)"
-        )
+        raise CliError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    with handle:
+        info = os.fstat(handle.fileno())
+        if info.st_uid not in (os.getuid(), 0) or info.st_mode & 0o022:
+            raise CliError(
+                f"config file {path}: refused, other users can write it (chmod go-w, or remove it)"
+            )
+        try:
+            data = handle.read(MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise CliError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise CliError(f"config file {path}: refused, larger than 1 MiB")
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        return tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise CliError(f"config file {path}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise CliError(f"config file {path}: cannot read it: {exc}") from None
 
 
@@ -221,9 +240,16 @@ def apply(parser: argparse.ArgumentParser, arguments: list[str]) -> dict[str, li
         if isinstance(options[dest], argparse._AppendAction)
     }
     commands[path].set_defaults(
-        **{dest: value for dest, (value, _f) in values.items() if dest not in lists}
+        **{dest: value for dest, (value, _f) in values.items() if dest not in lists},
+        **{FROM_FILES: {dest: value for dest, (value, _f) in values.items()}},
     )
     return lists
+
+
+def from_files(args: argparse.Namespace, dest: str) -> bool:
+    """Whether the option still holds the value a config file gave it (not the command line's)."""
+    values: dict[str, Any] = getattr(args, FROM_FILES, {})
+    return dest in values and getattr(args, dest, None) == values[dest]
 
 
 def finish(args: argparse.Namespace, lists: dict[str, list[Any]]) -> None:
@@ -263,8 +289,17 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return '"' + "".join(_toml_char(ch) for ch in str(value)) + '"'
+
+
+def _toml_char(ch: str) -> str:
+    """One character of a TOML basic string (TOML 1.0, "String"): a file's terminal
+    escapes, newlines and anything else not printable become ``\\uXXXX`` escapes."""
+    if ch in '"\\':
+        return "\\" + ch
+    if ch.isprintable():
+        return ch
+    return f"\\u{ord(ch):04X}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08X}"
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -278,7 +313,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         raise CliError(f"config: no command {' '.join(wanted)!r}")
     for path in settings.searched:
         state = "read" if path in settings.files else "not found"
-        print(f"# {path}: {state}")
+        print(f"# {printable(str(path))}: {state}")  # a path may hold terminal escapes
     for command, sub in commands.items():
         if (wanted and command != wanted) or command == ("config",):
             continue
@@ -290,7 +325,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
         for dest, action in sorted(options.items()):
             if dest in chosen:
                 value, source = chosen[dest]
-                where = str(source)
+                where = printable(str(source))
             else:
                 value, where = action.default, "default"
             name = dest.replace("_", "-")

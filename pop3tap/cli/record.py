@@ -35,6 +35,7 @@ from pop3tap.cli._common import (
     warn_if_shared_directory,
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
+from pop3tap.cli.config import from_files
 
 if TYPE_CHECKING:
     from pop3tap.tls import TlsConfig
@@ -203,7 +204,13 @@ def _cmd_record(args: argparse.Namespace) -> int:
             "(or upstream in the [record] table of pop3tap.toml)"
         )
     if args.no_captures and args.captures is not None:
-        raise CliError("--captures and --no-captures contradict each other")
+        # The command line overrides a config file, also when it contradicts the file.
+        if from_files(args, "captures") and not from_files(args, "no_captures"):
+            args.captures = None
+        elif from_files(args, "no_captures") and not from_files(args, "captures"):
+            args.no_captures = False
+        else:
+            raise CliError("--captures and --no-captures contradict each other")
     upstream_host, upstream_port = parse_endpoint(args.upstream)
     if upstream_port == 0:
         raise CliError(f"malformed address {args.upstream!r}: the upstream port cannot be 0")
