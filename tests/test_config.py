@@ -128,6 +128,10 @@ def test_a_file_that_contradicts_itself_is_still_an_error(project: Path) -> None
         ("[console]\ninsecure = true\n", "insecure is only taken from the user's"),
         ("[check]\nallow-dele = true\n", "allow-dele is only taken from the user's"),
         ("[console]\nconfirm-quit = true\n", "confirm-quit is only taken from the user's"),
+        ("[console]\nscript = \"x\"\n", "script is only taken from the user's"),
+        ("[check]\nagainst = \"h:1\"\n", "against is only taken from the user's"),
+        ("[record]\nupstream-ca = \"ca.pem\"\n", "upstream-ca is only taken from the user's"),
+        ("[replay]\nca-dir = \"ca\"\n", "ca-dir is only taken from the user's"),
     ],
 )
 def test_a_project_file_cannot_turn_off_what_protects_a_live_mailbox(
@@ -173,3 +177,34 @@ def test_a_huge_config_file_is_refused_without_reading_it_all(project: Path) -> 
     result = pop3tap(project, "show", "captures")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "larger than 1 MiB" in result.stderr
+
+
+def test_a_project_file_another_user_owns_is_passed_over(project: Path) -> None:
+    """In a shared directory anyone could plant a pop3tap.toml above a user's work: it is
+    neither read nor allowed to make the run fail."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody").pw_uid
+    planted = project / "pop3tap.toml"
+    planted.write_text("[show]\nverb = [\"QUIT\"]\nbogus-key = 1\n")
+    os.chown(planted, nobody, -1)
+    deeper = project / "deep"
+    deeper.mkdir()
+    result = pop3tap(project, "config", cwd=deeper)
+    assert result.returncode == 0, result.stderr
+    assert "QUIT" not in result.stdout and "bogus" not in result.stdout + result.stderr
+
+
+def test_no_config_env_reads_no_file(project: Path) -> None:
+    (project / "pop3tap.toml").write_text("[show]\nbogus-key = 1\n")
+    assert pop3tap(project, "show", "--help").returncode == 2
+    env_run = subprocess.run(
+        [PYTHON, "-m", "pop3tap", "show", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=project,
+        env={**os.environ, "POP3TAP_NO_CONFIG": "1", "XDG_CONFIG_HOME": str(project)},
+    )
+    assert env_run.returncode == 0, env_run.stderr

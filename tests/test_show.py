@@ -190,7 +190,11 @@ def test_git_textconv_recipe_gives_a_readable_diff(tmp_path: Path) -> None:
 
     run("init", "-q")
     (repo / ".gitattributes").write_text("*.p3cap diff=p3cap\n")
-    run("config", "diff.p3cap.textconv", f"{PYTHON} -m pop3tap show --stable --no-pager")
+    run(
+        "config",
+        "diff.p3cap.textconv",
+        f"env POP3TAP_NO_CONFIG=1 {PYTHON} -m pop3tap show --stable --no-pager",
+    )
     capture = repo / "captures" / "fetch.p3cap"
     shutil.copy(SHIPPED / "user-pass.p3cap", capture)
     run("add", ".")

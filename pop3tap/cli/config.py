@@ -12,7 +12,9 @@ The command line overrides both. Keys are long option names (``log-level`` or
 unknown key, a wrong type or a bad value is a one-line error naming the file (exit 2).
 A project file may come with a repository from anyone, so it cannot set ``log-file``,
 ``keylog``, ``keep-secrets``, ``insecure-upstream``, ``insecure`` (console),
-``allow-dele`` (check) or ``confirm-quit`` (console).
+``allow-dele`` (check), ``confirm-quit`` (console), ``upstream-ca``, ``ca-dir``, ``script``
+(console) or ``against`` (check); a ``pop3tap.toml`` another user owns is passed over.
+``POP3TAP_NO_CONFIG=1`` reads no file at all (golden files, the git textconv recipe).
 """
 
 from __future__ import annotations
@@ -39,7 +41,13 @@ NOT_CONFIGURABLE = frozenset({"help", "version", "force"})
 USER_ONLY = frozenset({
     "log_file", "keylog", "keep_secrets", "insecure_upstream", "insecure", "allow_dele",
     "confirm_quit",
+    # Whom to trust and what to run with the user's password: a CA the project chose could
+    # vouch for a server in the middle; a console script or a check target would act on a
+    # real mailbox with the user's credentials.
+    "upstream_ca", "ca_dir", "script", "against",
 })
+#: Set to 1 to read no config file at all (golden files, git textconv, scripts).
+NO_CONFIG_ENV = "POP3TAP_NO_CONFIG"
 #: Namespace attribute holding the values the files gave, so a command can let the command
 #: line win over a file's option that contradicts it (``-w DIR`` over ``no-captures = true``).
 FROM_FILES = "_pop3tap_from_files"
@@ -52,11 +60,20 @@ def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def project_config_path(cwd: Path | None = None) -> Path | None:
-    """The nearest ``pop3tap.toml`` from ``cwd`` up to the filesystem root."""
+    """The nearest ``pop3tap.toml`` from ``cwd`` up to the filesystem root that is the
+    user's (or root's).
+
+    One that another user owns is passed over: in a directory others share (``/tmp``)
+    anyone could plant one, to set options or to make every run below it fail.
+    """
     here = (cwd or Path.cwd()).resolve()
     for directory in (here, *here.parents):
         candidate = directory / PROJECT_FILE
-        if candidate.is_file():
+        try:
+            info = candidate.stat()
+        except OSError:
+            continue
+        if candidate.is_file() and info.st_uid in (os.getuid(), 0):
             return candidate
     return None
 
@@ -226,7 +243,7 @@ def apply(parser: argparse.ArgumentParser, arguments: list[str]) -> dict[str, li
     command line's to a list default instead of replacing it).
     """
     path = command_path(parser, arguments)
-    if not path or path == ("config",):
+    if not path or path == ("config",) or os.environ.get(NO_CONFIG_ENV) == "1":
         return {}
     settings = load(parser)
     values = settings.values.get(path)
