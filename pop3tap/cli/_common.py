@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import ipaddress
 import os
 import signal
@@ -16,7 +17,7 @@ import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeAlias
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias
 
 import structlog
 import trio
@@ -404,3 +405,66 @@ def socket_error(exc: OSError, what: str) -> CliError:
     if isinstance(exc, socket.gaierror):
         return CliError(f"cannot {what}: unknown host ({exc.strerror})", EXIT_FAILURE)
     return CliError(f"cannot {what}: {exc.strerror or exc}", EXIT_FAILURE)
+
+
+class DrainableServer(Protocol):
+    """What :func:`serve_until_stopped` needs of a relay or replay server."""
+
+    aborted: bool
+
+    async def run(self, *, task_status: Any = ...) -> None: ...
+    def shutdown(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def serve_until_stopped(
+    server: DrainableServer,
+    *,
+    open_sessions: Callable[[], int],
+    grace: float,
+    log: structlog.typing.FilteringBoundLogger,
+    where: dict[str, int],
+    listening: Callable[[], None],
+    what: str,
+) -> bool:
+    """Serve until a stop signal, then drain (see :func:`stop_on_signal`).
+
+    ``listening`` logs once the server accepts. Returns whether a second signal aborted
+    the drain; the caller logs how it stopped and turns that into an exit code with
+    :func:`stopped_exit_code`.
+    """
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def serve_until_drained(
+                *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                await server.run(task_status=task_status)
+                nursery.cancel_scope.cancel()  # the signal listener too
+
+            await nursery.start(
+                functools.partial(
+                    stop_on_signal,
+                    server.shutdown,
+                    server.abort,
+                    open_sessions,
+                    grace,
+                    log,
+                    worker=bool(where),
+                )
+            )
+            await nursery.start(serve_until_drained)
+            listening()
+
+    run_trio(main, what=what)
+    return server.aborted
+
+
+def stopped_exit_code(aborted: bool, where: dict[str, int]) -> int:
+    """0 after a drain; after a second signal 1 (a worker leaves the message to its parent)."""
+    if aborted:
+        if where:
+            return EXIT_FAILURE
+        raise CliError(ABORTED, EXIT_FAILURE)
+    return EXIT_OK

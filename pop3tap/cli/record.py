@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import socket
@@ -13,9 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from pop3tap.cli._common import (
-    ABORTED,
     EXIT_FAILURE,
-    EXIT_OK,
     CliError,
     Subparsers,
     add_certificate_options,
@@ -28,10 +25,10 @@ from pop3tap.cli._common import (
     epilog,
     is_loopback,
     parse_endpoint,
-    run_trio,
+    serve_until_stopped,
     serve_workers,
     setup_logging,
-    stop_on_signal,
+    stopped_exit_code,
     warn_if_shared_directory,
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
@@ -193,7 +190,6 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    import trio
 
     from pop3tap.relay import Endpoint, RelayConfig, RelayServer
     from pop3tap.tls import TlsSetupError
@@ -256,41 +252,25 @@ def _cmd_record(args: argparse.Namespace) -> int:
     def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
         server.sockets = sockets  # each worker has its own copy of the server
 
-        async def main() -> None:
-            async with trio.open_nursery() as nursery:
+        def listening() -> None:
+            log.info(
+                "relay.listening",
+                listen=str(server.address),
+                upstream=str(config.upstream),
+                captures=str(captures) if captures else None,
+                **where,
+            )
 
-                async def serve_until_drained(
-                    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
-                ) -> None:
-                    await server.run(task_status=task_status)
-                    nursery.cancel_scope.cancel()  # the signal listener too
-
-                await nursery.start(
-                    functools.partial(
-                        stop_on_signal,
-                        server.shutdown,
-                        server.abort,
-                        lambda: server.active_sessions,
-                        config.grace,
-                        log,
-                        worker=bool(where),
-                    )
-                )
-                await nursery.start(serve_until_drained)
-                log.info(
-                    "relay.listening",
-                    listen=str(server.address),
-                    upstream=str(config.upstream),
-                    captures=str(captures) if captures else None,
-                    **where,
-                )
-
-        run_trio(main, what=f"listen on {config.listen}")
-        log.info("relay.stopped", sessions=server.total_sessions, aborted=server.aborted, **where)
-        if server.aborted:
-            if where:
-                return EXIT_FAILURE  # the parent says why
-            raise CliError(ABORTED, EXIT_FAILURE)
-        return EXIT_OK
+        aborted = serve_until_stopped(
+            server,
+            open_sessions=lambda: server.active_sessions,
+            grace=config.grace,
+            log=log,
+            where=where,
+            listening=listening,
+            what=f"listen on {config.listen}",
+        )
+        log.info("relay.stopped", sessions=server.total_sessions, aborted=aborted, **where)
+        return stopped_exit_code(aborted, where)
 
     return serve_workers(args.workers, config.listen, serve, log)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import socket
 import sys
 from pathlib import Path
@@ -12,9 +11,7 @@ import structlog
 
 from pop3tap._text import printable
 from pop3tap.cli._common import (
-    ABORTED,
     EXIT_FAILURE,
-    EXIT_OK,
     CliError,
     Subparsers,
     add_certificate_options,
@@ -216,10 +213,9 @@ def add_subcommand(sub: Subparsers) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    import trio
 
     from pop3tap.capture import CaptureError
-    from pop3tap.cli._common import run_trio, serve_workers, stop_on_signal
+    from pop3tap.cli._common import serve_until_stopped, serve_workers, stopped_exit_code
     from pop3tap.relay import Endpoint
     from pop3tap.replay import (
         ReplayConfig,
@@ -298,52 +294,36 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
         server.sockets = sockets  # each worker has its own copy of the server
 
-        async def main() -> None:
-            async with trio.open_nursery() as nursery:
+        def listening() -> None:
+            log.info(
+                "replay.listening",
+                listen=str(server.address),
+                sessions=len(sessions),
+                mode="model" if config.model else "bytes",
+                match=config.match,
+                timing=str(config.timing),
+                tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
+                ca_cert=None if server.ca_file is None else str(server.ca_file),
+                **where,
+            )
 
-                async def serve_until_drained(
-                    *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
-                ) -> None:
-                    await server.run(task_status=task_status)
-                    nursery.cancel_scope.cancel()  # the signal listener too
-
-                await nursery.start(
-                    functools.partial(
-                        stop_on_signal,
-                        server.shutdown,
-                        server.abort,
-                        lambda: server.active_connections,
-                        config.grace,
-                        log,
-                        worker=bool(where),
-                    )
-                )
-                await nursery.start(serve_until_drained)
-                log.info(
-                    "replay.listening",
-                    listen=str(server.address),
-                    sessions=len(sessions),
-                    mode="model" if config.model else "bytes",
-                    match=config.match,
-                    timing=str(config.timing),
-                    tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
-                    ca_cert=None if server.ca_file is None else str(server.ca_file),
-                    **where,
-                )
-
-        run_trio(main, what=f"listen on {config.listen}")
+        aborted = serve_until_stopped(
+            server,
+            open_sessions=lambda: server.active_connections,
+            grace=config.grace,
+            log=log,
+            where=where,
+            listening=listening,
+            what=f"listen on {config.listen}",
+        )
         log.info(
             "replay.stopped",
             connections=server.connections,
             unplayed=len(server.unplayed),
             unmatched=server.accounting.unmatched_total,
-            aborted=server.aborted,
+            aborted=aborted,
             **where,
         )
-        if server.aborted:
-            if where:
-                return EXIT_FAILURE  # the parent says why
-            raise CliError(ABORTED, EXIT_FAILURE)
-        return EXIT_OK
+        return stopped_exit_code(aborted, where)
 
     return serve_workers(args.workers, config.listen, serve, log)
