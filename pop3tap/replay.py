@@ -1480,10 +1480,12 @@ class ReplayServer:
         sessions: Sequence[RecordedSession] | None = None,
         *,
         tls: ServerTls | None = None,
+        model: ModelStore | None = None,
     ) -> None:
         """Load the captures (unless ``sessions`` are given) and the TLS certificate.
 
-        ``tls`` is what :func:`server_tls_for` returned (built here when None and needed).
+        ``tls`` is what :func:`server_tls_for` returned (built here when None and needed);
+        ``model`` the mailbox store of ``config.model`` (built here when None and needed).
 
         Raises:
             CaptureError, ReplayError: a capture cannot be read or replayed.
@@ -1513,8 +1515,8 @@ class ReplayServer:
             logger.warning("replay.tls_mismatch", note=warning)
         self.tls = tls if tls is not None else server_tls_for(config, self.sessions)
         #: The mailbox model (``config.model``), else None.
-        self.model: ModelStore | None = None
-        if config.model:
+        self.model: ModelStore | None = model
+        if config.model and model is None:
             from pop3tap.replay_model import build_store
 
             self.model = build_store(config, self.sessions, tls_available=self.tls is not None)
@@ -1775,10 +1777,11 @@ async def serve_replay(
     *,
     sessions: Sequence[RecordedSession] | None = None,
     tls: ServerTls | None = None,
+    model: ModelStore | None = None,
     task_status: trio.TaskStatus[ReplayServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a replay server until cancelled; ``task_status.started`` gets the server."""
-    server = ReplayServer(config, sessions, tls=tls)
+    server = ReplayServer(config, sessions, tls=tls, model=model)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         task_status.started(server)
@@ -1903,12 +1906,13 @@ def replay_server(
     if config.captures or config.messages is None:
         sessions, _warnings = load_sessions(config.captures)  # errors surface in this thread
     tls = server_tls_for(config, sessions)  # so do TLS setup errors
-    if config.model:  # and model errors
+    model: ModelStore | None = None
+    if config.model:  # and model errors; built once (message files are measured at start)
         from pop3tap.replay_model import build_store
 
-        build_store(config, sessions, tls_available=tls is not None)
+        model = build_store(config, sessions, tls_available=tls is not None)
     background: BackgroundServer[ReplayServer] = BackgroundServer(
-        functools.partial(serve_replay, config, sessions=sessions, tls=tls),
+        functools.partial(serve_replay, config, sessions=sessions, tls=tls, model=model),
         name="pop3tap-replay",
     )
     with background as server:
