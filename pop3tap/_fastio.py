@@ -9,7 +9,10 @@ plain ``trio.SocketStream`` these helpers wait for readiness once and then call
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import struct
 from collections.abc import Callable
 
 import trio
@@ -89,3 +92,17 @@ async def send_all(
             after_write()
     if sent < len(data):
         await stream.send_all(memoryview(data)[sent:])
+
+
+def reset_on_close(stream: trio.abc.Stream) -> None:
+    """Make the next close a TCP reset (SO_LINGER 0), through any TLS layers.
+
+    The relay passes a peer's reset on this way; replay uses it where the recorded server
+    reset, and for the ``reset`` fault.
+    """
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -7,17 +7,15 @@ instead (:mod:`pop3tap.relay`).
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
+from pop3tap._fastio import reset_on_close
 from pop3tap.faults import Fault, FaultAction, garble
 
-__all__ = ["Delivery", "abort_with_reset", "deliver", "pace"]
+__all__ = ["Delivery", "deliver", "pace"]
 
 #: How often a paced (``slow``) answer sends its next piece.
 _PACE_TICK = 0.05
@@ -40,17 +38,6 @@ class Delivery:
         self.wait_for_client_close = wait_for_client_close
 
 
-def abort_with_reset(stream: trio.abc.Stream) -> None:
-    """Make the coming close a TCP reset (SO_LINGER 0)."""
-    inner: Any = stream
-    while not hasattr(inner, "socket") and hasattr(inner, "transport_stream"):
-        inner = inner.transport_stream
-    sock = getattr(inner, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
 async def pace(send: Callable[[bytes], Awaitable[None]], data: bytes, rate: float) -> None:
     """Send ``data`` at about ``rate`` octets per second."""
     piece = max(1, int(rate * _PACE_TICK))
@@ -69,7 +56,7 @@ async def deliver(
     """Send ``data`` (one whole answer) as ``fault`` says.
 
     Returns None when the session goes on, else the reason it ends (the caller closes the
-    connection: with a FIN, or with a reset after :func:`abort_with_reset`).
+    connection: with a FIN, or with a reset after :func:`pop3tap._fastio.reset_on_close`).
     """
     action = fault.action
     delivery.log.warning(
@@ -86,7 +73,7 @@ async def deliver(
         await delivery.send(data[: int(fault.amount)])
         return f"fault: cut after {int(min(fault.amount, len(data)))} octets"
     if action is FaultAction.RESET:
-        abort_with_reset(delivery.stream)
+        reset_on_close(delivery.stream)
         return "fault: reset"
     if action is FaultAction.STALL:
         await delivery.wait_for_client_close()

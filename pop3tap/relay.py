@@ -31,7 +31,6 @@ import functools
 import ipaddress
 import secrets
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ import structlog
 import trio
 
 from pop3tap import __version__
-from pop3tap._fastio import plain_fd, read_now, receive_some, send_all
+from pop3tap._fastio import plain_fd, read_now, receive_some, reset_on_close, send_all
 from pop3tap._faultio import pace
 from pop3tap.capture import CaptureError, CaptureWriter
 from pop3tap.faults import ConnectionFaults, FaultPlan, check_relay_fault, parse_fault
@@ -187,14 +186,6 @@ async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
         stream = trio.SocketStream(sock)
     stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return stream
-
-
-def reset_on_close(stream: trio.abc.Stream) -> None:
-    """Make the next close a TCP reset (SO_LINGER 0), to pass a reset on to the other side."""
-    sock = _socket_of(stream)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class _Session:

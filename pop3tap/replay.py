@@ -59,8 +59,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from pop3tap._fastio import plain_fd, receive_some, send_now
-from pop3tap._faultio import Delivery, abort_with_reset, deliver
+from pop3tap._fastio import plain_fd, receive_some, reset_on_close, send_now
+from pop3tap._faultio import Delivery, deliver
 from pop3tap.capture import (
     Capture,
     CaptureError,
@@ -1387,7 +1387,7 @@ class _Connection:
         """
         stream = self.stream
         if self.recorded_close and self.play is not None and self.play.session.server_reset:
-            abort_with_reset(stream)
+            reset_on_close(stream)
             return
         with trio.move_on_after(1):
             try:
