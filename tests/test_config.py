@@ -10,6 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,3 +210,125 @@ def test_no_config_env_reads_no_file(project: Path) -> None:
         env={**os.environ, "POP3TAP_NO_CONFIG": "1", "XDG_CONFIG_HOME": str(project)},
     )
     assert env_run.returncode == 0, env_run.stderr
+
+
+def test_relative_paths_in_a_file_are_relative_to_that_file(project: Path) -> None:
+    """A project's pop3tap.toml means the project's directories from any subdirectory,
+    as a .gitignore or a Makefile include does; the user's file means its own directory."""
+    (project / "pop3tap.toml").write_text(
+        '[show]\nformat = "html"\noutput = "views/out.html"\n'
+        '[record]\ncaptures = "recorded"\n'
+    )
+    (project / "views").mkdir()
+    user = user_file(project, '[record]\nupstream-ca = "certs/ca.pem"\nca-dir = "/abs/ca"\n')
+    shown = pop3tap(project, "config", "record", cwd=project / "sub")
+    lines = shown.stdout.splitlines()
+    assert f'captures = "{project / "recorded"}"  # {project / "pop3tap.toml"}' in lines, lines
+    assert f'upstream-ca = "{user.parent / "certs" / "ca.pem"}"  # {user}' in lines, lines
+    # An absolute path stays as written.
+    assert f'ca-dir = "/abs/ca"  # {user}' in lines, lines
+    # And the command really writes there, not below the current directory.
+    result = pop3tap(project, "show", "../captures/pipelined.p3cap", cwd=project / "sub")
+    assert result.returncode == 0, result.stderr
+    assert (project / "views" / "out.html").is_file()
+    assert not (project / "sub" / "views").exists()
+
+
+def test_the_command_line_beats_a_contradicting_user_file_option(project: Path) -> None:
+    """``insecure-upstream = true`` in the user's file, ``--upstream-ca`` on the command line:
+    the command line wins, as for ``no-captures`` and ``-w`` (the CA is used, not skipped)."""
+    from pop3tap.cli import build_parser, config
+
+    user_file(project, "[record]\ninsecure-upstream = true\n[console]\ninsecure = true\n")
+    (project / "ca.pem").write_text("not read here\n")
+    # --tls-timeout 0 is checked right after the contradiction: its error shows we got past it.
+    result = pop3tap(
+        project, "record", "-u", "127.0.0.1:995", "--upstream-ca", "ca.pem", "--tls-timeout", "0"
+    )
+    assert result.returncode == 2 and "--tls-timeout must be" in result.stderr, result.stderr
+    # Both on the command line is still the user's mistake.
+    both = pop3tap(
+        project, "record", "-u", "127.0.0.1:995", "--upstream-ca", "ca.pem",
+        "--insecure-upstream", "--tls-timeout", "0",
+    )
+    assert both.returncode == 2 and "contradict each other" in both.stderr, both.stderr
+    # What the command receives: the file's option is dropped, the command line's kept.
+    old = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(project.parent / "home")
+    try:
+        for arguments, dropped in (
+            (["record", "-u", "h:995", "--upstream-ca", "ca.pem"], "insecure_upstream"),
+            (["console", "h:995", "--tls", "--upstream-ca", "ca.pem"], "insecure"),
+        ):
+            parser = build_parser()
+            lists = config.apply(parser, arguments)
+            args = parser.parse_args(arguments)
+            config.finish(args, lists, arguments)
+            assert getattr(args, dropped) is False and args.upstream_ca == Path("ca.pem")
+    finally:
+        if old is None:
+            del os.environ["XDG_CONFIG_HOME"]
+        else:
+            os.environ["XDG_CONFIG_HOME"] = old
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(alphabet="abcXYZ019._- /", min_size=1, max_size=30).filter(
+        lambda t: not t.startswith("/") and t != "-"
+    )
+)
+def test_every_path_option_of_every_command_is_relative_to_its_file(text: str) -> None:
+    """The whole class: no option that takes a path reads it against the current directory."""
+    from pop3tap.cli import build_parser, config
+
+    where = Path("/some/project/pop3tap.toml")
+    parser = build_parser()
+    path_options = [
+        (command, dest, action)
+        for command, sub in config._commands(parser)
+        for dest, action in config._options(sub).items()
+        if config._takes_path(action)
+    ]
+    names = {dest for _command, dest, _action in path_options}
+    assert {"captures", "log_file", "upstream_ca", "output", "mbox"} <= names
+    for _command, dest, action in path_options:
+        value = config._check(action, dest, text, where)
+        for one in value if isinstance(value, list) else [value]:
+            assert Path(one) == where.parent / text, (dest, one)
+
+
+@pytest.mark.parametrize("pair", __import__("pop3tap.cli.config", fromlist=["x"]).EXCLUSIVE)
+@pytest.mark.parametrize("file_side", [0, 1])
+def test_the_command_line_wins_every_exclusive_pair(
+    project: Path, pair: tuple[str, str], file_side: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole class: whichever option of a pair the file sets, the command line's wins."""
+    from pop3tap.cli import build_parser, config
+
+    parser = build_parser()
+    command = next(
+        c for c, sub in config._commands(parser) if set(pair) <= set(config._options(sub))
+    )
+    options = config._options(dict(config._commands(parser))[command])
+
+    def as_toml(dest: str) -> str:
+        flag = options[dest].nargs == 0
+        return f"{dest.replace('_', '-')} = {'true' if flag else chr(34) + 'x' + chr(34)}\n"
+
+    def as_argument(dest: str) -> list[str]:
+        flag = "--" + dest.replace("_", "-")
+        return [flag] if options[dest].nargs == 0 else [flag, "x"]
+
+    in_file, typed = pair[file_side], pair[1 - file_side]
+    built_in = options[in_file].default
+    user_file(project, f"[{command[0]}]\n{as_toml(in_file)}")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(project.parent / "home"))
+    monkeypatch.chdir(project)
+    extra = {"console": ["h:995", "--tls"], "check": ["a.p3cap"]}.get(command[0], [])
+    arguments = [*command, *extra, *as_argument(typed)]
+    lists = config.apply(parser, arguments)
+    args = parser.parse_args(arguments)
+    config.finish(args, lists, arguments)
+    assert getattr(args, in_file) == built_in
+    assert getattr(args, typed) not in (None, False)

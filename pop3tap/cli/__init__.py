@@ -112,7 +112,7 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         from_files = config.apply(parser, arguments)  # pop3tap.toml, config.toml: defaults
         args = parser.parse_args(arguments)
-        config.finish(args, from_files)
+        config.finish(args, from_files, arguments)
         code: int = args.handler(args)
     except CliError as exc:
         message = str(exc)

@@ -5,11 +5,15 @@ Files, read with the standard library's :mod:`tomllib`, lowest precedence first:
 1. ``${XDG_CONFIG_HOME:-~/.config}/pop3tap/config.toml`` (the user's);
 2. ``pop3tap.toml`` in the current directory or the nearest parent (the project's).
 
-The command line overrides both. Keys are long option names (``log-level`` or
-``log_level``): at the top level they apply to every command that has the option; in a
-``[record]``, ``[replay]``, ``[show]``... table to that command only (``[ca.init]`` for
-``ca init``). A file is input like any other: one other users can write is refused, and an
-unknown key, a wrong type or a bad value is a one-line error naming the file (exit 2).
+The command line overrides both, also where it contradicts a file (``--upstream-ca`` on
+the command line over ``insecure-upstream = true``: the file's option is dropped). A relative
+path in a file is relative to the directory holding that file, so a project's
+``pop3tap.toml`` means the same directories from any subdirectory. Keys are long option
+names (``log-level`` or ``log_level``): at the top level they apply to every command that
+has the option; in a ``[record]``, ``[replay]``, ``[show]``... table to that command only
+(``[ca.init]`` for ``ca init``). A file is input like any other: one other users can write
+is refused, and an unknown key, a wrong type or a bad value is a one-line error naming
+the file (exit 2).
 A project file may come with a repository from anyone, so it cannot set ``log-file``,
 ``keylog``, ``keep-secrets``, ``insecure-upstream``, ``insecure`` (console),
 ``allow-dele`` (check), ``confirm-quit`` (console), ``upstream-ca``, ``ca-dir``, ``script``
@@ -51,6 +55,18 @@ NO_CONFIG_ENV = "POP3TAP_NO_CONFIG"
 #: Namespace attribute holding the values the files gave, so a command can let the command
 #: line win over a file's option that contradicts it (``-w DIR`` over ``no-captures = true``).
 FROM_FILES = "_pop3tap_from_files"
+#: Namespace attribute holding pop3tap's own defaults of the options the files gave.
+BUILT_IN = "_pop3tap_built_in_defaults"
+#: Options that exclude each other. When a file gives one and the command line the other,
+#: the command line wins and the file's is reset to pop3tap's default; both from the
+#: command line (or both from files) stay the command's one-line error.
+EXCLUSIVE = (
+    ("captures", "no_captures"),
+    ("insecure_upstream", "upstream_ca"),
+    ("insecure", "upstream_ca"),
+)
+#: Metavars of options that take a file or directory path but no ``type=Path``.
+PATH_METAVARS = frozenset({"PATH", "FILE", "DIR", "DIR|MBOX"})
 
 
 def user_config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -148,14 +164,22 @@ def _check(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
         return value
     if isinstance(action, argparse._AppendAction):
         values = value if isinstance(value, list) else [value]
-        return [_check_one(action, where, v) for v in values]
-    return _check_one(action, where, value)
+        return [_check_one(action, where, v, path.parent) for v in values]
+    return _check_one(action, where, value, path.parent)
 
 
-def _check_one(action: argparse.Action, where: str, value: Any) -> Any:
+def _takes_path(action: argparse.Action) -> bool:
+    return action.type is Path or action.metavar in PATH_METAVARS
+
+
+def _check_one(action: argparse.Action, where: str, value: Any, base: Path) -> Any:
+    """``base`` is the file's directory: a relative path is relative to it, not to
+    wherever the command happens to run."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise CliError(f"{where} must be a string or a number")
     text = str(value)
+    if _takes_path(action) and text not in ("", "-") and not Path(text).is_absolute():
+        text = str(base / text)
     if action.type is not None and callable(action.type):
         try:
             converted = action.type(text)
@@ -259,6 +283,7 @@ def apply(parser: argparse.ArgumentParser, arguments: list[str]) -> dict[str, li
     commands[path].set_defaults(
         **{dest: value for dest, (value, _f) in values.items() if dest not in lists},
         **{FROM_FILES: {dest: value for dest, (value, _f) in values.items()}},
+        **{BUILT_IN: {dest: options[dest].default for dest in values}},
     )
     return lists
 
@@ -269,11 +294,49 @@ def from_files(args: argparse.Namespace, dest: str) -> bool:
     return dest in values and getattr(args, dest, None) == values[dest]
 
 
-def finish(args: argparse.Namespace, lists: dict[str, list[Any]]) -> None:
-    """Repeatable options from the files, where the command line gave none."""
+def finish(args: argparse.Namespace, lists: dict[str, list[Any]], arguments: list[str]) -> None:
+    """Repeatable options from the files, where the command line gave none; and the
+    command line's option where a file's contradicts it (:data:`EXCLUSIVE`)."""
     for dest, values in lists.items():
         if not getattr(args, dest, None):
             setattr(args, dest, list(values))
+    files: dict[str, Any] = getattr(args, FROM_FILES, {})
+    clashes = [
+        pair for pair in EXCLUSIVE
+        if all(_given(args, dest) for dest in pair) and any(dest in files for dest in pair)
+    ]
+    if not clashes:
+        return
+    typed = _from_command_line(arguments, {dest for pair in clashes for dest in pair})
+    built_in: dict[str, Any] = getattr(args, BUILT_IN, {})
+    for first, second in clashes:
+        if (first in typed) != (second in typed):
+            dropped = second if first in typed else first
+            setattr(args, dropped, built_in.get(dropped))
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether the option is set: a flag that is on, a value that is not None."""
+    value = getattr(args, dest, None)
+    return value is not None and value is not False
+
+
+def _from_command_line(arguments: list[str], dests: set[str]) -> set[str]:
+    """Which of ``dests`` the command line itself gave (a file's value can equal it).
+
+    The arguments are parsed again by a fresh parser whose defaults for ``dests`` are a
+    marker no option can produce; they parsed once already, so this cannot fail.
+    """
+    from pop3tap.cli import build_parser
+
+    parser = build_parser()
+    command = dict(_commands(parser))[command_path(parser, arguments)]
+    unset = object()
+    for action in command._actions:
+        if action.dest in dests:
+            action.default = unset
+    parsed = parser.parse_args(arguments)
+    return {dest for dest in dests if getattr(parsed, dest, unset) is not unset}
 
 
 def add_subcommand(sub: Subparsers) -> None:
