@@ -1,0 +1,299 @@
+"""The renderers and loggers behind ``--log-format``: a JSON line renderer that builds its
+encoder once, a logger that writes each line with one ``os.write``, the Pop3.log-style
+console view, and the tee that writes a file and a terminal at once.
+
+:mod:`pop3tap.log` wires them into structlog; they sit here because they are tuned for
+speed (one system call per line, no per-line encoder) and change for that reason alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import Any, Final, TextIO
+
+from structlog.typing import EventDict, WrappedLogger
+
+from pop3tap._text import printable
+
+__all__ = [
+    "FdLogger",
+    "JsonLineRenderer",
+    "Pop3ConsoleRenderer",
+    "TeeLogger",
+    "render_exchange_line",
+    "use_colors",
+]
+
+#: Context keys tried, in order, for the session tag of the compact exchange line.
+_SESSION_KEYS: Final = ("session", "session_id", "conn_id")
+
+
+def _json_fallback(value: Any) -> Any:
+    """What ``structlog.processors.JSONRenderer`` does with values JSON cannot encode."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+class JsonLineRenderer:
+    """Render the event dict as one JSON object, exactly like ``JSONRenderer()``, cheaper.
+
+    ``JSONRenderer`` calls ``json.dumps(..., default=...)``, which builds a new encoder
+    (and, inside it, a new C encoder) for every line. Here the C encoder is built once and
+    rebuilt only after a failed call, whose circular-reference markers may be left over.
+    """
+
+    def __init__(self) -> None:
+        """Build the encoders once."""
+        self._encoder = json.JSONEncoder(default=_json_fallback)
+        self._fast = self._make_fast()
+
+    def _make_fast(self) -> Callable[[Any, int], list[str]] | None:
+        make = getattr(json.encoder, "c_make_encoder", None)
+        if make is None:  # no C accelerator: the documented slow path
+            return None
+        fast: Callable[[Any, int], list[str]] = make(
+            {},  # markers: circular references raise ValueError, as with json.dumps
+            self._encoder.default,
+            json.encoder.encode_basestring_ascii,
+            None,  # indent
+            ": ",
+            ", ",
+            False,  # sort_keys
+            False,  # skipkeys
+            True,  # allow_nan
+        )
+        return fast
+
+    def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> str:
+        """Render one event dict to a line (without the newline)."""
+        fast = self._fast
+        if fast is None:
+            return self._encoder.encode(event_dict)
+        try:
+            return "".join(fast(event_dict, 0))
+        except BaseException:
+            self._fast = self._make_fast()
+            raise
+
+
+class FdLogger:
+    """Write each line to a file descriptor with one ``os.write`` (no Python buffering).
+
+    ``structlog.WriteLogger`` on a line-buffered text file writes, then flushes, through
+    two layers of buffers; this is one system call per line and each line still reaches
+    the file as it is logged. With ``O_APPEND`` a line is never interleaved with another.
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Write to ``fd``, which stays owned by the caller."""
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        """Write ``message`` and a newline."""
+        data = (message + "\n").encode("utf-8", "backslashreplace")
+        with self._lock:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _FdLoggerFactory:
+    def __init__(self, fd: int) -> None:
+        self._logger = FdLogger(fd)
+
+    def __call__(self, *args: Any) -> FdLogger:
+        return self._logger
+
+
+#: ANSI styles of the console view.
+_STYLES: Final = {
+    "dim": "\x1b[2m",
+    "bold": "\x1b[1m",
+    "ok": "\x1b[32m",
+    "err": "\x1b[1;31m",
+    "sasl": "\x1b[36m",
+    "warning": "\x1b[33m",
+    "error": "\x1b[1;31m",
+    "reset": "\x1b[0m",
+}
+
+
+#: Width the command column is padded to, so responses line up.
+_COMMAND_WIDTH: Final = 22
+
+
+#: Fields already shown by the fixed columns of the console view.
+_SHOWN: Final = frozenset({"event", "timestamp", "level", "session", "session_id", "conn_id"})
+
+
+def use_colors(tty: bool, environ: MutableMapping[str, str] | None = None) -> bool:
+    """Colours on a terminal; ``NO_COLOR`` (any value) turns them off, ``FORCE_COLOR``
+    (any value but ``0``) on even for a pipe. ``NO_COLOR`` wins when both are set."""
+    env = os.environ if environ is None else environ
+    if env.get("NO_COLOR"):
+        return False
+    force = env.get("FORCE_COLOR")
+    if force is not None and force != "0" and force != "":
+        return True
+    return tty
+
+
+class Pop3ConsoleRenderer:
+    """The live console view: one aligned line per event, in the shape of ``show``.
+
+    ``12:03:04 a1b2c3d4e5f6 RETR 1                 +OK 1834 octets (27 lines, 1834 bytes) 0.8ms``;
+    session open and close lines start with ``>>`` and ``<<``, other events show their
+    level when it is not info, their name and their fields as ``key=value``.
+    """
+
+    def __init__(self, colors: bool = False) -> None:
+        """``colors``: ANSI colours (``-ERR`` in red, ``+OK`` in green, warnings in yellow)."""
+        self._colors = colors
+
+    def _paint(self, style: str, text: str) -> str:
+        if not self._colors or not text:
+            return text
+        return f"{_STYLES[style]}{text}{_STYLES['reset']}"
+
+    def __call__(
+        self, logger: WrappedLogger, method: str, event_dict: MutableMapping[str, Any]
+    ) -> str:
+        """Render one event dict to a line; control characters in values are escaped."""
+        for key, value in event_dict.items():
+            if key not in ("exc_info", "exception", "stack") and isinstance(
+                value, str | dict | list
+            ):
+                event_dict[key] = _printable_value(value)
+        return self.render(event_dict)
+
+    def render(self, ev: MutableMapping[str, Any]) -> str:
+        """One console line for an event dict."""
+        stamp = ev.get("timestamp")
+        clock = stamp[11:19] if isinstance(stamp, str) and len(stamp) >= 19 else "--:--:--"
+        session = next((_printable(str(ev[k])) for k in _SESSION_KEYS if ev.get(k)), "")
+        head = f"{self._paint('dim', clock)} {session or '-':<12}"
+        name = str(ev.get("event", ""))
+        if name == "pop3.exchange":
+            return f"{head} {self._exchange(ev)}"
+        if name == "session.open":
+            where = " -> ".join(
+                _printable(str(ev.get(k, "?"))) for k in ("client", "listen", "upstream")
+            )
+            return f"{head} {self._paint('bold', '>> open')} {where}"
+        if name == "session.close":
+            details = " ".join(
+                f"{key}={ev[key]}"
+                for key in ("retr", "top", "dele", "update", "bytes_in", "bytes_out", "duration_s")
+                if key in ev
+            )
+            reason = _printable(str(ev.get("reason", "")))
+            return f"{head} {self._paint('bold', '<< close')} {reason}; {details}"
+        if name == "pop3.greeting":
+            greeting = self._status_text(_printable(str(ev.get("first_line", ""))))
+            return f"{head} {'':<{_COMMAND_WIDTH}} {greeting}"
+        level = str(ev.get("level", "info"))
+        label = name
+        if level in ("warning", "error", "critical", "exception"):
+            label = self._paint("error" if level != "warning" else "warning", f"{level}: {name}")
+        extra = " ".join(
+            f"{key}={_console_value(value)}" for key, value in ev.items() if key not in _SHOWN
+        )
+        line = f"{head} {label} {extra}".rstrip()
+        exc = ev.get("exception")
+        return line if not exc else f"{line}\n{exc}"
+
+    def _status_text(self, first_line: str) -> str:
+        if first_line.startswith("-ERR"):
+            return self._paint("err", first_line)
+        if first_line.startswith("+OK"):
+            return self._paint("ok", "+OK") + first_line[3:]
+        if first_line.startswith("+"):
+            return self._paint("sasl", first_line)
+        return first_line
+
+    def _exchange(self, ev: MutableMapping[str, Any]) -> str:
+        command = _printable(str(ev.get("verb", "?")))
+        if ev.get("args"):
+            command += f" {_printable(str(ev['args']))}"
+        parts = [f"{command:<{_COMMAND_WIDTH}}"]
+        status = ev.get("status")
+        first_line = _printable(str(ev.get("first_line") or ""))
+        if status is None:
+            parts.append(self._paint("warning", "(no response)"))
+        elif first_line.startswith(str(status)):
+            parts.append(self._status_text(first_line))
+        else:
+            parts.append(self._status_text(f"{status} {first_line}".rstrip()))
+        if ev.get("multiline"):
+            parts.append(f"({ev.get('body_lines', 0)} lines, {ev.get('body_bytes', 0)} bytes)")
+        latency = ev.get("latency_ms")
+        if isinstance(latency, int | float):
+            parts.append(self._paint("dim", f"{latency:.1f}ms"))
+        flags = ev.get("flags")
+        if flags:
+            parts.append(self._paint("warning", "[" + ",".join(str(f) for f in flags) + "]"))
+        return " ".join(parts)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped: a server's bytes never drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in printable(text))
+
+
+def _console_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    # Quoted (control characters escaped) unless it is one plain word: one event, one line.
+    plain = text and text.isprintable() and " " not in text and '"' not in text
+    if plain:
+        return text
+    return '"' + _printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _printable_value(value: Any) -> Any:
+    """``value`` with control characters escaped in every string inside it."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_value(v) for v in value]
+    return value
+
+
+def render_exchange_line(ev: MutableMapping[str, Any]) -> str:
+    """Compact uncoloured form of a ``pop3.exchange`` event dict (the console view's line)."""
+    return Pop3ConsoleRenderer(colors=False).render(ev)
+
+
+class TeeLogger:
+    """Write each event as JSON to a log file and as the console view to a terminal."""
+
+    def __init__(self, file_fd: int, console: TextIO, renderer: Pop3ConsoleRenderer) -> None:
+        """``file_fd`` gets JSON lines, ``console`` the console view."""
+        self._file = FdLogger(file_fd)
+        self._json = JsonLineRenderer()
+        self._console = console
+        self._renderer = renderer
+        self._lock = threading.Lock()
+
+    def msg(self, event_dict: dict[str, Any]) -> None:
+        """Write one event both ways."""
+        console_line = self._renderer.render(event_dict)
+        self._file.msg(self._json(None, "", event_dict))
+        with self._lock:
+            self._console.write(console_line + "\n")
+            self._console.flush()
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
