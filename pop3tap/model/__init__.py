@@ -7,13 +7,13 @@ the same command was answered in the same state and generated answers elsewhere.
 """
 
 from pop3tap.model._files import mailbox_from_files
+from pop3tap.model._gather import mailboxes_from_sessions
 from pop3tap.model._mailbox import (
     Mailbox,
     ModelError,
     ModelMessage,
     Wording,
     dot_stuff,
-    mailboxes_from_sessions,
     unstuff_body,
 )
 from pop3tap.model._session import ModelSession, Next, Phase, Reply, top_of
