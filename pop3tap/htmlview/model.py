@@ -48,7 +48,7 @@ from pop3tap.protocol import (
     Suppressed,
     UnsolicitedLine,
 )
-from pop3tap.render import _describe_transport_event
+from pop3tap.render import describe_transport_event
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "FLAG_BITS", "ViewOptions", "build_model", "session_model"]
 
@@ -150,7 +150,7 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
         if isinstance(record, EventRecord):
             if record.name in ("tls", "tls_handshake"):
                 tls = True
-            text = _describe_transport_event(record)
+            text = describe_transport_event(record)
             if text:
                 add(record.t, ["d", _ms(record.t), text])
         elif isinstance(record, CloseRecord):

@@ -1,4 +1,4 @@
-"""The Pop3.log-style view of a capture, and its JSON-lines form.
+"""The Pop3.log-style view of a capture (its JSON-lines form is in ``_json.py``).
 
 Each protocol line becomes one log line, ``POP3: HH:MM:SS [tx] USER alice`` for what the
 client sent, ``[rx]`` for what the server answered and ``[db]`` for transport events, in
@@ -16,13 +16,11 @@ line saying where the record stops.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Container, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
-from pop3tap._text import json_safe, printable
+from pop3tap._text import printable
 from pop3tap.capture import (
     Capture,
     CaptureReader,
@@ -32,10 +30,8 @@ from pop3tap.capture import (
     Record,
     derive_events,
 )
-from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
-    Direction,
     EndOfStream,
     Event,
     Exchange,
@@ -58,7 +54,7 @@ CaptureSource = Capture | CaptureReader
 MAX_SHOWN_LINE: Final = 64 * 1024
 
 
-def _wall_time(capture: CaptureSource, t: float) -> datetime | None:
+def wall_time(capture: CaptureSource, t: float) -> datetime | None:
     """The wall-clock time of a record, or None when a damaged capture gives nonsense."""
     try:
         return datetime.fromtimestamp(capture.header.started_unix + t, UTC)
@@ -67,7 +63,7 @@ def _wall_time(capture: CaptureSource, t: float) -> datetime | None:
 
 
 def _clock(capture: CaptureSource, t: float) -> str:
-    when = _wall_time(capture, t)
+    when = wall_time(capture, t)
     return "??:??:??" if when is None else when.strftime("%H:%M:%S")
 
 
@@ -154,7 +150,7 @@ def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
             yield text
 
 
-def _describe_transport_event(record: EventRecord, *, stable: bool = False) -> str | None:
+def describe_transport_event(record: EventRecord, *, stable: bool = False) -> str | None:
     """The [db] text of a transport event record; None where a protocol line says it.
 
     ``stable`` leaves out what differs between recordings of the same conversation.
@@ -234,7 +230,6 @@ def render_lines(
     ``stable``: no times, session ids, ports or fingerprints, so the text of the same
     conversation is the same in every recording (golden files, ``git diff``).
     """
-    header = capture.header
     server_bytes: _ServerBytes | None = None
     second: CaptureReader | None = None
     if bodies:
@@ -250,15 +245,7 @@ def render_lines(
         return printable(f"POP3: {_clock(capture, t)} [{tag}] {text}")
 
     try:
-        if stable:
-            yield out(0.0, "db", f"Session (secrets {header.secrets})")
-        else:
-            yield out(
-                0.0,
-                "db",
-                f"Session {header.session} {header.client} -> {header.upstream} "
-                f"(started {header.started}, secrets {header.secrets})",
-            )
+        yield out(0.0, "db", _session_text(capture, stable=stable))
         for record, events in derive_events(_records(capture)):
             if only is not None:
                 for event in events:
@@ -269,20 +256,11 @@ def render_lines(
                         )
                 continue
             if isinstance(record, EventRecord):
-                text = _describe_transport_event(record, stable=stable)
+                text = describe_transport_event(record, stable=stable)
                 if text:
                     yield out(record.t, "db", text)
             elif isinstance(record, CloseRecord):
-                summary = record.summary
-                yield out(
-                    record.t,
-                    "db",
-                    f"Closed: {record.reason}; top={summary.get('top_count', 0)}/"
-                    f"{summary.get('top_bytes', 0)} retr={summary.get('retr_count', 0)}/"
-                    f"{summary.get('retr_bytes', 0)} del={summary.get('dele_count', 0)} "
-                    f"update={'yes' if summary.get('reached_update') else 'no'} "
-                    f"bytes={summary.get('client_bytes', 0)}/{summary.get('server_bytes', 0)}",
-                )
+                yield out(record.t, "db", _close_text(record))
             for event in events:
                 yield from _render_event(event, out, server_bytes, recorded=record is not None)
         if not capture.complete and only is None:
@@ -290,6 +268,27 @@ def render_lines(
     finally:
         if second is not None:
             second.close()
+
+
+def _session_text(capture: CaptureSource, *, stable: bool) -> str:
+    header = capture.header
+    if stable:
+        return f"Session (secrets {header.secrets})"
+    return (
+        f"Session {header.session} {header.client} -> {header.upstream} "
+        f"(started {header.started}, secrets {header.secrets})"
+    )
+
+
+def _close_text(record: CloseRecord) -> str:
+    summary = record.summary
+    return (
+        f"Closed: {record.reason}; top={summary.get('top_count', 0)}/"
+        f"{summary.get('top_bytes', 0)} retr={summary.get('retr_count', 0)}/"
+        f"{summary.get('retr_bytes', 0)} del={summary.get('dele_count', 0)} "
+        f"update={'yes' if summary.get('reached_update') else 'no'} "
+        f"bytes={summary.get('client_bytes', 0)}/{summary.get('server_bytes', 0)}"
+    )
 
 
 def _truncation_line(capture: CaptureSource) -> str:
@@ -361,195 +360,10 @@ def _render_event(
             yield out(event.at, "db", f"End of the {side} record{suffix}")
 
 
-#: Capture event names shown as ``tls`` records in the JSON view; the rest are ``transport``.
-_TLS_EVENTS: Final = frozenset({"tls_handshake", "tls", "tls_failed", "stls", "stls_injection"})
-
-
-def _iso(capture: CaptureSource, t: float) -> str | None:
-    when = _wall_time(capture, t)
-    return None if when is None else when.isoformat().replace("+00:00", "Z")
-
-
-def _json_value(value: object) -> object:
-    """A capture field as JSON: bytes as text (never ``b'...'``), nested values kept."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN or infinity
-    return value
-
-
-def _event_record_fields(record: EventRecord) -> dict[str, object]:
-    return {"event": record.name, "fields": _json_value(record.fields)}
-
-
-def _exchange_record(ex: Exchange, stray_lines: int) -> dict[str, object]:
-    """The fields of an ``exchange`` record (see docs/show-json.schema.json)."""
-    challenges = sum(1 for kind, _text in ex.sasl if kind == "+")
-    omitted = sum(int(text) for kind, text in ex.sasl if kind == "...")
-    record: dict[str, object] = exchange_fields(ex)
-    record["sent_t"] = round(ex.sent_at, 6)
-    record["sasl_steps"] = challenges + (omitted + 1) // 2
-    if any(kind == "c" and text == "*" for kind, text in ex.sasl):
-        record["sasl_cancelled"] = True
-    record["stray"] = stray_lines > 0
-    record["stray_lines"] = stray_lines
-    return record
-
-
-def json_records(capture: CaptureSource) -> Iterator[dict[str, object]]:
-    """Every fact of the Pop3.log view as one JSON-ready record, in stream order.
-
-    Each record has ``kind``, ``session`` (the capture's session id), ``t`` (seconds since
-    the session started) and ``time`` (ISO 8601 UTC, or None for a damaged clock); the
-    rest depends on the kind. docs/show-json.schema.json is the schema of every record.
-    """
-    header = capture.header
-    session = header.session
-
-    def base(kind: str, t: float) -> dict[str, object]:
-        return {"kind": kind, "session": session, "t": round(t, 6), "time": _iso(capture, t)}
-
-    yield {
-        **base("session", 0.0),
-        "client": header.client,
-        "listen": header.listen,
-        "upstream": header.upstream,
-        "secrets": header.secrets,
-        "pop3tap": header.pop3tap,
-        "format": header.format,
-        "options": _json_value(header.options),
-    }
-    # Stream order, with each exchange held back until the server lines after it are known:
-    # stray lines that follow an answer are counted on that exchange.
-    batches = derive_events(_records(capture))  # streamed: see render_lines
-    pending: list[dict[str, object]] = []
-    held: Exchange | None = None
-    stray_after = 0
-    summary: dict[str, object] | None = None
-
-    def release() -> Iterator[dict[str, object]]:
-        nonlocal held, stray_after
-        if held is not None:
-            yield {**base("exchange", held.at), **_exchange_record(held, stray_after)}
-        held, stray_after = None, 0
-        yield from pending
-        pending.clear()
-
-    for record, events in batches:
-        inferred = record is None
-        if isinstance(record, EventRecord) and record.name not in ("eof", "reset"):
-            yield from release()
-            kind = "tls" if record.name in _TLS_EVENTS else "transport"
-            yield {**base(kind, record.t), **_event_record_fields(record)}
-        ends = [e for e in events if isinstance(e, EndOfStream)]
-        for event in events:
-            if isinstance(event, Exchange):
-                yield from release()
-                held = event
-            elif isinstance(event, StrayLine):
-                if event.direction is Direction.SERVER and held is not None:
-                    stray_after += 1
-                line = {**base("stray", event.at), "direction": event.direction.value}
-                line["text"] = event.text
-                pending.append(line)
-            elif isinstance(event, EndOfStream):
-                if inferred and not capture.complete:
-                    continue  # not recorded: the incomplete record says where it stops
-                yield from release()
-                how = record.name if isinstance(record, EventRecord) else "closed"
-                yield {
-                    **base("end", event.at),
-                    "direction": event.direction.value,
-                    "how": how,
-                    "recorded": not inferred,
-                    "truncated": event.truncated,
-                    "unanswered": event.unanswered,
-                }
-            elif not isinstance(event, CommandSent | SaslChallenge | SaslResponse):
-                yield from release()
-                yield {**base(_EVENT_KINDS[type(event)], event.at), **_event_fields(event)}
-        if isinstance(record, EventRecord) and record.name in ("eof", "reset") and not ends:
-            yield from release()  # a second end of a direction already ended: keep the fact
-            yield {**base("transport", record.t), **_event_record_fields(record)}
-        if isinstance(record, CloseRecord):
-            # Last, after the ends the close record implies (derive_events adds them after
-            # the last record).
-            summary = {
-                **base("summary", record.t),
-                "reason": record.reason,
-                "counters": _json_value(record.summary),
-            }
-    yield from release()
-    if summary is not None:
-        yield summary
-    if not capture.complete:
-        last = capture.last_t
-        yield {
-            **base("incomplete", last),
-            "torn": capture.truncated,
-            "trailing_bytes": capture.trailing_bytes,
-            "problem": capture.problem,
-        }
-
-
-#: The ``kind`` of the observer events that become records of their own.
-_EVENT_KINDS: Final[dict[type[Event], str]] = {
-    Greeting: "greeting",
-    UnsolicitedLine: "unsolicited",
-    StartTls: "tls",
-    PairingLost: "pairing_lost",
-    Suppressed: "suppressed",
-}
-
-
-def _event_fields(event: Event) -> dict[str, object]:
-    if isinstance(event, Greeting):
-        fields: dict[str, object] = {
-            "status": None if event.status is None else event.status.value,
-            "text": event.text,
-            "apop": event.apop_timestamp is not None,
-        }
-        if event.resp_code:
-            fields["resp_code"] = event.resp_code
-        if event.flags:
-            fields["flags"] = sorted(f.value for f in event.flags)
-        return fields
-    if isinstance(event, UnsolicitedLine):
-        return {"status": None if event.status is None else event.status.value, "text": event.text}
-    if isinstance(event, StartTls):
-        return {
-            "event": "stls_accepted",
-            "fields": {
-                "seq": event.seq,
-                "client_trailing": event.client_trailing,
-                "server_trailing": event.server_trailing,
-            },
-        }
-    if isinstance(event, PairingLost):
-        return {"reason": event.reason}
-    if isinstance(event, Suppressed):
-        return {
-            "direction": event.direction.value,
-            "what": event.kind,
-            "lines": event.lines,
-            "bytes": event.bytes,
-            "final": event.final,
-        }
-    raise TypeError(f"no JSON record for {type(event).__name__}")  # pragma: no cover
-
-
-def render_json(capture: CaptureSource) -> Iterator[str]:
-    """The JSON view: one JSON object per line for every record of :func:`json_records`.
-
-    C1 and bidi controls, which JSON allows raw, are written as ``\\u`` escapes.
-    """
-    for record in json_records(capture):
-        yield json_safe(json.dumps(record, ensure_ascii=False))
-
-
-__all__ = ["MAX_SHOWN_LINE", "CaptureSource", "json_records", "render_json", "render_lines"]
+__all__ = [
+    "MAX_SHOWN_LINE",
+    "CaptureSource",
+    "describe_transport_event",
+    "render_lines",
+    "wall_time",
+]
