@@ -336,48 +336,68 @@ def serve_workers(
         sockets = bind_listen_sockets(listen.host, listen.port)
     except OSError as exc:
         raise socket_error(exc, f"listen on {listen}") from None
-    aborted = False
-
-    def on_signal(signum: int, second: bool) -> None:
-        nonlocal aborted
-        name = signal.Signals(signum).name
-        if second and not aborted:
-            aborted = True
-            _say(f"{name} again: every worker closes its open sessions now")
-        elif not second:
-            mark_draining()
-            # The parent turns SIGINT (Ctrl-C) into SIGTERM for each worker: log which it was.
-            log.info("relay.shutdown", signal=name, workers=count)
-            _say(
-                f"{name}: stopping; {count} workers let their open sessions finish "
-                "(see relay.draining in the log; send the signal again to close them now)"
-            )
-
-    def on_exit(index: int, pid: int, code: int) -> None:
-        if code != 0 and not aborted:
-            log.error("worker.failed", worker=index, pid=pid, exit_code=code)
-
-    def close_sockets() -> None:
-        # The workers hold them now; a copy left open here would keep accepting clients
-        # that no worker serves once they have stopped accepting.
-        for sock in sockets:
-            sock.close()
-
-    def worker(index: int) -> int:
-        from pop3tap.log import set_process_fields
-
-        where = {"worker": index, "pid": os.getpid()}
-        set_process_fields(**where)  # on every line of this worker, sessions' too
-        return serve(sockets, where)
-
+    supervisor = _WorkerSupervisor(count, sockets, serve, log)
     code = run_workers(
-        count, worker, on_exit=on_exit, after_fork=close_sockets, on_signal=on_signal
+        count,
+        supervisor.worker,
+        on_exit=supervisor.on_exit,
+        after_fork=supervisor.close_sockets,
+        on_signal=supervisor.on_signal,
     )
-    if aborted:
+    if supervisor.aborted:
         raise CliError(ABORTED, EXIT_FAILURE)
     if code != 0:
         raise CliError("a worker process failed (see its log lines)", EXIT_FAILURE)
     return EXIT_OK
+
+
+class _WorkerSupervisor:
+    """The parent's side of ``--workers N``: signals, worker exits, the listening sockets."""
+
+    def __init__(
+        self,
+        count: int,
+        sockets: list[socket.socket],
+        serve: Callable[[list[socket.socket] | None, dict[str, int]], int],
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.count = count
+        self.sockets = sockets
+        self.serve = serve
+        self.log = log
+        #: A second signal closed the workers' open sessions.
+        self.aborted = False
+
+    def on_signal(self, signum: int, second: bool) -> None:
+        name = signal.Signals(signum).name
+        if second and not self.aborted:
+            self.aborted = True
+            _say(f"{name} again: every worker closes its open sessions now")
+        elif not second:
+            mark_draining()
+            # The parent turns SIGINT (Ctrl-C) into SIGTERM for each worker: log which it was.
+            self.log.info("relay.shutdown", signal=name, workers=self.count)
+            _say(
+                f"{name}: stopping; {self.count} workers let their open sessions finish "
+                "(see relay.draining in the log; send the signal again to close them now)"
+            )
+
+    def on_exit(self, index: int, pid: int, code: int) -> None:
+        if code != 0 and not self.aborted:
+            self.log.error("worker.failed", worker=index, pid=pid, exit_code=code)
+
+    def close_sockets(self) -> None:
+        # The workers hold them now; a copy left open here would keep accepting clients
+        # that no worker serves once they have stopped accepting.
+        for sock in self.sockets:
+            sock.close()
+
+    def worker(self, index: int) -> int:
+        from pop3tap.log import set_process_fields
+
+        where = {"worker": index, "pid": os.getpid()}
+        set_process_fields(**where)  # on every line of this worker, sessions' too
+        return self.serve(self.sockets, where)
 
 
 def run_trio(main: Callable[[], object], *, what: str) -> None:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pop3tap.cli._common import (
     CliError,
@@ -15,6 +16,9 @@ from pop3tap.cli._common import (
     epilog,
     parse_endpoint,
 )
+
+if TYPE_CHECKING:
+    from pop3tap.console import SecretSource
 
 #: Largest script read (a script is a few commands; this bounds a hostile stdin).
 MAX_SCRIPT_BYTES = 1024 * 1024
@@ -41,6 +45,13 @@ def add_subcommand(sub: Subparsers) -> None:
     parser.add_argument(
         "server", metavar="HOST[:PORT]", help="the POP3 server (port 110, or 995 with --tls)"
     )
+    _add_connection_options(parser)
+    _add_script_options(parser)
+    parser.set_defaults(handler=_cmd_console)
+
+
+def _add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """TLS, whom to trust, the login, where the capture goes, how long to wait."""
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument("--tls", action="store_true", help="implicit TLS from the start (POP3S)")
     tls.add_argument("--starttls", action="store_true", help="upgrade with STLS after the greeting")
@@ -80,6 +91,9 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="give up when the server is silent this long mid-answer (default 60)",
     )
+
+
+def _add_script_options(parser: argparse.ArgumentParser) -> None:
     scripted = parser.add_argument_group("scripted use")
     scripted.add_argument(
         "--script", type=Path, metavar="FILE", help="run the commands in FILE ('-': stdin)"
@@ -94,7 +108,6 @@ def add_subcommand(sub: Subparsers) -> None:
         action="store_true",
         help="let a script QUIT while messages it marked with DELE are pending",
     )
-    parser.set_defaults(handler=_cmd_console)
 
 
 def _server(text: str, tls: bool) -> tuple[str, int]:
@@ -138,77 +151,25 @@ def _read_script(path: Path | None) -> tuple[list[str], str]:
 
 def _cmd_console(args: argparse.Namespace) -> int:
     from pop3tap.capture import CaptureError
-    from pop3tap.console import (
-        SecretError,
-        SecretSource,
-        check_script,
-        open_recorder,
-        run_script,
-        run_session,
-    )
+    from pop3tap.console import open_recorder, run_script, run_session
     from pop3tap.console._core import Console
     from pop3tap.console._link import LinkConfig, Pop3Link
-    from pop3tap.console._secrets import check_private_file
     from pop3tap.relay import Endpoint
 
     host, port = _server(args.server, args.tls)
-    if args.insecure and args.upstream_ca is not None:
-        raise CliError("--insecure and --upstream-ca contradict each other")
-    if (args.insecure or args.upstream_ca is not None) and not (args.tls or args.starttls):
-        option = "--insecure" if args.insecure else "--upstream-ca"
-        raise CliError(f"{option} is for TLS: add --tls (POP3S) or --starttls (STLS)")
-    if math.isnan(args.timeout) or args.timeout <= 0:
-        raise CliError("--timeout must be a positive number of seconds")
-    if args.upstream_ca is not None and (args.tls or args.starttls):
-        from pop3tap.tls import TlsSetupError, upstream_context
-
-        try:  # an unusable CA file fails here, before anything is sent
-            upstream_context(ca_file=args.upstream_ca)
-        except TlsSetupError as exc:
-            raise CliError(str(exc)) from None
-    netrc_path = None if args.netrc is None else args.netrc.expanduser()
-    if netrc_path is not None:
-        try:
-            check_private_file(netrc_path)
-        except SecretError as exc:
-            raise CliError(str(exc)) from None
+    _check_tls_options(args)
+    netrc_path = _netrc_path(args)
     interactive = args.script is None and sys.stdin.isatty()
-    lines: list[str] = []
-    source = ""
-    if not interactive:
-        lines, source = _read_script(args.script)
-        problem = None if args.confirm_quit else check_script(lines)
-        if problem is not None:
-            raise CliError(f"{source}: {problem}")
-    elif args.keep_going or args.confirm_quit:
+    lines, source = ([], "") if interactive else _script_lines(args)
+    if interactive and (args.keep_going or args.confirm_quit):
         raise CliError("--keep-going and --confirm-quit are for scripts (--script FILE)")
     captures = Path(args.captures)
     check_writable_directory(captures)
 
-    from pop3tap.console._terminal import (
-        ScriptDisplay,
-        TerminalDisplay,
-        ask_hidden,
-        run_interactive,
-    )
+    from pop3tap.console._terminal import ScriptDisplay, TerminalDisplay, run_interactive
 
     display = TerminalDisplay() if interactive else ScriptDisplay(confirm_quit=args.confirm_quit)
-    secrets = SecretSource(
-        host=host,
-        environ=os.environ,
-        netrc_path=netrc_path,
-        # A script run from a terminal may still ask there (never when stdin is a pipe).
-        ask=ask_hidden if sys.stdin.isatty() else None,
-    )
-    user = args.user
-    if user is None:
-        try:
-            user = secrets.default_user()
-        except SecretError as exc:
-            raise CliError(str(exc)) from None
-    if user is not None and (not user or not user.isprintable() or " " in user):
-        # It goes on the USER line: a CR or LF would smuggle in another command.
-        raise CliError(f"the user name {user!r} holds spaces or control characters")
+    secrets, user = _secrets_and_user(args, host, netrc_path)
     config = LinkConfig(
         server=Endpoint(host, port),
         tls=args.tls,
@@ -234,3 +195,70 @@ def _cmd_console(args: argparse.Namespace) -> int:
     )
     sys.stdout.flush()
     return code
+
+
+def _check_tls_options(args: argparse.Namespace) -> None:
+    """--insecure, --upstream-ca and --timeout make sense, and the CA file is usable."""
+    if args.insecure and args.upstream_ca is not None:
+        raise CliError("--insecure and --upstream-ca contradict each other")
+    if (args.insecure or args.upstream_ca is not None) and not (args.tls or args.starttls):
+        option = "--insecure" if args.insecure else "--upstream-ca"
+        raise CliError(f"{option} is for TLS: add --tls (POP3S) or --starttls (STLS)")
+    if math.isnan(args.timeout) or args.timeout <= 0:
+        raise CliError("--timeout must be a positive number of seconds")
+    if args.upstream_ca is not None and (args.tls or args.starttls):
+        from pop3tap.tls import TlsSetupError, upstream_context
+
+        try:  # an unusable CA file fails here, before anything is sent
+            upstream_context(ca_file=args.upstream_ca)
+        except TlsSetupError as exc:
+            raise CliError(str(exc)) from None
+
+
+def _netrc_path(args: argparse.Namespace) -> Path | None:
+    from pop3tap.console import SecretError
+    from pop3tap.console._secrets import check_private_file
+
+    netrc_path = None if args.netrc is None else args.netrc.expanduser()
+    if netrc_path is not None:
+        try:
+            check_private_file(netrc_path)
+        except SecretError as exc:
+            raise CliError(str(exc)) from None
+    return netrc_path
+
+
+def _script_lines(args: argparse.Namespace) -> tuple[list[str], str]:
+    """The script's lines and where they came from, checked before anything is sent."""
+    from pop3tap.console import check_script
+
+    lines, source = _read_script(args.script)
+    problem = None if args.confirm_quit else check_script(lines)
+    if problem is not None:
+        raise CliError(f"{source}: {problem}")
+    return lines, source
+
+
+def _secrets_and_user(
+    args: argparse.Namespace, host: str, netrc_path: Path | None
+) -> tuple[SecretSource, str | None]:
+    from pop3tap.console import SecretError, SecretSource
+    from pop3tap.console._terminal import ask_hidden
+
+    secrets = SecretSource(
+        host=host,
+        environ=os.environ,
+        netrc_path=netrc_path,
+        # A script run from a terminal may still ask there (never when stdin is a pipe).
+        ask=ask_hidden if sys.stdin.isatty() else None,
+    )
+    user = args.user
+    if user is None:
+        try:
+            user = secrets.default_user()
+        except SecretError as exc:
+            raise CliError(str(exc)) from None
+    if user is not None and (not user or not user.isprintable() or " " in user):
+        # It goes on the USER line: a CR or LF would smuggle in another command.
+        raise CliError(f"the user name {user!r} holds spaces or control characters")
+    return secrets, user

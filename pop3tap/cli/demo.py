@@ -11,6 +11,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pop3tap.cli._common import (
     EXIT_FAILURE,
@@ -22,6 +23,9 @@ from pop3tap.cli._common import (
     epilog,
     setup_logging,
 )
+
+if TYPE_CHECKING:
+    from pop3tap.replay import RecordedSession
 
 #: The capture the demo replays by default.
 DEFAULT_CAPTURE = "user-pass.p3cap"
@@ -85,17 +89,9 @@ def add_subcommand(sub: Subparsers) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import functools
-    import shlex
-
-    import trio
-
-    from pop3tap.background import BackgroundServer
-    from pop3tap.capture import CaptureError, iter_capture_paths, read_capture
-    from pop3tap.relay import Endpoint, RelayConfig, RelayServer, serve_relay
+    from pop3tap.capture import CaptureError, read_capture
     from pop3tap.render import render_lines
-    from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions, serve_replay
-    from pop3tap.testing import run_poplib
+    from pop3tap.replay import ReplayError, load_sessions
 
     setup_logging(args)
     source = Path(args.capture) if args.capture else shipped_captures_dir() / DEFAULT_CAPTURE
@@ -108,6 +104,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     else:
         out_dir = Path(tempfile.mkdtemp(prefix="pop3tap-demo-"))
     check_writable_directory(out_dir)
+    path = _record_one_session(source, sessions, out_dir)
+    try:
+        capture = read_capture(path)
+    except CaptureError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    print()
+    for line in render_lines(capture, bodies=args.bodies):
+        print(line)
+    print()
+    _print_next_steps(path)
+    return EXIT_OK
+
+
+def _record_one_session(source: Path, sessions: list[RecordedSession], out_dir: Path) -> Path:
+    """Replay the first session behind a recording relay, run poplib through the relay,
+    and return the capture the relay wrote."""
+    import functools
+
+    import trio
+
+    from pop3tap.background import BackgroundServer
+    from pop3tap.capture import iter_capture_paths
+    from pop3tap.relay import Endpoint, RelayConfig, RelayServer, serve_relay
+    from pop3tap.replay import ReplayConfig, ReplayServer, serve_replay
+    from pop3tap.testing import run_poplib
 
     async def serve_both(
         *, task_status: trio.TaskStatus[tuple[ReplayServer, RelayServer]] = trio.TASK_STATUS_IGNORED
@@ -141,14 +162,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         path = _wait_for_capture(out_dir, before)
     if path is None:
         raise CliError(f"the relay wrote no capture to {out_dir}", EXIT_FAILURE)
-    try:
-        capture = read_capture(path)
-    except CaptureError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from None
-    print()
-    for line in render_lines(capture, bodies=args.bodies):
-        print(line)
-    print()
+    return path
+
+
+def _print_next_steps(path: Path) -> None:
+    import shlex
+
     command = invocation()
     quoted = shlex.quote(str(path))
     print(f"capture written to {path}")
@@ -156,7 +175,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"  {command} show --bodies {quoted}")
     print(f"  {command} replay --listen 127.0.0.1:1110 {quoted}")
     print(f"  {CLIENT_HINT}   # in another terminal, while replay runs")
-    return EXIT_OK
 
 
 def _wait_for_capture(directory: Path, before: set[Path], timeout: float = 10.0) -> Path | None:

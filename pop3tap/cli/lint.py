@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pop3tap._text import printable
 from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, Subparsers
+
+if TYPE_CHECKING:
+    from pop3tap.lint import CaptureReport, MailboxMemory
 
 #: The end of ``--help``: examples and this command's own exit codes.
 _EPILOG = """\
@@ -49,22 +54,15 @@ def add_subcommand(sub: Subparsers) -> None:
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
-    from pop3tap.analysis import CaptureStream
     from pop3tap.capture import CaptureError, iter_capture_paths
     from pop3tap.lint import (
         JSON_VERSION,
-        RULES,
         SEVERITIES,
-        CaptureReport,
         MailboxMemory,
-        lint_capture,
     )
 
     if args.rules:
-        for rule in RULES.values():
-            print(
-                f"{rule.id:31} {rule.severity:8} {rule.side:8} {rule.rfc or '-':26} {rule.summary}"
-            )
+        _print_rules()
         return EXIT_OK
     if not args.captures:
         raise CliError("pop3tap lint: give at least one CAPTURE or directory (or --rules)")
@@ -82,15 +80,11 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     if json_out:
         sys.stdout.write(f'{{"format": "pop3tap-lint", "version": {JSON_VERSION}, "captures": [')
     for index, path in enumerate(paths):
-        try:
-            report = lint_capture(CaptureStream(path), memory)
-        except CaptureError as exc:
+        report = _lint_one(path, memory)
+        if report.error is not None:
             unreadable = True
-            report = CaptureReport(path=str(path), session="", client="", upstream="")
-            report.error = str(exc)
-            report.complete = False
             if not json_out:
-                print(f"pop3tap: {printable(str(exc))}", file=sys.stderr)
+                print(f"pop3tap: {printable(report.error)}", file=sys.stderr)
                 continue
         for severity, count in report.counts().items():
             totals[severity] += count
@@ -110,6 +104,28 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     if unreadable:
         return EXIT_USAGE
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _print_rules() -> None:
+    from pop3tap.lint import RULES
+
+    for rule in RULES.values():
+        print(f"{rule.id:31} {rule.severity:8} {rule.side:8} {rule.rfc or '-':26} {rule.summary}")
+
+
+def _lint_one(path: Path, memory: MailboxMemory) -> CaptureReport:
+    """The capture's report; an unreadable capture's says why in ``error``."""
+    from pop3tap.analysis import CaptureStream
+    from pop3tap.capture import CaptureError
+    from pop3tap.lint import CaptureReport, lint_capture
+
+    try:
+        return lint_capture(CaptureStream(path), memory)
+    except CaptureError as exc:
+        report = CaptureReport(path=str(path), session="", client="", upstream="")
+        report.error = str(exc)
+        report.complete = False
+        return report
 
 
 def _print_text(report: object) -> None:

@@ -63,6 +63,20 @@ def add_subcommand(sub: Subparsers) -> None:
         help="no times, session ids, ports or latencies: the same conversation gives the "
         "same text (golden files, git diff)",
     )
+    _add_filters(parser)
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep watching: print each new session once it is complete (Ctrl-C stops)",
+    )
+    out.add_argument("--no-pager", action="store_true", help="never page, even on a terminal")
+    parser.set_defaults(handler=_cmd_show)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    """The filters (pop3tap.selection applies them)."""
     select = parser.add_argument_group(
         "filters", "Sessions and exchanges to print; several filters must all match."
     )
@@ -89,15 +103,6 @@ def add_subcommand(sub: Subparsers) -> None:
         "--since", metavar="TIME", help="exchanges from TIME on (2026-11-27T06:20Z, 06:20, 10m)"
     )
     select.add_argument("--until", metavar="TIME", help="exchanges up to TIME")
-    out = parser.add_argument_group("output")
-    out.add_argument(
-        "-f",
-        "--follow",
-        action="store_true",
-        help="keep watching: print each new session once it is complete (Ctrl-C stops)",
-    )
-    out.add_argument("--no-pager", action="store_true", help="never page, even on a terminal")
-    parser.set_defaults(handler=_cmd_show)
 
 
 def _selection(args: argparse.Namespace) -> Selection:

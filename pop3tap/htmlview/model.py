@@ -19,7 +19,7 @@ line), ``s`` (stray line; text starts with the direction), ``t`` (STLS switch) o
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -130,7 +130,6 @@ def _verb_summary(exchanges: list[Exchange]) -> list[list[Any]]:
 def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dict[str, Any]:
     """One capture as the page's session object."""
     header = capture.header
-    server_stream = capture.stream("s2c")
     rows: list[tuple[float, int, list[Any]]] = []
     bodies: list[str] = []
     exchanges: list[Exchange] = []
@@ -158,6 +157,39 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
         for event in events:
             _event_row(event, add, exchanges)
     summary = capture.summary()
+    slowest = _exchange_rows(exchanges, capture.stream("s2c"), options, add, bodies)
+    rows.sort(key=lambda item: (item[0], item[1]))
+    return {
+        "file": capture.path.name,
+        "id": header.session,
+        "client": header.client,
+        "upstream": header.upstream,
+        "user": _user(exchanges),
+        "started": header.started,
+        "duration": _ms(end_t),
+        "exchanges": len(exchanges),
+        "bytes": [summary.client_bytes, summary.server_bytes],
+        "close": close_reason,
+        "tls": tls or summary.tls,
+        "findings": summary.anomalies,
+        "secrets": header.secrets,
+        "problem": _problem(capture),
+        "slowest": None if slowest is None else exchanges[slowest].seq,
+        "verbs": _verb_summary(exchanges),
+        "rows": [row for _at, _order, row in rows],
+        "bodies": bodies,
+    }
+
+
+def _exchange_rows(
+    exchanges: list[Exchange],
+    server_stream: bytes,
+    options: ViewOptions,
+    add: Callable[[float, list[Any]], None],
+    bodies: list[str],
+) -> int | None:
+    """Add one row per exchange (its body, cut to ``max_body_bytes``, to ``bodies``);
+    return the index of the slowest exchange."""
     depths = _depths(exchanges)
     slowest: int | None = None
     slowest_latency = -1.0
@@ -195,34 +227,18 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
                 sasl,
             ],
         )
-    rows.sort(key=lambda item: (item[0], item[1]))
-    problem = None
-    if not capture.complete:
-        problem = "capture ends without a close record (session still open, or truncated)"
-        if capture.truncated:
-            problem += f"; {capture.trailing_bytes} trailing bytes ignored"
-        if capture.problem:
-            problem += f": {capture.problem}"
-    return {
-        "file": capture.path.name,
-        "id": header.session,
-        "client": header.client,
-        "upstream": header.upstream,
-        "user": _user(exchanges),
-        "started": header.started,
-        "duration": _ms(end_t),
-        "exchanges": len(exchanges),
-        "bytes": [summary.client_bytes, summary.server_bytes],
-        "close": close_reason,
-        "tls": tls or summary.tls,
-        "findings": summary.anomalies,
-        "secrets": header.secrets,
-        "problem": problem,
-        "slowest": None if slowest is None else exchanges[slowest].seq,
-        "verbs": _verb_summary(exchanges),
-        "rows": [row for _at, _order, row in rows],
-        "bodies": bodies,
-    }
+    return slowest
+
+
+def _problem(capture: Capture) -> str | None:
+    if capture.complete:
+        return None
+    problem = "capture ends without a close record (session still open, or truncated)"
+    if capture.truncated:
+        problem += f"; {capture.trailing_bytes} trailing bytes ignored"
+    if capture.problem:
+        problem += f": {capture.problem}"
+    return problem
 
 
 def _event_row(event: Event, add: Any, exchanges: list[Exchange]) -> None:
