@@ -225,13 +225,16 @@ def test_relative_paths_in_a_file_are_relative_to_that_file(project: Path) -> No
     lines = shown.stdout.splitlines()
     assert f'captures = "{project / "recorded"}"  # {project / "pop3tap.toml"}' in lines, lines
     assert f'upstream-ca = "{user.parent / "certs" / "ca.pem"}"  # {user}' in lines, lines
-    # An absolute path stays as written.
+    # An absolute path stays as written (and ~ is the home directory, as in a shell).
     assert f'ca-dir = "/abs/ca"  # {user}' in lines, lines
     # And the command really writes there, not below the current directory.
     result = pop3tap(project, "show", "../captures/pipelined.p3cap", cwd=project / "sub")
     assert result.returncode == 0, result.stderr
     assert (project / "views" / "out.html").is_file()
     assert not (project / "sub" / "views").exists()
+    (project / "pop3tap.toml").write_text('[record]\ncaptures = "~/recorded"\n')
+    shown = pop3tap(project, "config", "record")
+    assert f'captures = "{Path.home() / "recorded"}"' in shown.stdout, shown.stdout
 
 
 def test_the_command_line_beats_a_contradicting_user_file_option(project: Path) -> None:

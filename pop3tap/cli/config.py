@@ -6,14 +6,14 @@ Files, read with the standard library's :mod:`tomllib`, lowest precedence first:
 2. ``pop3tap.toml`` in the current directory or the nearest parent (the project's).
 
 The command line overrides both, also where it contradicts a file (``--upstream-ca`` on
-the command line over ``insecure-upstream = true``: the file's option is dropped). A relative
-path in a file is relative to the directory holding that file, so a project's
-``pop3tap.toml`` means the same directories from any subdirectory. Keys are long option
-names (``log-level`` or ``log_level``): at the top level they apply to every command that
-has the option; in a ``[record]``, ``[replay]``, ``[show]``... table to that command only
-(``[ca.init]`` for ``ca init``). A file is input like any other: one other users can write
-is refused, and an unknown key, a wrong type or a bad value is a one-line error naming
-the file (exit 2).
+the command line over ``insecure-upstream = true``: the file's option is dropped). A
+relative path in a file (``~`` is the home directory) is relative to the directory holding
+that file, so a project's ``pop3tap.toml`` means the same directories from any
+subdirectory. Keys are long option names (``log-level`` or ``log_level``): at the top
+level they apply to every command that has the option; in a ``[record]``, ``[replay]``,
+``[show]``... table to that command only (``[ca.init]`` for ``ca init``). A file is input
+like any other: one other users can write is refused, and an unknown key, a wrong type or
+a bad value is a one-line error naming the file (exit 2).
 A project file may come with a repository from anyone, so it cannot set ``log-file``,
 ``keylog``, ``keep-secrets``, ``insecure-upstream``, ``insecure`` (console),
 ``allow-dele`` (check), ``confirm-quit`` (console), ``upstream-ca``, ``ca-dir``, ``script``
@@ -178,8 +178,9 @@ def _check_one(action: argparse.Action, where: str, value: Any, base: Path) -> A
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise CliError(f"{where} must be a string or a number")
     text = str(value)
-    if _takes_path(action) and text not in ("", "-") and not Path(text).is_absolute():
-        text = str(base / text)
+    if _takes_path(action) and text not in ("", "-"):
+        path = Path(text).expanduser() if text.startswith("~") else Path(text)
+        text = str(path if path.is_absolute() else base / path)
     if action.type is not None and callable(action.type):
         try:
             converted = action.type(text)
