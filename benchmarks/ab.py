@@ -6,81 +6,86 @@ from both trees side by side in front of one benchmark server and alternates the
 between them many times (A B, B A, A B, ...); drifts of the machine then hit both alike::
 
     git worktree add /tmp/base HEAD~1      # or: git archive HEAD~1 | tar -x -C /tmp/base
-    python -m benchmarks.ab /tmp/base . --load noop --rounds 12
+    python -m benchmarks.ab /tmp/base . --load noop --rounds 12 [--captures-on tmpfs]
 
 Each tree must be importable as ``pop3tap`` from its root (a built C scanner is used if it
-is there). Prints every sample, the medians and the median of the paired ratios B/A.
+is there). A and B each write their captures to a fresh file system of the kind
+``--captures-on`` names (a tmpfs mount each by default), which is probed and named in the
+output. Prints every sample, the medians, the median of the paired ratios B/A, and the
+relays' CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import relays
-
-LOADS = {
-    "noop": (["--count", "2000"], "median_us"),
-    "retr": (["--count", "500"], "median_us"),
-    "sessions": (["--sessions", "200", "--rounds", "1"], "sessions_per_s"),
-    "throughput": (["--repeat", "2"], "mb_per_s"),
-}
+from benchmarks import capturefs, paired, relays
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("a", type=Path, help="root of tree A (the baseline)")
     parser.add_argument("b", type=Path, help="root of tree B (the change)")
-    parser.add_argument("--load", choices=sorted(LOADS), default="noop")
+    parser.add_argument("--load", choices=sorted(paired.LOADS), default="noop")
     parser.add_argument("--rounds", type=int, default=12)
+    capturefs.add_argument(parser)
     args = parser.parse_args(argv)
-    extra, key = LOADS[args.load]
-    server = relays.start_server(64 * 1024 * 1024)
+    for name, root in (("A", args.a), ("B", args.b)):
+        if not (root / "pop3tap" / "__init__.py").is_file():
+            parser.error(f"tree {name}: no pop3tap package in {root}")
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
+    key = paired.LOADS[args.load][1]
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    ports: dict[str, int] = {}
-    samples: dict[str, list[float]] = {"A": [], "B": []}
-    with tempfile.TemporaryDirectory(prefix="pop3tap-ab-") as tmp:
+    targets: list[paired.Target] = []
+    with capturefs.CaptureSpace(args.captures_on, "pop3tap-ab") as space:
+        workdirs = {name: space.fresh(name) for name in ("A", "B")}
+        probes = {name: capturefs.probe(workdirs[name] / "fs-probe") for name in workdirs}
+        print(f"captures on {space.description}")
+        for name, probe in probes.items():
+            print(f"  {name}: {capturefs.summary(probe)}", flush=True)
+
+        def drop_big_captures(round_: int) -> None:
+            # 64 MiB RETRs would fill a tmpfs over many rounds; a handful of large files
+            # deleted between rounds is not the many-small-files artifact.
+            if args.load == "throughput":
+                for workdir in workdirs.values():
+                    for path in (workdir / "captures").glob("*.p3cap"):
+                        path.unlink()
+
+        server = relays.start_server(64 * 1024 * 1024)
         try:
             for name, root in (("A", args.a), ("B", args.b)):
                 port = relays.free_port()
-                ports[name] = port
-                workdir = Path(tmp) / name
-                (workdir / "captures").mkdir(parents=True)
-                cmd = relays.relay_command("pop3tap", port, server.port, workdir)
+                (workdirs[name] / "captures").mkdir()
+                cmd = relays.relay_command("pop3tap", port, server.port, workdirs[name])
                 procs[name] = subprocess.Popen(
                     cmd, cwd=root.resolve(), stdin=subprocess.DEVNULL, start_new_session=True
                 )
+                targets.append(paired.Target(name, port, procs[name].pid))
             deadline = time.monotonic() + relays.READY_TIMEOUT
-            while not all(relays._accepts(p) for p in ports.values()):
-                if time.monotonic() > deadline:
+            while not all(relays._accepts(t.port) for t in targets):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
                     raise SystemExit("a relay did not start")
                 time.sleep(0.1)
-            for round_ in range(args.rounds):
-                for name in ("A", "B") if round_ % 2 == 0 else ("B", "A"):
-                    out = subprocess.run(
-                        [sys.executable, "-m", "benchmarks.loadgen", args.load,
-                         "--port", str(ports[name]), *extra],
-                        cwd=relays.REPO, capture_output=True, text=True, check=True,
-                    )
-                    samples[name].append(json.loads(out.stdout.strip().splitlines()[-1])[key])
+            samples = paired.alternate(targets, [args.load], args.rounds, drop_big_captures)
         finally:
             for proc in procs.values():
                 relays._stop(proc)
             server.stop()
-    a, b = samples["A"], samples["B"]
+    a, b = (samples[args.load][name]["value"] for name in ("A", "B"))
     print(f"{args.load} {key} A: {[round(x) for x in a]}")
     print(f"{args.load} {key} B: {[round(x) for x in b]}")
-    paired = statistics.median(y / x for x, y in zip(a, b, strict=True))
     print(
         f"median A {statistics.median(a):.0f}, B {statistics.median(b):.0f}; "
-        f"median of paired B/A {paired:.3f}"
+        f"median of paired B/A {paired.paired_ratio(b, a):.3f}"
     )
+    print("\n".join(paired.report_lines(samples)[1:]))
     return 0
 
 

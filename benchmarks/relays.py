@@ -7,6 +7,7 @@ Every process here is started by the benchmark in its own session (process group
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import loadgen
+from benchmarks.capturefs import CaptureSpace
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = (
@@ -28,12 +30,28 @@ MODES = (
     "socat",
     "haproxy",
     "trio-floor",
+    "trio-floor-one-task",
     "pop3tap",
     "pop3tap-workers",
     "replay",
     "replay-workers",
     "replay-model",
 )
+#: Variants of the bare trio forwarder (benchmarks/trio_floor.py flags), for
+#: ``benchmarks.paired`` and ``--modes``; not run by default.
+#: ``trio-floor`` followed by any of the suffixes, in this order: ``-one-task``,
+#: ``-direct`` (--direct-connect), ``-recv-into``.
+FLOOR_VARIANTS = {
+    "trio-floor" + "".join(suffix for suffix, _ in chosen): tuple(f for _, f in chosen)
+    for n in range(4)
+    for chosen in itertools.combinations(
+        (("-one-task", "--one-task"), ("-direct", "--direct-connect"),
+         ("-recv-into", "--recv-into")),
+        n,
+    )
+}
+#: Every mode ``--modes`` accepts.
+ALL_MODES = (*MODES, *(m for m in FLOOR_VARIANTS if m not in MODES))
 #: Modes that serve a recorded session instead of relaying to the benchmark server.
 REPLAY_MODES = frozenset({"replay", "replay-workers", "replay-model"})
 #: Modes measured only with the concurrency load (a replay server has no 64 MiB message,
@@ -41,7 +59,7 @@ REPLAY_MODES = frozenset({"replay", "replay-workers", "replay-model"})
 CONCURRENCY_ONLY = REPLAY_MODES
 #: Modes compared with haproxy in the report.
 VS_HAPROXY = (
-    "trio-floor",
+    *FLOOR_VARIANTS,
     "pop3tap",
     "pop3tap-workers",
     "replay",
@@ -190,7 +208,7 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
         conf = workdir / "haproxy.cfg"
         conf.write_text(HAPROXY_CONF.format(port=port, server_port=server_port))
         return ["haproxy", "-f", str(conf), "-db"]
-    if mode == "trio-floor":
+    if mode in FLOOR_VARIANTS:
         return [
             sys.executable,
             "-m",
@@ -199,6 +217,7 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
             str(port),
             "--upstream-port",
             str(server_port),
+            *FLOOR_VARIANTS[mode],
         ]
     workers = ["--workers", str(WORKERS)] if mode.endswith("-workers") else []
     if mode in REPLAY_MODES:
@@ -253,6 +272,9 @@ MODE_NOTES = {
                "with its default logging (JSON to a file); only the concurrency load is run"],
     "trio-floor": ["benchmarks/trio_floor.py: a bare trio forwarder with pop3tap's plain-TCP "
                    "I/O and no parsing, logging or capture: the floor for a trio relay"],
+    "trio-floor-one-task": ["benchmarks/trio_floor.py --one-task: the same forwarder with one "
+                            "task per session driving both directions (a per-session epoll "
+                            "awaited with wait_readable), no nursery"],
     "pop3tap-workers": [f"pop3tap record --workers {WORKERS} (one per CPU), otherwise as "
                         "the pop3tap mode"],
     "replay-workers": [f"pop3tap replay --workers {WORKERS} (one per CPU), otherwise as "
@@ -287,15 +309,27 @@ def record_session(server_port: int, workdir: Path) -> Path:
 
 
 def each_relay(
-    modes: list[str], server_port: int, prefix: str
+    modes: list[str], server_port: int, prefix: str, space: CaptureSpace | None = None
 ) -> Iterator[tuple[str, Relay | str]]:
     """For each mode, a started relay with a private work directory, stopped after the
-    loop body; a mode that fails to start yields its one-line error instead."""
+    loop body; a mode that fails to start yields its one-line error instead.
+
+    With ``space`` the work directory (captures and log included) is a fresh one from it,
+    and nothing in it is deleted before the space closes (a tmpfs mount is dropped whole
+    when the mode is done); without, it is a temporary directory removed after the mode.
+    """
     for mode in modes:
         print(f"== {mode}", flush=True)
-        with tempfile.TemporaryDirectory(prefix=f"{prefix}-{mode}-") as tmp:
+        with contextlib.ExitStack() as stack:
+            if space is None:
+                workdir = Path(stack.enter_context(
+                    tempfile.TemporaryDirectory(prefix=f"{prefix}-{mode}-")
+                ))
+            else:
+                workdir = space.fresh(mode)
+                stack.callback(space.release, workdir)
             try:
-                relay = start_relay(mode, server_port, Path(tmp))
+                relay = start_relay(mode, server_port, workdir)
             except RelayStartError as exc:
                 print(f"{mode} failed to start: {exc}", flush=True)
                 yield mode, f"failed to start: {exc}"
@@ -316,6 +350,8 @@ def start_relay(
     if mode == "direct":
         return Relay(mode, server_port)
     notes: list[str] = list(MODE_NOTES.get(mode, []))
+    if mode in FLOOR_VARIANTS and not notes:
+        notes.append(f"benchmarks/trio_floor.py {' '.join(FLOOR_VARIANTS[mode])}")
     if mode in REPLAY_MODES:
         capture = record_session(server_port, workdir)
         notes.append(f"recorded capture: {capture.stat().st_size} octets")

@@ -30,14 +30,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import capturefs, memory, relays
 from benchmarks import loadgen as lg
-from benchmarks import memory, relays
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -53,6 +52,8 @@ class Config:
     reps: int = 3
     procs: int = 2
     memory_check: bool = True
+    probe_files: int = capturefs.PROBE_FILES
+    probe_append_total: int = capturefs.PROBE_APPEND_TOTAL
 
 
 QUICK = Config(
@@ -63,6 +64,8 @@ QUICK = Config(
     sessions=20,
     rounds=1,
     reps=1,
+    probe_files=200,
+    probe_append_total=2 * 1024 * 1024,
 )
 
 
@@ -120,7 +123,12 @@ def _median(values: list[float]) -> float | None:
 
 
 def _remove_captures(relay: relays.Relay) -> int:
-    """Delete the capture files a pop3tap mode wrote so far; return how many there were."""
+    """Delete the capture files a pop3tap mode wrote so far; return how many there were.
+
+    Called only before a throughput repetition, when the mode has written a handful of
+    (large) captures: the readiness probe's and the previous repetitions'. The ~1,800
+    small captures of the concurrency load come last and stay until the run ends.
+    """
     if relay.workdir is None or not relay.mode.startswith("pop3tap"):
         return 0
     removed = 0
@@ -149,6 +157,12 @@ def measure(relay: relays.Relay, server_pid: int, cfg: Config) -> dict[str, Any]
         # Let fork-mode children exit and be reaped so their time lands in cutime/cstime.
         time.sleep(0.2 if relay.mode == "socat" else 0.05)
 
+    if relay.workdir is not None and relay.mode.startswith(FILE_WRITING):
+        # What creating and appending to a file costs on this mode's capture file system
+        # right now, before the mode writes its own (the files stay, as captures do).
+        extra["capture_fs"] = capturefs.probe(
+            relay.workdir / "fs-probe", cfg.probe_files, append_total=cfg.probe_append_total
+        )
     full = relay.mode not in relays.CONCURRENCY_ONLY
     sampler = relays.RssSampler(pid if pid is not None else server_pid, 0.05, pss=True)
     with sampler:
@@ -348,12 +362,16 @@ def machine() -> dict[str, Any]:
     }
 
 
-def disk_write(cfg: Config, reps: int) -> dict[str, Any]:
+#: Modes whose relay writes captures or a log file into its work directory.
+FILE_WRITING = ("pop3tap", "replay")
+
+
+def disk_write(cfg: Config, reps: int, directory: Path) -> dict[str, Any]:
     """How fast the captures' file system takes what one throughput repetition records.
 
     Writes ``throughput_retrs x big_size`` octets as 256 KiB appends (the relay's chunk
-    size, one ``writev`` each) to a new file in the temporary directory, where the pop3tap
-    modes keep their captures, after deleting the previous repetition's file and an
+    size, one ``writev`` each) to a new file in ``directory``, on the file system where the
+    pop3tap modes keep their captures, after deleting the previous repetition's file and an
     ``os.sync()``, as the throughput runs do; medians of ``reps``. This bounds the
     recording relay's throughput and CPU per GB on this machine; no relay is involved.
     """
@@ -361,23 +379,22 @@ def disk_write(cfg: Config, reps: int) -> dict[str, Any]:
     total = cfg.throughput_retrs * cfg.big_size
     speeds: list[float] = []
     cpu_per_gb: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="pop3tap-bench-disk-") as tmp:
-        for rep in range(reps):
-            for old in Path(tmp).iterdir():  # as the throughput runs delete their captures
-                old.unlink()
-            os.sync()
-            path = Path(tmp) / f"write-{rep}"
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-            t0, c0 = time.perf_counter(), time.process_time()
-            written = 0
-            try:
-                while written < total:
-                    written += os.writev(fd, [b"record header", chunk])
-            finally:
-                os.close(fd)
-            wall, used = time.perf_counter() - t0, time.process_time() - c0
-            speeds.append(written / wall / 1e6)
-            cpu_per_gb.append(used / (written / 1e9))
+    for rep in range(reps):
+        for old in directory.iterdir():  # as the throughput runs delete their captures
+            old.unlink()
+        os.sync()
+        path = directory / f"write-{rep}"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        t0, c0 = time.perf_counter(), time.process_time()
+        written = 0
+        try:
+            while written < total:
+                written += os.writev(fd, [b"record header", chunk])
+        finally:
+            os.close(fd)
+        wall, used = time.perf_counter() - t0, time.process_time() - c0
+        speeds.append(written / wall / 1e6)
+        cpu_per_gb.append(used / (written / 1e9))
     return {
         "octets_per_rep": total,
         "mb_per_s": statistics.median(speeds),
@@ -387,28 +404,36 @@ def disk_write(cfg: Config, reps: int) -> dict[str, Any]:
     }
 
 
-def run(modes: list[str], cfg: Config) -> dict[str, Any]:
+def run(modes: list[str], cfg: Config, captures_on: str = "tmpfs") -> dict[str, Any]:
     notes = relays.ensure_tools(modes)
     for n in notes:
         print(f"note: {n}", flush=True)
-    server = relays.start_server(cfg.big_size)
     results: dict[str, Any] = {}
     started = time.monotonic()
-    try:
-        for mode, relay in relays.each_relay(modes, server.port, "pop3tap-bench"):
-            t0 = time.monotonic()
-            if isinstance(relay, str):
-                results[mode] = {"error": relay}
-                continue
-            results[mode] = measure(relay, server.proc.pid, cfg)
-            for err in results[mode]["errors"]:
-                print(f"   error: {err}", flush=True)
-            print(f"   done in {time.monotonic() - t0:.1f}s", flush=True)
-    finally:
-        server.stop()
-    disk = disk_write(cfg, cfg.reps)
+    with capturefs.CaptureSpace(captures_on, "pop3tap-bench") as space:
+        print(f"captures on {space.description}", flush=True)
+        before = capturefs.probe(
+            space.fresh("fs-probe"), cfg.probe_files, append_total=cfg.probe_append_total
+        )
+        server = relays.start_server(cfg.big_size)
+        try:
+            for mode, relay in relays.each_relay(modes, server.port, "pop3tap-bench", space):
+                t0 = time.monotonic()
+                if isinstance(relay, str):
+                    results[mode] = {"error": relay}
+                    continue
+                results[mode] = measure(relay, server.proc.pid, cfg)
+                for err in results[mode]["errors"]:
+                    print(f"   error: {err}", flush=True)
+                print(f"   done in {time.monotonic() - t0:.1f}s", flush=True)
+        finally:
+            server.stop()
+        disk_dir = space.fresh("disk-write")
+        disk = {**disk_write(cfg, cfg.reps, disk_dir), **capturefs.describe(disk_dir)}
+        capture_fs = {**space.report(), "before_modes": before}
     to_direct, vs_haproxy = ratios(results)
     return {
+        "capture_fs": capture_fs,
         "disk_write": disk,
         "command": " ".join(sys.argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -422,6 +447,25 @@ def run(modes: list[str], cfg: Config) -> dict[str, Any]:
         "replay_to_haproxy": vs_haproxy.get("replay", {}),
         "model_to_replay": _model_to_replay(results),
     }
+
+
+def capture_fs_lines(report: dict[str, Any]) -> list[str]:
+    """The capture file system and its costs measured in this run, for the printed report."""
+    fs = report["capture_fs"]
+    lines = [
+        f"captures on {fs['description']}",
+        f"capture file system before the modes: {capturefs.summary(fs['before_modes'])}",
+    ]
+    for mode, res in report["modes"].items():
+        if "capture_fs" in res:
+            lines.append(f"  at the start of {mode}: {capturefs.summary(res['capture_fs'])}")
+    disk = report["disk_write"]
+    lines.append(
+        f"capture file system, large writes: {disk['octets_per_rep'] / 2**20:.0f} MiB in "
+        f"256 KiB appends at {disk['mb_per_s']:.0f} MB/s, {disk['cpu_s_per_gb']:.2f} CPU s "
+        "per GB (no relay)"
+    )
+    return lines
 
 
 def _model_to_replay(results: dict[str, Any]) -> dict[str, float]:
@@ -441,9 +485,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(relays.MODES))
     parser.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the slow-reader check")
+    capturefs.add_argument(parser)
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in relays.MODES]
+    unknown = [m for m in modes if m not in relays.ALL_MODES]
     if unknown:
         parser.error(f"unknown modes: {', '.join(unknown)}")
     cfg = QUICK if args.quick else Config()
@@ -451,18 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(**{**asdict(cfg), "reps": max(1, args.reps)})
     if args.no_memory:
         cfg = Config(**{**asdict(cfg), "memory_check": False})
-    report = run(modes, cfg)
+    report = run(modes, cfg, args.captures_on)
     to_direct = report["ratio_to_direct"]
     print()
     print(table(report["modes"], to_direct, report["to_haproxy"]))
     m = report["machine"]
     print(f"\nmachine: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, python {m['python']}")
     print("(x) = ratio to direct in this run; medians of", cfg.reps, "repetition(s)")
-    disk = report["disk_write"]
-    print(
-        f"capture file system: {disk['octets_per_rep'] / 2**20:.0f} MiB in 256 KiB appends at "
-        f"{disk['mb_per_s']:.0f} MB/s, {disk['cpu_s_per_gb']:.2f} CPU s per GB (no relay)"
-    )
+    print("\n".join(capture_fs_lines(report)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")

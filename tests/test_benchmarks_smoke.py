@@ -1,19 +1,21 @@
 """Smoke test for benchmarks/: run the quick configuration once and check the JSON it writes.
 
-No timing assertions: only that every metric is there, positive where it must be, and that no
-session failed. pop3tap is included when ``pop3tap.relay`` (and ``pop3tap.cli``, which starts
-it) can be imported, and the replay mode (record one session, then serve it with ``pop3tap
-replay``; concurrency load only) when ``pop3tap.replay`` can be imported too; otherwise only
-their checks are skipped.
+No timing assertions: only that every metric is there, positive where it must be, that no
+session failed, and that the capture file system is named and probed. pop3tap is included
+when ``pop3tap.relay`` (and ``pop3tap.cli``, which starts it) can be imported, and the
+replay mode (record one session, then serve it with ``pop3tap replay``; concurrency load
+only) when ``pop3tap.replay`` can be imported too; otherwise only their checks are skipped.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,7 @@ MODES = [
     "direct",
     *(["socat"] if HAVE_SOCAT else []),
     "trio-floor",
+    "trio-floor-one-task",
     *(["pop3tap", "pop3tap-workers"] if HAVE_RELAY else []),
     *(["replay", "replay-model"] if HAVE_REPLAY else []),
 ]
@@ -101,7 +104,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("mode", ["direct", "socat", "trio-floor", "pop3tap", "pop3tap-workers"])
+@pytest.mark.parametrize(
+    "mode", ["direct", "socat", "trio-floor", "trio-floor-one-task", "pop3tap", "pop3tap-workers"]
+)
 def test_quick_mode(report: dict[str, Any], mode: str) -> None:
     if mode == "socat" and not HAVE_SOCAT:
         pytest.skip("socat is not installed")
@@ -153,6 +158,7 @@ def test_quick_report_shape(report: dict[str, Any]) -> None:
     disk = report["disk_write"]
     assert disk["octets_per_rep"] == report["config"]["big_size"]
     assert disk["mb_per_s"] > 0 and disk["cpu_s_per_gb"] > 0
+    assert disk["statfs_type"] == "tmpfs"
     for mode in MODES:
         if mode != "direct" and "error" not in report["modes"][mode]:
             assert mode in report["ratio_to_direct"]
@@ -194,3 +200,240 @@ def test_hostile_quick_reports_every_figure(tmp_path: Path) -> None:
         assert results[name]["upload"]["mib_per_relay_cpu_s"] > 0
     assert results["masker_alone"]["mib_per_cpu_s"] > 0
     assert set(results["upload_cpu_ratios"]) == {"pop3tap_to_keep_secrets", "pop3tap_to_trio_floor"}
+
+
+def _assert_probe(probe: dict[str, Any], statfs_type: str) -> None:
+    """A capture file system probe names the file system and has positive costs."""
+    assert probe["statfs_type"] == statfs_type
+    assert probe["fstype"] and probe["mount_point"]
+    assert probe["files"] > 0 and probe["create_us_per_file"] > 0
+    assert probe["create_cpu_us_per_file"] >= 0
+    assert probe["append_octets"] > 0 and probe["append_mb_s"] > 0
+
+
+def test_quick_captures_on_tmpfs_by_default(report: dict[str, Any]) -> None:
+    """Without --captures-on the captures go to a tmpfs, named and probed in the same run."""
+    fs = report["capture_fs"]
+    assert fs["choice"] == "tmpfs"
+    assert fs["description"].startswith("tmpfs: ")
+    _assert_probe(fs["before_modes"], "tmpfs")
+    writers = [m for m in MODES if m.startswith(("pop3tap", "replay"))]
+    for mode in writers:
+        _assert_probe(report["modes"][mode]["capture_fs"], "tmpfs")
+    if len(writers) > 1 and "mount per mode" in fs["description"]:
+        # Each mode writes to a file system of its own.
+        points = {report["modes"][m]["capture_fs"]["mount_point"] for m in writers}
+        assert len(points) == len(writers)
+    assert "capture_fs" not in report["modes"]["direct"]
+
+
+def test_quick_run_leaves_no_mount_behind(report: dict[str, Any]) -> None:
+    mounts = Path("/proc/self/mountinfo").read_text()
+    root = report["capture_fs"]["root"]["path"]
+    assert root not in mounts
+    assert not Path(root).exists()
+
+
+def _statfs(path: Path) -> str:
+    return subprocess.run(
+        ["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_quick_captures_on_path(tmp_path: Path) -> None:
+    """--captures-on PATH: fresh directories inside PATH, named in the report and printed,
+    and nothing left in PATH after the run."""
+    where = tmp_path / "captures here"  # a space in the path
+    where.mkdir()
+    out = tmp_path / "quick.json"
+    modes = ["direct", *(["pop3tap"] if HAVE_RELAY else [])]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--no-memory", "--json", str(out),
+         "--modes", ",".join(modes), "--captures-on", str(where)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    fs = data["capture_fs"]
+    assert fs["choice"] == str(where.resolve())
+    assert fs["root"]["path"].startswith(str(where.resolve()) + "/")
+    _assert_probe(fs["before_modes"], _statfs(where))
+    assert Path(fs["before_modes"]["path"]).is_relative_to(where.resolve())
+    assert f"captures on {fs['description']}" in proc.stdout
+    assert "capture file system before the modes: " in proc.stdout
+    if HAVE_RELAY:
+        probe = data["modes"]["pop3tap"]["capture_fs"]
+        _assert_probe(probe, _statfs(where))
+        assert Path(probe["path"]).is_relative_to(where.resolve())
+        assert data["modes"]["pop3tap"]["capture_files"] >= 20
+        assert "at the start of pop3tap: " in proc.stdout
+    assert list(where.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["/nonexistent/pop3tap-bench", "tmpfs2"])
+def test_captures_on_rejects_a_missing_directory(value: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--captures-on", value],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "neither tmpfs, disk nor an existing directory" in proc.stderr
+    assert value in proc.stderr
+
+
+def test_capture_fs_probe_keeps_its_files(tmp_path: Path) -> None:
+    """The probe creates files and appends without deleting anything (no artifact)."""
+    from benchmarks import capturefs
+
+    probe = capturefs.probe(tmp_path / "p", files=50, append_total=1024 * 1024)
+    _assert_probe(probe, _statfs(tmp_path))
+    names = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert len(names) == 51 and names[-1] == "probe-appends.p3cap"
+    assert (tmp_path / "p" / "probe-appends.p3cap").stat().st_size == probe["append_octets"]
+    assert probe["append_octets"] >= 1024 * 1024
+
+
+def test_capture_space_gives_fresh_directories_until_closed(tmp_path: Path) -> None:
+    from benchmarks import capturefs
+
+    with capturefs.CaptureSpace(str(tmp_path), "pop3tap-test") as space:
+        first, second = space.fresh("pop3tap"), space.fresh("pop3tap")
+        assert first != second and first.parent == second.parent
+        (first / "kept").write_bytes(b"x")
+        space.release(first)  # a directory (not a mount) stays until the space closes
+        assert (first / "kept").read_bytes() == b"x"
+        assert space.report()["root"]["statfs_type"] == _statfs(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mount_of_reads_escaped_mount_points() -> None:
+    from benchmarks import capturefs
+
+    assert capturefs._unescape(r"/mnt/a\040b\134c") == "/mnt/a b\\c"
+    root = capturefs.mount_of(Path("/"))
+    assert root["mount_point"] == "/" and root["fstype"]
+    proc_mount = capturefs.mount_of(Path("/proc/self"))
+    assert proc_mount["fstype"] == "proc" and proc_mount["mount_point"] == "/proc"
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["trio-floor", "trio-floor-one-task", "trio-floor-recv-into",
+     "trio-floor-one-task-direct-recv-into"],
+)
+def test_floor_forwards_both_directions_verbatim(mode: str) -> None:
+    """Every bare forwarder variant passes 2 MiB each way unchanged, half-closes included:
+    a floor that lost or reordered bytes would not be a floor."""
+    import socket
+    import threading
+
+    from benchmarks import relays
+
+    upload, download = os.urandom(2 * 1024 * 1024), os.urandom(2 * 1024 * 1024)
+    received: dict[str, bytes] = {}
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(30)
+
+        def server() -> None:
+            # The benchmark relay's readiness probe connects and closes first.
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(30)
+                    first = conn.recv(65536)
+                    if not first:
+                        continue
+                    sender = threading.Thread(target=conn.sendall, args=(download,))
+                    sender.start()
+                    chunks = [first]
+                    while chunk := conn.recv(65536):
+                        chunks.append(chunk)
+                    sender.join()
+                    conn.shutdown(socket.SHUT_WR)
+                    received["server"] = b"".join(chunks)
+                    return
+
+        thread = threading.Thread(target=server, daemon=True)
+        thread.start()
+        with tempfile.TemporaryDirectory() as tmp:
+            relay = relays.start_relay(mode, listener.getsockname()[1], Path(tmp))
+            try:
+                with socket.create_connection(("127.0.0.1", relay.port), timeout=30) as c:
+                    sender = threading.Thread(target=c.sendall, args=(upload,))
+                    sender.start()
+                    chunks: list[bytes] = []
+                    reader = threading.Thread(
+                        target=lambda: chunks.extend(iter(lambda: c.recv(65536), b""))
+                    )
+                    reader.start()
+                    sender.join()
+                    c.shutdown(socket.SHUT_WR)
+                    reader.join(30)
+                    received["client"] = b"".join(chunks)
+            finally:
+                relay.stop()
+        thread.join(30)
+    assert received["server"] == upload
+    assert received["client"] == download
+
+
+def test_paired_compares_modes_with_cpu(tmp_path: Path) -> None:
+    """benchmarks.paired runs every load against every mode each round and reports CPU."""
+    out = tmp_path / "paired.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.paired", "--modes", "trio-floor,trio-floor-one-task",
+         "--rounds", "2", "--loads", "noop,sessions", "--json", str(out),
+         "--captures-on", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(out.read_text())
+    assert data["capture_fs"]["statfs_type"] == _statfs(tmp_path)
+    for load in ("noop", "sessions"):
+        for mode in ("trio-floor", "trio-floor-one-task"):
+            got = data["samples"][load][mode]
+            assert len(got["value"]) == 2 and all(v > 0 for v in got["value"])
+            assert len(got["cpu"]) == 2 and all(v > 0 for v in got["cpu"])
+    assert len(data["samples"]["noop"]["trio-floor"]["p99"]) == 2
+    assert "paired ratios to trio-floor" in proc.stdout
+    assert "trio-floor-one-task" in proc.stdout and "captures on " in proc.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["paired.json"]
+
+
+def test_ab_names_the_capture_file_system(tmp_path: Path) -> None:
+    """benchmarks.ab carries --captures-on and says where A's and B's captures went."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", str(REPO), str(REPO), "--load", "noop",
+         "--rounds", "2", "--captures-on", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kind = _statfs(tmp_path)
+    assert f"captures on {tmp_path.resolve()}: fresh directories" in proc.stdout
+    assert "  A: " in proc.stdout and f"(statfs {kind})" in proc.stdout
+    assert "median of paired B/A" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_capture_space_tmpfs_without_mounting_uses_dev_shm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not root (or no mount allowed): fresh directories on the /dev/shm tmpfs, each
+    dropped when its mode is done, the root when the space closes."""
+    from benchmarks import capturefs
+
+    if capturefs.mount_of(capturefs.SHM_BASE).get("fstype") != "tmpfs":
+        pytest.skip("/dev/shm is not a tmpfs here")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with capturefs.CaptureSpace("tmpfs", "pop3tap-test") as space:
+        assert "/dev/shm" in space.description
+        workdir = space.fresh("pop3tap")
+        assert workdir.is_relative_to(capturefs.SHM_BASE)
+        assert capturefs.describe(workdir)["statfs_type"] == "tmpfs"
+        (workdir / "capture.p3cap").write_bytes(b"x")
+        space.release(workdir)
+        assert not workdir.exists()
+        root = workdir.parent
+        assert root.is_dir()
+    assert not root.exists()
