@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,8 @@ def captures_on(value: str) -> str:
     """Argparse type for ``--captures-on``: ``tmpfs``, ``disk`` or an existing directory."""
     if value in CHOICES:
         return value
+    if not value.strip():
+        raise argparse.ArgumentTypeError("an empty value is neither tmpfs, disk nor a directory")
     path = Path(value).expanduser()
     if not path.is_dir():
         raise argparse.ArgumentTypeError(
@@ -199,6 +202,10 @@ def summary(p: dict[str, Any]) -> str:
     )
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class CaptureSpace:
     """Fresh capture directories for one benchmark run; nothing is deleted before ``close``.
 
@@ -212,6 +219,7 @@ class CaptureSpace:
         self.notes: list[str] = []
         self._mounts: list[Path] = []
         self._names = itertools.count()
+        self._previous_sigterm: Any = signal.SIG_DFL
         if choice == "tmpfs":
             self._root = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
             self.mounts = self._try_mount()
@@ -225,7 +233,12 @@ class CaptureSpace:
                         f"{SHM_BASE} is not a tmpfs; use --captures-on PATH"
                     )
                 self._root = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=SHM_BASE))
-                self.description = f"tmpfs: fresh directories in {SHM_BASE} (cannot mount)"
+                free = os.statvfs(SHM_BASE)
+                self.description = (
+                    f"tmpfs: fresh directories in {SHM_BASE} (cannot mount; "
+                    f"{free.f_bavail * free.f_frsize // 2**20} MiB free there: if a full run "
+                    "needs more, use --captures-on disk)"
+                )
         else:
             self.mounts = False
             base = DISK_BASE if choice == "disk" else Path(choice)
@@ -259,7 +272,10 @@ class CaptureSpace:
 
     @staticmethod
     def _umount(path: Path) -> None:
-        subprocess.run(["umount", str(path)], capture_output=True, check=False)
+        done = subprocess.run(["umount", str(path)], capture_output=True, check=False)
+        if done.returncode != 0:
+            # Still busy (a relay that did not exit yet): detach it now, freed when unused.
+            subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
     def fresh(self, name: str) -> Path:
         """A new empty directory (its own tmpfs when mounting works) named after ``name``."""
@@ -289,10 +305,15 @@ class CaptureSpace:
         shutil.rmtree(self._root, ignore_errors=True)
 
     def __enter__(self) -> CaptureSpace:
+        # SIGTERM unwinds like Ctrl-C, so the mounts and directories are removed.
+        self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        try:
+            self.close()
+        finally:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
 
     def report(self) -> dict[str, Any]:
         return {"choice": self.choice, "description": self.description, "root": self.root_fs}

@@ -105,29 +105,38 @@ def paired_ratio(values: list[float], baseline: list[float]) -> float:
     return statistics.median(v / b for v, b in zip(values, baseline, strict=True) if b)
 
 
+def _short(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.3f}"
+
+
 def report_lines(samples: dict[str, dict[str, dict[str, list[float]]]]) -> list[str]:
-    """Medians, relay CPU and paired ratios to the first target, per load."""
+    """Medians, relay CPU and paired ratios to the first target (and to haproxy), per load."""
     lines = []
     cpu_units = {"noop": "us CPU per round trip", "retr": "us CPU per round trip",
                  "sessions": "ms CPU per session", "throughput": "CPU s per GB"}
     for load, per_target in samples.items():
         key = LOADS[load][1]
         names = list(per_target)
-        base = per_target[names[0]]
-        lines.append(f"{load} ({key}; relay {cpu_units[load]}), paired ratios to {names[0]}:")
+        refs = [names[0], *(["haproxy"] if "haproxy" in names[1:] else [])]
+        lines.append(
+            f"{load} ({key}{'; p99' if load in ('noop', 'retr') else ''}; "
+            f"relay {cpu_units[load]}), paired ratios to "
+            + " and ".join(refs) + ":"
+        )
         for name in names:
             got = per_target[name]
-            text = f"  {name:36} {statistics.median(got['value']):10.1f}"
-            if name != names[0]:
-                text += f" ({paired_ratio(got['value'], base['value']):.3f}x)"
-            if got["p99"]:
-                text += f"   p99 {statistics.median(got['p99']):8.1f}"
-                if name != names[0]:
-                    text += f" ({paired_ratio(got['p99'], base['p99']):.3f}x)"
-            if got["cpu"]:
-                text += f"   CPU {statistics.median(got['cpu']):8.3f}"
-                if name != names[0] and base["cpu"]:
-                    text += f" ({paired_ratio(got['cpu'], base['cpu']):.3f}x)"
+            text = f"  {name:36}"
+            for field, label in (("value", ""), ("p99", "p99 "), ("cpu", "CPU ")):
+                if not got[field]:
+                    continue
+                text += f"  {label}{_short(statistics.median(got[field]))}"
+                ratios = [
+                    f"{paired_ratio(got[field], per_target[ref][field]):.2f}x"
+                    for ref in refs
+                    if ref != name and per_target[ref][field]
+                ]
+                if ratios:
+                    text += f" ({', '.join(ratios)})"
             lines.append(text)
     return lines
 
@@ -154,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     for note in relays.ensure_tools(modes):
         print(f"note: {note}")
     with capturefs.CaptureSpace(args.captures_on, "pop3tap-paired") as space:
-        fs = capturefs.probe(space.fresh("fs-probe"))
+        probe_dir = space.fresh("fs-probe")
+        fs = capturefs.probe(probe_dir)
+        space.release(probe_dir)
         print(f"captures on {space.description}\n  {capturefs.summary(fs)}", flush=True)
         server = relays.start_server(64 * 1024 * 1024)
         started: list[relays.Relay] = []

@@ -412,9 +412,9 @@ def run(modes: list[str], cfg: Config, captures_on: str = "tmpfs") -> dict[str, 
     started = time.monotonic()
     with capturefs.CaptureSpace(captures_on, "pop3tap-bench") as space:
         print(f"captures on {space.description}", flush=True)
-        before = capturefs.probe(
-            space.fresh("fs-probe"), cfg.probe_files, append_total=cfg.probe_append_total
-        )
+        probe_dir = space.fresh("fs-probe")
+        before = capturefs.probe(probe_dir, cfg.probe_files, append_total=cfg.probe_append_total)
+        space.release(probe_dir)
         server = relays.start_server(cfg.big_size)
         try:
             for mode, relay in relays.each_relay(modes, server.port, "pop3tap-bench", space):
