@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from pop3tap.capture import Direction, EventName
+
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 
 __all__ = [
@@ -124,8 +126,8 @@ class Flow:
     client: tuple[str, int]
     server: tuple[str, int]
     first_t: float
-    segments: dict[str, list[_Segment]] = field(default_factory=lambda: {"c2s": [], "s2c": []})
-    syn: dict[str, int | None] = field(default_factory=lambda: {"c2s": None, "s2c": None})
+    segments: dict[str, list[_Segment]] = field(default_factory=lambda: {d: [] for d in Direction})
+    syn: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(Direction))
     ended: bool = False
 
     def describe(self) -> str:
@@ -145,7 +147,7 @@ class Chunk:
     t: float
     needs: int | None  # bytes of the other direction this segment acknowledged
     data: bytes = b""
-    event: str | None = None  # "eof", "reset" or "gap"
+    event: str | None = None  # EventName.EOF, RESET or GAP
     fields: dict[str, Any] = field(default_factory=dict)
 
 
@@ -173,9 +175,9 @@ def read_flows(path: Path, port: int) -> tuple[list[Flow], int]:
             src = (str(ip.src), int(tcp.sport))
             dst = (str(ip.dst), int(tcp.dport))
             if dst[1] == port:
-                direction, key = "c2s", (src, dst)
+                direction, key = Direction.CLIENT, (src, dst)
             elif src[1] == port:
-                direction, key = "s2c", (dst, src)
+                direction, key = Direction.SERVER, (dst, src)
             else:
                 ignored += 1
                 continue
@@ -190,10 +192,10 @@ def read_flows(path: Path, port: int) -> tuple[list[Flow], int]:
             if (
                 flow is not None
                 and flags & _SYN
-                and direction == "c2s"
+                and direction == Direction.CLIENT
                 and not flags & _ACK
-                and flow.syn["c2s"] is not None
-                and flow.syn["c2s"] != seq
+                and flow.syn[Direction.CLIENT] is not None
+                and flow.syn[Direction.CLIENT] != seq
             ):
                 finished.append(flow)  # the same ports again: a new connection
                 flow = None
@@ -274,7 +276,7 @@ def direction_chunks(
                         direction,
                         segment.t,
                         None,
-                        event="gap",
+                        event=EventName.GAP,
                         fields={"dir": direction, "bytes": start - next_byte},
                     )
                 )
@@ -283,7 +285,7 @@ def direction_chunks(
             chunks.append(Chunk(direction, segment.t, needs(segment), data=data))
             next_byte = end
         if segment.flags & (_FIN | _RST) and end_event is None:
-            name = "reset" if segment.flags & _RST else "eof"
+            name = EventName.RESET if segment.flags & _RST else EventName.EOF
             end_event = Chunk(
                 direction, segment.t, needs(segment), event=name, fields={"dir": direction}
             )
@@ -305,11 +307,11 @@ def interleave(c2s: list[Chunk], s2c: list[Chunk]) -> Iterator[Chunk]:
     A gap counts as the bytes it stands for, and an acknowledgement of bytes that are not
     in the file at all (lost at the end of a stream) waits only for what is there, so a
     capture that lost packets is still put in the order its packets were sent."""
-    queues = {"c2s": c2s, "s2c": s2c}
-    position = {"c2s": 0, "s2c": 0}
-    emitted = {"c2s": 0, "s2c": 0}
+    queues = {Direction.CLIENT: c2s, Direction.SERVER: s2c}
+    position: dict[str, int] = dict.fromkeys(Direction, 0)
+    emitted: dict[str, int] = dict.fromkeys(Direction, 0)
     total = {d: sum(_span(c) for c in q) for d, q in queues.items()}
-    other = {"c2s": "s2c", "s2c": "c2s"}
+    other = {Direction.CLIENT: Direction.SERVER, Direction.SERVER: Direction.CLIENT}
     while True:
         heads = {d: q[position[d]] for d, q in queues.items() if position[d] < len(q)}
         if not heads:
@@ -321,7 +323,7 @@ def interleave(c2s: list[Chunk], s2c: list[Chunk]) -> Iterator[Chunk]:
             or emitted[other[d]] >= min(c.needs, total[other[d]])
             or position[other[d]] >= len(queues[other[d]])
         ]
-        pick = min(ready or heads.values(), key=lambda c: (c.t, c.direction != "c2s"))
+        pick = min(ready or heads.values(), key=lambda c: (c.t, c.direction != Direction.CLIENT))
         position[pick.direction] += 1
         emitted[pick.direction] += _span(pick)
         yield pick

@@ -28,7 +28,7 @@ from typing import Final, Literal
 
 from pop3tap.bodies import unstuff_body
 from pop3tap.capture import Capture
-from pop3tap.protocol import Exchange, Flag, Status
+from pop3tap.protocol import Direction, Exchange, Flag, Status
 
 __all__ = [
     "ExportError",
@@ -161,7 +161,7 @@ def _logged_in_user(exchanges: Iterable[Exchange]) -> str | None:
 
 def find_messages(capture: Capture) -> Iterator[FoundMessage]:
     """Every RETR and TOP body of one capture, complete or partial, in order."""
-    server = capture.stream("s2c")
+    server = capture.stream(Direction.SERVER)
     exchanges = capture.exchanges()
     uidls = _uidls(exchanges, server)
     user = _logged_in_user(exchanges)

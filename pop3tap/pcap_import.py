@@ -44,7 +44,14 @@ from pop3tap._tcpflows import (
     read_packets,
     sequence_base,
 )
-from pop3tap.capture import CaptureError, CaptureWriter
+from pop3tap.capture import (
+    CaptureError,
+    CaptureWriter,
+    CloseReason,
+    Direction,
+    EventName,
+    Secrets,
+)
 from pop3tap.protocol import SessionObserver, StartTls
 
 __all__ = [
@@ -86,7 +93,7 @@ def _tls_reason(
             continue
         events = (
             observer.feed_client(chunk.data, chunk.t)
-            if chunk.direction == "c2s"
+            if chunk.direction == Direction.CLIENT
             else observer.feed_server(chunk.data, chunk.t)
         )
         if any(isinstance(e, StartTls) for e in events):
@@ -203,20 +210,20 @@ def _write_flow(
     )
     out = _FlowWriter(writer, keep_secrets=keep_secrets, guarded=mid_session)
     last = 0.0
-    ended: list[str] = []
+    ended: list[tuple[str, str]] = []
     try:
         if mid_session:
             fields = {"note": "the capture starts after the SYN"}
             if greeting_missed:
                 fields["greeting"] = "missed"
                 out.observer.greeting_missed()
-            writer.write_event("mid_session", 0.0, **fields)
+            writer.write_event(EventName.MID_SESSION, 0.0, **fields)
         for chunk in chunks:
             at = max(last, chunk.t - flow.first_t)
             last = at
             if chunk.event is not None:
                 out.event(chunk.event, chunk, at, ended)
-            elif chunk.direction == "c2s":
+            elif chunk.direction == Direction.CLIENT:
                 out.client(chunk.data, at)
             else:
                 out.server(chunk.data, at)
@@ -239,7 +246,7 @@ def _create_writer(
             "client": endpoint_text(flow.client),
             "listen": "",
             "upstream": endpoint_text(flow.server),
-            "secrets": "kept" if keep_secrets else "masked",
+            "secrets": Secrets.KEPT if keep_secrets else Secrets.MASKED,
             "options": {
                 "imported_from": source.name,
                 "mid_session": mid_session,
@@ -264,30 +271,30 @@ class _FlowWriter:
         AUTH): they were sent before the server bytes that resolved them."""
         if not self._keep_secrets:
             for when, data in self.observer.take_masked_client():
-                self._writer.write_data("c2s", when, data)
+                self._writer.write_data(Direction.CLIENT, when, data)
 
     def _release_guarded_line(self, at: float) -> None:
         """A client line the mid-session guard still holds, at the end of the stream."""
         held = self._guard.flush() if self._guard is not None else b""
         recorded = self.observer.mask_client(held, at) if held else b""
         if recorded:
-            self._writer.write_data("c2s", at, recorded)
+            self._writer.write_data(Direction.CLIENT, at, recorded)
 
-    def event(self, event: str, chunk: Chunk, at: float, ended: list[str]) -> None:
+    def event(self, event: str, chunk: Chunk, at: float, ended: list[tuple[str, str]]) -> None:
         """An ``eof``, ``reset`` or ``gap`` in one direction (``ended`` collects the ends)."""
-        if event in ("eof", "reset"):
-            if chunk.direction == "c2s":
+        if event in (EventName.EOF, EventName.RESET):
+            if chunk.direction == Direction.CLIENT:
                 self._release_guarded_line(at)
                 self.observer.end_client(at)
                 self._release_client_lines()
-            ended.append(f"{event}:{chunk.direction}")
+            ended.append((event, chunk.direction))
         self._writer.write_event(event, at, **chunk.fields)
 
     def client(self, raw: bytes, at: float) -> None:
         data = self._guard.client(raw) if self._guard is not None else raw
         recorded = data if self._keep_secrets else self.observer.mask_client(data, at)
         if recorded:
-            self._writer.write_data("c2s", at, recorded)
+            self._writer.write_data(Direction.CLIENT, at, recorded)
         self.observer.feed_client(raw, at)
         self._release_client_lines()
 
@@ -296,7 +303,7 @@ class _FlowWriter:
             self._guard.server(data)
         self.observer.feed_server(data, at)
         self._release_client_lines()
-        self._writer.write_data("s2c", at, data)
+        self._writer.write_data(Direction.SERVER, at, data)
 
     def end(self, last: float, reason: str) -> None:
         self._release_guarded_line(last)
@@ -306,12 +313,19 @@ class _FlowWriter:
         self._writer.close(last, reason, self.observer.summary().as_dict())
 
 
-def _close_reason(ended: list[str]) -> str:
+#: The close reason of a session by the first end of a direction seen (event, direction).
+_END_REASONS: Final[dict[tuple[str, str], CloseReason]] = {
+    (EventName.EOF, Direction.CLIENT): CloseReason.CLIENT_CLOSED,
+    (EventName.EOF, Direction.SERVER): CloseReason.SERVER_CLOSED,
+    (EventName.RESET, Direction.CLIENT): CloseReason.CLIENT_RESET,
+    (EventName.RESET, Direction.SERVER): CloseReason.SERVER_RESET,
+}
+
+
+def _close_reason(ended: list[tuple[str, str]]) -> str:
     if not ended:
-        return "the packet capture ends before the session did"
-    event, _, direction = ended[0].partition(":")
-    side = "client" if direction == "c2s" else "server"
-    return f"{side} reset" if event == "reset" else f"{side} closed"
+        return CloseReason.PCAP_ENDED
+    return _END_REASONS[ended[0]]
 
 
 def import_pcap(
@@ -337,10 +351,10 @@ def import_pcap(
         raise PcapImportError(f"{out}: cannot create directory: {exc.strerror or exc}") from None
     results: list[ImportedSession] = []
     for flow in flows:
-        c2s_base, c2s_syn = sequence_base(flow, "c2s")
-        s2c_base, s2c_syn = sequence_base(flow, "s2c")
-        c2s = direction_chunks(flow, "c2s", c2s_base, s2c_base)
-        s2c = direction_chunks(flow, "s2c", s2c_base, c2s_base)
+        c2s_base, c2s_syn = sequence_base(flow, Direction.CLIENT)
+        s2c_base, s2c_syn = sequence_base(flow, Direction.SERVER)
+        c2s = direction_chunks(flow, Direction.CLIENT, c2s_base, s2c_base)
+        s2c = direction_chunks(flow, Direction.SERVER, s2c_base, c2s_base)
         if not any(c.data for c in c2s + s2c):
             results.append(ImportedSession(flow.describe(), None, "no POP3 bytes (handshake only)"))
             continue
@@ -349,12 +363,12 @@ def import_pcap(
         # The client speaking first means the greeting went by before the capture
         # (RFC 1939 §4: the server speaks first); its first line then answers a command.
         first = next(c for c in chunks if c.data)
-        greeting_missed = mid_session and first.direction == "c2s"
+        greeting_missed = mid_session and first.direction == Direction.CLIENT
         reason = _tls_reason(chunks, c2s, s2c, greeting_missed=greeting_missed)
         if reason is not None:
             results.append(ImportedSession(flow.describe(), None, reason))
             continue
-        gaps = sum(1 for c in c2s + s2c if c.event == "gap")
+        gaps = sum(1 for c in c2s + s2c if c.event == EventName.GAP)
         try:
             written, commands = _write_flow(
                 flow,

@@ -487,7 +487,7 @@ class Recording:
 
     def problem(self) -> str | None:
         """One message when a session could not reach the upstream or its TLS failed."""
-        from pop3tap.capture import CaptureError, EventRecord, read_capture
+        from pop3tap.capture import CaptureError, EventName, EventRecord, read_capture
 
         for capture_path in self.captures():
             try:
@@ -497,13 +497,13 @@ class Recording:
             for record in capture.records:
                 if not isinstance(record, EventRecord):
                     continue
-                if record.name == "upstream_connect_failed":
+                if record.name == EventName.UPSTREAM_CONNECT_FAILED:
                     error = record.fields.get("error", "?")
                     return (
                         f"pop3tap: recording {self.path.name} failed: cannot reach the "
                         f"upstream {self.upstream}: {error} (check --pop3-upstream)"
                     )
-                if record.name == "tls_failed":
+                if record.name == EventName.TLS_FAILED:
                     leg = record.fields.get("leg")
                     reason = _pytest_words(str(record.fields.get("reason", "?")))
                     side = "the upstream" if leg == "server" else "the test's client"

@@ -133,8 +133,14 @@ class CaptureDecoder:
         """The next good record, or None (more bytes needed, or ``stopped``)."""
         if self.header is None:
             raise RuntimeError("read_header() must return the header first")
-        obj = self._next_object()
-        if obj is _NEED_MORE:
+        if self.problem is not None:
+            return None
+        try:
+            obj = next(self._unpacker)
+        except StopIteration:
+            return None
+        except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)
+            self._undecodable(exc)
             return None
         try:
             if self._upgrade is not None:
@@ -175,8 +181,11 @@ class CaptureDecoder:
         except StopIteration:
             return _NEED_MORE
         except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)
-            self.problem = f"corrupt data at offset {self.valid_bytes}: {type(exc).__name__}"
+            self._undecodable(exc)
             return _NEED_MORE
+
+    def _undecodable(self, exc: Exception) -> None:
+        self.problem = f"corrupt data at offset {self.valid_bytes}: {type(exc).__name__}"
 
     def _parse_header(self, obj: object) -> CaptureHeader:
         raw, version = check_header_identity(obj)

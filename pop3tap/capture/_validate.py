@@ -33,6 +33,10 @@ _MAX_DEPTH: Final = 32
 #: Direction values, as the shared enum members (a record keeps the member, which is a str).
 _DIRECTIONS: Final[dict[str, Direction]] = {d.value: d for d in Direction}
 _SECRETS: Final = frozenset(s.value for s in Secrets)
+# Record types as plain strings: compared once per record, the cheapest comparison.
+_DATA: Final = RecordType.DATA.value
+_EVENT: Final = RecordType.EVENT.value
+_CLOSE: Final = RecordType.CLOSE.value
 
 
 class CorruptRecord(Exception):
@@ -131,19 +135,21 @@ def parse_record(obj: object) -> Record:
     if not isinstance(obj, dict):
         raise CorruptRecord("record is not a map")
     kind = obj.get("type")
-    t = _num(obj.get("t"), "t")
-    if kind == RecordType.DATA:
+    t = obj.get("t")
+    if type(t) is not float or not 0.0 <= t < _MAX_TIME:  # the writer's floats pass at once
+        t = _num(t, "t")
+    if kind == _DATA:
         raw_dir = obj.get("dir")
-        direction = _DIRECTIONS.get(raw_dir) if isinstance(raw_dir, str) else None
+        direction = _DIRECTIONS.get(raw_dir) if type(raw_dir) is str else None
         data = obj.get("data")
-        if direction is None or not isinstance(data, bytes):
+        if direction is None or type(data) is not bytes:
             raise CorruptRecord("data record without a valid dir/data")
-        return DataRecord(t=t, dir=direction, data=data)
-    if kind == RecordType.EVENT:
+        return DataRecord(t, direction, data)
+    if kind == _EVENT:
         return EventRecord(
             t=t, name=_str(obj.get("name"), "name"), fields=_plain_map(obj.get("fields"), "fields")
         )
-    if kind == RecordType.CLOSE:
+    if kind == _CLOSE:
         return CloseRecord(
             t=t,
             reason=_str(obj.get("reason"), "reason"),

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from pop3tap.analysis import _BodyTap
-from pop3tap.capture import CaptureWriter
+from pop3tap.capture import CaptureWriter, Direction, EventName
 from pop3tap.check._config import RECV_BYTES, STEP_FACTOR, CheckConfig, CheckError
 from pop3tap.protocol import (
     Event,
@@ -54,7 +54,8 @@ class Connection:
                 f"connect to {cfg.host}:{cfg.port} failed: {exc.strerror or exc}"
             ) from None
         self.sock = raw
-        self.writer.write_event("upstream_connected", self.now(), local=str(raw.getsockname()))
+        local = str(raw.getsockname())
+        self.writer.write_event(EventName.UPSTREAM_CONNECTED, self.now(), local=local)
         if tls is not None:
             self.start_tls(tls, "POP3S handshake")
 
@@ -67,7 +68,7 @@ class Connection:
             raise CheckError(f"{step} with {cfg.host}:{cfg.port}: timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise CheckError(f"{step} with {cfg.host}:{cfg.port} failed: {exc}") from None
-        self.writer.write_event("tls", self.now(), leg="server")
+        self.writer.write_event(EventName.TLS, self.now(), leg="server")
 
     def send(self, data: bytes, step: str) -> None:
         assert self.sock is not None
@@ -76,7 +77,7 @@ class Connection:
         # pairing says what they are (before the server bytes that told it).
         masked = self.observer.mask_client(data, at)
         if masked:
-            self.writer.write_data("c2s", at, masked)
+            self.writer.write_data(Direction.CLIENT, at, masked)
         events = self.observer.feed_client(data, at)
         self._write_released()
         self._handle(events)
@@ -87,7 +88,7 @@ class Connection:
 
     def _write_released(self) -> None:
         for at, data in self.observer.take_masked_client():
-            self.writer.write_data("c2s", at, data)
+            self.writer.write_data(Direction.CLIENT, at, data)
 
     def finish(self) -> None:
         """The session ends: client lines still held are masked and written."""
@@ -122,12 +123,12 @@ class Connection:
             self.closed_by_server = True
             events = self.observer.end_server(at)
             self._write_released()
-            self.writer.write_event("eof", at, dir="s2c")
+            self.writer.write_event(EventName.EOF, at, dir=Direction.SERVER)
             self._handle(events)
             return
         events = self.observer.feed_server(data, at)
         self._write_released()
-        self.writer.write_data("s2c", at, data)
+        self.writer.write_data(Direction.SERVER, at, data)
         self._handle(events)
         if not self.want_lines:
             return

@@ -13,7 +13,8 @@ from typing import Any
 
 from pop3tap import __version__
 from pop3tap.analysis import body_digests
-from pop3tap.capture import CaptureWriter, read_capture
+from pop3tap.capture import CaptureWriter, CloseReason, Direction, EventName, read_capture
+from pop3tap.capture import Secrets as CaptureSecrets
 from pop3tap.check._config import MASK, CheckConfig, CheckError, CheckOutcome
 from pop3tap.check._connection import Connection
 from pop3tap.check._secrets import Secrets, env_name, find_credentials, needs_secret
@@ -131,13 +132,13 @@ def run_check(
             "client": "pop3tap-check",
             "listen": "",
             "upstream": f"{config.host}:{config.port}",
-            "secrets": "masked",
+            "secrets": CaptureSecrets.MASKED,
             "options": header_options,
         },
     )
     conn = Connection(config, writer)
     outcome = CheckOutcome(capture=writer.path, sent=0)
-    reason = "quit"
+    reason: str = CloseReason.QUIT
     try:
         conn.connect(tls_context if upstream_tls else None)
         conn.wait(lambda: conn.greeting is not None or conn.closed_by_server, "greeting")
@@ -145,14 +146,14 @@ def run_check(
             raise CheckError("greeting: the server closed the connection without one")
         _replay(session, conn, Secrets(*credentials), tls_context, outcome)
     except CheckError:
-        reason = "error"
+        reason = CloseReason.ERROR
         raise
     finally:
         at = conn.now()
         conn.finish()
         conn.close()
         if not conn.closed_by_server:
-            writer.write_event("eof", at, dir="c2s")
+            writer.write_event(EventName.EOF, at, dir=Direction.CLIENT)
         summary = conn.observer.summary().as_dict()
         writer.close(at, reason, summary)
     return outcome

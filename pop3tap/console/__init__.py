@@ -13,6 +13,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from pop3tap.capture import CloseReason
 from pop3tap.console._core import HELP, Console, Display, Outcome
 from pop3tap.console._link import (
     ConsoleError,
@@ -67,7 +68,7 @@ def run_session(
         signum: signal.signal(signum, _raise_terminated)
         for signum in (signal.SIGTERM, signal.SIGHUP)
     }
-    reason = "closed without QUIT"
+    reason: str = CloseReason.NO_QUIT
     code = 1
     try:
         console.open()
@@ -78,11 +79,11 @@ def run_session(
         code = 1
     except _Terminated as exc:
         console.abandon(f"{exc.args[0] if exc.args else 'signal'} received")
-        reason = "terminated"
+        reason = CloseReason.TERMINATED
         code = _EXIT_INTERRUPTED
     except KeyboardInterrupt:
         console.abandon("Ctrl-C")
-        reason = "interrupted"
+        reason = CloseReason.INTERRUPTED
         code = _EXIT_INTERRUPTED
     except EOFError:
         console.abandon("Ctrl-D")
@@ -92,7 +93,7 @@ def run_session(
             signal.signal(signum, handler)
         console.link.close()
         if console.quit_answered:
-            reason = "quit"
+            reason = CloseReason.QUIT
         recorder.close(reason)
         if recorder.path is not None:
             display.note(f"capture: {recorder.path}")

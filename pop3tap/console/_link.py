@@ -34,7 +34,7 @@ from typing import Any, Final, NoReturn
 from cryptography import x509
 
 from pop3tap import __version__
-from pop3tap.capture import CaptureWriter
+from pop3tap.capture import CaptureWriter, Direction, EventName, Secrets
 from pop3tap.certs import fingerprint_sha256
 from pop3tap.protocol import Event, SessionObserver, StartTls
 from pop3tap.relay import Endpoint
@@ -118,7 +118,7 @@ class SessionRecorder:
                 "client": "console",
                 "listen": "",
                 "upstream": str(config.server),
-                "secrets": "masked",
+                "secrets": Secrets.MASKED,
                 "options": config.options(),
             },
         )
@@ -141,7 +141,7 @@ class SessionRecorder:
         at = self.now()
         masked = self.observer.mask_client(data, at)
         if self.writer is not None and masked:
-            self.writer.write_data("c2s", at, masked)
+            self.writer.write_data(Direction.CLIENT, at, masked)
         self._take(self.observer.feed_client(data, at))
         self._write_released()
         self._check()
@@ -155,13 +155,13 @@ class SessionRecorder:
         finally:
             self._write_released()
             if self.writer is not None:
-                self.writer.write_data("s2c", at, data)
+                self.writer.write_data(Direction.SERVER, at, data)
         self._check()
 
     def _write_released(self) -> None:
         for at, masked in self.observer.take_masked_client():
             if self.writer is not None:
-                self.writer.write_data("c2s", at, masked)
+                self.writer.write_data(Direction.CLIENT, at, masked)
 
     def event(self, name: str, **fields: Any) -> None:
         if self.writer is not None:
@@ -174,7 +174,7 @@ class SessionRecorder:
         # Client lines still held are masked and written on this side of the switch.
         self.observer.abandon_client_lines()
         self._write_released()
-        self.event("tls", mode="stls", seq=0 if switch is None else switch.seq, **fields)
+        self.event(EventName.TLS, mode="stls", seq=0 if switch is None else switch.seq, **fields)
         self.observer.resume_after_tls()
         self.switch = None
 
@@ -186,8 +186,8 @@ class SessionRecorder:
         # Client lines that never got a verdict are masked (the facts are missing).
         self.observer.abandon_client_lines()
         self._write_released()
-        self.event("eof", dir="c2s")
-        self.event("eof", dir="s2c")
+        self.event(EventName.EOF, dir=Direction.CLIENT)
+        self.event(EventName.EOF, dir=Direction.SERVER)
         if self.writer is not None:
             self.writer.close(at, reason, self.observer.summary().as_dict())
             self._check()
@@ -261,14 +261,14 @@ class Pop3Link:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         local = sock.getsockname()
-        self.recorder.event("upstream_connected", local=str(Endpoint(local[0], local[1])))
+        self.recorder.event(EventName.UPSTREAM_CONNECTED, local=str(Endpoint(local[0], local[1])))
         if self.config.tls:
             self._handshake()
-            self.recorder.event("tls_handshake", leg="server", **(self.tls or {}))
+            self.recorder.event(EventName.TLS_HANDSHAKE, leg="server", **(self.tls or {}))
 
     def _connect_failed(self, reason: str) -> NoReturn:
         server = str(self.config.server)
-        self.recorder.event("upstream_connect_failed", upstream=server, error=reason)
+        self.recorder.event(EventName.UPSTREAM_CONNECT_FAILED, upstream=server, error=reason)
         raise ConsoleError(f"cannot connect to {server}: {reason}")
 
     def start_tls(self) -> int:
@@ -280,7 +280,7 @@ class Pop3Link:
         dropped = len(self._buffer)
         self._buffer.clear()
         if dropped:
-            self.recorder.event("stls_injection", c2s=0, s2c=dropped)
+            self.recorder.event(EventName.STLS_INJECTION, c2s=0, s2c=dropped)
         self._handshake()
         self.recorder.tls_started(dropped_c2s=0, dropped_s2c=dropped, **(self.tls or {}))
         return dropped
@@ -301,7 +301,7 @@ class Pop3Link:
             ).replace("upstream ", "server ")
             if isinstance(exc, TimeoutError):
                 reason = f"TLS handshake timed out after {self.config.timeout:g}s"
-            self.recorder.event("tls_failed", leg="server", reason=reason)
+            self.recorder.event(EventName.TLS_FAILED, leg="server", reason=reason)
             self.close()
             raise ConsoleError(f"TLS with {self.config.server} failed: {reason}") from None
         self._sock = tls

@@ -29,6 +29,8 @@ from pop3tap.capture import (
     Capture,
     CaptureError,
     CloseRecord,
+    Direction,
+    EventName,
     EventRecord,
     derive_events,
     read_capture,
@@ -147,7 +149,7 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
         if record is not None:
             end_t = max(end_t, record.t)
         if isinstance(record, EventRecord):
-            if record.name in ("tls", "tls_handshake"):
+            if record.name in (EventName.TLS, EventName.TLS_HANDSHAKE):
                 tls = True
             text = describe_transport_event(record)
             if text:
@@ -157,7 +159,7 @@ def session_model(capture: Capture, options: ViewOptions = ViewOptions()) -> dic
         for event in events:
             _event_row(event, add, exchanges)
     summary = capture.summary()
-    slowest = _exchange_rows(exchanges, capture.stream("s2c"), options, add, bodies)
+    slowest = _exchange_rows(exchanges, capture.stream(Direction.SERVER), options, add, bodies)
     rows.sort(key=lambda item: (item[0], item[1]))
     return {
         "file": capture.path.name,
@@ -258,7 +260,7 @@ def _event_row(event: Event, add: Any, exchanges: list[Exchange]) -> None:
     elif isinstance(event, PairingLost):
         add(event.at, ["d", _ms(event.at), f"Pairing stopped ({event.reason})"])
     elif isinstance(event, Suppressed):
-        side = "client" if event.direction.value == "c2s" else "server"
+        side = "client" if event.direction is Direction.CLIENT else "server"
         what = "unpaired" if event.kind == "unpaired" else "stray/unsolicited"
         text = (
             f"{event.lines} {what} {side} lines ({event.bytes} bytes) counted, not shown"
@@ -267,7 +269,7 @@ def _event_row(event: Event, add: Any, exchanges: list[Exchange]) -> None:
         )
         add(event.at, ["d", _ms(event.at), text])
     elif isinstance(event, EndOfStream):
-        side = "client" if event.direction.value == "c2s" else "server"
+        side = "client" if event.direction is Direction.CLIENT else "server"
         details = []
         if event.truncated:
             details.append("inside a body: response truncated")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from pop3tap.analysis import Analysed, BodyFacts, CaptureStream, analyse
-from pop3tap.capture import CaptureHeader, EventRecord
+from pop3tap.capture import CaptureHeader, Direction, EventName, EventRecord
 from pop3tap.lint._mailbox import MailboxRules
 from pop3tap.lint._report import (
     MAX_FINDINGS_PER_RULE,
@@ -101,7 +101,7 @@ class SessionLinter(MailboxRules):
     def feed(self, item: Analysed) -> None:
         """Apply the rules to one analysed item."""
         record = item.record
-        if isinstance(record, EventRecord) and record.name == "fault":
+        if isinstance(record, EventRecord) and record.name == EventName.FAULT:
             seq = record.fields.get("seq")
             where = "the greeting" if seq == 0 else f"#{seq}"
             self.add(
@@ -134,7 +134,7 @@ class SessionLinter(MailboxRules):
                     "before the server answered",
                     seq=event.seq,
                 )
-        elif isinstance(event, StrayLine) and event.direction.value == "s2c":
+        elif isinstance(event, StrayLine) and event.direction is Direction.SERVER:
             # Blamed on the exchange whose response it interrupted (reported with it).
             if len(self._strays) < MAX_FINDINGS_PER_RULE:
                 self._strays.append(event.text[:200])

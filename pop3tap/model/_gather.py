@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pop3tap.capture import Secrets
 from pop3tap.model._mailbox import (
     MAILBOX_VERBS,
     STATELESS_VERBS,
@@ -383,7 +384,7 @@ def mailboxes_from_sessions(
             facts_by_user[user] = facts
         assert facts.mailbox is not None
         facts.mailbox.sources.append(session.name)
-        if session.secrets == "kept" and facts.mailbox.password is None:
+        if session.secrets == Secrets.KEPT and facts.mailbox.password is None:
             facts.mailbox.password = _kept_password(session)
         _gather(facts, session)
     return {user: _build(facts) for user, facts in facts_by_user.items()}

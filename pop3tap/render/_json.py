@@ -13,6 +13,7 @@ from typing import Final
 from pop3tap._text import json_safe
 from pop3tap.capture import (
     CloseRecord,
+    EventName,
     EventRecord,
     Record,
     derive_events,
@@ -36,7 +37,17 @@ from pop3tap.protocol import (
 from pop3tap.render._lines import CaptureSource, wall_time
 
 #: Capture event names shown as ``tls`` records in the JSON view; the rest are ``transport``.
-_TLS_EVENTS: Final = frozenset({"tls_handshake", "tls", "tls_failed", "stls", "stls_injection"})
+_TLS_EVENTS: Final = frozenset(
+    {
+        EventName.TLS_HANDSHAKE,
+        EventName.TLS,
+        EventName.TLS_FAILED,
+        EventName.STLS,
+        EventName.STLS_INJECTION,
+    }
+)
+#: Capture events that end a direction (their ends are the observer's EndOfStream).
+_STREAM_ENDS: Final = frozenset({EventName.EOF, EventName.RESET})
 
 
 def _iso(capture: CaptureSource, t: float) -> str | None:
@@ -129,14 +140,14 @@ class _JsonStream:
     def batch(self, record: Record | None, events: list[Event]) -> Iterator[dict[str, object]]:
         """The records of one capture record and the events derived from it."""
         base = self._base
-        if isinstance(record, EventRecord) and record.name not in ("eof", "reset"):
+        if isinstance(record, EventRecord) and record.name not in _STREAM_ENDS:
             yield from self._release()
             kind = "tls" if record.name in _TLS_EVENTS else "transport"
             yield {**base(kind, record.t), **_event_record_fields(record)}
         ends = [e for e in events if isinstance(e, EndOfStream)]
         for event in events:
             yield from self._event(event, record)
-        if isinstance(record, EventRecord) and record.name in ("eof", "reset") and not ends:
+        if isinstance(record, EventRecord) and record.name in _STREAM_ENDS and not ends:
             yield from self._release()  # a second end of a direction already ended: keep it
             yield {**base("transport", record.t), **_event_record_fields(record)}
         if isinstance(record, CloseRecord):

@@ -26,6 +26,8 @@ from pop3tap.capture import (
     CaptureReader,
     CloseRecord,
     DataRecord,
+    Direction,
+    EventName,
     EventRecord,
     Record,
     derive_events,
@@ -90,7 +92,7 @@ class _ServerBytes:
 
     def _advance(self) -> bool:
         for record in self._records:
-            if isinstance(record, DataRecord) and record.dir == "s2c" and record.data:
+            if isinstance(record, DataRecord) and record.dir == Direction.SERVER and record.data:
                 self._chunk_start += len(self._chunk)
                 self._chunk = record.data
                 return True
@@ -150,24 +152,28 @@ def _body_lines(pieces: Iterable[bytes]) -> Iterator[str]:
             yield text
 
 
+#: The side a direction comes from, by the value a capture records.
+_SIDE_NAMES: Final[dict[str, str]] = {Direction.CLIENT: "client", Direction.SERVER: "server"}
+
+
 def describe_transport_event(record: EventRecord, *, stable: bool = False) -> str | None:
     """The [db] text of a transport event record; None where a protocol line says it.
 
     ``stable`` leaves out what differs between recordings of the same conversation.
     """
     fields = record.fields
-    if stable and record.name == "upstream_connected":
+    if stable and record.name == EventName.UPSTREAM_CONNECTED:
         return "Connected to upstream"
-    if stable and record.name == "tls_handshake":
+    if stable and record.name == EventName.TLS_HANDSHAKE:
         return f"TLS {fields.get('version', '?')} with the {fields.get('leg', '?')}"
-    side = {"c2s": "client", "s2c": "server"}.get(str(fields.get("dir")), "?")
-    if record.name == "eof":
+    side = _SIDE_NAMES.get(str(fields.get("dir")), "?")
+    if record.name == EventName.EOF:
         return None  # the observer's end-of-stream line says it, with what was pending
-    if record.name == "reset":
+    if record.name == EventName.RESET:
         return f"Connection reset by the {side}"
-    if record.name == "upstream_connected":
+    if record.name == EventName.UPSTREAM_CONNECTED:
         return f"Connected to upstream from {fields.get('local', '?')}"
-    if record.name == "tls_handshake":
+    if record.name == EventName.TLS_HANDSHAKE:
         if fields.get("peer_subject") or fields.get("peer_sha256"):
             who = f" (server cert {fields.get('peer_subject')}, sha256 {fields.get('peer_sha256')})"
         elif fields.get("cert_subject"):
@@ -180,19 +186,19 @@ def describe_transport_event(record: EventRecord, *, stable: bool = False) -> st
             f"TLS {fields.get('version', '?')} {fields.get('cipher', '?')} "
             f"with the {fields.get('leg', '?')}{who}"
         )
-    if record.name == "tls":
+    if record.name == EventName.TLS:
         return "TLS up on both legs after STLS: decrypted from here"
-    if record.name == "tls_failed":
+    if record.name == EventName.TLS_FAILED:
         return f"TLS failed on the {fields.get('leg', '?')} leg: {fields.get('reason', '?')}"
-    if record.name == "fault":
+    if record.name == EventName.FAULT:
         target = "the greeting" if fields.get("seq") == 0 else f"exchange #{fields.get('seq')}"
         return f"Fault injected into {target}: {fields.get('spec', '?')}"
-    if record.name == "fault_dropped":
+    if record.name == EventName.FAULT_DROPPED:
         seq, spec = fields.get("seq"), fields.get("spec", "?")
         return f"Fault on exchange #{seq} dropped (pairing lost): {spec}"
-    if record.name == "fault_end":
+    if record.name == EventName.FAULT_END:
         return f"Fault ended the session: {fields.get('reason', '?')}"
-    if record.name == "upstream_connect_failed":
+    if record.name == EventName.UPSTREAM_CONNECT_FAILED:
         return f"Cannot reach upstream {fields.get('upstream', '?')}: {fields.get('error', '?')}"
     details = " ".join(f"{key}={value}" for key, value in sorted(fields.items()))
     return f"{record.name} {details}".rstrip()
@@ -329,7 +335,7 @@ def _render_event(
     elif isinstance(event, PairingLost):
         yield out(event.at, "db", f"Pairing stopped ({event.reason}); bytes are still recorded")
     elif isinstance(event, Suppressed):
-        side = "client" if event.direction.value == "c2s" else "server"
+        side = "client" if event.direction is Direction.CLIENT else "server"
         what = "unpaired" if event.kind == "unpaired" else "stray/unsolicited"
         if event.final:
             text = f"{event.lines} {what} {side} lines ({event.bytes} bytes) counted, not shown"
@@ -343,10 +349,10 @@ def _render_event(
     elif isinstance(event, UnsolicitedLine):
         yield out(event.at, "rx", f"{event.text}  (unsolicited)")
     elif isinstance(event, StrayLine):
-        tag = "rx" if event.direction.value == "s2c" else "tx"
+        tag = "rx" if event.direction is Direction.SERVER else "tx"
         yield out(event.at, tag, f"{event.text}  (stray)")
     elif isinstance(event, EndOfStream):
-        side = "client" if event.direction.value == "c2s" else "server"
+        side = "client" if event.direction is Direction.CLIENT else "server"
         details = []
         if event.truncated:
             details.append("inside a body: response truncated")
