@@ -30,7 +30,6 @@ IN_PROGRESS = frozenset({
     "pop3tap/replay.py",
     "pop3tap/replay_model.py",
     "pop3tap/relay_faults.py",
-    "pop3tap/capture.py",
     "pop3tap/pytest_plugin.py",
     "pop3tap/workers.py",
     "pop3tap/cli/record.py",
