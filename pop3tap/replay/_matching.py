@@ -1,0 +1,309 @@
+"""Matching client commands to recorded exchanges (pure: no trio, no I/O).
+
+Each connection plays one recorded session (:class:`SessionPicker`: ``cycle``, ``once``,
+or ``by_user``) and a :class:`Matcher` finds the recorded answer to each client command:
+
+* ``default``: the first not yet played exchange with the same verb and arguments, so
+  repeated identical commands are answered in recorded order;
+* ``strict``: the client must send exactly the next recorded command;
+* ``any``: like default, but once they are all played the last matching one is reused.
+
+Secrets masked in the capture (PASS, the APOP digest, an AUTH initial response; RFC 1939
+§7, RFC 5034 §4) match any value: the protocol core decides where they sit
+(:func:`~pop3tap.protocol.mask_line`, the rule the capture masker follows). Secrets kept in
+the capture must be equal. :class:`Accounting` keeps what was played and what had no answer.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pop3tap.protocol import (
+    SECRET_PLACEHOLDER,
+    WORD_SEPARATORS,
+    describe_command,
+    is_known_command,
+    mask_line,
+    secret_verb,
+)
+from pop3tap.replay._recorded import RecordedExchange, RecordedSession
+
+SessionsMode = Literal["cycle", "once"]
+MatchMode = Literal["default", "strict", "any"]
+
+#: At most this many unmatched commands are kept for the report (the rest are counted).
+MAX_UNMATCHED_KEPT = 1000
+
+@dataclass(frozen=True, slots=True)
+class UnplayedExchange:
+    """A recorded exchange no client asked for."""
+
+    capture: str
+    seq: int
+    command: str
+
+    def __str__(self) -> str:
+        return f"{self.capture} #{self.seq}: {self.command}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnmatchedCommand:
+    """A client command that had no recorded answer."""
+
+    capture: str
+    command: str
+    #: The closest recorded commands and what differed, e.g. ``LIST 2 (arguments differ)``.
+    candidates: tuple[str, ...]
+
+    def __str__(self) -> str:
+        near = f" (closest: {'; '.join(self.candidates)})" if self.candidates else ""
+        return f"{self.capture}: {self.command}{near}"
+
+
+def _display(data: bytes, limit: int = 120) -> str:
+    """Printable, bounded text for a client line in an -ERR line or a log."""
+    text = data.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = text.replace('"', "'")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def masked_command(line: bytes, *, after_auth: bool = False) -> str:
+    """A client line as it may be shown: secrets masked, printable, bounded.
+
+    The protocol core decides (:func:`~pop3tap.protocol.describe_command`): after an AUTH
+    only a known command with valid arguments is shown, since anything else may be SASL
+    data (RFC 5034 §4); an unknown keyword is never case-folded.
+    """
+    if after_auth and not is_known_command(line):
+        return SECRET_PLACEHOLDER
+    verb, args = describe_command(line)
+    shown = _display(args.encode("utf-8", "backslashreplace"))
+    verb_shown = _display(verb.encode("utf-8", "backslashreplace"), 40)
+    return f"{verb_shown} {shown}".rstrip()
+
+
+def args_key(verb: str, args: bytes, masked: bool) -> bytes:
+    """What must be equal for a client command to match a recorded one.
+
+    In a capture that masks secrets, PASS, APOP and AUTH lines are compared as the core's
+    :func:`~pop3tap.protocol.mask_line` (the rule the capture masker follows) leaves them:
+    the secret is the placeholder wherever it sits, and the clear words before it are
+    compared one separator apart, so a recorded masked line and the live line it was masked
+    from get the same key. The SASL mechanism name is case-insensitive (RFC 5034 §4).
+    Everything else, kept secrets included, must be equal byte for byte.
+    """
+    keyword = verb.encode("ascii", "replace")
+    if masked and secret_verb(keyword) == keyword:
+        words = mask_line(keyword + b" " + args).translate(_SEPARATORS_TO_SPACE).split(b" ")
+        words = [word for word in words[1:] if word]
+        if verb == "AUTH" and words:
+            words[0] = words[0].upper()
+        return b" ".join(words)
+    if verb == "AUTH":
+        parts = args.split(None, 1)
+        if not parts:
+            return b""
+        mechanism = parts[0].upper()
+        return mechanism if len(parts) == 1 else mechanism + b" " + parts[1]
+    return args
+
+
+_SEPARATORS_TO_SPACE = bytes.maketrans(
+    bytes(sorted(WORD_SEPARATORS)), b" " * len(WORD_SEPARATORS)
+)
+
+#: The name the matcher had before it was a module of its own (kept for callers).
+_args_key = args_key
+
+
+class Accounting:
+    """Which recorded exchanges were played, and which commands had no answer."""
+
+    def __init__(self, sessions: Sequence[RecordedSession]) -> None:
+        self.sessions = sessions
+        self.counts = [[0] * len(s.exchanges) for s in sessions]
+        self.unmatched: list[UnmatchedCommand] = []
+        self.unmatched_total = 0
+
+    def note_unmatched(self, capture: str, command: str, candidates: tuple[str, ...]) -> None:
+        """A command without a recorded answer (the first :data:`MAX_UNMATCHED_KEPT` kept)."""
+        self.unmatched_total += 1
+        if len(self.unmatched) < MAX_UNMATCHED_KEPT:
+            self.unmatched.append(UnmatchedCommand(capture, command, candidates))
+
+    def unplayed(self) -> list[UnplayedExchange]:
+        """Answered recorded exchanges that no connection played."""
+        out: list[UnplayedExchange] = []
+        for session, counts in zip(self.sessions, self.counts, strict=True):
+            for ex, count in zip(session.exchanges, counts, strict=True):
+                if count == 0 and ex.answered:
+                    out.append(UnplayedExchange(session.name, ex.seq, ex.command))
+        return out
+
+
+class Matcher:
+    """Matching state of one connection against one recorded session."""
+
+    def __init__(
+        self, accounting: Accounting, index: int, *, mode: MatchMode, listen_tls: bool
+    ) -> None:
+        self.accounting = accounting
+        self.index = index
+        self.session = accounting.sessions[index]
+        self.mode: MatchMode = mode
+        self.listen_tls = listen_tls
+        self.played = [False] * len(self.session.exchanges)
+        #: Whether the STLS phase matters (see :meth:`in_phase`), worked out once.
+        self.phased = not listen_tls and self.session.stls
+        #: ``strict``: the next exchange expected.
+        self.cursor = 0
+        #: The connection is past its STLS upgrade (RFC 2595 §4).
+        self.after_tls = False
+        self._masked = self.session.secrets == "masked"
+
+    def switched(self, index: int, answered: Sequence[tuple[str, bytes]]) -> Matcher:
+        """A matcher for another session (``by_user``) that has played ``answered``."""
+        other = Matcher(self.accounting, index, mode=self.mode, listen_tls=self.listen_tls)
+        for verb, args in answered:
+            found = other.find(verb, args)
+            if found is not None:
+                other.mark(found)
+                other.after_tls = other.after_tls or found.starts_tls
+        other.after_tls = self.after_tls
+        return other
+
+    def in_phase(self, ex: RecordedExchange) -> bool:
+        """Whether ``ex`` belongs to the current side of the recorded STLS switch.
+
+        Exchanges recorded before STLS answer only before the upgrade, later ones only
+        after it. Off for sessions without STLS and on implicit-TLS listeners.
+        """
+        return not self.phased or ex.after_tls == self.after_tls
+
+    def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
+        """What a client command must equal to match ``ex``."""
+        return ex.match_verb, args_key(ex.match_verb, ex.raw_args, self._masked)
+
+    def find(self, verb: str, args: bytes) -> RecordedExchange | None:
+        """The exchange that answers this command under the match mode."""
+        wanted = (verb, args_key(verb, args, self._masked))
+        exchanges = self.session.exchanges
+        if self.mode == "strict":
+            while self.cursor < len(exchanges) and self.played[self.cursor]:
+                self.cursor += 1
+            if self.cursor < len(exchanges):
+                ex = exchanges[self.cursor]
+                # The recorded client may have left before its last command was answered.
+                if (ex.answered or ex.closes) and self.in_phase(ex) and self.keys(ex) == wanted:
+                    return ex
+            return None
+        last: RecordedExchange | None = None
+        for ex in exchanges:
+            if not ex.answered and not ex.closes:
+                continue  # the client left before the recorded server answered
+            if not self.in_phase(ex):
+                continue
+            if self.keys(ex) == wanted:
+                if not self.played[ex.index]:
+                    return ex
+                last = ex
+        return last if self.mode == "any" else None
+
+    def mark(self, ex: RecordedExchange) -> None:
+        """``ex`` was played on this connection."""
+        self.played[ex.index] = True
+        self.accounting.counts[self.index][ex.index] += 1
+
+    def candidates(self, verb: str, args: bytes, shown: str, limit: int = 3) -> list[str]:
+        """The closest recorded commands and what differed (vcrpy best matches)."""
+        key = args_key(verb, args, self._masked)
+        scored: list[tuple[float, int, str]] = []
+        for ex in self.session.exchanges:
+            ex_verb, ex_key = self.keys(ex)
+            if ex_verb == verb and ex_key == key and not self.in_phase(ex):
+                why = "recorded after STLS" if ex.after_tls else "recorded before STLS"
+                score = 3.5
+            elif ex_verb == verb and ex_key == key:
+                why = "already played"
+                score = 3.0
+            elif ex_verb == verb:
+                why = "arguments differ"
+                score = 2.0 + difflib.SequenceMatcher(None, ex_key, key).ratio()
+            else:
+                why = "verb differs"
+                score = difflib.SequenceMatcher(None, ex.command, shown).ratio()
+            if self.mode == "strict" and ex.index == self.cursor:
+                why += ", expected next"
+                score += 10
+            scored.append((score, -ex.index, f"#{ex.seq} {ex.command} ({why})"))
+        scored.sort(reverse=True)
+        return [text for _score, _index, text in scored[:limit]]
+
+    def sasl_line_matches(self, sasl: bytes, recorded: bytes) -> bool:
+        """Masked SASL lines match anything; kept ones must be equal (``*`` always counts,
+        it cancels the exchange, RFC 5034 §4)."""
+        if sasl.strip() == b"*" or recorded.strip() == b"*":
+            return sasl.strip() == recorded.strip()
+        return self._masked or sasl == recorded
+
+    def unplayed(self) -> list[str]:
+        """``#seq command`` of each answered exchange this connection did not play."""
+        return [
+            f"#{ex.seq} {ex.command}"
+            for ex in self.session.exchanges
+            if ex.answered and not self.played[ex.index]
+        ]
+
+
+class SessionPicker:
+    """Which recorded session a new connection plays (``cycle``, ``once``, ``by_user``)."""
+
+    def __init__(self, sessions: Sequence[RecordedSession], mode: SessionsMode) -> None:
+        self.sessions = sessions
+        self.once = mode == "once"
+        self._next = 0
+        self._used: set[int] = set()
+
+    def assign(self) -> int | None:
+        """The session for a new connection; None when ``once`` has none left."""
+        if self.once:
+            free = [i for i in range(len(self.sessions)) if i not in self._used]
+            if not free:
+                return None
+            # With by_user this is provisional: the user's first command may move the
+            # connection to another session, which then takes this one's place.
+            self._used.add(free[0])
+            return free[0]
+        index = self._next % len(self.sessions)
+        self._next += 1
+        return index
+
+    def for_user(self, user: str | None, mechanism: str | None, current: int) -> int | None:
+        """``by_user``: the session recorded for ``user`` (AUTH: see docs/replay.md)."""
+        order = [current]
+        order += [
+            i
+            for i in range(len(self.sessions))
+            if i != current and not (self.once and i in self._used)
+        ]
+        chosen: int | None = None
+        if user is not None:
+            chosen = next((i for i in order if self.sessions[i].user == user), None)
+        if chosen is None and mechanism is not None:
+            chosen = next(
+                (
+                    i
+                    for i in order
+                    if self.sessions[i].user is None
+                    and self.sessions[i].auth_mechanism == mechanism
+                ),
+                None,
+            )
+        if chosen is not None and chosen != current and self.once:
+            self._used.discard(current)
+            self._used.add(chosen)
+        return chosen
