@@ -199,16 +199,21 @@ class ClientReader:
     def start_tls(self) -> None:
         """The server answered STLS with ``+OK`` (RFC 2595 §4): what follows is TLS.
 
-        Bytes already received past the STLS line are injected plaintext.
+        Bytes already received past the STLS line are read as if they came now, so the
+        events do not depend on how the client's bytes were split: plaintext before a TLS
+        record is injected, a ClientHello sent right behind the STLS line goes to TLS.
         """
         if self._phase is ReaderPhase.ENDED:
             return
         self._phase = ReaderPhase.AWAIT_TLS
-        self._injected = self._unreported = len(self._buffer)
-        self._waited = 0
+        self._injected = self._unreported = self._waited = 0
         self._overflow = False
+        buffered = bytes(self._buffer)
         self._buffer.clear()
         self._scanned = 0
+        self._drop_until_tls(buffered)
+        # What was already received counts as injected, not against the wait's bound.
+        self._waited = 0
 
     def tls_established(self) -> None:
         """TLS is up: the bytes fed from now on are the decrypted client stream."""
