@@ -28,6 +28,7 @@ from pop3tap.protocol import (
     is_known_command,
     mask_line,
     secret_verb,
+    split_command,
 )
 from pop3tap.replay._recorded import RecordedExchange, RecordedSession
 
@@ -86,30 +87,37 @@ def masked_command(line: bytes, *, after_auth: bool = False) -> str:
     return f"{verb_shown} {shown}".rstrip()
 
 
-def args_key(verb: str, args: bytes, masked: bool) -> bytes:
-    """What must be equal for a client command to match a recorded one.
+def line_key(line: bytes, masked: bool) -> tuple[str, bytes]:
+    """The keyword of a command line and what else must be equal for it to match.
 
     In a capture that masks secrets, PASS, APOP and AUTH lines are compared as the core's
     :func:`~pop3tap.protocol.mask_line` (the rule the capture masker follows) leaves them:
     the secret is the placeholder wherever it sits, and the clear words before it are
     compared one separator apart, so a recorded masked line and the live line it was masked
-    from get the same key. The SASL mechanism name is case-insensitive (RFC 5034 §4).
-    Everything else, kept secrets included, must be equal byte for byte.
+    from always get the same key. The SASL mechanism name is case-insensitive (RFC 5034
+    §4). Everything else, kept secrets included, must be equal byte for byte.
     """
+    verb, args = split_command(line)
     keyword = verb.encode("ascii", "replace")
     if masked and secret_verb(keyword) == keyword:
-        words = mask_line(keyword + b" " + args).translate(_SEPARATORS_TO_SPACE).split(b" ")
-        words = [word for word in words[1:] if word]
+        words = mask_line(line).translate(_SEPARATORS_TO_SPACE).split(b" ")
+        words = [word for word in words if word][1:]
         if verb == "AUTH" and words:
             words[0] = words[0].upper()
-        return b" ".join(words)
+        return verb, b" ".join(words)
     if verb == "AUTH":
         parts = args.split(None, 1)
         if not parts:
-            return b""
+            return verb, b""
         mechanism = parts[0].upper()
-        return mechanism if len(parts) == 1 else mechanism + b" " + parts[1]
-    return args
+        return verb, mechanism if len(parts) == 1 else mechanism + b" " + parts[1]
+    return verb, args
+
+
+def args_key(verb: str, args: bytes, masked: bool) -> bytes:
+    """:func:`line_key` of ``VERB args`` (a line already split by
+    :func:`~pop3tap.protocol.split_command`)."""
+    return line_key(verb.encode("ascii", "replace") + b" " + args, masked)[1]
 
 
 _SEPARATORS_TO_SPACE = bytes.maketrans(
@@ -164,12 +172,14 @@ class Matcher:
         #: The connection is past its STLS upgrade (RFC 2595 §4).
         self.after_tls = False
         self._masked = self.session.secrets == "masked"
+        self._keys = [self.keys(ex) for ex in self.session.exchanges]
 
-    def switched(self, index: int, answered: Sequence[tuple[str, bytes]]) -> Matcher:
-        """A matcher for another session (``by_user``) that has played ``answered``."""
+    def switched(self, index: int, answered: Sequence[bytes]) -> Matcher:
+        """A matcher for another session (``by_user``) that has played the ``answered``
+        command lines."""
         other = Matcher(self.accounting, index, mode=self.mode, listen_tls=self.listen_tls)
-        for verb, args in answered:
-            found = other.find(verb, args)
+        for line in answered:
+            found = other.find(line)
             if found is not None:
                 other.mark(found)
                 other.after_tls = other.after_tls or found.starts_tls
@@ -185,12 +195,14 @@ class Matcher:
         return not self.phased or ex.after_tls == self.after_tls
 
     def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
-        """What a client command must equal to match ``ex``."""
-        return ex.match_verb, args_key(ex.match_verb, ex.raw_args, self._masked)
+        """What a client command must equal to match ``ex`` (see :func:`line_key`)."""
+        if ex.match_verb == SECRET_PLACEHOLDER:  # a line the capture masked whole
+            return ex.match_verb, ex.raw_args
+        return line_key(ex.line, self._masked)
 
-    def find(self, verb: str, args: bytes) -> RecordedExchange | None:
-        """The exchange that answers this command under the match mode."""
-        wanted = (verb, args_key(verb, args, self._masked))
+    def find(self, line: bytes) -> RecordedExchange | None:
+        """The exchange that answers this command line under the match mode."""
+        wanted = line_key(line, self._masked)
         exchanges = self.session.exchanges
         if self.mode == "strict":
             while self.cursor < len(exchanges) and self.played[self.cursor]:
@@ -198,7 +210,8 @@ class Matcher:
             if self.cursor < len(exchanges):
                 ex = exchanges[self.cursor]
                 # The recorded client may have left before its last command was answered.
-                if (ex.answered or ex.closes) and self.in_phase(ex) and self.keys(ex) == wanted:
+                playable = (ex.answered or ex.closes) and self.in_phase(ex)
+                if playable and self._keys[ex.index] == wanted:
                     return ex
             return None
         last: RecordedExchange | None = None
@@ -207,7 +220,7 @@ class Matcher:
                 continue  # the client left before the recorded server answered
             if not self.in_phase(ex):
                 continue
-            if self.keys(ex) == wanted:
+            if self._keys[ex.index] == wanted:
                 if not self.played[ex.index]:
                     return ex
                 last = ex
@@ -218,12 +231,12 @@ class Matcher:
         self.played[ex.index] = True
         self.accounting.counts[self.index][ex.index] += 1
 
-    def candidates(self, verb: str, args: bytes, shown: str, limit: int = 3) -> list[str]:
+    def candidates(self, line: bytes, shown: str, limit: int = 3) -> list[str]:
         """The closest recorded commands and what differed (vcrpy best matches)."""
-        key = args_key(verb, args, self._masked)
+        verb, key = line_key(line, self._masked)
         scored: list[tuple[float, int, str]] = []
         for ex in self.session.exchanges:
-            ex_verb, ex_key = self.keys(ex)
+            ex_verb, ex_key = self._keys[ex.index]
             if ex_verb == verb and ex_key == key and not self.in_phase(ex):
                 why = "recorded after STLS" if ex.after_tls else "recorded before STLS"
                 score = 3.5
