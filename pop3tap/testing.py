@@ -10,10 +10,13 @@ from __future__ import annotations
 import io
 import poplib
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pop3tap.protocol import SECRET_PLACEHOLDER, expects_multiline, split_command
-from pop3tap.replay import RecordedSession
+
+if TYPE_CHECKING:
+    # The value type only (a pure module): driving a client needs no replay server.
+    from pop3tap.replay._recorded import RecordedSession
 
 
 class _TeeReader(io.RawIOBase):

@@ -6,6 +6,7 @@ import argparse
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -26,6 +27,9 @@ from pop3tap.cli._common import (
     setup_logging,
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
+
+if TYPE_CHECKING:
+    from pop3tap.replay import RecordedSession, ReplayConfig, ReplayServer
 
 
 def _timing(text: str) -> str:
@@ -102,6 +106,17 @@ def add_subcommand(sub: Subparsers) -> None:
         help="capture files or directories (optional with --model --messages)",
     )
     add_listen_option(parser)
+    _add_matching_options(parser)
+    _add_model_options(parser)
+    _add_tls_options(parser)
+    add_fault_options(parser, relay=False)
+    add_workers_option(parser)
+    add_logging_options(parser)
+    parser.set_defaults(handler=_cmd_replay)
+
+
+def _add_matching_options(parser: argparse.ArgumentParser) -> None:
+    """Which session a connection plays, how commands match, timing and time limits."""
     parser.add_argument(
         "--sessions",
         choices=("cycle", "once"),
@@ -144,6 +159,10 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="close connections idle this long (default 600)",
     )
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``: a mailbox built from the captures (docs/model.md)."""
     model = parser.add_argument_group(
         "mailbox model",
         "Serve a consistent POP3 mailbox built from the captures for any command order, with "
@@ -186,6 +205,10 @@ def add_subcommand(sub: Subparsers) -> None:
         help="check USER's logins against PASSWORD (repeatable; default: the password kept in "
         "the capture, or any password when it was masked)",
     )
+
+
+def _add_tls_options(parser: argparse.ArgumentParser) -> None:
+    """Implicit TLS, STLS certificates and the handshake limit."""
     tls = parser.add_argument_group(
         "TLS",
         "STLS captures (RFC 2595 §4) upgrade where they did when recorded; certificates come "
@@ -206,27 +229,30 @@ def add_subcommand(sub: Subparsers) -> None:
         metavar="SECONDS",
         help="limit for each TLS handshake with a client (default 15)",
     )
-    add_fault_options(parser, relay=False)
-    add_workers_option(parser)
-    add_logging_options(parser)
-    parser.set_defaults(handler=_cmd_replay)
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-
-    from pop3tap.capture import CaptureError
-    from pop3tap.cli._common import serve_until_stopped, serve_workers, stopped_exit_code
-    from pop3tap.relay import Endpoint
-    from pop3tap.replay import (
-        ReplayConfig,
-        ReplayError,
-        ReplayServer,
-        load_sessions,
-        resolve_tls,
-    )
+    from pop3tap.replay import ReplayError, ReplayServer
     from pop3tap.tls import TlsSetupError
 
     host, port = parse_endpoint(args.listen, default_host="127.0.0.1")
+    _check_args(args)
+    config, sessions = _load(args, host, port)
+    setup_logging(args)
+    log = structlog.get_logger("pop3tap")
+    if not is_loopback(config.listen.host):
+        log.warning("replay.public_listen", listen=config.listen.host)
+    try:
+        server = ReplayServer(config, sessions)
+    except ReplayError as exc:
+        raise CliError(str(exc)) from None
+    except TlsSetupError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    return _serve(args, server, len(sessions), log)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Option combinations that cannot work, refused before anything is loaded."""
     if not args.captures and args.messages is None:
         raise CliError("replay needs capture files or directories (or --model --messages DIR)")
     if args.model:
@@ -242,6 +268,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             f"record of played sessions, so --sessions {args.sessions} would replay them "
             "more than once"
         )
+
+
+def _load(
+    args: argparse.Namespace, host: str, port: int
+) -> tuple[ReplayConfig, list[RecordedSession]]:
+    """The configuration and the recorded sessions; warnings and notes go to stderr."""
+    from pop3tap.capture import CaptureError
+    from pop3tap.relay import Endpoint
+    from pop3tap.replay import ReplayConfig, ReplayError, load_sessions, resolve_tls
+
     try:
         config = ReplayConfig(
             captures=tuple(args.captures),
@@ -280,16 +316,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     for note in notes:
         print(printable(f"pop3tap: note: {note}"), file=sys.stderr)
-    setup_logging(args)
-    log = structlog.get_logger("pop3tap")
-    if not is_loopback(host):
-        log.warning("replay.public_listen", listen=host)
-    try:
-        server = ReplayServer(config, sessions)
-    except ReplayError as exc:
-        raise CliError(str(exc)) from None
-    except TlsSetupError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from None
+    return config, sessions
+
+
+def _serve(args: argparse.Namespace, server: ReplayServer, sessions: int, log: Any) -> int:
+    """Serve until stopped (in ``--workers`` processes); the exit code."""
+    from pop3tap.cli._common import serve_until_stopped, serve_workers, stopped_exit_code
+
+    config = server.config
 
     def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
         server.sockets = sockets  # each worker has its own copy of the server
@@ -298,7 +332,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             log.info(
                 "replay.listening",
                 listen=str(server.address),
-                sessions=len(sessions),
+                sessions=sessions,
                 mode="model" if config.model else "bytes",
                 match=config.match,
                 timing=str(config.timing),
