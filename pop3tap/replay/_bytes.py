@@ -1,8 +1,8 @@
 """Byte replay on one connection: the recorded greeting, then recorded answers.
 
-Each connection is given one recorded session (:class:`~pop3tap.replay._matching.
-SessionPicker`), gets its greeting, and every client command is answered with the bytes a
-:class:`~pop3tap.replay._matching.Matcher` finds for it. A command without a recorded answer
+Each connection is given one recorded session (a ``SessionPicker`` decides which), gets its
+greeting, and every client command is answered with the bytes a ``Matcher`` finds for it
+(both in :mod:`pop3tap.replay._matching`). A command without a recorded answer
 gets one ``-ERR`` line naming pop3tap and the command (masked: secrets and possible SASL
 data never show, RFC 5034 §4), and a log event lists the closest recorded commands. Where
 the recorded server closed the connection, the replay sends the recorded bytes up to that

@@ -120,6 +120,13 @@ def args_key(verb: str, args: bytes, masked: bool) -> bytes:
     return line_key(verb.encode("ascii", "replace") + b" " + args, masked)[1]
 
 
+def exchange_key(ex: RecordedExchange, masked: bool) -> tuple[str, bytes]:
+    """What a client command must equal to match ``ex`` (see :func:`line_key`)."""
+    if ex.match_verb == SECRET_PLACEHOLDER:  # a line the capture masked whole
+        return ex.match_verb, ex.raw_args
+    return line_key(ex.line, masked)
+
+
 _SEPARATORS_TO_SPACE = bytes.maketrans(
     bytes(sorted(WORD_SEPARATORS)), b" " * len(WORD_SEPARATORS)
 )
@@ -136,6 +143,17 @@ class Accounting:
         self.counts = [[0] * len(s.exchanges) for s in sessions]
         self.unmatched: list[UnmatchedCommand] = []
         self.unmatched_total = 0
+        self._keys: dict[int, list[tuple[str, bytes]]] = {}
+
+    def keys(self, index: int) -> list[tuple[str, bytes]]:
+        """The match keys of session ``index``'s exchanges, worked out once for every
+        connection that plays it (see :func:`exchange_key`)."""
+        keys = self._keys.get(index)
+        if keys is None:
+            session = self.sessions[index]
+            masked = session.secrets == "masked"
+            keys = self._keys[index] = [exchange_key(ex, masked) for ex in session.exchanges]
+        return keys
 
     def note_unmatched(self, capture: str, command: str, candidates: tuple[str, ...]) -> None:
         """A command without a recorded answer (the first :data:`MAX_UNMATCHED_KEPT` kept)."""
@@ -172,7 +190,7 @@ class Matcher:
         #: The connection is past its STLS upgrade (RFC 2595 §4).
         self.after_tls = False
         self._masked = self.session.secrets == "masked"
-        self._keys = [self.keys(ex) for ex in self.session.exchanges]
+        self._keys = accounting.keys(index)
 
     def switched(self, index: int, answered: Sequence[bytes]) -> Matcher:
         """A matcher for another session (``by_user``) that has played the ``answered``
@@ -193,12 +211,6 @@ class Matcher:
         after it. Off for sessions without STLS and on implicit-TLS listeners.
         """
         return not self.phased or ex.after_tls == self.after_tls
-
-    def keys(self, ex: RecordedExchange) -> tuple[str, bytes]:
-        """What a client command must equal to match ``ex`` (see :func:`line_key`)."""
-        if ex.match_verb == SECRET_PLACEHOLDER:  # a line the capture masked whole
-            return ex.match_verb, ex.raw_args
-        return line_key(ex.line, self._masked)
 
     def find(self, line: bytes) -> RecordedExchange | None:
         """The exchange that answers this command line under the match mode."""
