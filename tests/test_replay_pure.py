@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop3tap.capture import Capture, CaptureHeader, CloseRecord, DataRecord, EventRecord, Record
-from pop3tap.protocol import SECRET_PLACEHOLDER, Status, mask_line, split_command
+from pop3tap.protocol import SECRET_PLACEHOLDER, Command, Status, mask_line, split_command
 from pop3tap.replay import RecordedSession, ReplayError, args_key, session_from_capture
 from pop3tap.replay._matching import (
     MAX_UNMATCHED_KEPT,
@@ -210,8 +210,12 @@ def matcher(turns: Turns = USER_PASS, mode: str = "default", secrets: str = "mas
     return Matcher(Accounting([session]), 0, mode=mode, listen_tls=False)  # type: ignore[arg-type]
 
 
+def command(line: bytes) -> Command:
+    return Command(line, *split_command(line), after_auth=False)
+
+
 def play(m: Matcher, line: bytes) -> bytes | None:
-    found = m.find(line)
+    found = m.find(command(line))
     if found is None:
         return None
     m.mark(found)
@@ -223,7 +227,7 @@ def test_default_mode_answers_repeated_commands_in_recorded_order() -> None:
     assert play(m, b"NOOP") == b"+OK\r\n"
     assert play(m, b"NOOP") == b"+OK second\r\n"
     assert play(m, b"NOOP") is None
-    assert m.candidates(b"NOOP", "NOOP")[0].endswith("(already played)")
+    assert m.candidates(command(b"NOOP"), "NOOP")[0].endswith("(already played)")
 
 
 def test_any_mode_reuses_the_last_match() -> None:
@@ -236,7 +240,7 @@ def test_any_mode_reuses_the_last_match() -> None:
 def test_strict_mode_wants_exactly_the_next_command() -> None:
     m = matcher(mode="strict")
     assert play(m, b"PASS x") is None
-    assert "expected next" in m.candidates(b"PASS x", "PASS x")[0]
+    assert "expected next" in m.candidates(command(b"PASS x"), "PASS x")[0]
     assert play(m, b"USER alice") == b"+OK\r\n"
     assert play(m, b"PASS anything") == b"+OK logged in\r\n"
 
@@ -251,7 +255,7 @@ def test_masked_secrets_match_any_value_kept_ones_must_be_equal() -> None:
 def test_arguments_must_be_equal() -> None:
     m = matcher()
     assert play(m, b"RETR 2") is None
-    assert m.candidates(b"RETR 2", "RETR 2")[0] == "#4 RETR 1 (arguments differ)"
+    assert m.candidates(command(b"RETR 2"), "RETR 2")[0] == "#4 RETR 1 (arguments differ)"
 
 
 @settings(max_examples=300, deadline=None)
@@ -281,7 +285,7 @@ def test_a_switch_replays_what_was_answered_before() -> None:
     sessions = [session_from_capture(capture_of(t)) for t in (USER_PASS, other)]
     accounting = Accounting(sessions)
     first = Matcher(accounting, 0, mode="default", listen_tls=False)
-    moved = first.switched(1, [b"NOOP"])
+    moved = first.switched(1, [command(b"NOOP")])
     assert moved.index == 1 and moved.played[4] and not first.played[4]
     assert accounting.counts[1][4] == 1
 

@@ -39,7 +39,7 @@ import base64
 import binascii
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from pop3tap.protocol._commands import opens_auth, shown_command, split_command
 
@@ -51,9 +51,11 @@ DEFAULT_MAX_INJECTED: Final = 64 * 1024
 TLS_HANDSHAKE_RECORD: Final = 0x16
 
 
-@dataclass(frozen=True, slots=True)
-class Command:
-    """A client line read as a command (RFC 1939 §3)."""
+class Command(NamedTuple):
+    """A client line read as a command (RFC 1939 §3).
+
+    A named tuple, as :class:`SaslLine`: one is made for every client line, so it is cheap.
+    """
 
     #: The line without its ending.
     line: bytes
@@ -71,8 +73,7 @@ class Command:
         return shown_command(self.line, after_auth=self.after_auth)
 
 
-@dataclass(frozen=True, slots=True)
-class SaslLine:
+class SaslLine(NamedTuple):
     """The client's answer to a ``+`` continuation (RFC 5034 §4): secret, never shown."""
 
     #: The line without its ending.
@@ -137,6 +138,13 @@ class ReaderPhase(enum.Enum):
     ENDED = "ended"
 
 
+_COMMANDS = ReaderPhase.COMMANDS
+_SASL = ReaderPhase.SASL
+_AWAIT_TLS = ReaderPhase.AWAIT_TLS
+_TLS = ReaderPhase.TLS
+_ENDED = ReaderPhase.ENDED
+
+
 class ClientReader:
     """Client bytes in, :data:`ClientEvent` values out (see the module docstring)."""
 
@@ -180,12 +188,13 @@ class ClientReader:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes the client sent, in any chunking."""
-        if self._phase is ReaderPhase.AWAIT_TLS:
-            self._drop_until_tls(data)
-        elif self._phase is ReaderPhase.TLS:
-            self._tls_bytes += data
-        elif self._phase is not ReaderPhase.ENDED:
+        phase = self._phase
+        if phase is _COMMANDS or phase is _SASL:
             self._buffer += data
+        elif phase is _AWAIT_TLS:
+            self._drop_until_tls(data)
+        elif phase is _TLS:
+            self._tls_bytes += data
 
     def receive_eof(self) -> None:
         """The client ended its stream."""
@@ -228,14 +237,12 @@ class ClientReader:
     def next_event(self) -> ClientEvent | NeedData:
         """The next thing the client sent, or :data:`NEED_DATA`."""
         phase = self._phase
-        if phase is ReaderPhase.AWAIT_TLS or phase is ReaderPhase.TLS:
-            return self._next_tls_event()
-        if phase is ReaderPhase.ENDED:
+        if phase is _COMMANDS or phase is _SASL:
+            line = self._next_line()
+            return self._classify(line) if isinstance(line, bytes) else line
+        if phase is _ENDED:
             return EndOfInput()
-        line = self._next_line()
-        if isinstance(line, bytes):
-            return self._classify(line)
-        return line
+        return self._next_tls_event()
 
     def _next_line(self) -> bytes | LineTooLong | EndOfInput | NeedData:
         buffer = self._buffer
@@ -267,12 +274,13 @@ class ClientReader:
         return LineTooLong(self.max_line)
 
     def _classify(self, line: bytes) -> Command | SaslLine:
-        if self._phase is ReaderPhase.SASL:
-            self._phase = ReaderPhase.COMMANDS
+        if self._phase is _SASL:
+            self._phase = _COMMANDS
             return SaslLine(line)
         verb, args = split_command(line)
         after_auth = self._auth_seen
-        self._auth_seen = after_auth or opens_auth(line)
+        if not after_auth:
+            self._auth_seen = opens_auth(line)
         return Command(line, verb, args, after_auth)
 
     def _drop_until_tls(self, data: bytes) -> None:

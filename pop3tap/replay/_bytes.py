@@ -48,7 +48,7 @@ class ByteReplayConnection(ReplayConnection):
     def __init__(self, server: ReplayServer, stream: trio.abc.Stream, number: int) -> None:
         super().__init__(server, stream, number)
         self.errors_in_a_row = 0
-        self.prelogin: list[bytes] = []
+        self.prelogin: list[Command] = []
         self.user_chosen = False
         #: The recorded server closed the connection here (so close as it did).
         self.recorded_close = False
@@ -98,7 +98,7 @@ class ByteReplayConnection(ReplayConnection):
 
     async def on_command(self, matcher: Matcher, command: Command) -> bool:
         """Answer one command; False when the session ends."""
-        ex = matcher.find(command.line)
+        ex = matcher.find(command)
         if ex is None:
             return not await self.no_answer(matcher, command)
         self.errors_in_a_row = 0
@@ -109,7 +109,7 @@ class ByteReplayConnection(ReplayConnection):
             await self.send_error("STLS refused: this connection is already TLS")
             return True
         if not self.user_chosen and len(self.prelogin) < _MAX_PRELOGIN:
-            self.prelogin.append(command.line)
+            self.prelogin.append(command)
         self.log.debug("replay.exchange", seq=ex.seq, command=ex.command)
         fault = self.faults.choose(command.verb, command.args) or recorded_fault(ex.fault)
         if not await self.answer(matcher, ex, fault):
@@ -190,7 +190,7 @@ class ByteReplayConnection(ReplayConnection):
         data: it is never echoed or logged (see :func:`masked_command`).
         """
         shown = masked_command(command.line, after_auth=command.after_auth)
-        candidates = matcher.candidates(command.line, shown)
+        candidates = matcher.candidates(command, shown)
         self.server.accounting.note_unmatched(matcher.session.name, shown, tuple(candidates))
         self.log.warning(
             "replay.no_match",

@@ -22,11 +22,11 @@ from pop3tap._faultio import Delivery, deliver
 from pop3tap.faults import ConnectionFaults, Fault, FaultAction, FaultError, parse_fault
 from pop3tap.log import get_logger
 from pop3tap.protocol import (
+    NEED_DATA,
     ClientReader,
     Command,
     EndOfInput,
     LineTooLong,
-    NeedData,
     PlaintextAfterStls,
     SaslLine,
     TlsData,
@@ -152,17 +152,18 @@ class ReplayConnection:
 
     async def next_line(self) -> Command | SaslLine | None:
         """The client's next line (None at the end of its stream)."""
+        reader = self.reader
         while True:
-            event = self.reader.next_event()
-            if isinstance(event, NeedData):
+            event = reader.next_event()
+            if type(event) is Command or type(event) is SaslLine:
+                return event
+            if event is NEED_DATA:
                 data = await self._receive()
                 if data:
-                    self.reader.receive_data(data)
+                    reader.receive_data(data)
                 else:
-                    self.reader.receive_eof()
+                    reader.receive_eof()
                 continue
-            if isinstance(event, Command | SaslLine):
-                return event
             if isinstance(event, LineTooLong):
                 raise LineTooLongError
             return None

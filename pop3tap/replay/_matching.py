@@ -17,6 +17,7 @@ the capture must be equal. :class:`Accounting` keeps what was played and what ha
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -24,6 +25,7 @@ from typing import Literal
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     WORD_SEPARATORS,
+    Command,
     describe_command,
     is_known_command,
     mask_line,
@@ -87,35 +89,48 @@ def masked_command(line: bytes, *, after_auth: bool = False) -> str:
     return f"{verb_shown} {shown}".rstrip()
 
 
-def line_key(line: bytes, masked: bool) -> tuple[str, bytes]:
-    """The keyword of a command line and what else must be equal for it to match.
+def command_key(verb: str, args: bytes, line: bytes, masked: bool) -> bytes:
+    """What else but the keyword must be equal for a command line to match a recorded one.
 
-    In a capture that masks secrets, PASS, APOP and AUTH lines are compared as the core's
+    ``verb`` and ``args`` are ``line`` split by :func:`~pop3tap.protocol.split_command`. In
+    a capture that masks secrets, PASS, APOP and AUTH lines are compared as the core's
     :func:`~pop3tap.protocol.mask_line` (the rule the capture masker follows) leaves them:
     the secret is the placeholder wherever it sits, and the clear words before it are
     compared one separator apart, so a recorded masked line and the live line it was masked
     from always get the same key. The SASL mechanism name is case-insensitive (RFC 5034
     §4). Everything else, kept secrets included, must be equal byte for byte.
     """
-    verb, args = split_command(line)
-    keyword = verb.encode("ascii", "replace")
-    if masked and secret_verb(keyword) == keyword:
+    if masked and _holds_secret(verb):
         words = mask_line(line).translate(_SEPARATORS_TO_SPACE).split(b" ")
         words = [word for word in words if word][1:]
         if verb == "AUTH" and words:
             words[0] = words[0].upper()
-        return verb, b" ".join(words)
+        return b" ".join(words)
     if verb == "AUTH":
         parts = args.split(None, 1)
         if not parts:
-            return verb, b""
+            return b""
         mechanism = parts[0].upper()
-        return verb, mechanism if len(parts) == 1 else mechanism + b" " + parts[1]
-    return verb, args
+        return mechanism if len(parts) == 1 else mechanism + b" " + parts[1]
+    return args
+
+
+@functools.lru_cache(maxsize=256)
+def _holds_secret(verb: str) -> bool:
+    """Whether ``verb`` (upper-cased, as split) is a keyword whose arguments hold a secret,
+    as the core's :func:`~pop3tap.protocol.secret_verb` says."""
+    keyword = verb.encode("ascii", "replace")
+    return secret_verb(keyword) == keyword
+
+
+def line_key(line: bytes, masked: bool) -> tuple[str, bytes]:
+    """The keyword of a command line and its :func:`command_key`."""
+    verb, args = split_command(line)
+    return verb, command_key(verb, args, line, masked)
 
 
 def args_key(verb: str, args: bytes, masked: bool) -> bytes:
-    """:func:`line_key` of ``VERB args`` (a line already split by
+    """:func:`command_key` of ``VERB args`` (a line already split by
     :func:`~pop3tap.protocol.split_command`)."""
     return line_key(verb.encode("ascii", "replace") + b" " + args, masked)[1]
 
@@ -192,12 +207,11 @@ class Matcher:
         self._masked = self.session.secrets == "masked"
         self._keys = accounting.keys(index)
 
-    def switched(self, index: int, answered: Sequence[bytes]) -> Matcher:
-        """A matcher for another session (``by_user``) that has played the ``answered``
-        command lines."""
+    def switched(self, index: int, answered: Sequence[Command]) -> Matcher:
+        """A matcher for another session (``by_user``) that has played ``answered``."""
         other = Matcher(self.accounting, index, mode=self.mode, listen_tls=self.listen_tls)
-        for line in answered:
-            found = other.find(line)
+        for command in answered:
+            found = other.find(command)
             if found is not None:
                 other.mark(found)
                 other.after_tls = other.after_tls or found.starts_tls
@@ -212,9 +226,10 @@ class Matcher:
         """
         return not self.phased or ex.after_tls == self.after_tls
 
-    def find(self, line: bytes) -> RecordedExchange | None:
-        """The exchange that answers this command line under the match mode."""
-        wanted = line_key(line, self._masked)
+    def find(self, command: Command) -> RecordedExchange | None:
+        """The exchange that answers this command under the match mode."""
+        line, verb, args, _after_auth = command
+        wanted = (verb, command_key(verb, args, line, self._masked))
         exchanges = self.session.exchanges
         if self.mode == "strict":
             while self.cursor < len(exchanges) and self.played[self.cursor]:
@@ -243,9 +258,10 @@ class Matcher:
         self.played[ex.index] = True
         self.accounting.counts[self.index][ex.index] += 1
 
-    def candidates(self, line: bytes, shown: str, limit: int = 3) -> list[str]:
+    def candidates(self, command: Command, shown: str, limit: int = 3) -> list[str]:
         """The closest recorded commands and what differed (vcrpy best matches)."""
-        verb, key = line_key(line, self._masked)
+        line, verb, args, _after_auth = command
+        key = command_key(verb, args, line, self._masked)
         scored: list[tuple[float, int, str]] = []
         for ex in self.session.exchanges:
             ex_verb, ex_key = self._keys[ex.index]
