@@ -27,13 +27,9 @@ MAX_FUNCTION_LINES = 60
 #: work lands. Nothing else may be added here.
 IN_PROGRESS = frozenset({
     "pop3tap/relay.py",
-    "pop3tap/replay.py",
-    "pop3tap/replay_model.py",
     "pop3tap/relay_faults.py",
-    "pop3tap/pytest_plugin.py",
     "pop3tap/workers.py",
     "pop3tap/cli/record.py",
-    "pop3tap/cli/replay.py",
     "pop3tap/protocol/_observer.py",
     "pop3tap/protocol/_masking.py",
 })  # fmt: skip
