@@ -244,6 +244,19 @@ def test_stls_injection_is_dropped_and_counted_then_tls_resumes_lines() -> None:
     assert reader.injected == 20
 
 
+def test_bytes_buffered_at_stls_do_not_count_against_the_wait() -> None:
+    """A long pipelined tail read with the STLS line is dropped, but only bytes that come
+    while waiting for the ClientHello count against ``max_injected``."""
+    reader = ClientReader(max_line=8192, max_injected=100)
+    reader.receive_data(b"STLS\r\n" + b"x" * 500)
+    assert isinstance(reader.next_event(), Command)
+    reader.start_tls()
+    assert reader.next_event() == PlaintextAfterStls(500, 500, False)
+    reader.receive_data(b"y" * 100 + CLIENT_HELLO)
+    assert reader.next_event() == PlaintextAfterStls(100, 600, False)
+    assert reader.next_event() == TlsData(CLIENT_HELLO)
+
+
 def test_plaintext_flood_after_stls_overflows() -> None:
     reader = ClientReader(max_injected=100)
     reader.start_tls()

@@ -223,6 +223,7 @@ class ClientReader:
         self._drop_until_tls(buffered)
         # What was already received counts as injected, not against the wait's bound.
         self._waited = 0
+        self._overflow = False
 
     def tls_established(self) -> None:
         """TLS is up: the bytes fed from now on are the decrypted client stream."""
