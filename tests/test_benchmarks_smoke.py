@@ -164,9 +164,9 @@ def test_quick_report_shape(report: dict[str, Any]) -> None:
             assert mode in report["ratio_to_direct"]
 
 
-def test_masking_benchmark_reports_both_loads() -> None:
+def test_masking_benchmark_reports_every_shape_and_both_loads() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.masking", "--repeat", "1"],
+        [sys.executable, "-m", "benchmarks.masking", "--repeat", "1", "--mib", "1"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -175,8 +175,18 @@ def test_masking_benchmark_reports_both_loads() -> None:
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["commands", "binary"]
-    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in lines)
+    shapes = [line for line in lines if line.startswith("shape ")]
+    ratios = [line for line in lines if not line.startswith("shape ")]
+    assert [line.split(":")[0] for line in shapes] == [
+        f"shape {name}"
+        for name in (
+            "binary", "long-lines", "commands", "pass-flood", "apop-flood", "odd-flood",
+            "auth-flood", "split-lines",
+        )
+    ]  # fmt: skip
+    assert all(float(line.split(": ")[1].split(" ")[0]) > 0 for line in shapes)
+    assert [line.split(":")[0] for line in ratios] == ["commands", "binary"]
+    assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in ratios)
 
 
 def test_hostile_quick_reports_every_figure(tmp_path: Path) -> None:
