@@ -1,6 +1,6 @@
-"""Build the optional C body scanner and ship the sample captures as package data.
+"""Build the optional C body scanner and line masker and ship the sample captures as package data.
 
-pop3tap works without the C scanner (pure-Python fallback). The sample captures live in
+pop3tap works without them (pure-Python fallbacks). The sample captures live in
 ``captures/`` of the source tree (where the README and the tests use them); the build copies
 them into the package as ``pop3tap/samples/`` so ``pop3tap demo`` works from any install.
 """
@@ -40,6 +40,11 @@ setup(
             "pop3tap.protocol._bodyscan_c",
             ["pop3tap/protocol/_bodyscan.c"],
             optional=True,  # no compiler or headers: install anyway, use the Python scanner
-        )
+        ),
+        Extension(
+            "pop3tap.protocol._maskscan_c",
+            ["pop3tap/protocol/_maskscan.c"],
+            optional=True,  # likewise: the Python masker (_masklines) gives the same bytes
+        ),
     ],
 )

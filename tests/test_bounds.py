@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,6 +38,8 @@ from pop3tap.protocol import (
     StrayLine,
     Suppressed,
     UnsolicitedLine,
+    _masking,
+    _masklines,
 )
 from pop3tap.render import render_json, render_lines
 
@@ -398,6 +401,47 @@ def test_masker_skips_lone_cr_floods_and_clear_lines_in_every_chunk() -> None:
         slow.end_of_stream()
         expected += [d for _, d in slow.take_released()]
         assert b"".join(out) == b"".join(expected), name
+
+
+_SECRET_FLOODS = {
+    "PASS": b"PASS x\r\n" * 32768,
+    "APOP": b"APOP u d\r\n" * 26214,
+    "mixed case and separators": b"pAsS\x00x\r\nPaSs\tx\napop bob\x0bd\r\nPASS1x\r\n" * 7000,
+    "lone CRs": b"PASS\rx\r\nNOOP\rPASS x\r\n\x7fAPOP b\rd\n" * 8000,
+    "clear and secret lines": b"NOOP\r\nPASS x\r\n" * 16384,
+    "an APOP name without an end": b"APOP " + b"n" * (1 << 20),
+    "separators after APOP": b"APOP" + b"\t" * (1 << 20),
+}
+
+
+def test_secret_verb_floods_take_a_bounded_number_of_python_steps_per_chunk() -> None:
+    """Lines whose first word is PASS or APOP (any case, any separator, lone CRs) are
+    masked by C-level work, with the C run masker and with the Python one: the Python
+    lines run per 64 KiB chunk stay under a constant, not one pass per line or per byte
+    (issue 10 item 8). The bytes are those of the byte steps."""
+    chunk = 65536 - 3  # every chunk boundary falls inside a line
+    run_maskers = [_masklines.mask_run_python]
+    if _masklines.MASKER == "c":
+        run_maskers.append(_masklines.mask_run)
+    for run_masker in run_maskers:
+        for name, flood in _SECRET_FLOODS.items():
+            pieces = [flood[pos : pos + chunk] for pos in range(0, len(flood), chunk)]
+            masker = SecretMasker()
+            out: list[bytes] = []
+
+            def feed(
+                masker: SecretMasker = masker, pieces: list[bytes] = pieces, out: list[bytes] = out
+            ) -> None:
+                for piece in pieces:
+                    out.append(masker.mask(piece))
+
+            with patch.object(_masking, "mask_run", run_masker):
+                work = lines_run(feed)
+            assert work < 600 * len(pieces), (run_masker, name, work)
+            slow = SecretMasker()
+            expected = [slow.mask_bytewise(piece) for piece in pieces]
+            assert b"".join(out) == b"".join(expected), name
+            assert b"x\r" not in b"".join(out) and b" d\r" not in b"".join(out)
 
 
 _MASK_PIECES = [

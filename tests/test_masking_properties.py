@@ -7,25 +7,33 @@ issue 11 item 1)."""
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
+from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scripted import SPLITS, Relayed, relay_model, relay_turns
 
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
+    SECRET_PLACEHOLDER,
     CommandSent,
     Event,
     Exchange,
     SecretMasker,
     Status,
     Verdict,
+    _masking,
+    _masklines,
     is_known_command,
     mask_line,
     opens_auth,
 )
 from pop3tap.render import render_json, render_lines
+
+SECRET_PLACEHOLDER_BYTES = SECRET_PLACEHOLDER.encode()
 
 GREETING = b"+OK ready <1.2@host>\r\n"
 
@@ -42,7 +50,6 @@ def shown_everywhere(session: Relayed) -> str:
     parts += [repr(exchange_fields(e)) for e in session.events if isinstance(e, Exchange)]
     parts += list(render_lines(capture, bodies=True)) + list(render_json(capture))
     return "\n".join(parts)
-
 
 
 # ---------------------------------------------------------------------------- fixed cases
@@ -144,12 +151,12 @@ def test_unresolved_lines_are_masked_at_session_end_and_at_the_bound() -> None:
     masker.mask(b"AUTH X\r\n" + b"STAT\r\n" * 2000)
     released = b"".join(data for _at, data in masker.take_released())
     assert released == b"********\r\n" * (2000 - 1024)
-    assert len(masker._held) == 1024
+    assert len(masker._lines.held) == 1024
     # Bytes are bounded too, and a line too long to be a command is never kept whole.
     masker = SecretMasker()
     masker.mask(b"AUTH X\r\n" + (b"LIST " + b"1" * 995 + b"\r\n") * 200 + b"x" * (1 << 20))
-    assert masker._held_bytes <= 64 * 1024
-    assert len(masker._open) <= 8193
+    assert masker._lines.held_bytes <= 64 * 1024
+    assert len(masker._lines.open) <= 8193
     masker.abandon()
     released = b"".join(data for _at, data in masker.take_released())
     assert released == b"********\r\n" * 200 + b"********"
@@ -495,3 +502,125 @@ def test_a_secret_after_any_blank_or_lone_cr_is_masked(
     masker.abandon()
     got += b"".join(data for _at, data in masker.take_released())
     assert secret not in got
+
+
+# ---------------------------------------------------------------------------- floods
+
+_RUN_MASKERS = {"python": _masklines.mask_run_python}
+if _masklines.MASKER == "c":
+    _RUN_MASKERS["c"] = _masklines.mask_run
+#: Every byte a server may take as a word separator (CR and LF end lines instead).
+_EVERY_SEPARATOR = [bytes([b]) for b in range(0x21) if b not in (0x0A, 0x0D)] + [b"\x7f"]
+_FLOOD_WORDS = [
+    b"PASS", b"APOP", b"AUTH", b"PASSWORD", b"AUTHX", b"APOPS", b"NOOP", b"USER", b"PAS",
+    b"pass1", b"apop=", b"auth\xc3", b"X",
+]  # fmt: skip
+_ARGUMENT_TOKENS = [b"bob", b"x", b"PLAIN", b"c2VjcmV0", b"\xc3\xa9", b"=", b"\r", b"PASS"]
+
+
+@st.composite
+def flood_streams(draw: st.DrawFn) -> bytes:
+    """A line repeated (a flood), in random case, with any separator bytes, lone CRs and
+    CR, LF or CRLF endings, around other such lines, and maybe an AUTH and SASL lines."""
+
+    def line() -> bytes:
+        word = draw(st.sampled_from(_FLOOD_WORDS))
+        flips = draw(st.lists(st.booleans(), min_size=len(word), max_size=len(word)))
+        word = bytes(
+            b ^ 0x20 if flip and 0x61 <= b | 0x20 <= 0x7A else b
+            for b, flip in zip(word, flips, strict=True)
+        )
+        lead = b"".join(draw(st.lists(st.sampled_from(_EVERY_SEPARATOR), max_size=2)))
+        glue = draw(st.sampled_from([b"", b"\r", b"1", *_EVERY_SEPARATOR]))
+        rest = b"".join(
+            draw(
+                st.lists(
+                    st.one_of(st.sampled_from(_EVERY_SEPARATOR), st.sampled_from(_ARGUMENT_TOKENS)),
+                    max_size=5,
+                )
+            )
+        )
+        rest = glue + rest
+        return lead + word + rest + draw(st.sampled_from([b"\r\n", b"\n", b"\r"]))
+
+    flood = line() * draw(st.integers(min_value=1, max_value=12))
+    stream = b"".join(line() for _ in range(draw(st.integers(0, 2)))) + flood
+    stream += b"".join(line() for _ in range(draw(st.integers(0, 2))))
+    if draw(st.booleans()):
+        stream += b"AUTH PLAIN\r\n" + b"c2VjcmV0\r\n" * draw(st.integers(1, 3)) + b"STAT\r\n"
+    return stream if stream.endswith(b"\n") else stream + b"\n"
+
+
+def _masked_whole(stream: bytes, cut: int | None) -> bytes:
+    """The stream through mask() (in two chunks when ``cut`` is given) or mask_bytewise()."""
+    masker = SecretMasker()
+    out = bytearray()
+    if cut is None:
+        out += masker.mask_bytewise(stream)
+    else:
+        out += masker.mask(stream[:cut])
+        out += masker.mask(stream[cut:])
+    masker.end_of_stream()
+    masker.abandon()
+    out += b"".join(data for _at, data in masker.take_released())
+    return bytes(out)
+
+
+def _line_reference(stream: bytes) -> bytes:
+    """mask_line() of each line up to the first that opens an AUTH; every later line is
+    held for a verdict that never comes, so it is masked whole."""
+    out = bytearray()
+    holding = False
+    for physical in stream.split(b"\n")[:-1]:
+        content, crlf = (physical[:-1], True) if physical.endswith(b"\r") else (physical, False)
+        if holding:
+            out += SECRET_PLACEHOLDER_BYTES if content else b""
+        else:
+            out += mask_line(content)
+            holding = opens_auth(content)
+        out += b"\r\n" if crlf else b"\n"
+    return bytes(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stream=flood_streams())
+def test_floods_split_at_every_position_agree_with_the_byte_steps_and_the_line_rule(
+    stream: bytes,
+) -> None:
+    """Whatever the case, separators, lone CRs and endings of a flood, and wherever a chunk
+    boundary cuts it, mask() gives exactly what the byte steps and mask_line() give, with
+    the C and the Python run masker alike (issue 10 item 8)."""
+    expected = _masked_whole(stream, None)
+    assert expected == _line_reference(stream)
+    for name, run_masker in _RUN_MASKERS.items():
+        with patch.object(_masking, "mask_run", run_masker):
+            for cut in range(len(stream) + 1):
+                assert _masked_whole(stream, cut) == expected, (name, cut)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    stream=st.one_of(
+        flood_streams(),
+        st.lists(
+            st.one_of(
+                st.sampled_from(_FLOOD_WORDS + _ARGUMENT_TOKENS + _EVERY_SEPARATOR + [b"\n"]),
+                st.binary(max_size=6),
+            ),
+            max_size=40,
+        ).map(b"".join),
+    ),
+    pos=st.integers(min_value=0, max_value=8),
+)
+def test_the_c_run_masker_agrees_with_the_python_one(stream: bytes, pos: int) -> None:
+    if "c" not in _RUN_MASKERS:
+        pytest.skip("the C masker is not built (scripts/test.sh requires it)")
+    pos = min(pos, len(stream))
+    assert _RUN_MASKERS["c"](stream, pos) == _masklines.mask_run_python(stream, pos)
+
+
+def test_the_c_run_masker_is_built_when_required() -> None:
+    """scripts/test.sh sets POP3TAP_REQUIRE_C_SCANNER=1, so CI fails if the build fell back."""
+    if os.environ.get("POP3TAP_REQUIRE_C_SCANNER") != "1":
+        pytest.skip("POP3TAP_REQUIRE_C_SCANNER is not set")
+    assert _masklines.MASKER == "c"

@@ -16,30 +16,26 @@ server that splits words at any C blank takes that CR as a separator).
 
 After a line holding AUTH, any later line may be SASL data, and only the pairing of the
 whole session can tell (RFC 5034 §4: the server asks for each SASL line with ``+``). So
-from the line after it on, every line is *held* until the observer gives its verdict
-(:meth:`SecretMasker.resolve`): a command, a SASL line, or a SASL cancel ``*``. Even a
-command is written clear only if it is a known command with valid arguments
-(:func:`~pop3tap.protocol._commands.is_known_command`); anything else is masked whole.
-Held lines are bounded in number and bytes; a line that overflows the bound, or is still
-held when the stream ends or the pairing is given up, is masked. Once the pairing is in
-doubt (:meth:`SecretMasker.distrust`), every line after an AUTH is masked.
+from the line after it on, every line is *held* (:mod:`._heldlines`) until the observer
+gives its verdict (:meth:`SecretMasker.resolve`).
 
 Memory is bounded: before AUTH only the first word of a line (a few bytes) is kept; after
 it at most :data:`MAX_HELD_BYTES` and :data:`MAX_HELD_LINES`.
 
-Work per byte is C-level where a hostile client could make it large. Before an AUTH, a
-line's kind is decided within its first bytes (a first word that stops being a prefix of
-PASS/APOP/AUTH is clear, and the rest of the line is skipped with ``bytes.find``), and
-:meth:`SecretMasker.mask` copies whole the lines that cannot begin with a secret keyword,
-found by searching for the keywords. After an AUTH, a chunk bringing more whole lines than
-may be held masks all but the last :data:`MAX_HELD_LINES` in one substitution.
+Work per byte is C-level where a hostile client could make it large (issue 10: one client
+must not starve the others). :meth:`SecretMasker.mask` copies whole the lines that cannot
+begin with a secret keyword, found by searching for the keywords, and hands runs of whole
+lines whose masking the line rule decides alone (clear lines, PASS and APOP lines in any
+case and with any separator) to one C-level call (:func:`._masklines.mask_run`). Only an
+AUTH line and the line a chunk's edge cuts go through the byte steps
+(:meth:`SecretMasker.mask_bytewise`, the reference), where a line's kind is decided within
+its first bytes and words and separator runs are skipped with searches. After an AUTH, a
+chunk bringing more whole lines than may be held masks all but the last
+:data:`MAX_HELD_LINES` in one substitution.
 """
 
 from __future__ import annotations
 
-import re
-from collections import deque
-from dataclasses import dataclass
 from enum import Enum
 
 from pop3tap.protocol._commands import (
@@ -47,102 +43,30 @@ from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER_BYTES,
     SECRET_VERBS,
     WORD_SEPARATORS,
-    is_known_command,
-    mask_line,
+)
+from pop3tap.protocol._heldlines import (
+    MAX_HELD_BYTES,
+    MAX_HELD_LINE,
+    MAX_HELD_LINES,
+    HeldLines,
+    Verdict,
+)
+from pop3tap.protocol._masklines import (
+    KEYWORD_PREFIXES,
+    KEYWORDS,
+    SEPARATOR_RUN_END,
+    WORD_END,
+    mask_run,
+    may_hold_secret,
+    next_keyword_line,
 )
 
-#: Longest held line kept whole; a longer one cannot be a valid command and is masked.
-MAX_HELD_LINE = 8192
-#: Held lines and bytes per session before the oldest are masked without a verdict.
-MAX_HELD_LINES = 1024
-MAX_HELD_BYTES = 64 * 1024
+__all__ = ["MAX_HELD_BYTES", "MAX_HELD_LINE", "MAX_HELD_LINES", "SecretMasker", "Verdict"]
 
 _KEYWORD_LIMIT = 4
 _CR = 0x0D
 _LF = 0x0A
 _SEPARATORS = WORD_SEPARATORS
-
-
-#: The content of a line that masking replaces: everything before its LF except a CR right
-#: before the LF (greedy, so one match per non-empty line; a C-level substitution).
-_LINE_CONTENT = re.compile(rb"(?:[^\r\n]|\r(?!\n))+")
-
-
-def _may_hold_secret(data: bytes) -> bool:
-    """Whether a keyword of :data:`SECRET_VERBS` occurs anywhere, in any case."""
-    upper = data.upper()
-    return any(keyword in upper for keyword in SECRET_VERBS)
-
-
-_KEYWORDS = tuple(SECRET_VERBS)
-#: Every upper-cased beginning of a keyword: a first word that is not one is clear.
-_KEYWORD_PREFIXES = frozenset(
-    keyword[:length] for keyword in _KEYWORDS for length in range(1, len(keyword) + 1)
-)
-_SEPARATOR_BYTES = bytes(sorted(WORD_SEPARATORS))
-
-
-def _separator_run_start(data: bytes, pos: int, index: int) -> int:
-    """Where the run of word separators that ends at ``index`` begins (not before ``pos``)."""
-    window = 64
-    while True:
-        begin = max(pos, index - window)
-        kept = data[begin:index].rstrip(_SEPARATOR_BYTES)
-        if kept or begin == pos:
-            return begin + len(kept)
-        window *= 8
-
-
-def _next_keyword_line(data: bytes, upper: bytes, pos: int, hits: list[int]) -> int:
-    """Where the first line at or after ``pos`` (a line start) whose first word may begin
-    with a secret keyword starts, or -1.
-
-    Keywords are rare, so they are searched for (``bytes.find`` on the upper-cased chunk,
-    which folds ASCII letters only, as the step machine does), each at most once per byte:
-    ``hits`` keeps each keyword's next occurrence (-1: none left in the chunk). A hit
-    counts when only word separators stand between it and a line boundary: ``pos``, a LF,
-    or a CR (the byte after that CR is a separator or a letter: a lone CR).
-    """
-    while True:
-        best = which = -1
-        for number, keyword in enumerate(_KEYWORDS):
-            at = hits[number]
-            if 0 <= at < pos:
-                at = hits[number] = upper.find(keyword, pos)
-            if at >= 0 and (best < 0 or at < best):
-                best, which = at, number
-        if best < 0:
-            return -1
-        start = best
-        if start > pos and data[start - 1] in WORD_SEPARATORS:
-            start = _separator_run_start(data, pos, start)
-        if start == pos or data[start - 1] in (_LF, _CR):
-            return start
-        hits[which] = upper.find(_KEYWORDS[which], best + 1)
-
-
-class Verdict(Enum):
-    """What the observer decided a held client line was."""
-
-    #: SASL data, or a line that cannot be shown: masked whole.
-    MASK = 0
-    #: Taken by the server as a command: clear if it is a known command with valid
-    #: arguments (secrets in it still masked), else masked whole.
-    COMMAND = 1
-    #: A SASL response: clear only if it is exactly ``*`` (cancel, RFC 5034 §4).
-    CANCEL = 2
-
-
-@dataclass(slots=True)
-class _HeldLine:
-    #: Client-stream offset just past the line (its LF), as the observer counts it.
-    end: int
-    at: float
-    #: The line without its terminator; None when it was too long to keep.
-    content: bytes | None
-    #: Whether the content is non-empty (known even when it was not kept).
-    nonempty: bool
-    terminator: bytes
 
 
 class _Mode(Enum):
@@ -174,15 +98,8 @@ class SecretMasker:
         self._auth_on_line = False
         #: After an AUTH line: every line waits for a verdict.
         self._holding = False
-        self._distrusted = distrusted
-        self._held: deque[_HeldLine] = deque()
-        self._held_bytes = 0
-        #: The line being assembled while holding.
-        self._open = bytearray()
-        self._open_length = 0
-        self._open_at = 0.0
-        self._open_cr = False
-        self._released: list[tuple[float, bytearray]] = []
+        #: Lines after an AUTH, and the masked bytes released in stream order.
+        self._lines = HeldLines(distrusted=distrusted)
         self._last_at = 0.0
 
     # ------------------------------------------------------------------ public API
@@ -190,34 +107,33 @@ class SecretMasker:
     @property
     def holding(self) -> bool:
         """Complete lines wait for a verdict: server bytes may resolve them."""
-        return bool(self._held)
+        return bool(self._lines.held)
 
     def mask(self, data: bytes, at: float = 0.0) -> bytes:
         """Return what of ``data`` can be written now, secrets replaced; call once per
         chunk, in order. Lines held for a verdict come out of :meth:`take_released`."""
         if (
             self._mode is _Mode.LINE_START
-            and not (self._cr_at_edge or self._holding or self._released)
+            and not (self._cr_at_edge or self._holding or self._lines.released)
             and data.endswith(b"\n")
-            and not _may_hold_secret(data)
+            and not may_hold_secret(data)
         ):
             # Whole lines, none of them PASS, APOP or AUTH: nothing to mask, and the
             # state after them is a line start again, as the byte-wise path would leave it.
             self._offset += len(data)
             self._last_at = at
             return data
-        if self._holding or self._released or self._auth_on_line:
+        if self._holding or self._lines.released or self._auth_on_line:
             return self.mask_bytewise(data, at)
-        # Lines whose first word cannot begin with a secret keyword are found by keyword
-        # searches and copied whole; the byte steps see only the line the last chunk left
-        # open and the lines that may hold a secret, one line at a time, so that every
-        # line start goes back to the searches (a flood of lone CRs is a flood of lines).
+        # Python work here is a few steps per chunk: runs of lines the line rule decides
+        # alone are matched and masked by C-level regular expressions, lines that cannot
+        # begin with a secret keyword are found by keyword searches, and the byte steps see
+        # only the line the last chunk left open, an AUTH line and the chunk's last line.
         out = bytearray()
         pos = 0
-        size = len(data)
         upper = data.upper()
-        hits = [upper.find(keyword) for keyword in _KEYWORDS]
-        while pos < size:
+        hits = [upper.find(keyword) for keyword in KEYWORDS]
+        while pos < len(data):
             if self._holding or self._auth_on_line:
                 out += self.mask_bytewise(data[pos:], at)
                 break
@@ -231,30 +147,35 @@ class SecretMasker:
                     self._cr_at_edge = False
                     self._after_lone_cr(pos)
                 continue
-            if self._mode is not _Mode.LINE_START:
-                end = self._line_end(data, pos)
-                out += self.mask_bytewise(data[pos:end], at)
-                pos = end
-                continue
-            found = _next_keyword_line(data, upper, pos, hits)
-            if found < 0:
-                lf = data.rfind(b"\n", pos)
-                start = max(pos, lf + 1)
-                cr = data.rfind(b"\r", start, size - 1)  # a lone CR after the last LF
-                cut = max(start, cr + 1)
-            else:
-                cut = found
-            if cut == pos:
-                # This line may hold a secret (or is the partial last one): step it.
-                end = self._line_end(data, pos)
-                out += self.mask_bytewise(data[pos:end], at)
-                pos = end
-                continue
-            out += data[pos:cut]
-            self._offset += cut - pos
-            self._last_at = at
-            pos = cut
+            if self._mode is _Mode.LINE_START:
+                end = self._clear_lines_end(data, upper, pos, hits)
+                if end > pos:
+                    out += data[pos:end]
+                else:
+                    masked, end = mask_run(data, pos)
+                    out += masked
+                if end > pos:
+                    self._offset += end - pos
+                    self._last_at = at
+                    pos = end
+                    continue
+            # This line may hold a secret (or the chunk cuts it): step it.
+            end = self._line_end(data, pos)
+            out += self.mask_bytewise(data[pos:end], at)
+            pos = end
         return bytes(out)
+
+    @staticmethod
+    def _clear_lines_end(data: bytes, upper: bytes, pos: int, hits: list[int]) -> int:
+        """Where the lines from ``pos`` whose first word cannot begin with a secret keyword
+        end: at the next one that may, or after the chunk's last line end."""
+        found = next_keyword_line(data, upper, pos, hits)
+        if found >= 0:
+            return found
+        lf = data.rfind(b"\n", pos)
+        start = max(pos, lf + 1)
+        cr = data.rfind(b"\r", start, len(data) - 1)  # a lone CR after the last LF
+        return max(start, cr + 1)
 
     def _line_end(self, data: bytes, pos: int) -> int:
         """Where the line open at ``pos`` ends for classification: past its LF, or past a
@@ -277,9 +198,9 @@ class SecretMasker:
         pos = 0
         size = len(data)
         self._last_at = at
-        before = len(self._released)
+        before = len(self._lines.released)
         if self._holding:
-            self._hold(data, 0, at)
+            self._lines.hold(data, 0, at, self._offset)
             self._offset += size
             return b""
         if self._cr_at_edge and size:
@@ -292,7 +213,7 @@ class SecretMasker:
                 self._after_lone_cr(0)
         while pos < size:
             if self._holding:
-                self._hold(data, pos, at)
+                self._lines.hold(data, pos, at, self._offset)
                 break
             mode = self._mode
             if mode is _Mode.LINE_START:
@@ -306,23 +227,17 @@ class SecretMasker:
         self._offset += size
         if before and out:
             # Earlier lines still wait to be taken: these bytes come after them.
-            self._released.insert(before, (at, out))
+            self._lines.released.insert(before, (at, out))
             return b""
         return bytes(out)
 
     def resolve(self, end: int, verdict: Verdict) -> None:
         """The observer classified the client line that ends at stream offset ``end``."""
-        held = self._held
-        while held and held[0].end < end:
-            self._release(Verdict.MASK)  # never classified: mask
-        if held and held[0].end == end:
-            self._release(verdict)
+        self._lines.resolve(end, verdict)
 
     def distrust(self) -> None:
         """The pairing is lost or in doubt: mask every line after an AUTH from now on."""
-        self._distrusted = True
-        while self._held:
-            self._release(Verdict.MASK)
+        self._lines.distrust()
 
     def end_of_stream(self) -> None:
         """The client stream ended: a partial line is complete as it is.
@@ -331,121 +246,30 @@ class SecretMasker:
         :meth:`take_released`; after it the partial line waits for its verdict.
         """
         if self._holding:
-            if self._open_length:
-                self._close_open_line(b"")
+            if self._lines.open_length:
+                self._lines.close_open_line(b"", self._offset)
             return
         tail = b""
         if self._pending_cr and not self._secret_emitted:
             tail = b"\r"
         self._pending_cr = False
         if tail:
-            self._released.append((self._last_at, bytearray(tail)))
+            self._lines.released.append((self._last_at, bytearray(tail)))
 
     def abandon(self) -> None:
         """The session ends: every line still without a verdict is masked."""
-        if self._holding and self._open_length:
-            self._close_open_line(b"")
-        while self._held:
-            self._release(Verdict.MASK)
+        if self._holding and self._lines.open_length:
+            self._lines.close_open_line(b"", self._offset)
+        self._lines.mask_all()
 
     def adopt_released(self, released: list[tuple[float, bytes]]) -> None:
         """Bytes another masker released and nobody took yet: they come first."""
-        self._released[:0] = [(at, bytearray(data)) for at, data in released]
+        self._lines.released[:0] = [(at, bytearray(data)) for at, data in released]
 
     def take_released(self) -> list[tuple[float, bytes]]:
         """Masked bytes ready to be written, with the time their lines arrived, in order."""
-        released, self._released = self._released, []
+        released, self._lines.released = self._lines.released, []
         return [(at, bytes(data)) for at, data in released]
-
-    # ------------------------------------------------------------------ holding
-
-    def _hold(self, data: bytes, pos: int, at: float) -> None:
-        """Frame ``data[pos:]`` into held lines (LF ends a line, as the observer frames)."""
-        size = len(data)
-        base = self._offset
-        while pos < size:
-            if self._distrusted and not self._held and not self._open_length:
-                last = data.rfind(b"\n", pos)
-                if last >= 0:
-                    # Nothing waits and every line is masked: whole lines in one go.
-                    block = data[pos : last + 1]
-                    self._append_released(at, _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, block))
-                    pos = last + 1
-                    continue
-            if not self._open_length and data.count(b"\n", pos) > MAX_HELD_LINES:
-                # More whole lines than may be held: all but the last MAX_HELD_LINES would
-                # push the oldest out unresolved, masked. Do that in one substitution.
-                cut = size
-                for _ in range(MAX_HELD_LINES + 1):
-                    cut = data.rfind(b"\n", pos, cut)
-                while self._held:
-                    self._release(Verdict.MASK)
-                self._append_released(
-                    at, _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, data[pos : cut + 1])
-                )
-                pos = cut + 1
-                continue
-            if not self._open_length:
-                self._open_at = at
-            newline = data.find(b"\n", pos)
-            stop = size if newline < 0 else newline
-            if stop > pos:
-                room = MAX_HELD_LINE + 1 - len(self._open)
-                if room > 0:
-                    self._open += data[pos : min(stop, pos + room)]
-                self._open_length += stop - pos
-                self._open_cr = data[stop - 1] == _CR
-            if newline < 0:
-                return
-            self._close_open_line(b"\r\n" if self._open_cr else b"\n", base + newline + 1)
-            pos = newline + 1
-
-    def _close_open_line(self, terminator: bytes, end: int | None = None) -> None:
-        length = self._open_length - (1 if terminator == b"\r\n" else 0)
-        content = bytes(self._open[:length]) if length <= MAX_HELD_LINE else None
-        line = _HeldLine(
-            end=self._offset if end is None else end,
-            at=self._open_at,
-            content=content,
-            nonempty=length > 0,
-            terminator=terminator,
-        )
-        self._open.clear()
-        self._open_length = 0
-        self._open_cr = False
-        if self._distrusted and not self._held:
-            self._emit(line, Verdict.MASK)
-            return
-        self._held.append(line)
-        self._held_bytes += len(content) if content is not None else 0
-        while self._held and (
-            len(self._held) > MAX_HELD_LINES or self._held_bytes > MAX_HELD_BYTES
-        ):
-            self._release(Verdict.MASK)  # bound hit: masked without a verdict
-
-    def _release(self, verdict: Verdict) -> None:
-        line = self._held.popleft()
-        self._held_bytes -= len(line.content) if line.content is not None else 0
-        self._emit(line, verdict)
-
-    def _emit(self, line: _HeldLine, verdict: Verdict) -> None:
-        content = line.content
-        shown: bytes | None = None
-        if content is not None and not self._distrusted:
-            if verdict is Verdict.COMMAND and is_known_command(content):
-                shown = mask_line(content)
-            elif verdict is Verdict.CANCEL and content == b"*":
-                shown = content
-        if shown is None:
-            shown = SECRET_PLACEHOLDER_BYTES if line.nonempty else b""
-        self._append_released(line.at, shown + line.terminator)
-
-    def _append_released(self, at: float, data: bytes) -> None:
-        released = self._released
-        if released and released[-1][0] == at:
-            released[-1][1].extend(data)
-        else:
-            released.append((at, bytearray(data)))
 
     # ------------------------------------------------------------------ line classification
 
@@ -529,37 +353,50 @@ class SecretMasker:
                 following = self._line_boundary(data, pos, out)
                 return size if following is None else following
             if byte in _SEPARATORS:
+                if self._in_blank:
+                    # A run of separators between words: skipped with one search.
+                    found = SEPARATOR_RUN_END.search(data, pos)
+                    stop = size if found is None else found.start()
+                    out += data[pos:stop]
+                    pos = stop
+                    continue
                 out.append(byte)
                 pos += 1
-                if not self._in_blank:
-                    self._in_blank = True
-                    self._words += 1
-                    verdict = self._decide()
-                    if verdict is not None:
-                        self._mode = verdict
-                        return pos
+                self._in_blank = True
+                self._words += 1
+                verdict = self._decide()
+                if verdict is not None:
+                    self._mode = verdict
+                    return pos
                 continue
             self._in_blank = False
-            if self._words == 0:
-                if len(self._keyword) < _KEYWORD_LIMIT:
-                    self._keyword.append(byte & 0xDF if 0x61 <= byte <= 0x7A else byte)
-                    if bytes(self._keyword) not in _KEYWORD_PREFIXES:
-                        # The first word cannot begin with a secret keyword: the line is
-                        # clear, and the rest of it is skipped with bytes.find.
-                        out.append(byte)
-                        self._mode = _Mode.CLEAR
-                        return pos + 1
-                else:
-                    # A fifth byte glued to the keyword: a letter makes another word
-                    # (PASSWORD); anything else glues the secret to it (PASS1secret).
-                    self._keyword_too_long = True
-                    if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
-                        self._auth_on_line |= self._keyword == b"AUTH"
-                        self._mode = _Mode.SECRET
-                        return pos
+            if self._words:
+                # A word after the keyword (the APOP name, the AUTH mechanism), however
+                # long: skipped with one search.
+                found = WORD_END.search(data, pos)
+                stop = size if found is None else found.start()
+                out += data[pos:stop]
+                pos = stop
+                continue
+            if len(self._keyword) < _KEYWORD_LIMIT:
+                self._keyword.append(byte & 0xDF if 0x61 <= byte <= 0x7A else byte)
+                if bytes(self._keyword) not in KEYWORD_PREFIXES:
+                    # The first word cannot begin with a secret keyword: the line is
+                    # clear, and the rest of it is skipped with bytes.find.
                     out.append(byte)
                     self._mode = _Mode.CLEAR
                     return pos + 1
+            else:
+                # A fifth byte glued to the keyword: a letter makes another word
+                # (PASSWORD); anything else glues the secret to it (PASS1secret).
+                self._keyword_too_long = True
+                if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
+                    self._auth_on_line |= self._keyword == b"AUTH"
+                    self._mode = _Mode.SECRET
+                    return pos
+                out.append(byte)
+                self._mode = _Mode.CLEAR
+                return pos + 1
             out.append(byte)
             pos += 1
         return pos

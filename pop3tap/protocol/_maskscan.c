@@ -1,0 +1,192 @@
+/* The C twin of pop3tap.protocol._masklines.mask_run_python.
+ *
+ * mask_run(data, pos) -> (masked, end)
+ *
+ * From pos (a line start) takes whole lines (up to their LF) as long as the line rule of
+ * pop3tap.protocol._commands.mask_line decides them without state, and returns them masked
+ * with the end of the run. A line is cut into parts at lone CRs; a part whose first word
+ * (after separators: 0x00-0x20 but CR and LF, and 0x7f) begins with PASS or APOP in any
+ * case, followed by anything but a letter, decides the rest of the line (RFC 1939 section
+ * 7): its secret is replaced by "********" up to the line end, lone CRs included. A part
+ * beginning with AUTH ends the run before its line (every line after an AUTH waits for the
+ * pairing's verdict, RFC 5034 section 4), and so does a line without its LF yet.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+static const char PLACEHOLDER[] = "********";
+#define PLACEHOLDER_LEN 8
+
+static int
+is_sep(unsigned char c)
+{
+    return (c <= 0x20 && c != '\r' && c != '\n') || c == 0x7f;
+}
+
+static int
+is_letter(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+
+enum verb { VERB_NONE, VERB_PASS, VERB_APOP, VERB_AUTH };
+
+/* The secret verb that the word [w, e) begins with, as secret_verb() decides. */
+static enum verb
+verb_of(const unsigned char *w, const unsigned char *e)
+{
+    unsigned char up[4];
+    int i;
+
+    if (e - w < 4 || (e - w > 4 && is_letter(w[4])))
+        return VERB_NONE;
+    for (i = 0; i < 4; i++)
+        up[i] = (w[i] >= 'a' && w[i] <= 'z') ? (unsigned char)(w[i] - 0x20) : w[i];
+    if (memcmp(up, "PASS", 4) == 0)
+        return VERB_PASS;
+    if (memcmp(up, "APOP", 4) == 0)
+        return VERB_APOP;
+    if (memcmp(up, "AUTH", 4) == 0)
+        return VERB_AUTH;
+    return VERB_NONE;
+}
+
+/* End of the word that starts at p (a separator, a CR or the part's end). */
+static const unsigned char *
+word_end(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && !is_sep(*p) && *p != '\r')
+        p++;
+    return p;
+}
+
+static const unsigned char *
+separators_end(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && is_sep(*p))
+        p++;
+    return p;
+}
+
+/* Where the secret of a PASS/APOP part with first word [w, e) begins, or NULL. */
+static const unsigned char *
+secret_start(enum verb verb, const unsigned char *w, const unsigned char *e,
+             const unsigned char *end)
+{
+    if (e - w > 4)
+        return w + 4; /* glued to a non-letter: all of it is secret */
+    if (verb == VERB_APOP) {
+        if (e >= end || !is_sep(*e))
+            return NULL;
+        e = word_end(separators_end(e, end), end);
+    }
+    if (e < end && is_sep(*e))
+        return e + 1;
+    return NULL;
+}
+
+/* Mask one line [p, lf]; return the bytes written to out, or -1 for an AUTH line. */
+static Py_ssize_t
+mask_line(const unsigned char *p, const unsigned char *lf, unsigned char *out)
+{
+    const unsigned char *content_end = (lf > p && lf[-1] == '\r') ? lf - 1 : lf;
+    const unsigned char *part = p, *cut = NULL, *w, *e, *cr;
+    enum verb verb;
+    Py_ssize_t n;
+
+    for (;;) {
+        cr = memchr(part, '\r', (size_t)(content_end - part));
+        w = separators_end(part, content_end);
+        e = word_end(w, content_end);
+        verb = verb_of(w, e);
+        if (verb == VERB_AUTH)
+            return -1;
+        if (verb != VERB_NONE) {
+            cut = secret_start(verb, w, e, cr ? cr : content_end);
+            if (cut == NULL && cr != NULL)
+                cut = cr + 1; /* a lone CR before the secret began: the rest is secret */
+            break;
+        }
+        if (cr == NULL)
+            break;
+        part = cr + 1;
+    }
+    if (cut == NULL || cut >= content_end) {
+        n = lf + 1 - p;
+        memcpy(out, p, (size_t)n);
+        return n;
+    }
+    n = cut - p;
+    memcpy(out, p, (size_t)n);
+    memcpy(out + n, PLACEHOLDER, PLACEHOLDER_LEN);
+    n += PLACEHOLDER_LEN;
+    memcpy(out + n, content_end, (size_t)(lf + 1 - content_end));
+    return n + (lf + 1 - content_end);
+}
+
+static PyObject *
+mask_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t pos, written = 0, n;
+    const unsigned char *data, *p, *end, *lf;
+    unsigned char *out;
+    PyObject *masked, *result;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "mask_run takes 2 arguments");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (pos < 0 || pos > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "mask_run: pos out of range");
+        return NULL;
+    }
+    data = (const unsigned char *)view.buf;
+    end = data + view.len;
+    /* A masked line is at most 8 bytes longer than the 6 bytes it needs ("PASS1\n"). */
+    out = PyMem_Malloc((size_t)(view.len - pos) * 3 + 16);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    p = data + pos;
+    while (p < end) {
+        lf = memchr(p, '\n', (size_t)(end - p));
+        if (lf == NULL)
+            break;
+        n = mask_line(p, lf, out + written);
+        if (n < 0)
+            break;
+        written += n;
+        p = lf + 1;
+    }
+    masked = PyBytes_FromStringAndSize((const char *)out, written);
+    PyMem_Free(out);
+    result = masked ? Py_BuildValue("(Nn)", masked, (Py_ssize_t)(p - data)) : NULL;
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"mask_run", (PyCFunction)(void (*)(void))mask_run, METH_FASTCALL,
+     "mask_run(data, pos) -> (masked, end)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "pop3tap.protocol._maskscan_c",
+    "C masking of whole client lines whose secret the line rule decides alone.", 0, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__maskscan_c(void)
+{
+    return PyModule_Create(&module);
+}
