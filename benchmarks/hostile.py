@@ -1,7 +1,7 @@
 """What hostile clients cost ``pop3tap record`` (issue 10): LF bursts, a victim's NOOP
 round trips while attackers burst, and client binary uploads through the secret masker.
 
-    .venv/bin/python -m benchmarks.hostile [--quick] [--json PATH]
+    .venv/bin/python -m benchmarks.hostile [--quick] [--json PATH] [--only pass-flood]
 
 Behind the relay is a small upstream (this module with ``--serve``, its own process) that
 greets, answers each ``NOOP`` line with ``+OK`` and reads everything else without ever
@@ -15,6 +15,9 @@ against another one from the same run (the machine may be shared and noisy):
   while a new attacker session writes 256 KiB of LFs every second. Reported: both p99s and
   their ratio. ``victim_noop_bursts`` is the same with 1000 pipelined NOOPs per attacker,
   which the upstream answers (each answer is paired and logged).
+* ``victim_pass_flood``: the same victim while one attacker session writes ``PASS x``
+  lines as fast as the relay takes them (every line goes through the secret masker; the
+  upstream never answers them). ``--only pass-flood`` runs this figure alone.
 * ``upload``: a client sends random binary bytes (no line structure) to the upstream
   through the relay, and the same through ``trio-floor`` (a bare trio forwarder).
   Reported: MiB per second of wall time and per relay CPU second ("per core").
@@ -201,6 +204,62 @@ def victim(port: int, count: int, attack_seconds: float, burst: bytes = BURST) -
     }
 
 
+PASS_FLOOD = b"PASS x\r\n" * 8192
+
+
+def victim_flood(
+    port: int, count: int, attack_seconds: float, pid: int | None = None
+) -> dict[str, Any]:
+    """The victim's NOOP p99 idle, then while one session floods ``PASS x`` lines; with
+    the relay's ``pid``, also its CPU milliseconds per flooded MiB."""
+    sock = _greeted(port)
+    attacker = _greeted(port)
+    sent = 0
+    try:
+        _noops(sock, 200)  # warm up
+        idle = _noops(sock, count)
+        stop = threading.Event()
+
+        def flood() -> None:
+            nonlocal sent
+            while not stop.is_set():
+                try:
+                    attacker.sendall(PASS_FLOOD)
+                except OSError:
+                    return
+                sent += len(PASS_FLOOD)
+
+        thread = threading.Thread(target=flood, daemon=True)
+        thread.start()
+        attacked: list[float] = []
+        cpu0 = relays.process_cpu(pid) if pid else 0.0
+        start = time.monotonic()
+        while time.monotonic() - start < attack_seconds:
+            attacked += _noops(sock, 100)
+        seconds = time.monotonic() - start
+        cpu = relays.process_cpu(pid) - cpu0 if pid else 0.0
+        stop.set()
+        attacker.close()
+        thread.join(5)
+    finally:
+        sock.close()
+        attacker.close()
+    idle_p99 = loadgen.percentile(idle, 99)
+    attacked_p99 = loadgen.percentile(attacked, 99)
+    result: dict[str, Any] = {
+        "idle_noops": len(idle),
+        "attacked_noops": len(attacked),
+        "flood_mib_per_s": round(sent / 2**20 / seconds, 1),
+        "idle_p99_us": round(idle_p99, 1),
+        "attacked_p99_us": round(attacked_p99, 1),
+        "attacked_max_us": round(max(attacked), 1),
+        "p99_ratio": round(attacked_p99 / idle_p99, 2),
+    }
+    if pid and sent:
+        result["relay_cpu_ms_per_mib"] = round(cpu * 1000 / (sent / 2**20), 1)
+    return result
+
+
 def upload(port: int, pid: int | None, total: int) -> dict[str, Any]:
     block = random.Random(10).randbytes(256 * 1024)
     sock = _greeted(port)
@@ -240,15 +299,43 @@ def masker_alone(total: int) -> dict[str, Any]:
     return {"mib": total / 2**20, "mib_per_cpu_s": round(total / 2**20 / seconds, 1)}
 
 
+def _only_pass_flood(quick: bool, json_path: Path | None) -> int:
+    """The PASS-flood victim through pop3tap and through trio-floor, in the same run."""
+    noops, attack_s = (300, 2.0) if quick else (5000, 10.0)
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}}
+    upstream = start_upstream()
+    try:
+        with tempfile.TemporaryDirectory(prefix="pop3tap-hostile-") as tmp:
+            for mode in ("pop3tap", "trio-floor"):
+                relay = relays.start_relay(mode, upstream.port, Path(tmp), ())
+                try:
+                    flood = victim_flood(relay.port, noops, attack_s, relay.pid)
+                    results[mode] = {"victim_pass_flood": flood}
+                finally:
+                    relay.stop()
+    finally:
+        upstream.stop()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if json_path is not None:
+        json_path.write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only", choices=["pass-flood"], help="run one figure alone (against pop3tap)"
+    )
     args = parser.parse_args(argv)
     if args.serve:
         serve()
         return 0
+    if args.only:
+        return _only_pass_flood(args.quick, args.json)
     sessions, noops, attack_s, upload_mib = (
         (3, 300, 2.0, 32) if args.quick else (16, 5000, 10.0, 512)
     )
@@ -276,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
                         # Answered commands cost more than LFs: a pairing and a log line each.
                         out["victim_noop_bursts"] = victim(
                             relay.port, noops, attack_s, b"NOOP\r\n" * 1000
+                        )
+                        out["victim_pass_flood"] = victim_flood(
+                            relay.port, noops, attack_s, relay.pid
                         )
                     out["upload"] = upload(relay.port, relay.pid, upload_mib * 2**20)
                     results[name] = out

@@ -206,6 +206,9 @@ def test_hostile_quick_reports_every_figure(tmp_path: Path) -> None:
     for run in ("victim", "victim_noop_bursts"):
         assert pop3tap[run]["attacked_noops"] > 0 and pop3tap[run]["bursts"] > 0
         assert pop3tap[run]["p99_ratio"] > 0
+    flood = pop3tap["victim_pass_flood"]
+    assert flood["attacked_noops"] > 0 and flood["flood_mib_per_s"] > 0
+    assert flood["p99_ratio"] > 0 and flood["relay_cpu_ms_per_mib"] > 0
     for name in ("pop3tap", "pop3tap-keep-secrets", "trio-floor"):
         assert results[name]["upload"]["mib_per_relay_cpu_s"] > 0
     assert results["masker_alone"]["mib_per_cpu_s"] > 0
@@ -447,3 +450,20 @@ def test_capture_space_tmpfs_without_mounting_uses_dev_shm(
         root = workdir.parent
         assert root.is_dir()
     assert not root.exists()
+
+
+def test_hostile_pass_flood_alone_reports_both_relays(tmp_path: Path) -> None:
+    out = tmp_path / "flood.json"
+    command = [sys.executable, "-m", "benchmarks.hostile", "--quick", "--only", "pass-flood"]
+    subprocess.run(
+        [*command, "--json", str(out)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    results = json.loads(out.read_text())
+    for name in ("pop3tap", "trio-floor"):
+        flood = results[name]["victim_pass_flood"]
+        assert flood["attacked_noops"] > 0 and flood["p99_ratio"] > 0
+        assert flood["relay_cpu_ms_per_mib"] > 0
