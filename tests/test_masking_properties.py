@@ -617,6 +617,40 @@ def test_the_c_run_masker_agrees_with_the_python_one(stream: bytes, pos: int) ->
         pytest.skip("the C masker is not built (scripts/test.sh requires it)")
     pos = min(pos, len(stream))
     assert _RUN_MASKERS["c"](stream, pos) == _masklines.mask_run_python(stream, pos)
+    assert _masklines.mask_lines(stream[pos:]) == _masklines.mask_lines_python(stream[pos:])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.sampled_from([b"STAT", b"c2VjcmV0", b"*", b"", b"LIST 1", b"x\r", b"A" * 300]),
+        min_size=1,
+        max_size=12,
+    ),
+    repeat=st.sampled_from([1, 2, 100, 300]),
+    endings=st.sampled_from([b"\r\n", b"\n"]),
+    verdicts=st.lists(st.sampled_from(list(Verdict)), min_size=1, max_size=5),
+)
+def test_held_lines_are_the_same_whole_chunk_or_byte_by_byte(
+    lines: list[bytes], repeat: int, endings: bytes, verdicts: list[Verdict]
+) -> None:
+    """After an AUTH, a chunk of whole lines is held in one pass and overflowing lines
+    are masked in one substitution; byte by byte each line is held on its own. Both hold,
+    release and mask the same lines, whatever verdicts come (issue 10 item 8)."""
+    block = b"".join(line + endings for line in lines) * repeat
+    results = []
+    for chunks in ([block], [block[i : i + 1] for i in range(len(block))]):
+        masker = SecretMasker()
+        masker.mask(b"AUTH PLAIN\r\n")
+        for chunk in chunks:
+            masker.mask(chunk)
+        ends = [len(b"AUTH PLAIN\r\n") + i + 1 for i, byte in enumerate(block) if byte == 0x0A]
+        for index, end in enumerate(ends[-len(verdicts) * 3 :: 3]):
+            masker.resolve(end, verdicts[index % len(verdicts)])
+        masker.abandon()
+        results.append(b"".join(data for _at, data in masker.take_released()))
+    assert results[0] == results[1]
+    assert results[0].count(b"\n") == block.count(b"\n")
 
 
 def test_the_c_run_masker_is_built_when_required() -> None:

@@ -13,12 +13,14 @@ doubt (:meth:`HeldLines.distrust`), every line is masked, a chunk at a time.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum
+from operator import attrgetter
 
 from pop3tap.protocol._commands import SECRET_PLACEHOLDER_BYTES, is_known_command, mask_line
-from pop3tap.protocol._masklines import LINE_CONTENT
+from pop3tap.protocol._masklines import mask_lines
 
 #: Longest held line kept whole; a longer one cannot be a valid command and is masked.
 MAX_HELD_LINE = 8192
@@ -73,22 +75,24 @@ class HeldLines:
         ``base`` is the client-stream offset of ``data[0]``."""
         size = len(data)
         while pos < size:
-            if self.distrusted and not self.held and not self.open_length:
-                last = data.rfind(b"\n", pos)
-                if last >= 0:
-                    # Nothing waits and every line is masked: whole lines in one go.
-                    self._mask_whole_lines(at, data[pos : last + 1])
-                    pos = last + 1
-                    continue
-            if not self.open_length and data.count(b"\n", pos) > MAX_HELD_LINES:
-                # More whole lines than may be held: all but the last MAX_HELD_LINES would
-                # push the oldest out unresolved, masked. Do that in one substitution.
-                cut = size
-                for _ in range(MAX_HELD_LINES + 1):
-                    cut = data.rfind(b"\n", pos, cut)
-                self.mask_all()
-                self._mask_whole_lines(at, data[pos : cut + 1])
-                pos = cut + 1
+            last = -1 if self.open_length else data.rfind(b"\n", pos)
+            if last >= 0 and self.distrusted and not self.held:
+                # Nothing waits and every line is masked: whole lines in one go.
+                self._mask_whole_lines(at, data[pos : last + 1])
+                pos = last + 1
+                continue
+            if last >= 0 and not self.distrusted:
+                if data.count(b"\n", pos, last + 1) > MAX_HELD_LINES:
+                    # More whole lines than may be held: all but the last MAX_HELD_LINES
+                    # would push the oldest out unresolved, masked: one substitution.
+                    cut = last + 1
+                    for _ in range(MAX_HELD_LINES + 1):
+                        cut = data.rfind(b"\n", pos, cut)
+                    self.mask_all()
+                    self._mask_whole_lines(at, data[pos : cut + 1])
+                    pos = cut + 1
+                self._hold_whole_lines(data, pos, last + 1, at, base)
+                pos = last + 1
                 continue
             if not self.open_length:
                 self._open_at = at
@@ -105,8 +109,23 @@ class HeldLines:
             self.close_open_line(b"\r\n" if self._open_cr else b"\n", base + newline + 1)
             pos = newline + 1
 
+    def _hold_whole_lines(self, data: bytes, start: int, stop: int, at: float, base: int) -> None:
+        """Hold the whole lines of ``data[start:stop]`` (nothing open, nothing distrusted):
+        what :meth:`close_open_line` does for each, in one pass."""
+        held = self.held
+        end = base + start
+        for part in data[start:stop].split(b"\n")[:-1]:
+            end += len(part) + 1
+            crlf = part.endswith(b"\r")
+            content = part[:-1] if crlf else part
+            kept = content if len(content) <= MAX_HELD_LINE else None
+            held.append(HeldLine(end, at, kept, bool(content), b"\r\n" if crlf else b"\n"))
+            self.held_bytes += len(content) if kept is not None else 0
+        while held and (len(held) > MAX_HELD_LINES or self.held_bytes > MAX_HELD_BYTES):
+            self._release(Verdict.MASK)  # bound hit: masked without a verdict
+
     def _mask_whole_lines(self, at: float, block: bytes) -> None:
-        self.append_released(at, LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, block))
+        self.append_released(at, mask_lines(block))
 
     def close_open_line(self, terminator: bytes, end: int) -> None:
         """The open line ended (at stream offset ``end``) with ``terminator``."""
@@ -140,9 +159,17 @@ class HeldLines:
         self.mask_all()
 
     def mask_all(self) -> None:
-        """Release every held line masked, without a verdict."""
-        while self.held:
-            self._release(Verdict.MASK)
+        """Release every held line masked, without a verdict (as :meth:`_emit` masks)."""
+        for at, lines in itertools.groupby(self.held, key=attrgetter("at")):
+            self.append_released(
+                at,
+                b"".join(
+                    (SECRET_PLACEHOLDER_BYTES if line.nonempty else b"") + line.terminator
+                    for line in lines
+                ),
+            )
+        self.held.clear()
+        self.held_bytes = 0
 
     def _release(self, verdict: Verdict) -> None:
         line = self.held.popleft()

@@ -97,7 +97,13 @@ WORD_END = re.compile(b"[" + re.escape(_SEPARATOR_BYTES) + rb"\r\n]")
 SEPARATOR_RUN_END = re.compile(b"[^" + re.escape(_SEPARATOR_BYTES) + b"]")
 #: The content of a line that masking replaces: everything before its LF except a CR right
 #: before the LF (greedy, so one match per non-empty line).
-LINE_CONTENT = re.compile(rb"(?:[^\r\n]|\r(?!\n))+")
+_LINE_CONTENT = re.compile(rb"(?:[^\r\n]++|\r(?!\n))++")
+
+
+def mask_lines_python(block: bytes) -> bytes:
+    """Every line of ``block`` masked whole: its content (all but its LF and a CR right
+    before that LF) becomes the placeholder, an empty line stays empty."""
+    return _LINE_CONTENT.sub(SECRET_PLACEHOLDER_BYTES, block)
 
 
 def mask_run_python(data: bytes, pos: int) -> tuple[bytes, int]:
@@ -115,19 +121,22 @@ def mask_run_python(data: bytes, pos: int) -> tuple[bytes, int]:
 
 #: ``mask_run(data, pos) -> (masked, end)``.
 RunMasker = Callable[[bytes, int], tuple[bytes, int]]
+#: ``mask_lines(block) -> masked``.
+LinesMasker = Callable[[bytes], bytes]
 
 
-def _load() -> tuple[RunMasker, str]:
+def _load() -> tuple[RunMasker, LinesMasker, str]:
     if os.environ.get("POP3TAP_PURE_PYTHON", "") not in ("", "0"):
-        return mask_run_python, "python"
+        return mask_run_python, mask_lines_python, "python"
     try:
+        from pop3tap.protocol._maskscan_c import mask_lines as mask_lines_c
         from pop3tap.protocol._maskscan_c import mask_run as mask_run_c
     except ImportError:
-        return mask_run_python, "python"
-    return mask_run_c, "c"
+        return mask_run_python, mask_lines_python, "python"
+    return mask_run_c, mask_lines_c, "c"
 
 
-mask_run, MASKER = _load()
+mask_run, mask_lines, MASKER = _load()
 
 
 def may_hold_secret(data: bytes) -> bool:

@@ -10,6 +10,11 @@
  * 7): its secret is replaced by "********" up to the line end, lone CRs included. A part
  * beginning with AUTH ends the run before its line (every line after an AUTH waits for the
  * pairing's verdict, RFC 5034 section 4), and so does a line without its LF yet.
+ *
+ * mask_lines(block) -> masked
+ *
+ * The C twin of _masklines.mask_lines_python: every line masked whole (lines held after an
+ * AUTH that overflow the bound, or after the pairing was given up).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -174,7 +179,54 @@ mask_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+static PyObject *
+mask_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer view;
+    Py_ssize_t written = 0;
+    const unsigned char *p, *end, *lf, *content_end;
+    unsigned char *out;
+    PyObject *masked;
+
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "mask_lines takes 1 argument");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    /* A masked line is at most 8 bytes longer than the 2 bytes it needs ("x\n"). */
+    out = PyMem_Malloc((size_t)view.len * 5 + 16);
+    if (out == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    p = (const unsigned char *)view.buf;
+    end = p + view.len;
+    while (p < end) {
+        lf = memchr(p, '\n', (size_t)(end - p));
+        if (lf == NULL) {
+            memcpy(out + written, PLACEHOLDER, PLACEHOLDER_LEN); /* content up to the end */
+            written += PLACEHOLDER_LEN;
+            break;
+        }
+        content_end = (lf > p && lf[-1] == '\r') ? lf - 1 : lf;
+        if (content_end > p) {
+            memcpy(out + written, PLACEHOLDER, PLACEHOLDER_LEN);
+            written += PLACEHOLDER_LEN;
+        }
+        memcpy(out + written, content_end, (size_t)(lf + 1 - content_end));
+        written += lf + 1 - content_end;
+        p = lf + 1;
+    }
+    masked = PyBytes_FromStringAndSize((const char *)out, written);
+    PyMem_Free(out);
+    PyBuffer_Release(&view);
+    return masked;
+}
+
 static PyMethodDef methods[] = {
+    {"mask_lines", (PyCFunction)(void (*)(void))mask_lines, METH_FASTCALL,
+     "mask_lines(block) -> masked"},
     {"mask_run", (PyCFunction)(void (*)(void))mask_run, METH_FASTCALL,
      "mask_run(data, pos) -> (masked, end)"},
     {NULL, NULL, 0, NULL},
