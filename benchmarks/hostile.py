@@ -299,6 +299,17 @@ def masker_alone(total: int) -> dict[str, Any]:
     return {"mib": total / 2**20, "mib_per_cpu_s": round(total / 2**20 / seconds, 1)}
 
 
+def attacks(port: int, pid: int, sessions: int, noops: int, attack_s: float) -> dict[str, Any]:
+    """The figures taken against pop3tap only: LF bursts and the three victims."""
+    return {
+        "lf_burst": lf_burst(port, pid, sessions),
+        "victim": victim(port, noops, attack_s),
+        # Answered commands cost more than LFs: a pairing and a log line each.
+        "victim_noop_bursts": victim(port, noops, attack_s, b"NOOP\r\n" * 1000),
+        "victim_pass_flood": victim_flood(port, noops, attack_s, pid),
+    }
+
+
 def _only_pass_flood(quick: bool, json_path: Path | None) -> int:
     """The PASS-flood victim through pop3tap and through trio-floor, in the same run."""
     noops, attack_s = (300, 2.0) if quick else (5000, 10.0)
@@ -358,15 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                     assert relay.pid is not None
                     out: dict[str, Any] = {}
                     if name == "pop3tap":
-                        out["lf_burst"] = lf_burst(relay.port, relay.pid, sessions)
-                        out["victim"] = victim(relay.port, noops, attack_s)
-                        # Answered commands cost more than LFs: a pairing and a log line each.
-                        out["victim_noop_bursts"] = victim(
-                            relay.port, noops, attack_s, b"NOOP\r\n" * 1000
-                        )
-                        out["victim_pass_flood"] = victim_flood(
-                            relay.port, noops, attack_s, relay.pid
-                        )
+                        out = attacks(relay.port, relay.pid, sessions, noops, attack_s)
                     out["upload"] = upload(relay.port, relay.pid, upload_mib * 2**20)
                     results[name] = out
                 finally:

@@ -76,12 +76,11 @@ class _Mode(Enum):
     SECRET = 3
 
 
-class SecretMasker:
-    """Replace secret bytes with ``********``; everything else passes through unchanged."""
+class _LineSteps:
+    """The byte-step machine that classifies client lines before an AUTH (the reference:
+    :meth:`SecretMasker.mask_bytewise` drives it alone)."""
 
-    def __init__(self, offset: int = 0, *, distrusted: bool = False) -> None:
-        #: Client-stream offset of the next byte fed.
-        self._offset = offset
+    def __init__(self) -> None:
         self._mode = _Mode.LINE_START
         #: First word of the current command line (upper-cased, at most a few bytes).
         self._keyword = bytearray()
@@ -98,6 +97,195 @@ class SecretMasker:
         self._auth_on_line = False
         #: After an AUTH line: every line waits for a verdict.
         self._holding = False
+
+    def _start_line(self) -> None:
+        self._secret_emitted = False
+        self._pending_cr = False
+        self._mode = _Mode.COMMAND
+        self._keyword.clear()
+        self._keyword_too_long = False
+        self._words = 0
+        self._in_blank = True
+
+    def _end_of_line(self) -> None:
+        """An LF ended the line: after an AUTH on it, every later line is held."""
+        self._mode = _Mode.LINE_START
+        if self._auth_on_line:
+            self._auth_on_line = False
+            self._holding = True
+
+    def _line_boundary(self, data: bytes, pos: int, out: bytearray) -> int | None:
+        """At a CR in CLEAR/COMMAND mode: emit it and return where the next line starts,
+        or None when the CR is the last byte of the chunk (decided by the next chunk)."""
+        out.append(_CR)
+        if pos + 1 >= len(data):
+            self._cr_at_edge = True
+            return None
+        if data[pos + 1] == _LF:
+            out.append(_LF)
+            self._end_of_line()
+            return pos + 2
+        return self._after_lone_cr(pos + 1)
+
+    def _after_lone_cr(self, pos: int) -> int:
+        """A lone CR: what follows is classified as a new line, unless it follows an AUTH
+        (a server that ends lines there would take it as SASL data: secret to the LF)."""
+        if self._auth_on_line or self._secret_verb_open():
+            self._start_line()
+            self._mode = _Mode.SECRET
+        else:
+            self._mode = _Mode.LINE_START
+        return pos
+
+    def _secret_verb_open(self) -> bool:
+        """The line's first word is PASS, APOP or AUTH and its secret has not begun: a
+        server that splits words at any C blank takes a CR as a separator, so what
+        follows a lone CR there is the secret (the line's own rule, :func:`mask_line`)."""
+        return (
+            self._mode is _Mode.COMMAND
+            and not self._keyword_too_long
+            and bytes(self._keyword) in SECRET_VERBS
+        )
+
+    def _consume_clear(self, data: bytes, pos: int, out: bytearray) -> int:
+        size = len(data)
+        newline = data.find(b"\n", pos)
+        end = size if newline < 0 else newline
+        cr = data.find(b"\r", pos, end)
+        if cr >= 0:
+            out += data[pos:cr]
+            following = self._line_boundary(data, cr, out)
+            return size if following is None else following
+        if newline < 0:
+            out += data[pos:]
+            return size
+        out += data[pos : newline + 1]
+        self._end_of_line()
+        return newline + 1
+
+    def _consume_command(self, data: bytes, pos: int, out: bytearray) -> int:
+        """Pass bytes through until the first words show whether a secret follows."""
+        size = len(data)
+        while pos < size:
+            byte = data[pos]
+            if byte == _LF:
+                out.append(byte)
+                self._line_ended_in_command()
+                self._end_of_line()
+                return pos + 1
+            if byte == _CR:
+                self._line_ended_in_command()
+                following = self._line_boundary(data, pos, out)
+                return size if following is None else following
+            if byte in _SEPARATORS:
+                if self._in_blank:
+                    # A run of separators between words: skipped with one search.
+                    found = SEPARATOR_RUN_END.search(data, pos)
+                    stop = size if found is None else found.start()
+                    out += data[pos:stop]
+                    pos = stop
+                    continue
+                out.append(byte)
+                pos += 1
+                self._in_blank = True
+                self._words += 1
+                verdict = self._decide()
+                if verdict is not None:
+                    self._mode = verdict
+                    return pos
+                continue
+            self._in_blank = False
+            if self._words:
+                # A word after the keyword (the APOP name, the AUTH mechanism), however
+                # long: skipped with one search.
+                found = WORD_END.search(data, pos)
+                stop = size if found is None else found.start()
+                out += data[pos:stop]
+                pos = stop
+                continue
+            following = self._first_word_byte(byte, pos, out)
+            if following is not None:
+                return following
+            out.append(byte)
+            pos += 1
+        return pos
+
+    def _first_word_byte(self, byte: int, pos: int, out: bytearray) -> int | None:
+        """A byte of the first word at ``pos``: where the line goes on once its kind is
+        decided (CLEAR or SECRET), or None while the word may still be a keyword."""
+        if len(self._keyword) < _KEYWORD_LIMIT:
+            self._keyword.append(byte & 0xDF if 0x61 <= byte <= 0x7A else byte)
+            if bytes(self._keyword) not in KEYWORD_PREFIXES:
+                # The first word cannot begin with a secret keyword: the line is
+                # clear, and the rest of it is skipped with bytes.find.
+                out.append(byte)
+                self._mode = _Mode.CLEAR
+                return pos + 1
+        else:
+            # A fifth byte glued to the keyword: a letter makes another word
+            # (PASSWORD); anything else glues the secret to it (PASS1secret).
+            self._keyword_too_long = True
+            if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
+                self._auth_on_line |= self._keyword == b"AUTH"
+                self._mode = _Mode.SECRET
+                return pos
+            out.append(byte)
+            self._mode = _Mode.CLEAR
+            return pos + 1
+        return None
+
+    def _secret_after(self) -> int | None:
+        if self._keyword_too_long:
+            return None
+        return SECRET_VERBS.get(bytes(self._keyword))
+
+    def _decide(self) -> _Mode | None:
+        """After a word ended at a separator: SECRET, CLEAR, or None while undecided."""
+        after = self._secret_after()
+        if after is None:
+            return _Mode.CLEAR
+        if self._keyword == b"AUTH":
+            self._auth_on_line = True
+        if self._words < after:
+            return None
+        return _Mode.SECRET
+
+    def _line_ended_in_command(self) -> None:
+        """``AUTH`` alone, or ``AUTH mechanism`` without an initial response."""
+        if self._keyword == b"AUTH" and not self._keyword_too_long:
+            self._auth_on_line = True
+
+    # -- secrets ----------------------------------------------------------------------------
+
+    def _consume_secret(self, data: bytes, pos: int, out: bytearray) -> int:
+        newline = data.find(b"\n", pos)
+        end = len(data) if newline < 0 else newline
+        if end > pos:
+            last_is_cr = data[end - 1] == _CR
+            secret_bytes = end - pos - (1 if last_is_cr else 0) + (1 if self._pending_cr else 0)
+            if secret_bytes > 0:
+                self._emit_placeholder(out)
+            self._pending_cr = last_is_cr
+        if newline < 0:
+            return len(data)
+        out += b"\r\n" if self._pending_cr else b"\n"
+        self._pending_cr = False
+        self._end_of_line()
+        return newline + 1
+
+    def _emit_placeholder(self, out: bytearray) -> None:
+        if not self._secret_emitted:
+            out += SECRET_PLACEHOLDER_BYTES
+            self._secret_emitted = True
+
+
+class SecretMasker(_LineSteps):
+    """Replace secret bytes with ``********``; everything else passes through unchanged."""
+
+    def __init__(self, offset: int = 0, *, distrusted: bool = False) -> None:
+        super().__init__()
+        #: Client-stream offset of the next byte fed.
+        self._offset = offset
         #: Lines after an AUTH, and the masked bytes released in stream order.
         self._lines = HeldLines(distrusted=distrusted)
         self._last_at = 0.0
@@ -270,177 +458,3 @@ class SecretMasker:
         """Masked bytes ready to be written, with the time their lines arrived, in order."""
         released, self._lines.released = self._lines.released, []
         return [(at, bytes(data)) for at, data in released]
-
-    # ------------------------------------------------------------------ line classification
-
-    def _start_line(self) -> None:
-        self._secret_emitted = False
-        self._pending_cr = False
-        self._mode = _Mode.COMMAND
-        self._keyword.clear()
-        self._keyword_too_long = False
-        self._words = 0
-        self._in_blank = True
-
-    def _end_of_line(self) -> None:
-        """An LF ended the line: after an AUTH on it, every later line is held."""
-        self._mode = _Mode.LINE_START
-        if self._auth_on_line:
-            self._auth_on_line = False
-            self._holding = True
-
-    def _line_boundary(self, data: bytes, pos: int, out: bytearray) -> int | None:
-        """At a CR in CLEAR/COMMAND mode: emit it and return where the next line starts,
-        or None when the CR is the last byte of the chunk (decided by the next chunk)."""
-        out.append(_CR)
-        if pos + 1 >= len(data):
-            self._cr_at_edge = True
-            return None
-        if data[pos + 1] == _LF:
-            out.append(_LF)
-            self._end_of_line()
-            return pos + 2
-        return self._after_lone_cr(pos + 1)
-
-    def _after_lone_cr(self, pos: int) -> int:
-        """A lone CR: what follows is classified as a new line, unless it follows an AUTH
-        (a server that ends lines there would take it as SASL data: secret to the LF)."""
-        if self._auth_on_line or self._secret_verb_open():
-            self._start_line()
-            self._mode = _Mode.SECRET
-        else:
-            self._mode = _Mode.LINE_START
-        return pos
-
-    def _secret_verb_open(self) -> bool:
-        """The line's first word is PASS, APOP or AUTH and its secret has not begun: a
-        server that splits words at any C blank takes a CR as a separator, so what
-        follows a lone CR there is the secret (the line's own rule, :func:`mask_line`)."""
-        return (
-            self._mode is _Mode.COMMAND
-            and not self._keyword_too_long
-            and bytes(self._keyword) in SECRET_VERBS
-        )
-
-    def _consume_clear(self, data: bytes, pos: int, out: bytearray) -> int:
-        size = len(data)
-        newline = data.find(b"\n", pos)
-        end = size if newline < 0 else newline
-        cr = data.find(b"\r", pos, end)
-        if cr >= 0:
-            out += data[pos:cr]
-            following = self._line_boundary(data, cr, out)
-            return size if following is None else following
-        if newline < 0:
-            out += data[pos:]
-            return size
-        out += data[pos : newline + 1]
-        self._end_of_line()
-        return newline + 1
-
-    def _consume_command(self, data: bytes, pos: int, out: bytearray) -> int:
-        """Pass bytes through until the first words show whether a secret follows."""
-        size = len(data)
-        while pos < size:
-            byte = data[pos]
-            if byte == _LF:
-                out.append(byte)
-                self._line_ended_in_command()
-                self._end_of_line()
-                return pos + 1
-            if byte == _CR:
-                self._line_ended_in_command()
-                following = self._line_boundary(data, pos, out)
-                return size if following is None else following
-            if byte in _SEPARATORS:
-                if self._in_blank:
-                    # A run of separators between words: skipped with one search.
-                    found = SEPARATOR_RUN_END.search(data, pos)
-                    stop = size if found is None else found.start()
-                    out += data[pos:stop]
-                    pos = stop
-                    continue
-                out.append(byte)
-                pos += 1
-                self._in_blank = True
-                self._words += 1
-                verdict = self._decide()
-                if verdict is not None:
-                    self._mode = verdict
-                    return pos
-                continue
-            self._in_blank = False
-            if self._words:
-                # A word after the keyword (the APOP name, the AUTH mechanism), however
-                # long: skipped with one search.
-                found = WORD_END.search(data, pos)
-                stop = size if found is None else found.start()
-                out += data[pos:stop]
-                pos = stop
-                continue
-            if len(self._keyword) < _KEYWORD_LIMIT:
-                self._keyword.append(byte & 0xDF if 0x61 <= byte <= 0x7A else byte)
-                if bytes(self._keyword) not in KEYWORD_PREFIXES:
-                    # The first word cannot begin with a secret keyword: the line is
-                    # clear, and the rest of it is skipped with bytes.find.
-                    out.append(byte)
-                    self._mode = _Mode.CLEAR
-                    return pos + 1
-            else:
-                # A fifth byte glued to the keyword: a letter makes another word
-                # (PASSWORD); anything else glues the secret to it (PASS1secret).
-                self._keyword_too_long = True
-                if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
-                    self._auth_on_line |= self._keyword == b"AUTH"
-                    self._mode = _Mode.SECRET
-                    return pos
-                out.append(byte)
-                self._mode = _Mode.CLEAR
-                return pos + 1
-            out.append(byte)
-            pos += 1
-        return pos
-
-    def _secret_after(self) -> int | None:
-        if self._keyword_too_long:
-            return None
-        return SECRET_VERBS.get(bytes(self._keyword))
-
-    def _decide(self) -> _Mode | None:
-        """After a word ended at a separator: SECRET, CLEAR, or None while undecided."""
-        after = self._secret_after()
-        if after is None:
-            return _Mode.CLEAR
-        if self._keyword == b"AUTH":
-            self._auth_on_line = True
-        if self._words < after:
-            return None
-        return _Mode.SECRET
-
-    def _line_ended_in_command(self) -> None:
-        """``AUTH`` alone, or ``AUTH mechanism`` without an initial response."""
-        if self._keyword == b"AUTH" and not self._keyword_too_long:
-            self._auth_on_line = True
-
-    # -- secrets ----------------------------------------------------------------------------
-
-    def _consume_secret(self, data: bytes, pos: int, out: bytearray) -> int:
-        newline = data.find(b"\n", pos)
-        end = len(data) if newline < 0 else newline
-        if end > pos:
-            last_is_cr = data[end - 1] == _CR
-            secret_bytes = end - pos - (1 if last_is_cr else 0) + (1 if self._pending_cr else 0)
-            if secret_bytes > 0:
-                self._emit_placeholder(out)
-            self._pending_cr = last_is_cr
-        if newline < 0:
-            return len(data)
-        out += b"\r\n" if self._pending_cr else b"\n"
-        self._pending_cr = False
-        self._end_of_line()
-        return newline + 1
-
-    def _emit_placeholder(self, out: bytearray) -> None:
-        if not self._secret_emitted:
-            out += SECRET_PLACEHOLDER_BYTES
-            self._secret_emitted = True
