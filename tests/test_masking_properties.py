@@ -506,7 +506,7 @@ def test_a_secret_after_any_blank_or_lone_cr_is_masked(
 
 # ---------------------------------------------------------------------------- floods
 
-_RUN_MASKERS = {"python": _masklines.mask_run_python}
+_RUN_MASKERS: dict[str, _masklines.RunMasker] = {"python": _masklines.mask_run_python}
 if _masklines.MASKER == "c":
     _RUN_MASKERS["c"] = _masklines.mask_run
 #: Every byte a server may take as a word separator (CR and LF end lines instead).
@@ -658,3 +658,21 @@ def test_the_c_run_masker_is_built_when_required() -> None:
     if os.environ.get("POP3TAP_REQUIRE_C_SCANNER") != "1":
         pytest.skip("POP3TAP_REQUIRE_C_SCANNER is not set")
     assert _masklines.MASKER == "c"
+
+
+def test_the_c_maskers_reject_bad_arguments_and_take_edge_inputs() -> None:
+    if "c" not in _RUN_MASKERS:
+        pytest.skip("the C masker is not built (scripts/test.sh requires it)")
+    from pop3tap.protocol._maskscan_c import mask_lines, mask_run
+
+    for data, pos in ((b"x", 2), (b"x", -1)):
+        with pytest.raises(ValueError):
+            mask_run(data, pos)
+    with pytest.raises(TypeError):
+        mask_run("text", 0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        mask_lines(1)  # type: ignore[arg-type]
+    for data in (b"", b"\n", b"PASS", b"\r", b"x", b"PASS\r", b"\r\r\n"):
+        for pos in range(len(data) + 1):
+            assert mask_run(data, pos) == _masklines.mask_run_python(data, pos)
+        assert mask_lines(data) == _masklines.mask_lines_python(data)
