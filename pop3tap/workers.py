@@ -20,13 +20,23 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import sys
 import traceback
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
-import trio
+from pop3tap.server._net import LISTEN_BACKLOG, bind_listen_sockets, open_listeners
+
+__all__ = [
+    "ABORT_SIGNAL",
+    "LISTEN_BACKLOG",
+    "MAX_WORKERS",
+    "STOP_SIGNALS",
+    "bind_listen_sockets",
+    "open_listeners",
+    "run_workers",
+]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: What the parent turns into one SIGTERM per worker (the first time) or one
@@ -35,48 +45,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: What tells a worker to close every session now (sent by its parent only).
 ABORT_SIGNAL = signal.SIGUSR2
 
-#: Pending connections the kernel queues per listening socket.
-LISTEN_BACKLOG = 1024
 #: Upper bound for ``--workers``: more processes than this only add scheduling noise.
 MAX_WORKERS = 64
-
-
-def bind_listen_sockets(host: str, port: int) -> list[socket.socket]:
-    """Bind and listen on every address of ``host`` (as ``trio.open_tcp_listeners`` does).
-
-    Port 0 picks one free port, shared by all addresses. Raises ``OSError``.
-    """
-    infos = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_ADDRCONFIG
-    )
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _name, address in infos:
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(sockets) > 1:
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-async def open_listeners(
-    host: str, port: int, sockets: list[socket.socket] | None
-) -> list[trio.SocketListener]:
-    """Listeners on ``sockets`` bound by :func:`bind_listen_sockets` (``--workers``), or,
-    when there are none, on newly bound sockets for ``host:port``."""
-    if sockets is None:
-        return await trio.open_tcp_listeners(port, host=host, backlog=LISTEN_BACKLOG)
-    return [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
 
 
 def _terminate_with_parent(parent: int) -> None:
@@ -112,87 +82,116 @@ def run_workers(
     """
     sys.stdout.flush()
     sys.stderr.flush()
-    workers: dict[int, int] = {}
-    stopping = False
-    aborting = False
+    supervisor = _Supervisor(on_exit, on_signal)
+    # Installed before the first fork, so a signal during the forks is not lost.
+    previous = {sig: signal.signal(sig, supervisor.on_stop_signal) for sig in STOP_SIGNALS}
+    try:
+        supervisor.fork_all(count, child)
+        if after_fork is not None:
+            after_fork()
+        return supervisor.wait_all()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    def tell_all(sig: int) -> None:
-        for pid in workers:
+
+class _Supervisor:
+    """The parent's view of its workers: who runs, and whether they were told to stop."""
+
+    def __init__(
+        self,
+        on_exit: Callable[[int, int, int], None] | None,
+        on_signal: Callable[[int, bool], None] | None,
+    ) -> None:
+        self.on_exit = on_exit
+        self.on_signal = on_signal
+        #: pid -> worker index, for the workers still running.
+        self.workers: dict[int, int] = {}
+        self.stopping = False
+        self.aborting = False
+
+    def tell_all(self, sig: int) -> None:
+        for pid in self.workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
 
-    def stop_all() -> None:
-        nonlocal stopping
-        stopping = True
-        tell_all(signal.SIGTERM)
+    def stop_all(self) -> None:
+        self.stopping = True
+        self.tell_all(signal.SIGTERM)
 
-    def on_stop_signal(signum: int, _frame: FrameType | None = None) -> None:
-        nonlocal aborting
-        second = stopping
+    def on_stop_signal(self, signum: int, _frame: FrameType | None = None) -> None:
+        second = self.stopping
         if second:
-            aborting = True
-            tell_all(ABORT_SIGNAL)
+            self.aborting = True
+            self.tell_all(ABORT_SIGNAL)
         else:
-            stop_all()
-        if on_signal is not None:
-            on_signal(signum, second)
+            self.stop_all()
+        if self.on_signal is not None:
+            self.on_signal(signum, second)
 
-    # Installed before the first fork, so a signal during the forks is not lost.
-    previous = {sig: signal.signal(sig, on_stop_signal) for sig in STOP_SIGNALS}
-    parent = os.getpid()
-    result = 0
-    try:
+    def fork_all(self, count: int, child: Callable[[int], int]) -> None:
+        parent = os.getpid()
         for index in range(count):
-            if stopping:
+            if self.stopping:
                 break
             # Held back around the fork: a signal handled between fork() and the pid being
             # stored would miss the new worker, and in the worker it would run a copy of
             # stop_all. It is delivered once the mask is restored.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             pid = os.fork()
-            if pid == 0:  # the worker: never returns into the parent's code
-                code = 1
-                try:
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                    signal.signal(ABORT_SIGNAL, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                    _terminate_with_parent(parent)
-                    code = child(index)
-                except SystemExit as exc:
-                    code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
-                except BaseException:
-                    traceback.print_exc()
-                finally:
-                    with contextlib.suppress(Exception):
-                        sys.stdout.flush()
-                        sys.stderr.flush()
-                    os._exit(code)
-            workers[pid] = index
+            if pid == 0:
+                _run_worker(index, child, mask, parent)
+            self.workers[pid] = index
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if after_fork is not None:
-            after_fork()
-        while workers:
+
+    def wait_all(self) -> int:
+        """Reap every worker; 1 if any exited non-zero (which stops the others), else 0."""
+        result = 0
+        while self.workers:
             try:
                 pid, status = os.waitpid(-1, 0)
             except ChildProcessError:
                 break
-            if pid not in workers:
+            if pid not in self.workers:
                 continue
-            index = workers.pop(pid)
-            code = os.waitstatus_to_exitcode(status)
-            if stopping and code == -signal.SIGTERM:
-                code = 0  # stopped by our SIGTERM before it could install its handler
-            if aborting and code == -ABORT_SIGNAL:
-                code = 1  # told to close at once before it could install its handler
-            if on_exit is not None:
-                on_exit(index, pid, code)
+            index = self.workers.pop(pid)
+            code = self.exit_code(status)
+            if self.on_exit is not None:
+                self.on_exit(index, pid, code)
             if code != 0:
                 result = 1
-                if not stopping:
-                    stop_all()
+                if not self.stopping:
+                    self.stop_all()
+        return result
+
+    def exit_code(self, status: int) -> int:
+        code = os.waitstatus_to_exitcode(status)
+        if self.stopping and code == -signal.SIGTERM:
+            return 0  # stopped by our SIGTERM before it could install its handler
+        if self.aborting and code == -ABORT_SIGNAL:
+            return 1  # told to close at once before it could install its handler
+        return code
+
+
+def _run_worker(
+    index: int, child: Callable[[int], int], mask: set[int | signal.Signals], parent: int
+) -> NoReturn:
+    """The forked worker: never returns into the parent's code."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(ABORT_SIGNAL, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _terminate_with_parent(parent)
+        code = child(index)
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return result
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)

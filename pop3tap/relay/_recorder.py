@@ -1,0 +1,344 @@
+"""The session recorder: capture writer, protocol observer and log lines, without trio.
+
+Bytes go in (each side's chunks, in the order they crossed the relay, with their time);
+capture records and log lines come out. The recorder writes client bytes masked (unless
+secrets are kept) before they are parsed, writes server bytes before the client can see
+them (so a capture cut off by ``kill -9`` holds every byte any client received), and turns
+the observer's events into ``pop3.*`` log lines, fault notes and STLS gate decisions. A
+parser, masker or capture failure is logged and the session goes on.
+
+Server bytes already forwarded may wait in a queue (:meth:`SessionRecorder.queue_server`)
+until :meth:`SessionRecorder.flush`; every entry point first works the queue off, so
+nothing is ever reordered.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pop3tap.capture import CaptureError, CaptureWriter
+from pop3tap.log import exchange_fields
+from pop3tap.protocol import (
+    CommandSent,
+    Direction,
+    EndOfStream,
+    Event,
+    Exchange,
+    Greeting,
+    PairingLost,
+    SessionObserver,
+    StartTls,
+    StrayLine,
+    Suppressed,
+    UnsolicitedLine,
+)
+from pop3tap.relay._faults import FaultGate
+from pop3tap.relay._stls import StlsGate
+
+
+def _nothing() -> None:
+    return None
+
+
+class SessionRecorder:
+    """One session's capture, observer and log; synchronous, no I/O but the capture file."""
+
+    def __init__(
+        self,
+        *,
+        log: Any,
+        clock: Callable[[], float],
+        stls: StlsGate,
+        max_line: int = 8192,
+        keep_secrets: bool = False,
+        faults: FaultGate | None = None,
+        on_server_activity: Callable[[], None] = _nothing,
+    ) -> None:
+        self.log = log
+        #: Seconds since the session started (the time of records written without one).
+        self.clock = clock
+        self.stls = stls
+        self.keep_secrets = keep_secrets
+        self.faults = faults
+        self.on_server_activity = on_server_activity
+        self.observer = SessionObserver(max_line=max_line)
+        self.capture: CaptureWriter | None = None
+        self.capture_warned = False
+        #: Bytes observed so far per direction (the observer's stream offsets).
+        self.seen = {Direction.CLIENT: 0, Direction.SERVER: 0}
+        #: The client's eof/reset record, held back while masked client lines are.
+        self.client_end_record: tuple[str, float] | None = None
+        #: Server bytes captured and forwarded, not parsed yet, with their time.
+        self.unobserved: deque[tuple[bytes, float]] = deque()
+        #: Events parsed, not acted on yet (in order).
+        self.backlog: deque[Event] = deque()
+
+    # -- capture -------------------------------------------------------------------------
+
+    def open_capture(self, directory: Path, session_id: str, header: dict[str, Any]) -> None:
+        try:
+            self.capture = CaptureWriter.create(
+                directory, session_id=session_id, header_fields=header
+            )
+        except CaptureError as exc:
+            self.log.error("capture.failed", error=str(exc))
+            return
+        self.log.info("capture.open", path=str(self.capture.path))
+
+    def check_capture(self) -> None:
+        capture = self.capture
+        if capture is not None and capture.failed and not self.capture_warned:
+            self.capture_warned = True
+            self.log.error(
+                "capture.incomplete",
+                path=str(capture.path),
+                error=capture.error,
+                note="relaying continues; the capture stops here",
+            )
+
+    def record_event(self, name: str, **fields: Any) -> None:
+        if self.capture is not None:
+            self.capture.write_event(name, self.clock(), **fields)
+            self.check_capture()
+
+    def capture_server(self, data: bytes, at: float) -> None:
+        """Write server bytes to the capture before the client can see them."""
+        if self.capture is not None:
+            self.capture.write_data("s2c", at, data)
+            self.check_capture()
+
+    def record_client(self, data: bytes, at: float) -> None:
+        """Write client bytes (secrets masked unless kept) to the capture.
+
+        Lines after an AUTH are held by the masker until the pairing says whether they
+        were SASL data or commands (see :meth:`record_released_client`).
+        """
+        if self.capture is None:
+            return
+        try:
+            recorded = data if self.keep_secrets else self.observer.mask_client(data, at)
+            if recorded:
+                self.capture.write_data("c2s", at, recorded)
+        except Exception:  # the masker must never break the relay
+            self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+        self.record_released_client()
+
+    def record_released_client(self) -> None:
+        """Write the masked client lines the pairing has resolved since the last call.
+
+        Called after parsing, and before the server bytes that resolved them are captured,
+        so the capture keeps the order they crossed the relay in.
+        """
+        capture = self.capture
+        if capture is None:
+            return
+        try:
+            for at, data in self.observer.take_masked_client():
+                capture.write_data("c2s", at, data)
+        except Exception:  # the masker must never break the relay
+            self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+        if self.client_end_record is not None and not self.observer.client_held:
+            name, at = self.client_end_record
+            self.client_end_record = None
+            capture.write_event(name, at, dir=Direction.CLIENT.value)
+        self.check_capture()
+
+    # -- bytes in ------------------------------------------------------------------------
+
+    def client_bytes(self, data: bytes, at: float, *, captured: bool = False) -> None:
+        """Record (unless ``captured``) and parse a client chunk."""
+        self.flush()
+        self.seen[Direction.CLIENT] += len(data)
+        try:
+            if not captured:
+                self.record_client(data, at)
+            events = self.observer.feed_client(data, at)
+            self.record_released_client()
+            self.handle_events(events, Direction.CLIENT)
+        except Exception:  # the parser must never break the relay
+            self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+
+    def server_bytes(self, data: bytes, at: float) -> None:
+        """Parse a server chunk, then capture it: client lines it resolves come first."""
+        self.flush()
+        self._parse_server(data, at, captured=False)
+        self.handle_events(self._take_backlog(), Direction.SERVER)
+
+    def queue_server(self, data: bytes, at: float) -> None:
+        """Capture a server chunk now (it is about to be forwarded); parse it later."""
+        self.capture_server(data, at)
+        self.unobserved.append((data, at))
+
+    def flush(self) -> None:
+        """Parse every queued server byte and act on every event (before anything else)."""
+        while self.unobserved:
+            data, at = self.unobserved.popleft()
+            self._parse_server(data, at, captured=True)
+        if self.backlog:
+            self.handle_events(self._take_backlog(), Direction.SERVER)
+
+    def _parse_server(self, data: bytes, at: float, *, captured: bool) -> None:
+        self.seen[Direction.SERVER] += len(data)
+        try:
+            events: list[Event] = []
+            try:
+                events = self.observer.feed_server(data, at)
+            finally:
+                self.record_released_client()
+                if not captured:
+                    self.capture_server(data, at)
+            self.on_server_activity()
+            self.record_released_client()
+            self.backlog.extend(events)
+        except Exception:  # the parser must never break the relay
+            self.log.exception("pop3.parser_error", direction=Direction.SERVER.value)
+
+    def _take_backlog(self) -> list[Event]:
+        events = list(self.backlog)
+        self.backlog.clear()
+        return events
+
+    def ended(self, direction: Direction, kind: str) -> None:
+        """A side's stream ended (``kind``: ``eof`` or ``reset``)."""
+        self.flush()
+        at = self.clock()
+        if direction is Direction.CLIENT:
+            # Written once the client lines still held are (the reader stops reading
+            # client bytes at this record).
+            self.client_end_record = (kind, at)
+        else:
+            self.record_event(kind, dir=direction.value)
+        try:
+            if direction is Direction.CLIENT:
+                events = self.observer.end_client(at)
+            else:
+                events = self.observer.end_server(at)
+            self.record_released_client()
+        except Exception:
+            self.log.exception("pop3.parser_error", direction=direction.value)
+        else:
+            self.handle_events(events, direction)
+
+    def close(self, reason: str) -> dict[str, Any]:
+        """Log the session summary and close the capture; returns the summary fields."""
+        self.flush()
+        at = self.clock()
+        summary = self.observer.summary()
+        fields = summary.as_dict()
+        self.log.info(
+            "session.close",
+            reason=reason,
+            duration_s=round(at, 3),
+            top=f"{summary.top_count}/{summary.top_bytes}",
+            retr=f"{summary.retr_count}/{summary.retr_bytes}",
+            dele=summary.dele_count,
+            commands=summary.commands,
+            update=summary.reached_update,
+            bytes_in=summary.client_bytes,
+            bytes_out=summary.server_bytes,
+            anomalies=summary.anomalies,
+        )
+        if self.capture is not None:
+            # Client lines that never got a verdict are masked (the facts are missing).
+            self.observer.abandon_client_lines()
+            self.record_released_client()
+            self.capture.close(at, reason, fields)
+            self.check_capture()
+        return fields
+
+    # -- events --------------------------------------------------------------------------
+
+    def handle_events(self, events: list[Event], direction: Direction) -> None:
+        """Act on parsed events in order; a failure is logged and the session goes on."""
+        try:
+            for event in events:
+                handler = _HANDLERS.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+        except Exception:  # the parser must never break the relay
+            self.log.exception("pop3.parser_error", direction=direction.value)
+
+    def on_exchange(self, event: Exchange) -> None:
+        self.log.info("pop3.exchange", **exchange_fields(event))
+        if self.faults is not None:
+            self.faults.on_exchange(event.seq, event.response_start, event.response_end)
+        self.stls.on_exchange(event)
+
+    def on_command(self, event: CommandSent) -> None:
+        if self.faults is not None:
+            # A fault may hit the answer to this command: note it, and record it.
+            armed = self.faults.on_command(
+                event.seq, event.verb, event.args.encode(), self.seen[Direction.SERVER]
+            )
+            if armed is not None:
+                self.record_event("fault", seq=armed.seq, spec=armed.fault.spec)
+        self.stls.on_command(event)
+
+    def on_greeting(self, event: Greeting) -> None:
+        if self.faults is not None:
+            self.faults.on_greeting(event.end)
+        self.log.info(
+            "pop3.greeting",
+            status=None if event.status is None else event.status.value,
+            first_line=event.text,
+            apop=event.apop_timestamp is not None,
+        )
+
+    def on_unsolicited(self, event: UnsolicitedLine) -> None:
+        self.log.warning("pop3.unsolicited", line=event.text)
+
+    def on_stray(self, event: StrayLine) -> None:
+        self.log.warning("pop3.stray", direction=event.direction.value, line=event.text)
+
+    def on_start_tls(self, event: StartTls) -> None:
+        if self.stls.on_start_tls(event):
+            return
+        self.log.warning(
+            "pop3.stls",
+            note="TLS follows; without interception the rest of the session is relayed "
+            "encrypted and recorded as opaque bytes",
+            client_trailing=event.client_trailing,
+            server_trailing=event.server_trailing,
+        )
+        self.record_event("stls", intercepted=False)
+
+    def on_pairing_lost(self, event: PairingLost) -> None:
+        self.log.warning("pop3.pairing_lost", reason=event.reason)
+        for armed in self.faults.disarm() if self.faults is not None else ():
+            self.log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
+            # So a replay of this capture does not inject what never happened.
+            self.record_event("fault_dropped", seq=armed.seq, spec=armed.fault.spec)
+
+    def on_suppressed(self, event: Suppressed) -> None:
+        self.log.warning(
+            "pop3.suppressed",
+            direction=event.direction.value,
+            kind=event.kind,
+            lines=event.lines,
+            bytes=event.bytes,
+            final=event.final,
+            note="totals for the session"
+            if event.final
+            else "further lines like these are counted, not logged",
+        )
+
+    def on_end_of_stream(self, event: EndOfStream) -> None:
+        if event.truncated:
+            self.log.warning("pop3.truncated", direction=event.direction.value)
+
+
+#: What the recorder does with each kind of event (the others need nothing).
+_HANDLERS: dict[type[Event], Callable[[SessionRecorder, Any], None]] = {
+    Exchange: SessionRecorder.on_exchange,
+    CommandSent: SessionRecorder.on_command,
+    Greeting: SessionRecorder.on_greeting,
+    UnsolicitedLine: SessionRecorder.on_unsolicited,
+    StrayLine: SessionRecorder.on_stray,
+    StartTls: SessionRecorder.on_start_tls,
+    PairingLost: SessionRecorder.on_pairing_lost,
+    Suppressed: SessionRecorder.on_suppressed,
+    EndOfStream: SessionRecorder.on_end_of_stream,
+}

@@ -1,0 +1,146 @@
+"""The server base every pop3tap server subclasses: listen, accept, drain, abort.
+
+A subclass says what one connection is (:meth:`ConnectionServer.serve_connection`); the
+base owns the listeners (bound here, or inherited from a ``--workers`` parent), the accept
+loop, each connection's log context (``session=<hex>``), the graceful drain with a grace
+period after :meth:`~ConnectionServer.shutdown`, the close-at-once
+:meth:`~ConnectionServer.abort` of a second signal, and one crash line per connection that
+fails. The one ``-ERR`` line pop3tap itself writes comes from :func:`error_line`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from typing import Any, ClassVar
+
+import structlog
+import trio
+
+from pop3tap.server._net import Endpoint, open_listeners
+
+
+def error_line(prefix: str, text: str) -> bytes:
+    """The one ``-ERR`` line pop3tap writes in a peer's place (RFC 1939 §3 status indicator).
+
+    ``-ERR {prefix}: {text}`` on one line: a CR or LF in ``text`` becomes a space, and what
+    UTF-8 cannot encode is escaped, so the line can neither be split nor fail to encode.
+    """
+    flat = text.replace("\r", " ").replace("\n", " ")
+    return f"-ERR {prefix}: {flat}\r\n".encode("utf-8", "backslashreplace")
+
+
+def new_session_id() -> str:
+    """The id a connection's log lines and capture carry (12 hex digits)."""
+    return secrets.token_hex(6)
+
+
+class ConnectionServer:
+    """Accept clients and serve each in its own task, until shutdown or abort.
+
+    Use ``await nursery.start(server.run)`` to get the listeners once they accept;
+    :meth:`shutdown` stops accepting and lets open connections finish within ``grace``.
+    """
+
+    #: The first word of the server's own log lines (``relay.draining``).
+    kind: ClassVar[str] = "server"
+    #: The line logged (with the traceback) when serving a connection raises.
+    crash_event: ClassVar[str] = "session.crashed"
+
+    def __init__(
+        self,
+        *,
+        listen: Endpoint,
+        grace: float,
+        log: Any,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
+        self.listen = listen
+        self.grace = grace
+        self.log = log
+        #: Listening sockets bound beforehand (``--workers``); None: bind ``listen``.
+        self.sockets = sockets
+        self.listeners: list[trio.SocketListener] = []
+        self.shutting_down = False
+        #: True once :meth:`abort` closed the open connections without waiting.
+        self.aborted = False
+        #: Connections being served now, and since the start.
+        self.active_sessions = 0
+        self.total_sessions = 0
+        self._accept_scope = trio.CancelScope()
+        self._handlers: trio.Nursery | None = None
+
+    async def serve_connection(self, stream: trio.SocketStream, session_id: str) -> None:
+        """Serve one client; the log context already carries ``session=session_id``."""
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Runs before the listeners open, so setup errors show before any client does."""
+
+    def draining(self) -> None:
+        """Say that open connections now get the grace period (only when there are some)."""
+        if self.active_sessions:
+            self.log.info(
+                f"{self.kind}.draining", sessions=self.active_sessions, grace_s=self.grace
+            )
+
+    @property
+    def address(self) -> Endpoint:
+        """Where the first listener accepts connections."""
+        host, port = self.listeners[0].socket.getsockname()[:2]
+        return Endpoint(str(host), int(port))
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, serve until :meth:`shutdown`, then drain connections within the grace."""
+        self.prepare()
+        self.listeners = await open_listeners(self.listen.host, self.listen.port, self.sockets)
+        for listener in self.listeners:
+            listener.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        async with trio.open_nursery() as handlers:
+            self._handlers = handlers
+            with self._accept_scope:
+                task_status.started(self.listeners)
+                await trio.serve_listeners(self._handle, self.listeners, handler_nursery=handlers)
+            for listener in self.listeners:
+                await listener.aclose()
+            self.draining()
+            handlers.cancel_scope.deadline = trio.current_time() + self.grace
+
+    def shutdown(self) -> None:
+        """Stop accepting new clients; open connections get the grace period."""
+        self.shutting_down = True
+        self._accept_scope.cancel()
+
+    def abort(self) -> None:
+        """Close every open connection now (each still ends as it does on any close)."""
+        self.aborted = True
+        self.shutdown()
+        if self._handlers is not None:
+            self._handlers.cancel_scope.cancel()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        """Per-connection handler: every error is logged here, never raised to the server."""
+        structlog.contextvars.clear_contextvars()
+        session_id = new_session_id()
+        structlog.contextvars.bind_contextvars(session=session_id)
+        self.active_sessions += 1
+        self.total_sessions += 1
+        try:
+            await self.serve_connection(stream, session_id)
+        except Exception:
+            self.log.exception(self.crash_event)
+        finally:
+            self.active_sessions -= 1
+
+
+async def serve_server(
+    server: ConnectionServer,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``server`` until cancelled; ``task_status.started`` gets the server."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        task_status.started(server)
