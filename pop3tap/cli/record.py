@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,16 +24,15 @@ from pop3tap.cli._common import (
     epilog,
     is_loopback,
     parse_endpoint,
-    serve_until_stopped,
-    serve_workers,
     setup_logging,
-    stopped_exit_code,
     warn_if_shared_directory,
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
+from pop3tap.cli._serve import serve_server
 from pop3tap.cli.config import from_files
 
 if TYPE_CHECKING:
+    from pop3tap.relay import RelayConfig
     from pop3tap.tls import TlsConfig
 
 
@@ -74,6 +72,15 @@ def add_subcommand(sub: Subparsers) -> None:
         action="store_true",
         help="keep PASS, APOP digests and SASL data in captures (logs stay masked)",
     )
+    _add_timeout_options(parser)
+    add_fault_options(parser, relay=True)
+    add_workers_option(parser)
+    _add_tls_options(parser)
+    add_logging_options(parser)
+    parser.set_defaults(handler=_cmd_record)
+
+
+def _add_timeout_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace",
         type=float,
@@ -101,11 +108,6 @@ def add_subcommand(sub: Subparsers) -> None:
         help="after passing one side's close on to a TLS peer (as close_notify), wait this "
         "long for that peer to end its side before closing it (default 5)",
     )
-    add_fault_options(parser, relay=True)
-    add_workers_option(parser)
-    _add_tls_options(parser)
-    add_logging_options(parser)
-    parser.set_defaults(handler=_cmd_record)
 
 
 def _add_tls_options(parser: argparse.ArgumentParser) -> None:
@@ -190,23 +192,60 @@ def _tls_config(args: argparse.Namespace) -> TlsConfig:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-
-    from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+    from pop3tap.relay import RelayServer
     from pop3tap.tls import TlsSetupError
 
+    _settle_captures_options(args)
+    config = _relay_config(args)
+    setup_logging(args)
+    log = structlog.get_logger("pop3tap")
+    if config.captures is not None:
+        warn_if_shared_directory(config.captures, log)
+    if not is_loopback(config.listen.host):
+        log.warning(
+            "relay.public_listen",
+            listen=config.listen.host,
+            note="listening beyond loopback: anyone who can reach it can use your upstream",
+        )
+    server = RelayServer(config)
+    try:
+        server.prepare_tls()  # setup errors show once, before any worker starts
+    except TlsSetupError as exc:
+        raise CliError(str(exc), EXIT_FAILURE) from None
+    captures = config.captures
+    return serve_server(
+        server,
+        workers=args.workers,
+        log=log,
+        listening=lambda: {
+            "upstream": str(config.upstream),
+            "captures": str(captures) if captures else None,
+        },
+        stopped=lambda: {"sessions": server.total_sessions},
+    )
+
+
+def _settle_captures_options(args: argparse.Namespace) -> None:
+    """``--captures`` and ``--no-captures``: the command line overrides a config file,
+    also when it contradicts the file; both on the command line is an error."""
     if not args.upstream:
         raise CliError(
             "record: the following arguments are required: -u/--upstream "
             "(or upstream in the [record] table of pop3tap.toml)"
         )
     if args.no_captures and args.captures is not None:
-        # The command line overrides a config file, also when it contradicts the file.
         if from_files(args, "captures") and not from_files(args, "no_captures"):
             args.captures = None
         elif from_files(args, "no_captures") and not from_files(args, "captures"):
             args.no_captures = False
         else:
             raise CliError("--captures and --no-captures contradict each other")
+
+
+def _relay_config(args: argparse.Namespace) -> RelayConfig:
+    """The relay's configuration from checked command-line arguments (raises CliError)."""
+    from pop3tap.relay import Endpoint, RelayConfig
+
     upstream_host, upstream_port = parse_endpoint(args.upstream)
     if upstream_port == 0:
         raise CliError(f"malformed address {args.upstream!r}: the upstream port cannot be 0")
@@ -220,17 +259,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
     captures = None if args.no_captures else Path(args.captures or "captures")
     if captures is not None:
         check_writable_directory(captures)
-    setup_logging(args)
-    log = structlog.get_logger("pop3tap")
-    if captures is not None:
-        warn_if_shared_directory(captures, log)
-    if not is_loopback(listen_host):
-        log.warning(
-            "relay.public_listen",
-            listen=listen_host,
-            note="listening beyond loopback: anyone who can reach it can use your upstream",
-        )
-    config = RelayConfig(
+    return RelayConfig(
         upstream=Endpoint(upstream_host, upstream_port),
         listen=Endpoint(listen_host, listen_port),
         captures=captures,
@@ -243,34 +272,3 @@ def _cmd_record(args: argparse.Namespace) -> int:
         faults=fault_specs(args, relay=True),
         fault_rewrite=args.fault_rewrite,
     )
-    server = RelayServer(config)
-    try:
-        server.prepare_tls()  # setup errors show once, before any worker starts
-    except TlsSetupError as exc:
-        raise CliError(str(exc), EXIT_FAILURE) from None
-
-    def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
-        server.sockets = sockets  # each worker has its own copy of the server
-
-        def listening() -> None:
-            log.info(
-                "relay.listening",
-                listen=str(server.address),
-                upstream=str(config.upstream),
-                captures=str(captures) if captures else None,
-                **where,
-            )
-
-        aborted = serve_until_stopped(
-            server,
-            open_sessions=lambda: server.active_sessions,
-            grace=config.grace,
-            log=log,
-            where=where,
-            listening=listening,
-            what=f"listen on {config.listen}",
-        )
-        log.info("relay.stopped", sessions=server.total_sessions, aborted=aborted, **where)
-        return stopped_exit_code(aborted, where)
-
-    return serve_workers(args.workers, config.listen, serve, log)
