@@ -19,6 +19,7 @@ from faults import Behaviour, Connection, scripted_server
 from pop3tap.capture import EventRecord, read_capture
 from pop3tap.protocol import Status
 from pop3tap.render import render_lines
+from pop3tap.tls import TlsConfig
 
 
 def _answer_stls_with(answer: bytes) -> Behaviour:
@@ -98,3 +99,53 @@ def test_a_server_that_never_answers_stls_ends_the_session_and_drops_held_bytes(
     assert timeout["dropped_client_bytes"] == len(b"USER held\r\n")
     records = [r for r in relay.only_capture().records if isinstance(r, EventRecord)]
     assert any(r.name == "stls_timeout" for r in records)
+
+
+def _accept_stls_then_read(conn: Connection) -> None:
+    conn.send(b"+OK scripted ready\r\n")
+    assert conn.readline() == b"STLS\r\n"
+    conn.send(b"+OK begin TLS\r\n")
+    conn.read_all()
+
+
+@pytest.mark.parametrize(
+    "writes",
+    [[b"STLS\r\n", b"PASS sekrit-after-ok\r\n"], [b"STLS\r\nPASS sekrit-after-ok\r\n"]],
+    ids=["after-the-ok", "pipelined-with-stls"],
+)
+def test_plaintext_after_a_passed_through_stls_is_forwarded_but_recorded_masked(
+    tmp_path: Path, writes: list[bytes]
+) -> None:
+    with (
+        scripted_server(_accept_stls_then_read) as server,
+        structlog.testing.capture_logs() as logs,
+        running_relay(
+            server.host, server.port, tmp_path, tls=TlsConfig(intercept_stls=False)
+        ) as relay,
+        socket.create_connection((relay.host, relay.port), timeout=10) as client,
+    ):
+        reader = client.makefile("rb")
+        assert reader.readline() == b"+OK scripted ready\r\n"
+        client.sendall(writes[0])
+        assert reader.readline() == b"+OK begin TLS\r\n"
+        for data in writes[1:]:
+            client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        assert reader.read() == b""
+        (conn,) = server.wait()
+        deadline = time.monotonic() + 10
+        while not (relay.capture_files() and read_capture(relay.capture_files()[0]).complete):
+            assert time.monotonic() < deadline, "capture did not complete"
+            time.sleep(0.02)
+    # Transparent: the server got every byte the client sent.
+    assert bytes(conn.received) == b"".join(writes)
+    (path,) = relay.capture_files()
+    assert b"sekrit" not in path.read_bytes()
+    assert b"sekrit" not in repr(logs).encode()
+    capture = relay.only_capture()
+    assert capture.stream("c2s").startswith(b"STLS\r\n")
+    injected = [e for e in logs if e["event"] == "tls.injection"]
+    names = [r.name for r in capture.records if isinstance(r, EventRecord)]
+    if len(writes) > 1:  # plaintext where the server expects TLS is flagged
+        assert injected and injected[0]["client_bytes"] == len(writes[1])
+        assert "stls_injection" in names
