@@ -75,6 +75,8 @@ class SessionRecorder:
         self.unobserved: deque[tuple[bytes, float]] = deque()
         #: Events parsed, not acted on yet (in order).
         self.backlog: deque[Event] = deque()
+        #: Plaintext after a passed-through STLS was flagged (once a session).
+        self.injection_flagged = False
 
     # -- capture -------------------------------------------------------------------------
 
@@ -116,15 +118,38 @@ class SessionRecorder:
         Lines after an AUTH are held by the masker until the pairing says whether they
         were SASL data or commands (see :meth:`record_released_client`).
         """
+        injected = self.stls.injected_plaintext(data)
+        if injected:
+            self.flag_injection(len(data))
         if self.capture is None:
             return
         try:
-            recorded = data if self.keep_secrets else self.observer.mask_client(data, at)
-            if recorded:
-                self.capture.write_data("c2s", at, recorded)
+            if self.keep_secrets:
+                self.capture.write_data("c2s", at, data)
+            elif injected:
+                for when, masked in self.stls.mask_injected(data, at):
+                    self.capture.write_data("c2s", when, masked)
+            else:
+                recorded = self.observer.mask_client(data, at)
+                if recorded:
+                    self.capture.write_data("c2s", at, recorded)
         except Exception:  # the masker must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
         self.record_released_client()
+
+    def flag_injection(self, size: int) -> None:
+        """Plaintext after a passed-through STLS ``+OK``: flagged once, like intercepted
+        STLS flags what it drops (the CVE-2011-0411 class)."""
+        if self.injection_flagged:
+            return
+        self.injection_flagged = True
+        self.log.warning(
+            "tls.injection",
+            client_bytes=size,
+            server_bytes=0,
+            note="plaintext sent after STLS where TLS was due: forwarded, recorded masked",
+        )
+        self.record_event("stls_injection", c2s=size, s2c=0)
 
     def record_released_client(self) -> None:
         """Write the masked client lines the pairing has resolved since the last call.
@@ -245,6 +270,8 @@ class SessionRecorder:
             # Client lines that never got a verdict are masked (the facts are missing).
             self.observer.abandon_client_lines()
             self.record_released_client()
+            for when, masked in self.stls.end_injected():
+                self.capture.write_data("c2s", when, masked)
             self.capture.close(at, reason, fields)
             self.check_capture()
         return fields
@@ -304,6 +331,9 @@ class SessionRecorder:
             server_trailing=event.server_trailing,
         )
         self.record_event("stls", intercepted=False)
+        if event.client_trailing:
+            # Sent with the STLS, before its +OK: the observer masked it already.
+            self.flag_injection(event.client_trailing)
 
     def on_pairing_lost(self, event: PairingLost) -> None:
         self.log.warning("pop3.pairing_lost", reason=event.reason)

@@ -3,14 +3,20 @@
 Synchronous and free of I/O. Once the client's ``STLS`` line is seen (with interception
 on), client bytes after it are held until the server answers; a ``-ERR`` releases them, a
 ``+OK`` marks the switch point, up to which the server's bytes are forwarded before both
-legs turn to TLS. Without interception the session goes on encrypted end to end.
+legs turn to TLS. Without interception the session goes on encrypted end to end; client
+bytes after the ``+OK`` that do not open a TLS record are plaintext injected into what
+the server takes as its TLS stream: they are forwarded (the relay stays transparent) but
+go through a secret masker before anything records them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pop3tap.protocol import CommandSent, Exchange, StartTls, Status
+from pop3tap.protocol import CommandSent, Exchange, SecretMasker, StartTls, Status
+
+#: The first byte of a TLS handshake record (RFC 8446 §5.1, ContentType handshake).
+TLS_HANDSHAKE_RECORD = 0x16
 
 
 def _nothing() -> None:
@@ -27,8 +33,14 @@ class StlsGate:
         self.client_end: int | None = None
         #: The accepted STLS, while the pumps stop at its switch point (interception).
         self.switch: StartTls | None = None
+        #: The accepted STLS without interception: what follows is TLS, or injected.
+        self.passed_through: StartTls | None = None
         #: Called when a pending STLS is answered otherwise than ``+OK``.
         self.on_resolve: Callable[[], None] = _nothing
+        #: Masks plaintext injected after a passed-through STLS (None: none seen yet).
+        self._injected: SecretMasker | None = None
+        #: Client bytes after a passed-through STLS seen so far (to tell TLS from plaintext).
+        self._after_switch = 0
 
     @property
     def pending(self) -> bool:
@@ -57,6 +69,7 @@ class StlsGate:
         if self.intercept:
             self.switch = event
             return True
+        self.passed_through = event
         return False
 
     # -- forwarding ----------------------------------------------------------------------
@@ -81,3 +94,40 @@ class StlsGate:
         """Both legs are TLS now: nothing is held any more."""
         self.client_end = None
         self.switch = None
+
+    # -- pass-through --------------------------------------------------------------------
+
+    def injected_plaintext(self, data: bytes) -> bool:
+        """Whether client ``data`` (after a passed-through STLS) is plaintext, not TLS.
+
+        The first byte after the switch decides: a TLS client opens with a handshake
+        record; anything else is plaintext sent where the server expects TLS.
+        """
+        if self.passed_through is None or self.intercept:
+            return False
+        if self._injected is None:
+            if self._after_switch == 0 and data and data[0] == TLS_HANDSHAKE_RECORD:
+                self._after_switch += len(data)
+                return False
+            if self._after_switch:
+                return False
+            self._injected = SecretMasker(distrusted=True)
+        self._after_switch += len(data)
+        return True
+
+    def mask_injected(self, data: bytes, at: float) -> list[tuple[float, bytes]]:
+        """Injected plaintext with PASS, APOP digests and SASL data masked, in order."""
+        masker = self._injected
+        assert masker is not None
+        out = masker.mask(data, at)
+        released = masker.take_released()
+        return [*released, (at, out)] if out else released
+
+    def end_injected(self) -> list[tuple[float, bytes]]:
+        """The session ends: injected lines still held come out masked."""
+        masker = self._injected
+        if masker is None:
+            return []
+        masker.end_of_stream()
+        masker.abandon()
+        return masker.take_released()
