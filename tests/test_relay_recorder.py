@@ -209,3 +209,32 @@ def test_end_records_follow_the_client_lines_they_close() -> None:
     eof = kinds.index(("eof", "c2s"))
     assert capture.stream("c2s").endswith(b"********\r\n")
     assert kinds[eof - 1] == "DataRecord"
+
+
+PASSED_THROUGH: Steps = [
+    (S, b"+OK ready\r\n"),
+    (C, b"STLS\r\n"),
+    (S, b"+OK begin TLS\r\n"),
+    (C, b"USER alice\r\nPASS hunter2secret\r\nAUTH PLAIN\r\nAGFsaWNlAHNhc2xzZWNyZXQ=\r\n"),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_plaintext_after_a_passed_through_stls_never_reaches_the_capture_unmasked(
+    data: st.DataObject,
+) -> None:
+    # _record fails if a secret is anywhere in the capture file.
+    capture, logs = _record(
+        PASSED_THROUGH, lambda chunk: _splits(data.draw, chunk), stls=StlsGate(intercept=False)
+    )
+    assert capture.stream("c2s").startswith(b"STLS\r\nUSER alice\r\nPASS ********\r\n")
+    assert [e["event"] for e in logs].count("tls.injection") == 1
+
+
+def test_tls_after_a_passed_through_stls_is_recorded_as_it_is() -> None:
+    hello = b"\x16\x03\x01\x00\x05PASS x"
+    steps: Steps = [*PASSED_THROUGH[:3], (C, hello)]
+    capture, logs = _record(steps, _whole, stls=StlsGate(intercept=False))
+    assert capture.stream("c2s") == b"STLS\r\n" + hello
+    assert "tls.injection" not in [e["event"] for e in logs]

@@ -120,8 +120,9 @@ class StlsGate:
         masker = self._injected
         assert masker is not None
         out = masker.mask(data, at)
+        # Taken after every chunk, so what mask() released now follows what it returned.
         released = masker.take_released()
-        return [*released, (at, out)] if out else released
+        return [(at, out), *released] if out else released
 
     def end_injected(self) -> list[tuple[float, bytes]]:
         """The session ends: injected lines still held come out masked."""
