@@ -1,0 +1,99 @@
+"""One session's burst of answers cannot hold the relay's event loop (one session can
+never starve another).
+
+The relay runs in this test's own trio loop with an instrument that marks every task
+step; a client pipelines 1000 answered NOOPs in one write and the upstream answers them
+in one write. Whatever the machine's speed, the relay must not turn all 1000 answers
+into exchanges and log lines in one step: between two steps, other sessions' tasks get
+their turn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from faults import Connection, scripted_server
+
+from pop3tap.capture import iter_capture_paths, read_capture
+from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+
+COUNT = 1000
+GREETING = b"+OK burst upstream\r\n"
+
+
+def _answer_all_at_once(conn: Connection) -> None:
+    conn.send(GREETING)
+    for _ in range(COUNT):
+        assert conn.readline() == b"NOOP\r\n"
+    conn.send(b"+OK\r\n" * COUNT)
+    conn.read_all()
+
+
+class StepMarks(trio.abc.Instrument):
+    """How many log lines existed when each task step began."""
+
+    def __init__(self, logs: list[MutableMapping[str, Any]]) -> None:
+        self.logs = logs
+        self.marks: list[int] = []
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.marks.append(len(self.logs))
+
+    def most_exchanges_in_one_step(self) -> int:
+        bounds = [*self.marks, len(self.logs)]
+        return max(
+            sum(1 for e in self.logs[a:b] if e["event"] == "pop3.exchange")
+            for a, b in itertools.pairwise(bounds)
+        )
+
+
+async def _client(port: int) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        received = b""
+        while not received.endswith(b"\r\n"):
+            received += await stream.receive_some(4096)
+        assert received == GREETING
+        await stream.send_all(b"NOOP\r\n" * COUNT)
+        received = b""
+        while received.count(b"\r\n") < COUNT:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "the relay closed the session"
+            received += chunk
+        assert received == b"+OK\r\n" * COUNT
+
+
+def test_a_burst_of_answers_is_worked_off_in_bounded_steps(tmp_path: Path) -> None:
+    with scripted_server(_answer_all_at_once) as upstream, structlog.testing.capture_logs() as logs:
+        marks = StepMarks(logs)
+        config = RelayConfig(
+            upstream=Endpoint(upstream.host, upstream.port),
+            listen=Endpoint("127.0.0.1", 0),
+            captures=tmp_path,
+        )
+
+        async def main() -> None:
+            server = RelayServer(config)
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.run)
+                    await _client(server.address.port)
+                    # Stop accepting; the run ends once the session has ended by itself.
+                    server.shutdown()
+
+        trio.run(main, instruments=[marks])
+        upstream.wait()
+    exchanges = [e for e in logs if e["event"] == "pop3.exchange"]
+    # Nothing is lost or reordered ...
+    assert [e["seq"] for e in exchanges] == list(range(1, COUNT + 1))
+    (path,) = iter_capture_paths([tmp_path])
+    capture = read_capture(path)
+    assert capture.stream("s2c") == GREETING + b"+OK\r\n" * COUNT
+    assert len(capture.exchanges()) == COUNT
+    # ... and no single step of the event loop did all of the work.
+    assert marks.most_exchanges_in_one_step() <= COUNT // 10
