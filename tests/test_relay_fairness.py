@@ -96,4 +96,5 @@ def test_a_burst_of_answers_is_worked_off_in_bounded_steps(tmp_path: Path) -> No
     assert capture.stream("s2c") == GREETING + b"+OK\r\n" * COUNT
     assert len(capture.exchanges()) == COUNT
     # ... and no single step of the event loop did all of the work.
-    assert marks.most_exchanges_in_one_step() <= COUNT // 10
+    busiest = marks.most_exchanges_in_one_step()
+    assert busiest <= COUNT // 10

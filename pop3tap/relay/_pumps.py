@@ -63,6 +63,7 @@ class Pump:
                 except trio.ClosedResourceError:
                     return
                 if not data:
+                    await self.session.catch_up(shield=True)
                     self.session.stream_ended(self.direction, "eof")
                     await self.propagate_eof()
                     return
@@ -86,12 +87,14 @@ class Pump:
             # its close_notify after ours: an end of stream, not a reset (RFC 8446 §6.1).
             if id(self.source) not in session.closing:
                 session.log.info("tls.no_close_notify", side=self.side)
+            await session.catch_up(shield=True)
             session.stream_ended(self.direction, "eof")
             await self.propagate_eof()
             return
         # A reset (or a TLS failure) on the receiving side: pass it on as a reset.
         session.log.info("session.reset", side=self.side, error=one_line_reason(exc))
         session.close_reason = f"{self.side} reset"
+        await session.catch_up(shield=True)
         session.stream_ended(self.direction, "reset")
         session.closing.add(id(self.sink))
         reset_on_close(self.sink)
@@ -114,7 +117,7 @@ class Pump:
             other = "server" if self.direction is Direction.CLIENT else "client"
             session.log.info("session.peer_gone", side=other, error=one_line_reason(exc))
             session.close_reason = f"{other} gone"
-            session.recorder.flush()  # keep the order: the bytes, then the failure
+            await session.catch_up(shield=True)  # keep the order: the bytes, then the failure
             session.recorder.record_event(
                 "send_failed", dir=self.direction.value, error=one_line_reason(exc)
             )
@@ -183,7 +186,7 @@ class ClientPump(Pump):
     async def forward(self, data: bytes) -> None:
         session = self.session
         recorder = session.recorder
-        session.catch_up()  # what the client saw comes before what it says
+        await session.catch_up()  # what the client saw comes before what it says
         start = recorder.seen[Direction.CLIENT]
         at = session.now()
         if not session.stls.pending and not session.stls.may_hold(
@@ -230,7 +233,7 @@ class ClientPump(Pump):
 
 
 class ServerPump(Pump):
-    """Server to client: capture, send, then parse, with the exceptions
+    """Server to client: capture, send, then parse (in bounded steps), with the exceptions
     the module docstring lists."""
 
     direction = Direction.SERVER
@@ -284,7 +287,7 @@ class ServerPump(Pump):
             # this task parses them, so the client pump catches up first if needed.
             recorder.queue_server(data, session.now())
             await self.send(data)
-            session.catch_up()
+            await session.catch_up()
 
     async def forward_faulted(self, data: bytes, start: int) -> None:
         """Forward server bytes as the armed faults say."""

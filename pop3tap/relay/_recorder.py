@@ -8,8 +8,9 @@ the observer's events into ``pop3.*`` log lines, fault notes and STLS gate decis
 parser, masker or capture failure is logged and the session goes on.
 
 Server bytes already forwarded may wait in a queue (:meth:`SessionRecorder.queue_server`)
-until :meth:`SessionRecorder.flush`; every entry point first works the queue off, so
-nothing is ever reordered.
+and be worked off a bounded amount at a time (:meth:`SessionRecorder.work`), so that one
+session's burst of answers cannot hold the event loop; every other entry point first
+works the queue off completely, so nothing is ever reordered.
 """
 
 from __future__ import annotations
@@ -38,9 +39,22 @@ from pop3tap.protocol import (
 from pop3tap.relay._faults import FaultGate
 from pop3tap.relay._stls import StlsGate
 
+#: Lines of queued server bytes parsed in one go (see :meth:`SessionRecorder.work`).
+PARSE_LINES = 256
+
 
 def _nothing() -> None:
     return None
+
+
+def _line_slice(data: bytes, pos: int, lines: int) -> int:
+    """Where ``lines`` lines of ``data`` from ``pos`` end (``len(data)`` if fewer follow)."""
+    for _ in range(lines):
+        found = data.find(b"\n", pos)
+        if found < 0:
+            return len(data)
+        pos = found + 1
+    return pos
 
 
 class SessionRecorder:
@@ -71,8 +85,10 @@ class SessionRecorder:
         self.seen = {Direction.CLIENT: 0, Direction.SERVER: 0}
         #: The client's eof/reset record, held back while masked client lines are.
         self.client_end_record: tuple[str, float] | None = None
-        #: Server bytes captured and forwarded, not parsed yet, with their time.
+        #: Server bytes captured and forwarded, not parsed yet, with their time; the
+        #: first chunk is parsed up to ``unobserved_pos``.
         self.unobserved: deque[tuple[bytes, float]] = deque()
+        self.unobserved_pos = 0
         #: Events parsed, not acted on yet (in order).
         self.backlog: deque[Event] = deque()
         #: Plaintext after a passed-through STLS was flagged (once a session).
@@ -197,13 +213,47 @@ class SessionRecorder:
         self.capture_server(data, at)
         self.unobserved.append((data, at))
 
+    def work(self, budget: int) -> bool:
+        """Parse queued server bytes and act on their events, about ``budget`` events'
+        worth; True while some remain."""
+        backlog = self.backlog
+        while True:
+            if backlog:
+                if len(backlog) <= budget:
+                    batch = list(backlog)
+                    backlog.clear()
+                else:
+                    batch = [backlog.popleft() for _ in range(budget)]
+                budget -= len(batch)
+                self.handle_events(batch, Direction.SERVER)
+                if budget <= 0:
+                    return bool(backlog or self.unobserved)
+            elif self.unobserved:
+                self._parse_queued()
+            else:
+                return False
+
+    def _parse_queued(self) -> None:
+        """Parse the next at most :data:`PARSE_LINES` lines of queued server bytes."""
+        data, at = self.unobserved[0]
+        start = self.unobserved_pos
+        if start == 0 and data.count(b"\n") <= PARSE_LINES:
+            end = len(data)
+        else:
+            end = _line_slice(data, start, PARSE_LINES)
+        if end == len(data):
+            self.unobserved.popleft()
+            self.unobserved_pos = 0
+        else:
+            self.unobserved_pos = end
+        self._parse_server(
+            data if start == 0 and end == len(data) else data[start:end], at, captured=True
+        )
+
     def flush(self) -> None:
-        """Parse every queued server byte and act on every event (before anything else)."""
-        while self.unobserved:
-            data, at = self.unobserved.popleft()
-            self._parse_server(data, at, captured=True)
-        if self.backlog:
-            self.handle_events(self._take_backlog(), Direction.SERVER)
+        """Work off every queued server byte and event (before anything else is recorded)."""
+        while self.unobserved or self.backlog:
+            self.work(len(self.backlog) or PARSE_LINES)
 
     def _parse_server(self, data: bytes, at: float, *, captured: bool) -> None:
         self.seen[Direction.SERVER] += len(data)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pop3tap.relay._server import RelayServer
 
 logger = get_logger("pop3tap.relay")
+#: Events worked off per step before other sessions get a turn (see ``catch_up``).
+WORK_BUDGET = 32
 
 #: What names pop3tap in the one line it writes in the server's place (RFC 2449 §8.1.3).
 ERR_PREFIX = "[SYS/TEMP] pop3tap"
@@ -85,9 +87,16 @@ class RelaySession:
         self.server_activity.set()
         self.recorder.ended(direction, kind)
 
-    def catch_up(self) -> None:
-        """Parse the server bytes already forwarded."""
-        self.recorder.flush()
+    async def catch_up(self, *, shield: bool = False) -> None:
+        """Parse the server bytes already forwarded, a bounded amount between checkpoints,
+        so one session's burst of answers cannot hold up the others.
+
+        ``shield``: finish even if the pumps are cancelled meanwhile (what follows must be
+        recorded after these bytes).
+        """
+        with trio.CancelScope(shield=shield):
+            while self.recorder.work(WORK_BUDGET):
+                await trio.lowlevel.checkpoint()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -219,4 +228,5 @@ class RelaySession:
                         await send_close_notify(stream)
                 with trio.move_on_after(1):
                     await trio.aclose_forcefully(stream)
+        await self.catch_up()  # finish shields it
         self.recorder.close(self.close_reason)
