@@ -53,6 +53,7 @@ def _record(
     split: Callable[[bytes], list[bytes]],
     *,
     queued: bool = False,
+    budget: int = 0,
     stls: StlsGate | None = None,
 ) -> tuple[Capture, list[MutableMapping[str, Any]]]:
     """Run ``steps`` through a recorder; the capture it wrote and the log lines."""
@@ -70,6 +71,8 @@ def _record(
                     recorder.client_bytes(chunk, at)
                 elif queued:
                     recorder.queue_server(chunk, at)
+                    if budget:  # part of the work now, the rest when the client speaks
+                        recorder.work(budget)
                 else:
                     recorder.server_bytes(chunk, at)
         recorder.ended(C, "eof")
@@ -152,13 +155,15 @@ def test_queued_server_bytes_are_recorded_like_parsed_ones() -> None:
     assert _exchanges(queued_logs) == _exchanges(direct_logs)
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.data(), st.sampled_from([LOGIN, SASL]), st.booleans())
+@settings(max_examples=80, deadline=None)
+@given(st.data(), st.sampled_from([LOGIN, SASL]), st.booleans(), st.integers(0, 3))
 def test_any_chunking_gives_the_same_capture_and_log(
-    data: st.DataObject, steps: Steps, queued: bool
+    data: st.DataObject, steps: Steps, queued: bool, budget: int
 ) -> None:
     whole, whole_logs = _record(steps, _whole)
-    split, split_logs = _record(steps, lambda chunk: _splits(data.draw, chunk), queued=queued)
+    split, split_logs = _record(
+        steps, lambda chunk: _splits(data.draw, chunk), queued=queued, budget=budget
+    )
     assert _streams(split) == _streams(whole)
     assert _exchanges(split_logs) == _exchanges(whole_logs)
 
@@ -238,3 +243,23 @@ def test_tls_after_a_passed_through_stls_is_recorded_as_it_is() -> None:
     capture, logs = _record(steps, _whole, stls=StlsGate(intercept=False))
     assert capture.stream("c2s") == b"STLS\r\n" + hello
     assert "tls.injection" not in [e["event"] for e in logs]
+
+
+def test_a_burst_of_answers_is_worked_off_in_bounded_steps_in_order() -> None:
+    burst: Steps = [(S, b"+OK ready\r\n"), (C, b"NOOP\r\n" * 300), (S, b"+OK\r\n" * 300)]
+    with structlog.testing.capture_logs() as logs:
+        recorder = SessionRecorder(
+            log=get_logger("pop3tap.relay"), clock=lambda: 0.0, stls=StlsGate(intercept=True)
+        )
+        recorder.server_bytes(burst[0][1], 0.0)
+        recorder.client_bytes(burst[1][1], 0.0)
+        recorder.queue_server(burst[2][1], 0.0)
+        steps = []
+        while True:
+            before = len(logs)
+            more = recorder.work(32)
+            steps.append(len(logs) - before)
+            if not more:
+                break
+    assert max(steps) == 32 and sum(steps) == 300
+    assert [e["seq"] for e in logs if e["event"] == "pop3.exchange"] == list(range(1, 301))
