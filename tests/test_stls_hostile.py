@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from clients import running_relay
+from clients import RunningRelay, running_relay
 from faults import Behaviour, Connection, scripted_server
 
 from pop3tap.capture import EventRecord, read_capture
@@ -37,6 +37,13 @@ def _answer_stls_with(answer: bytes) -> Behaviour:
 def _never_answer_stls(conn: Connection) -> None:
     conn.send(b"+OK scripted ready\r\n")
     conn.read_all()
+
+
+def _wait_for_complete_capture(relay: RunningRelay) -> None:
+    deadline = time.monotonic() + 10
+    while not (relay.capture_files() and read_capture(relay.capture_files()[0]).complete):
+        assert time.monotonic() < deadline, "capture did not complete"
+        time.sleep(0.02)
 
 
 def _read_lines(reader: object, count: int) -> list[bytes]:
@@ -68,10 +75,7 @@ def test_any_answer_but_ok_releases_the_held_bytes_in_order(
         client.shutdown(socket.SHUT_WR)
         assert reader.read() == b""
         (conn,) = server.wait()
-        deadline = time.monotonic() + 10
-        while not (relay.capture_files() and read_capture(relay.capture_files()[0]).complete):
-            assert time.monotonic() < deadline, "capture did not complete"
-            time.sleep(0.02)
+        _wait_for_complete_capture(relay)
     assert bytes(conn.received) == b"STLS\r\nNOOP\r\n"
     stls, noop = relay.only_capture().exchanges()
     assert (stls.verb, stls.status) == ("STLS", status)
@@ -133,10 +137,7 @@ def test_plaintext_after_a_passed_through_stls_is_forwarded_but_recorded_masked(
         client.shutdown(socket.SHUT_WR)
         assert reader.read() == b""
         (conn,) = server.wait()
-        deadline = time.monotonic() + 10
-        while not (relay.capture_files() and read_capture(relay.capture_files()[0]).complete):
-            assert time.monotonic() < deadline, "capture did not complete"
-            time.sleep(0.02)
+        _wait_for_complete_capture(relay)
     # Transparent: the server got every byte the client sent.
     assert bytes(conn.received) == b"".join(writes)
     (path,) = relay.capture_files()

@@ -21,21 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from pop3tap.capture import CaptureError, CaptureWriter
-from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
-    CommandSent,
     Direction,
-    EndOfStream,
     Event,
-    Exchange,
-    Greeting,
-    PairingLost,
     SessionObserver,
-    StartTls,
-    StrayLine,
-    Suppressed,
-    UnsolicitedLine,
 )
+from pop3tap.relay._actions import EventActions
 from pop3tap.relay._faults import FaultGate
 from pop3tap.relay._stls import StlsGate
 
@@ -57,7 +48,7 @@ def _line_slice(data: bytes, pos: int, lines: int) -> int:
     return pos
 
 
-class SessionRecorder:
+class SessionRecorder(EventActions):
     """One session's capture, observer and log; synchronous, no I/O but the capture file."""
 
     def __init__(
@@ -325,100 +316,3 @@ class SessionRecorder:
             self.capture.close(at, reason, fields)
             self.check_capture()
         return fields
-
-    # -- events --------------------------------------------------------------------------
-
-    def handle_events(self, events: list[Event], direction: Direction) -> None:
-        """Act on parsed events in order; a failure is logged and the session goes on."""
-        try:
-            for event in events:
-                handler = _HANDLERS.get(type(event))
-                if handler is not None:
-                    handler(self, event)
-        except Exception:  # the parser must never break the relay
-            self.log.exception("pop3.parser_error", direction=direction.value)
-
-    def on_exchange(self, event: Exchange) -> None:
-        self.log.info("pop3.exchange", **exchange_fields(event))
-        if self.faults is not None:
-            self.faults.on_exchange(event.seq, event.response_start, event.response_end)
-        self.stls.on_exchange(event)
-
-    def on_command(self, event: CommandSent) -> None:
-        if self.faults is not None:
-            # A fault may hit the answer to this command: note it, and record it.
-            armed = self.faults.on_command(
-                event.seq, event.verb, event.args.encode(), self.seen[Direction.SERVER]
-            )
-            if armed is not None:
-                self.record_event("fault", seq=armed.seq, spec=armed.fault.spec)
-        self.stls.on_command(event)
-
-    def on_greeting(self, event: Greeting) -> None:
-        if self.faults is not None:
-            self.faults.on_greeting(event.end)
-        self.log.info(
-            "pop3.greeting",
-            status=None if event.status is None else event.status.value,
-            first_line=event.text,
-            apop=event.apop_timestamp is not None,
-        )
-
-    def on_unsolicited(self, event: UnsolicitedLine) -> None:
-        self.log.warning("pop3.unsolicited", line=event.text)
-
-    def on_stray(self, event: StrayLine) -> None:
-        self.log.warning("pop3.stray", direction=event.direction.value, line=event.text)
-
-    def on_start_tls(self, event: StartTls) -> None:
-        if self.stls.on_start_tls(event):
-            return
-        self.log.warning(
-            "pop3.stls",
-            note="TLS follows; without interception the rest of the session is relayed "
-            "encrypted and recorded as opaque bytes",
-            client_trailing=event.client_trailing,
-            server_trailing=event.server_trailing,
-        )
-        self.record_event("stls", intercepted=False)
-        if event.client_trailing:
-            # Sent with the STLS, before its +OK: the observer masked it already.
-            self.flag_injection(event.client_trailing)
-
-    def on_pairing_lost(self, event: PairingLost) -> None:
-        self.log.warning("pop3.pairing_lost", reason=event.reason)
-        for armed in self.faults.disarm() if self.faults is not None else ():
-            self.log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
-            # So a replay of this capture does not inject what never happened.
-            self.record_event("fault_dropped", seq=armed.seq, spec=armed.fault.spec)
-
-    def on_suppressed(self, event: Suppressed) -> None:
-        self.log.warning(
-            "pop3.suppressed",
-            direction=event.direction.value,
-            kind=event.kind,
-            lines=event.lines,
-            bytes=event.bytes,
-            final=event.final,
-            note="totals for the session"
-            if event.final
-            else "further lines like these are counted, not logged",
-        )
-
-    def on_end_of_stream(self, event: EndOfStream) -> None:
-        if event.truncated:
-            self.log.warning("pop3.truncated", direction=event.direction.value)
-
-
-#: What the recorder does with each kind of event (the others need nothing).
-_HANDLERS: dict[type[Event], Callable[[SessionRecorder, Any], None]] = {
-    Exchange: SessionRecorder.on_exchange,
-    CommandSent: SessionRecorder.on_command,
-    Greeting: SessionRecorder.on_greeting,
-    UnsolicitedLine: SessionRecorder.on_unsolicited,
-    StrayLine: SessionRecorder.on_stray,
-    StartTls: SessionRecorder.on_start_tls,
-    PairingLost: SessionRecorder.on_pairing_lost,
-    Suppressed: SessionRecorder.on_suppressed,
-    EndOfStream: SessionRecorder.on_end_of_stream,
-}
