@@ -94,7 +94,10 @@ class RelaySession:
         ``shield``: finish even if the pumps are cancelled meanwhile (what follows must be
         recorded after these bytes).
         """
+        if not self.recorder.work(WORK_BUDGET):
+            return  # the usual case: done without a checkpoint (or a cancel scope)
         with trio.CancelScope(shield=shield):
+            await trio.lowlevel.checkpoint()
             while self.recorder.work(WORK_BUDGET):
                 await trio.lowlevel.checkpoint()
 
