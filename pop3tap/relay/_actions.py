@@ -31,6 +31,9 @@ class EventActions:
     faults: FaultGate | None
     #: Bytes observed so far per direction (the observer's stream offsets).
     seen: dict[Direction, int]
+    #: Commands seen whose exchange has not been acted on yet (an upper bound of the
+    #: exchanges the next server bytes can complete).
+    unanswered = 0
 
     def record_event(self, name: str, **fields: Any) -> None:
         raise NotImplementedError
@@ -49,12 +52,14 @@ class EventActions:
             self.log.exception("pop3.parser_error", direction=direction.value)
 
     def on_exchange(self, event: Exchange) -> None:
+        self.unanswered = max(0, self.unanswered - 1)
         self.log.info("pop3.exchange", **exchange_fields(event))
         if self.faults is not None:
             self.faults.on_exchange(event.seq, event.response_start, event.response_end)
         self.stls.on_exchange(event)
 
     def on_command(self, event: CommandSent) -> None:
+        self.unanswered += 1
         if self.faults is not None:
             # A fault may hit the answer to this command: note it, and record it.
             armed = self.faults.on_command(

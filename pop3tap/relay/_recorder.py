@@ -228,7 +228,10 @@ class SessionRecorder(EventActions):
         """Parse the next at most :data:`PARSE_LINES` lines of queued server bytes."""
         data, at = self.unobserved[0]
         start = self.unobserved_pos
-        if start == 0 and data.count(b"\n") <= PARSE_LINES:
+        # Few commands wait for answers: the bytes cannot complete many exchanges (body
+        # lines cost little), so they are parsed whole; the line count is only searched
+        # for when a client pipelined many commands.
+        if start == 0 and (self.unanswered <= PARSE_LINES or data.count(b"\n") <= PARSE_LINES):
             end = len(data)
         else:
             end = _line_slice(data, start, PARSE_LINES)
