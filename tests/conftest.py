@@ -13,8 +13,15 @@ from pathlib import Path
 import pytest
 import trustme
 from dovecot import Dovecot, Mailbox
+from hypothesis import settings
 from mail_corpus import standard_corpus
 from mailutils import Mailutils
+
+# A property test never times itself: on a loaded 2-core machine one example can take
+# longer than hypothesis's default 200 ms deadline, and a timing failure says nothing
+# about the property. Every @settings(...) in the suite inherits this profile.
+settings.register_profile("pop3tap", deadline=None)
+settings.load_profile("pop3tap")
 
 REQUIRE_REAL_PEERS = os.environ.get("POP3TAP_REQUIRE_REAL_PEERS") == "1"
 
