@@ -1,22 +1,39 @@
 """Sans-IO POP3 core: feed it the bytes each direction carried, get events back.
 
 No trio, no sockets, no msgpack: the relay, the capture reader and the replay server all
-drive the same :class:`SessionObserver`, so they agree on how a session is paired.
+drive the same :class:`SessionObserver`, so they agree on how a session is paired. Every
+rule that depends on a verb is a row of :data:`COMMANDS`, read through the query
+functions exported here (:func:`command_spec`, :func:`expects_multiline`,
+:func:`secret_position`, :func:`barrier_of`, :func:`counts_as_login`,
+:func:`summary_counter`, :func:`login_name`).
 """
 
 from pop3tap.protocol._commands import (
+    COMMANDS,
     SECRET_PLACEHOLDER,
     WORD_SEPARATORS,
+    Barrier,
+    CommandSpec,
+    Counter,
+    Multiline,
+    barrier_of,
+    command_spec,
+    counts_as_login,
     describe_command,
     expects_multiline,
     is_known_command,
+    known_verbs,
+    login_name,
     mask_arguments,
     mask_line,
     opens_auth,
+    opens_sasl,
     parse_status,
+    secret_position,
     secret_verb,
     shown_command,
     split_command,
+    summary_counter,
 )
 from pop3tap.protocol._events import (
     CommandSent,
@@ -54,13 +71,17 @@ from pop3tap.protocol._server_role import (
 )
 
 __all__ = [
+    "COMMANDS",
     "NEED_DATA",
     "SECRET_PLACEHOLDER",
     "WORD_SEPARATORS",
+    "Barrier",
     "ClientEvent",
     "ClientReader",
     "Command",
     "CommandSent",
+    "CommandSpec",
+    "Counter",
     "Direction",
     "EndOfInput",
     "EndOfStream",
@@ -69,6 +90,7 @@ __all__ = [
     "Flag",
     "Greeting",
     "LineTooLong",
+    "Multiline",
     "NeedData",
     "PairingLost",
     "PlaintextAfterStls",
@@ -86,16 +108,24 @@ __all__ = [
     "TlsData",
     "UnsolicitedLine",
     "Verdict",
+    "barrier_of",
+    "command_spec",
+    "counts_as_login",
     "describe_command",
     "expects_multiline",
     "is_known_command",
+    "known_verbs",
     "login_identity",
+    "login_name",
     "mask_arguments",
     "mask_line",
     "opens_auth",
+    "opens_sasl",
     "parse_status",
     "sasl_user",
+    "secret_position",
     "secret_verb",
     "shown_command",
     "split_command",
+    "summary_counter",
 ]

@@ -1,18 +1,200 @@
-"""The POP3 command table: which responses are multi-line and which arguments are secret."""
+"""The POP3 command table: every rule that depends on the verb, in one place.
+
+:data:`COMMANDS` maps each keyword pop3tap knows to a :class:`CommandSpec`: whether a
+``+OK`` opens a multi-line body, where a secret sits in the arguments, whether later client
+lines are held back behind it (STLS, ``AUTH mechanism``), whether a ``+OK`` logs the user
+in, which summary counter it moves, and the shape of valid arguments. The observer's
+pairing, the masker, the session summary, replay matching and the test helpers all read
+this table through the small query functions below; no other module keeps a verb's rules.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from types import MappingProxyType
 
 #: Mask that replaces secret bytes in logs and captures.
 SECRET_PLACEHOLDER = "********"
 SECRET_PLACEHOLDER_BYTES = SECRET_PLACEHOLDER.encode()
 
-#: Commands whose ``+OK`` answer is always multi-line (RFC 1939 §5, §7; RFC 2449 §5).
-_ALWAYS_MULTILINE = frozenset({"CAPA", "RETR", "TOP"})
-#: Commands whose ``+OK`` answer is multi-line only without an argument (RFC 1939 §5, §7;
-#: RFC 6856 §3 for LANG; AUTH without a mechanism lists mechanisms, a de-facto extension).
-_MULTILINE_WITHOUT_ARG = frozenset({"LIST", "UIDL", "LANG", "AUTH"})
+
+class Multiline(Enum):
+    """When a ``+OK`` to the command opens a multi-line body (RFC 1939 §3)."""
+
+    #: Always one line.
+    NEVER = "never"
+    #: Always a body (RETR, TOP: RFC 1939 §7; CAPA: RFC 2449 §5).
+    ALWAYS = "always"
+    #: A body only without an argument (LIST, UIDL: RFC 1939 §7; LANG: RFC 6856 §3; AUTH
+    #: without a mechanism lists mechanisms, a de-facto extension).
+    WITHOUT_ARGUMENT = "without_argument"
+    #: A body only for ``XTND XLST`` (RFC 1082 §3).
+    XLST_ARGUMENT = "xlst_argument"
+
+
+class Barrier(Enum):
+    """What holds back the client lines sent after a command until it is answered."""
+
+    #: Nothing: later lines are commands, in order (RFC 2449 §6.6).
+    NONE = "none"
+    #: STLS: TLS starts after a ``+OK``, so nothing may follow it (RFC 2595 §4).
+    STLS = "stls"
+    #: ``AUTH mechanism``: the next lines may be SASL data (RFC 5034 §4).
+    SASL = "sasl"
+
+
+class Counter(Enum):
+    """The session summary counter a ``+OK`` to the command moves."""
+
+    NONE = "none"
+    RETR = "retr"
+    TOP = "top"
+    DELE = "dele"
+    #: QUIT from the TRANSACTION state: deletions are committed (RFC 1939 §6).
+    QUIT = "quit"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One verb's rules (see the module docstring)."""
+
+    verb: str
+    #: Regular expression for valid arguments, matched after the keyword.
+    arguments: bytes
+    multiline: Multiline = Multiline.NEVER
+    #: Words (the keyword included) before the secret, or None when nothing is secret:
+    #: ``PASS secret``, ``APOP name digest``, ``AUTH mechanism initial-response``.
+    secret_after: int | None = None
+    #: What holds the lines after it; SASL only when a mechanism is named.
+    barrier: Barrier = Barrier.NONE
+    #: A ``+OK`` logs the user in (for AUTH only when a mechanism is named).
+    login: bool = False
+    counter: Counter = Counter.NONE
+    #: The first word of the arguments names the user (USER, APOP: RFC 1939 §7).
+    names_user: bool = False
+
+
+_NUMBER = rb"[0-9]{1,10}"
+_WORD = rb"[\x21-\x7e\x80-\xff]+"
+_TEXT = rb"[\x21-\x7e\x80-\xff][\x20-\x7e\x80-\xff]*"
+_BLANK = rb"[ \t]+"
+
+
+def _spec(verb: str, arguments: bytes = b"", **rules: object) -> tuple[str, CommandSpec]:
+    return verb, CommandSpec(verb, arguments, **rules)  # type: ignore[arg-type]
+
+
+#: The command table: RFC 1939 §§4-7, RFC 2449 §5 CAPA, RFC 2595 §4 STLS, RFC 5034 §4
+#: AUTH, RFC 6856 §§2-3 UTF8 and LANG, XTND of RFC 1082, and LAST of RFC 1460/1725
+#: (dropped by RFC 1939 but still served by Dovecot and qmail).
+COMMANDS: Mapping[str, CommandSpec] = MappingProxyType(
+    dict(
+        (
+            _spec("USER", _BLANK + _TEXT, names_user=True),
+            _spec("PASS", _BLANK + _TEXT, secret_after=1, login=True),
+            _spec(
+                "APOP", _BLANK + _WORD + _BLANK + _WORD, secret_after=2, login=True, names_user=True
+            ),
+            # The initial response is base64, or the placeholder a masked capture holds.
+            _spec(
+                "AUTH",
+                b"(?:"
+                + _BLANK
+                + rb"[A-Za-z0-9_-]{1,20}(?:"
+                + _BLANK
+                + rb"(?:[A-Za-z0-9+/]*={0,2}|\*{8}))?)?",
+                multiline=Multiline.WITHOUT_ARGUMENT,
+                secret_after=2,
+                barrier=Barrier.SASL,
+                login=True,
+            ),
+            _spec("STLS", barrier=Barrier.STLS),
+            _spec("STAT"),
+            _spec("LIST", b"(?:" + _BLANK + _NUMBER + b")?", multiline=Multiline.WITHOUT_ARGUMENT),
+            _spec("UIDL", b"(?:" + _BLANK + _NUMBER + b")?", multiline=Multiline.WITHOUT_ARGUMENT),
+            _spec("RETR", _BLANK + _NUMBER, multiline=Multiline.ALWAYS, counter=Counter.RETR),
+            _spec(
+                "TOP",
+                _BLANK + _NUMBER + _BLANK + _NUMBER,
+                multiline=Multiline.ALWAYS,
+                counter=Counter.TOP,
+            ),
+            _spec("DELE", _BLANK + _NUMBER, counter=Counter.DELE),
+            _spec("NOOP"),
+            _spec("RSET"),
+            _spec("QUIT", counter=Counter.QUIT),
+            _spec("CAPA", multiline=Multiline.ALWAYS),
+            _spec("UTF8"),
+            _spec(
+                "LANG", b"(?:" + _BLANK + rb"[\x21-\x7e]+)?", multiline=Multiline.WITHOUT_ARGUMENT
+            ),
+            _spec(
+                "XTND",
+                _BLANK + rb"[\x21-\x7e]+(?:" + _BLANK + rb"[\x21-\x7e]+)*",
+                multiline=Multiline.XLST_ARGUMENT,
+            ),
+            _spec("LAST"),
+        )
+    )
+)
+
+
+def command_spec(verb: str) -> CommandSpec | None:
+    """The rules of an upper-cased keyword, or None for a verb pop3tap does not know."""
+    return COMMANDS.get(verb)
+
+
+def known_verbs() -> frozenset[str]:
+    """Every keyword of :data:`COMMANDS`."""
+    return _KNOWN_VERBS
+
+
+def secret_position(verb: str) -> int | None:
+    """Words (keyword included) before the verb's secret, or None when it has none."""
+    spec = COMMANDS.get(verb)
+    return None if spec is None else spec.secret_after
+
+
+def barrier_of(verb: str, args: bytes) -> Barrier:
+    """What the command holds back: STLS always, AUTH only with a mechanism (RFC 5034 §4)."""
+    spec = COMMANDS.get(verb)
+    if spec is None or (spec.barrier is Barrier.SASL and not args.strip()):
+        return Barrier.NONE
+    return spec.barrier
+
+
+def opens_sasl(verb: str) -> bool:
+    """Whether the verb may be answered with ``+`` continuations (AUTH, RFC 5034 §4)."""
+    spec = COMMANDS.get(verb)
+    return spec is not None and spec.barrier is Barrier.SASL
+
+
+def counts_as_login(verb: str, has_args: bool) -> bool:
+    """Whether a ``+OK`` to the command logs the user in (AUTH only with a mechanism)."""
+    spec = COMMANDS.get(verb)
+    return spec is not None and spec.login and (spec.barrier is not Barrier.SASL or has_args)
+
+
+def summary_counter(verb: str) -> Counter:
+    """The session summary counter a ``+OK`` to the command moves."""
+    spec = COMMANDS.get(verb)
+    return Counter.NONE if spec is None else spec.counter
+
+
+def login_name(verb: str, args: str) -> str | None:
+    """The user named by a (masked) command's argument text: USER's or APOP's first word."""
+    spec = COMMANDS.get(verb)
+    if spec is None or not spec.names_user or not args:
+        return None
+    return args.split(" ", 1)[0]
+
+
+_KNOWN_VERBS = frozenset(COMMANDS)
+#: The verb of a SASL barrier, as a keyword of the client byte stream.
+SASL_KEYWORD = next(v for v, s in COMMANDS.items() if s.barrier is Barrier.SASL).encode()
 
 _APOP_TIMESTAMP = re.compile(rb"<[^<>]*@[^<>]*>")
 
@@ -29,11 +211,15 @@ _SEPARATOR_RUN = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]+")
 #: Keywords whose arguments hold a secret (RFC 1939 §7, RFC 5034 §4), and how many words
 #: (the keyword included) come before the secret: ``PASS secret``, ``APOP name digest``,
 #: ``AUTH mechanism initial-response``.
-SECRET_VERBS: dict[bytes, int] = {b"PASS": 1, b"APOP": 2, b"AUTH": 2}
+SECRET_VERBS: dict[bytes, int] = {
+    verb.encode(): spec.secret_after
+    for verb, spec in COMMANDS.items()
+    if spec.secret_after is not None
+}
 #: ASCII letters: a secret-bearing keyword followed by one is another word (PASSWORD).
 LETTERS = frozenset(range(0x41, 0x5B)) | frozenset(range(0x61, 0x7B))
 #: Any secret-bearing keyword anywhere in a line: without one, nothing in it is secret.
-_ANY_SECRET_KEYWORD = re.compile(rb"(?i)pass|apop|auth")
+_ANY_SECRET_KEYWORD = re.compile(rb"(?i)" + b"|".join(SECRET_VERBS))
 
 
 def split_command(line: bytes) -> tuple[str, bytes]:
@@ -99,7 +285,7 @@ def _walk(line: bytes) -> tuple[bytes, bool]:
         cr = line.find(b"\r", pos)
         part = line[pos:] if cr < 0 else line[pos:cr]
         verb = secret_verb(part)
-        auth = auth or verb == b"AUTH"
+        auth = auth or verb == SASL_KEYWORD
         start = _secret_start(part)
         if start is not None:
             out += part[:start]
@@ -141,12 +327,17 @@ def opens_auth(line: bytes) -> bool:
 
 
 def expects_multiline(verb: str, args: bytes) -> bool:
-    """Whether a ``+OK`` to this command opens a multi-line body (pop3-protocol §0 rule 2)."""
-    if verb in _ALWAYS_MULTILINE:
+    """Whether a ``+OK`` to this command opens a multi-line body (RFC 1939 §3; the
+    :class:`Multiline` rule of its :data:`COMMANDS` entry)."""
+    spec = COMMANDS.get(verb)
+    if spec is None:
+        return False
+    rule = spec.multiline
+    if rule is Multiline.ALWAYS:
         return True
-    if verb in _MULTILINE_WITHOUT_ARG:
+    if rule is Multiline.WITHOUT_ARGUMENT:
         return not args.strip()
-    if verb == "XTND":
+    if rule is Multiline.XLST_ARGUMENT:
         return args.strip().upper().startswith(b"XLST")
     return False
 
@@ -156,47 +347,15 @@ def mask_arguments(verb: str, args: bytes) -> str:
 
     Same rule as :func:`mask_line`, for a line already split by :func:`split_command`.
     """
-    if verb in ("PASS", "APOP", "AUTH"):
+    if secret_position(verb) is not None:
         _verb, masked = split_command(mask_line(verb.encode() + b" " + args))
         return decode_text(masked)
     return decode_text(args)
 
 
-_NUMBER = rb"[0-9]{1,10}"
-_WORD = rb"[\x21-\x7e\x80-\xff]+"
-_TEXT = rb"[\x21-\x7e\x80-\xff][\x20-\x7e\x80-\xff]*"
-_BLANK = rb"[ \t]+"
-#: Known commands and the shape of valid arguments (RFC 1939 §5-7, RFC 2449 §5 CAPA,
-#: RFC 2595 §4 STLS, RFC 5034 §4 AUTH, RFC 6856 §2-3 UTF8 and LANG, XTND of RFC 1082,
-#: and LAST of RFC 1460/1725, dropped by RFC 1939 but still served by Dovecot and qmail).
+#: Known commands and the shape of valid arguments (the ``arguments`` of :data:`COMMANDS`).
 _VALID_ARGUMENTS: dict[str, re.Pattern[bytes]] = {
-    verb: re.compile(pattern + rb"[ \t]*", re.DOTALL)
-    for verb, pattern in {
-        "STAT": b"",
-        "NOOP": b"",
-        "RSET": b"",
-        "QUIT": b"",
-        "CAPA": b"",
-        "STLS": b"",
-        "UTF8": b"",
-        "LAST": b"",
-        "LIST": b"(?:" + _BLANK + _NUMBER + b")?",
-        "UIDL": b"(?:" + _BLANK + _NUMBER + b")?",
-        "RETR": _BLANK + _NUMBER,
-        "DELE": _BLANK + _NUMBER,
-        "TOP": _BLANK + _NUMBER + _BLANK + _NUMBER,
-        "USER": _BLANK + _TEXT,
-        "PASS": _BLANK + _TEXT,
-        "APOP": _BLANK + _WORD + _BLANK + _WORD,
-        # The initial response is base64, or the placeholder a masked capture holds.
-        "AUTH": b"(?:"
-        + _BLANK
-        + rb"[A-Za-z0-9_-]{1,20}(?:"
-        + _BLANK
-        + rb"(?:[A-Za-z0-9+/]*={0,2}|\*{8}))?)?",
-        "LANG": b"(?:" + _BLANK + rb"[\x21-\x7e]+)?",
-        "XTND": _BLANK + rb"[\x21-\x7e]+(?:" + _BLANK + rb"[\x21-\x7e]+)*",
-    }.items()
+    verb: re.compile(spec.arguments + rb"[ \t]*", re.DOTALL) for verb, spec in COMMANDS.items()
 }
 _KEYWORD = re.compile(rb"[A-Za-z0-9]{3,4}")
 

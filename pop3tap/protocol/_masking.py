@@ -40,6 +40,7 @@ from enum import Enum
 
 from pop3tap.protocol._commands import (
     LETTERS,
+    SASL_KEYWORD,
     SECRET_PLACEHOLDER_BYTES,
     SECRET_VERBS,
     WORD_SEPARATORS,
@@ -226,7 +227,7 @@ class _LineSteps:
             # (PASSWORD); anything else glues the secret to it (PASS1secret).
             self._keyword_too_long = True
             if byte not in LETTERS and bytes(self._keyword) in SECRET_VERBS:
-                self._auth_on_line |= self._keyword == b"AUTH"
+                self._auth_on_line |= self._keyword == SASL_KEYWORD
                 self._mode = _Mode.SECRET
                 return pos
             out.append(byte)
@@ -244,7 +245,7 @@ class _LineSteps:
         after = self._secret_after()
         if after is None:
             return _Mode.CLEAR
-        if self._keyword == b"AUTH":
+        if self._keyword == SASL_KEYWORD:
             self._auth_on_line = True
         if self._words < after:
             return None
@@ -252,7 +253,7 @@ class _LineSteps:
 
     def _line_ended_in_command(self) -> None:
         """``AUTH`` alone, or ``AUTH mechanism`` without an initial response."""
-        if self._keyword == b"AUTH" and not self._keyword_too_long:
+        if self._keyword == SASL_KEYWORD and not self._keyword_too_long:
             self._auth_on_line = True
 
     # -- secrets ----------------------------------------------------------------------------

@@ -28,7 +28,12 @@ import os
 import re
 from collections.abc import Callable
 
-from pop3tap.protocol._commands import SECRET_PLACEHOLDER_BYTES, SECRET_VERBS, WORD_SEPARATORS
+from pop3tap.protocol._commands import (
+    SASL_KEYWORD,
+    SECRET_PLACEHOLDER_BYTES,
+    SECRET_VERBS,
+    WORD_SEPARATORS,
+)
 
 _SEPARATOR_BYTES = bytes(sorted(WORD_SEPARATORS))
 _SEP = b"[" + re.escape(_SEPARATOR_BYTES) + b"]"
@@ -39,7 +44,7 @@ _LONE_CR = rb"\r(?!\n)"
 #: Secret verbs the substitution handles: their line is decided by its first part. AUTH is
 #: not among them: after it every line waits for a verdict (the step machine holds them).
 _ONE_WORD = [verb for verb, words in SECRET_VERBS.items() if words == 1]
-_TWO_WORDS = [verb for verb, words in SECRET_VERBS.items() if words == 2 and verb != b"AUTH"]
+_TWO_WORDS = [verb for verb, words in SECRET_VERBS.items() if words == 2 and verb != SASL_KEYWORD]
 
 
 def _either(verbs: list[bytes] | tuple[bytes, ...]) -> bytes:
