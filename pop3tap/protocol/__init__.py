@@ -5,7 +5,8 @@ drive the same :class:`SessionObserver`, so they agree on how a session is paire
 rule that depends on a verb is a row of :data:`COMMANDS`, read through the query
 functions exported here (:func:`command_spec`, :func:`expects_multiline`,
 :func:`secret_position`, :func:`barrier_of`, :func:`counts_as_login`,
-:func:`summary_counter`, :func:`login_name`).
+:func:`summary_counter`, :func:`login_name`); the session phase is
+:class:`SessionPhase`, moved only by :data:`TRANSITIONS`.
 """
 
 from pop3tap.protocol._commands import (
@@ -53,7 +54,7 @@ from pop3tap.protocol._events import (
     UnsolicitedLine,
 )
 from pop3tap.protocol._masking import SecretMasker, Verdict
-from pop3tap.protocol._observer import SessionObserver, SessionSummary
+from pop3tap.protocol._observer import ClientFeed, SessionObserver, SessionSummary
 from pop3tap.protocol._server_role import (
     NEED_DATA,
     ClientEvent,
@@ -69,14 +70,17 @@ from pop3tap.protocol._server_role import (
     login_identity,
     sasl_user,
 )
+from pop3tap.protocol._state import TRANSITIONS, SessionPhase, Trigger, next_phase
 
 __all__ = [
     "COMMANDS",
     "NEED_DATA",
     "SECRET_PLACEHOLDER",
+    "TRANSITIONS",
     "WORD_SEPARATORS",
     "Barrier",
     "ClientEvent",
+    "ClientFeed",
     "ClientReader",
     "Command",
     "CommandSent",
@@ -100,12 +104,14 @@ __all__ = [
     "SaslResponse",
     "SecretMasker",
     "SessionObserver",
+    "SessionPhase",
     "SessionSummary",
     "StartTls",
     "Status",
     "StrayLine",
     "Suppressed",
     "TlsData",
+    "Trigger",
     "UnsolicitedLine",
     "Verdict",
     "barrier_of",
@@ -119,6 +125,7 @@ __all__ = [
     "login_name",
     "mask_arguments",
     "mask_line",
+    "next_phase",
     "opens_auth",
     "opens_sasl",
     "parse_status",

@@ -1,0 +1,168 @@
+"""The client side of the observer: client bytes framed into lines, classified in order.
+
+A client line is a command unless an earlier command holds it back: after ``AUTH
+mechanism`` the next line may be SASL data (RFC 5034 §4), and after STLS nothing may
+follow until TLS is up (RFC 2595 §4). Held lines wait in the pending FIFO and are
+classified lazily, in the order the server consumes them. Whether a line is shown clear
+never depends on the pairing alone: after a line holding AUTH, only a known command with
+valid arguments is shown (:func:`~._commands.is_known_command`).
+"""
+
+from __future__ import annotations
+
+from pop3tap.protocol._commands import (
+    SECRET_PLACEHOLDER,
+    Barrier,
+    barrier_of,
+    describe_command,
+    expects_multiline,
+    is_known_command,
+    known_verbs,
+    opens_auth,
+    split_command,
+)
+from pop3tap.protocol._core import ObserverCore
+from pop3tap.protocol._events import CommandSent, Direction, Flag
+from pop3tap.protocol._lines import shared_flags, strip_terminator
+from pop3tap.protocol._masking import Verdict
+from pop3tap.protocol._pending import ENTRY_COST, ClientLine, Pending
+from pop3tap.protocol._sasl import sasl_response
+from pop3tap.protocol._state import SessionPhase, Trigger
+
+#: Verbs kept as one shared string each (a flood of commands does not copy them).
+_SHARED_VERBS = {verb: verb for verb in ("", *known_verbs())}
+_BARRIER_TRIGGERS = {Barrier.SASL: Trigger.AUTH_SENT, Barrier.STLS: Trigger.STLS_SENT}
+
+
+class ClientSide(ObserverCore):
+    """Framing and classifying client lines (see the module docstring)."""
+
+    def _split_client_lines(self, data: bytes, at: float) -> None:
+        assembler = self._client_line
+        base = self._client_offset
+        pos = 0
+        size = len(data)
+        while pos < size:
+            if self._phase is SessionPhase.LOST:
+                # Past the bounds: the rest is only counted, no per-line work.
+                self._count_unpaired(Direction.CLIENT, data, pos)
+                return
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                assembler.add(data, pos, size, at, base + pos)
+                return
+            if assembler.length == 0 and newline - pos < self._max_line:
+                # The whole line is in this chunk: no need to assemble it.
+                line = data[pos : newline + 1]
+                self._on_client_line(at, base + newline + 1, line, len(line), base + pos)
+                pos = newline + 1
+                continue
+            assembler.add(data, pos, newline + 1, at, base + pos)
+            pos = newline + 1
+            self._on_client_line(at, base + pos)
+
+    def _on_client_line(
+        self, at: float, end: int, kept: bytes | None = None, length: int = 0, start: int = 0
+    ) -> None:
+        """A client line ended at ``end``: the assembled one, or ``kept`` (a whole line)."""
+        lone_cr_dropped = False
+        if kept is None:
+            lone_cr_dropped = self._client_line.lone_cr_dropped
+            kept, length, _started_at, start = self._client_line.take()
+        text, flags = strip_terminator(kept, length, self._max_line)
+        # Past the limit the line's end is not kept: with a lone CR in it, the part after
+        # the CR (an AUTH for a server that ends lines there) cannot be classified.
+        may_open_auth = Flag.OVERLONG in flags and (lone_cr_dropped or b"\r" in text)
+        if flags:
+            self._summary.anomalies += 1
+        self._queue.hold(
+            ClientLine(
+                text=text,
+                at=at,
+                start=start,
+                end=end,
+                flags=shared_flags(flags),
+                pipelined=self._queue.busy,
+                cost=len(text) + ENTRY_COST,
+                may_open_auth=may_open_auth,
+            )
+        )
+        self._drain_client_queue()
+        reason = self._queue.held_overflow()  # bounded memory
+        if reason is not None:
+            self._lose_pairing(at, reason)
+
+    def _drain_client_queue(self, *, force_commands: bool = False) -> None:
+        queue = self._queue
+        while queue.held:
+            head = queue.commands[0] if queue.commands else None
+            if head is not None and head.awaiting_sasl:
+                head.awaiting_sasl = False
+                event = sasl_response(head, queue.take_held(), self._masker)
+                if event is not None:
+                    self._events.append(event)
+                continue
+            if not force_commands and queue.barrier_open():
+                return
+            self._on_command(queue.held.popleft())  # its charge passes to the command
+
+    def _shown(self, line: ClientLine) -> tuple[str, str]:
+        """The verb and argument text a command may be shown with; tells the masker."""
+        if self._auth_seen and (
+            self._distrusted
+            or self._queue.barrier_open(Barrier.SASL)  # forced at the end, never answered
+            or Flag.OVERLONG in line.flags
+            or not is_known_command(line.text)
+        ):
+            # Perhaps SASL data the pairing got wrong: never show it (RFC 5034 §4).
+            self._masker.resolve(line.end, Verdict.MASK)
+            return SECRET_PLACEHOLDER, ""
+        self._masker.resolve(line.end, Verdict.COMMAND)
+        return describe_command(line.text)
+
+    def _on_command(self, line: ClientLine) -> None:
+        text = line.text
+        lone_cr = text.find(b"\r")
+        verb, args = split_command(text if lone_cr < 0 else text[:lone_cr])
+        verb = _SHARED_VERBS.get(verb, verb)
+        seq = self._next_seq
+        self._next_seq += 1
+        self._summary.commands += 1
+        shown_verb, masked = self._shown(line)
+        if line.may_open_auth or opens_auth(text):
+            self._auth_seen = True
+        barrier = barrier_of(verb, args)
+        pending = Pending(
+            seq=seq,
+            verb=verb,
+            shown_verb=shown_verb,
+            masked_args=masked,
+            sent_at=line.at,
+            pipelined=line.pipelined,
+            request_start=line.start,
+            request_end=line.end,
+            has_args=bool(args.strip()),
+            multiline=expects_multiline(verb, args),
+            barrier=barrier,
+            # The raw line is dropped now; the verb and the masked text are what stay.
+            cost=len(verb) + len(masked) + ENTRY_COST,
+            flags=shared_flags(line.flags | {Flag.PIPELINED}) if line.pipelined else line.flags,
+        )
+        self._queue.push(pending, line.cost)
+        if barrier is not Barrier.NONE:
+            self._advance(_BARRIER_TRIGGERS[barrier])
+        reason = self._queue.commands_overflow()  # bounded memory
+        if reason is not None:
+            self._lose_pairing(line.at, reason)
+        self._events.append(
+            CommandSent(
+                at=line.at,
+                seq=seq,
+                verb=shown_verb,
+                args=masked,
+                pipelined=line.pipelined,
+                flags=line.flags,
+                start=line.start,
+                end=line.end,
+            )
+        )
