@@ -9,14 +9,32 @@ object is :class:`~._observer.SessionObserver`.
 
 from __future__ import annotations
 
-from pop3tap.protocol._anomalies import AnomalyReport
+from pop3tap.protocol._anomalies import UNPAIRED, AnomalyReport
 from pop3tap.protocol._body import Body, BodyListener
-from pop3tap.protocol._events import Direction, Event, PairingLost
+from pop3tap.protocol._commands import Barrier, Counter, counts_as_login, summary_counter
+from pop3tap.protocol._events import Direction, Event, Flag, PairingLost
 from pop3tap.protocol._lines import LineAssembler
 from pop3tap.protocol._masking import SecretMasker
-from pop3tap.protocol._pending import PendingQueue
+from pop3tap.protocol._pending import ClientLine, Pending, PendingQueue
+from pop3tap.protocol._resync import LostRun, unsafe_to_count
 from pop3tap.protocol._state import PARSING, SessionPhase, Trigger, next_phase
 from pop3tap.protocol._summary import SessionSummary
+
+
+def _unsafe_command(pending: Pending) -> bool:
+    """A command whose answer may not be exactly one line, or that changes the phase."""
+    return (
+        pending.multiline
+        or pending.barrier is not Barrier.NONE
+        or counts_as_login(pending.verb, pending.has_args)
+        or summary_counter(pending.verb) is Counter.QUIT
+        or Flag.OVERLONG in pending.flags
+    )
+
+
+def _unsafe_line(line: ClientLine) -> bool:
+    """A held line that may get more than one answer line, or change the phase."""
+    return Flag.OVERLONG in line.flags or b"\r" in line.text or unsafe_to_count(line.text + b"\n")
 
 
 class ObserverCore:
@@ -37,6 +55,8 @@ class ObserverCore:
         self._events: list[Event] = []
         self._anomalies = AnomalyReport(max_anomaly_events, self._events)
         self._phase = SessionPhase.GREETING
+        #: Counting while pairing is lost (phase LOST).
+        self._lost_run: LostRun | None = None
         self._masker = SecretMasker()
         #: A line holding AUTH was classified: later lines may be SASL data.
         self._auth_seen = False
@@ -73,7 +93,7 @@ class ObserverCore:
             self._masker.distrust()
 
     def _lose_pairing(self, at: float, reason: str) -> None:
-        """Give up pairing for the rest of the session, keeping memory bounded.
+        """Give up pairing, keeping memory bounded, until :mod:`._resync` allows it again.
 
         Reached only by floods (thousands of commands the server does not answer); the
         relay goes on forwarding every byte, and the capture still holds them all.
@@ -81,6 +101,23 @@ class ObserverCore:
         if self._phase is SessionPhase.LOST:
             return
         queue = self._queue
+        kept = self._client_line.kept
+        tainted = (
+            self._phase is SessionPhase.GREETING
+            or self._body is not None
+            or any(_unsafe_command(pending) for pending in queue.commands)
+            or any(_unsafe_line(line) for line in queue.held)
+            or b"\r" in kept
+            or self._client_line.length > len(kept)
+        )
+        self._lost_run = LostRun(
+            self._phase,
+            outstanding=len(queue.commands) + len(queue.held),
+            tainted=tainted,
+            client_line_open=self._client_line.length > 0,
+            server_line_open=self._server_line.length > 0,
+        )
+        self._lost_run.line_open_at_loss(kept)
         self._phase = SessionPhase.LOST
         self._summary.anomalies += 1
         self._distrust()
@@ -90,6 +127,22 @@ class ObserverCore:
         self._server_line.take()
         self._events.append(PairingLost(at=at, reason=reason))
 
+    def _resume_if_safe(self, at: float) -> None:
+        """At the start of a client chunk: pick pairing up again where it is safe."""
+        run = self._lost_run
+        if run is None or not run.may_resume():
+            return
+        self._lost_run = None
+        self._phase = run.phase
+        self._anomalies.report_totals(Direction.CLIENT, at, UNPAIRED)
+        self._anomalies.report_totals(Direction.SERVER, at, UNPAIRED)
+
     def _count_unpaired(self, direction: Direction, data: bytes, pos: int) -> None:
         """Bytes after pairing was lost: counted with C-level counts, never parsed."""
         self._anomalies.count_unpaired(direction, data, pos)
+        run = self._lost_run
+        if run is not None:
+            if direction is Direction.CLIENT:
+                run.client_bytes(data, pos)
+            else:
+                run.server_bytes(data, pos)

@@ -3,7 +3,7 @@
 The public object. Its parts: line framing (:mod:`._lines`), the pending FIFO and
 barriers (:mod:`._pending`), SASL steps (:mod:`._sasl`), body scanning (:mod:`._body`),
 the phase (:mod:`._state`), the summary (:mod:`._summary`), bounded reporting
-(:mod:`._anomalies`), and the two directions
+(:mod:`._anomalies`), resynchronisation (:mod:`._resync`), and the two directions
 (:mod:`._requests`, :mod:`._responses`); every verb rule comes from :mod:`._commands`.
 
 Theory of operation
@@ -42,7 +42,8 @@ pairs them by the rules of RFC 1939 and RFC 2449:
   overlong), bodies keep nothing, and unanswered commands plus held-back client lines are
   bounded both in number (``max_pending``) and in bytes (``max_pending_bytes``). Past
   either bound pairing is given up, said once (:class:`PairingLost`), and every later
-  byte is only counted: no per-line work, no events, until the end of the stream.
+  byte is only counted: no per-line work, no events, until a point where pairing can
+  safely resume (:mod:`._resync`) or the end of the stream.
 * Stray and unsolicited server lines are reported one by one up to a per-session budget
   (``max_anomaly_events``); past it they are counted (:class:`Suppressed`), and a run of
   them is skipped with one C-level search for the next line that could be a status line,
@@ -133,8 +134,8 @@ class SessionObserver(ServerSide):
 
     @property
     def pairing_lost(self) -> bool:
-        """Pairing was given up (a command flood beyond ``max_pending`` or
-        ``max_pending_bytes``): bytes are only counted from then on."""
+        """Pairing is given up (a command flood beyond ``max_pending`` or
+        ``max_pending_bytes``): bytes are only counted until it can safely resume."""
         return self._phase is SessionPhase.LOST
 
     @property
@@ -203,6 +204,8 @@ class SessionObserver(ServerSide):
     def feed_client(self, data: bytes, at: float) -> list[Event]:
         """Bytes the client sent (any chunking); returns the events they complete."""
         self._summary.client_bytes += len(data)
+        if data and self._phase is SessionPhase.LOST:
+            self._resume_if_safe(at)
         if not self._parsing or not data:
             if self._phase is SessionPhase.LOST:
                 self._count_unpaired(Direction.CLIENT, data, 0)

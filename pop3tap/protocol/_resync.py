@@ -12,10 +12,10 @@ So, with C-level work only (``bytes.count``, one regex search per chunk):
   commands still unanswered at the loss included;
 * the run is *tainted* for good when any command since (or pending at) the loss may get
   more than one line, or may change what the lines mean: a verb whose answer can be
-  multi-line (RETR, TOP, LIST, UIDL, CAPA, LANG, XTND, AUTH), a barrier (STLS, AUTH), a
-  login (PASS, APOP) or QUIT, found by a case-insensitive search anywhere in the bytes (a
-  word that merely contains one, such as a user name, taints too: the search is
-  conservative), or a lone CR (a server that ends lines there answers more lines than
+  multi-line (RETR, TOP, CAPA, XTND, AUTH; LIST, UIDL and LANG without an argument), a
+  barrier (STLS, AUTH), a login (PASS, APOP) or QUIT, found by one case-insensitive search
+  per chunk (a word that merely contains one, such as a user name, taints too: the search
+  is conservative), or a lone CR (a server that ends lines there answers more lines than
   the client sent LFs), or a body open at the loss;
 * pairing resumes when the client starts a new line while both directions sit at a line
   boundary, the counts are equal and the run is not tainted. Resuming at the start of a
@@ -37,21 +37,39 @@ import re
 from pop3tap.protocol._commands import COMMANDS, Barrier, Counter, Multiline
 from pop3tap.protocol._state import SessionPhase
 
-#: Keywords after which the lines no longer answer one to one (see the module docstring).
-_UNSAFE_VERBS = sorted(
+#: Keywords after which the lines no longer answer one to one (see the module docstring):
+#: anywhere for most, and at the end of a line (no argument) for those whose answer has a
+#: body only then, such as LIST (RFC 1939 §5). The end of the bytes searched counts as
+#: the end of a line, so a keyword cut off there taints (the search is conservative).
+_UNSAFE_ANYWHERE = sorted(
     verb
     for verb, spec in COMMANDS.items()
-    if spec.multiline is not Multiline.NEVER
+    if spec.multiline not in (Multiline.NEVER, Multiline.WITHOUT_ARGUMENT)
     or spec.barrier is not Barrier.NONE
     or spec.login
     or spec.counter is Counter.QUIT
 )
-_UNSAFE = re.compile(rb"(?i)" + b"|".join(verb.encode() for verb in _UNSAFE_VERBS))
-_KEYWORD_CARRY = max(len(verb) for verb in _UNSAFE_VERBS) - 1
+_UNSAFE_WITHOUT_ARGUMENT = sorted(
+    verb
+    for verb, spec in COMMANDS.items()
+    if spec.multiline is Multiline.WITHOUT_ARGUMENT and verb not in _UNSAFE_ANYWHERE
+)
+_SEPARATORS = rb"[\x00-\x09\x0b\x0c\x0e-\x20\x7f]*"
+_ANYWHERE = b"|".join(verb.encode() for verb in _UNSAFE_ANYWHERE)
+_BARE = b"(?:" + b"|".join(verb.encode() for verb in _UNSAFE_WITHOUT_ARGUMENT) + b")" + _SEPARATORS
+#: An unsafe verb inside the bytes (a bare one followed by a line end).
+_UNSAFE = re.compile(rb"(?i)" + _ANYWHERE + b"|" + _BARE + rb"[\r\n]")
+#: The same where the bytes end may cut a line: their end counts as a line end.
+_UNSAFE_AT_EDGE = re.compile(rb"(?i)" + _ANYWHERE + b"|" + _BARE + rb"(?:[\r\n]|\Z)")
+#: The bytes end with a bare verb (and separators): the next bytes say whether it ends there.
+_BARE_AT_END = re.compile(rb"(?i)" + _BARE + rb"\Z")
+_SEPARATOR_RUN = re.compile(_SEPARATORS)
+#: Bytes of a chunk kept to find a keyword that straddles two chunks.
+_KEYWORD_CARRY = max(len(verb) for verb in COMMANDS) - 1
 
 
 def unsafe_to_count(data: bytes | bytearray) -> bool:
-    """Whether client bytes hold a verb whose answer is not sure to be one line."""
+    """Whether complete client lines hold a verb whose answer is not sure to be one line."""
     return _UNSAFE.search(data) is not None
 
 
@@ -59,6 +77,7 @@ class LostRun:
     """What is counted from the moment pairing was lost until it resumes."""
 
     __slots__ = (
+        "bare_verb_open",
         "client_at_line_start",
         "client_lines",
         "cr_at_edge",
@@ -90,6 +109,8 @@ class LostRun:
         #: The last bytes of the previous client chunk (a keyword may straddle chunks).
         self.tail = b""
         self.cr_at_edge = False
+        #: The last chunk ended in a verb whose answer has a body without an argument.
+        self.bare_verb_open = False
 
     def client_bytes(self, data: bytes, pos: int = 0) -> None:
         """Count client bytes; taint the run if they may break one-line answers."""
@@ -116,12 +137,27 @@ class LostRun:
             and self.client_lines == self.server_lines
         )
 
+    def line_open_at_loss(self, kept: bytes | bytearray) -> None:
+        """The client line cut by the loss began with ``kept``: check it as a chunk."""
+        if kept:
+            self._check(bytes(kept), 0)
+
     def _check(self, data: bytes, pos: int) -> None:
-        if unsafe_to_count(data[pos:] if pos else data) or (
-            self.tail and unsafe_to_count(self.tail + data[pos : pos + _KEYWORD_CARRY])
-        ):
+        size = len(data)
+        if self.bare_verb_open:
+            # The last chunk ended in a bare LIST (or the like): does its line end here?
+            gap = _SEPARATOR_RUN.match(data, pos)
+            assert gap is not None  # the pattern matches the empty string
+            if gap.end() < size:
+                self.bare_verb_open = False
+                if data[gap.end()] in b"\r\n":
+                    self.tainted = True
+                    return
+        if _UNSAFE.search(data, pos) is not None or self._straddles(data, pos):
             self.tainted = True
             return
+        if _BARE_AT_END.search(data, pos) is not None:
+            self.bare_verb_open = True
         crs = data.count(b"\r", pos)
         if crs or self.cr_at_edge:
             lone = crs - data.count(b"\r\n", pos) - data.endswith(b"\r")
@@ -130,4 +166,20 @@ class LostRun:
             if lone:
                 self.tainted = True
         self.cr_at_edge = data.endswith(b"\r")
-        self.tail = data[max(pos, len(data) - _KEYWORD_CARRY) :]
+        self.tail = (self.tail + data[max(pos, size - _KEYWORD_CARRY) :])[-_KEYWORD_CARRY:]
+
+    def _straddles(self, data: bytes, pos: int) -> bool:
+        """An unsafe verb begins in the last chunk and ends in this one."""
+        if not self.tail:
+            return False
+        window_end = pos + _KEYWORD_CARRY + 3
+        window = self.tail + data[pos:window_end]
+        if _UNSAFE.search(window) is not None:
+            return True
+        bare = _BARE_AT_END.search(window)
+        if bare is None or bare.start() >= len(self.tail):
+            return False  # a verb wholly in this chunk is the chunk's own search's
+        if window_end < len(data):
+            return True  # separators run past the window: assume the line ends there
+        self.bare_verb_open = True
+        return False

@@ -39,7 +39,8 @@ class SessionPhase(Enum):
     TRANSACTION = "transaction"
     #: QUIT answered ``+OK`` from TRANSACTION: deletions were committed (RFC 1939 §6).
     UPDATE = "update"
-    #: Pairing was given up to keep memory bounded; bytes are only counted.
+    #: Pairing was given up to keep memory bounded; bytes are only counted until a safe
+    #: point lets it resume (see :mod:`._resync`).
     LOST = "lost"
 
 
