@@ -187,9 +187,8 @@ class ServerSide(ClientSide):
 
     def _complete(self, pending: Pending, at: float, response_end: int, body: Body | None) -> None:
         self._queue.release(pending)
-        if pending.barrier is not Barrier.NONE and not (
-            pending.status is Status.OK and pending.barrier is Barrier.STLS
-        ):
+        if pending.barrier is not Barrier.NONE and pending.status is not Status.OK:
+            # A +OK moves the phase on as a login (SASL) or a switch to TLS (STLS).
             self._advance(Trigger.BARRIER_ENDED)
         body_lines = body_bytes = 0
         if body is not None:
