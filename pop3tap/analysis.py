@@ -25,7 +25,7 @@ from pop3tap.capture import (
     Record,
     derive_events,
 )
-from pop3tap.protocol import Event, Exchange, Flag, SessionObserver
+from pop3tap.protocol import COMMANDS, Counter, Event, Exchange, Flag, Multiline, SessionObserver
 from pop3tap.protocol._bodyscan import body_stats
 
 __all__ = [
@@ -37,10 +37,18 @@ __all__ = [
     "analyse",
 ]
 
-#: Commands whose body is a listing worth keeping line by line (RFC 1939 §5, §7; RFC 2449 §5).
-LISTING_VERBS: Final = frozenset({"LIST", "UIDL", "CAPA", "AUTH", "XTND", "LANG"})
-#: Commands whose body is (part of) a message: headers are kept, the rest hashed.
-MESSAGE_VERBS: Final = frozenset({"RETR", "TOP"})
+#: Commands whose body is (part of) a message: headers are kept, the rest hashed (the
+#: command table's RETR and TOP counters, RFC 1939 §7).
+MESSAGE_VERBS: Final = frozenset(
+    verb for verb, spec in COMMANDS.items() if spec.counter in (Counter.RETR, Counter.TOP)
+)
+#: Commands whose body is a listing worth keeping line by line: every other command whose
+#: ``+OK`` may open a body in the command table (RFC 1939 §5, §7; RFC 2449 §5).
+LISTING_VERBS: Final = frozenset(
+    verb
+    for verb, spec in COMMANDS.items()
+    if spec.multiline is not Multiline.NEVER and verb not in MESSAGE_VERBS
+)
 #: Most bytes of a listing kept; a longer listing is hashed only (``listing`` is None).
 MAX_LISTING_BYTES: Final = 8 * 1024 * 1024
 #: Most bytes of a message header block kept; beyond it the headers count as body.

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from pop3tap.analysis import BodyFacts, CaptureStream, analyse
 from pop3tap.capture import CaptureError, iter_capture_paths
-from pop3tap.protocol import Exchange, Greeting
+from pop3tap.protocol import Exchange, Greeting, login_name
 
 __all__ = [
     "DiffOptions",
@@ -138,8 +138,8 @@ def digest_capture(path: str | Path) -> SessionDigest:
             result.greeting = event.text
         elif isinstance(event, Exchange):
             result.exchanges.append(_exchange_digest(event, item.body))
-            if result.user is None and event.verb in ("USER", "APOP") and event.args:
-                result.user = event.args.split(" ", 1)[0]
+            if result.user is None:
+                result.user = login_name(event.verb, event.args)
     result.complete = stream.complete
     result.truncated = stream.truncated
     return result

@@ -49,6 +49,7 @@ from pop3tap.protocol import (
     StrayLine,
     Suppressed,
     UnsolicitedLine,
+    login_name,
 )
 from pop3tap.render import describe_transport_event
 
@@ -84,8 +85,9 @@ def _flags(flags: Iterable[Flag]) -> int:
 
 def _user(exchanges: list[Exchange]) -> str:
     for ex in exchanges:
-        if ex.verb in ("USER", "APOP") and ex.args:
-            return ex.args.split(" ", 1)[0]
+        name = login_name(ex.verb, ex.args)
+        if name is not None:
+            return name
     return ""
 
 
