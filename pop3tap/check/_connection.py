@@ -75,11 +75,9 @@ class Connection:
         at = self.now()
         # As the relay records: masked bytes now, lines held after an AUTH once the
         # pairing says what they are (before the server bytes that told it).
-        masked = self.observer.mask_client(data, at)
-        if masked:
-            self.writer.write_data(Direction.CLIENT, at, masked)
-        events = self.observer.feed_client(data, at)
-        self._write_released()
+        recorded, events = self.observer.receive_client(data, at)
+        for when, masked in recorded:
+            self.writer.write_data(Direction.CLIENT, when, masked)
         self._handle(events)
         try:
             self.sock.sendall(data)

@@ -138,12 +138,11 @@ class SessionRecorder:
         Lines after an AUTH are held by the masker until the pairing says whether they
         are SASL data or commands; they are written as soon as it does.
         """
-        at = self.now()
-        masked = self.observer.mask_client(data, at)
-        if self.writer is not None and masked:
-            self.writer.write_data(Direction.CLIENT, at, masked)
-        self._take(self.observer.feed_client(data, at))
-        self._write_released()
+        recorded, events = self.observer.receive_client(data, self.now())
+        if self.writer is not None:
+            for at, masked in recorded:
+                self.writer.write_data(Direction.CLIENT, at, masked)
+        self._take(events)
         self._check()
 
     def server(self, data: bytes) -> None:
