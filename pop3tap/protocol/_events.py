@@ -182,7 +182,8 @@ class Exchange(Event):
 class PairingLost(Event):
     """The observer stopped pairing to keep its memory bounded (a command flood).
 
-    Bytes are still relayed and captured; no more exchanges are reported.
+    Bytes are still relayed and captured; no exchanges are reported until pairing can
+    safely resume (see ``_resync.py``), which ``final`` :class:`Suppressed` events mark.
     """
 
     reason: str
@@ -195,7 +196,8 @@ class Suppressed(Event):
     Keeps the events (and log lines) of a session bounded whatever a peer sends: a run of
     stray or unsolicited server lines beyond the session's budget, or every byte after
     pairing was lost. Emitted once when suppression begins (``final`` False, counts so
-    far) and once at the end of that direction's stream with the totals (``final`` True).
+    far) and once with the totals (``final`` True): at the end of that direction's
+    stream, or, for ``"unpaired"``, when pairing resumes.
     """
 
     direction: Direction
