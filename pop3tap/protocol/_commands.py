@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
+from typing import NamedTuple
 
 #: Mask that replaces secret bytes in logs and captures.
 SECRET_PLACEHOLDER = "********"
@@ -142,6 +143,59 @@ COMMANDS: Mapping[str, CommandSpec] = MappingProxyType(
 )
 
 
+class CommandRules(NamedTuple):
+    """What the table says about one command line (its verb and arguments)."""
+
+    #: A ``+OK`` opens a multi-line body.
+    multiline: bool
+    barrier: Barrier
+    #: A ``+OK`` logs the user in.
+    login: bool
+    counter: Counter
+
+
+_UNKNOWN_RULES = CommandRules(False, Barrier.NONE, False, Counter.NONE)
+
+
+def _derive_rules(spec: CommandSpec, *, has_args: bool, xlst: bool) -> CommandRules:
+    rule = spec.multiline
+    multiline = rule is Multiline.ALWAYS or (
+        (rule is Multiline.WITHOUT_ARGUMENT and not has_args)
+        or (rule is Multiline.XLST_ARGUMENT and xlst)
+    )
+    sasl = spec.barrier is Barrier.SASL
+    return CommandRules(
+        multiline,
+        Barrier.NONE if sasl and not has_args else spec.barrier,
+        spec.login and (has_args or not sasl),
+        spec.counter,
+    )
+
+
+#: Per verb: its rules without an argument, with one, and with ``XLST`` first.
+_RULES: dict[str, tuple[CommandRules, CommandRules, CommandRules]] = {
+    verb: (
+        _derive_rules(spec, has_args=False, xlst=False),
+        _derive_rules(spec, has_args=True, xlst=False),
+        _derive_rules(spec, has_args=True, xlst=True),
+    )
+    for verb, spec in COMMANDS.items()
+}
+
+
+def rules_for(verb: str, args: bytes) -> CommandRules:
+    """The rules of one command, from one table lookup (the observer's hot path)."""
+    rules = _RULES.get(verb)
+    if rules is None:
+        return _UNKNOWN_RULES
+    if not args:
+        return rules[0]
+    stripped = args.strip()
+    if not stripped:
+        return rules[0]
+    return rules[2] if stripped[:4].upper() == b"XLST" else rules[1]
+
+
 def command_spec(verb: str) -> CommandSpec | None:
     """The rules of an upper-cased keyword, or None for a verb pop3tap does not know."""
     return COMMANDS.get(verb)
@@ -160,10 +214,7 @@ def secret_position(verb: str) -> int | None:
 
 def barrier_of(verb: str, args: bytes) -> Barrier:
     """What the command holds back: STLS always, AUTH only with a mechanism (RFC 5034 §4)."""
-    spec = COMMANDS.get(verb)
-    if spec is None or (spec.barrier is Barrier.SASL and not args.strip()):
-        return Barrier.NONE
-    return spec.barrier
+    return rules_for(verb, args).barrier
 
 
 def opens_sasl(verb: str) -> bool:
@@ -329,17 +380,7 @@ def opens_auth(line: bytes) -> bool:
 def expects_multiline(verb: str, args: bytes) -> bool:
     """Whether a ``+OK`` to this command opens a multi-line body (RFC 1939 §3; the
     :class:`Multiline` rule of its :data:`COMMANDS` entry)."""
-    spec = COMMANDS.get(verb)
-    if spec is None:
-        return False
-    rule = spec.multiline
-    if rule is Multiline.ALWAYS:
-        return True
-    if rule is Multiline.WITHOUT_ARGUMENT:
-        return not args.strip()
-    if rule is Multiline.XLST_ARGUMENT:
-        return args.strip().upper().startswith(b"XLST")
-    return False
+    return rules_for(verb, args).multiline
 
 
 def mask_arguments(verb: str, args: bytes) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pop3tap.protocol._anomalies import UNPAIRED, AnomalyReport
 from pop3tap.protocol._body import Body, BodyListener
-from pop3tap.protocol._commands import Barrier, Counter, counts_as_login, summary_counter
+from pop3tap.protocol._commands import Barrier, Counter
 from pop3tap.protocol._events import Direction, Event, Flag, PairingLost
 from pop3tap.protocol._lines import LineAssembler
 from pop3tap.protocol._masking import SecretMasker
 from pop3tap.protocol._pending import ClientLine, Pending, PendingQueue
 from pop3tap.protocol._resync import LostRun, unsafe_to_count
-from pop3tap.protocol._state import PARSING, SessionPhase, Trigger, next_phase
+from pop3tap.protocol._state import SessionPhase, Trigger, next_phase
 from pop3tap.protocol._summary import SessionSummary
 
 
@@ -26,8 +26,8 @@ def _unsafe_command(pending: Pending) -> bool:
     return (
         pending.multiline
         or pending.barrier is not Barrier.NONE
-        or counts_as_login(pending.verb, pending.has_args)
-        or summary_counter(pending.verb) is Counter.QUIT
+        or pending.login
+        or pending.counter is Counter.QUIT
         or Flag.OVERLONG in pending.flags
     )
 
@@ -75,7 +75,8 @@ class ObserverCore:
 
     @property
     def _parsing(self) -> bool:
-        return self._phase in PARSING
+        phase = self._phase
+        return phase is not SessionPhase.OPAQUE and phase is not SessionPhase.LOST
 
     def _advance(self, trigger: Trigger) -> None:
         self._phase = next_phase(self._phase, trigger)

@@ -206,8 +206,9 @@ class SessionObserver(ServerSide):
         self._summary.client_bytes += len(data)
         if data and self._phase is SessionPhase.LOST:
             self._resume_if_safe(at)
-        if not self._parsing or not data:
-            if self._phase is SessionPhase.LOST:
+        phase = self._phase
+        if not data or phase is SessionPhase.OPAQUE or phase is SessionPhase.LOST:
+            if phase is SessionPhase.LOST:
                 self._count_unpaired(Direction.CLIENT, data, 0)
             self._client_offset += len(data)
             return self._take_events()
@@ -223,7 +224,8 @@ class SessionObserver(ServerSide):
         self._summary.server_bytes += len(data)
         size = len(data)
         pos = 0
-        if self._parsing and data:
+        phase = self._phase
+        if data and phase is not SessionPhase.OPAQUE and phase is not SessionPhase.LOST:
             self._server_chunk_end = self._server_offset + size
             pos = self._parse_server(data, at)
         if self._phase is SessionPhase.LOST and pos < size:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from pop3tap.protocol._commands import Barrier
+from pop3tap.protocol._commands import Barrier, Counter
 from pop3tap.protocol._events import Flag, Status
 
 #: Unanswered commands (and held-back client lines) kept before pairing is given up.
@@ -58,6 +58,10 @@ class Pending:
     multiline: bool
     #: STLS, or AUTH with a mechanism: later client lines are held behind it.
     barrier: Barrier
+    #: A ``+OK`` logs the user in (the command table's rule).
+    login: bool
+    #: The summary counter a ``+OK`` moves.
+    counter: Counter
     #: What it is charged against ``max_pending_bytes``.
     cost: int
     flags: frozenset[Flag] = frozenset()
@@ -74,7 +78,16 @@ class Pending:
 class PendingQueue:
     """Held client lines, unanswered commands, open barriers, and what they cost."""
 
-    __slots__ = ("barriers", "commands", "held", "max_bytes", "max_entries", "used_bytes")
+    __slots__ = (
+        "commands",
+        "held",
+        "max_bytes",
+        "max_entries",
+        "open_barriers",
+        "open_sasl",
+        "open_stls",
+        "used_bytes",
+    )
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self.max_entries = max_entries
@@ -83,8 +96,10 @@ class PendingQueue:
         self.held: deque[ClientLine] = deque()
         #: Commands waiting for (the rest of) their answers, oldest first.
         self.commands: deque[Pending] = deque()
-        #: Open barriers among ``commands``, per kind.
-        self.barriers: dict[Barrier, int] = {Barrier.STLS: 0, Barrier.SASL: 0}
+        #: Open barriers among ``commands``: all, STLS, ``AUTH mechanism``.
+        self.open_barriers = 0
+        self.open_stls = 0
+        self.open_sasl = 0
         #: Charged bytes of both queues together.
         self.used_bytes = 0
 
@@ -96,8 +111,8 @@ class PendingQueue:
     def barrier_open(self, kind: Barrier | None = None) -> bool:
         """A barrier (of ``kind``, or any) waits for its answer."""
         if kind is None:
-            return self.barriers[Barrier.STLS] + self.barriers[Barrier.SASL] > 0
-        return self.barriers[kind] > 0
+            return self.open_barriers > 0
+        return (self.open_stls if kind is Barrier.STLS else self.open_sasl) > 0
 
     def hold(self, line: ClientLine) -> None:
         """Queue a client line until it can be classified."""
@@ -115,13 +130,20 @@ class PendingQueue:
         self.used_bytes += pending.cost - line_cost
         self.commands.append(pending)
         if pending.barrier is not Barrier.NONE:
-            self.barriers[pending.barrier] += 1
+            self._count_barrier(pending.barrier, 1)
 
     def release(self, pending: Pending) -> None:
         """A command is complete: its charge and its barrier go."""
         self.used_bytes -= pending.cost
         if pending.barrier is not Barrier.NONE:
-            self.barriers[pending.barrier] -= 1
+            self._count_barrier(pending.barrier, -1)
+
+    def _count_barrier(self, kind: Barrier, step: int) -> None:
+        self.open_barriers += step
+        if kind is Barrier.STLS:
+            self.open_stls += step
+        else:
+            self.open_sasl += step
 
     def held_overflow(self) -> str | None:
         """Why pairing must be given up after a client line was held, or None."""
@@ -148,4 +170,4 @@ class PendingQueue:
         self.held.clear()
         self.commands.clear()
         self.used_bytes = 0
-        self.barriers = {Barrier.STLS: 0, Barrier.SASL: 0}
+        self.open_barriers = self.open_stls = self.open_sasl = 0

@@ -13,12 +13,11 @@ from __future__ import annotations
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
     Barrier,
-    barrier_of,
     describe_command,
-    expects_multiline,
     is_known_command,
     known_verbs,
     opens_auth,
+    rules_for,
     split_command,
 )
 from pop3tap.protocol._core import ObserverCore
@@ -75,22 +74,23 @@ class ClientSide(ObserverCore):
         may_open_auth = Flag.OVERLONG in flags and (lone_cr_dropped or b"\r" in text)
         if flags:
             self._summary.anomalies += 1
-        self._queue.hold(
+        queue = self._queue
+        queue.hold(
             ClientLine(
                 text=text,
                 at=at,
                 start=start,
                 end=end,
                 flags=shared_flags(flags),
-                pipelined=self._queue.busy,
+                pipelined=bool(queue.commands or queue.held),
                 cost=len(text) + ENTRY_COST,
                 may_open_auth=may_open_auth,
             )
         )
         self._drain_client_queue()
-        reason = self._queue.held_overflow()  # bounded memory
-        if reason is not None:
-            self._lose_pairing(at, reason)
+        # Bounded memory (the test is PendingQueue.held_overflow's, inline: the hot path).
+        if len(queue.held) > queue.max_entries or queue.used_bytes > queue.max_bytes:
+            self._lose_pairing(at, queue.held_overflow() or "")
 
     def _drain_client_queue(self, *, force_commands: bool = False) -> None:
         queue = self._queue
@@ -102,23 +102,9 @@ class ClientSide(ObserverCore):
                 if event is not None:
                     self._events.append(event)
                 continue
-            if not force_commands and queue.barrier_open():
+            if not force_commands and queue.open_barriers:
                 return
             self._on_command(queue.held.popleft())  # its charge passes to the command
-
-    def _shown(self, line: ClientLine) -> tuple[str, str]:
-        """The verb and argument text a command may be shown with; tells the masker."""
-        if self._auth_seen and (
-            self._distrusted
-            or self._queue.barrier_open(Barrier.SASL)  # forced at the end, never answered
-            or Flag.OVERLONG in line.flags
-            or not is_known_command(line.text)
-        ):
-            # Perhaps SASL data the pairing got wrong: never show it (RFC 5034 §4).
-            self._masker.resolve(line.end, Verdict.MASK)
-            return SECRET_PLACEHOLDER, ""
-        self._masker.resolve(line.end, Verdict.COMMAND)
-        return describe_command(line.text)
 
     def _on_command(self, line: ClientLine) -> None:
         text = line.text
@@ -128,10 +114,23 @@ class ClientSide(ObserverCore):
         seq = self._next_seq
         self._next_seq += 1
         self._summary.commands += 1
-        shown_verb, masked = self._shown(line)
+        queue = self._queue
+        if self._auth_seen and (
+            self._distrusted
+            or queue.open_sasl  # forced at the end, never answered
+            or Flag.OVERLONG in line.flags
+            or not is_known_command(text)
+        ):
+            # Perhaps SASL data the pairing got wrong: never show it (RFC 5034 §4).
+            shown_verb, masked = SECRET_PLACEHOLDER, ""
+            self._masker.resolve(line.end, Verdict.MASK)
+        else:
+            shown_verb, masked = describe_command(text)
+            self._masker.resolve(line.end, Verdict.COMMAND)
         if line.may_open_auth or opens_auth(text):
             self._auth_seen = True
-        barrier = barrier_of(verb, args)
+        rules = rules_for(verb, args)
+        barrier = rules.barrier
         pending = Pending(
             seq=seq,
             verb=verb,
@@ -142,18 +141,19 @@ class ClientSide(ObserverCore):
             request_start=line.start,
             request_end=line.end,
             has_args=bool(args.strip()),
-            multiline=expects_multiline(verb, args),
+            multiline=rules.multiline,
             barrier=barrier,
+            login=rules.login,
+            counter=rules.counter,
             # The raw line is dropped now; the verb and the masked text are what stay.
             cost=len(verb) + len(masked) + ENTRY_COST,
             flags=shared_flags(line.flags | {Flag.PIPELINED}) if line.pipelined else line.flags,
         )
-        self._queue.push(pending, line.cost)
+        queue.push(pending, line.cost)
         if barrier is not Barrier.NONE:
             self._advance(_BARRIER_TRIGGERS[barrier])
-        reason = self._queue.commands_overflow()  # bounded memory
-        if reason is not None:
-            self._lose_pairing(line.at, reason)
+        if len(queue.commands) > queue.max_entries:  # bounded memory
+            self._lose_pairing(line.at, queue.commands_overflow() or "")
         self._events.append(
             CommandSent(
                 at=line.at,

@@ -19,7 +19,6 @@ from pop3tap.protocol._commands import (
     find_resp_code,
     opens_sasl,
     parse_status,
-    summary_counter,
 )
 from pop3tap.protocol._events import (
     Direction,
@@ -38,6 +37,8 @@ from pop3tap.protocol._requests import ClientSide
 from pop3tap.protocol._sasl import add_sasl_step, count_challenges, sasl_steps
 from pop3tap.protocol._state import SessionPhase, Trigger
 
+_OPAQUE = SessionPhase.OPAQUE
+_LOST = SessionPhase.LOST
 _STATUS_BY_TOKEN = {"+OK": Status.OK, "-ERR": Status.ERR, "+": Status.CONTINUE}
 
 
@@ -53,14 +54,23 @@ class ServerSide(ClientSide):
         pos = 0
         size = len(data)
         base = self._server_offset
-        while pos < size and self._parsing:
-            if self._body is not None:
-                end = self._body.scan(data, pos, base, self._body_listener)
-                pos = size if end < 0 else self._end_body(end, at)
+        while pos < size and self._phase is not _OPAQUE and self._phase is not _LOST:
+            body = self._body
+            if body is not None:
+                end = body.scan(data, pos, base, self._body_listener)
+                if end < 0:
+                    return size
+                self._body = None
+                self._complete(body.pending, at, base + end, body)
+                self._drain_client_queue()
+                pos = end
                 continue
             line_open = self._server_line.length > 0
-            greeted = self._phase is not SessionPhase.GREETING
-            if self._anomalies.budget <= 0 and greeted and not line_open:
+            if (
+                self._anomalies.budget <= 0
+                and self._phase is not SessionPhase.GREETING
+                and not line_open
+            ):
                 pos = self._skip_noise(data, pos, at)
                 if pos >= size:
                     break
@@ -78,14 +88,6 @@ class ServerSide(ClientSide):
             pos = newline + 1
             self._finish_server_line(at, base + pos)
         return pos
-
-    def _end_body(self, end: int, at: float) -> int:
-        body = self._body
-        assert body is not None
-        self._body = None
-        self._complete(body.pending, at, self._server_offset + end, body)
-        self._drain_client_queue()
-        return end
 
     def _finish_server_line(self, at: float, end: int) -> None:
         kept, length, started_at, start = self._server_line.take()
@@ -198,7 +200,7 @@ class ServerSide(ClientSide):
             body_lines, body_bytes = body.measure()
             if body.bare_lf:
                 _add_flag(pending, Flag.BARE_LF)
-        if pending.status is Status.OK:
+        if pending.status is Status.OK and (pending.login or pending.counter is not Counter.NONE):
             self._count_ok(pending, body_bytes)
         self._events.append(
             Exchange(
@@ -227,12 +229,12 @@ class ServerSide(ClientSide):
         )
 
     def _count_ok(self, pending: Pending, body_bytes: int) -> None:
+        counter = pending.counter
         in_transaction = self._phase is SessionPhase.TRANSACTION
-        if self._summary.count_ok(
-            pending.verb, pending.has_args, body_bytes, in_transaction=in_transaction
-        ):
+        self._summary.count_ok(counter, pending.login, body_bytes, in_transaction=in_transaction)
+        if pending.login:
             self._advance(Trigger.LOGIN)
-        elif summary_counter(pending.verb) is Counter.QUIT:
+        elif counter is Counter.QUIT:
             self._advance(Trigger.QUIT_OK)
 
     def _start_tls(self, pending: Pending, at: float, server_switch: int) -> None:

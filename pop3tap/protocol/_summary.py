@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pop3tap.protocol._commands import Counter, counts_as_login, summary_counter
+from pop3tap.protocol._commands import Counter
 
 
 @dataclass(slots=True)
@@ -46,13 +46,14 @@ class SessionSummary:
             "tls": self.tls,
         }
 
-    def count_ok(self, verb: str, has_args: bool, body_bytes: int, *, in_transaction: bool) -> bool:
-        """Count a ``+OK`` to ``verb``; True when it logged the user in.
+    def count_ok(
+        self, counter: Counter, login: bool, body_bytes: int, *, in_transaction: bool
+    ) -> None:
+        """Count a ``+OK`` to a command with the table's ``counter`` and ``login`` rules.
 
         ``in_transaction``: the session was in TRANSACTION when the answer came, so a
         ``+OK`` to QUIT committed the deletions (RFC 1939 §6).
         """
-        counter = summary_counter(verb)
         if counter is Counter.RETR:
             self.retr_count += 1
             self.retr_bytes += body_bytes
@@ -61,9 +62,7 @@ class SessionSummary:
             self.top_bytes += body_bytes
         elif counter is Counter.DELE:
             self.dele_count += 1
-        elif counts_as_login(verb, has_args):
+        elif login:
             self.authenticated = True
-            return True
         elif counter is Counter.QUIT and in_transaction:
             self.reached_update = True
-        return False
