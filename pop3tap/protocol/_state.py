@@ -92,7 +92,3 @@ del P, T
 def next_phase(phase: SessionPhase, trigger: Trigger) -> SessionPhase:
     """The phase after ``trigger`` (:data:`TRANSITIONS`; unlisted pairs keep the phase)."""
     return TRANSITIONS.get((phase, trigger), phase)
-
-
-#: Phases in which the observer parses bytes and pairs lines.
-PARSING = frozenset(SessionPhase) - {SessionPhase.OPAQUE, SessionPhase.LOST}
