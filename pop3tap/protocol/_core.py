@@ -20,14 +20,21 @@ from pop3tap.protocol._resync import LostRun, unsafe_to_count
 from pop3tap.protocol._state import SessionPhase, Trigger, next_phase
 from pop3tap.protocol._summary import SessionSummary
 
+#: Enum members as module constants: a class attribute lookup per use costs on the hot path.
+_GREETING = SessionPhase.GREETING
+_LOST = SessionPhase.LOST
+_NO_BARRIER = Barrier.NONE
+_OPAQUE = SessionPhase.OPAQUE
+_QUIT = Counter.QUIT
+
 
 def _unsafe_command(pending: Pending) -> bool:
     """A command whose answer may not be exactly one line, or that changes the phase."""
     return (
         pending.multiline
-        or pending.barrier is not Barrier.NONE
+        or pending.barrier is not _NO_BARRIER
         or pending.login
-        or pending.counter is Counter.QUIT
+        or pending.counter is _QUIT
         or Flag.OVERLONG in pending.flags
     )
 
@@ -54,7 +61,7 @@ class ObserverCore:
         self._queue = PendingQueue(max_pending, max_pending_bytes)
         self._events: list[Event] = []
         self._anomalies = AnomalyReport(max_anomaly_events, self._events)
-        self._phase = SessionPhase.GREETING
+        self._phase = _GREETING
         #: Counting while pairing is lost (phase LOST).
         self._lost_run: LostRun | None = None
         self._masker = SecretMasker()
@@ -76,7 +83,7 @@ class ObserverCore:
     @property
     def _parsing(self) -> bool:
         phase = self._phase
-        return phase is not SessionPhase.OPAQUE and phase is not SessionPhase.LOST
+        return phase is not _OPAQUE and phase is not _LOST
 
     def _advance(self, trigger: Trigger) -> None:
         self._phase = next_phase(self._phase, trigger)
@@ -99,12 +106,12 @@ class ObserverCore:
         Reached only by floods (thousands of commands the server does not answer); the
         relay goes on forwarding every byte, and the capture still holds them all.
         """
-        if self._phase is SessionPhase.LOST:
+        if self._phase is _LOST:
             return
         queue = self._queue
         kept = self._client_line.kept
         tainted = (
-            self._phase is SessionPhase.GREETING
+            self._phase is _GREETING
             or self._body is not None
             or any(_unsafe_command(pending) for pending in queue.commands)
             or any(_unsafe_line(line) for line in queue.held)
@@ -119,7 +126,7 @@ class ObserverCore:
             server_line_open=self._server_line.length > 0,
         )
         self._lost_run.line_open_at_loss(kept)
-        self._phase = SessionPhase.LOST
+        self._phase = _LOST
         self._summary.anomalies += 1
         self._distrust()
         queue.clear()

@@ -68,6 +68,12 @@ from pop3tap.protocol._responses import ServerSide
 from pop3tap.protocol._state import SessionPhase, Trigger
 from pop3tap.protocol._summary import SessionSummary
 
+#: Enum members as module constants: a class attribute lookup per use costs on the hot path.
+_GREETING = SessionPhase.GREETING
+_LOST = SessionPhase.LOST
+_OPAQUE = SessionPhase.OPAQUE
+_STLS = Barrier.STLS
+
 __all__ = [
     "DEFAULT_MAX_ANOMALY_EVENTS",
     "DEFAULT_MAX_LINE",
@@ -120,12 +126,12 @@ class SessionObserver(ServerSide):
     @property
     def opaque(self) -> bool:
         """True once STLS succeeded, until :meth:`resume_after_tls` (bytes are TLS)."""
-        return self._phase is SessionPhase.OPAQUE
+        return self._phase is _OPAQUE
 
     @property
     def stls_pending(self) -> bool:
         """An STLS command waits for its answer: the relay must not forward past the switch."""
-        return self._queue.barrier_open(Barrier.STLS)
+        return self._queue.barrier_open(_STLS)
 
     @property
     def awaiting_answers(self) -> bool:
@@ -136,7 +142,7 @@ class SessionObserver(ServerSide):
     def pairing_lost(self) -> bool:
         """Pairing is given up (a command flood beyond ``max_pending`` or
         ``max_pending_bytes``): bytes are only counted until it can safely resume."""
-        return self._phase is SessionPhase.LOST
+        return self._phase is _LOST
 
     @property
     def client_line_open(self) -> bool:
@@ -146,7 +152,7 @@ class SessionObserver(ServerSide):
     @property
     def greeted(self) -> bool:
         """Whether the server's greeting has been seen."""
-        return self._phase is not SessionPhase.GREETING
+        return self._phase is not _GREETING
 
     @property
     def _pending_bytes(self) -> int:
@@ -180,7 +186,7 @@ class SessionObserver(ServerSide):
         :meth:`feed_client` gets the same chunk. Lines after an AUTH wait for the pairing
         and come out of :meth:`take_masked_client` (see :mod:`._masking`).
         """
-        if self._phase is SessionPhase.OPAQUE:
+        if self._phase is _OPAQUE:
             return data
         return self._masker.mask(data, at)
 
@@ -204,11 +210,11 @@ class SessionObserver(ServerSide):
     def feed_client(self, data: bytes, at: float) -> list[Event]:
         """Bytes the client sent (any chunking); returns the events they complete."""
         self._summary.client_bytes += len(data)
-        if data and self._phase is SessionPhase.LOST:
+        if data and self._phase is _LOST:
             self._resume_if_safe(at)
         phase = self._phase
-        if not data or phase is SessionPhase.OPAQUE or phase is SessionPhase.LOST:
-            if phase is SessionPhase.LOST:
+        if not data or phase is _OPAQUE or phase is _LOST:
+            if phase is _LOST:
                 self._count_unpaired(Direction.CLIENT, data, 0)
             self._client_offset += len(data)
             return self._take_events()
@@ -225,10 +231,10 @@ class SessionObserver(ServerSide):
         size = len(data)
         pos = 0
         phase = self._phase
-        if data and phase is not SessionPhase.OPAQUE and phase is not SessionPhase.LOST:
+        if data and phase is not _OPAQUE and phase is not _LOST:
             self._server_chunk_end = self._server_offset + size
             pos = self._parse_server(data, at)
-        if self._phase is SessionPhase.LOST and pos < size:
+        if self._phase is _LOST and pos < size:
             self._count_unpaired(Direction.SERVER, data, pos)
         self._server_offset += size
         return self._take_events()
@@ -240,7 +246,7 @@ class SessionObserver(ServerSide):
         if Direction.CLIENT in self._ended:
             return []
         self._ended.add(Direction.CLIENT)
-        if self._phase is not SessionPhase.OPAQUE:
+        if self._phase is not _OPAQUE:
             self._masker.end_of_stream()
         if self._parsing and self._client_line.length:
             self._on_client_line(at, self._client_offset)

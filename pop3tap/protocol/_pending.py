@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pop3tap.protocol._commands import Barrier, Counter
 from pop3tap.protocol._events import Flag, Status
 
+#: Enum members as module constants: a class attribute lookup per use costs on the hot path.
+_NO_BARRIER = Barrier.NONE
+_STLS = Barrier.STLS
+
 #: Unanswered commands (and held-back client lines) kept before pairing is given up.
 DEFAULT_MAX_PENDING = 1024
 #: Bytes those may hold (each is charged its kept line bytes plus :data:`ENTRY_COST`).
@@ -112,7 +116,7 @@ class PendingQueue:
         """A barrier (of ``kind``, or any) waits for its answer."""
         if kind is None:
             return self.open_barriers > 0
-        return (self.open_stls if kind is Barrier.STLS else self.open_sasl) > 0
+        return (self.open_stls if kind is _STLS else self.open_sasl) > 0
 
     def hold(self, line: ClientLine) -> None:
         """Queue a client line until it can be classified."""
@@ -129,18 +133,18 @@ class PendingQueue:
         """A classified command replaces its client line's charge."""
         self.used_bytes += pending.cost - line_cost
         self.commands.append(pending)
-        if pending.barrier is not Barrier.NONE:
+        if pending.barrier is not _NO_BARRIER:
             self._count_barrier(pending.barrier, 1)
 
     def release(self, pending: Pending) -> None:
         """A command is complete: its charge and its barrier go."""
         self.used_bytes -= pending.cost
-        if pending.barrier is not Barrier.NONE:
+        if pending.barrier is not _NO_BARRIER:
             self._count_barrier(pending.barrier, -1)
 
     def _count_barrier(self, kind: Barrier, step: int) -> None:
         self.open_barriers += step
-        if kind is Barrier.STLS:
+        if kind is _STLS:
             self.open_stls += step
         else:
             self.open_sasl += step

@@ -28,9 +28,14 @@ from pop3tap.protocol._pending import ENTRY_COST, ClientLine, Pending
 from pop3tap.protocol._sasl import sasl_response
 from pop3tap.protocol._state import SessionPhase, Trigger
 
+#: Enum members as module constants: a class attribute lookup per use costs on the hot path.
+_LOST = SessionPhase.LOST
+_NO_BARRIER = Barrier.NONE
+_STLS = Barrier.STLS
+
 #: Verbs kept as one shared string each (a flood of commands does not copy them).
 _SHARED_VERBS = {verb: verb for verb in ("", *known_verbs())}
-_BARRIER_TRIGGERS = {Barrier.SASL: Trigger.AUTH_SENT, Barrier.STLS: Trigger.STLS_SENT}
+_BARRIER_TRIGGERS = {Barrier.SASL: Trigger.AUTH_SENT, _STLS: Trigger.STLS_SENT}
 
 
 class ClientSide(ObserverCore):
@@ -42,7 +47,7 @@ class ClientSide(ObserverCore):
         pos = 0
         size = len(data)
         while pos < size:
-            if self._phase is SessionPhase.LOST:
+            if self._phase is _LOST:
                 # Past the bounds: the rest is only counted, no per-line work.
                 self._count_unpaired(Direction.CLIENT, data, pos)
                 return
@@ -150,7 +155,7 @@ class ClientSide(ObserverCore):
             flags=shared_flags(line.flags | {Flag.PIPELINED}) if line.pipelined else line.flags,
         )
         queue.push(pending, line.cost)
-        if barrier is not Barrier.NONE:
+        if barrier is not _NO_BARRIER:
             self._advance(_BARRIER_TRIGGERS[barrier])
         if len(queue.commands) > queue.max_entries:  # bounded memory
             self._lose_pairing(line.at, queue.commands_overflow() or "")

@@ -37,8 +37,19 @@ from pop3tap.protocol._requests import ClientSide
 from pop3tap.protocol._sasl import add_sasl_step, count_challenges, sasl_steps
 from pop3tap.protocol._state import SessionPhase, Trigger
 
-_OPAQUE = SessionPhase.OPAQUE
+#: Enum members as module constants: a class attribute lookup per use costs on the hot path.
+_CONTINUE = Status.CONTINUE
+_ERR = Status.ERR
+_GREETING = SessionPhase.GREETING
 _LOST = SessionPhase.LOST
+_OPAQUE = SessionPhase.OPAQUE
+_NO_BARRIER = Barrier.NONE
+_NO_COUNTER = Counter.NONE
+_OK = Status.OK
+_QUIT = Counter.QUIT
+_STLS = Barrier.STLS
+_TRANSACTION = SessionPhase.TRANSACTION
+
 _STATUS_BY_TOKEN = {"+OK": Status.OK, "-ERR": Status.ERR, "+": Status.CONTINUE}
 
 
@@ -66,11 +77,7 @@ class ServerSide(ClientSide):
                 pos = end
                 continue
             line_open = self._server_line.length > 0
-            if (
-                self._anomalies.budget <= 0
-                and self._phase is not SessionPhase.GREETING
-                and not line_open
-            ):
+            if self._anomalies.budget <= 0 and self._phase is not _GREETING and not line_open:
                 pos = self._skip_noise(data, pos, at)
                 if pos >= size:
                     break
@@ -94,7 +101,7 @@ class ServerSide(ClientSide):
         text, flags = strip_terminator(kept, length, self._max_line)
         if flags:
             self._summary.anomalies += 1
-        if self._phase is SessionPhase.GREETING:
+        if self._phase is _GREETING:
             self._advance(Trigger.GREETING)
             self._on_greeting(text, flags, at, start, end)
             return
@@ -108,10 +115,10 @@ class ServerSide(ClientSide):
             return
         # RFC 2595 §4: only +OK starts TLS. Any other line ends the STLS wait, so the
         # client lines held behind it are released instead of held forever.
-        stls = pending.barrier is Barrier.STLS
-        stls_refused = stls and status is not Status.OK
+        stls = pending.barrier is _STLS
+        stls_refused = stls and status is not _OK
         if not stls_refused and (
-            status is None or (status is Status.CONTINUE and not opens_sasl(pending.verb))
+            status is None or (status is _CONTINUE and not opens_sasl(pending.verb))
         ):
             self._stray(text, at, start, end)
             return
@@ -120,10 +127,10 @@ class ServerSide(ClientSide):
             pending.response_start = start
         if flags:
             pending.flags = shared_flags(pending.flags | flags)
-        if stls_refused and status is not Status.ERR:
+        if stls_refused and status is not _ERR:
             self._summary.anomalies += 1
             _add_flag(pending, Flag.STRAY)
-        elif status is Status.CONTINUE:
+        elif status is _CONTINUE:
             if add_sasl_step(pending, "+", str(len(rest))):
                 self._events.append(SaslChallenge(at=at, seq=pending.seq, length=len(rest)))
             pending.awaiting_sasl = True
@@ -134,12 +141,12 @@ class ServerSide(ClientSide):
         pending.first_line = decode_text(text)
         pending.resp_code = None if rest is text else find_resp_code(rest)
         pending.awaiting_sasl = False
-        if status is Status.OK and pending.multiline:
+        if status is _OK and pending.multiline:
             queue.commands.appendleft(pending)  # stays at the head until the body ends
             self._body = Body(pending=pending, start=end)
             return
         self._complete(pending, at, end, None)
-        if status is Status.OK and stls:
+        if status is _OK and stls:
             self._start_tls(pending, at, end)
             return
         self._drain_client_queue()
@@ -189,7 +196,7 @@ class ServerSide(ClientSide):
 
     def _complete(self, pending: Pending, at: float, response_end: int, body: Body | None) -> None:
         self._queue.release(pending)
-        if pending.barrier is not Barrier.NONE and pending.status is not Status.OK:
+        if pending.barrier is not _NO_BARRIER and pending.status is not _OK:
             # A +OK moves the phase on as a login (SASL) or a switch to TLS (STLS).
             self._advance(Trigger.BARRIER_ENDED)
         body_lines = body_bytes = 0
@@ -200,7 +207,7 @@ class ServerSide(ClientSide):
             body_lines, body_bytes = body.measure()
             if body.bare_lf:
                 _add_flag(pending, Flag.BARE_LF)
-        if pending.status is Status.OK and (pending.login or pending.counter is not Counter.NONE):
+        if pending.status is _OK and (pending.login or pending.counter is not _NO_COUNTER):
             self._count_ok(pending, body_bytes)
         self._events.append(
             Exchange(
@@ -230,11 +237,11 @@ class ServerSide(ClientSide):
 
     def _count_ok(self, pending: Pending, body_bytes: int) -> None:
         counter = pending.counter
-        in_transaction = self._phase is SessionPhase.TRANSACTION
+        in_transaction = self._phase is _TRANSACTION
         self._summary.count_ok(counter, pending.login, body_bytes, in_transaction=in_transaction)
         if pending.login:
             self._advance(Trigger.LOGIN)
-        elif counter is Counter.QUIT:
+        elif counter is _QUIT:
             self._advance(Trigger.QUIT_OK)
 
     def _start_tls(self, pending: Pending, at: float, server_switch: int) -> None:
@@ -269,7 +276,7 @@ class ServerSide(ClientSide):
         commands = self._queue.commands
         if commands:
             head = commands[0]
-            if head.barrier is Barrier.STLS:
+            if head.barrier is _STLS:
                 return pos  # any line answers STLS
             auth = opens_sasl(head.verb)
             at_line = AUTH_LINE if auth else STATUS_LINE
