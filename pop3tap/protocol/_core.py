@@ -36,6 +36,8 @@ def _unsafe_command(pending: Pending) -> bool:
         or pending.login
         or pending.counter is _QUIT
         or Flag.OVERLONG in pending.flags
+        # A lone CR in the line (shown as an escaped CR): a server may answer it twice.
+        or "\\r" in pending.masked_args
     )
 
 
@@ -113,6 +115,8 @@ class ObserverCore:
         tainted = (
             self._phase is _GREETING
             or self._body is not None
+            # After an AUTH a command may be shown masked, its lone CRs with it.
+            or self._auth_seen
             or any(_unsafe_command(pending) for pending in queue.commands)
             or any(_unsafe_line(line) for line in queue.held)
             or b"\r" in kept
