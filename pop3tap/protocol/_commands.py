@@ -4,7 +4,7 @@
 ``+OK`` opens a multi-line body, where a secret sits in the arguments, whether later client
 lines are held back behind it (STLS, ``AUTH mechanism``), whether a ``+OK`` logs the user
 in, which summary counter it moves, and the shape of valid arguments. The observer's
-pairing, the masker, the session summary, replay matching and the test helpers all read
+pairing, the masker, the session summary, replay matching and pop3tap.testing all read
 this table through the small query functions below; no other module keeps a verb's rules.
 """
 
