@@ -16,6 +16,8 @@ import structlog
 import trio
 import trio.testing
 from clients import curl, raw_session
+from hypothesis import given
+from hypothesis import strategies as st
 
 import pop3tap
 from pop3tap.capture import CaptureWriter, read_capture
@@ -519,3 +521,54 @@ def test_a_timeout_that_is_not_a_number_is_named_in_the_error(field: str, value:
     # pop3_config in a conftest.py is a dict a user writes by hand: {"idle_timeout": "30"}.
     with pytest.raises(ValueError, match=f"^{field} must be a positive number of seconds"):
         ReplayConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("max_line", "8192", "max_line must be a whole number of bytes, at least 64"),
+        ("max_line", True, "max_line must be a whole number of bytes, at least 64"),
+        ("max_line", 100.5, "max_line must be a whole number of bytes, at least 64"),
+        ("max_line", float("nan"), "max_line must be a whole number of bytes, at least 64"),
+        ("max_line", float("inf"), "max_line must be a whole number of bytes, at least 64"),
+        ("max_line", 63, "max_line must be a whole number of bytes, at least 64"),
+        ("max_errors", "x", "max_errors must be a whole number, at least 1"),
+        ("max_errors", 0, "max_errors must be a whole number, at least 1"),
+        ("max_errors", -1, "max_errors must be a whole number, at least 1"),
+        ("max_errors", 2.5, "max_errors must be a whole number, at least 1"),
+        ("max_errors", True, "max_errors must be a whole number, at least 1"),
+        ("grace", "x", "grace must be a number of seconds, not negative"),
+        ("grace", True, "grace must be a number of seconds, not negative"),
+        ("grace", float("nan"), "grace must be a number of seconds, not negative"),
+        ("grace", -1, "grace must be a number of seconds, not negative"),
+    ],
+)
+def test_a_bound_that_is_not_a_whole_number_is_named_in_the_error(
+    field: str, value: object, message: str
+) -> None:
+    # A NaN or infinite max_line let one client's line grow without bound; a string
+    # max_errors crashed the connection after its first -ERR; grace="x" was a TypeError.
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        ReplayConfig(**{field: value})  # type: ignore[arg-type]
+
+
+@given(
+    field=st.sampled_from(["max_line", "max_errors", "grace"]),
+    value=st.one_of(
+        st.none(), st.booleans(), st.text(max_size=4), st.floats(), st.integers(-(2**70), 2**70)
+    ),
+)
+def test_replay_bounds_are_checked_when_the_config_is_made(field: str, value: object) -> None:
+    # Every value either makes a config whose bounds are ordinary numbers, or a ValueError
+    # naming the field: never a TypeError, never a bound the reader cannot enforce.
+    try:
+        config = ReplayConfig(**{field: value})  # type: ignore[arg-type]
+    except ValueError as exc:
+        assert str(exc).startswith(field)
+        return
+    assert not isinstance(value, bool)
+    if field == "grace":
+        assert isinstance(value, int | float) and value >= 0
+    else:
+        assert type(getattr(config, field)) is int
+        assert config.max_line >= 64 and config.max_errors >= 1

@@ -49,10 +49,15 @@ def parse_timing(value: str | float) -> float:
     return factor
 
 
-
 def _positive_number(value: object) -> bool:
     """A number of seconds above 0 (not a bool, not a string from a hand-written dict)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _whole_number(value: object, least: int) -> bool:
+    """An int of at least ``least`` (not a bool, a float or a string from a hand-written
+    dict): a NaN or infinite bound would never be reached."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +115,10 @@ class ReplayConfig:
         parse_timing(self.timing)
         if self.idle_timeout is not None and not _positive_number(self.idle_timeout):
             raise ValueError("idle_timeout must be a positive number of seconds")
-        if self.max_line < 64:
-            raise ValueError("max_line must be at least 64 bytes")
+        if not _whole_number(self.max_line, 64):
+            raise ValueError("max_line must be a whole number of bytes, at least 64")
+        if not _whole_number(self.max_errors, 1):
+            raise ValueError("max_errors must be a whole number, at least 1")
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
         if not _positive_number(self.tls_timeout):
@@ -123,7 +130,11 @@ class ReplayConfig:
         model_only = self.messages is not None or self.model_persist or self.model_shared
         if model_only and not self.model:
             raise ValueError("--messages, --model-persist and --model-shared need --model")
-        if not self.grace >= 0:
+        if (
+            isinstance(self.grace, bool)
+            or not isinstance(self.grace, int | float)
+            or not self.grace >= 0
+        ):
             raise ValueError("grace must be a number of seconds, not negative")
 
     @property
@@ -181,7 +192,7 @@ def resolve_tls(
                 "the captures were recorded with implicit TLS (POP3S): serving them over "
                 "TLS (--no-listen-tls serves them in plaintext)"
             )
-    needs_ca = (changes.get("listen_tls") or config.listen_tls or any(s.stls for s in sessions))
+    needs_ca = changes.get("listen_tls") or config.listen_tls or any(s.stls for s in sessions)
     if config.ca_dir is None and config.cert is None and needs_ca:
         recorded = {s.ca_dir for s in sessions if s.ca_dir}
         if len(recorded) == 1:
