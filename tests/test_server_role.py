@@ -222,6 +222,46 @@ def test_commands_after_auth_show_nothing_that_may_be_sasl(line: bytes, shown: s
     assert b"hunter2" not in command.shown.encode()
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"NOOP \x1b[2J\x1b]0;pwned\x07",  # terminal escapes
+        b"CAPA \x00\x7f\x85 \xe2\x80\xa8 x",  # NUL, DEL, C1, U+2028 (a line separator)
+        b'LIST "quoted"',
+        b"UIDL " + b"9" * 8000,  # as long as a line may be
+        b"USER x\rPASS hunter2",
+    ],
+)
+def test_command_shown_is_one_printable_bounded_line(line: bytes) -> None:
+    """Command.shown is what a fake server may put in its one -ERR line and its logs:
+    printable, bounded and the same as replay's (pop3tap.replay.masked_command)."""
+    from pop3tap.replay import masked_command
+
+    reader = ClientReader()
+    reader.receive_data(line + b"\r\n")
+    command = reader.next_event()
+    assert isinstance(command, Command)
+    assert command.shown.isprintable() and '"' not in command.shown
+    assert len(command.shown) <= 161
+    assert "hunter2" not in command.shown
+    assert command.shown == masked_command(line)
+
+
+@settings(max_examples=300)
+@given(line=st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")), auth=st.booleans())
+def test_command_shown_is_printable_for_any_line(line: bytes, auth: bool) -> None:
+    from pop3tap.replay import masked_command
+
+    reader = ClientReader()
+    reader.receive_data((b"AUTH PLAIN\r\n" if auth else b"") + line + b"\n")
+    if auth:
+        assert isinstance(reader.next_event(), Command)
+    command = reader.next_event()
+    assert isinstance(command, Command) and command.after_auth is auth
+    assert command.shown.isprintable() and len(command.shown) <= 161
+    assert command.shown == masked_command(command.line, after_auth=auth)
+
+
 def test_stls_injection_is_dropped_and_counted_then_tls_resumes_lines() -> None:
     """Plaintext after STLS never becomes a command (CVE-2011-0411 class); after the
     handshake the decrypted stream is read as lines again, AUTH state kept."""

@@ -22,7 +22,7 @@ until it returns :data:`NEED_DATA`:
 * After a line holding AUTH (as the capture masker classifies it,
   :func:`~pop3tap.protocol.opens_auth`) every later command carries ``after_auth``: it may
   be SASL data the server did not ask for, so it is shown only through
-  :func:`~pop3tap.protocol.shown_command` (see :attr:`Command.shown`).
+  :func:`~pop3tap.protocol.printable_command` (see :attr:`Command.shown`).
 * Once the server has answered STLS with ``+OK`` it calls :meth:`~ClientReader.start_tls`.
   Bytes already received past the STLS line, and every byte before the first TLS record
   (content type 22, RFC 8446 §5.1), are plaintext injected after STLS (RFC 2595 §4; the
@@ -41,7 +41,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from pop3tap.protocol._commands import opens_auth, shown_command, split_command
+from pop3tap.protocol._commands import opens_auth, printable_command, split_command
 
 #: The longest client line read by default, line ending included.
 DEFAULT_MAX_LINE: Final = 8192
@@ -69,8 +69,8 @@ class Command(NamedTuple):
     @property
     def shown(self) -> str:
         """The line as logs and ``-ERR`` lines may show it: secrets and possible SASL
-        data masked (:func:`~pop3tap.protocol.shown_command`)."""
-        return shown_command(self.line, after_auth=self.after_auth)
+        data masked, printable and bounded (:func:`~pop3tap.protocol.printable_command`)."""
+        return printable_command(self.line, after_auth=self.after_auth)
 
 
 class SaslLine(NamedTuple):

@@ -26,9 +26,8 @@ from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     WORD_SEPARATORS,
     Command,
-    describe_command,
-    is_known_command,
     mask_line,
+    printable_command,
     secret_verb,
     split_command,
 )
@@ -66,27 +65,9 @@ class UnmatchedCommand:
         return f"{self.capture}: {self.command}{near}"
 
 
-def _display(data: bytes, limit: int = 120) -> str:
-    """Printable, bounded text for a client line in an -ERR line or a log."""
-    text = data.decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    text = text.replace('"', "'")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def masked_command(line: bytes, *, after_auth: bool = False) -> str:
-    """A client line as it may be shown: secrets masked, printable, bounded.
-
-    The protocol core decides (:func:`~pop3tap.protocol.describe_command`): after an AUTH
-    only a known command with valid arguments is shown, since anything else may be SASL
-    data (RFC 5034 §4); an unknown keyword is never case-folded.
-    """
-    if after_auth and not is_known_command(line):
-        return SECRET_PLACEHOLDER
-    verb, args = describe_command(line)
-    shown = _display(args.encode("utf-8", "backslashreplace"))
-    verb_shown = _display(verb.encode("utf-8", "backslashreplace"), 40)
-    return f"{verb_shown} {shown}".rstrip()
+#: A client line as it may be shown in an ``-ERR`` line or a log: secrets and possible
+#: SASL data masked (RFC 5034 §4), printable, bounded (the protocol core's rule).
+masked_command = printable_command
 
 
 def command_key(verb: str, args: bytes, line: bytes, masked: bool) -> bytes:
