@@ -444,3 +444,44 @@ def test_a_step_cannot_be_registered_twice(monkeypatch: pytest.MonkeyPatch) -> N
 def test_the_current_version_has_no_steps_to_run() -> None:
     assert all(source < FORMAT_VERSION for source in _compat.UPGRADES)
     assert _compat.upgrader_for(FORMAT_VERSION, {})[1] is None
+
+
+def test_a_whole_input_larger_than_the_buffer_decodes_like_small_chunks() -> None:
+    # feed() takes any split of the bytes (docs/design.md): one feed of a capture larger
+    # than the unpacker's buffer (max_record_bytes + one read chunk) made of small records
+    # must not be mistaken for one oversized record.
+    records = [data_record("s2c", 0.001 * i, b"+OK " + b"x" * 500 + b"\r\n") for i in range(800)]
+    data = after_header(*records)
+    assert len(data) > 1000 + 256 * 1024
+    whole, got_whole = decode([data], max_record_bytes=1000)
+    small, got_small = decode(
+        [data[i : i + 512] for i in range(0, len(data), 512)], max_record_bytes=1000
+    )
+    assert whole.problem is None and small.problem is None
+    assert got_whole == got_small and len(got_whole) == 800
+    assert whole.valid_bytes == small.valid_bytes == len(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=2100), min_size=1, max_size=8),
+    repeat=st.integers(min_value=1, max_value=300),
+    cuts=st.lists(st.integers(min_value=0, max_value=600_000), max_size=4),
+)
+def test_any_split_gives_the_records_and_problem_of_small_chunks(
+    sizes: list[int], repeat: int, cuts: list[int]
+) -> None:
+    # Records under and over the limit, often more bytes in all than the unpacker's
+    # buffer, fed whole, in a few large pieces or in small chunks: the same good records,
+    # the same stopping offset and the same problem.
+    data = after_header(*[data_record("c2s", 0.5, b"y" * size) for size in sizes * repeat])
+    bounds = sorted({0, len(data), *(min(cut, len(data)) for cut in cuts)})
+    pieces = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    reference, expected = decode(
+        [data[i : i + 100] for i in range(0, len(data), 100)], max_record_bytes=2000
+    )
+    for chunks in ([data], pieces):
+        decoder, got = decode(chunks, max_record_bytes=2000)
+        assert got == expected
+        assert (decoder.problem, decoder.valid_bytes) == (reference.problem, reference.valid_bytes)
+        assert decoder.received == len(data)

@@ -72,6 +72,12 @@ class CaptureDecoder:
         #: What stopped decoding (corruption, an oversized record), or None.
         self.problem: str | None = None
         self._upgrade: Callable[[object], object] | None = None
+        #: Fed bytes the unpacker has not been given yet: it gets one read chunk at a
+        #: time, when it has used up what it holds, so its buffer overflows only for a
+        #: record over the limit, however the input was split.
+        self._pending = bytearray()
+        #: The unpacker holds at most the start of one record (it ran out of input).
+        self._drained = True
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=True,
@@ -98,12 +104,32 @@ class CaptureDecoder:
         self.received += len(data)
         if self.stopped:
             return
+        if self._drained and not self._pending and len(data) <= _READ_CHUNK:
+            # The common case (a file read chunk by chunk): straight to the unpacker.
+            self._feed_unpacker(data)
+        else:
+            self._pending += data
+
+    def _give_unpacker_more(self) -> bool:
+        """Hand the unpacker the next read chunk of pending input; False when none is left
+        (or it would overflow: a record over the limit, which stops decoding)."""
+        if not self._pending or self.stopped:
+            return False
+        chunk = bytes(self._pending[:_READ_CHUNK])
+        del self._pending[:_READ_CHUNK]
+        return self._feed_unpacker(chunk)
+
+    def _feed_unpacker(self, chunk: bytes) -> bool:
+        self._drained = False
         try:
-            self._unpacker.feed(data)
+            self._unpacker.feed(chunk)
         except msgpack.BufferFull:
             self.problem = (
                 f"record at offset {self.valid_bytes} is larger than {self.max_record_bytes} bytes"
             )
+            self._pending.clear()
+            return False
+        return True
 
     def skip(self, size: int) -> None:
         """Count ``size`` more bytes of input that will not be decoded (after a stop)."""
@@ -133,14 +159,8 @@ class CaptureDecoder:
         """The next good record, or None (more bytes needed, or ``stopped``)."""
         if self.header is None:
             raise RuntimeError("read_header() must return the header first")
-        if self.problem is not None:
-            return None
-        try:
-            obj = next(self._unpacker)
-        except StopIteration:
-            return None
-        except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)
-            self._undecodable(exc)
+        obj = self._next_object()
+        if obj is _NEED_MORE:
             return None
         try:
             if self._upgrade is not None:
@@ -148,10 +168,12 @@ class CaptureDecoder:
             record = parse_record(obj)
         except CorruptRecord as exc:
             self.problem = f"invalid record at offset {self.valid_bytes}: {exc}"
+            self._pending.clear()
             return None
         except Exception as exc:  # an upgrade step met a record it cannot convert
             name = type(exc).__name__
             self.problem = f"invalid record at offset {self.valid_bytes}: cannot upgrade ({name})"
+            self._pending.clear()
             return None
         self.valid_bytes = self._unpacker.tell()
         self.complete = isinstance(record, CloseRecord)
@@ -174,18 +196,20 @@ class CaptureDecoder:
         raise CaptureError(f"{self.name}: not a pop3tap capture (file ends inside the header)")
 
     def _next_object(self) -> object:
-        if self.stopped:
-            return _NEED_MORE
-        try:
-            return next(self._unpacker)
-        except StopIteration:
-            return _NEED_MORE
-        except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)
-            self._undecodable(exc)
-            return _NEED_MORE
+        while not self.stopped:
+            try:
+                return next(self._unpacker)
+            except StopIteration:
+                if not self._give_unpacker_more():
+                    self._drained = not self.stopped
+                    return _NEED_MORE
+            except Exception as exc:  # FormatError, StackError, ValueError (limits, UTF-8)
+                self._undecodable(exc)
+        return _NEED_MORE
 
     def _undecodable(self, exc: Exception) -> None:
         self.problem = f"corrupt data at offset {self.valid_bytes}: {type(exc).__name__}"
+        self._pending.clear()
 
     def _parse_header(self, obj: object) -> CaptureHeader:
         raw, version = check_header_identity(obj)
