@@ -572,3 +572,31 @@ def test_replay_bounds_are_checked_when_the_config_is_made(field: str, value: ob
     else:
         assert type(getattr(config, field)) is int
         assert config.max_line >= 64 and config.max_errors >= 1
+
+
+def test_by_user_tells_apart_names_that_differ_only_in_bytes_that_are_not_utf8(
+    tmp_path: Path,
+) -> None:
+    # Latin-1 user names: 'jörg' and 'jürg' differ in one byte, neither is UTF-8. Decoded
+    # with 'replace' both were 'j\ufffdrg', and jürg was served jörg's recorded mailbox.
+    from handmade import write_capture
+
+    for name, count in ((b"j\xf6rg", b"1"), (b"j\xfcrg", b"2")):
+        steps = [
+            ("s", b"+OK ready\r\n"),
+            ("c", b"USER " + name + b"\r\n"),
+            ("s", b"+OK\r\n"),
+            ("c", b"PASS ********\r\n"),
+            ("s", b"+OK in\r\n"),
+            ("c", b"STAT\r\n"),
+            ("s", b"+OK " + count + b" 100\r\n"),
+            ("c", b"QUIT\r\n"),
+            ("s", b"+OK bye\r\n"),
+        ]
+        write_capture(tmp_path, steps)
+    with pop3tap.replay_server(tmp_path, by_user=True) as server:
+        for name, count in ((b"j\xfcrg", b"2"), (b"j\xf6rg", b"1")):
+            answers = raw_session(
+                server.host, server.port, b"USER " + name + b"\r\nPASS pw\r\nSTAT\r\nQUIT\r\n"
+            )
+            assert b"+OK " + count + b" 100\r\n" in answers, (name, answers)

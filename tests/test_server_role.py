@@ -333,3 +333,22 @@ def test_login_identity(
 def test_sasl_user_never_raises(mechanism: str, answer: bytes) -> None:
     user = sasl_user(mechanism, answer)
     assert user is None or isinstance(user, str)
+
+
+#: User names of printable ASCII (no backslash) and bytes 0x80-0xff, mostly not UTF-8.
+_NAMES = st.lists(
+    st.integers(0x80, 0xFF) | st.integers(0x21, 0x7E).filter(lambda c: c != 0x5C),
+    min_size=1,
+    max_size=6,
+).map(bytes)
+
+
+@given(first=_NAMES, second=_NAMES, verb=st.sampled_from(["USER", "APOP"]))
+def test_login_identity_keeps_different_names_apart(first: bytes, second: bytes, verb: str) -> None:
+    """by_user matches the names login_identity gives: equal bytes give equal names, and
+    names that differ only in bytes that are not UTF-8 never become the same name."""
+    tail = b" 0123456789abcdef0123456789abcdef" if verb == "APOP" else b""
+    one = login_identity(verb, first + tail)
+    two = login_identity(verb, second + tail)
+    assert one is not None and two is not None and one[0] is not None
+    assert (one == two) == (first == second)

@@ -41,7 +41,12 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
-from pop3tap.protocol._commands import opens_auth, printable_command, split_command
+from pop3tap.protocol._commands import (
+    decode_text,
+    opens_auth,
+    printable_command,
+    split_command,
+)
 
 #: The longest client line read by default, line ending included.
 DEFAULT_MAX_LINE: Final = 8192
@@ -322,9 +327,9 @@ def sasl_user(mechanism: str, answer: bytes) -> str | None:
         return None
     if mechanism == "PLAIN":
         parts = decoded.split(b"\0")
-        return parts[1].decode("utf-8", "replace") if len(parts) == 3 else None
+        return decode_text(parts[1]) if len(parts) == 3 else None
     if mechanism == "LOGIN":
-        return decoded.decode("utf-8", "replace") or None
+        return decode_text(decoded) or None
     return None
 
 
@@ -335,13 +340,15 @@ def login_identity(
 
     USER names the user (RFC 1939 §7) and so does APOP's first word; AUTH names a
     mechanism (RFC 5034 §4) and, through its initial response or the first SASL answer,
-    perhaps a user (:func:`sasl_user`). An AUTH without a mechanism is no login.
+    perhaps a user (:func:`sasl_user`). An AUTH without a mechanism is no login. Names are
+    decoded as views show them (:func:`~pop3tap.protocol.decode_text`: bytes that are not
+    UTF-8 become ``\\xNN``), so two names that differ in such bytes stay apart.
     """
     if verb == "USER":
-        return (args.decode("utf-8", "replace") if args else None), None
+        return (decode_text(args) if args else None), None
     if verb == "APOP":
         words = args.split(None, 1)
-        return (words[0].decode("utf-8", "replace") if words else None), None
+        return (decode_text(words[0]) if words else None), None
     if verb != "AUTH":
         return None
     parts = args.split(None, 1)
