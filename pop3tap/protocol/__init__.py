@@ -30,7 +30,6 @@ from pop3tap.protocol._commands import (
     opens_auth,
     opens_sasl,
     parse_status,
-    printable_command,
     secret_position,
     secret_verb,
     shown_command,
@@ -69,6 +68,7 @@ from pop3tap.protocol._server_role import (
     SaslLine,
     TlsData,
     login_identity,
+    printable_command,
     sasl_user,
 )
 from pop3tap.protocol._state import TRANSITIONS, SessionPhase, Trigger, next_phase

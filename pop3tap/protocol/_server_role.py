@@ -42,9 +42,11 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from pop3tap.protocol._commands import (
+    SECRET_PLACEHOLDER,
     decode_text,
+    describe_command,
+    is_known_command,
     opens_auth,
-    printable_command,
     split_command,
 )
 
@@ -54,6 +56,27 @@ DEFAULT_MAX_LINE: Final = 8192
 DEFAULT_MAX_INJECTED: Final = 64 * 1024
 #: The first byte of a TLS handshake record (RFC 8446 §5.1, content type 22).
 TLS_HANDSHAKE_RECORD: Final = 0x16
+
+
+def _printable(data: bytes, limit: int) -> str:
+    """Printable, bounded text for a client line in an ``-ERR`` line or a log."""
+    text = data.decode("utf-8", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    text = text.replace('"', "'")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def printable_command(line: bytes, *, after_auth: bool = False) -> str:
+    """:func:`shown_command` made printable and bounded, for the one ``-ERR`` line a fake
+    server answers (RFC 1939 §3) and its logs: control and other unprintable characters
+    are escaped, double quotes become single ones, the keyword is cut at 40 characters
+    and the arguments at 120."""
+    if after_auth and not is_known_command(line):
+        return SECRET_PLACEHOLDER
+    verb, args = describe_command(line)
+    shown = _printable(args.encode("utf-8", "backslashreplace"), 120)
+    verb_shown = _printable(verb.encode("utf-8", "backslashreplace"), 40)
+    return f"{verb_shown} {shown}".rstrip()
 
 
 class Command(NamedTuple):
