@@ -113,9 +113,12 @@ class ExportStats:
 
 def safe_name(text: str) -> str:
     """A file name from ``text``: letters, digits and ``_+=-`` kept, every other byte
-    (dots, slashes, NUL, ``%`` included) as ``%XX``; long names end in a digest."""
+    (dots, slashes, NUL, ``%`` included) as ``%XX``; long names end in a digest.
+
+    The empty text becomes a lone ``%``, which no other text gives (every other ``%`` is
+    followed by two hex digits), so two different UIDLs never share a file."""
     raw = text.encode("utf-8", "surrogateescape")
-    name = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%00"
+    name = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%"
     if len(name) > _MAX_NAME:
         digest = hashlib.sha256(raw).hexdigest()[:16]
         name = f"{name[: _MAX_NAME - 17]}~{digest}"

@@ -256,6 +256,10 @@ def test_safe_name_is_one_plain_component(text: str) -> None:
     assert name not in (".", "..")
 
 
+def test_the_empty_uidl_and_a_nul_get_different_names() -> None:
+    assert safe_name("") != safe_name("\x00")
+
+
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_safe_name_keeps_different_uidls_apart(first: str, second: str) -> None:
     if first != second:
