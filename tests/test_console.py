@@ -373,7 +373,7 @@ def fake_server(
         conn, _ = listener.accept()
         with conn:
             reader = conn.makefile("rb")
-            for expected, reply in replies:
+            for index, (expected, reply) in enumerate(replies):
                 if reply == START_TLS:
                     assert tls is not None
                     conn = tls.wrap_socket(conn, server_side=True)
@@ -383,6 +383,15 @@ def fake_server(
                     line = reader.readline()
                     assert line.startswith(expected), line
                 if reply is None:
+                    return
+                closes_next = replies[index + 1 :][:1] == [(b"", None)]
+                if closes_next and not isinstance(conn, ssl.SSLSocket):
+                    # The reply and the FIN leave in one segment, so the client sees both
+                    # at once; sent apart, a loaded machine can let the client send its
+                    # next command in between, and the case under test would not happen.
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                    conn.sendall(reply)
+                    conn.shutdown(socket.SHUT_WR)
                     return
                 conn.sendall(reply)
             with suppress(OSError):
