@@ -52,7 +52,7 @@ from pop3tap.capture import (
     EventName,
     Secrets,
 )
-from pop3tap.protocol import SessionObserver, StartTls
+from pop3tap.protocol import SessionObserver, StartTls, known_verbs
 
 __all__ = [
     "ImportedSession",
@@ -101,11 +101,8 @@ def _tls_reason(
     return None
 
 
-#: Command keywords of RFC 1939 §§4-7, RFC 2449 (CAPA), RFC 2595 (STLS), RFC 5034 (AUTH)
-#: and RFC 6856 (UTF8, LANG).
-_POP3_VERBS: Final = frozenset(
-    b"USER PASS APOP AUTH STAT LIST RETR DELE NOOP RSET QUIT TOP UIDL CAPA STLS UTF8 LANG".split()
-)
+#: Command keywords the core's command table knows (RFC 1939, 2449, 2595, 5034, 6856).
+_POP3_VERBS: Final = frozenset(verb.encode("ascii") for verb in known_verbs())
 _MASKED_LINE: Final = b"********"
 #: Longest line held back while out of sync; beyond it the line is masked as it goes.
 _MAX_HELD: Final = 8192

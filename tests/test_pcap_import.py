@@ -515,3 +515,15 @@ def test_no_sasl_secret_survives_an_import_wherever_the_capture_starts(
         for path in iter_capture_paths([directory / "out"]):
             assert encoded not in path.read_bytes()
             assert encoded[: len(encoded) // 2 + 1] not in read_capture(path).stream("c2s")
+
+
+def test_a_session_seen_from_its_middle_shows_exactly_the_command_table_s_verbs() -> None:
+    """The guard for a capture that starts mid-session keeps no verb list of its own: a line
+    is shown when its first word is a keyword of the core's table (XTND and LAST included)."""
+    from pop3tap.pcap_import import _UntilInSync
+    from pop3tap.protocol import known_verbs
+
+    for verb in sorted(known_verbs()):
+        line = f"{verb.lower()} 1\r\n".encode()
+        assert _UntilInSync._decide(line) == line
+    assert _UntilInSync._decide(b"hunter2\r\n") == b"********\r\n"
