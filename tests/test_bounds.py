@@ -420,7 +420,7 @@ def test_secret_verb_floods_take_a_bounded_number_of_python_steps_per_chunk() ->
     lines run per 64 KiB chunk stay under a constant, not one pass per line or per byte
     (issue 10 item 8). The bytes are those of the byte steps."""
     chunk = 65536 - 3  # every chunk boundary falls inside a line
-    run_maskers = [_masklines.mask_run_python]
+    run_maskers: list[_masklines.RunMasker] = [_masklines.mask_run_python]
     if _masklines.MASKER == "c":
         run_maskers.append(_masklines.mask_run)
     for run_masker in run_maskers:
@@ -442,6 +442,48 @@ def test_secret_verb_floods_take_a_bounded_number_of_python_steps_per_chunk() ->
             expected = [slow.mask_bytewise(piece) for piece in pieces]
             assert b"".join(out) == b"".join(expected), name
             assert b"x\r" not in b"".join(out) and b" d\r" not in b"".join(out)
+
+
+_KEYWORD_FLOODS = {
+    "a keyword after the first word": b"x PASS\n" * 9363,
+    "a keyword glued after a letter": b"xPASS\n" * 10922,
+    "keywords on one line without its end": b"x" + b"PASS " * 13107,
+    "keywords after words between lone CRs": b"\rx PASS" * 9362,
+}
+
+
+def test_keywords_that_open_no_secret_take_a_bounded_number_of_python_steps() -> None:
+    """A keyword that is not a line's first word, or a first word that only begins like
+    one, between lone CRs and without a line end, is found clear by C-level searches: the
+    Python lines run per 64 KiB chunk stay under a constant, not one pass per keyword or
+    per lone-CR part (issue 10 item 8). The bytes are those of the byte steps."""
+    chunk = 65536
+    run_maskers: list[_masklines.RunMasker] = [_masklines.mask_run_python]
+    if _masklines.MASKER == "c":
+        run_maskers.append(_masklines.mask_run)
+    for run_masker in run_maskers:
+        for name, unit in _KEYWORD_FLOODS.items():
+            flood = unit * 4
+            pieces = [flood[pos : pos + chunk] for pos in range(0, len(flood), chunk)]
+            masker = SecretMasker()
+            out: list[bytes] = []
+
+            def feed(
+                masker: SecretMasker = masker, pieces: list[bytes] = pieces, out: list[bytes] = out
+            ) -> None:
+                for piece in pieces:
+                    out.append(masker.mask(piece))
+
+            with patch.object(_masking, "mask_run", run_masker):
+                work = lines_run(feed)
+            assert work < 600 * len(pieces), (run_masker, name, work)
+            masker.end_of_stream()
+            out += [d for _, d in masker.take_released()]
+            slow = SecretMasker()
+            expected = [slow.mask_bytewise(piece) for piece in pieces]
+            slow.end_of_stream()
+            expected += [d for _, d in slow.take_released()]
+            assert b"".join(out) == b"".join(expected), name
 
 
 _MASK_PIECES = [

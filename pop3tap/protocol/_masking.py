@@ -54,7 +54,6 @@ from pop3tap.protocol._heldlines import (
 )
 from pop3tap.protocol._masklines import (
     KEYWORD_PREFIXES,
-    KEYWORDS,
     SEPARATOR_RUN_END,
     WORD_END,
     mask_run,
@@ -320,8 +319,6 @@ class SecretMasker(_LineSteps):
         # only the line the last chunk left open, an AUTH line and the chunk's last line.
         out = bytearray()
         pos = 0
-        upper = data.upper()
-        hits = [upper.find(keyword) for keyword in KEYWORDS]
         while pos < len(data):
             if self._holding or self._auth_on_line:
                 out += self.mask_bytewise(data[pos:], at)
@@ -337,7 +334,7 @@ class SecretMasker(_LineSteps):
                     self._after_lone_cr(pos)
                 continue
             if self._mode is _Mode.LINE_START:
-                end = self._clear_lines_end(data, upper, pos, hits)
+                end = self._clear_lines_end(data, pos)
                 if end > pos:
                     out += data[pos:end]
                 else:
@@ -355,10 +352,10 @@ class SecretMasker(_LineSteps):
         return bytes(out)
 
     @staticmethod
-    def _clear_lines_end(data: bytes, upper: bytes, pos: int, hits: list[int]) -> int:
+    def _clear_lines_end(data: bytes, pos: int) -> int:
         """Where the lines from ``pos`` whose first word cannot begin with a secret keyword
         end: at the next one that may, or after the chunk's last line end."""
-        found = next_keyword_line(data, upper, pos, hits)
+        found = next_keyword_line(data, pos)
         if found >= 0:
             return found
         lf = data.rfind(b"\n", pos)

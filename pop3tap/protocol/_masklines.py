@@ -157,40 +157,22 @@ KEYWORD_PREFIXES = frozenset(
 )
 
 
-def _separator_run_start(data: bytes, pos: int, index: int) -> int:
-    """Where the run of word separators that ends at ``index`` begins (not before ``pos``)."""
-    window = 64
-    while True:
-        begin = max(pos, index - window)
-        kept = data[begin:index].rstrip(_SEPARATOR_BYTES)
-        if kept or begin == pos:
-            return begin + len(kept)
-        window *= 8
+#: A first word at a line boundary (a LF, or a CR: before a separator or a letter it is a
+#: lone one) that begins with a secret keyword, in any case (ASCII letters only, as the
+#: step machine folds them); and the same at the search's start.
+_KEYWORD_AFTER_BOUNDARY = re.compile(rb"[\r\n]" + _SEP + b"*+" + _ANY_VERB)
+_KEYWORD_AT_START = re.compile(_SEP + b"*+" + _ANY_VERB)
 
 
-def next_keyword_line(data: bytes, upper: bytes, pos: int, hits: list[int]) -> int:
+def next_keyword_line(data: bytes, pos: int) -> int:
     """Where the first line at or after ``pos`` (a line start) whose first word may begin
     with a secret keyword starts, or -1.
 
-    Keywords are rare, so they are searched for (``bytes.find`` on the upper-cased chunk,
-    which folds ASCII letters only, as the step machine does), each at most once per byte:
-    ``hits`` keeps each keyword's next occurrence (-1: none left in the chunk). A hit
-    counts when only word separators stand between it and a line boundary: ``pos``, a LF,
-    or a CR (the byte after that CR is a separator or a letter: a lone CR).
+    One C-level search: a keyword counts only when nothing but word separators stands
+    between it and a line boundary (``pos``, a LF or a CR), so keywords inside a line
+    cost no Python step each (issue 10 item 8: ``x PASS`` lines by the thousand).
     """
-    while True:
-        best = which = -1
-        for number, keyword in enumerate(KEYWORDS):
-            at = hits[number]
-            if 0 <= at < pos:
-                at = hits[number] = upper.find(keyword, pos)
-            if at >= 0 and (best < 0 or at < best):
-                best, which = at, number
-        if best < 0:
-            return -1
-        start = best
-        if start > pos and data[start - 1] in WORD_SEPARATORS:
-            start = _separator_run_start(data, pos, start)
-        if start == pos or data[start - 1] in (0x0A, 0x0D):
-            return start
-        hits[which] = upper.find(KEYWORDS[which], best + 1)
+    if _KEYWORD_AT_START.match(data, pos) is not None:
+        return pos
+    found = _KEYWORD_AFTER_BOUNDARY.search(data, pos)
+    return -1 if found is None else found.start() + 1
