@@ -449,6 +449,9 @@ _KEYWORD_FLOODS = {
     "a keyword glued after a letter": b"xPASS\n" * 10922,
     "keywords on one line without its end": b"x" + b"PASS " * 13107,
     "keywords after words between lone CRs": b"\rx PASS" * 9362,
+    "keyword-like words between lone CRs": b"PASSWORD\r" * 7281,
+    "verbs after lone CRs without a line end": b"\rpass" * 10922,
+    "clear parts before an AUTH part": b"NOOP\r" * 13107 + b"AUTH PLAIN\n",
 }
 
 

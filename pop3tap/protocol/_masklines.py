@@ -6,10 +6,11 @@ line's kind is still open at a chunk's edge. Everything a hostile client can rep
 binary) is decided here, a chunk at a time, by the rule of
 :func:`~pop3tap.protocol._commands.mask_line` written as regular expressions:
 
-* :func:`mask_run` takes, from a line start, the run of whole lines whose masking the
-  line rule decides without any state: clear lines (each part between lone CRs begins
-  with no secret verb) and lines whose first such part begins with PASS or APOP (that
-  part decides the rest of the line, RFC 1939 §7), and returns them masked. An AUTH line
+* :func:`mask_run` takes, from a line start, the run of line parts whose masking the
+  line rule decides without any state: clear parts (a first word without a secret verb)
+  up to their line end or lone CR, with or without a LF in the chunk, and whole lines
+  whose first such part begins with PASS or APOP (that part decides the rest of the
+  line, RFC 1939 §7), and returns them masked. An AUTH line
   ends the run: every line after one waits for the pairing's verdict (RFC 5034 §4), which
   the step machine and :mod:`._heldlines` handle.
 
@@ -60,19 +61,18 @@ _VERB_HEAD = _ANY_VERB + b"(?![A-Za-z])"
 #: A part of a line (up to a CR or LF) whose first word is no secret verb.
 _CLEAR_PART = _SEP + b"*+(?!" + _VERB_HEAD + rb")[^\r\n]*+"
 
-#: Whole lines the line rule decides alone: clear parts joined by lone CRs, ending at the
-#: line end or at a part that begins with PASS or APOP (which decides the rest of the line).
+#: Parts of lines the line rule decides alone, one part at a time: a clear part up to its
+#: line end or a lone CR (a CR at the chunk's end may be half of a CR LF: not yet), or a
+#: part that begins with PASS or APOP, which decides the rest of its line, up to its LF.
+#: Each byte is looked at once, whether or not the chunk holds a LF.
 _DECIDED_RUN = re.compile(
-    b"(?:(?:"
+    b"(?:"
     + _CLEAR_PART
-    + _LONE_CR
-    + b")*+(?:"
-    + _CLEAR_PART
-    + rb"\r?\n|"
+    + rb"(?:\r(?=[^\n])|\r?\n)|"
     + _SEP
     + b"*+"
     + _PASS_OR_APOP
-    + rb"(?![A-Za-z])[^\n]*+\n))++"
+    + rb"(?![A-Za-z])[^\n]*+\n)++"
 )
 
 #: Where the secret of a PASS or APOP part begins (group 1 is what stays clear), the same
@@ -112,8 +112,9 @@ def mask_lines_python(block: bytes) -> bytes:
 
 
 def mask_run_python(data: bytes, pos: int) -> tuple[bytes, int]:
-    """The run of whole lines from ``pos`` (a line start) that the line rule decides
-    without state, masked, and where it ends (``pos``: an AUTH line, or no LF yet)."""
+    """The run of line parts from ``pos`` (a line start) that the line rule decides
+    without state, masked, and where it ends (``pos``: an AUTH part, or a part whose end
+    the chunk does not hold yet)."""
     match = _DECIDED_RUN.match(data, pos)
     if match is None:
         return b"", pos

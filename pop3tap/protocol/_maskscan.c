@@ -2,14 +2,17 @@
  *
  * mask_run(data, pos) -> (masked, end)
  *
- * From pos (a line start) takes whole lines (up to their LF) as long as the line rule of
+ * From pos (a line start) takes parts of lines as long as the line rule of
  * pop3tap.protocol._commands.mask_line decides them without state, and returns them masked
- * with the end of the run. A line is cut into parts at lone CRs; a part whose first word
- * (after separators: 0x00-0x20 but CR and LF, and 0x7f) begins with PASS or APOP in any
- * case, followed by anything but a letter, decides the rest of the line (RFC 1939 section
- * 7): its secret is replaced by "********" up to the line end, lone CRs included. A part
- * beginning with AUTH ends the run before its line (every line after an AUTH waits for the
- * pairing's verdict, RFC 5034 section 4), and so does a line without its LF yet.
+ * with the end of the run. A line is cut into parts at lone CRs. A part whose first word
+ * (after separators: 0x00-0x20 but CR and LF, and 0x7f) begins with no secret verb is
+ * clear and taken up to its LF, CR LF or lone CR (what follows a lone CR is classified as
+ * a line of its own), even when the chunk holds no LF yet. A part whose first word begins
+ * with PASS or APOP in any case, followed by anything but a letter, decides the rest of
+ * the line (RFC 1939 section 7): its secret is replaced by "********" up to the line end,
+ * lone CRs included; it is taken only with its LF. A part beginning with AUTH ends the run
+ * (every line after an AUTH waits for the pairing's verdict, RFC 5034 section 4), and so
+ * does a part without its end yet (a CR at the end may be half of a CR LF).
  *
  * mask_lines(block) -> masked
  *
@@ -91,32 +94,21 @@ secret_start(enum verb verb, const unsigned char *w, const unsigned char *e,
     return NULL;
 }
 
-/* Mask one line [p, lf]; return the bytes written to out, or -1 for an AUTH line. */
+/* Mask the line [p, lf] whose first part begins with PASS or APOP; return the bytes
+ * written to out (at most 8 more than the line's). */
 static Py_ssize_t
 mask_line(const unsigned char *p, const unsigned char *lf, unsigned char *out)
 {
     const unsigned char *content_end = (lf > p && lf[-1] == '\r') ? lf - 1 : lf;
-    const unsigned char *part = p, *cut = NULL, *w, *e, *cr;
-    enum verb verb;
+    const unsigned char *cr = memchr(p, '\r', (size_t)(content_end - p));
+    const unsigned char *part_end = cr ? cr : content_end;
+    const unsigned char *w = separators_end(p, part_end);
+    const unsigned char *e = word_end(w, part_end);
+    const unsigned char *cut = secret_start(verb_of(w, e), w, e, part_end);
     Py_ssize_t n;
 
-    for (;;) {
-        cr = memchr(part, '\r', (size_t)(content_end - part));
-        w = separators_end(part, content_end);
-        e = word_end(w, content_end);
-        verb = verb_of(w, e);
-        if (verb == VERB_AUTH)
-            return -1;
-        if (verb != VERB_NONE) {
-            cut = secret_start(verb, w, e, cr ? cr : content_end);
-            if (cut == NULL && cr != NULL)
-                cut = cr + 1; /* a lone CR before the secret began: the rest is secret */
-            break;
-        }
-        if (cr == NULL)
-            break;
-        part = cr + 1;
-    }
+    if (cut == NULL && cr != NULL)
+        cut = cr + 1; /* a lone CR before the secret began: the rest is secret */
     if (cut == NULL || cut >= content_end) {
         n = lf + 1 - p;
         memcpy(out, p, (size_t)n);
@@ -134,8 +126,9 @@ static PyObject *
 mask_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer view;
-    Py_ssize_t pos, written = 0, n;
-    const unsigned char *data, *p, *end, *lf;
+    Py_ssize_t pos, written = 0;
+    const unsigned char *data, *p, *end, *lf, *brk, *w;
+    enum verb verb;
     unsigned char *out;
     PyObject *masked, *result;
 
@@ -163,13 +156,33 @@ mask_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     p = data + pos;
     while (p < end) {
-        lf = memchr(p, '\n', (size_t)(end - p));
+        /* One part: up to its CR or LF, each byte looked at once. */
+        brk = p;
+        while (brk < end && *brk != '\r' && *brk != '\n')
+            brk++;
+        if (brk == end)
+            break; /* a part without its end yet */
+        w = separators_end(p, brk);
+        verb = verb_of(w, word_end(w, brk));
+        if (verb == VERB_AUTH)
+            break;
+        if (verb == VERB_NONE) {
+            /* A clear part: it ends its line (LF, CR LF) or, at a lone CR, the next part
+               is classified as a line of its own. A CR at the end is still undecided. */
+            if (*brk == '\r' && (brk + 1 >= end || brk[1] == '\n'))
+                brk = (brk + 1 < end) ? brk + 1 : NULL;
+            if (brk == NULL)
+                break;
+            memcpy(out + written, p, (size_t)(brk + 1 - p));
+            written += brk + 1 - p;
+            p = brk + 1;
+            continue;
+        }
+        /* PASS or APOP: the part decides the rest of its line, which needs its LF. */
+        lf = memchr(brk, '\n', (size_t)(end - brk));
         if (lf == NULL)
             break;
-        n = mask_line(p, lf, out + written);
-        if (n < 0)
-            break;
-        written += n;
+        written += mask_line(p, lf, out + written);
         p = lf + 1;
     }
     masked = PyBytes_FromStringAndSize((const char *)out, written);
