@@ -489,6 +489,44 @@ def test_keywords_that_open_no_secret_take_a_bounded_number_of_python_steps() ->
             assert b"".join(out) == b"".join(expected), name
 
 
+_UNIT_TOKENS = [
+    b"PASS", b"pass", b"APOP", b"AUTH", b"PASSWORD", b"x", b" ", b"\t", b"\x00", b"\x7f",
+    b"\r", b"\n", b"\r\n", b"1", b"USER", b"PA", b"*",
+]  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    unit=st.lists(st.sampled_from(_UNIT_TOKENS), min_size=1, max_size=6).map(b"".join),
+    offset=st.integers(0, 63),
+    after_auth=st.booleans(),
+    python_runs=st.booleans(),
+)
+def test_any_repeated_line_shape_costs_a_bounded_number_of_python_steps_per_chunk(
+    unit: bytes, offset: int, after_auth: bool, python_runs: bool
+) -> None:
+    """Whatever short unit a client repeats (keywords, separators, lone CRs, glued verbs),
+    starting anywhere in it, each 64 KiB chunk costs the masker a bounded number of Python
+    lines: a constant before an AUTH, and at most a few per held line after one (issue 10
+    item 8: one session cannot starve the others)."""
+    chunk = 65536
+    flood = (unit * (4 * chunk // len(unit) + 2))[offset : offset + 4 * chunk]
+    masker = SecretMasker()
+    if after_auth:
+        masker.mask(b"AUTH X\r\n")
+
+    def feed() -> None:
+        for pos in range(0, len(flood), chunk):
+            masker.mask(flood[pos : pos + chunk])
+            masker.take_released()
+
+    run_masker = _masklines.mask_run_python if python_runs else _masklines.mask_run
+    with patch.object(_masking, "mask_run", run_masker):
+        work = lines_run(feed)
+    per_chunk = 600 + (16 * _masking.MAX_HELD_LINES if masker._holding else 0)
+    assert work < 4 * per_chunk, (unit, offset, work)
+
+
 _MASK_PIECES = [
     b"PASS", b"pass", b"Pa", b"ss", b"APOP", b"AP", b"OP", b"AUTH", b"au", b"th", b"P", b"A",
     b" ", b"\t", b"x", b"bob", b"PLAIN", b"*", b"\r", b"\n", b"\r\n", b"\x00", b"\xff",
