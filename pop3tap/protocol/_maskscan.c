@@ -148,6 +148,10 @@ mask_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     data = (const unsigned char *)view.buf;
     end = data + view.len;
+    if (view.len - pos > (PY_SSIZE_T_MAX - 16) / 3) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
     /* A masked line is at most 8 bytes longer than the 6 bytes it needs ("PASS1\n"). */
     out = PyMem_Malloc((size_t)(view.len - pos) * 3 + 16);
     if (out == NULL) {
@@ -207,6 +211,10 @@ mask_lines(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
+    if (view.len > (PY_SSIZE_T_MAX - 16) / 5) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
     /* A masked line is at most 8 bytes longer than the 2 bytes it needs ("x\n"). */
     out = PyMem_Malloc((size_t)view.len * 5 + 16);
     if (out == NULL) {
