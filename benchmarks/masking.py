@@ -7,7 +7,9 @@ and the line reports MiB per CPU second and the slowest single call:
     binary, long-lines (no blanks, no LF for 60 KiB), commands (ordinary pipelined commands),
     pass-flood, apop-flood, odd-flood (mixed case, every separator byte, glued and lone-CR
     forms), auth-flood (AUTH, then SASL lines held for a verdict), split-lines (a PASS flood
-    in chunks of 64 KiB - 3 bytes, so every chunk boundary falls inside a line).
+    in chunks of 64 KiB - 3 bytes, so every chunk boundary falls inside a line),
+    keyword-inside-lines (``x PASS`` lines: a keyword that is no line's first word),
+    lone-cr-parts (``PASSWORD`` parts between lone CRs, no LF at all).
 
 After a line holding AUTH every client line waits for the pairing's verdict before it is
 written to the capture (docs/design.md, "Secrets, whatever the server does"). This drives
@@ -109,6 +111,8 @@ def shapes(mib: int) -> dict[str, tuple[bytes, int]]:
         "odd-flood": (_odd_lines(size // 24), CHUNK),
         "auth-flood": (sasl, CHUNK),
         "split-lines": (b"PASS x\r\n" * (size // 8), CHUNK - 3),
+        "keyword-inside-lines": (b"x PASS\n" * (size // 7), CHUNK),
+        "lone-cr-parts": (b"PASSWORD\r" * (size // 9), CHUNK),
     }
 
 

@@ -181,7 +181,7 @@ def test_masking_benchmark_reports_every_shape_and_both_loads() -> None:
         f"shape {name}"
         for name in (
             "binary", "long-lines", "commands", "pass-flood", "apop-flood", "odd-flood",
-            "auth-flood", "split-lines",
+            "auth-flood", "split-lines", "keyword-inside-lines", "lone-cr-parts",
         )
     ]  # fmt: skip
     assert all(float(line.split(": ")[1].split(" ")[0]) > 0 for line in shapes)
