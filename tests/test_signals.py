@@ -132,6 +132,51 @@ def test_replay_drains_on_the_first_signal_and_closes_on_the_second(
     assert "Traceback" not in replay.stderr_text() + replay.log_text()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_replay_sigterm_finishes_open_sessions_then_exits_zero(
+    tmp_path: Path, workers: str
+) -> None:
+    """The relay's graceful drain, in replay: the first SIGTERM refuses new clients, the
+    open session is played to its QUIT, and the process exits 0 long before the grace."""
+    capture = ROOT / "captures" / "user-pass.p3cap"
+    with pop3tap_process(
+        "replay", tmp_path, str(capture), "--grace", GRACE, "--workers", workers
+    ) as replay:
+        wait_for_events(replay, "replay.listening", int(workers))
+        client = socket.create_connection((replay.host, replay.port), timeout=30)
+        reader = client.makefile("rb")
+        assert reader.readline().startswith(b"+OK Dovecot")
+        replay.proc.send_signal(signal.SIGTERM)
+        wait_for_events(replay, "replay.draining", int(workers))
+        refused = False
+        deadline = time.monotonic() + 30
+        while not refused and time.monotonic() < deadline:
+            try:
+                socket.create_connection((replay.host, replay.port), timeout=2).close()
+                time.sleep(0.05)
+            except OSError:
+                refused = True
+        assert refused, "a new client was still accepted while draining"
+        for command, answer in ((b"USER alice", b"+OK\r\n"), (b"PASS secret", b"+OK Logged in.")):
+            client.sendall(command + b"\r\n")
+            assert reader.readline().startswith(answer)
+        client.sendall(b"STAT\r\n")
+        assert reader.readline() == b"+OK 3 954\r\n"
+        client.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"+OK")
+        assert reader.read() == b""
+        client.close()
+        assert replay.proc.wait(timeout=60) == 0
+    log = replay.log_text()
+    draining = log_events(log, "replay.draining")
+    assert sum(int(e["sessions"]) for e in draining) == 1  # type: ignore[call-overload]
+    assert all(e["grace_s"] == float(GRACE) for e in draining)
+    stopped = log_events(log, "replay.stopped")
+    assert len(stopped) == int(workers) and not any(e["aborted"] for e in stopped)
+    assert sum(int(e["connections"]) for e in stopped) == 1  # type: ignore[call-overload]
+    assert "Traceback" not in replay.stderr_text() + log
+
+
 def test_a_single_signal_with_no_open_session_exits_zero(tmp_path: Path) -> None:
     with (
         scripted_server(greet_and_wait) as upstream,

@@ -1,4 +1,4 @@
-"""The serve loop of every server subcommand (``record``; ``replay`` can share it)."""
+"""The serve loop of every server subcommand (``record`` and ``replay``)."""
 
 from __future__ import annotations
 

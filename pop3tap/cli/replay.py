@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,8 +274,8 @@ def _load(
 ) -> tuple[ReplayConfig, list[RecordedSession]]:
     """The configuration and the recorded sessions; warnings and notes go to stderr."""
     from pop3tap.capture import CaptureError
-    from pop3tap.relay import Endpoint
     from pop3tap.replay import ReplayConfig, ReplayError, load_sessions, resolve_tls
+    from pop3tap.server import Endpoint
 
     try:
         config = ReplayConfig(
@@ -321,43 +320,24 @@ def _load(
 
 def _serve(args: argparse.Namespace, server: ReplayServer, sessions: int, log: Any) -> int:
     """Serve until stopped (in ``--workers`` processes); the exit code."""
-    from pop3tap.cli._common import serve_until_stopped, serve_workers, stopped_exit_code
+    from pop3tap.cli._serve import serve_server
 
     config = server.config
-
-    def serve(sockets: list[socket.socket] | None, where: dict[str, int]) -> int:
-        server.sockets = sockets  # each worker has its own copy of the server
-
-        def listening() -> None:
-            log.info(
-                "replay.listening",
-                listen=str(server.address),
-                sessions=sessions,
-                mode="model" if config.model else "bytes",
-                match=config.match,
-                timing=str(config.timing),
-                tls="implicit" if config.listen_tls else ("stls" if server.tls else None),
-                ca_cert=None if server.ca_file is None else str(server.ca_file),
-                **where,
-            )
-
-        aborted = serve_until_stopped(
-            server,
-            open_sessions=lambda: server.active_connections,
-            grace=config.grace,
-            log=log,
-            where=where,
-            listening=listening,
-            what=f"listen on {config.listen}",
-        )
-        log.info(
-            "replay.stopped",
-            connections=server.connections,
-            unplayed=len(server.unplayed),
-            unmatched=server.accounting.unmatched_total,
-            aborted=aborted,
-            **where,
-        )
-        return stopped_exit_code(aborted, where)
-
-    return serve_workers(args.workers, config.listen, serve, log)
+    return serve_server(
+        server,
+        workers=args.workers,
+        log=log,
+        listening=lambda: {
+            "sessions": sessions,
+            "mode": "model" if config.model else "bytes",
+            "match": config.match,
+            "timing": str(config.timing),
+            "tls": "implicit" if config.listen_tls else ("stls" if server.tls else None),
+            "ca_cert": None if server.ca_file is None else str(server.ca_file),
+        },
+        stopped=lambda: {
+            "connections": server.total_sessions,
+            "unplayed": len(server.unplayed),
+            "unmatched": server.accounting.unmatched_total,
+        },
+    )

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from pop3tap.faults import Fault
-from pop3tap.relay import Endpoint
 from pop3tap.replay._config import ReplayConfig, server_tls_for
 from pop3tap.replay._matching import UnmatchedCommand, UnplayedExchange
 from pop3tap.replay._recorded import RecordedSession, ReplayError, load_sessions
 from pop3tap.replay._server import ReplayServer, serve_replay
+from pop3tap.server import Endpoint
 
 if TYPE_CHECKING:
     from pop3tap.model import ModelStore

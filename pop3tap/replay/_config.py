@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pop3tap.certs import CA_CERT_FILE, CA_KEY_FILE, normalize_names
 from pop3tap.faults import parse_fault
 from pop3tap.log import get_logger
-from pop3tap.relay import Endpoint
 from pop3tap.replay._matching import MatchMode, SessionsMode
 from pop3tap.replay._recorded import RecordedSession, ReplayError
-from pop3tap.tls import DEFAULT_HANDSHAKE_TIMEOUT, ServerTls, build_server_tls, warn_if_ca_created
+from pop3tap.server import Endpoint, announce_server_tls
+from pop3tap.tls import DEFAULT_HANDSHAKE_TIMEOUT, ServerTls, build_server_tls
 
 logger = get_logger("pop3tap.replay")
 
@@ -243,11 +243,7 @@ def server_tls_for(config: ReplayConfig, sessions: Sequence[RecordedSession]) ->
     server_tls = build_server_tls(
         names=normalize_names(hosts)[:100], cert=config.cert, key=config.key, ca_dir=config.ca_dir
     )
-    if server_tls.ca is not None:
-        warn_if_ca_created(logger, server_tls)
-        logger.info(
-            "tls.certificate", subject=server_tls.cert_subject, ca=str(server_tls.ca.cert_path)
-        )
+    announce_server_tls(logger, server_tls)
     return server_tls
 
 

@@ -31,15 +31,17 @@ from pop3tap.protocol import (
     SaslLine,
     TlsData,
 )
-from pop3tap.relay import format_peer
 from pop3tap.replay._recorded import Segment
-from pop3tap.tls import describe_failure, send_close_notify, server_handshake, tls_info
+from pop3tap.server import HandshakeFailed, accept_tls, error_line, format_peer
+from pop3tap.tls import send_close_notify, tls_info
 
 if TYPE_CHECKING:
     from pop3tap.replay._server import ReplayServer
 
 logger = get_logger("pop3tap.replay")
 
+#: What the one ``-ERR`` line pop3tap replay writes itself starts with, after ``-ERR ``.
+ERR_PREFIX = "pop3tap replay"
 #: Bytes asked of the kernel per receive.
 RECEIVE_SIZE = 64 * 1024
 #: The longest recorded pause reproduced when there is no idle limit (seconds).
@@ -132,7 +134,7 @@ class ReplayConnection:
         self.reason = "client closed"
         #: The client leg is TLS (implicit, or after STLS).
         self.tls_up = False
-        self.log = logger.bind(connection=number, client=format_peer(stream))
+        self.log = logger.bind(client=format_peer(stream))
         self.faults = ConnectionFaults(server.faults, number)
         #: A fault asked for a reset: close without the linger (which would send a FIN).
         self.reset_on_close = False
@@ -216,8 +218,7 @@ class ReplayConnection:
 
     async def send_error(self, text: str) -> None:
         """One ``-ERR`` line naming pop3tap (RFC 1939 §3 status indicator)."""
-        line = f"-ERR pop3tap replay: {text}\r\n".encode("utf-8", "backslashreplace")
-        await self.send_all(line)
+        await self.send_all(error_line(ERR_PREFIX, text))
 
     async def greet(self, greeting: Segment, recorded: Fault | None = None) -> bool:
         """Send the greeting, or what a greeting fault makes of it; False: the session ends."""
@@ -296,12 +297,9 @@ class ReplayConnection:
             return False
         timeout = self.config.tls_timeout
         try:
-            with trio.fail_after(timeout):
-                tls = await server_handshake(transport, server_tls.context)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
-            reason = describe_failure(
-                exc, leg="client", own_ca=server_tls.ca is not None, timeout=timeout
-            )
+            tls = await accept_tls(transport, server_tls, seconds=timeout)
+        except HandshakeFailed as exc:
+            reason = exc.reason
             self.log.warning("replay.tls_failed", leg="client", mode=mode, reason=reason)
             self.reason = f"TLS failed (client): {reason}"
             return False

@@ -1,24 +1,23 @@
-"""The replay server: listeners, the accept loop, the drain, one task per connection.
+"""The replay server: what one replay connection is, over the shared server base.
 
 :class:`ReplayServer` loads the captures (or takes loaded sessions), resolves the TLS
-choices, and serves each client that connects on its own task; every error in a connection
-is caught and logged, so one client can never stop the server or disturb another. On
-:meth:`~ReplayServer.shutdown` it stops accepting and gives open connections the grace
-period; :meth:`~ReplayServer.abort` closes them at once.
+choices, and says how one client is served (byte replay or the mailbox model). The
+listeners, the accept loop, the ``session=<hex>`` log context, the crash line, the drain
+after :meth:`~pop3tap.server.ConnectionServer.shutdown` and the
+:meth:`~pop3tap.server.ConnectionServer.abort` of a second signal come from
+:class:`~pop3tap.server.ConnectionServer`.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import trio
 
 from pop3tap.faults import FaultPlan
 from pop3tap.log import get_logger
-from pop3tap.relay import Endpoint
 from pop3tap.replay._bytes import ByteReplayConnection
 from pop3tap.replay._config import ReplayConfig, resolve_tls, server_tls_for, tls_mismatch
 from pop3tap.replay._connection import ReplayConnection
@@ -29,8 +28,8 @@ from pop3tap.replay._matching import (
     UnplayedExchange,
 )
 from pop3tap.replay._recorded import RecordedSession, ReplayError, load_sessions
+from pop3tap.server import ConnectionServer, serve_server
 from pop3tap.tls import ServerTls
-from pop3tap.workers import open_listeners
 
 if TYPE_CHECKING:
     from pop3tap.model import ModelStore
@@ -38,11 +37,15 @@ if TYPE_CHECKING:
 logger = get_logger("pop3tap.replay")
 
 
-class ReplayServer:
+class ReplayServer(ConnectionServer):
     """Serve recorded sessions to every client that connects.
 
-    Use ``await nursery.start(server.run)`` to get the listeners once they accept.
+    Use ``await nursery.start(server.run)`` to get the listeners once they accept;
+    :meth:`shutdown` stops accepting and lets open connections finish within the grace.
     """
+
+    kind = "replay"
+    crash_event = "replay.connection_crashed"
 
     def __init__(
         self,
@@ -61,8 +64,7 @@ class ReplayServer:
             CaptureError, ReplayError: a capture cannot be read or replayed.
             TlsSetupError: the certificate, key or CA cannot be used.
         """
-        #: Listening sockets bound beforehand (``--workers``); None: bind ``config.listen``.
-        self.sockets: list[socket.socket] | None = None
+        super().__init__(listen=config.listen, grace=config.grace, log=logger)
         self.config = config
         self.warnings: list[str] = []
         if sessions is None:
@@ -95,21 +97,16 @@ class ReplayServer:
         self.picker = SessionPicker(self.sessions, config.sessions)
         #: The faults every connection is subject to; tests may change them while it runs.
         self.faults = FaultPlan(config.faults)
-        self.listeners: list[trio.SocketListener] = []
-        self.connections = 0
-        #: Connections being served right now.
-        self.active_connections = 0
-        self.shutting_down = False
-        #: True once :meth:`abort` closed the open connections without waiting.
-        self.aborted = False
-        self._accept_scope = trio.CancelScope()
-        self._handlers: trio.Nursery | None = None
 
     @property
-    def address(self) -> Endpoint:
-        """Where the first listener accepts connections."""
-        host, port = self.listeners[0].socket.getsockname()[:2]
-        return Endpoint(str(host), int(port))
+    def connections(self) -> int:
+        """Connections accepted since the start (the older name of ``total_sessions``)."""
+        return self.total_sessions
+
+    @property
+    def active_connections(self) -> int:
+        """Connections being served now (the older name of ``active_sessions``)."""
+        return self.active_sessions
 
     @property
     def ca_file(self) -> Path | None:
@@ -133,58 +130,31 @@ class ReplayServer:
         """Every recorded exchange was played."""
         return not self.unplayed
 
-    async def run(
-        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Listen and serve until cancelled or :meth:`shutdown`, then drain within the grace."""
-        listen = self.config.listen
-        self.listeners = await open_listeners(listen.host, listen.port, self.sockets)
-        async with trio.open_nursery() as handlers:
-            self._handlers = handlers
-            with self._accept_scope:
-                task_status.started(self.listeners)
-                await trio.serve_listeners(self.handle, self.listeners, handler_nursery=handlers)
-            for listener in self.listeners:
-                await listener.aclose()
-            logger.info(
-                "replay.draining", sessions=self.active_connections, grace_s=self.config.grace
-            )
-            handlers.cancel_scope.deadline = trio.current_time() + self.config.grace
-
-    def shutdown(self) -> None:
-        """Stop accepting new clients; open connections get the grace period."""
-        self.shutting_down = True
-        self._accept_scope.cancel()
-
-    def abort(self) -> None:
-        """Close every open connection now."""
-        self.aborted = True
-        self.shutdown()
-        if self._handlers is not None:
-            self._handlers.cancel_scope.cancel()
+    def draining(self) -> None:
+        """Say that open connections get the grace period, even when there are none, so
+        every ``--workers`` process reports its drain."""
+        self.log.info(f"{self.kind}.draining", sessions=self.active_sessions, grace_s=self.grace)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one client on any trio stream; errors are logged, never raised."""
-        self.connections += 1
-        self.active_connections += 1
+        """Serve one client on any trio stream (a socket, or a memory stream in tests), as
+        an accepted connection is: its own log context, counted, errors logged."""
+        # The base types its streams as sockets; a replay connection needs only a Stream.
+        await self._handle(cast("trio.SocketStream", stream))
+
+    async def serve_connection(self, stream: trio.abc.Stream, session_id: str) -> None:
+        """Play to one client, then close it however the serving ended."""
         connection: ReplayConnection
         if self.model is not None:
             from pop3tap.replay._model import ModelConnection
 
-            connection = ModelConnection(self, stream, self.connections)
+            connection = ModelConnection(self, stream, self.total_sessions)
         else:
-            connection = ByteReplayConnection(self, stream, self.connections)
+            connection = ByteReplayConnection(self, stream, self.total_sessions)
         try:
             await connection.run()
-        except Exception:
-            connection.log.exception("replay.connection_crashed")
         finally:
-            self.active_connections -= 1
             with trio.CancelScope(shield=True):
-                try:
-                    await connection.finish()
-                except Exception:
-                    connection.log.exception("replay.connection_crashed")
+                await connection.finish()
 
 
 async def serve_replay(
@@ -196,7 +166,6 @@ async def serve_replay(
     task_status: trio.TaskStatus[ReplayServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a replay server until cancelled; ``task_status.started`` gets the server."""
-    server = ReplayServer(config, sessions, tls=tls, model=model)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.run)
-        task_status.started(server)
+    await serve_server(
+        ReplayServer(config, sessions, tls=tls, model=model), task_status=task_status
+    )
