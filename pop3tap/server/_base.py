@@ -23,11 +23,12 @@ from pop3tap.server._net import Endpoint, open_listeners
 def error_line(prefix: str, text: str) -> bytes:
     """The one ``-ERR`` line pop3tap writes in a peer's place (RFC 1939 §3 status indicator).
 
-    ``-ERR {prefix}: {text}`` on one line: a CR or LF in ``text`` becomes a space, and what
-    UTF-8 cannot encode is escaped, so the line can neither be split nor fail to encode.
+    ``-ERR {prefix}: {text}`` on one line: a CR or LF in ``text`` becomes a space, and a
+    character UTF-8 cannot encode (a lone surrogate, such as the undecodable bytes of a
+    file name, PEP 383) becomes ``?``, so the line can neither be split nor fail to encode.
     """
     flat = text.replace("\r", " ").replace("\n", " ")
-    return f"-ERR {prefix}: {flat}\r\n".encode("utf-8", "backslashreplace")
+    return f"-ERR {prefix}: {flat}\r\n".encode("utf-8", "replace")
 
 
 def new_session_id() -> str:
