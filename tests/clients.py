@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -208,3 +210,20 @@ def relay_process(
         log_format=log_format,
     ) as running:
         yield running
+
+
+def wait_refused(host: str, port: int, timeout: float = 10) -> None:
+    """New clients are refused soon: the listening sockets close just after accepting stops
+    (a client caught in between is reset, never served)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            probe = socket.create_connection((host, port), timeout=5)
+        except ConnectionRefusedError:
+            return
+        with probe:
+            probe.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                assert probe.recv(100) == b"", "a new client was served during shutdown"
+        assert time.monotonic() < deadline, "new clients were still accepted"
+        time.sleep(0.05)

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from clients import Pop3tapProcess, pop3tap_process, relay_process
+from clients import Pop3tapProcess, pop3tap_process, relay_process, wait_refused
 from faults import greet_and_wait, scripted_server
 
 from pop3tap.capture import iter_capture_paths, read_capture
@@ -148,15 +148,7 @@ def test_replay_sigterm_finishes_open_sessions_then_exits_zero(
         assert reader.readline().startswith(b"+OK Dovecot")
         replay.proc.send_signal(signal.SIGTERM)
         wait_for_events(replay, "replay.draining", int(workers))
-        refused = False
-        deadline = time.monotonic() + 30
-        while not refused and time.monotonic() < deadline:
-            try:
-                socket.create_connection((replay.host, replay.port), timeout=2).close()
-                time.sleep(0.05)
-            except OSError:
-                refused = True
-        assert refused, "a new client was still accepted while draining"
+        wait_refused(replay.host, replay.port)
         for command, answer in ((b"USER alice", b"+OK\r\n"), (b"PASS secret", b"+OK Logged in.")):
             client.sendall(command + b"\r\n")
             assert reader.readline().startswith(answer)

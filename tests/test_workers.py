@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import poplib
@@ -15,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from clients import pop3tap_process, relay_process
+from clients import pop3tap_process, relay_process, wait_refused
 from dovecot import Dovecot, Mailbox
 
 from pop3tap.capture import iter_capture_paths, read_capture
@@ -35,23 +34,6 @@ def wait_for_events(read: object, name: str, count: int, timeout: float = 20) ->
     while len(log_events(read(), name)) < count:  # type: ignore[operator]
         assert time.monotonic() < deadline, f"fewer than {count} {name} lines"
         time.sleep(0.02)
-
-
-def wait_refused(host: str, port: int, timeout: float = 10) -> None:
-    """New clients are refused soon: the listening sockets close just after accepting stops
-    (a client caught in between is reset, never served)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            probe = socket.create_connection((host, port), timeout=5)
-        except ConnectionRefusedError:
-            return
-        with probe:
-            probe.settimeout(5)
-            with contextlib.suppress(ConnectionResetError):
-                assert probe.recv(100) == b"", "a new client was served during shutdown"
-        assert time.monotonic() < deadline, "new clients were still accepted"
-        time.sleep(0.05)
 
 
 def stat_through(host: str, port: int, mailbox: Mailbox) -> tuple[int, int]:
