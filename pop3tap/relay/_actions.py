@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pop3tap.capture import EventName
 from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
@@ -66,7 +67,7 @@ class EventActions:
                 event.seq, event.verb, event.args.encode(), self.seen[Direction.SERVER]
             )
             if armed is not None:
-                self.record_event("fault", seq=armed.seq, spec=armed.fault.spec)
+                self.record_event(EventName.FAULT, seq=armed.seq, spec=armed.fault.spec)
         self.stls.on_command(event)
 
     def on_greeting(self, event: Greeting) -> None:
@@ -95,7 +96,7 @@ class EventActions:
             client_trailing=event.client_trailing,
             server_trailing=event.server_trailing,
         )
-        self.record_event("stls", intercepted=False)
+        self.record_event(EventName.STLS, intercepted=False)
         if event.client_trailing:
             # Sent with the STLS, before its +OK: the observer masked it already.
             self.flag_injection(event.client_trailing)
@@ -105,7 +106,7 @@ class EventActions:
         for armed in self.faults.disarm() if self.faults is not None else ():
             self.log.warning("fault.dropped", spec=armed.fault.spec, seq=armed.seq)
             # So a replay of this capture does not inject what never happened.
-            self.record_event("fault_dropped", seq=armed.seq, spec=armed.fault.spec)
+            self.record_event(EventName.FAULT_DROPPED, seq=armed.seq, spec=armed.fault.spec)
 
     def on_suppressed(self, event: Suppressed) -> None:
         self.log.warning(

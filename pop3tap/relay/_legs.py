@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pop3tap.protocol import StartTls
+from pop3tap.capture import EventName
+from pop3tap.protocol import Direction, StartTls
 from pop3tap.server import HandshakeFailed, Leg, handshake
 from pop3tap.tls import ServerTls, TlsSetupError, tls_info
 
@@ -77,14 +78,14 @@ async def bounded_handshake(
         return None
     info = tls_info(tls, server=server_tls)
     session.log.info("tls.handshake", leg=leg, **info)
-    session.recorder.record_event("tls_handshake", leg=leg, **info)
+    session.recorder.record_event(EventName.TLS_HANDSHAKE, leg=leg, **info)
     return tls
 
 
 def tls_failed(session: RelaySession, leg: Leg, reason: str) -> None:
     """A handshake (or TLS setup) failed on ``leg``: the session ends, both legs close."""
     session.log.error("tls.failed", leg=leg, reason=reason)
-    session.recorder.record_event("tls_failed", leg=leg, reason=reason)
+    session.recorder.record_event(EventName.TLS_FAILED, leg=leg, reason=reason)
     session.close_reason = f"TLS failed ({leg}): {reason}"
 
 
@@ -95,7 +96,10 @@ async def intercept_stls(session: RelaySession, switch: StartTls) -> bool:
     client's session go on. Returns False when the session must end.
     """
     recorder = session.recorder
-    injected = {"c2s": switch.client_trailing, "s2c": switch.server_trailing}
+    injected = {
+        Direction.CLIENT.value: switch.client_trailing,
+        Direction.SERVER.value: switch.server_trailing,
+    }
     if switch.client_trailing or switch.server_trailing:
         session.log.warning(
             "tls.injection",
@@ -103,7 +107,7 @@ async def intercept_stls(session: RelaySession, switch: StartTls) -> bool:
             server_bytes=switch.server_trailing,
             note="plaintext sent after STLS before TLS (CVE-2011-0411 class): dropped",
         )
-        recorder.record_event("stls_injection", **injected)
+        recorder.record_event(EventName.STLS_INJECTION, **injected)
     session.log.info("tls.stls", note="intercepting STLS: TLS with the server, then the client")
     if not await _upgrade_both(session):
         return False
@@ -114,11 +118,11 @@ async def intercept_stls(session: RelaySession, switch: StartTls) -> bool:
     recorder.record_released_client()
     # The capture reader resumes parsing at this record; decrypted bytes follow.
     recorder.record_event(
-        "tls",
+        EventName.TLS,
         mode="stls",
         seq=switch.seq,
-        dropped_c2s=injected["c2s"],
-        dropped_s2c=injected["s2c"],
+        dropped_c2s=switch.client_trailing,
+        dropped_s2c=switch.server_trailing,
     )
     recorder.observer.resume_after_tls()
     return True

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
 from pop3tap._fastio import plain_fd, read_now, receive_some, reset_on_close, send_all
 from pop3tap._faultio import pace
+from pop3tap.capture import CloseReason, EventName
 from pop3tap.protocol import Direction
 from pop3tap.relay._config import RECEIVE_SIZE
 from pop3tap.relay._faults import StepKind
@@ -29,6 +30,21 @@ from pop3tap.tls import is_tls_end, send_close_notify
 
 if TYPE_CHECKING:
     from pop3tap.relay._session import RelaySession
+
+#: The close reason when a pump's source resets, or ends first.
+_RESET_BY: Final = {
+    Direction.CLIENT: CloseReason.CLIENT_RESET,
+    Direction.SERVER: CloseReason.SERVER_RESET,
+}
+_CLOSED_BY: Final = {
+    Direction.CLIENT: CloseReason.CLIENT_CLOSED,
+    Direction.SERVER: CloseReason.SERVER_CLOSED,
+}
+#: The close reason when a pump cannot send to its sink (the other side is gone).
+_GONE_WHEN_SENDING: Final = {
+    Direction.CLIENT: CloseReason.SERVER_GONE,
+    Direction.SERVER: CloseReason.CLIENT_GONE,
+}
 
 
 class PumpStopped(Exception):
@@ -64,7 +80,7 @@ class Pump:
                     return
                 if not data:
                     await self.session.catch_up(shield=True)
-                    self.session.stream_ended(self.direction, "eof")
+                    self.session.stream_ended(self.direction, EventName.EOF)
                     await self.propagate_eof()
                     return
                 await self.forward(data)
@@ -88,14 +104,14 @@ class Pump:
             if id(self.source) not in session.closing:
                 session.log.info("tls.no_close_notify", side=self.side)
             await session.catch_up(shield=True)
-            session.stream_ended(self.direction, "eof")
+            session.stream_ended(self.direction, EventName.EOF)
             await self.propagate_eof()
             return
         # A reset (or a TLS failure) on the receiving side: pass it on as a reset.
         session.log.info("session.reset", side=self.side, error=one_line_reason(exc))
-        session.close_reason = f"{self.side} reset"
+        session.close_reason = _RESET_BY[self.direction]
         await session.catch_up(shield=True)
-        session.stream_ended(self.direction, "reset")
+        session.stream_ended(self.direction, EventName.RESET)
         session.closing.add(id(self.sink))
         reset_on_close(self.sink)
         self.scope.cancel()
@@ -116,10 +132,10 @@ class Pump:
             session = self.session
             other = "server" if self.direction is Direction.CLIENT else "client"
             session.log.info("session.peer_gone", side=other, error=one_line_reason(exc))
-            session.close_reason = f"{other} gone"
+            session.close_reason = _GONE_WHEN_SENDING[self.direction]
             await session.catch_up(shield=True)  # keep the order: the bytes, then the failure
             session.recorder.record_event(
-                "send_failed", dir=self.direction.value, error=one_line_reason(exc)
+                EventName.SEND_FAILED, dir=self.direction.value, error=one_line_reason(exc)
             )
             session.closing.add(id(self.source))
             reset_on_close(self.source)
@@ -142,8 +158,8 @@ class Pump:
         ``close_linger`` seconds to end its own side before pop3tap closes the session.
         """
         session, sink = self.session, self.sink
-        if session.close_reason == "closed":  # the side that ended first is the reason
-            session.close_reason = f"{self.side} closed"
+        if session.close_reason == CloseReason.CLOSED:  # the side that ended first is the reason
+            session.close_reason = _CLOSED_BY[self.direction]
         linger = session.config.close_linger
         try:
             if isinstance(sink, trio.abc.HalfCloseableStream):
@@ -226,7 +242,7 @@ class ClientPump(Pump):
                     "tls.stls_timeout", timeout_s=timeout, dropped_client_bytes=len(data)
                 )
                 session.recorder.record_event(
-                    "stls_timeout", timeout=timeout, dropped_c2s=len(data)
+                    EventName.STLS_TIMEOUT, timeout=timeout, dropped_c2s=len(data)
                 )
                 session.close_reason = f"server did not answer STLS in {timeout:g}s"
                 self.stop()
@@ -309,7 +325,7 @@ class ServerPump(Pump):
                 await self.send(step.data)
             else:  # END: both legs close; the server never gets a QUIT (RFC 1939 §6)
                 session.close_reason = step.reason
-                session.recorder.record_event("fault_end", seq=step.seq, reason=step.reason)
+                session.recorder.record_event(EventName.FAULT_END, seq=step.seq, reason=step.reason)
                 if step.reset:
                     session.closing.add(id(session.client))  # a reset, so no close_notify
                     reset_on_close(session.client)

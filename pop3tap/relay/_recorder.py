@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pop3tap.capture import CaptureError, CaptureWriter
+from pop3tap.capture import CaptureError, CaptureWriter, EventName
 from pop3tap.protocol import (
     Direction,
     Event,
@@ -116,7 +116,7 @@ class SessionRecorder(EventActions):
     def capture_server(self, data: bytes, at: float) -> None:
         """Write server bytes to the capture before the client can see them."""
         if self.capture is not None:
-            self.capture.write_data("s2c", at, data)
+            self.capture.write_data(Direction.SERVER, at, data)
             self.check_capture()
 
     def record_client(self, data: bytes, at: float) -> None:
@@ -132,14 +132,14 @@ class SessionRecorder(EventActions):
             return
         try:
             if self.keep_secrets:
-                self.capture.write_data("c2s", at, data)
+                self.capture.write_data(Direction.CLIENT, at, data)
             elif injected:
                 for when, masked in self.stls.mask_injected(data, at):
-                    self.capture.write_data("c2s", when, masked)
+                    self.capture.write_data(Direction.CLIENT, when, masked)
             else:
                 recorded = self.observer.mask_client(data, at)
                 if recorded:
-                    self.capture.write_data("c2s", at, recorded)
+                    self.capture.write_data(Direction.CLIENT, at, recorded)
         except Exception:  # the masker must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
         self.record_released_client()
@@ -156,7 +156,7 @@ class SessionRecorder(EventActions):
             server_bytes=0,
             note="plaintext sent after STLS where TLS was due: forwarded, recorded masked",
         )
-        self.record_event("stls_injection", c2s=size, s2c=0)
+        self.record_event(EventName.STLS_INJECTION, c2s=size, s2c=0)
 
     def record_released_client(self) -> None:
         """Write the masked client lines the pairing has resolved since the last call.
@@ -169,7 +169,7 @@ class SessionRecorder(EventActions):
             return
         try:
             for at, data in self.observer.take_masked_client():
-                capture.write_data("c2s", at, data)
+                capture.write_data(Direction.CLIENT, at, data)
         except Exception:  # the masker must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
         if self.client_end_record is not None and not self.observer.client_held:
@@ -315,7 +315,7 @@ class SessionRecorder(EventActions):
             self.observer.abandon_client_lines()
             self.record_released_client()
             for when, masked in self.stls.end_injected():
-                self.capture.write_data("c2s", when, masked)
+                self.capture.write_data(Direction.CLIENT, when, masked)
             self.capture.close(at, reason, fields)
             self.check_capture()
         return fields

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pop3tap import __version__
+from pop3tap.capture import CloseReason, EventName
 from pop3tap.faults import ConnectionFaults
 from pop3tap.log import get_logger
 from pop3tap.protocol import Direction
@@ -48,7 +49,7 @@ class RelaySession:
         self.upstream: trio.abc.Stream | None = None
         self.session_id = session_id
         self.started = trio.current_time()
-        self.close_reason = "closed"
+        self.close_reason: str = CloseReason.CLOSED
         #: When the greeting line must be complete (trio time), or None for no limit.
         self.greeting_deadline: float | None = None
         #: Each direction's stream ended (EOF or reset).
@@ -157,14 +158,14 @@ class RelaySession:
             return
         local = local_address(self.upstream)
         self.log.info("upstream.connected", upstream=str(config.upstream), local=local)
-        self.recorder.record_event("upstream_connected", local=local)
+        self.recorder.record_event(EventName.UPSTREAM_CONNECTED, local=local)
         if config.tls.upstream_tls and not await _legs.connect_upstream_tls(self):
             return
         if config.greeting_timeout is not None:
             self.greeting_deadline = trio.current_time() + config.greeting_timeout
         armed = self.faults.on_greeting_expected() if self.faults is not None else None
         if armed is not None:
-            self.recorder.record_event("fault", seq=0, spec=armed.fault.spec)
+            self.recorder.record_event(EventName.FAULT, seq=0, spec=armed.fault.spec)
         while True:
             self.stls.switch = None
             async with trio.open_nursery() as pumps:
@@ -195,16 +196,18 @@ class RelaySession:
         timeout = self.config.greeting_timeout
         upstream = self.config.upstream
         self.log.warning("upstream.no_greeting", upstream=str(upstream), timeout=timeout)
-        self.recorder.record_event("greeting_timeout", timeout=timeout)
-        self.close_reason = "upstream sent no greeting"
+        self.recorder.record_event(EventName.GREETING_TIMEOUT, timeout=timeout)
+        self.close_reason = CloseReason.NO_GREETING
         if self.recorder.observer.summary().server_bytes == 0:
             await self.refuse_client(f"upstream {upstream} sent no greeting in {timeout:g}s")
 
     async def upstream_failed(self, reason: str) -> None:
         upstream = str(self.config.upstream)
         self.log.error("upstream.unreachable", upstream=upstream, error=reason)
-        self.recorder.record_event("upstream_connect_failed", upstream=upstream, error=reason)
-        self.close_reason = "upstream unreachable"
+        self.recorder.record_event(
+            EventName.UPSTREAM_CONNECT_FAILED, upstream=upstream, error=reason
+        )
+        self.close_reason = CloseReason.UPSTREAM_UNREACHABLE
         await self.refuse_client(f"cannot reach upstream {upstream}: {reason}")
 
     async def refuse_client(self, reason: str) -> None:
@@ -215,10 +218,10 @@ class RelaySession:
 
     async def finish(self) -> None:
         """Close both legs and the capture, and log the session summary."""
-        if self.relay.aborted and self.close_reason == "closed":
-            self.close_reason = "shutdown (closed at once by a second signal)"
-        elif self.relay.shutting_down and self.close_reason == "closed":
-            self.close_reason = "shutdown"
+        if self.relay.aborted and self.close_reason == CloseReason.CLOSED:
+            self.close_reason = CloseReason.SHUTDOWN_AT_ONCE
+        elif self.relay.shutting_down and self.close_reason == CloseReason.CLOSED:
+            self.close_reason = CloseReason.SHUTDOWN
         for stream in (self.client, self.upstream):
             if type(stream) is trio.SocketStream:
                 stream.socket.close()  # what aclose does, without its checkpoint

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from pop3tap.capture import CloseReason
 from pop3tap.faults import Fault, FaultAction
 from pop3tap.protocol import Command, SaslLine, login_identity
 from pop3tap.replay._connection import ReplayConnection, recorded_fault
@@ -88,7 +89,7 @@ class ByteReplayConnection(ReplayConnection):
         while True:
             command = await self.next_line()
             if command is None:
-                self.reason = "client closed"
+                self.reason = CloseReason.CLIENT_CLOSED
                 return
             assert isinstance(command, Command)  # no SASL line was asked for
             if self.config.by_user and not self.user_chosen:
@@ -124,7 +125,7 @@ class ByteReplayConnection(ReplayConnection):
         if ex.starts_tls:
             return await self.upgrade()
         if command.verb == "QUIT" and ex.status is not None:
-            self.reason = "quit"
+            self.reason = CloseReason.QUIT
             return False
         return True
 

@@ -7,7 +7,19 @@ can do the same.
 
 from __future__ import annotations
 
-from pop3tap.capture import Capture, CloseRecord, EventRecord
+from pop3tap.capture import (
+    Capture,
+    CloseReason,
+    CloseRecord,
+    Direction,
+    EventName,
+    EventRecord,
+)
+
+#: The events that end one direction's stream.
+_STREAM_ENDS = (EventName.EOF, EventName.RESET)
+#: A fault armed on an answer, and one dropped again when the pairing was lost.
+_FAULT_EVENTS = (EventName.FAULT, EventName.FAULT_DROPPED)
 
 
 def tls_refusal(capture: Capture) -> str | None:
@@ -23,7 +35,7 @@ def tls_refusal(capture: Capture) -> str | None:
     for record in capture.records:
         if (
             isinstance(record, EventRecord)
-            and record.name == "stls"
+            and record.name == EventName.STLS
             and record.fields.get("intercepted") is False
         ):
             return (
@@ -45,7 +57,7 @@ def stls_came_up(capture: Capture) -> bool:
     """Whether TLS came up after STLS (a ``tls`` record in ``stls`` mode)."""
     return any(
         isinstance(record, EventRecord)
-        and record.name == "tls"
+        and record.name == EventName.TLS
         and record.fields.get("mode", "stls") == "stls"
         for record in capture.records
     )
@@ -56,20 +68,24 @@ def server_reset(capture: Capture) -> bool:
     for record in capture.records:
         if (
             isinstance(record, EventRecord)
-            and record.name in ("eof", "reset")
-            and record.fields.get("dir") in ("s2c", None)
+            and record.name in _STREAM_ENDS
+            and record.fields.get("dir") in (Direction.SERVER, None)
         ):
-            return record.name == "reset"
+            return record.name == EventName.RESET
     return False
 
 
 def server_closed_first(capture: Capture) -> bool:
     """Whether the recorded server ended its stream before the client did."""
     for record in capture.records:
-        if isinstance(record, EventRecord) and record.name in ("eof", "reset"):
-            return record.fields.get("dir") == "s2c"
+        if isinstance(record, EventRecord) and record.name in _STREAM_ENDS:
+            return record.fields.get("dir") == Direction.SERVER
         if isinstance(record, CloseRecord):
-            return record.reason in ("server closed", "server_eof", "server reset")
+            return record.reason in (
+                CloseReason.SERVER_CLOSED,
+                CloseReason.SERVER_EOF,
+                CloseReason.SERVER_RESET,
+            )
     return False
 
 
@@ -78,11 +94,11 @@ def recorded_faults(capture: Capture) -> dict[int, str]:
     found: dict[int, str] = {}
     dropped: set[int] = set()
     for record in capture.records:
-        if isinstance(record, EventRecord) and record.name in ("fault", "fault_dropped"):
+        if isinstance(record, EventRecord) and record.name in _FAULT_EVENTS:
             seq, spec = record.fields.get("seq"), record.fields.get("spec")
             if not isinstance(seq, int) or not isinstance(spec, str):
                 continue
-            if record.name == "fault":
+            if record.name == EventName.FAULT:
                 found.setdefault(seq, spec)
             else:  # armed, then dropped when the pairing was lost: it never happened
                 dropped.add(seq)

@@ -19,6 +19,7 @@ import trio
 
 from pop3tap._fastio import plain_fd, receive_some, reset_on_close, send_now
 from pop3tap._faultio import Delivery, deliver
+from pop3tap.capture import CloseReason
 from pop3tap.faults import ConnectionFaults, Fault, FaultAction, FaultError, parse_fault
 from pop3tap.log import get_logger
 from pop3tap.protocol import (
@@ -131,7 +132,7 @@ class ReplayConnection:
         self.stream = stream
         self.number = number
         self.reader = ClientReader(max_line=self.config.max_line)
-        self.reason = "client closed"
+        self.reason: str = CloseReason.CLIENT_CLOSED
         #: The client leg is TLS (implicit, or after STLS).
         self.tls_up = False
         self.log = logger.bind(client=format_peer(stream))
@@ -269,7 +270,7 @@ class ReplayConnection:
             with contextlib.suppress(ClosedError, IdleError), trio.move_on_after(5):
                 await self.send_error("idle timeout, closing")
         except ClosedError:
-            self.reason = "client gone"
+            self.reason = CloseReason.CLIENT_GONE
 
     async def upgrade(self) -> bool:
         """TLS after the recorded STLS ``+OK`` (RFC 2595 §4); False when the session ends.

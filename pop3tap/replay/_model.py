@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from pop3tap.capture import CloseReason
 from pop3tap.model import (
     ModelError,
     ModelSession,
@@ -89,7 +90,7 @@ class ModelConnection(ReplayConnection):
                 self.reader.expect_sasl()
             event = await self.next_line()
             if event is None:
-                self.reason = "client closed"
+                self.reason = CloseReason.CLIENT_CLOSED
                 return
             reply = self.model.receive_line(event.line)
             self.answers += 1
@@ -116,7 +117,7 @@ class ModelConnection(ReplayConnection):
                     status=reply.data[:4].decode("ascii", "replace").strip(),
                 )
             if reply.next is Next.CLOSE:
-                self.reason = "quit"
+                self.reason = CloseReason.QUIT
                 return
             if reply.next is Next.START_TLS and not await self.upgrade():
                 return

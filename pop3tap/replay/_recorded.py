@@ -20,6 +20,7 @@ from pop3tap.capture import (
     Capture,
     CaptureError,
     DataRecord,
+    Direction,
     derive_events,
     expand_capture_args,
     read_capture,
@@ -261,11 +262,11 @@ class _ExchangeBuilder:
     """Slices the recorded streams into :class:`RecordedExchange` values, in order."""
 
     def __init__(self, capture: Capture, greeting: Greeting, server_closed: bool) -> None:
-        self.s2c = capture.stream("s2c")
-        self.c2s = capture.stream("c2s")
+        self.s2c = capture.stream(Direction.SERVER)
+        self.c2s = capture.stream(Direction.CLIENT)
         data = [r for r in capture.records if isinstance(r, DataRecord)]
-        self.server = _Timeline(r for r in data if r.dir == "s2c")
-        self.client = _Timeline(r for r in data if r.dir == "c2s")
+        self.server = _Timeline(r for r in data if r.dir == Direction.SERVER)
+        self.client = _Timeline(r for r in data if r.dir == Direction.CLIENT)
         self.server_closed = server_closed
         self.faults = recorded_faults(capture)
         self.tls_came_up = stls_came_up(capture)
