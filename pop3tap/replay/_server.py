@@ -99,16 +99,6 @@ class ReplayServer(ConnectionServer):
         self.faults = FaultPlan(config.faults)
 
     @property
-    def connections(self) -> int:
-        """Connections accepted since the start (the older name of ``total_sessions``)."""
-        return self.total_sessions
-
-    @property
-    def active_connections(self) -> int:
-        """Connections being served now (the older name of ``active_sessions``)."""
-        return self.active_sessions
-
-    @property
     def ca_file(self) -> Path | None:
         """The CA certificate (PEM) clients must trust; None without TLS or with --cert."""
         if self.tls is None or self.tls.ca is None:
