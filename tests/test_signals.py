@@ -9,6 +9,7 @@ non-zero. Never a traceback, with or without ``--workers``.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -166,6 +167,13 @@ def test_replay_sigterm_finishes_open_sessions_then_exits_zero(
     stopped = log_events(log, "replay.stopped")
     assert len(stopped) == int(workers) and not any(e["aborted"] for e in stopped)
     assert sum(int(e["connections"]) for e in stopped) == 1  # type: ignore[call-overload]
+    # The connection's lines share one session id, as the relay's do; the capture's own
+    # session id is named apart.
+    (opened,) = log_events(log, "replay.session.open")
+    (closed,) = log_events(log, "replay.session.close")
+    assert opened["recorded_session"] == "cb48a6c87f63"
+    assert re.fullmatch("[0-9a-f]{12}", str(opened["session"]))
+    assert opened["session"] == closed["session"] != opened["recorded_session"]
     assert "Traceback" not in replay.stderr_text() + log
 
 

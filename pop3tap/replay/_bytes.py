@@ -79,7 +79,9 @@ class ByteReplayConnection(ReplayConnection):
             listen_tls=bool(self.config.listen_tls),
         )
         session = matcher.session
-        self.log.info("replay.session.open", capture=session.name, session=session.session)
+        self.log.info(
+            "replay.session.open", capture=session.name, recorded_session=session.session
+        )
         if not await self.greet(session.greeting, recorded_fault(session.greeting_fault)):
             return
         if session.closes_after_greeting:
