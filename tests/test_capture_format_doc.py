@@ -103,8 +103,24 @@ def test_the_close_reason_table_is_the_enum() -> None:
     assert set(reasons) == {reason.value for reason in CloseReason}
 
 
+def _written_name(arg: ast.expr) -> str | None:
+    """The event name an argument spells: a string literal, or ``EventName.MEMBER`` (the
+    member's value; ``EventName.MEMBER`` itself when there is no such member)."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return arg.value
+    if (
+        isinstance(arg, ast.Attribute)
+        and isinstance(arg.value, ast.Name)
+        and arg.value.id == "EventName"
+    ):
+        member = EventName.__members__.get(arg.attr)
+        return member.value if member is not None else f"EventName.{arg.attr}"
+    return None
+
+
 def written_event_names() -> set[tuple[str, str]]:
-    """(file, name) for every event name given as a literal to a capture event writer."""
+    """(file, name) for every event name given as a literal or an ``EventName`` member to a
+    capture event writer."""
     found: set[tuple[str, str]] = set()
     for path in sorted((ROOT / "pop3tap").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -113,10 +129,10 @@ def written_event_names() -> set[tuple[str, str]]:
                 and isinstance(node.func, ast.Attribute)
                 and node.func.attr in ("write_event", "record_event", "event")
                 and node.args
-                and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[0].value, str)
             ):
-                found.add((str(path.relative_to(ROOT)), node.args[0].value))
+                name = _written_name(node.args[0])
+                if name is not None:
+                    found.add((str(path.relative_to(ROOT)), name))
     return found
 
 
