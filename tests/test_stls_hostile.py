@@ -151,3 +151,50 @@ def test_plaintext_after_a_passed_through_stls_is_forwarded_but_recorded_masked(
     (flagged,) = injected
     assert flagged["client_bytes"] == len(b"PASS sekrit-after-ok\r\n")
     assert names.count("stls_injection") == 1
+
+
+@pytest.mark.parametrize(
+    ("before_ok", "after_ok"),
+    [
+        (b"STLS\r\nP", b"ASS sekrit-cut\r\n"),
+        (b"STLS\r\nPASS", b" sekrit-cut\r\n"),
+        (b"STLS\r\nPASS sek", b"rit-cut\r\n"),
+        (b"STLS\r\nAPOP bob ", b"sekrit-cut0123456789abcdef012345\r\n"),
+        (b"STLS\r\nAUTH PLA", b"IN sekrit-cut\r\n"),
+        (b"STLS\r\nAUTH PLAIN\r\n", b"sekrit-cut\r\n"),
+    ],
+    ids=["P|ASS", "PASS|arg", "PASS-arg|rest", "APOP|digest", "AUTH|PLAIN", "AUTH|sasl"],
+)
+def test_a_secret_line_cut_by_a_passed_through_stls_ok_stays_masked(
+    tmp_path: Path, before_ok: bytes, after_ok: bytes
+) -> None:
+    """The line the client had begun when the ``+OK`` to STLS arrived keeps its masking
+    state: the part sent after the ``+OK`` is still that line's secret."""
+    with (
+        scripted_server(_accept_stls_then_read) as server,
+        structlog.testing.capture_logs() as logs,
+        running_relay(
+            server.host, server.port, tmp_path, tls=TlsConfig(intercept_stls=False)
+        ) as relay,
+        socket.create_connection((relay.host, relay.port), timeout=10) as client,
+    ):
+        reader = client.makefile("rb")
+        assert reader.readline() == b"+OK scripted ready\r\n"
+        client.sendall(before_ok)
+        assert reader.readline() == b"+OK begin TLS\r\n"
+        client.sendall(after_ok)
+        client.shutdown(socket.SHUT_WR)
+        assert reader.read() == b""
+        (conn,) = server.wait()
+        _wait_for_complete_capture(relay)
+    assert bytes(conn.received) == before_ok + after_ok
+    (path,) = relay.capture_files()
+    capture = relay.only_capture()
+    shown = "\n".join(render_lines(capture)).encode()
+    for where, text in (
+        ("capture", path.read_bytes()),
+        ("log", repr(logs).encode()),
+        ("show", shown),
+    ):
+        assert b"rit-cut" not in text, where
+    assert capture.stream("c2s").startswith(b"STLS\r\n")
