@@ -190,6 +190,13 @@ class SessionObserver(ServerSide):
             return data
         return self._masker.mask(data, at)
 
+    def client_masker_at_switch(self) -> SecretMasker:
+        """The client masker, told to distrust, for plaintext sent after a passed-through
+        STLS ``+OK``: a line begun before the switch keeps its state (RFC 2595 §4; the
+        observer no longer masks once the session is opaque)."""
+        self._masker.distrust()
+        return self._masker
+
     def take_masked_client(self) -> list[tuple[float, bytes]]:
         """Masked client bytes released since the last call, with their arrival times.
 

@@ -15,6 +15,7 @@ from pop3tap.protocol import (
     Exchange,
     Greeting,
     PairingLost,
+    SessionObserver,
     StartTls,
     StrayLine,
     Suppressed,
@@ -28,6 +29,7 @@ class EventActions:
     """The event half of :class:`~pop3tap.relay._recorder.SessionRecorder`."""
 
     log: Any
+    observer: SessionObserver
     stls: StlsGate
     faults: FaultGate | None
     #: Bytes observed so far per direction (the observer's stream offsets).
@@ -87,7 +89,7 @@ class EventActions:
         self.log.warning("pop3.stray", direction=event.direction.value, line=event.text)
 
     def on_start_tls(self, event: StartTls) -> None:
-        if self.stls.on_start_tls(event):
+        if self.stls.on_start_tls(event, self.observer.client_masker_at_switch()):
             return
         self.log.warning(
             "pop3.stls",

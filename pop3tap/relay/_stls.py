@@ -41,6 +41,9 @@ class StlsGate:
         self._injected: SecretMasker | None = None
         #: Client bytes after a passed-through STLS seen so far (to tell TLS from plaintext).
         self._after_switch = 0
+        #: The client's masker at a passed-through switch: injected plaintext continues
+        #: the line (and any AUTH) the client had begun before the ``+OK``.
+        self._switch_masker: SecretMasker | None = None
 
     @property
     def pending(self) -> bool:
@@ -64,12 +67,14 @@ class StlsGate:
             self.client_end = None
             self.on_resolve()
 
-    def on_start_tls(self, event: StartTls) -> bool:
-        """The server accepted STLS; True when pop3tap intercepts it."""
+    def on_start_tls(self, event: StartTls, masker: SecretMasker | None = None) -> bool:
+        """The server accepted STLS; True when pop3tap intercepts it. ``masker``: the
+        client's masker at the switch, which masks plaintext injected after it."""
         if self.intercept:
             self.switch = event
             return True
         self.passed_through = event
+        self._switch_masker = masker
         return False
 
     # -- forwarding ----------------------------------------------------------------------
@@ -111,7 +116,9 @@ class StlsGate:
                 return False
             if self._after_switch:
                 return False
-            self._injected = SecretMasker(distrusted=True)
+            masker = self._switch_masker or SecretMasker(distrusted=True)
+            masker.distrust()
+            self._injected = masker
         self._after_switch += len(data)
         return True
 
