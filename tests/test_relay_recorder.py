@@ -237,6 +237,29 @@ def test_plaintext_after_a_passed_through_stls_never_reaches_the_capture_unmaske
     assert [e["event"] for e in logs].count("tls.injection") == 1
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_plaintext_cut_anywhere_by_a_passed_through_stls_ok_never_reaches_the_capture(
+    data: st.DataObject,
+) -> None:
+    """The ``+OK`` to STLS may arrive at any byte of the client's plaintext: the line it
+    cuts (a PASS, an APOP, an AUTH or its SASL data) stays masked on both sides of it."""
+    plaintext = PASSED_THROUGH[3][1]
+    cut = data.draw(st.integers(0, len(plaintext)), label="cut")
+    steps: Steps = [
+        (S, b"+OK ready\r\n"),
+        (C, b"STLS\r\n" + plaintext[:cut]),
+        (S, b"+OK begin TLS\r\n"),
+    ]
+    if cut < len(plaintext):
+        steps.append((C, plaintext[cut:]))
+    # _record fails if a secret is anywhere in the capture file.
+    capture, _ = _record(
+        steps, lambda chunk: _splits(data.draw, chunk), stls=StlsGate(intercept=False)
+    )
+    assert capture.stream("c2s").startswith(b"STLS\r\nUSER alice\r\nPASS ********\r\n")
+
+
 def test_tls_after_a_passed_through_stls_is_recorded_as_it_is() -> None:
     hello = b"\x16\x03\x01\x00\x05PASS x"
     steps: Steps = [*PASSED_THROUGH[:3], (C, hello)]
