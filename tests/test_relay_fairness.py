@@ -13,14 +13,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
 import structlog
 import trio
 from faults import Connection, scripted_server
 
 from pop3tap.capture import iter_capture_paths, read_capture
-from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+from pop3tap.protocol import CommandSent, Event, SessionObserver
+from pop3tap.relay import Endpoint, RelayConfig, RelayServer, _recorder
 
 COUNT = 1000
 GREETING = b"+OK burst upstream\r\n"
@@ -98,3 +100,57 @@ def test_a_burst_of_answers_is_worked_off_in_bounded_steps(tmp_path: Path) -> No
     # ... and no single step of the event loop did all of the work.
     busiest = marks.most_exchanges_in_one_step()
     assert busiest <= COUNT // 10
+
+
+class CountingObserver(SessionObserver):
+    """A real observer that notes how many commands each client feed completed."""
+
+    #: (step number, commands) per feed_client call.
+    fed: ClassVar[list[tuple[int, int]]] = []
+    step = 0
+
+    def feed_client(self, data: bytes, at: float) -> list[Event]:
+        events = super().feed_client(data, at)
+        commands = sum(isinstance(e, CommandSent) for e in events)
+        CountingObserver.fed.append((CountingObserver.step, commands))
+        return events
+
+
+class StepCounter(trio.abc.Instrument):
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        CountingObserver.step += 1
+
+
+def test_a_burst_of_pipelined_commands_is_parsed_in_bounded_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's side of the same burst: 1000 commands in one write are not all
+    parsed in one step either."""
+    monkeypatch.setattr(_recorder, "SessionObserver", CountingObserver)
+    CountingObserver.fed = []
+    with scripted_server(_answer_all_at_once) as upstream:
+        config = RelayConfig(
+            upstream=Endpoint(upstream.host, upstream.port),
+            listen=Endpoint("127.0.0.1", 0),
+            captures=tmp_path,
+        )
+
+        async def main() -> None:
+            server = RelayServer(config)
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.run)
+                    await _client(server.address.port)
+                    server.shutdown()
+
+        trio.run(main, instruments=[StepCounter()])
+        upstream.wait()
+    per_step: dict[int, int] = {}
+    for step, commands in CountingObserver.fed:
+        per_step[step] = per_step.get(step, 0) + commands
+    # Every command was parsed ...
+    assert sum(per_step.values()) == COUNT
+    (path,) = iter_capture_paths([tmp_path])
+    assert len(read_capture(path).exchanges()) == COUNT
+    # ... and no single step of the event loop parsed them all.
+    assert max(per_step.values()) <= COUNT // 3
