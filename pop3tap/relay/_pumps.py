@@ -1,11 +1,12 @@
 """The two pumps of a relay session: client to server, and server to client.
 
 Each chunk is sent on as soon as it arrives. Server bytes are written to the capture just
-before they are forwarded and parsed just after; client bytes are captured and parsed
-first (commands are short, and an STLS line must be seen before it is forwarded). The
-exceptions parse server bytes first: until the greeting is seen, while STLS waits for its
-answer, while masked client lines wait for the answer that tells what they were, and
-while a fault waits for the answer it hits.
+before they are forwarded and parsed just after, in bounded steps; client bytes are
+captured first, and parsed before they are forwarded where they may hold an STLS line
+(it must be seen first), else after, in bounded steps like the answers (at once while
+faults are armed). The exceptions parse server bytes first: until the greeting is
+seen, while STLS waits for its answer, while masked client lines wait for the answer
+that tells what they were, and while a fault waits for the answer it hits.
 
 A pump that must end the session cancels the pumps' scope and stops (:class:`PumpStopped`);
 an end of stream is passed on to the other side as the peer sent it.
@@ -210,8 +211,15 @@ class ClientPump(Pump):
         ):
             # No STLS can be in these bytes: record them, send them, then parse.
             recorder.record_client(data, at)
-            parse = functools.partial(recorder.client_bytes, data, at, captured=True)
-            await self.send(data, after_write=parse)
+            if session.faults is not None:
+                # A fault must be armed before the answer it hits arrives: parse now.
+                parse = functools.partial(recorder.client_bytes, data, at, captured=True)
+                await self.send(data, after_write=parse)
+                return
+            # Parsed in bounded steps, like the answers, so that a burst of pipelined
+            # commands cannot hold the event loop either.
+            await self.send(data, after_write=functools.partial(recorder.queue_client, data, at))
+            await session.catch_up()
             return
         recorder.client_bytes(data, at)
         await self.forward_held(data, start)

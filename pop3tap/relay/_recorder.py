@@ -7,10 +7,11 @@ them (so a capture cut off by ``kill -9`` holds every byte any client received),
 the observer's events into ``pop3.*`` log lines, fault notes and STLS gate decisions. A
 parser, masker or capture failure is logged and the session goes on.
 
-Server bytes already forwarded may wait in a queue (:meth:`SessionRecorder.queue_server`)
-and be worked off a bounded amount at a time (:meth:`SessionRecorder.work`), so that one
-session's burst of answers cannot hold the event loop; every other entry point first
-works the queue off completely, so nothing is ever reordered.
+Bytes already forwarded may wait in one queue, in the order they crossed the relay
+(:meth:`SessionRecorder.queue_server`, :meth:`SessionRecorder.queue_client`), and be
+worked off a bounded amount at a time (:meth:`SessionRecorder.work`), so that one
+session's burst of pipelined commands or of answers cannot hold the event loop; every
+other entry point first works the queue off completely, so nothing is ever reordered.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ class SessionRecorder(EventActions):
         self.seen = {Direction.CLIENT: 0, Direction.SERVER: 0}
         #: The client's eof/reset record, held back while masked client lines are.
         self.client_end_record: tuple[str, float] | None = None
-        #: Server bytes captured and forwarded, not parsed yet, with their time; the
-        #: first chunk is parsed up to ``unobserved_pos``.
-        self.unobserved: deque[tuple[bytes, float]] = deque()
+        #: Bytes captured and forwarded, not parsed yet, with their side and time, in the
+        #: order they crossed; the first chunk is parsed up to ``unobserved_pos``.
+        self.unobserved: deque[tuple[Direction, bytes, float]] = deque()
         self.unobserved_pos = 0
         #: Events parsed, not acted on yet (in order).
         self.backlog: deque[Event] = deque()
@@ -183,13 +184,20 @@ class SessionRecorder(EventActions):
     def client_bytes(self, data: bytes, at: float, *, captured: bool = False) -> None:
         """Record (unless ``captured``) and parse a client chunk."""
         self.flush()
+        if not captured:
+            try:
+                self.record_client(data, at)
+            except Exception:  # the masker must never break the relay
+                self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
+        self._parse_client(data, at)
+        self.handle_events(self._take_backlog(), Direction.CLIENT)
+
+    def _parse_client(self, data: bytes, at: float) -> None:
         self.seen[Direction.CLIENT] += len(data)
         try:
-            if not captured:
-                self.record_client(data, at)
             events = self.observer.feed_client(data, at)
             self.record_released_client()
-            self.handle_events(events, Direction.CLIENT)
+            self.backlog.extend(events)
         except Exception:  # the parser must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
 
@@ -202,11 +210,15 @@ class SessionRecorder(EventActions):
     def queue_server(self, data: bytes, at: float) -> None:
         """Capture a server chunk now (it is about to be forwarded); parse it later."""
         self.capture_server(data, at)
-        self.unobserved.append((data, at))
+        self.unobserved.append((Direction.SERVER, data, at))
+
+    def queue_client(self, data: bytes, at: float) -> None:
+        """A client chunk already captured and forwarded: parse it later, in order."""
+        self.unobserved.append((Direction.CLIENT, data, at))
 
     def work(self, budget: int) -> bool:
-        """Parse queued server bytes and act on their events, about ``budget`` events'
-        worth; True while some remain."""
+        """Parse queued bytes and act on their events, about ``budget`` events' worth;
+        True while some remain."""
         backlog = self.backlog
         while True:
             if backlog:
@@ -225,13 +237,16 @@ class SessionRecorder(EventActions):
                 return False
 
     def _parse_queued(self) -> None:
-        """Parse the next at most :data:`PARSE_LINES` lines of queued server bytes."""
-        data, at = self.unobserved[0]
+        """Parse the next at most :data:`PARSE_LINES` lines of queued bytes."""
+        direction, data, at = self.unobserved[0]
         start = self.unobserved_pos
-        # Few commands wait for answers: the bytes cannot complete many exchanges (body
-        # lines cost little), so they are parsed whole; the line count is only searched
-        # for when a client pipelined many commands.
-        if start == 0 and (self.unanswered <= PARSE_LINES or data.count(b"\n") <= PARSE_LINES):
+        # Few commands wait for answers: server bytes cannot complete many exchanges
+        # (body lines cost little), so they are parsed whole; the line count is only
+        # searched for when a client pipelined many commands, or for client bytes.
+        if start == 0 and (
+            (direction is Direction.SERVER and self.unanswered <= PARSE_LINES)
+            or data.count(b"\n") <= PARSE_LINES
+        ):
             end = len(data)
         else:
             end = _line_slice(data, start, PARSE_LINES)
@@ -240,9 +255,11 @@ class SessionRecorder(EventActions):
             self.unobserved_pos = 0
         else:
             self.unobserved_pos = end
-        self._parse_server(
-            data if start == 0 and end == len(data) else data[start:end], at, captured=True
-        )
+        chunk = data if start == 0 and end == len(data) else data[start:end]
+        if direction is Direction.SERVER:
+            self._parse_server(chunk, at, captured=True)
+        else:
+            self._parse_client(chunk, at)
 
     def flush(self) -> None:
         """Work off every queued server byte and event (before anything else is recorded)."""
