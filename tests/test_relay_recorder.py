@@ -67,7 +67,13 @@ def _record(
         for direction, data in steps:
             for chunk in split(data):
                 at = float(next(ticks))
-                if direction is C:
+                if direction is C and queued:
+                    # As the client pump does: captured, forwarded, parsed later.
+                    recorder.record_client(chunk, at)
+                    recorder.queue_client(chunk, at)
+                    if budget:
+                        recorder.work(budget)
+                elif direction is C:
                     recorder.client_bytes(chunk, at)
                 elif queued:
                     recorder.queue_server(chunk, at)
@@ -155,8 +161,18 @@ def test_queued_server_bytes_are_recorded_like_parsed_ones() -> None:
     assert _exchanges(queued_logs) == _exchanges(direct_logs)
 
 
+#: A pipelined burst, its answers, and a login after it.
+BURST: Steps = [
+    (S, b"+OK ready\r\n"),
+    (C, b"NOOP\r\n" * 600 + b"USER alice\r\n"),
+    (S, b"+OK\r\n" * 601),
+    (C, b"PASS hunter2secret\r\n"),
+    (S, b"+OK welcome\r\n"),
+]
+
+
 @settings(max_examples=80, deadline=None)
-@given(st.data(), st.sampled_from([LOGIN, SASL]), st.booleans(), st.integers(0, 3))
+@given(st.data(), st.sampled_from([LOGIN, SASL, BURST]), st.booleans(), st.integers(0, 3))
 def test_any_chunking_gives_the_same_capture_and_log(
     data: st.DataObject, steps: Steps, queued: bool, budget: int
 ) -> None:
@@ -286,3 +302,23 @@ def test_a_burst_of_answers_is_worked_off_in_bounded_steps_in_order() -> None:
                 break
     assert max(steps) == 32 and sum(steps) == 300
     assert [e["seq"] for e in logs if e["event"] == "pop3.exchange"] == list(range(1, 301))
+
+
+def test_a_burst_of_pipelined_commands_is_parsed_in_bounded_steps_in_order() -> None:
+    with structlog.testing.capture_logs() as logs:
+        recorder = SessionRecorder(
+            log=get_logger("pop3tap.relay"), clock=lambda: 0.0, stls=StlsGate(intercept=True)
+        )
+        recorder.server_bytes(b"+OK ready\r\n", 0.0)
+        recorder.record_client(b"NOOP\r\n" * 1000, 0.0)
+        recorder.queue_client(b"NOOP\r\n" * 1000, 0.0)
+        recorder.queue_server(b"+OK\r\n" * 1000, 0.0)
+        parsed = []
+        while True:
+            before = recorder.seen[C]
+            more = recorder.work(32)
+            parsed.append((recorder.seen[C] - before) // len(b"NOOP\r\n"))
+            if not more:
+                break
+    assert max(parsed) <= 256 and sum(parsed) == 1000
+    assert [e["seq"] for e in logs if e["event"] == "pop3.exchange"] == list(range(1, 1001))
