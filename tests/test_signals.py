@@ -167,6 +167,9 @@ def test_replay_sigterm_finishes_open_sessions_then_exits_zero(
     stopped = log_events(log, "replay.stopped")
     assert len(stopped) == int(workers) and not any(e["aborted"] for e in stopped)
     assert sum(int(e["connections"]) for e in stopped) == 1  # type: ignore[call-overload]
+    # The signal is logged under replay's own name, once per process that got it.
+    assert [e["signal"] for e in log_events(log, "replay.shutdown")]
+    assert not log_events(log, "relay.shutdown")
     # The connection's lines share one session id, as the relay's do; the capture's own
     # session id is named apart.
     (opened,) = log_events(log, "replay.session.open")

@@ -242,6 +242,7 @@ async def stop_on_signal(
     log: structlog.typing.FilteringBoundLogger,
     *,
     worker: bool = False,
+    kind: str = "relay",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Drain on the first SIGINT, SIGTERM or SIGHUP; close everything on the second.
@@ -274,7 +275,7 @@ async def stop_on_signal(
                 stopping = True
                 mark_draining()
                 sessions = open_sessions()
-                log.info("relay.shutdown", signal=name, sessions=sessions, grace_s=grace)
+                log.info(f"{kind}.shutdown", signal=name, sessions=sessions, grace_s=grace)
                 _say(
                     f"{name}: stopping; {sessions} open session(s) get up to {grace:g}s to "
                     "finish (send the signal again to close them now)"
@@ -282,7 +283,7 @@ async def stop_on_signal(
                 stop()
             elif not aborted:
                 aborted = True
-                log.warning("relay.abort", signal=name, sessions=open_sessions())
+                log.warning(f"{kind}.abort", signal=name, sessions=open_sessions())
                 if not worker:
                     _say(f"{name} again: closing {open_sessions()} open session(s) now")
                 abort()
@@ -319,6 +320,7 @@ def serve_workers(
     listen: Endpoint,
     serve: Callable[[list[socket.socket] | None, dict[str, int]], int],
     log: structlog.typing.FilteringBoundLogger,
+    kind: str = "relay",
 ) -> int:
     """Run ``serve(sockets, log_fields)`` once in this process, or in ``count`` workers.
 
@@ -336,7 +338,7 @@ def serve_workers(
         sockets = bind_listen_sockets(listen.host, listen.port)
     except OSError as exc:
         raise socket_error(exc, f"listen on {listen}") from None
-    supervisor = _WorkerSupervisor(count, sockets, serve, log)
+    supervisor = _WorkerSupervisor(count, sockets, serve, log, kind)
     code = run_workers(
         count,
         supervisor.worker,
@@ -360,8 +362,11 @@ class _WorkerSupervisor:
         sockets: list[socket.socket],
         serve: Callable[[list[socket.socket] | None, dict[str, int]], int],
         log: structlog.typing.FilteringBoundLogger,
+        kind: str = "relay",
     ) -> None:
         self.count = count
+        #: ``relay`` or ``replay``: the first word of the lines logged here.
+        self.kind = kind
         self.sockets = sockets
         self.serve = serve
         self.log = log
@@ -376,10 +381,10 @@ class _WorkerSupervisor:
         elif not second:
             mark_draining()
             # The parent turns SIGINT (Ctrl-C) into SIGTERM for each worker: log which it was.
-            self.log.info("relay.shutdown", signal=name, workers=self.count)
+            self.log.info(f"{self.kind}.shutdown", signal=name, workers=self.count)
             _say(
                 f"{name}: stopping; {self.count} workers let their open sessions finish "
-                "(see relay.draining in the log; send the signal again to close them now)"
+                f"(see {self.kind}.draining in the log; send the signal again to close them now)"
             )
 
     def on_exit(self, index: int, pid: int, code: int) -> None:
@@ -446,6 +451,7 @@ def serve_until_stopped(
     where: dict[str, int],
     listening: Callable[[], None],
     what: str,
+    kind: str = "relay",
 ) -> bool:
     """Serve until a stop signal, then drain (see :func:`stop_on_signal`).
 
@@ -472,6 +478,7 @@ def serve_until_stopped(
                     grace,
                     log,
                     worker=bool(where),
+                    kind=kind,
                 )
             )
             await nursery.start(serve_until_drained)

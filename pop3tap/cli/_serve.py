@@ -44,8 +44,9 @@ def serve_server(
             where=where,
             listening=say_listening,
             what=f"listen on {server.listen}",
+            kind=server.kind,
         )
         log.info(f"{server.kind}.stopped", **stopped(), aborted=aborted, **where)
         return stopped_exit_code(aborted, where)
 
-    return serve_workers(workers, server.listen, serve, log)
+    return serve_workers(workers, server.listen, serve, log, server.kind)
