@@ -221,15 +221,6 @@ def add_listen_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_certificate_options(group: argparse._ArgumentGroup) -> None:
-    """``--cert``/``--key`` (a chain to show clients) and ``--ca-dir`` (pop3tap's CA)."""
-    from pop3tap.cli.ca import add_ca_dir_option
-
-    group.add_argument("--cert", type=Path, metavar="FILE", help="certificate chain (PEM)")
-    group.add_argument("--key", type=Path, metavar="FILE", help="private key of --cert (PEM)")
-    add_ca_dir_option(group)  # type: ignore[arg-type]
-
-
 #: The one line a run stopped by a second signal ends with (exit code 1).
 ABORTED = "stopped by a second signal: open sessions were closed before they finished"
 

@@ -6,17 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from pop3tap.cli._common import EXIT_FAILURE, EXIT_OK, CliError, Subparsers, epilog
-
-
-def add_ca_dir_option(parser: argparse.ArgumentParser) -> None:
-    """``--ca-dir``, shared with ``record``."""
-    parser.add_argument(
-        "--ca-dir",
-        type=Path,
-        metavar="DIR",
-        help="pop3tap's CA directory (default: ${XDG_CONFIG_HOME:-~/.config}/pop3tap/ca)",
-    )
+from pop3tap.cli._common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CliError,
+    Subparsers,
+    epilog,
+)
+from pop3tap.cli._tls_options import add_ca_dir_option
 
 
 def add_subcommand(sub: Subparsers) -> None:

@@ -14,7 +14,6 @@ from pop3tap.cli._common import (
     EXIT_FAILURE,
     CliError,
     Subparsers,
-    add_certificate_options,
     add_listen_option,
     add_logging_options,
     add_workers_option,
@@ -29,6 +28,7 @@ from pop3tap.cli._common import (
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
 from pop3tap.cli._serve import serve_server
+from pop3tap.cli._tls_options import add_certificate_options
 from pop3tap.cli.config import from_files
 
 if TYPE_CHECKING:

@@ -14,7 +14,6 @@ from pop3tap.cli._common import (
     EXIT_FAILURE,
     CliError,
     Subparsers,
-    add_certificate_options,
     add_listen_option,
     add_logging_options,
     add_workers_option,
@@ -26,6 +25,7 @@ from pop3tap.cli._common import (
     setup_logging,
 )
 from pop3tap.cli._faults import add_fault_options, fault_specs
+from pop3tap.cli._tls_options import add_certificate_options
 
 if TYPE_CHECKING:
     from pop3tap.replay import RecordedSession, ReplayConfig, ReplayServer
