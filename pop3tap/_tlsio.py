@@ -160,16 +160,20 @@ def tls_info(stream: trio.SSLStream[Any], *, server: ServerTls | None = None) ->
         return info
     hostname = stream.server_hostname
     info["sni"] = None if hostname is None or _is_ip(hostname) else hostname
-    der = stream.getpeercert(binary_form=True)
-    if der:
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            info["peer_subject"] = "?"
-        else:
-            info["peer_subject"] = cert.subject.rfc4514_string()
-            info["peer_sha256"] = fingerprint_sha256(cert)
+    info.update(peer_certificate_facts(stream.getpeercert(binary_form=True)))
     return info
+
+
+def peer_certificate_facts(der: bytes | None) -> dict[str, str]:
+    """The peer certificate's subject and SHA-256 fingerprint (``peer_subject``,
+    ``peer_sha256``); ``?`` for a certificate that does not parse; nothing without one."""
+    if not der:
+        return {}
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return {"peer_subject": "?"}
+    return {"peer_subject": cert.subject.rfc4514_string(), "peer_sha256": fingerprint_sha256(cert)}
 
 
 def _is_ip(host: str) -> bool:

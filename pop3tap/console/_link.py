@@ -31,11 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NoReturn
 
-from cryptography import x509
-
 from pop3tap import __version__
+from pop3tap._tlsio import peer_certificate_facts
 from pop3tap.capture import CaptureWriter, Direction, EventName, Secrets
-from pop3tap.certs import fingerprint_sha256
 from pop3tap.protocol import Event, SessionObserver, StartTls
 from pop3tap.relay import Endpoint
 from pop3tap.tls import TlsSetupError, describe_failure, upstream_context
@@ -211,15 +209,7 @@ def _tls_facts(sock: ssl.SSLSocket) -> dict[str, Any]:
         "cipher": None if cipher is None else cipher[0],
         "sni": sock.server_hostname,
     }
-    der = sock.getpeercert(binary_form=True)
-    if der:
-        try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            facts["peer_subject"] = "?"
-        else:
-            facts["peer_subject"] = cert.subject.rfc4514_string()
-            facts["peer_sha256"] = fingerprint_sha256(cert)
+    facts.update(peer_certificate_facts(sock.getpeercert(binary_form=True)))
     return facts
 
 
