@@ -18,6 +18,7 @@ inside lists and dicts), sets and enums into plain text/JSON values before rende
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 import structlog
+from structlog.contextvars import STRUCTLOG_KEY_PREFIX as _CONTEXTVAR_PREFIX
+from structlog.processors import format_exc_info
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from pop3tap._logfast import (
@@ -54,6 +57,7 @@ __all__ = [
     "configure_logging",
     "exchange_fields",
     "get_logger",
+    "log_exchange",
     "plain_values",
     "render_exchange_line",
     "set_process_fields",
@@ -115,6 +119,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted((_plain(v) for v in value), key=str)
     return value
+
+
+def _plain_value(value: Any) -> Any:
+    """One value as :func:`plain_values` leaves it."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    return _plain(value)
 
 
 def plain_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
@@ -254,6 +265,80 @@ def exchange_fields(ex: Exchange) -> dict[str, object]:
     return fields
 
 
+class _DirectExchangeLine:
+    """The ``pop3.exchange`` line written without structlog's call machinery, same bytes.
+
+    Built by :func:`configure_logging` only for its JSON-lines-to-a-file-descriptor output
+    at a level that keeps info. :meth:`write` runs the steps of that processor chain inline
+    (the bound context, then the event's fields, ``event``, context variables, process
+    fields, ``level``, ``timestamp``; the same JSON encoder; one ``os.write``) and declines
+    (returns False) for any logger that would not run exactly that chain: a logger of
+    another configuration, of the standard library route, or one whose processor list was
+    changed in place (``structlog.testing.capture_logs``).
+    """
+
+    def __init__(
+        self,
+        wrapper: Any,
+        processors: list[Processor],
+        renderer: JsonLineRenderer,
+        logger: FdLogger,
+    ) -> None:
+        """Remember what a bound logger of this configuration holds."""
+        self._wrapper = wrapper
+        self._processors = processors
+        self._snapshot = list(processors)
+        self._renderer = renderer
+        self._logger = logger
+
+    def write(self, log: Any, fields: dict[str, Any]) -> bool:
+        """Write ``fields`` as the ``pop3.exchange`` line of ``log``; False if not ours."""
+        if (
+            type(log) is not self._wrapper
+            or log._logger is not self._logger
+            or log._processors is not self._processors
+            or self._processors != self._snapshot
+        ):
+            return False
+        # The fields are plain values already (exchange_fields); only the context's values
+        # go through plain_values, which leaves plain values as they are.
+        event_dict: EventDict = {key: _plain_value(value) for key, value in log._context.items()}
+        event_dict.update(fields)
+        event_dict["event"] = "pop3.exchange"
+        context = contextvars.copy_context()
+        for var in context:  # merge_contextvars: the context's own order, setdefault
+            name = var.name
+            if name.startswith(_CONTEXTVAR_PREFIX):
+                value = context[var]
+                key = name[_CONTEXTVAR_PREFIX_LEN:]
+                if value is not Ellipsis and key not in event_dict:
+                    event_dict[key] = _plain_value(value)
+        if _process_fields:
+            for key, value in _process_fields.items():
+                if key not in event_dict:
+                    event_dict[key] = _plain_value(value)
+        event_dict["level"] = "info"
+        utc_timestamp(None, "info", event_dict)
+        if "exc_info" in event_dict:
+            event_dict = format_exc_info(None, "info", event_dict)
+        self._logger.msg(self._renderer(None, "info", event_dict))
+        return True
+
+
+#: The direct writer of the current configuration, or None (structlog writes every line).
+_direct_exchange: _DirectExchangeLine | None = None
+_CONTEXTVAR_PREFIX_LEN: Final = len(_CONTEXTVAR_PREFIX)
+
+
+def log_exchange(log: Any, ex: Exchange) -> None:
+    """Log ``ex`` as ``pop3.exchange`` on ``log``: directly when the configuration is
+    :func:`configure_logging`'s JSON lines to a file, through structlog otherwise."""
+    fields = exchange_fields(ex)
+    direct = _direct_exchange
+    if direct is None or not direct.write(log, fields):
+        log.info("pop3.exchange", **fields)
+
+
 def _pass_dict(
     _logger: WrappedLogger, _method: str, event_dict: EventDict
 ) -> tuple[tuple[EventDict], dict[str, Any]]:
@@ -323,7 +408,7 @@ def configure_logging(
     Raises:
         LogSetupError: unknown format or level, or the log file cannot be opened.
     """
-    global _log_file
+    global _log_file, _direct_exchange
     if log_format not in LOG_FORMATS:
         raise LogSetupError(f"unknown log format {log_format!r} (choose auto, json or console)")
     min_level = _LEVELS.get(level.lower())
@@ -347,12 +432,20 @@ def configure_logging(
     console_view = log_format == "console" or (log_format == "auto" and tty)
     final, factory = _output(file, console, console_view=console_view, colors=colors)
     processors.append(final)
+    wrapper = structlog.make_filtering_bound_logger(min_level)
+    _direct_exchange = None
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(min_level),
+        wrapper_class=wrapper,
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
+    if (
+        isinstance(final, JsonLineRenderer)
+        and isinstance(factory, _FdLoggerFactory)
+        and min_level <= logging.INFO
+    ):
+        _direct_exchange = _DirectExchangeLine(wrapper, processors, final, factory())
     previous, _log_file = _log_file, file
     if previous is not None and previous is not file:
         previous.close()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pop3tap.capture import EventName
-from pop3tap.log import exchange_fields
+from pop3tap.log import log_exchange
 from pop3tap.protocol import (
     CommandSent,
     Direction,
@@ -56,7 +56,7 @@ class EventActions:
 
     def on_exchange(self, event: Exchange) -> None:
         self.unanswered = max(0, self.unanswered - 1)
-        self.log.info("pop3.exchange", **exchange_fields(event))
+        log_exchange(self.log, event)
         if self.faults is not None:
             self.faults.on_exchange(event.seq, event.response_start, event.response_end)
         self.stls.on_exchange(event)
