@@ -291,6 +291,21 @@ class _DirectExchangeLine:
         self._renderer = renderer
         self._logger = logger
 
+    @classmethod
+    def of(
+        cls, wrapper: Any, processors: list[Processor], factory: object, min_level: int
+    ) -> _DirectExchangeLine | None:
+        """The writer for this configuration, or None when its output is not JSON lines to
+        a file descriptor or its level drops info."""
+        renderer = processors[-1]
+        if (
+            isinstance(renderer, JsonLineRenderer)
+            and isinstance(factory, _FdLoggerFactory)
+            and min_level <= logging.INFO
+        ):
+            return cls(wrapper, processors, renderer, factory())
+        return None
+
     def write(self, log: Any, fields: dict[str, Any]) -> bool:
         """Write ``fields`` as the ``pop3.exchange`` line of ``log``; False if not ours."""
         if (
@@ -433,19 +448,13 @@ def configure_logging(
     final, factory = _output(file, console, console_view=console_view, colors=colors)
     processors.append(final)
     wrapper = structlog.make_filtering_bound_logger(min_level)
-    _direct_exchange = None
     structlog.configure(
         processors=processors,
         wrapper_class=wrapper,
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
-    if (
-        isinstance(final, JsonLineRenderer)
-        and isinstance(factory, _FdLoggerFactory)
-        and min_level <= logging.INFO
-    ):
-        _direct_exchange = _DirectExchangeLine(wrapper, processors, final, factory())
+    _direct_exchange = _DirectExchangeLine.of(wrapper, processors, factory, min_level)
     previous, _log_file = _log_file, file
     if previous is not None and previous is not file:
         previous.close()
