@@ -28,7 +28,7 @@ from typing import Final, Literal
 
 from pop3tap.bodies import unstuff_body
 from pop3tap.capture import Capture
-from pop3tap.protocol import Direction, Exchange, Flag, Status
+from pop3tap.protocol import Direction, Exchange, Flag, Status, spec_of
 
 __all__ = [
     "ExportError",
@@ -174,7 +174,7 @@ def find_messages(capture: Capture) -> Iterator[FoundMessage]:
         else (capture.header.upstream, "session", capture.header.session)
     )
     for ex in exchanges:
-        if ex.verb not in ("RETR", "TOP") or ex.status is not Status.OK or not ex.multiline:
+        if not spec_of(ex.verb).reads_message or ex.status is not Status.OK or not ex.multiline:
             continue
         words = ex.args.split()
         if not words or not _NUMBER_RE.fullmatch(words[0]):

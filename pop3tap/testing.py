@@ -12,7 +12,13 @@ import poplib
 import socket
 from typing import TYPE_CHECKING, Any
 
-from pop3tap.protocol import SECRET_PLACEHOLDER, expects_multiline, split_command
+from pop3tap.protocol import (
+    SECRET_PLACEHOLDER,
+    Credential,
+    expects_multiline,
+    spec_of,
+    split_command,
+)
 
 if TYPE_CHECKING:
     # The value type only (a pure module): driving a client needs no replay server.
@@ -73,7 +79,8 @@ def run_poplib(
 ) -> tuple[bytes, list[object]]:
     """Send the recorded commands of ``session`` with poplib, one at a time.
 
-    Masked secrets are replaced by ``password`` (PASS) or a fresh APOP digest. Returns the
+    Masked secrets are replaced by ``password`` (PASS) or a fresh APOP digest; what a
+    command carries and whether it ends the session come from the command table. Returns the
     bytes received and each command's result (poplib's return value, or the ``-ERR`` line
     poplib raised as ``error_proto``).
     """
@@ -82,7 +89,7 @@ def run_poplib(
     try:
         for ex in session.exchanges:
             results.append(_one_command(client, ex.line, ex.sasl_lines, password))
-            if ex.verb == "QUIT" or ex.closes:
+            if spec_of(ex.verb).ends_session or ex.closes:
                 break
     finally:
         client.close()
@@ -93,14 +100,15 @@ def _one_command(
     client: RecordingPOP3, line: bytes, sasl_lines: tuple[bytes, ...], password: str
 ) -> object:
     verb, args = split_command(line)
+    credential = spec_of(verb).credential
     text = line.decode("utf-8", "surrogateescape")
     try:
-        if verb == "USER":
+        if credential is Credential.USER_NAME:
             return client.user(args.decode("utf-8", "surrogateescape"))
-        if verb == "PASS":
+        if credential is Credential.PASSWORD:
             secret = password if args == SECRET_PLACEHOLDER.encode() else args.decode()
             return client.pass_(secret)
-        if verb == "APOP" and args.endswith(SECRET_PLACEHOLDER.encode()):
+        if credential is Credential.GREETING_DIGEST and args.endswith(SECRET_PLACEHOLDER.encode()):
             return client.apop(args.split()[0].decode(), password)
         if expects_multiline(verb, args):
             return client._longcmd(text)  # type: ignore[attr-defined]

@@ -18,10 +18,7 @@ from pop3tap.capture import Secrets as CaptureSecrets
 from pop3tap.check._config import MASK, CheckConfig, CheckError, CheckOutcome
 from pop3tap.check._connection import Connection
 from pop3tap.check._secrets import Secrets, env_name, find_credentials, needs_secret
-from pop3tap.protocol import (
-    Flag,
-    split_command,
-)
+from pop3tap.protocol import Barrier, Credential, Flag, spec_of, split_command
 from pop3tap.replay import RecordedExchange, RecordedSession, ReplayError, session_from_capture
 
 __all__ = ["load_session", "preflight", "run_check"]
@@ -36,19 +33,29 @@ def _sends(ex: RecordedExchange, verb: str) -> bool:
     return ex.verb == verb or split_command(ex.line)[0] == verb
 
 
+def _holds_back(verb: str) -> bool:
+    """STLS and AUTH: nothing may follow them in the same write (RFC 2595 §4, RFC 5034
+    §4), whatever the arguments (the command table's barrier)."""
+    return spec_of(verb).barrier is not Barrier.NONE
+
+
+def _sent_alone(verb: str) -> bool:
+    """A command that never joins a pipelined group: one that holds back what follows,
+    or APOP, whose digest is computed over the live greeting (RFC 1939 §7)."""
+    return _holds_back(verb) or spec_of(verb).credential is Credential.GREETING_DIGEST
+
+
 def _groups(exchanges: tuple[RecordedExchange, ...]) -> list[list[RecordedExchange]]:
     """Commands sent together: a pipelined command joins the group before it."""
     groups: list[list[RecordedExchange]] = []
     for ex in exchanges:
-        simple = (
-            not ex.sasl_lines and ex.verb not in ("STLS", "AUTH", "APOP") and not _sends(ex, "DELE")
-        )
+        simple = not ex.sasl_lines and not _sent_alone(ex.verb) and not _sends(ex, "DELE")
         # A QUIT never shares a write with a DELE: its answer is checked before the QUIT.
         if (
             groups
             and Flag.PIPELINED in ex.flags
             and simple
-            and all(not g.sasl_lines and g.verb not in ("STLS", "AUTH") for g in groups[-1])
+            and all(not g.sasl_lines and not _holds_back(g.verb) for g in groups[-1])
             and not (_sends(ex, "QUIT") and any(_sends(g, "DELE") for g in groups[-1]))
         ):
             groups[-1].append(ex)
@@ -296,7 +303,7 @@ def _first_divergence(conn: Connection, recorded: Mapping[int, RecordedExchange]
     """
     for ex in conn.exchanges:
         old = recorded.get(ex.seq)
-        if old is None or old.sasl_lines or old.verb in ("PASS", "APOP", "AUTH"):
+        if old is None or old.sasl_lines or spec_of(old.verb).login:
             continue
         first = old.response.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "backslashreplace")
         if old.status != ex.status or first != ex.first_line:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pop3tap.check._config import MASK, CheckConfig, CheckError
 from pop3tap.check._connection import Connection
+from pop3tap.protocol import Credential, spec_of
 from pop3tap.replay import RecordedExchange, RecordedSession
 
 
@@ -67,7 +68,11 @@ def needs_secret(session: RecordedSession) -> list[str]:
     needs = []
     for ex in session.exchanges:
         masked = ex.raw_args.endswith(MASK) or any(line == MASK for line in ex.sasl_lines)
-        if ex.verb == "APOP" or (ex.verb in ("PASS", "AUTH") and masked):
+        spec = spec_of(ex.verb)
+        # An APOP digest is bound to the recorded greeting: it is always computed afresh.
+        if spec.credential is Credential.GREETING_DIGEST or (
+            spec.secret_after is not None and masked
+        ):
             needs.append(ex.command)
     return needs
 
@@ -91,15 +96,16 @@ class Secrets:
 
     def command(self, ex: RecordedExchange, conn: Connection) -> bytes:
         line = ex.line
-        if ex.verb == "PASS" and ex.raw_args == MASK:
+        credential = spec_of(ex.verb).credential
+        if credential is Credential.PASSWORD and ex.raw_args == MASK:
             return b"PASS " + self._need("PASS")[1].encode()
-        if ex.verb == "APOP":
+        if credential is Credential.GREETING_DIGEST:
             user, password = self._need("APOP")
             stamp = conn.greeting.apop_timestamp if conn.greeting else None
             if not stamp:
                 raise CheckError("APOP: the live server's greeting carries no timestamp")
             return f"APOP {user} {_apop_digest(stamp, password)}".encode()
-        if ex.verb == "AUTH" and ex.raw_args.endswith(b" " + MASK):
+        if credential is Credential.SASL and ex.raw_args.endswith(b" " + MASK):
             mechanism = ex.raw_args.split(None, 1)[0].decode("ascii", "replace").upper()
             return b"AUTH " + mechanism.encode() + b" " + self.sasl(mechanism, 0, b"")
         return line

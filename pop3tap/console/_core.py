@@ -44,8 +44,8 @@ from pop3tap.console._secrets import (
     line_has_secret,
     secret_keyword,
 )
-from pop3tap.protocol import expects_multiline, parse_status, split_command
-from pop3tap.protocol._commands import find_apop_timestamp
+from pop3tap.protocol import COMMANDS, expects_multiline, parse_status, spec_of, split_command
+from pop3tap.protocol._replies import find_apop_timestamp
 
 __all__ = [
     "HELP",
@@ -58,16 +58,15 @@ __all__ = [
     "Outcome",
 ]
 
-#: POP3 commands offered for completion (RFC 1939 §5-§7, RFC 2449 §5, RFC 2595 §4,
-#: RFC 5034 §4).
-POP3_VERBS: Final = (
-    "USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "STAT", "LIST", "UIDL", "TOP", "RETR",
-    "DELE", "NOOP", "RSET", "QUIT",
-)  # fmt: skip
+#: POP3 commands offered for completion: every verb of the command table, in its order.
+POP3_VERBS: Final = tuple(COMMANDS)
 #: The console's own commands.
 HELPERS: Final = ("headers", "marks", "save", "help")
-#: Commands whose first argument is a message number.
-NUMBERED: Final = frozenset({"LIST", "UIDL", "TOP", "RETR", "DELE", "HEADERS", "SAVE"})
+#: Commands whose first argument is a message number (RFC 1939 §5), and the helpers
+#: that take one.
+NUMBERED: Final = frozenset(
+    {verb for verb, spec in COMMANDS.items() if spec.message_argument} | {"HEADERS", "SAVE"}
+)
 
 HELP: Final = """\
 POP3 commands are sent as typed: USER NAME, PASS, APOP NAME, AUTH [MECH], STLS, CAPA, STAT,
@@ -181,7 +180,7 @@ class Console(LoginCommands, MessageCommands):
         show_all = bool(words) and words[-1].lower() == "--all"
         if show_all:
             trimmed = " ".join(words[:-1])
-            if expects_multiline(verb, trimmed.encode()) or verb in ("LIST", "UIDL"):
+            if expects_multiline(verb, trimmed.encode()) or spec_of(verb).lists_messages:
                 line = f"{line.split(None, 1)[0]} {trimmed}".rstrip()
                 args, words = trimmed, words[:-1]
             else:
@@ -252,5 +251,3 @@ class Console(LoginCommands, MessageCommands):
         self.ended = True
         self.quit_answered = answer.ok
         return Outcome.ENDED if answer.ok else Outcome.ERR
-
-

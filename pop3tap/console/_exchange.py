@@ -22,7 +22,7 @@ from pop3tap.console._render import (
 from pop3tap.console._secrets import (
     SecretSource,
 )
-from pop3tap.protocol import parse_status
+from pop3tap.protocol import parse_status, spec_of
 
 #: Lines of a message body shown by ``RETR N`` without ``--all``.
 PREVIEW_LINES: Final = 10
@@ -180,7 +180,7 @@ class ConsoleBase:
             self.link.read_body(self._print_piece, f"inside the {verb} answer")
             return
         preview = BodyPreview(keep_lines=LIST_LINES)
-        learn = self._learn_listing if verb in ("LIST", "UIDL") else None
+        learn = self._learn_listing if spec_of(verb).lists_messages else None
 
         def sink(piece: bytes, line_start: bool) -> None:
             preview.feed(piece, line_start)

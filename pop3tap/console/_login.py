@@ -25,11 +25,19 @@ from pop3tap.console._secrets import (
     cram_md5_response,
     plain_response,
 )
-from pop3tap.protocol import SECRET_PLACEHOLDER
+from pop3tap.protocol import SECRET_PLACEHOLDER, Credential, spec_of
 
 
 def _secret_usage(verb: str) -> str:
-    return {"PASS": "PASS", "APOP": "APOP NAME", "AUTH": "AUTH MECHANISM"}.get(verb, verb)
+    """How to type a secret-bearing command here: the words before its secret (the
+    command table's ``secret_after``), without the secret itself."""
+    spec = spec_of(verb)
+    words = [verb]
+    if spec.names_user and spec.secret_after is not None:
+        words.append("NAME")  # APOP name digest (RFC 1939 §7)
+    if spec.credential is Credential.SASL:
+        words.append("MECHANISM")  # AUTH mechanism initial-response (RFC 5034 §4)
+    return " ".join(words)
 
 
 def _decode_challenge(data: bytes) -> bytes:

@@ -18,7 +18,7 @@ from pop3tap.lint._report import (
     quote_tx,
 )
 from pop3tap.lint._rules import Side
-from pop3tap.protocol import Exchange, Flag, Status
+from pop3tap.protocol import Exchange, Flag, Status, counts_as_login
 
 
 class MailboxRules:
@@ -100,7 +100,7 @@ class MailboxRules:
             self._user = ex.args.split(" ", 1)[0] or None
         if verb == "AUTH" and ex.status is Status.ERR and not ex.sasl:
             self._auth_refused(ex)
-        if ok and (verb in ("PASS", "APOP") or (verb == "AUTH" and ex.args.strip())):
+        if ok and counts_as_login(verb, bool(ex.args.strip())):
             self._authenticated = True
             return
         if not ok:

@@ -25,14 +25,17 @@ from pop3tap.lint._report import (
 )
 from pop3tap.lint._rules import KNOWN_RESPONSE_CODES
 from pop3tap.protocol import (
+    Credential,
     Exchange,
     Flag,
     Greeting,
     PairingLost,
+    Pop3State,
     StartTls,
     Status,
     StrayLine,
     UnsolicitedLine,
+    spec_of,
 )
 
 #: Bytes of a message after its headers that go into the digest lint recognises it by.
@@ -41,11 +44,6 @@ IDENTITY_PREFIX: Final = 1024 * 1024
 
 _RESP_LEVEL: Final = re.compile(rb"[\x21-\x2e\x30-\x5c\x5e-\x7f]+")
 _OCTETS: Final = re.compile(r"^\+OK\s+(\d+)\s+octets", re.IGNORECASE)
-_AUTHORIZATION_ONLY: Final = frozenset({"USER", "PASS", "APOP", "AUTH", "STLS", "UTF8"})
-_TRANSACTION_ONLY: Final = frozenset(
-    {"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL"}
-)
-_MESSAGE_ARG: Final = frozenset({"LIST", "RETR", "DELE", "TOP", "UIDL"})
 _PLAINTEXT_MECHS: Final = frozenset({"PLAIN", "LOGIN"})
 
 
@@ -183,7 +181,7 @@ class SessionLinter(MailboxRules):
         self._flush_strays(ex)
         verb = ex.verb
         ok = ex.status is Status.OK
-        number = _number(ex.args) if verb in _MESSAGE_ARG else None
+        number = _number(ex.args) if spec_of(verb).message_argument else None
         self._client_rules(ex, number)
         if ex.status is None:
             if verb == "QUIT":
@@ -206,9 +204,10 @@ class SessionLinter(MailboxRules):
         length = ex.request_end - ex.request_start
         if length > 255:
             self.add("command-too-long", f"the command line is {length} octets (limit 255)", ex)
-        if self._authenticated and verb in ("USER", "PASS", "APOP", "AUTH"):
+        spec = spec_of(verb)
+        if self._authenticated and spec.credential is not Credential.NONE:
             self.add("login-after-login", f"{verb} after a successful login", ex)
-        if verb in ("RETR", "TOP") and number is not None and number in self._deleted:
+        if spec.reads_message and number is not None and number in self._deleted:
             self.add("retr-deleted", f"{verb} of message {number}, marked as deleted", ex)
         if (
             ex.pipelined
@@ -222,12 +221,13 @@ class SessionLinter(MailboxRules):
                 + ("was never asked" if self._caps is None else "does not list PIPELINING"),
                 ex,
             )
-        plaintext = verb in ("USER", "PASS") or (
-            verb == "AUTH" and ex.args.split(" ", 1)[0].upper() in _PLAINTEXT_MECHS
+        plaintext = spec.credential in (Credential.USER_NAME, Credential.PASSWORD) or (
+            spec.credential is Credential.SASL
+            and ex.args.split(" ", 1)[0].upper() in _PLAINTEXT_MECHS
         )
         # USER only names the account; PASS and the SASL data reveal the secret.
         protected = self._tls or self._stls_seq is not None or self._loopback
-        if plaintext and verb != "USER" and not protected:
+        if plaintext and spec.credential is not Credential.USER_NAME and not protected:
             self.add(
                 "plaintext-credentials",
                 f"{verb} sent in plaintext to {self._upstream} (no TLS)",
@@ -295,9 +295,10 @@ class SessionLinter(MailboxRules):
 
     def _state_rules(self, ex: Exchange, number: int | None) -> None:
         verb = ex.verb
-        if not self._authenticated and verb in _TRANSACTION_ONLY:
+        state = spec_of(verb).state
+        if not self._authenticated and state is Pop3State.TRANSACTION:
             self.add("ok-in-wrong-state", f"+OK to {verb} before the login", ex)
-        elif self._authenticated and verb in _AUTHORIZATION_ONLY:
+        elif self._authenticated and state is Pop3State.AUTHORIZATION:
             self.add("ok-in-wrong-state", f"+OK to {verb} after the login", ex)
         elif verb == "PASS" and not self._after_user:
             self.add("ok-in-wrong-state", "+OK to PASS without a successful USER before it", ex)

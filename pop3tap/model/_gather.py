@@ -27,7 +27,7 @@ from pop3tap.model._mailbox import (
     header_block,
     unstuff_body,
 )
-from pop3tap.protocol import Flag, Status
+from pop3tap.protocol import Credential, Flag, Status, spec_of
 
 __all__ = [
     "RecordedExchangeLike",
@@ -206,7 +206,7 @@ def _gather(facts: _Facts, session: RecordedSessionLike) -> None:
             plus = [s.data for s in ex.segments[:-1]] if len(ex.segments) > 1 else []
             if plus and mechanism not in mailbox.challenges:
                 mailbox.challenges[mechanism] = [p.splitlines(keepends=True)[-1] for p in plus]
-        if ok and verb in ("PASS", "APOP", "AUTH"):
+        if ok and spec_of(verb).login:
             logged_in = True
         if ok and verb == "DELE" and number is not None:
             deleted.add(number)
@@ -237,9 +237,9 @@ def _gather_ok(
                 f"{facts.count} messages in one capture and {count} in {where}"
             )
         facts.count, facts.total = count, total
-    elif verb in ("LIST", "UIDL") and number is None and not raw_args.strip():
+    elif spec_of(verb).lists_messages and number is None and not raw_args.strip():
         _gather_listing(facts, verb, response, where)
-    elif verb in ("LIST", "UIDL") and number is not None and len(words) >= 3:
+    elif spec_of(verb).lists_messages and number is not None and len(words) >= 3:
         value = words[2].decode("ascii", "replace")
         if verb == "LIST" and words[2].isdigit():
             _note(facts, "size", number, value, where)
@@ -277,6 +277,7 @@ def _gather_wording(
 ) -> None:
     """The recorded server's wording for the answers the model may have to generate."""
     text = _status_text(first_line)
+    spec = spec_of(verb)
     if ok:
         if verb == "RETR" and number is not None:
             size = facts.sizes.get(number)
@@ -293,23 +294,27 @@ def _gather_wording(
             wording.uidl_all = text
         elif verb == "DELE" and number is not None:
             wording.dele = _template(text, n=number)
-        elif verb in ("RSET", "NOOP", "USER"):
-            setattr(wording, verb.lower(), text)
+        elif verb == "RSET":
+            wording.rset = text
+        elif verb == "NOOP":
+            wording.noop = text
+        elif verb == "USER":
+            wording.user = text
         elif verb == "QUIT":
             if deleted:
                 wording.quit_deleted = text
             else:
                 wording.quit = text
-        elif verb in ("PASS", "APOP", "AUTH"):
+        elif spec.login:
             wording.login = text
         elif verb == "STLS":
             wording.stls = text
-    elif verb in ("RETR", "LIST", "TOP", "DELE", "UIDL") and number is not None:
+    elif spec.message_argument and number is not None:
         if number in deleted:
             wording.deleted = _template(text, n=number)
         elif facts.count is not None and number > facts.count:
             wording.no_message = _template(text, n=number)
-    elif verb in ("PASS", "APOP") or (verb == "AUTH" and text):
+    elif spec.login and (spec.credential is not Credential.SASL or text):
         if "IN-USE" in text.upper():
             wording.in_use = text
         else:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pop3tap.protocol import COMMANDS, AnswerSource, spec_of
+
 __all__ = [
     "Mailbox",
     "MessageSource",
@@ -194,15 +196,20 @@ def header_block(body: bytes) -> bytes:
 # Reusing recorded answers
 ################################################################
 
-#: Verbs whose answers depend only on the login phase, never on the messages.
-STATELESS_VERBS = frozenset({"CAPA", "NOOP", "USER"})
+#: Verbs whose answers depend only on the login phase, never on the messages (the
+#: command table's ``answer_from``).
+STATELESS_VERBS = frozenset(
+    verb for verb, spec in COMMANDS.items() if spec.answer_from is AnswerSource.PHASE
+)
 #: Verbs answered from the mailbox, whose recorded bytes are reused when the state matches.
-MAILBOX_VERBS = frozenset({"STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET", "LAST", "QUIT"})
+MAILBOX_VERBS = frozenset(
+    verb for verb, spec in COMMANDS.items() if spec.answer_from is AnswerSource.MAILDROP
+)
 
 
 def args_key(verb: str, args: bytes) -> bytes:
     """What must be equal for a client command to reuse a recorded answer."""
-    if verb in ("PASS", "APOP", "AUTH"):
+    if spec_of(verb).login:  # credentials differ: any recorded login answer will do
         return b""
     return b" ".join(args.split())
 

@@ -36,7 +36,7 @@ from pop3tap.model._mailbox import (
 )
 from pop3tap.model._reply import Display, Next, Phase, Reply
 from pop3tap.model._store import ModelStore
-from pop3tap.protocol import opens_auth, split_command
+from pop3tap.protocol import opens_auth, spec_of, split_command
 
 __all__ = ["ModelSession", "Next", "Phase", "Reply"]
 
@@ -89,7 +89,7 @@ class ModelSession(Authorization):
         answer = self.mailbox.recorded.get((verb, args_key(verb, args), self._state()))
         if answer is None:
             return None
-        nxt = Next.CLOSE if verb == "QUIT" else Next.READ
+        nxt = Next.CLOSE if spec_of(verb).ends_session else Next.READ
         return Reply(answer.data, nxt, True, shown)
 
     # -- TRANSACTION (RFC 1939 §5) -----------------------------------------------------

@@ -3,7 +3,7 @@
 No trio, no sockets, no msgpack: the relay, the capture reader and the replay server all
 drive the same :class:`SessionObserver`, so they agree on how a session is paired. Every
 rule that depends on a verb is a row of :data:`COMMANDS`, read through the query
-functions exported here (:func:`command_spec`, :func:`expects_multiline`,
+functions exported here (:func:`spec_of`, :func:`command_spec`, :func:`expects_multiline`,
 :func:`secret_position`, :func:`barrier_of`, :func:`counts_as_login`,
 :func:`summary_counter`, :func:`login_name`); the session phase is
 :class:`SessionPhase`, moved only by :data:`TRANSITIONS`.
@@ -12,11 +12,15 @@ functions exported here (:func:`command_spec`, :func:`expects_multiline`,
 from pop3tap.protocol._commands import (
     COMMANDS,
     SECRET_PLACEHOLDER,
+    UNKNOWN_COMMAND,
     WORD_SEPARATORS,
+    AnswerSource,
     Barrier,
     CommandSpec,
     Counter,
+    Credential,
     Multiline,
+    Pop3State,
     barrier_of,
     command_spec,
     counts_as_login,
@@ -33,6 +37,7 @@ from pop3tap.protocol._commands import (
     secret_position,
     secret_verb,
     shown_command,
+    spec_of,
     split_command,
     summary_counter,
 )
@@ -78,7 +83,9 @@ __all__ = [
     "NEED_DATA",
     "SECRET_PLACEHOLDER",
     "TRANSITIONS",
+    "UNKNOWN_COMMAND",
     "WORD_SEPARATORS",
+    "AnswerSource",
     "Barrier",
     "ClientEvent",
     "ClientFeed",
@@ -87,6 +94,7 @@ __all__ = [
     "CommandSent",
     "CommandSpec",
     "Counter",
+    "Credential",
     "Direction",
     "EndOfInput",
     "EndOfStream",
@@ -99,6 +107,7 @@ __all__ = [
     "NeedData",
     "PairingLost",
     "PlaintextAfterStls",
+    "Pop3State",
     "ReaderPhase",
     "SaslChallenge",
     "SaslLine",
@@ -135,6 +144,7 @@ __all__ = [
     "secret_position",
     "secret_verb",
     "shown_command",
+    "spec_of",
     "split_command",
     "summary_counter",
 ]

@@ -3,79 +3,37 @@
 :data:`COMMANDS` maps each keyword pop3tap knows to a :class:`CommandSpec`: whether a
 ``+OK`` opens a multi-line body, where a secret sits in the arguments, whether later client
 lines are held back behind it (STLS, ``AUTH mechanism``), whether a ``+OK`` logs the user
-in, which summary counter it moves, and the shape of valid arguments. The observer's
-pairing, the masker, the session summary, replay matching and pop3tap.testing all read
-this table through the small query functions below; no other module keeps a verb's rules.
+in, which summary counter it moves, the shape of valid arguments, the RFC 1939 state it
+belongs to, whether it names a message, what credential it carries, what its answer
+depends on and whether it ends the session. The observer's pairing, the masker, the
+summary, replay, lint, the console, check and pop3tap.testing all read this table (through
+:func:`spec_of` and the query functions below); no other module keeps a verb's rules.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from enum import Enum
 from types import MappingProxyType
 from typing import NamedTuple
+
+# The table's words (._commandspec) and what a server line says (._replies) are
+# re-exported here for the core's modules.
+from pop3tap.protocol._commandspec import AnswerSource as AnswerSource
+from pop3tap.protocol._commandspec import Barrier as Barrier
+from pop3tap.protocol._commandspec import CommandSpec as CommandSpec
+from pop3tap.protocol._commandspec import Counter as Counter
+from pop3tap.protocol._commandspec import Credential as Credential
+from pop3tap.protocol._commandspec import Multiline as Multiline
+from pop3tap.protocol._commandspec import Pop3State as Pop3State
+from pop3tap.protocol._replies import decode_text as decode_text
+from pop3tap.protocol._replies import find_apop_timestamp as find_apop_timestamp
+from pop3tap.protocol._replies import find_resp_code as find_resp_code
+from pop3tap.protocol._replies import parse_status as parse_status
 
 #: Mask that replaces secret bytes in logs and captures.
 SECRET_PLACEHOLDER = "********"
 SECRET_PLACEHOLDER_BYTES = SECRET_PLACEHOLDER.encode()
-
-
-class Multiline(Enum):
-    """When a ``+OK`` to the command opens a multi-line body (RFC 1939 §3)."""
-
-    #: Always one line.
-    NEVER = "never"
-    #: Always a body (RETR, TOP: RFC 1939 §7; CAPA: RFC 2449 §5).
-    ALWAYS = "always"
-    #: A body only without an argument (LIST, UIDL: RFC 1939 §7; LANG: RFC 6856 §3; AUTH
-    #: without a mechanism lists mechanisms, a de-facto extension).
-    WITHOUT_ARGUMENT = "without_argument"
-    #: A body only for ``XTND XLST`` (RFC 1082 §3).
-    XLST_ARGUMENT = "xlst_argument"
-
-
-class Barrier(Enum):
-    """What holds back the client lines sent after a command until it is answered."""
-
-    #: Nothing: later lines are commands, in order (RFC 2449 §6.6).
-    NONE = "none"
-    #: STLS: TLS starts after a ``+OK``, so nothing may follow it (RFC 2595 §4).
-    STLS = "stls"
-    #: ``AUTH mechanism``: the next lines may be SASL data (RFC 5034 §4).
-    SASL = "sasl"
-
-
-class Counter(Enum):
-    """The session summary counter a ``+OK`` to the command moves."""
-
-    NONE = "none"
-    RETR = "retr"
-    TOP = "top"
-    DELE = "dele"
-    #: QUIT from the TRANSACTION state: deletions are committed (RFC 1939 §6).
-    QUIT = "quit"
-
-
-@dataclass(frozen=True, slots=True)
-class CommandSpec:
-    """One verb's rules (see the module docstring)."""
-
-    verb: str
-    #: Regular expression for valid arguments, matched after the keyword.
-    arguments: bytes
-    multiline: Multiline = Multiline.NEVER
-    #: Words (the keyword included) before the secret, or None when nothing is secret:
-    #: ``PASS secret``, ``APOP name digest``, ``AUTH mechanism initial-response``.
-    secret_after: int | None = None
-    #: What holds the lines after it; SASL only when a mechanism is named.
-    barrier: Barrier = Barrier.NONE
-    #: A ``+OK`` logs the user in (for AUTH only when a mechanism is named).
-    login: bool = False
-    counter: Counter = Counter.NONE
-    #: The first word of the arguments names the user (USER, APOP: RFC 1939 §7).
-    names_user: bool = False
 
 
 _NUMBER = rb"[0-9]{1,10}"
@@ -88,16 +46,50 @@ def _spec(verb: str, arguments: bytes = b"", **rules: object) -> tuple[str, Comm
     return verb, CommandSpec(verb, arguments, **rules)  # type: ignore[arg-type]
 
 
+_AUTHORIZATION = Pop3State.AUTHORIZATION
+_TRANSACTION = Pop3State.TRANSACTION
+_PHASE = AnswerSource.PHASE
+_MAILDROP = AnswerSource.MAILDROP
+_ALWAYS = Multiline.ALWAYS
+_OPTIONAL_NUMBER = b"(?:" + _BLANK + _NUMBER + b")?"
+#: The TRANSACTION commands that take a message-number and are answered from the maildrop.
+_NUMBERED: dict[str, object] = {
+    "state": _TRANSACTION,
+    "message_argument": True,
+    "answer_from": _MAILDROP,
+}
+
+
 #: The command table: RFC 1939 §§4-7, RFC 2449 §5 CAPA, RFC 2595 §4 STLS, RFC 5034 §4
 #: AUTH, RFC 6856 §§2-3 UTF8 and LANG, XTND of RFC 1082, and LAST of RFC 1460/1725
 #: (dropped by RFC 1939 but still served by Dovecot and qmail).
 COMMANDS: Mapping[str, CommandSpec] = MappingProxyType(
     dict(
         (
-            _spec("USER", _BLANK + _TEXT, names_user=True),
-            _spec("PASS", _BLANK + _TEXT, secret_after=1, login=True),
             _spec(
-                "APOP", _BLANK + _WORD + _BLANK + _WORD, secret_after=2, login=True, names_user=True
+                "USER",
+                _BLANK + _TEXT,
+                names_user=True,
+                state=_AUTHORIZATION,
+                credential=Credential.USER_NAME,
+                answer_from=_PHASE,
+            ),
+            _spec(
+                "PASS",
+                _BLANK + _TEXT,
+                secret_after=1,
+                login=True,
+                state=_AUTHORIZATION,
+                credential=Credential.PASSWORD,
+            ),
+            _spec(
+                "APOP",
+                _BLANK + _WORD + _BLANK + _WORD,
+                secret_after=2,
+                login=True,
+                names_user=True,
+                state=_AUTHORIZATION,
+                credential=Credential.GREETING_DIGEST,
             ),
             # The initial response is base64, or the placeholder a masked capture holds.
             _spec(
@@ -111,24 +103,27 @@ COMMANDS: Mapping[str, CommandSpec] = MappingProxyType(
                 secret_after=2,
                 barrier=Barrier.SASL,
                 login=True,
+                state=_AUTHORIZATION,
+                credential=Credential.SASL,
             ),
-            _spec("STLS", barrier=Barrier.STLS),
-            _spec("STAT"),
-            _spec("LIST", b"(?:" + _BLANK + _NUMBER + b")?", multiline=Multiline.WITHOUT_ARGUMENT),
-            _spec("UIDL", b"(?:" + _BLANK + _NUMBER + b")?", multiline=Multiline.WITHOUT_ARGUMENT),
-            _spec("RETR", _BLANK + _NUMBER, multiline=Multiline.ALWAYS, counter=Counter.RETR),
+            _spec("STLS", barrier=Barrier.STLS, state=_AUTHORIZATION),
+            _spec("STAT", state=_TRANSACTION, answer_from=_MAILDROP),
+            _spec("LIST", _OPTIONAL_NUMBER, multiline=Multiline.WITHOUT_ARGUMENT, **_NUMBERED),
+            _spec("UIDL", _OPTIONAL_NUMBER, multiline=Multiline.WITHOUT_ARGUMENT, **_NUMBERED),
+            _spec("RETR", _BLANK + _NUMBER, multiline=_ALWAYS, counter=Counter.RETR, **_NUMBERED),
             _spec(
                 "TOP",
                 _BLANK + _NUMBER + _BLANK + _NUMBER,
-                multiline=Multiline.ALWAYS,
+                multiline=_ALWAYS,
                 counter=Counter.TOP,
+                **_NUMBERED,
             ),
-            _spec("DELE", _BLANK + _NUMBER, counter=Counter.DELE),
-            _spec("NOOP"),
-            _spec("RSET"),
-            _spec("QUIT", counter=Counter.QUIT),
-            _spec("CAPA", multiline=Multiline.ALWAYS),
-            _spec("UTF8"),
+            _spec("DELE", _BLANK + _NUMBER, counter=Counter.DELE, **_NUMBERED),
+            _spec("NOOP", state=_TRANSACTION, answer_from=_PHASE),
+            _spec("RSET", state=_TRANSACTION, answer_from=_MAILDROP),
+            _spec("QUIT", counter=Counter.QUIT, answer_from=_MAILDROP, ends_session=True),
+            _spec("CAPA", multiline=_ALWAYS, answer_from=_PHASE),
+            _spec("UTF8", state=_AUTHORIZATION),
             _spec(
                 "LANG", b"(?:" + _BLANK + rb"[\x21-\x7e]+)?", multiline=Multiline.WITHOUT_ARGUMENT
             ),
@@ -136,8 +131,9 @@ COMMANDS: Mapping[str, CommandSpec] = MappingProxyType(
                 "XTND",
                 _BLANK + rb"[\x21-\x7e]+(?:" + _BLANK + rb"[\x21-\x7e]+)*",
                 multiline=Multiline.XLST_ARGUMENT,
+                state=_TRANSACTION,
             ),
-            _spec("LAST"),
+            _spec("LAST", state=_TRANSACTION, answer_from=_MAILDROP),
         )
     )
 )
@@ -201,6 +197,15 @@ def command_spec(verb: str) -> CommandSpec | None:
     return COMMANDS.get(verb)
 
 
+#: What an unknown verb gets from :func:`spec_of`: no rule at all.
+UNKNOWN_COMMAND = CommandSpec("", b"")
+
+
+def spec_of(verb: str) -> CommandSpec:
+    """The rules of an upper-cased keyword; :data:`UNKNOWN_COMMAND` for any other."""
+    return COMMANDS.get(verb, UNKNOWN_COMMAND)
+
+
 def known_verbs() -> frozenset[str]:
     """Every keyword of :data:`COMMANDS`."""
     return _KNOWN_VERBS
@@ -246,8 +251,6 @@ def login_name(verb: str, args: str) -> str | None:
 _KNOWN_VERBS = frozenset(COMMANDS)
 #: The verb of a SASL barrier, as a keyword of the client byte stream.
 SASL_KEYWORD = next(v for v, s in COMMANDS.items() if s.barrier is Barrier.SASL).encode()
-
-_APOP_TIMESTAMP = re.compile(rb"<[^<>]*@[^<>]*>")
 
 
 #: Bytes that separate the words of a command line. RFC 1939 §3 uses one space and
@@ -457,43 +460,3 @@ def shown_command(line: bytes, *, after_auth: bool = False) -> str:
         return SECRET_PLACEHOLDER
     verb, args = describe_command(line)
     return f"{verb} {args}".rstrip()
-
-
-def decode_text(data: bytes) -> str:
-    """Decode protocol bytes for display: UTF-8 where valid, escapes elsewhere."""
-    return data.decode("utf-8", "backslashreplace")
-
-
-def find_apop_timestamp(greeting: bytes) -> str | None:
-    """The ``<...@...>`` APOP timestamp in a greeting, if any (RFC 1939 §7)."""
-    match = _APOP_TIMESTAMP.search(greeting)
-    return None if match is None else decode_text(match.group(0))
-
-
-def parse_status(line: bytes) -> tuple[str | None, bytes]:
-    """Split a server line into its status token and the text after it.
-
-    The token runs up to the first space (RFC 1939 §3; ``+OK`` with no text is common).
-    ``+`` alone or followed by a space is a SASL continuation (RFC 5034 §4).
-    Returns ``(None, line)`` for a line that is not a status line.
-    """
-    space = line.find(b" ")
-    token = line if space < 0 else line[:space]
-    rest = b"" if space < 0 else line[space + 1 :]
-    if token == b"+OK":
-        return "+OK", rest
-    if token == b"-ERR":
-        return "-ERR", rest
-    if token == b"+":
-        return "+", rest
-    return None, line
-
-
-def find_resp_code(text: bytes) -> str | None:
-    """The RFC 2449 §8 extended response code at the start of the text, if any."""
-    if not text.startswith(b"["):
-        return None
-    end = text.find(b"]")
-    if end <= 1:
-        return None
-    return text[1:end].decode("ascii", "backslashreplace").upper()

@@ -43,10 +43,12 @@ from typing import Final, NamedTuple
 
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
+    Credential,
     decode_text,
     describe_command,
     is_known_command,
     opens_auth,
+    spec_of,
     split_command,
 )
 
@@ -361,18 +363,20 @@ def login_identity(
 ) -> tuple[str | None, str | None] | None:
     """``(user, SASL mechanism)`` a login command names, or None for any other command.
 
-    USER names the user (RFC 1939 §7) and so does APOP's first word; AUTH names a
+    Read from the command table: USER names the user with its whole argument, APOP with
+    its first word (RFC 1939 §7); AUTH (``Credential.SASL``) names a
     mechanism (RFC 5034 §4) and, through its initial response or the first SASL answer,
     perhaps a user (:func:`sasl_user`). An AUTH without a mechanism is no login. Names are
     decoded as views show them (:func:`~pop3tap.protocol.decode_text`: bytes that are not
     UTF-8 become ``\\xNN``), so two names that differ in such bytes stay apart.
     """
-    if verb == "USER":
+    spec = spec_of(verb)
+    if spec.credential is Credential.USER_NAME:  # USER: the whole argument
         return (decode_text(args) if args else None), None
-    if verb == "APOP":
+    if spec.names_user:  # APOP: its first word
         words = args.split(None, 1)
         return (decode_text(words[0]) if words else None), None
-    if verb != "AUTH":
+    if spec.credential is not Credential.SASL:
         return None
     parts = args.split(None, 1)
     if not parts:
