@@ -179,14 +179,14 @@ class Pop3ConsoleRenderer:
         """One console line for an event dict."""
         stamp = ev.get("timestamp")
         clock = stamp[11:19] if isinstance(stamp, str) and len(stamp) >= 19 else "--:--:--"
-        session = next((_printable(str(ev[k])) for k in _SESSION_KEYS if ev.get(k)), "")
+        session = next((printable(str(ev[k])) for k in _SESSION_KEYS if ev.get(k)), "")
         head = f"{self._paint('dim', clock)} {session or '-':<12}"
         name = str(ev.get("event", ""))
         if name == "pop3.exchange":
             return f"{head} {self._exchange(ev)}"
         if name == "session.open":
             where = " -> ".join(
-                _printable(str(ev.get(k, "?"))) for k in ("client", "listen", "upstream")
+                printable(str(ev.get(k, "?"))) for k in ("client", "listen", "upstream")
             )
             return f"{head} {self._paint('bold', '>> open')} {where}"
         if name == "session.close":
@@ -195,10 +195,10 @@ class Pop3ConsoleRenderer:
                 for key in ("retr", "top", "dele", "update", "bytes_in", "bytes_out", "duration_s")
                 if key in ev
             )
-            reason = _printable(str(ev.get("reason", "")))
+            reason = printable(str(ev.get("reason", "")))
             return f"{head} {self._paint('bold', '<< close')} {reason}; {details}"
         if name == "pop3.greeting":
-            greeting = self._status_text(_printable(str(ev.get("first_line", ""))))
+            greeting = self._status_text(printable(str(ev.get("first_line", ""))))
             return f"{head} {'':<{_COMMAND_WIDTH}} {greeting}"
         level = str(ev.get("level", "info"))
         label = name
@@ -221,12 +221,12 @@ class Pop3ConsoleRenderer:
         return first_line
 
     def _exchange(self, ev: MutableMapping[str, Any]) -> str:
-        command = _printable(str(ev.get("verb", "?")))
+        command = printable(str(ev.get("verb", "?")))
         if ev.get("args"):
-            command += f" {_printable(str(ev['args']))}"
+            command += f" {printable(str(ev['args']))}"
         parts = [f"{command:<{_COMMAND_WIDTH}}"]
         status = ev.get("status")
-        first_line = _printable(str(ev.get("first_line") or ""))
+        first_line = printable(str(ev.get("first_line") or ""))
         if status is None:
             parts.append(self._paint("warning", "(no response)"))
         elif first_line.startswith(str(status)):
@@ -244,20 +244,13 @@ class Pop3ConsoleRenderer:
         return " ".join(parts)
 
 
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped: a server's bytes never drive the terminal."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in printable(text))
-
-
 def _console_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     # Quoted (control characters escaped) unless it is one plain word: one event, one line.
     plain = text and text.isprintable() and " " not in text and '"' not in text
     if plain:
         return text
-    return '"' + _printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def _printable_value(value: Any) -> Any:

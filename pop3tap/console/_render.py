@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from pop3tap._text import printable
+
 #: What each capability means (RFC 2449 §6, RFC 2595 §4, RFC 6856 §2 and §3).
 _CAPABILITIES: Final = {
     "TOP": "TOP n lines: headers and the first lines of a message",
@@ -32,24 +34,13 @@ _SUMMARY_HEADERS: Final = ("From", "To", "Subject", "Date")
 
 
 def terminal_safe(data: bytes | str) -> str:
-    """Text fit for a terminal: invalid UTF-8 and unprintable characters shown as escapes.
-
-    A hostile server could otherwise move the cursor, retitle the window or hide text
-    with escape sequences, bidi overrides and zero-width characters: everything Unicode
-    calls "Other" or "Separator" (but the space) is escaped. Tabs stay; line ends are the
-    caller's.
+    """Text fit for a terminal: invalid UTF-8 as ``\\xNN`` and every character pop3tap's
+    one rule rejects escaped (:func:`pop3tap._text.printable`). A hostile server could
+    otherwise move the cursor, retitle the window or hide text with escape sequences,
+    bidi overrides and zero-width characters. Tabs stay; line ends are the caller's.
     """
     text = data.decode("utf-8", "backslashreplace") if isinstance(data, bytes) else data
-    if text.isprintable():
-        return text
-    out: list[str] = []
-    for char in text:
-        if char == "\t" or char.isprintable():
-            out.append(char)
-        else:
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-    return "".join(out)
+    return printable(text, keep_tabs=True)
 
 
 def strip_line_end(line: bytes) -> bytes:

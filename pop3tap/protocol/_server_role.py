@@ -41,6 +41,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from pop3tap._text import printable
 from pop3tap.protocol._commands import (
     SECRET_PLACEHOLDER,
     Credential,
@@ -60,25 +61,27 @@ DEFAULT_MAX_INJECTED: Final = 64 * 1024
 TLS_HANDSHAKE_RECORD: Final = 0x16
 
 
-def _printable(data: bytes, limit: int) -> str:
-    """Printable, bounded text for a client line in an ``-ERR`` line or a log."""
-    text = data.decode("utf-8", "backslashreplace")
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
-    text = text.replace('"', "'")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _bounded(text: str, limit: int) -> str:
+    """Printable (:func:`pop3tap._text.printable`), quote-free, bounded text."""
+    shown = printable(text).replace('"', "'")
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def printable_shown(verb: str, args: str) -> str:
+    """A command as :func:`describe_command` shows it, made printable and bounded for the
+    one ``-ERR`` line a fake server answers (RFC 1939 §3), its logs and its reports:
+    unprintable characters are escaped (pop3tap's one rule, :func:`pop3tap._text.
+    printable`), double quotes become single ones, the keyword is cut at 40 characters
+    and the arguments at 120."""
+    return f"{_bounded(verb, 40)} {_bounded(args, 120)}".rstrip()
 
 
 def printable_command(line: bytes, *, after_auth: bool = False) -> str:
-    """:func:`shown_command` made printable and bounded, for the one ``-ERR`` line a fake
-    server answers (RFC 1939 §3) and its logs: control and other unprintable characters
-    are escaped, double quotes become single ones, the keyword is cut at 40 characters
-    and the arguments at 120."""
+    """:func:`shown_command` made printable and bounded (:func:`printable_shown`); after
+    an AUTH, a line that is not a known command is the placeholder (RFC 5034 §4)."""
     if after_auth and not is_known_command(line):
         return SECRET_PLACEHOLDER
-    verb, args = describe_command(line)
-    shown = _printable(args.encode("utf-8", "backslashreplace"), 120)
-    verb_shown = _printable(verb.encode("utf-8", "backslashreplace"), 40)
-    return f"{verb_shown} {shown}".rstrip()
+    return printable_shown(*describe_command(line))
 
 
 class Command(NamedTuple):
