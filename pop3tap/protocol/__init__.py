@@ -74,6 +74,7 @@ from pop3tap.protocol._server_role import (
     TlsData,
     login_identity,
     printable_command,
+    printable_shown,
     sasl_user,
 )
 from pop3tap.protocol._state import TRANSITIONS, SessionPhase, Trigger, next_phase
@@ -140,6 +141,7 @@ __all__ = [
     "opens_sasl",
     "parse_status",
     "printable_command",
+    "printable_shown",
     "sasl_user",
     "secret_position",
     "secret_verb",

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pop3tap._text import printable
 from pop3tap.protocol import (
     SECRET_PLACEHOLDER,
     WORD_SEPARATORS,
@@ -48,7 +49,7 @@ class UnplayedExchange:
     command: str
 
     def __str__(self) -> str:
-        return f"{self.capture} #{self.seq}: {self.command}"
+        return printable(f"{self.capture} #{self.seq}: {self.command}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class UnmatchedCommand:
 
     def __str__(self) -> str:
         near = f" (closest: {'; '.join(self.candidates)})" if self.candidates else ""
-        return f"{self.capture}: {self.command}{near}"
+        return printable(f"{self.capture}: {self.command}{near}")
 
 
 #: A client line as it may be shown in an ``-ERR`` line or a log: secrets and possible

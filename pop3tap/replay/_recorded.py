@@ -34,6 +34,7 @@ from pop3tap.protocol import (
     Status,
     login_identity,
     parse_status,
+    printable_shown,
     split_command,
 )
 from pop3tap.replay._capture_facts import (
@@ -134,8 +135,10 @@ class RecordedExchange:
 
     @property
     def command(self) -> str:
-        """``VERB args`` with secrets masked."""
-        return f"{self.verb} {self.args}".rstrip()
+        """``VERB args`` with secrets masked, printable and bounded as every ``-ERR`` line,
+        report and log shows a command (:func:`~pop3tap.protocol.printable_shown`): the
+        capture is hostile input, and its bytes must not reach a client or a terminal."""
+        return printable_shown(self.verb, self.args)
 
     @property
     def response(self) -> bytes:
