@@ -33,6 +33,7 @@ from structlog.contextvars import STRUCTLOG_KEY_PREFIX as _CONTEXTVAR_PREFIX
 from structlog.processors import format_exc_info
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from pop3tap._exchange_fields import exchange_fields
 from pop3tap._logfast import (
     FdLogger,
     JsonLineRenderer,
@@ -224,45 +225,6 @@ def get_logger(name: str) -> Any:
 ################################################################
 # Exchange line
 ################################################################
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000.0, 3)
-
-
-def exchange_fields(ex: Exchange) -> dict[str, object]:
-    """Flat fields of one ``pop3.exchange`` line.
-
-    Always present: ``seq``, ``verb``, ``status`` (``"+OK"``/``"-ERR"``/``"+"`` or None
-    when no response came) and ``first_line``. Only when meaningful: ``args`` (already
-    masked by the core), ``resp_code``, ``multiline``/``body_lines``/``body_bytes``,
-    ``latency_first_ms``/``latency_ms`` (3 decimals), ``pipelined``, ``flags`` (sorted).
-    """
-    fields: dict[str, object] = {
-        "seq": ex.seq,
-        "verb": ex.verb,
-        "status": None if ex.status is None else ex.status.value,
-        "first_line": ex.first_line,
-    }
-    if ex.args:
-        fields["args"] = ex.args
-    if ex.resp_code:
-        fields["resp_code"] = ex.resp_code
-    if ex.multiline:
-        fields["multiline"] = True
-        fields["body_lines"] = ex.body_lines
-        fields["body_bytes"] = ex.body_bytes
-    first = _ms(ex.latency_first_byte)
-    if first is not None:
-        fields["latency_first_ms"] = first
-    complete = _ms(ex.latency_complete)
-    if complete is not None:
-        fields["latency_ms"] = complete
-    if ex.pipelined:
-        fields["pipelined"] = True
-    if ex.flags:
-        fields["flags"] = sorted(f.value for f in ex.flags)
-    return fields
 
 
 class _DirectExchangeLine:

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeAlias
 
-import structlog
-import trio
-
 from pop3tap.cli._stop import mark_draining
 
 if TYPE_CHECKING:
+    # Only the serving commands need trio and structlog; they import them when they run,
+    # so `show`, `lint` or `--help` do not pay for loading them.
+    import structlog
+    import trio
+
     from pop3tap.relay import Endpoint
 
 EXIT_OK = 0
@@ -234,7 +236,7 @@ async def stop_on_signal(
     *,
     worker: bool = False,
     kind: str = "relay",
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[None] | None = None,
 ) -> None:
     """Drain on the first SIGINT, SIGTERM or SIGHUP; close everything on the second.
 
@@ -251,12 +253,15 @@ async def stop_on_signal(
     parent's :data:`~pop3tap.workers.ABORT_SIGNAL` (close now); SIGINT and SIGHUP are the
     parent's to handle.
     """
+    import trio
+
     from pop3tap.workers import ABORT_SIGNAL, STOP_SIGNALS
 
     wanted = (signal.SIGTERM, ABORT_SIGNAL) if worker else STOP_SIGNALS
     stopping = aborted = False
     with trio.open_signal_receiver(*wanted) as signals:
-        task_status.started()
+        if task_status is not None:
+            task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name
             second = signum == ABORT_SIGNAL if worker else stopping
@@ -450,6 +455,7 @@ def serve_until_stopped(
     the drain; the caller logs how it stopped and turns that into an exit code with
     :func:`stopped_exit_code`.
     """
+    import trio
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -6,11 +6,11 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from pop3tap.cli._common import serve_until_stopped, serve_workers, stopped_exit_code
 
 if TYPE_CHECKING:
+    import structlog
+
     from pop3tap.server import ConnectionServer
 
 

@@ -8,8 +8,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
 from pop3tap.cli._common import (
     EXIT_FAILURE,
     CliError,
@@ -198,6 +196,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
     _settle_captures_options(args)
     config = _relay_config(args)
     setup_logging(args)
+    import structlog
+
     log = structlog.get_logger("pop3tap")
     if config.captures is not None:
         warn_if_shared_directory(config.captures, log)

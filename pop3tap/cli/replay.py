@@ -7,8 +7,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from pop3tap._text import printable
 from pop3tap.cli._common import (
     EXIT_FAILURE,
@@ -238,6 +236,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _check_args(args)
     config, sessions = _load(args, host, port)
     setup_logging(args)
+    import structlog
+
     log = structlog.get_logger("pop3tap")
     if not is_loopback(config.listen.host):
         log.warning("replay.public_listen", listen=config.listen.host)

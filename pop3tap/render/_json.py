@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 from typing import Final
 
+from pop3tap._exchange_fields import exchange_fields
 from pop3tap._text import json_safe
 from pop3tap.capture import (
     CloseRecord,
@@ -18,7 +19,6 @@ from pop3tap.capture import (
     Record,
     derive_events,
 )
-from pop3tap.log import exchange_fields
 from pop3tap.protocol import (
     CommandSent,
     Direction,
