@@ -413,3 +413,13 @@ def test_cli_text_writes_no_terminal_controls(
     out = capsys.readouterr().out
     assert "malformed-response-code" in out and "10.0.0.1:110" in out
     assert "\x1b" not in out and "\x07" not in out
+
+
+@pytest.mark.parametrize("command", [b"LAST", b"XTND XMIT"])
+def test_obsolete_transaction_commands_answered_before_the_login(
+    tmp_path: Path, command: bytes
+) -> None:
+    """LAST (RFC 1725) and XTND (RFC 1082) are TRANSACTION commands, as the command table
+    says: +OK to one before the login is in the wrong state."""
+    steps = inserted(1, ("c", command + b"\r\n"), ("s", b"+OK 0\r\n"))(clean_session())
+    assert lint_steps(tmp_path, steps) == expect("ok-in-wrong-state", 1)
