@@ -9,6 +9,7 @@ upstream cannot be reached at all (RFC 2449 §8.1.3 response code), in place of 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING
 
 import trio
@@ -39,6 +40,32 @@ WORK_BUDGET = 32
 ERR_PREFIX = "[SYS/TEMP] pop3tap"
 
 
+def _seconds_since(started: float) -> float:
+    """Seconds of trio time since ``started``."""
+    return trio.current_time() - started
+
+
+class ServerActivity:
+    """Set whenever server bytes are parsed or the server's stream ends; a wait renews it.
+
+    The recorder is handed this object's :meth:`set` (and a clock that is no bound method
+    of the session either), so a session and its recorder form no reference cycle: a
+    finished session, its capture writer and its sockets are freed at once by reference
+    counting, not later by the cycle collector with the garbage of every session before.
+    """
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def renew(self) -> trio.Event:
+        """A fresh event, set by the next activity."""
+        self.event = trio.Event()
+        return self.event
+
+
 class RelaySession:
     """One client connection and its upstream: two pumps, one recorder, one STLS gate."""
 
@@ -54,8 +81,8 @@ class RelaySession:
         self.greeting_deadline: float | None = None
         #: Each direction's stream ended (EOF or reset).
         self.ended = {Direction.CLIENT: trio.Event(), Direction.SERVER: trio.Event()}
-        #: Set (and replaced) whenever server bytes are parsed or the server's stream ends.
-        self.server_activity = trio.Event()
+        #: Set whenever server bytes are parsed or the server's stream ends.
+        self.server_activity = ServerActivity()
         #: TLS streams pop3tap sent close_notify on, or set to close with a reset (by id).
         self.closing: set[int] = set()
         #: Streams pop3tap closed itself (errors reading them afterwards are expected).
@@ -69,19 +96,16 @@ class RelaySession:
         self.stls = StlsGate(intercept=self.config.tls.intercept_stls)
         self.recorder = SessionRecorder(
             log=self.log,
-            clock=self.now,
+            clock=functools.partial(_seconds_since, self.started),
             stls=self.stls,
             max_line=self.config.max_line,
             keep_secrets=self.config.keep_secrets,
             faults=self.faults,
-            on_server_activity=self.server_active,
+            on_server_activity=self.server_activity.set,
         )
 
     def now(self) -> float:
-        return trio.current_time() - self.started
-
-    def server_active(self) -> None:
-        self.server_activity.set()
+        return _seconds_since(self.started)
 
     def stream_ended(self, direction: Direction, kind: str) -> None:
         self.ended[direction].set()
@@ -181,10 +205,10 @@ class RelaySession:
         linger = self.config.close_linger
         observer = self.recorder.observer
         while observer.awaiting_answers and not self.ended[Direction.SERVER].is_set():
-            self.server_activity = trio.Event()
+            activity = self.server_activity.renew()
             with trio.move_on_after(linger):
-                await self.server_activity.wait()
-            if not self.server_activity.is_set():
+                await activity.wait()
+            if not activity.is_set():
                 self.log.info("session.close_linger", side="server", linger_s=linger)
                 return
 
