@@ -1,18 +1,22 @@
-"""A finished relay session is freed at once, by reference counting.
+"""A finished relay session is freed at once, by reference counting, however it ended.
 
 If a session and the parts it owns point at each other (a reference cycle), nothing of it
 is freed when it ends: its sockets, capture writer (with its pack buffer), observer and
 queues wait for Python's cycle collector, together with every other finished session.
 Under many sessions that garbage makes the relay's memory grow between collections and
 makes every collection slower. The relay here runs in this test's own trio loop with the
-cycle collector off; once a session has ended, nothing of it may be left.
+cycle collector off; once a session has ended, in any of the ways a session ends, nothing
+of it may be left.
 """
 
 from __future__ import annotations
 
 import gc
+import socket
+import struct
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,35 +34,95 @@ ANSWERS = {
     b"LIST\r\n": LISTING,
     b"QUIT\r\n": b"+OK bye\r\n",
 }
+#: Pipelined commands in one write: more events than one step of the recorder works off.
+BURST = 300
 
 
-def _upstream(conn: Connection) -> None:
-    conn.send(GREETING)
-    for command, answer in ANSWERS.items():
-        assert conn.readline() == command
-        conn.send(answer)
-    conn.read_all()
+class Peer:
+    """The test's client of the relay: bytes out, and every byte the relay sent back."""
 
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.received = b""
 
-async def _client(port: int) -> None:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        received = b""
+    async def receive_until(self, total: bytes) -> None:
+        while len(self.received) < len(total):
+            chunk = await self.stream.receive_some(65536)
+            assert chunk, "the relay closed the session early"
+            self.received += chunk
+        assert self.received == total
 
-        async def receive_until(total: bytes) -> None:
-            nonlocal received
-            while len(received) < len(total):
-                chunk = await stream.receive_some(4096)
-                assert chunk, "the relay closed the session early"
-                received += chunk
-            assert received == total
-
+    async def converse(self, answers: dict[bytes, bytes]) -> None:
         expected = GREETING
-        await receive_until(expected)
-        for command, answer in ANSWERS.items():
-            await stream.send_all(command)
+        await self.receive_until(expected)
+        for command, answer in answers.items():
+            await self.stream.send_all(command)
             expected += answer
-            await receive_until(expected)
+            await self.receive_until(expected)
+
+    async def until_closed(self) -> None:
+        while await self.stream.receive_some(65536):
+            pass
+
+    def reset(self) -> None:
+        self.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _answer_everything(conn: Connection) -> None:
+    conn.send(GREETING)
+    while line := conn.readline():
+        conn.send(ANSWERS.get(line, b"+OK\r\n"))
+        if line == b"QUIT\r\n":
+            return  # the scripted server closes the connection, as POP3 servers do
+
+
+def _answer_login_then_close(conn: Connection) -> None:
+    conn.send(GREETING)
+    assert conn.readline() == b"USER alice\r\n"
+    conn.send(b"+OK\r\n")
+
+
+async def _quit(peer: Peer) -> None:
+    await peer.converse(ANSWERS)
+    await peer.until_closed()
+
+
+async def _vanish(peer: Peer) -> None:
+    await peer.converse({b"USER alice\r\n": b"+OK\r\n", b"LIST\r\n": LISTING})
+
+
+async def _reset(peer: Peer) -> None:
+    await peer.converse({b"USER alice\r\n": b"+OK\r\n"})
+    peer.reset()
+
+
+async def _server_closes(peer: Peer) -> None:
+    await peer.converse({b"USER alice\r\n": b"+OK\r\n"})
+    await peer.until_closed()
+
+
+async def _burst(peer: Peer) -> None:
+    await peer.receive_until(GREETING)
+    await peer.stream.send_all(b"NOOP\r\n" * BURST + b"QUIT\r\n")
+    await peer.receive_until(GREETING + b"+OK\r\n" * BURST + b"+OK bye\r\n")
+    await peer.until_closed()
+
+
+@dataclass(frozen=True)
+class Ending:
+    upstream: Callable[[Connection], None]
+    client: Callable[[Peer], Awaitable[None]]
+    #: Exchanges the capture must hold (the session really went through the recorder).
+    exchanges: int
+
+
+ENDINGS = {
+    "quit": Ending(_answer_everything, _quit, 4),
+    "client vanishes": Ending(_answer_everything, _vanish, 2),
+    "client resets": Ending(_answer_everything, _reset, 1),
+    "server closes": Ending(_answer_login_then_close, _server_closes, 1),
+    "pipelined burst": Ending(_answer_everything, _burst, BURST + 1),
+}
 
 
 @pytest.fixture
@@ -72,8 +136,9 @@ def no_cycle_collector() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("no_cycle_collector")
+@pytest.mark.parametrize("ending", ENDINGS.values(), ids=ENDINGS.keys())
 def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ending: Ending, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sessions: list[weakref.ref[_session.RelaySession]] = []
     recorders: list[weakref.ref[object]] = []
@@ -85,7 +150,7 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
         recorders.append(weakref.ref(self.recorder))
 
     monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
-    with scripted_server(_upstream) as upstream:
+    with scripted_server(ending.upstream) as upstream:
         config = RelayConfig(
             upstream=Endpoint(upstream.host, upstream.port),
             listen=Endpoint("127.0.0.1", 0),
@@ -97,15 +162,15 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
             with trio.fail_after(30):
                 async with trio.open_nursery() as nursery:
                     await nursery.start(server.run)
-                    await _client(server.address.port)
+                    stream = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+                    async with stream:
+                        await ending.client(Peer(stream))
                     server.shutdown()  # the run ends once the session has ended by itself
 
         trio.run(main)
         upstream.wait()
-    # The session really ran through the recorder (so the check below covers its parts).
     (path,) = iter_capture_paths([tmp_path])
-    capture = read_capture(path)
-    assert [e.verb for e in capture.exchanges()] == ["USER", "PASS", "LIST", "QUIT"]
+    assert len(read_capture(path).exchanges()) == ending.exchanges
     assert len(sessions) == 1
     assert sessions[0]() is None, "the session is only freed by the cycle collector"
     assert recorders[0]() is None
