@@ -105,7 +105,7 @@ class RelaySession:
         )
 
     def now(self) -> float:
-        return _seconds_since(self.started)
+        return trio.current_time() - self.started
 
     def stream_ended(self, direction: Direction, kind: str) -> None:
         self.ended[direction].set()
