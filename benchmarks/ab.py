@@ -8,6 +8,15 @@ between them many times (A B, B A, A B, ...); drifts of the machine then hit bot
     git worktree add /tmp/base HEAD~1      # or: git archive HEAD~1 | tar -x -C /tmp/base
     python -m benchmarks.ab /tmp/base . --load noop --rounds 12 [--captures-on tmpfs]
 
+With ``--serve replay`` both trees run ``pop3tap replay`` instead, serving the same capture,
+recorded once through this checkout's ``pop3tap record`` in front of the benchmark server in
+the shape of the load: the concurrency session for ``sessions`` (served as the ``replay``
+mode of ``benchmarks.run`` serves it), a login, one NOOP (or one ``RETR 2``) and QUIT for
+``noop`` (``retr``), served with ``--match any`` so that every repeated command gets the
+recorded answer::
+
+    python -m benchmarks.ab /tmp/base . --serve replay --load sessions --rounds 12
+
 Each tree must be importable as ``pop3tap`` from its root (a built C scanner is used if it
 is there). A and B each write their captures to a fresh file system of the kind
 ``--captures-on`` names (a tmpfs mount each by default), which is probed and named in the
@@ -18,13 +27,37 @@ relays' CPU.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks import capturefs, paired, relays
+from benchmarks import capturefs, loadgen, paired, relays
+
+#: What one recorded session for ``--serve replay`` does, per load (the capture's shape).
+REPLAY_SHAPES = {
+    "noop": lambda port: loadgen.noop_latency("127.0.0.1", port, 1),
+    "retr": lambda port: loadgen.retr_latency("127.0.0.1", port, 1),
+}
+
+
+def replay_capture(load: str, server_port: int, workdir: Path) -> tuple[Path, list[str]]:
+    """Record the capture ``--serve replay`` serves for ``load`` into ``workdir``; return
+    it and the extra ``pop3tap replay`` arguments it is served with."""
+    if load == "sessions":
+        return relays.record_session(server_port, workdir), []
+    recorder = relays.start_relay("pop3tap", server_port, workdir)
+    try:
+        REPLAY_SHAPES[load](recorder.port)
+    finally:
+        recorder.stop()
+    # The recorder's readiness probe leaves a greeting-only capture: the largest is the session.
+    captures = sorted((workdir / "captures").glob("*.p3cap"), key=lambda p: p.stat().st_size)
+    if not captures:
+        raise SystemExit(f"no capture of the {load} session in {workdir / 'captures'}")
+    return captures[-1], ["--match", "any"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("b", type=Path, help="root of tree B (the change)")
     parser.add_argument("--load", choices=sorted(paired.LOADS), default="noop")
     parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument(
+        "--serve", choices=("record", "replay"), default="record",
+        help="run `pop3tap record` in front of the benchmark server (default), or "
+        "`pop3tap replay` serving one capture recorded for the load",
+    )
     capturefs.add_argument(parser)
     args = parser.parse_args(argv)
+    if args.serve == "replay" and args.load not in ("noop", "retr", "sessions"):
+        parser.error("--serve replay: --load noop, retr or sessions")
     for name, root in (("A", args.a), ("B", args.b)):
         if not (root / "pop3tap" / "__init__.py").is_file():
             parser.error(f"tree {name}: no pop3tap package in {root}")
@@ -60,10 +100,18 @@ def main(argv: list[str] | None = None) -> int:
 
         server = relays.start_server(64 * 1024 * 1024)
         try:
+            mode = "pop3tap"
+            extra: list[str] = []
+            if args.serve == "replay":
+                mode = "replay"
+                capture, extra = replay_capture(args.load, server.port, space.fresh("record"))
+                print(f"replaying {capture.stat().st_size} octets {' '.join(extra)}", flush=True)
             for name, root in (("A", args.a), ("B", args.b)):
                 port = relays.free_port()
                 (workdirs[name] / "captures").mkdir()
-                cmd = relays.relay_command("pop3tap", port, server.port, workdirs[name])
+                if args.serve == "replay":
+                    shutil.copyfile(capture, workdirs[name] / "session.p3cap")
+                cmd = relays.relay_command(mode, port, server.port, workdirs[name]) + extra
                 procs[name] = subprocess.Popen(
                     cmd, cwd=root.resolve(), stdin=subprocess.DEVNULL, start_new_session=True
                 )
