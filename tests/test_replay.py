@@ -281,6 +281,48 @@ async def test_idle_client_is_disconnected(
         assert await client.receive_some(10) == b""
 
 
+async def test_idle_limit_counts_from_the_client_s_last_line(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # One idle scope serves the whole session; every wait for a line re-arms it.
+    path = make_capture(tmp_path, TIMED, close=3.3)
+    server = ReplayServer(ReplayConfig(captures=(path,), idle_timeout=30))
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(server.handle, server_side)
+        assert await read_until(client, b"ready\r\n") == b"+OK ready\r\n"
+        await trio.sleep(20)
+        await client.send_all(b"CAPA\r\n")
+        assert await read_until(client, b".\r\n") == b"+OK\r\nTOP\r\nUIDL\r\n.\r\n"
+        got = await read_until(client, b"closing\r\n")
+        assert got == b"-ERR pop3tap replay: idle timeout, closing\r\n"
+        assert trio.current_time() - start == pytest.approx(50)
+        assert await client.receive_some(10) == b""
+
+
+async def test_recorded_pause_is_not_cut_short_by_the_idle_limit(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The recorded 0.5 s pause is held to the 0.4 s idle limit and then answered: a pause
+    # is pop3tap waiting, not the client, so it never ends the session as idle.
+    path = make_capture(tmp_path, TIMED, close=3.3)
+    config = ReplayConfig(captures=(path,), idle_timeout=0.4, timing="recorded")
+    server = ReplayServer(config)
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle, server_side)
+        assert await read_until(client, b"ready\r\n") == b"+OK ready\r\n"
+        await trio.sleep(0.05)
+        sent = trio.current_time()
+        await client.send_all(b"CAPA\r\n")
+        assert await read_until(client, b".\r\n") == b"+OK\r\nTOP\r\nUIDL\r\n.\r\n"
+        assert trio.current_time() - sent == pytest.approx(0.4)
+        await client.send_all(b"QUIT\r\n")
+        assert await read_until(client, b"\r\n") == b"+OK bye\r\n"
+        assert await client.receive_some(10) == b""
+
+
 def test_server_that_closed_mid_body_is_replayed_up_to_the_same_point(tmp_path: Path) -> None:
     records = [
         (0.1, "s2c", b"+OK hi\r\n"),

@@ -13,6 +13,8 @@ way the recorded server did. :class:`ReplayConnection` is the base of
 from __future__ import annotations
 
 import contextlib
+import math
+import socket
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -112,6 +114,12 @@ class _StlsTransport(trio.abc.HalfCloseableStream):
         await self.inner.aclose()
 
 
+def _shutdown_write(stream: trio.abc.Stream) -> None:
+    """Send FIN on a plain TCP stream now, as ``send_eof`` does without its checkpoint."""
+    with contextlib.suppress(OSError):
+        stream.socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
+
+
 def recorded_fault(spec: str | None) -> Fault | None:
     """The fault a capture's ``fault`` record names (None if none, or not parseable)."""
     if spec is None:
@@ -130,7 +138,18 @@ class ReplayConnection:
         self.server = server
         self.config = server.config
         self.stream = stream
+        #: The descriptor under a plain TCP stream (None for TLS and memory streams).
+        self.fd = plain_fd(stream)
         self.number = number
+        #: ``config.speed``, worked out once: 0 sends recorded answers without delays.
+        self.speed = self.config.speed
+        idle = self.config.idle_timeout
+        self._idle_seconds = math.inf if idle is None else idle
+        #: Bounds each wait for a client line by the idle timeout: armed (a deadline) only
+        #: while :meth:`_receive` waits, so one scope serves the whole session instead of
+        #: one per line (see :meth:`run`).
+        self._idle = trio.CancelScope()
+        self._idle_entered = False
         self.reader = ClientReader(max_line=self.config.max_line)
         self.reason: str = CloseReason.CLIENT_CLOSED
         #: The client leg is TLS (implicit, or after STLS).
@@ -172,19 +191,34 @@ class ReplayConnection:
             return None
 
     async def _receive(self) -> bytes:
-        idle = self.config.idle_timeout
-        with trio.move_on_after(idle if idle is not None else float("inf")):
-            try:
-                return await receive_some(self.stream, plain_fd(self.stream), RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return b""
-        raise IdleError
+        """The client's next bytes (b"" at its end), waiting at most the idle timeout.
+
+        The wait is bounded by the session's idle scope, armed here and disarmed after, so
+        a line costs two deadline updates rather than a cancel scope of its own. Outside
+        :meth:`run` (no idle scope entered) the wait gets a scope of its own.
+        """
+        idle = self._idle
+        if not self._idle_entered:
+            with trio.move_on_after(self._idle_seconds):
+                return await self._receive_now()
+            raise IdleError
+        idle.deadline = trio.current_time() + self._idle_seconds
+        try:
+            return await self._receive_now()
+        finally:
+            idle.deadline = math.inf
+
+    async def _receive_now(self) -> bytes:
+        try:
+            return await receive_some(self.stream, self.fd, RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
 
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, segment: Segment) -> None:
         """Send recorded bytes, with the recorded delay and pacing unless timing is fast."""
-        speed = self.config.speed
+        speed = self.speed
         if speed == 0 or (segment.delay == 0 and len(segment.pacing) <= 1):
             await self.send_all(segment.data)
             return
@@ -258,7 +292,7 @@ class ReplayConnection:
         if self.config.listen_tls and not await self.start_tls(self.stream, mode="implicit"):
             return
         try:
-            await self.serve()
+            await self._serve_within_idle_limit()
         except LineTooLongError:
             self.reason = "line too long"
             self.log.warning("replay.line_too_long", max_line=self.config.max_line)
@@ -271,6 +305,17 @@ class ReplayConnection:
                 await self.send_error("idle timeout, closing")
         except ClosedError:
             self.reason = CloseReason.CLIENT_GONE
+
+    async def _serve_within_idle_limit(self) -> None:
+        """:meth:`serve` inside the session's idle scope; :class:`IdleError` when it fired."""
+        self._idle_entered = True
+        try:
+            with self._idle:
+                await self.serve()
+        finally:
+            self._idle_entered = False
+        if self._idle.cancelled_caught:
+            raise IdleError
 
     async def upgrade(self) -> bool:
         """TLS after the recorded STLS ``+OK`` (RFC 2595 §4); False when the session ends.
@@ -306,6 +351,7 @@ class ReplayConnection:
             return False
         self.log.info("replay.tls", leg="client", mode=mode, **tls_info(tls, server=server_tls))
         self.stream = tls
+        self.fd = None
         self.reader.tls_established()
         self.tls_up = True
         return True
@@ -315,8 +361,12 @@ class ReplayConnection:
         # A second stop signal (abort) closes at once, without the linger.
         if not self.reset_on_close and not self.server.aborted:
             await self._linger()
+        stream = self.stream
+        if type(stream) is trio.SocketStream:
+            stream.socket.close()  # what aclose does, without its checkpoint
+            return
         with trio.move_on_after(1):
-            await trio.aclose_forcefully(self.stream)
+            await trio.aclose_forcefully(stream)
 
     async def finish(self) -> None:
         """Close, then log how the session ended."""
@@ -338,7 +388,9 @@ class ReplayConnection:
             return
         with trio.move_on_after(1):
             try:
-                if isinstance(stream, trio.SSLStream):
+                if self.fd is not None:
+                    _shutdown_write(stream)
+                elif isinstance(stream, trio.SSLStream):
                     if not await send_close_notify(stream):
                         return
                 elif isinstance(stream, trio.abc.HalfCloseableStream):
@@ -347,7 +399,7 @@ class ReplayConnection:
                     return
                 discarded = 0
                 while discarded < (1 << 20):
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await receive_some(stream, self.fd, RECEIVE_SIZE)
                     if not data:
                         return
                     discarded += len(data)
