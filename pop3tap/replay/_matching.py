@@ -141,6 +141,8 @@ class Accounting:
         self.unmatched: list[UnmatchedCommand] = []
         self.unmatched_total = 0
         self._keys: dict[int, list[tuple[str, bytes]]] = {}
+        self._playable: dict[int, dict[tuple[str, bytes], tuple[RecordedExchange, ...]]] = {}
+        self._stls: dict[int, bool] = {}
 
     def keys(self, index: int) -> list[tuple[str, bytes]]:
         """The match keys of session ``index``'s exchanges, worked out once for every
@@ -151,6 +153,26 @@ class Accounting:
             masked = session.secrets == "masked"
             keys = self._keys[index] = [exchange_key(ex, masked) for ex in session.exchanges]
         return keys
+
+    def playable(self, index: int) -> dict[tuple[str, bytes], tuple[RecordedExchange, ...]]:
+        """Session ``index``'s exchanges a command can be answered with, by match key, in
+        recorded order (worked out once): those the recorded server answered or closed
+        at; the recorded client may have left before the server answered its last one."""
+        by_key = self._playable.get(index)
+        if by_key is None:
+            grouped: dict[tuple[str, bytes], list[RecordedExchange]] = {}
+            for ex, key in zip(self.sessions[index].exchanges, self.keys(index), strict=True):
+                if ex.answered or ex.closes:
+                    grouped.setdefault(key, []).append(ex)
+            by_key = self._playable[index] = {k: tuple(v) for k, v in grouped.items()}
+        return by_key
+
+    def stls(self, index: int) -> bool:
+        """Session ``index``'s :attr:`~RecordedSession.stls`, worked out once."""
+        found = self._stls.get(index)
+        if found is None:
+            found = self._stls[index] = self.sessions[index].stls
+        return found
 
     def note_unmatched(self, capture: str, command: str, candidates: tuple[str, ...]) -> None:
         """A command without a recorded answer (the first :data:`MAX_UNMATCHED_KEPT` kept)."""
@@ -181,13 +203,14 @@ class Matcher:
         self.listen_tls = listen_tls
         self.played = [False] * len(self.session.exchanges)
         #: Whether the STLS phase matters (see :meth:`in_phase`), worked out once.
-        self.phased = not listen_tls and self.session.stls
+        self.phased = not listen_tls and accounting.stls(index)
         #: ``strict``: the next exchange expected.
         self.cursor = 0
         #: The connection is past its STLS upgrade (RFC 2595 §4).
         self.after_tls = False
         self._masked = self.session.secrets == "masked"
         self._keys = accounting.keys(index)
+        self._playable = accounting.playable(index)
 
     def switched(self, index: int, answered: Sequence[Command]) -> Matcher:
         """A matcher for another session (``by_user``) that has played ``answered``."""
@@ -224,13 +247,10 @@ class Matcher:
                     return ex
             return None
         last: RecordedExchange | None = None
-        for ex in exchanges:
-            if not ex.answered and not ex.closes:
-                continue  # the client left before the recorded server answered
-            if not self.in_phase(ex):
-                continue
-            if self._keys[ex.index] == wanted:
-                if not self.played[ex.index]:
+        played = self.played
+        for ex in self._playable.get(wanted, ()):
+            if not self.phased or ex.after_tls == self.after_tls:  # in_phase, inlined
+                if not played[ex.index]:
                     return ex
                 last = ex
         return last if self.mode == "any" else None
