@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import structlog
+import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pop3tap.relay._session import ERR_PREFIX as RELAY_PREFIX
 from pop3tap.replay._connection import ERR_PREFIX as REPLAY_PREFIX
-from pop3tap.server import error_line
+from pop3tap.server import ConnectionServer, Endpoint, error_line
 
 PREFIXES = [RELAY_PREFIX, REPLAY_PREFIX]
 
@@ -39,3 +41,33 @@ def test_any_text_gives_exactly_one_readable_line(prefix: str, text: str) -> Non
     assert b"\r" not in line[:-2] and b"\n" not in line[:-2]
     decoded = line.decode("utf-8")  # never an escape a client would show as \udcxx
     assert "\\udc" not in decoded or "\\udc" in text
+
+
+class _LeavesItOpen(ConnectionServer):
+    """Greets, then returns without closing: the base must close the connection."""
+
+    served = 0
+
+    async def serve_connection(self, stream: trio.SocketStream, session_id: str) -> None:
+        self.served += 1
+        await stream.send_all(b"+OK hello\r\n")
+        if self.served == 2:
+            raise RuntimeError("a handler that fails still gets its connection closed")
+
+
+async def test_every_accepted_connection_is_closed_after_its_handler() -> None:
+    server = _LeavesItOpen(
+        listen=Endpoint("127.0.0.1", 0), grace=1.0, log=structlog.get_logger("test")
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        for _ in range(3):
+            client = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+            got = b""
+            with trio.fail_after(10):
+                while chunk := await client.receive_some(100):
+                    got += chunk
+            assert got == b"+OK hello\r\n"  # then the end of the stream: closed by the base
+            await client.aclose()
+        assert server.active_sessions == 0 and server.total_sessions == 3
+        server.shutdown()

@@ -10,6 +10,7 @@ fails. The one ``-ERR`` line pop3tap itself writes comes from :func:`error_line`
 
 from __future__ import annotations
 
+import errno
 import secrets
 import socket
 from typing import Any, ClassVar
@@ -18,6 +19,10 @@ import structlog
 import trio
 
 from pop3tap.server._net import Endpoint, open_listeners
+
+#: accept() errors that mean "out of descriptors or memory for now": wait and accept again
+#: (the errors ``trio.serve_listeners`` retries on).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 def error_line(prefix: str, text: str) -> bytes:
@@ -103,7 +108,9 @@ class ConnectionServer:
             self._handlers = handlers
             with self._accept_scope:
                 task_status.started(self.listeners)
-                await trio.serve_listeners(self._handle, self.listeners, handler_nursery=handlers)
+                async with trio.open_nursery() as accepting:
+                    for listener in self.listeners:
+                        accepting.start_soon(self._accept, listener, handlers)
             for listener in self.listeners:
                 await listener.aclose()
             self.draining()
@@ -120,6 +127,34 @@ class ConnectionServer:
         self.shutdown()
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()
+
+    async def _accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        """Accept clients on ``listener`` until cancelled, each served in its own task.
+
+        As ``trio.serve_listeners`` does, but each connection is closed by
+        :meth:`_serve_and_close`: a plain socket without trio's checkpoint, which would
+        raise and catch a ``Cancelled`` in every session.
+        """
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self.log.error(f"{self.kind}.accept_failed", error=exc.strerror, retry_s=0.1)
+                await trio.sleep(0.1)
+                continue
+            handlers.start_soon(self._serve_and_close, stream)
+
+    async def _serve_and_close(self, stream: trio.SocketStream) -> None:
+        """Serve one accepted client, then make sure its connection is closed."""
+        try:
+            await self._handle(stream)
+        finally:
+            if type(stream) is trio.SocketStream:
+                stream.socket.close()  # what aclose does, without its checkpoint
+            else:  # pragma: no cover - listeners here give plain socket streams
+                await trio.aclose_forcefully(stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         """Per-connection handler: every error is logged here, never raised to the server."""
