@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -426,6 +427,35 @@ def test_ab_names_the_capture_file_system(tmp_path: Path) -> None:
     assert f"captures on {tmp_path.resolve()}: fresh directories" in proc.stdout
     assert "  A: " in proc.stdout and f"(statfs {kind})" in proc.stdout
     assert "median of paired B/A" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("load", ["noop", "sessions"])
+def test_ab_serve_replay_plays_one_recorded_capture_to_both_trees(
+    tmp_path: Path, load: str
+) -> None:
+    """benchmarks.ab --serve replay: both trees serve the capture recorded for the load, and
+    every command of every round gets its recorded answer (the load generator fails on an
+    -ERR, and so would the A/B)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab", str(REPO), str(REPO), "--serve", "replay",
+         "--load", load, "--rounds", "2", "--captures-on", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "replaying " in proc.stdout
+    assert ("--match any" in proc.stdout) == (load == "noop")
+    samples = {
+        name: [float(v) for v in re.findall(r"[0-9.]+", line.split(": ", 1)[1])]
+        for name, line in (
+            (x.split()[2].rstrip(":"), x)
+            for x in proc.stdout.splitlines()
+            if x.startswith(f"{load} ")
+        )
+    }
+    assert set(samples) == {"A", "B"} and all(
+        len(v) == 2 and min(v) > 0 for v in samples.values()
+    )
     assert list(tmp_path.iterdir()) == []
 
 
