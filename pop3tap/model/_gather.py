@@ -48,8 +48,12 @@ def _status_text(line: bytes) -> str:
 
 
 def _template(text: str, **values: int) -> str:
-    """``text`` with whole-word numbers equal to a value replaced by ``{name}``."""
-    out = text
+    """``text`` with whole-word numbers equal to a value replaced by ``{name}``.
+
+    The result is a :meth:`str.format` template; ``text`` is a recorded server's (hostile
+    capture input), so its own braces are doubled first and stay text.
+    """
+    out = text.replace("{", "{{").replace("}", "}}")
     for name, value in values.items():
         out = re.sub(rf"(?<![0-9]){value}(?![0-9])", "{" + name + "}", out, count=1)
     return out
