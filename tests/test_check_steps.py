@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 from handmade import Step, clean_session, write_capture
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from pop3tap.check._run import load_session
+from pop3tap.check._secrets import Secrets
 from pop3tap.cli import main
+from pop3tap.protocol import WORD_SEPARATORS, mask_line
 
 
 @pytest.fixture(autouse=True)
@@ -274,3 +279,87 @@ def test_no_sasl_answer_after_the_server_ended_the_exchange(
         main(["check", str(path), "--against", f"127.0.0.1:{port}", "--timeout", "2"])
     capsys.readouterr()
     assert commands == [b"AUTH PLAIN"]
+
+
+def _accept_login(commands: list[bytes]) -> Callable[[socket.socket], None]:
+    """A server that records each command line and accepts it (QUIT ends the session)."""
+
+    def behave(conn: socket.socket) -> None:
+        conn.sendall(b"+OK ready\r\n")
+        reader = conn.makefile("rb")
+        conn.settimeout(10)
+        while line := reader.readline():
+            commands.append(line.rstrip(b"\r\n"))
+            conn.sendall(b"+OK Logged in.\r\n" if commands[-1] != b"QUIT" else b"+OK bye\r\n")
+            if commands[-1] == b"QUIT":
+                return
+
+    return behave
+
+
+_PLAIN = b"AGV2ZQBwdw=="  # base64 of "\0eve\0pw" (RFC 4616 §2)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "sent"),
+    [
+        # RFC 1734 allows a tab after AUTH: the placeholder itself used to be sent.
+        (b"AUTH PLAIN\t********", b"AUTH PLAIN\t" + _PLAIN),
+        (b"AUTH PLAIN ********", b"AUTH PLAIN " + _PLAIN),
+        (b"auth plain  ********", b"auth plain  " + _PLAIN),
+        (b"PASS ********", b"PASS pw"),
+        (b"pass\t********", b"pass\tpw"),
+    ],
+)
+def test_a_masked_login_is_sent_with_the_secret_in_place_of_the_mask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], recorded: bytes, sent: bytes
+) -> None:
+    """The recorded line goes out as the client wrote it, only the placeholder replaced by
+    the secret: never the placeholder, and the same separators and case."""
+    steps: list[Step] = [
+        ("s", b"+OK ready\r\n"),
+        ("c", recorded + b"\r\n"),
+        ("s", b"+OK Logged in.\r\n"),
+        ("c", b"QUIT\r\n"),
+        ("s", b"+OK bye\r\n"),
+    ]
+    path = write_capture(tmp_path, steps)
+    commands: list[bytes] = []
+    with fake_server(_accept_login(commands)) as port:
+        main(["check", str(path), "--against", f"127.0.0.1:{port}", "--password", "eve=pw"])
+    capsys.readouterr()
+    assert commands[0] == sent
+    assert b"********" not in b"".join(commands)
+
+
+#: Bytes a server may take as a word separator (pop3tap's masker and split rule).
+_SEPARATOR = st.sampled_from(sorted(WORD_SEPARATORS)).map(lambda b: bytes([b]))
+_CASED = st.sampled_from((bytes.upper, bytes.lower, bytes.title))
+
+
+@settings(max_examples=120, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    verb=st.sampled_from((b"PASS", b"AUTH")),
+    case=_CASED,
+    first=st.lists(_SEPARATOR, min_size=1, max_size=3).map(b"".join),
+    second=_SEPARATOR,
+)
+def test_check_sends_back_the_line_the_client_wrote(
+    tmp_path_factory: pytest.TempPathFactory,
+    verb: bytes,
+    case: Callable[[bytes], bytes],
+    first: bytes,
+    second: bytes,
+) -> None:
+    """Masked by the recorder, filled in by check: the client's own line comes back, for
+    every separator and case (the secret starts one separator after the last clear word)."""
+    if verb == b"PASS":
+        original = case(b"PASS") + second + b"pw"
+    else:
+        original = case(b"AUTH") + first + case(b"PLAIN") + second + _PLAIN
+    masked = mask_line(original)
+    assert masked != original
+    steps: list[Step] = [("s", b"+OK ready\r\n"), ("c", masked + b"\r\n"), ("s", b"+OK\r\n")]
+    session, _tls = load_session(write_capture(tmp_path_factory.mktemp("c"), steps))
+    (exchange,) = session.exchanges
+    assert Secrets("eve", "pw").command(exchange, None) == original  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pop3tap.check._config import MASK, CheckConfig, CheckError
 from pop3tap.check._connection import Connection
-from pop3tap.protocol import Credential, spec_of
+from pop3tap.protocol import Credential, spec_of, split_command
 from pop3tap.replay import RecordedExchange, RecordedSession
 
 
@@ -77,6 +77,13 @@ def needs_secret(session: RecordedSession) -> list[str]:
     return needs
 
 
+def _fill_mask(line: bytes, secret: bytes) -> bytes:
+    """``line`` with the placeholder that ends it replaced by ``secret``."""
+    if not line.endswith(MASK):
+        raise CheckError("a masked command does not end with the placeholder")
+    return line[: -len(MASK)] + secret
+
+
 def _apop_digest(timestamp: str, password: str) -> str:
     """RFC 1939 §7: MD5 of the greeting's timestamp followed by the shared secret."""
     return hashlib.md5((timestamp + password).encode(), usedforsecurity=False).hexdigest()
@@ -95,19 +102,25 @@ class Secrets:
         return self.user, self.password
 
     def command(self, ex: RecordedExchange, conn: Connection) -> bytes:
+        """The line to send for a recorded command: as the client wrote it (case and
+        separators kept), with a masked PASS or AUTH initial response filled in where the
+        placeholder stands, and an APOP digest computed over the live greeting."""
         line = ex.line
         credential = spec_of(ex.verb).credential
         if credential is Credential.PASSWORD and ex.raw_args == MASK:
-            return b"PASS " + self._need("PASS")[1].encode()
+            return _fill_mask(line, self._need("PASS")[1].encode())
         if credential is Credential.GREETING_DIGEST:
             user, password = self._need("APOP")
             stamp = conn.greeting.apop_timestamp if conn.greeting else None
             if not stamp:
                 raise CheckError("APOP: the live server's greeting carries no timestamp")
             return f"APOP {user} {_apop_digest(stamp, password)}".encode()
-        if credential is Credential.SASL and ex.raw_args.endswith(b" " + MASK):
-            mechanism = ex.raw_args.split(None, 1)[0].decode("ascii", "replace").upper()
-            return b"AUTH " + mechanism.encode() + b" " + self.sasl(mechanism, 0, b"")
+        if credential is Credential.SASL:
+            # Any separator may stand between the mechanism and the masked initial
+            # response (RFC 1734 allows a tab): the masker's word rule finds them.
+            mechanism, initial = split_command(ex.raw_args)
+            if mechanism and initial == MASK:
+                return _fill_mask(line, self.sasl(mechanism, 0, b""))
         return line
 
     def sasl(self, mechanism: str, step: int, challenge: bytes) -> bytes:
