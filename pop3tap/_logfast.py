@@ -167,16 +167,12 @@ class Pop3ConsoleRenderer:
     def __call__(
         self, logger: WrappedLogger, method: str, event_dict: MutableMapping[str, Any]
     ) -> str:
-        """Render one event dict to a line; control characters in values are escaped."""
-        for key, value in event_dict.items():
-            if key not in ("exc_info", "exception", "stack") and isinstance(
-                value, str | dict | list
-            ):
-                event_dict[key] = _printable_value(value)
+        """Render one event dict to a line (:meth:`render`)."""
         return self.render(event_dict)
 
     def render(self, ev: MutableMapping[str, Any]) -> str:
-        """One console line for an event dict."""
+        """One console line for an event dict, every value escaped here and only here: a
+        value escaped twice could not tell a peer's ESC from a peer's ``\\x1b``."""
         stamp = ev.get("timestamp")
         clock = stamp[11:19] if isinstance(stamp, str) and len(stamp) >= 19 else "--:--:--"
         session = next((printable(str(ev[k])) for k in _SESSION_KEYS if ev.get(k)), "")
@@ -191,7 +187,7 @@ class Pop3ConsoleRenderer:
             return f"{head} {self._paint('bold', '>> open')} {where}"
         if name == "session.close":
             details = " ".join(
-                f"{key}={ev[key]}"
+                f"{key}={printable(str(ev[key]))}"
                 for key in ("retr", "top", "dele", "update", "bytes_in", "bytes_out", "duration_s")
                 if key in ev
             )
@@ -200,8 +196,8 @@ class Pop3ConsoleRenderer:
         if name == "pop3.greeting":
             greeting = self._status_text(printable(str(ev.get("first_line", ""))))
             return f"{head} {'':<{_COMMAND_WIDTH}} {greeting}"
-        level = str(ev.get("level", "info"))
-        label = name
+        level = printable(str(ev.get("level", "info")))
+        label = printable(name)
         if level in ("warning", "error", "critical", "exception"):
             label = self._paint("error" if level != "warning" else "warning", f"{level}: {name}")
         extra = " ".join(
@@ -209,7 +205,10 @@ class Pop3ConsoleRenderer:
         )
         line = f"{head} {label} {extra}".rstrip()
         exc = ev.get("exception")
-        return line if not exc else f"{line}\n{exc}"
+        if not exc:
+            return line
+        # A traceback keeps its lines; what an exception says may quote a peer.
+        return "\n".join([line, *(printable(part) for part in str(exc).splitlines())])
 
     def _status_text(self, first_line: str) -> str:
         if first_line.startswith("-ERR"):
@@ -251,17 +250,6 @@ def _console_value(value: Any) -> str:
     if plain:
         return text
     return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
-
-
-def _printable_value(value: Any) -> Any:
-    """``value`` with control characters escaped in every string inside it."""
-    if isinstance(value, str):
-        return printable(value)
-    if isinstance(value, dict):
-        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_printable_value(v) for v in value]
-    return value
 
 
 def render_exchange_line(ev: MutableMapping[str, Any]) -> str:

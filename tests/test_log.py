@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -176,7 +177,7 @@ def test_console_renders_exchanges_compactly() -> None:
     # Every other event in the same shape: time, session, name, key=value.
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d a1b2c3d4e5f6 pop3\.connect "
-        r"upstream=pop\.example\.com:110 raw=\+OK\\r\\n",  # CR LF escaped: one line
+        r'upstream=pop\.example\.com:110 raw="\+OK\\r\\n"',  # quoted, CR LF escaped: one line
         third,
     ), third
     assert "\x1b[" not in out.getvalue() and "b'" not in third  # no colours, no reprs
@@ -409,3 +410,39 @@ def test_console_view_is_one_line_without_control_characters(line: str, args: st
     ):
         rendered = renderer.render(event)
         assert rendered.isprintable(), rendered
+
+
+def _console_line(event: dict[str, Any]) -> str:
+    """The console view of one event, as the processor chain calls the renderer."""
+    from pop3tap.log import Pop3ConsoleRenderer
+
+    return str(Pop3ConsoleRenderer(colors=False)(None, "info", dict(event)))
+
+
+def test_an_escaped_control_character_and_its_spelling_look_different() -> None:
+    """A peer that sends the four characters ``\\x1b`` must not pass for one that sent ESC:
+    in a quoted value a backslash of the peer's is written ``\\\\`` (the escape the
+    renderer's quoting promises), whichever path renders the line."""
+    sent_esc = {"event": "pop3.stray", "line": "+OK a \x1b[2J"}
+    spelt_it = {"event": "pop3.stray", "line": "+OK a \\x1b[2J"}
+    assert _console_line(sent_esc) != _console_line(spelt_it)
+    assert r'line="+OK a \x1b[2J"' in _console_line(sent_esc)
+    assert r'line="+OK a \\x1b[2J"' in _console_line(spelt_it)
+
+
+@given(value=st.text(max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_a_quoted_value_reads_back_as_what_the_peer_sent(value: str) -> None:
+    """Every other field's value is either one plain word shown as it is, or a quoted
+    string whose escapes are Python's: it reads back exactly, so no two values look alike.
+    The processor chain (console view) and the log tee (console plus JSON file) agree."""
+    from pop3tap.log import Pop3ConsoleRenderer
+
+    event = {"event": "pop3.stray", "level": "info", "line": value}
+    line = _console_line(event)
+    assert line == Pop3ConsoleRenderer(colors=False).render(dict(event))
+    shown = line.split(" line=", 1)[1]
+    if shown.startswith('"'):
+        assert ast.literal_eval(shown) == value
+    else:
+        assert shown == value and value.isprintable() and " " not in value
