@@ -816,3 +816,17 @@ def test_a_script_whose_output_is_closed_stops_without_quit_and_exits_1(
     assert capture.complete and b"DELE" not in capture.stream("c2s")
     assert b"QUIT" not in capture.stream("c2s")
     assert dovecot.mailbox_messages(box.user) == corpus
+
+
+@realpeer
+def test_a_script_line_is_echoed_escaped(
+    dovecot: Dovecot, corpus: list[bytes], tmp_path: Path
+) -> None:
+    """A script is input like any other (it may come with a bug report): the ``> line``
+    echo of a command it sends goes through the same filter as the server's lines."""
+    box = dovecot.new_mailbox(corpus)
+    script = "NOOP \x1b]0;owned\x07 \u202eevil\x9b2J\nQUIT\n"
+    result = run_script(dovecot, box, tmp_path, script, "--keep-going")
+    assert "> NOOP \\x1b]0;owned\\x07 \\u202eevil\\x9b2J" in result.stdout, result.stdout
+    assert not any(c in result.stdout for c in "\x1b\x07\u202e\x9b"), result.stdout
+    assert result.stdout.rstrip().endswith("+OK Logging out.")

@@ -62,7 +62,8 @@ class Display(Protocol):
         """A line the server sent, already terminal-safe."""
 
     def sent(self, text: str, *, typed: bool) -> None:
-        """A command line sent (secrets masked); ``typed`` when the user typed it."""
+        """A command line sent (secrets masked, terminal-safe); ``typed`` when the user
+        typed it."""
 
     def note(self, text: str) -> None:
         """pop3tap's own remark (what happened, what to do next)."""
@@ -149,7 +150,8 @@ class ConsoleBase:
     def _command(self, line: bytes, shown: str, *, typed: bool, sasl: bool = False) -> _Answer:
         """Send one line and read its status line (a ``+`` continuation only with ``sasl``)."""
         self._drain_unsolicited()
-        self.display.sent(shown, typed=typed)
+        # A script line is input like a server's: shown through the same filter.
+        self.display.sent(terminal_safe(shown), typed=typed)
         self.link.send_line(line)
         verb = shown.split(" ", 1)[0].upper()
         status_line = self.link.read_status(f"while waiting for the answer to {verb}")
