@@ -423,3 +423,31 @@ def test_obsolete_transaction_commands_answered_before_the_login(
     says: +OK to one before the login is in the wrong state."""
     steps = inserted(1, ("c", command + b"\r\n"), ("s", b"+OK 0\r\n"))(clean_session())
     assert lint_steps(tmp_path, steps) == expect("ok-in-wrong-state", 1)
+
+
+#: Bytes that separate words as pop3tap's masker splits them (RFC 1734 allows a tab after
+#: AUTH; servers split on whatever their C library calls a blank).
+_BLANKS = st.sampled_from([b" ", b"\t", b"\x0b", b"\x0c", b"\x00", b" \t"])
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    blank=_BLANKS,
+    mechanism=st.sampled_from([b"PLAIN", b"plain", b"Login"]),
+)
+def test_plaintext_sasl_is_found_whatever_separates_the_mechanism(
+    tmp_path_factory: pytest.TempPathFactory, blank: bytes, mechanism: bytes
+) -> None:
+    """``AUTH PLAIN<TAB>response`` sends the password as surely as with a space: the
+    mechanism is the first word by the masker's rule, not what comes before a space."""
+    steps: list[Step] = [
+        ("s", b"+OK ready\r\n"),
+        ("c", b"AUTH " + mechanism + blank + b"AGFsaWNlAHB3\r\n"),
+        ("s", b"+OK logged in\r\n"),
+        ("c", b"QUIT\r\n"),
+        ("s", b"+OK bye\r\n"),
+    ]
+    findings = lint_steps(tmp_path_factory.mktemp("l"), steps, upstream="192.0.2.10:110")
+    assert [f for f in findings if f[0] == "plaintext-credentials"] == expect(
+        "plaintext-credentials", 1
+    )

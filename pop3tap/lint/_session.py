@@ -36,6 +36,7 @@ from pop3tap.protocol import (
     StrayLine,
     UnsolicitedLine,
     spec_of,
+    split_command,
 )
 
 #: Bytes of a message after its headers that go into the digest lint recognises it by.
@@ -45,6 +46,12 @@ IDENTITY_PREFIX: Final = 1024 * 1024
 _RESP_LEVEL: Final = re.compile(rb"[\x21-\x2e\x30-\x5c\x5e-\x7f]+")
 _OCTETS: Final = re.compile(r"^\+OK\s+(\d+)\s+octets", re.IGNORECASE)
 _PLAINTEXT_MECHS: Final = frozenset({"PLAIN", "LOGIN"})
+
+
+def _mechanism(args: str) -> str:
+    """The SASL mechanism an AUTH names, upper-cased: its first word by the masker's word
+    rule (any blank or control byte separates; RFC 1734 allows a tab)."""
+    return split_command(args.encode("utf-8", "surrogateescape"))[0]
 
 
 def _number(text: str) -> int | None:
@@ -222,8 +229,7 @@ class SessionLinter(MailboxRules):
                 ex,
             )
         plaintext = spec.credential in (Credential.USER_NAME, Credential.PASSWORD) or (
-            spec.credential is Credential.SASL
-            and ex.args.split(" ", 1)[0].upper() in _PLAINTEXT_MECHS
+            spec.credential is Credential.SASL and _mechanism(ex.args) in _PLAINTEXT_MECHS
         )
         # USER only names the account; PASS and the SASL data reveal the secret.
         protected = self._tls or self._stls_seq is not None or self._loopback
