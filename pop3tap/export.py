@@ -28,7 +28,7 @@ from typing import Final, Literal
 
 from pop3tap.bodies import unstuff_body
 from pop3tap.capture import Capture
-from pop3tap.protocol import Direction, Exchange, Flag, Status, spec_of
+from pop3tap.protocol import Direction, Exchange, Flag, Status, login_name, spec_of
 
 __all__ = [
     "ExportError",
@@ -152,11 +152,11 @@ def _logged_in_user(exchanges: Iterable[Exchange]) -> str | None:
     named: str | None = None
     for ex in exchanges:
         if ex.verb == "USER":
-            named = ex.args.split(" ")[0] or None if ex.status is Status.OK else None
+            named = login_name(ex.verb, ex.args) if ex.status is Status.OK else None
         elif ex.verb == "PASS" and ex.status is Status.OK:
             return named
         elif ex.verb == "APOP" and ex.status is Status.OK:
-            return ex.args.split(" ")[0] or None
+            return login_name(ex.verb, ex.args)
         elif ex.verb == "AUTH" and ex.status is Status.OK:
             return None
     return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pop3tap.capture import Capture, CaptureReader, derive_events
-from pop3tap.protocol import Exchange
+from pop3tap.protocol import Exchange, login_name, split_command
 
 __all__ = ["Selection", "SelectionError", "parse_when"]
 
@@ -59,12 +59,12 @@ def session_user(exchanges: Sequence[Exchange]) -> str | None:
         if ex.verb == "USER" and ex.args:
             return ex.args
         if ex.verb == "APOP" and ex.args:
-            return ex.args.split(" ", 1)[0]
+            return login_name(ex.verb, ex.args)
         if ex.verb == "AUTH" and ex.args:
-            parts = ex.args.split(" ", 1)
-            if len(parts) == 2 and parts[0].upper() == "PLAIN":
+            mechanism, initial = split_command(ex.args.encode("utf-8", "surrogateescape"))
+            if initial and mechanism == "PLAIN":
                 try:
-                    decoded = base64.b64decode(parts[1], validate=True).split(b"\0")
+                    decoded = base64.b64decode(initial, validate=True).split(b"\0")
                 except (binascii.Error, ValueError):
                     return None
                 if len(decoded) == 3:

@@ -18,7 +18,7 @@ from pop3tap.lint._report import (
     quote_tx,
 )
 from pop3tap.lint._rules import Side
-from pop3tap.protocol import Exchange, Flag, Status, counts_as_login
+from pop3tap.protocol import Exchange, Flag, Status, counts_as_login, login_name
 
 
 class MailboxRules:
@@ -97,7 +97,7 @@ class MailboxRules:
             return
         self._after_user = False
         if verb == "APOP":
-            self._user = ex.args.split(" ", 1)[0] or None
+            self._user = login_name(verb, ex.args)
         if verb == "AUTH" and ex.status is Status.ERR and not ex.sasl:
             self._auth_refused(ex)
         if ok and counts_as_login(verb, bool(ex.args.strip())):

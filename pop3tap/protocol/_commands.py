@@ -241,11 +241,15 @@ def summary_counter(verb: str) -> Counter:
 
 
 def login_name(verb: str, args: str) -> str | None:
-    """The user named by a (masked) command's argument text: USER's or APOP's first word."""
+    """The user named by a (masked) command's argument text: USER's or APOP's first word,
+    by the masker's word rule (:data:`WORD_SEPARATORS`: a tab or any control byte
+    separates ``APOP name digest`` as surely as a space does)."""
     spec = COMMANDS.get(verb)
     if spec is None or not spec.names_user or not args:
         return None
-    return args.split(" ", 1)[0]
+    match = _FIRST_WORD_TEXT.match(args)
+    assert match is not None  # the pattern matches the empty string
+    return match.group(1) or None
 
 
 _KNOWN_VERBS = frozenset(COMMANDS)
@@ -261,6 +265,8 @@ WORD_SEPARATORS = frozenset(b for b in range(0x21) if b not in (0x0A, 0x0D)) | {
 _SEPARATOR_CLASS = rb"\x00-\x09\x0b\x0c\x0e-\x20\x7f"
 _FIRST_WORD = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]*([^" + _SEPARATOR_CLASS + rb"]*)")
 _SEPARATOR_RUN = re.compile(rb"[" + _SEPARATOR_CLASS + rb"]+")
+#: :data:`_FIRST_WORD` for decoded argument text.
+_FIRST_WORD_TEXT = re.compile(_FIRST_WORD.pattern.decode("ascii"))
 
 #: Keywords whose arguments hold a secret (RFC 1939 §7, RFC 5034 §4), and how many words
 #: (the keyword included) come before the secret: ``PASS secret``, ``APOP name digest``,
