@@ -71,3 +71,41 @@ async def test_every_accepted_connection_is_closed_after_its_handler() -> None:
             await client.aclose()
         assert server.active_sessions == 0 and server.total_sessions == 3
         server.shutdown()
+
+
+class _Holds(ConnectionServer):
+    """Holds every connection open until cancelled."""
+
+    async def serve_connection(self, stream: trio.SocketStream, session_id: str) -> None:
+        await trio.sleep_forever()
+
+
+def _fresh_server() -> _Holds:
+    return _Holds(listen=Endpoint("localhost", 0), grace=5.0, log=structlog.get_logger("test"))
+
+
+async def test_listeners_are_closed_when_the_server_is_cancelled_from_outside() -> None:
+    # What a pytest fixture or an embedding program does: cancel the nursery running it.
+    server = _fresh_server()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.run)
+        client = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+        await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    await client.aclose()
+    assert listeners and [listener.socket.fileno() for listener in listeners] == [
+        -1 for _ in listeners
+    ]
+
+
+async def test_every_listener_is_closed_by_an_abort() -> None:
+    # "localhost" gives one listener per address family where both exist; an abort must
+    # not stop closing them after the first (a checkpoint there sees the cancelled drain).
+    server = _fresh_server()
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.run)
+        client = await trio.open_tcp_stream("127.0.0.1", server.address.port)
+        await trio.sleep(0.05)
+        server.abort()
+    await client.aclose()
+    assert [listener.socket.fileno() for listener in listeners] == [-1 for _ in listeners]
