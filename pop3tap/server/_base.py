@@ -106,13 +106,14 @@ class ConnectionServer:
             listener.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
-            with self._accept_scope:
-                task_status.started(self.listeners)
-                async with trio.open_nursery() as accepting:
-                    for listener in self.listeners:
-                        accepting.start_soon(self._accept, listener, handlers)
-            for listener in self.listeners:
-                await listener.aclose()
+            try:
+                with self._accept_scope:
+                    task_status.started(self.listeners)
+                    async with trio.open_nursery() as accepting:
+                        for listener in self.listeners:
+                            accepting.start_soon(self._accept, listener, handlers)
+            finally:
+                self._close_listeners()
             self.draining()
             handlers.cancel_scope.deadline = trio.current_time() + self.grace
 
@@ -127,6 +128,13 @@ class ConnectionServer:
         self.shutdown()
         if self._handlers is not None:
             self._handlers.cancel_scope.cancel()
+
+    def _close_listeners(self) -> None:
+        """Close every listening socket now, however accepting ended (shutdown, abort, a
+        cancel from outside, an error): without a checkpoint, which a cancelled drain
+        would turn into a ``Cancelled`` before the next listener is closed."""
+        for listener in self.listeners:
+            listener.socket.close()
 
     async def _accept(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
         """Accept clients on ``listener`` until cancelled, each served in its own task.
