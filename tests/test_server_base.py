@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import structlog
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pop3tap.relay._session import ERR_PREFIX as RELAY_PREFIX
@@ -90,7 +92,7 @@ async def test_listeners_are_closed_when_the_server_is_cancelled_from_outside() 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(server.run)
         client = await trio.open_tcp_stream("127.0.0.1", server.address.port)
-        await trio.sleep(0)
+        await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     await client.aclose()
     assert listeners and [listener.socket.fileno() for listener in listeners] == [
@@ -109,3 +111,41 @@ async def test_every_listener_is_closed_by_an_abort() -> None:
         server.abort()
     await client.aclose()
     assert [listener.socket.fileno() for listener in listeners] == [-1 for _ in listeners]
+
+
+_ENDINGS = ["shutdown", "abort", "cancel"]
+
+
+@settings(max_examples=15, deadline=None)
+@given(ending=st.sampled_from(_ENDINGS), count=st.integers(1, 3), clients=st.integers(0, 2))
+def test_property_however_serving_ends_no_listening_socket_stays_open(
+    ending: str, count: int, clients: int
+) -> None:
+    sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
+
+    async def main() -> list[trio.SocketListener]:
+        server = _Holds(
+            listen=Endpoint("127.0.0.1", 0),
+            grace=0.01,
+            log=structlog.get_logger("test"),
+            sockets=sockets,
+        )
+        opened: list[trio.abc.Stream] = []
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.run)
+            for n in range(clients):
+                port = listeners[n % count].socket.getsockname()[1]
+                opened.append(await trio.open_tcp_stream("127.0.0.1", port))
+            await trio.sleep(0.01)
+            {
+                "shutdown": server.shutdown,
+                "abort": server.abort,
+                "cancel": nursery.cancel_scope.cancel,
+            }[ending]()
+        for stream in opened:
+            await stream.aclose()
+        return listeners
+
+    listeners = trio.run(main)
+    assert len(listeners) == count
+    assert all(listener.socket.fileno() == -1 for listener in listeners)
