@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 
 import pytest
 import structlog
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -149,3 +152,55 @@ def test_property_however_serving_ends_no_listening_socket_stays_open(
     listeners = trio.run(main)
     assert len(listeners) == count
     assert all(listener.socket.fileno() == -1 for listener in listeners)
+
+
+class _ServesNothing(ConnectionServer):
+    async def serve_connection(self, stream: trio.SocketStream, session_id: str) -> None:
+        return None
+
+
+class _OutOfDescriptors:
+    """A listener whose accept fails with EMFILE ``failures`` times, then gives one client."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.accepted = 0
+        self.served = trio.Event()
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        if self.accepted:
+            await trio.sleep_forever()
+        self.accepted += 1
+        self.served.set()
+        return trio.testing.memory_stream_pair()[0]
+
+
+async def _accept_through(failures: int) -> list[dict[str, object]]:
+    server = _ServesNothing(
+        listen=Endpoint("127.0.0.1", 0), grace=1.0, log=structlog.get_logger("test")
+    )
+    listener = _OutOfDescriptors(failures)
+    with structlog.testing.capture_logs() as logs:
+        async with trio.open_nursery() as handlers:
+            handlers.start_soon(server._accept, listener, handlers)  # type: ignore[arg-type]
+            await listener.served.wait()
+            await trio.sleep(1)
+            handlers.cancel_scope.cancel()
+    assert listener.accepted == 1 and server.total_sessions == 1  # it recovered
+    return logs
+
+
+async def test_running_out_of_descriptors_for_an_hour_logs_a_bounded_number_of_lines(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A flood of clients holding every descriptor: accept fails every 0.1 s for an hour.
+    logs = await _accept_through(36_000)
+    failed = [line for line in logs if line["event"] == "server.accept_failed"]
+    assert 1 <= len(failed) <= 120  # at most one a minute, not ten a second
+    assert failed[0]["error"] == os.strerror(errno.EMFILE)
+    recovered = [line for line in logs if line["event"] == "server.accept_recovered"]
+    assert len(recovered) == 1 and recovered[0]["failures"] == 36_000
