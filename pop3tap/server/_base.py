@@ -25,6 +25,50 @@ from pop3tap.server._net import Endpoint, open_listeners
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
+#: How long the accept loop waits after one of those errors before it accepts again.
+_ACCEPT_RETRY_S = 0.1
+#: While accept keeps failing, at most one line per this many seconds says so.
+_ACCEPT_OUTAGE_LOG_S = 60.0
+
+
+class _AcceptOutage:
+    """One listener's run of failing accepts, logged in a bounded number of lines.
+
+    The first failure is logged at once, then at most one line a minute while it lasts
+    (with the count so far), and one line when a client is accepted again: a flood that
+    holds every descriptor cannot fill the log at ten lines a second.
+    """
+
+    def __init__(self, log: Any, kind: str) -> None:
+        self.log = log
+        self.kind = kind
+        self.failures = 0
+        self.started = 0.0
+        self.next_line = 0.0
+
+    def failed(self, exc: OSError) -> None:
+        now = trio.current_time()
+        if not self.failures:
+            self.started = now
+        self.failures += 1
+        if self.failures == 1 or now >= self.next_line:
+            self.next_line = now + _ACCEPT_OUTAGE_LOG_S
+            self.log.error(
+                f"{self.kind}.accept_failed",
+                error=exc.strerror,
+                failures=self.failures,
+                retry_s=_ACCEPT_RETRY_S,
+            )
+
+    def recovered(self) -> None:
+        self.log.warning(
+            f"{self.kind}.accept_recovered",
+            failures=self.failures,
+            seconds=round(trio.current_time() - self.started, 3),
+        )
+        self.failures = 0
+
+
 def error_line(prefix: str, text: str) -> bytes:
     """The one ``-ERR`` line pop3tap writes in a peer's place (RFC 1939 §3 status indicator).
 
@@ -143,15 +187,18 @@ class ConnectionServer:
         :meth:`_serve_and_close`: a plain socket without trio's checkpoint, which would
         raise and catch a ``Cancelled`` in every session.
         """
+        outage = _AcceptOutage(self.log, self.kind)
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
-                self.log.error(f"{self.kind}.accept_failed", error=exc.strerror, retry_s=0.1)
-                await trio.sleep(0.1)
+                outage.failed(exc)
+                await trio.sleep(_ACCEPT_RETRY_S)
                 continue
+            if outage.failures:
+                outage.recovered()
             handlers.start_soon(self._serve_and_close, stream)
 
     async def _serve_and_close(self, stream: trio.SocketStream) -> None:
