@@ -204,3 +204,49 @@ async def test_running_out_of_descriptors_for_an_hour_logs_a_bounded_number_of_l
     assert failed[0]["error"] == os.strerror(errno.EMFILE)
     recovered = [line for line in logs if line["event"] == "server.accept_recovered"]
     assert len(recovered) == 1 and recovered[0]["failures"] == 36_000
+
+
+class _ScriptedAccepts:
+    """A listener whose accepts follow a script: a number of EMFILE failures, then a client,
+    for each run in ``runs``; then it waits forever."""
+
+    def __init__(self, runs: list[int]) -> None:
+        self.script = [n for failures in runs for n in [*[1] * failures, 0]]
+        self.done = trio.Event()
+
+    async def accept(self) -> trio.abc.Stream:
+        await trio.lowlevel.checkpoint()
+        if not self.script:
+            self.done.set()
+            await trio.sleep_forever()
+        if self.script.pop(0):
+            raise OSError(errno.ENFILE, os.strerror(errno.ENFILE))
+        return trio.testing.memory_stream_pair()[0]
+
+
+@settings(max_examples=20, deadline=None)
+@given(runs=st.lists(st.integers(0, 1300), min_size=1, max_size=4))
+def test_property_each_accept_outage_is_logged_boundedly_and_its_end_once(
+    runs: list[int],
+) -> None:
+    server = _ServesNothing(
+        listen=Endpoint("127.0.0.1", 0), grace=1.0, log=structlog.get_logger("test")
+    )
+    listener = _ScriptedAccepts(runs)
+
+    async def main() -> None:
+        async with trio.open_nursery() as handlers:
+            handlers.start_soon(server._accept, listener, handlers)  # type: ignore[arg-type]
+            await listener.done.wait()
+            handlers.cancel_scope.cancel()
+
+    with structlog.testing.capture_logs() as logs:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert server.total_sessions == len(runs)  # every client after an outage was served
+    outages = [failures for failures in runs if failures]
+    recovered = [line for line in logs if line["event"] == "server.accept_recovered"]
+    assert [line["failures"] for line in recovered] == outages
+    failed = [line for line in logs if line["event"] == "server.accept_failed"]
+    # 0.1 s per retry: one line at each outage's start, then at most one a minute.
+    assert len(failed) <= sum(1 + failures // 600 for failures in outages)
+    assert len(failed) >= len(outages)
