@@ -12,7 +12,9 @@ of it may be left.
 from __future__ import annotations
 
 import gc
+import poplib
 import socket
+import ssl
 import struct
 import weakref
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,10 +23,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from dovecot import Dovecot, Mailbox
 from faults import Connection, scripted_server
 
 from pop3tap.capture import iter_capture_paths, read_capture
+from pop3tap.certs import CA_CERT_FILE, init_ca
 from pop3tap.relay import Endpoint, RelayConfig, RelayServer, _session
+from pop3tap.tls import TlsConfig
 
 GREETING = b"+OK upstream ready\r\n"
 LISTING = b"+OK 2 messages\r\n1 120\r\n2 300\r\n.\r\n"
@@ -174,3 +179,82 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
     assert len(sessions) == 1
     assert sessions[0]() is None, "the session is only freed by the cycle collector"
     assert recorders[0]() is None
+
+
+def _poplib_session(host: str, port: int, box: Mailbox, how: str, trust: ssl.SSLContext) -> None:
+    """A real client (poplib) through the relay: POP3S, STLS, or a fault that resets."""
+    client: poplib.POP3
+    if how == "pop3s":
+        client = poplib.POP3_SSL(host, port, context=trust, timeout=30)
+    else:
+        client = poplib.POP3(host, port, timeout=30)
+    try:
+        if how == "stls":
+            client.stls(trust)
+        client.user(box.user)
+        client.pass_(box.password)
+        client.stat()
+        if how == "fault":
+            with pytest.raises((poplib.error_proto, OSError)):
+                client.retr(1)  # cut by the fault: the relay resets both legs
+            return
+        client.retr(1)
+        client.quit()
+    finally:
+        client.close()
+
+
+TLS_PATHS = {
+    "pop3s": {"tls": {"upstream_tls": True, "listen_tls": True}, "faults": ()},
+    "stls": {"tls": {}, "faults": ()},
+    "fault": {"tls": {}, "faults": ("RETR:cut=10",)},
+}
+
+
+@pytest.mark.realpeer
+@pytest.mark.usefixtures("no_cycle_collector")
+@pytest.mark.parametrize("how", TLS_PATHS)
+def test_a_tls_or_faulted_session_leaves_nothing_for_the_cycle_collector(
+    how: str,
+    dovecot: Dovecot,
+    corpus: list[bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    box = dovecot.new_mailbox(corpus)
+    (tmp_path / "caps").mkdir()
+    init_ca(tmp_path / "ca")
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca" / CA_CERT_FILE))
+    sessions: list[weakref.ref[_session.RelaySession]] = []
+    original_init = _session.RelaySession.__init__
+
+    def tracked_init(self: _session.RelaySession, *args: object, **kwargs: object) -> None:
+        original_init(self, *args, **kwargs)  # type: ignore[arg-type]
+        sessions.append(weakref.ref(self))
+
+    monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
+    path = TLS_PATHS[how]
+    tls_options: dict[str, bool] = path["tls"]  # type: ignore[assignment]
+    port = dovecot.pop3s_port if tls_options.get("upstream_tls") else dovecot.pop3_port
+    config = RelayConfig(
+        upstream=Endpoint(dovecot.host, port),
+        listen=Endpoint("127.0.0.1", 0),
+        captures=tmp_path / "caps",
+        tls=TlsConfig(ca_dir=tmp_path / "ca", upstream_ca=dovecot.ca_pem_path, **tls_options),
+        faults=path["faults"],  # type: ignore[arg-type]
+    )
+
+    async def main() -> None:
+        server = RelayServer(config)
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                await trio.to_thread.run_sync(
+                    _poplib_session, "127.0.0.1", server.address.port, box, how, trust
+                )
+                server.shutdown()  # the run ends once the session has ended by itself
+
+    trio.run(main)
+    assert len(list(iter_capture_paths([tmp_path / "caps"]))) == 1
+    assert len(sessions) == 1
+    assert sessions[0]() is None, "the session is only freed by the cycle collector"
