@@ -204,10 +204,11 @@ def _poplib_session(host: str, port: int, box: Mailbox, how: str, trust: ssl.SSL
         client.close()
 
 
-TLS_PATHS = {
-    "pop3s": {"tls": {"upstream_tls": True, "listen_tls": True}, "faults": ()},
-    "stls": {"tls": {}, "faults": ()},
-    "fault": {"tls": {}, "faults": ("RETR:cut=10",)},
+#: How each case reaches Dovecot: (POP3S on both legs, faults); the others use STLS.
+TLS_PATHS: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "pop3s": (True, ()),
+    "stls": (False, ()),
+    "fault": (False, ("RETR:cut=10",)),
 }
 
 
@@ -233,15 +234,19 @@ def test_a_tls_or_faulted_session_leaves_nothing_for_the_cycle_collector(
         sessions.append(weakref.ref(self))
 
     monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
-    path = TLS_PATHS[how]
-    tls_options: dict[str, bool] = path["tls"]  # type: ignore[assignment]
-    port = dovecot.pop3s_port if tls_options.get("upstream_tls") else dovecot.pop3_port
+    pop3s, faults = TLS_PATHS[how]
+    port = dovecot.pop3s_port if pop3s else dovecot.pop3_port
     config = RelayConfig(
         upstream=Endpoint(dovecot.host, port),
         listen=Endpoint("127.0.0.1", 0),
         captures=tmp_path / "caps",
-        tls=TlsConfig(ca_dir=tmp_path / "ca", upstream_ca=dovecot.ca_pem_path, **tls_options),
-        faults=path["faults"],  # type: ignore[arg-type]
+        tls=TlsConfig(
+            ca_dir=tmp_path / "ca",
+            upstream_ca=dovecot.ca_pem_path,
+            upstream_tls=pop3s,
+            listen_tls=pop3s,
+        ),
+        faults=faults,
     )
 
     async def main() -> None:

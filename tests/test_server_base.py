@@ -1,10 +1,13 @@
-"""The one ``-ERR`` line pop3tap writes in a peer's place, for the relay and for replay."""
+"""The server base: the one ``-ERR`` line pop3tap writes in a peer's place, closing every
+connection and listener, and riding out accept failures (EMFILE and the like)."""
 
 from __future__ import annotations
 
 import errno
 import os
 import socket
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 import structlog
@@ -127,6 +130,7 @@ def test_property_however_serving_ends_no_listening_socket_stays_open(
     sockets = [socket.create_server(("127.0.0.1", 0)) for _ in range(count)]
 
     async def main() -> list[trio.SocketListener]:
+        listeners: list[trio.SocketListener]
         server = _Holds(
             listen=Endpoint("127.0.0.1", 0),
             grace=0.01,
@@ -179,7 +183,7 @@ class _OutOfDescriptors:
         return trio.testing.memory_stream_pair()[0]
 
 
-async def _accept_through(failures: int) -> list[dict[str, object]]:
+async def _accept_through(failures: int) -> list[MutableMapping[str, Any]]:
     server = _ServesNothing(
         listen=Endpoint("127.0.0.1", 0), grace=1.0, log=structlog.get_logger("test")
     )
