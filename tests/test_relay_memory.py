@@ -196,7 +196,7 @@ def _poplib_session(host: str, port: int, box: Mailbox, how: str, trust: ssl.SSL
         client.stat()
         if how == "fault":
             with pytest.raises((poplib.error_proto, OSError)):
-                client.retr(1)  # cut by the fault: the relay resets both legs
+                client.retr(1)  # cut by the fault: the relay closes the client leg mid-answer
             return
         client.retr(1)
         client.quit()
@@ -204,7 +204,7 @@ def _poplib_session(host: str, port: int, box: Mailbox, how: str, trust: ssl.SSL
         client.close()
 
 
-#: How each case reaches Dovecot: (POP3S on both legs, faults); the others use STLS.
+#: How each case reaches Dovecot: (POP3S on both legs, faults); the others are plain, "stls" upgrades.
 TLS_PATHS: dict[str, tuple[bool, tuple[str, ...]]] = {
     "pop3s": (True, ()),
     "stls": (False, ()),
