@@ -11,6 +11,7 @@ fails. The one ``-ERR`` line pop3tap itself writes comes from :func:`error_line`
 from __future__ import annotations
 
 import errno
+import math
 import secrets
 import socket
 from typing import Any, ClassVar
@@ -32,27 +33,32 @@ _ACCEPT_OUTAGE_LOG_S = 60.0
 
 
 class _AcceptOutage:
-    """One listener's run of failing accepts, logged in a bounded number of lines.
+    """One listener's failing accepts, logged in a bounded number of lines.
 
-    The first failure is logged at once, then at most one line a minute while it lasts
-    (with the count so far), and one line when a client is accepted again: a flood that
-    holds every descriptor cannot fill the log at ten lines a second.
+    A failure is logged at once, then at most one line a minute (with the failures not
+    yet reported); the first client accepted after a logged failure gets one line saying
+    accepting works again. A flood that holds every descriptor, or that frees and takes
+    them in turn, cannot fill the log at ten or twenty lines a second.
     """
 
     def __init__(self, log: Any, kind: str) -> None:
         self.log = log
         self.kind = kind
+        #: Failures since the last ``accept_recovered`` line, and when the first was.
         self.failures = 0
-        self.started = 0.0
-        self.next_line = 0.0
+        self.since = 0.0
+        #: An ``accept_failed`` line was written and no ``accept_recovered`` line yet.
+        self.reported = False
+        self.next_line = -math.inf
 
     def failed(self, exc: OSError) -> None:
         now = trio.current_time()
         if not self.failures:
-            self.started = now
+            self.since = now
         self.failures += 1
-        if self.failures == 1 or now >= self.next_line:
+        if now >= self.next_line:
             self.next_line = now + _ACCEPT_OUTAGE_LOG_S
+            self.reported = True
             self.log.error(
                 f"{self.kind}.accept_failed",
                 error=exc.strerror,
@@ -64,9 +70,10 @@ class _AcceptOutage:
         self.log.warning(
             f"{self.kind}.accept_recovered",
             failures=self.failures,
-            seconds=round(trio.current_time() - self.started, 3),
+            seconds=round(trio.current_time() - self.since, 3),
         )
         self.failures = 0
+        self.reported = False
 
 
 def error_line(prefix: str, text: str) -> bytes:
@@ -197,7 +204,7 @@ class ConnectionServer:
                 outage.failed(exc)
                 await trio.sleep(_ACCEPT_RETRY_S)
                 continue
-            if outage.failures:
+            if outage.reported:
                 outage.recovered()
             handlers.start_soon(self._serve_and_close, stream)
 
