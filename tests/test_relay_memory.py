@@ -204,7 +204,7 @@ def _poplib_session(host: str, port: int, box: Mailbox, how: str, trust: ssl.SSL
         client.close()
 
 
-#: How each case reaches Dovecot: (POP3S on both legs, faults); the others are plain, "stls" upgrades.
+#: How each case reaches Dovecot: (POP3S on both legs, faults); "stls" upgrades a plain one.
 TLS_PATHS: dict[str, tuple[bool, tuple[str, ...]]] = {
     "pop3s": (True, ()),
     "stls": (False, ()),
