@@ -642,3 +642,30 @@ def test_by_user_tells_apart_names_that_differ_only_in_bytes_that_are_not_utf8(
                 server.host, server.port, b"USER " + name + b"\r\nPASS pw\r\nSTAT\r\nQUIT\r\n"
             )
             assert b"+OK " + count + b" 100\r\n" in answers, (name, answers)
+
+
+@pytest.mark.parametrize(("idle", "limit"), [(30.0, 30.0), (None, 600.0)])
+async def test_a_capture_s_recorded_delay_fault_is_held_no_longer_than_a_recorded_pause(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, idle: float | None, limit: float
+) -> None:
+    # A capture is hostile input: its fault record may ask for a delay of days, during
+    # which a client that left is not noticed and its connection stays open.
+    from handmade import write_capture
+
+    steps = [
+        ("s", b"+OK ready\r\n"),
+        ("c", b"USER a\r\n"),
+        ("event", "fault", {"seq": 1, "spec": "USER:delay=100000m"}),
+        ("s", b"+OK\r\n"),
+    ]
+    path = write_capture(tmp_path, steps)
+    server = ReplayServer(ReplayConfig(captures=(path,), idle_timeout=idle))
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle, server_side)
+        assert await read_until(client, b"ready\r\n") == b"+OK ready\r\n"
+        sent = trio.current_time()
+        await client.send_all(b"USER a\r\n")
+        assert await read_until(client, b"\r\n") == b"+OK\r\n"
+        assert trio.current_time() - sent == pytest.approx(limit)
+        nursery.cancel_scope.cancel()
