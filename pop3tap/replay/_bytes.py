@@ -19,7 +19,7 @@ import trio
 from pop3tap.capture import CloseReason
 from pop3tap.faults import Fault, FaultAction
 from pop3tap.protocol import Command, SaslLine, login_identity
-from pop3tap.replay._connection import ReplayConnection, recorded_fault
+from pop3tap.replay._connection import ReplayConnection
 from pop3tap.replay._matching import Matcher, masked_command
 from pop3tap.replay._recorded import RecordedExchange
 
@@ -82,7 +82,7 @@ class ByteReplayConnection(ReplayConnection):
         self.log.info(
             "replay.session.open", capture=session.name, recorded_session=session.session
         )
-        if not await self.greet(session.greeting, recorded_fault(session.greeting_fault)):
+        if not await self.greet(session.greeting, self.fault_of_record(session.greeting_fault)):
             return
         if session.closes_after_greeting:
             self.reason = "recorded server closed after its greeting"
@@ -114,7 +114,7 @@ class ByteReplayConnection(ReplayConnection):
         if not self.user_chosen and len(self.prelogin) < _MAX_PRELOGIN:
             self.prelogin.append(command)
         self.log.debug("replay.exchange", seq=ex.seq, command=ex.command)
-        fault = self.faults.choose(command.verb, command.args) or recorded_fault(ex.fault)
+        fault = self.faults.choose(command.verb, command.args) or self.fault_of_record(ex.fault)
         if not await self.answer(matcher, ex, fault):
             return False
         if ex.closes:

@@ -13,6 +13,7 @@ way the recorded server did. :class:`ReplayConnection` is the base of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import socket
 from typing import TYPE_CHECKING, Any
@@ -223,14 +224,28 @@ class ReplayConnection:
             await self.send_all(segment.data)
             return
         start = trio.current_time()
-        # A recorded pause never holds a client longer than the idle limit.
-        idle = self.config.idle_timeout
-        latest = start + (idle if idle is not None else _MAX_RECORDED_PAUSE)
+        latest = start + self.longest_pause
         await trio.sleep_until(min(start + segment.delay / speed, latest))
         offsets = [offset for offset, _t in segment.pacing] + [len(segment.data)]
         for (offset, at), end in zip(segment.pacing, offsets[1:], strict=True):
             await trio.sleep_until(min(start + (segment.delay + at) / speed, latest))
             await self.send_all(segment.data[offset:end])
+
+    @property
+    def longest_pause(self) -> float:
+        """A recorded pause, or a recorded fault's delay, never holds a client longer than
+        the idle limit (:data:`_MAX_RECORDED_PAUSE` without one): a capture is input too."""
+        idle = self.config.idle_timeout
+        return idle if idle is not None else _MAX_RECORDED_PAUSE
+
+    def fault_of_record(self, spec: str | None) -> Fault | None:
+        """The fault a capture's record names (:func:`recorded_fault`), its delay held to
+        :attr:`longest_pause`."""
+        fault = recorded_fault(spec)
+        longest = self.longest_pause
+        if fault is not None and fault.action is FaultAction.DELAY and fault.amount > longest:
+            return dataclasses.replace(fault, amount=longest)
+        return fault
 
     async def send_all(self, data: bytes) -> None:
         """Send ``data`` now, within the idle limit."""
