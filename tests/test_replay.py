@@ -6,6 +6,7 @@ import poplib
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 import pop3tap
 from pop3tap.capture import CaptureWriter, read_capture
 from pop3tap.replay import ReplayConfig, ReplayError, ReplayServer, load_sessions, replay_server
+from pop3tap.replay._connection import recorded_fault
 from pop3tap.testing import run_poplib
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -669,3 +671,33 @@ async def test_a_capture_s_recorded_delay_fault_is_held_no_longer_than_a_recorde
         assert await read_until(client, b"\r\n") == b"+OK\r\n"
         assert trio.current_time() - sent == pytest.approx(limit)
         nursery.cancel_scope.cancel()
+
+
+_FAULT_WORDS = st.sampled_from(["reset", "stall", "close", "cut=10", "slow=1B/s", "err=x"])
+
+
+@given(
+    idle=st.one_of(st.none(), st.floats(0.001, 1e6)),
+    delay=st.tuples(st.integers(0, 10**9), st.sampled_from(["ms", "s", "m", ""])),
+    other=_FAULT_WORDS,
+)
+def test_property_no_recorded_fault_delays_longer_than_a_recorded_pause(
+    idle: float | None, delay: tuple[int, str], other: str
+) -> None:
+    from handmade import write_capture
+
+    from pop3tap.faults import FaultAction
+    from pop3tap.replay._connection import ReplayConnection
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = write_capture(Path(directory), [("s", b"+OK ready\r\n")])
+        server = ReplayServer(ReplayConfig(captures=(path,), idle_timeout=idle))
+    connection = ReplayConnection(server, trio.testing.memory_stream_pair()[0], 1)
+    longest = 600.0 if idle is None else idle
+    fault = connection.fault_of_record(f"RETR:delay={delay[0]}{delay[1]}")
+    assert fault is not None and fault.action is FaultAction.DELAY
+    assert 0 <= fault.amount <= longest
+    if fault.amount < longest:  # only a delay past the limit is shortened
+        assert fault == recorded_fault(f"RETR:delay={delay[0]}{delay[1]}")
+    assert connection.fault_of_record(f"RETR:{other}") == recorded_fault(f"RETR:{other}")
+    assert connection.fault_of_record(None) is None
