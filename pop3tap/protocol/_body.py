@@ -44,7 +44,7 @@ def terminator_at_edge(tail: bytes, data: bytes, pos: int) -> int:
     return best
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Body:
     """Scanning state of an open multi-line body."""
 
@@ -55,6 +55,22 @@ class Body:
     #: A LF without a CR before it was seen in the body (terminator included).
     bare_lf: bool = False
     tail: bytes = b"\n"  # the status line's LF: the body starts at a line start
+
+    def __init__(
+        self,
+        pending: Pending,
+        start: int,
+        consumed: int = 0,
+        newlines: int = 0,
+        bare_lf: bool = False,
+        tail: bytes = b"\n",
+    ) -> None:
+        self.pending = pending
+        self.start = start
+        self.consumed = consumed
+        self.newlines = newlines
+        self.bare_lf = bare_lf
+        self.tail = tail
 
     def scan(self, data: bytes, pos: int, stream_offset: int, listener: BodyListener | None) -> int:
         """Consume body bytes from ``pos``; the end of the terminator, or -1 if the body

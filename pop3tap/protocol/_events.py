@@ -49,14 +49,17 @@ class Status(StrEnum):
     CONTINUE = "+"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Event:
     """Base class: every event carries the time it was completed."""
 
     at: float
 
+    def __init__(self, at: float) -> None:
+        object.__setattr__(self, "at", at)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Greeting(Event):
     """The server's first line (RFC 1939 §4)."""
 
@@ -68,8 +71,28 @@ class Greeting(Event):
     start: int = 0
     end: int = 0
 
+    def __init__(
+        self,
+        at: float,
+        status: Status | None,
+        text: str,
+        resp_code: str | None,
+        apop_timestamp: str | None,
+        flags: frozenset[Flag] = frozenset(),
+        start: int = 0,
+        end: int = 0,
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "resp_code", resp_code)
+        object.__setattr__(self, "apop_timestamp", apop_timestamp)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class CommandSent(Event):
     """A complete client command line (secrets already masked in ``args``)."""
 
@@ -81,16 +104,41 @@ class CommandSent(Event):
     start: int = 0
     end: int = 0
 
+    def __init__(
+        self,
+        at: float,
+        seq: int,
+        verb: str,
+        args: str,
+        pipelined: bool,
+        flags: frozenset[Flag] = frozenset(),
+        start: int = 0,
+        end: int = 0,
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "verb", verb)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "pipelined", pipelined)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class SaslChallenge(Event):
     """A ``+`` continuation from the server inside AUTH (RFC 5034 §4); payload not kept."""
 
     seq: int
     length: int
 
+    def __init__(self, at: float, seq: int, length: int) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "length", length)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class SaslResponse(Event):
     """A client line answering a SASL challenge; ``text`` is masked unless it is ``*``."""
 
@@ -98,8 +146,14 @@ class SaslResponse(Event):
     text: str
     cancelled: bool
 
+    def __init__(self, at: float, seq: int, text: str, cancelled: bool) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "cancelled", cancelled)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class StartTls(Event):
     """The server accepted STLS (RFC 2595 §4): the bytes after this point are TLS.
 
@@ -115,8 +169,24 @@ class StartTls(Event):
     #: Server-stream offset just after the ``+OK`` line: TLS begins there.
     server_switch: int = 0
 
+    def __init__(
+        self,
+        at: float,
+        seq: int,
+        client_trailing: int,
+        server_trailing: int,
+        client_switch: int = 0,
+        server_switch: int = 0,
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "client_trailing", client_trailing)
+        object.__setattr__(self, "server_trailing", server_trailing)
+        object.__setattr__(self, "client_switch", client_switch)
+        object.__setattr__(self, "server_switch", server_switch)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class UnsolicitedLine(Event):
     """A server status line with no command waiting for it (e.g. Dovecot's idle -ERR)."""
 
@@ -125,8 +195,17 @@ class UnsolicitedLine(Event):
     start: int = 0
     end: int = 0
 
+    def __init__(
+        self, at: float, text: str, status: Status | None, start: int = 0, end: int = 0
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class StrayLine(Event):
     """A line that fits nowhere in the protocol (server non-status line, or bytes after
     the stream switched to opaque mode)."""
@@ -136,8 +215,17 @@ class StrayLine(Event):
     start: int = 0
     end: int = 0
 
+    def __init__(
+        self, at: float, direction: Direction, text: str, start: int = 0, end: int = 0
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "start", start)
+        object.__setattr__(self, "end", end)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Exchange(Event):
     """One command paired with its complete response: the unit of the session log.
 
@@ -167,6 +255,48 @@ class Exchange(Event):
     #: SASL steps for AUTH: ("+", length) for challenges, ("c", masked text) for answers.
     sasl: tuple[tuple[str, str], ...] = field(default=())
 
+    def __init__(
+        self,
+        at: float,
+        seq: int,
+        verb: str,
+        args: str,
+        status: Status | None,
+        first_line: str,
+        resp_code: str | None,
+        multiline: bool,
+        body_lines: int,
+        body_bytes: int,
+        sent_at: float,
+        first_byte_at: float | None,
+        pipelined: bool,
+        flags: frozenset[Flag],
+        request_start: int,
+        request_end: int,
+        response_start: int,
+        response_end: int,
+        sasl: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "verb", verb)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "status", status)
+        object.__setattr__(self, "first_line", first_line)
+        object.__setattr__(self, "resp_code", resp_code)
+        object.__setattr__(self, "multiline", multiline)
+        object.__setattr__(self, "body_lines", body_lines)
+        object.__setattr__(self, "body_bytes", body_bytes)
+        object.__setattr__(self, "sent_at", sent_at)
+        object.__setattr__(self, "first_byte_at", first_byte_at)
+        object.__setattr__(self, "pipelined", pipelined)
+        object.__setattr__(self, "flags", flags)
+        object.__setattr__(self, "request_start", request_start)
+        object.__setattr__(self, "request_end", request_end)
+        object.__setattr__(self, "response_start", response_start)
+        object.__setattr__(self, "response_end", response_end)
+        object.__setattr__(self, "sasl", sasl)
+
     @property
     def latency_first_byte(self) -> float | None:
         """Seconds from the command to the first byte of its response."""
@@ -178,7 +308,7 @@ class Exchange(Event):
         return None if self.status is None else self.at - self.sent_at
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PairingLost(Event):
     """The observer stopped pairing to keep its memory bounded (a command flood).
 
@@ -188,8 +318,12 @@ class PairingLost(Event):
 
     reason: str
 
+    def __init__(self, at: float, reason: str) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "reason", reason)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Suppressed(Event):
     """Lines of one direction that were counted instead of reported one by one.
 
@@ -208,11 +342,27 @@ class Suppressed(Event):
     bytes: int
     final: bool
 
+    def __init__(
+        self, at: float, direction: Direction, kind: str, lines: int, bytes: int, final: bool
+    ) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "bytes", bytes)
+        object.__setattr__(self, "final", final)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class EndOfStream(Event):
     """One direction ended (EOF or reset)."""
 
     direction: Direction
     truncated: bool
     unanswered: int
+
+    def __init__(self, at: float, direction: Direction, truncated: bool, unanswered: int) -> None:
+        object.__setattr__(self, "at", at)
+        object.__setattr__(self, "direction", direction)
+        object.__setattr__(self, "truncated", truncated)
+        object.__setattr__(self, "unanswered", unanswered)

@@ -27,7 +27,7 @@ DEFAULT_MAX_PENDING_BYTES = 256 << 10
 ENTRY_COST = 200
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class ClientLine:
     """A client line not yet classified (held behind a barrier, or about to be)."""
 
@@ -43,8 +43,28 @@ class ClientLine:
     #: (not kept) may have been an AUTH.
     may_open_auth: bool = False
 
+    def __init__(
+        self,
+        text: bytes,
+        at: float,
+        start: int,
+        end: int,
+        flags: frozenset[Flag],
+        pipelined: bool,
+        cost: int = ENTRY_COST,
+        may_open_auth: bool = False,
+    ) -> None:
+        self.text = text
+        self.at = at
+        self.start = start
+        self.end = end
+        self.flags = flags
+        self.pipelined = pipelined
+        self.cost = cost
+        self.may_open_auth = may_open_auth
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class Pending:
     """A command waiting for (the rest of) its response."""
 
@@ -77,6 +97,56 @@ class Pending:
     sasl: list[tuple[str, str]] | None = None
     sasl_omitted: int = 0
     awaiting_sasl: bool = False
+
+    def __init__(
+        self,
+        seq: int,
+        verb: str,
+        shown_verb: str,
+        masked_args: str,
+        sent_at: float,
+        pipelined: bool,
+        request_start: int,
+        request_end: int,
+        has_args: bool,
+        multiline: bool,
+        barrier: Barrier,
+        login: bool,
+        counter: Counter,
+        cost: int,
+        flags: frozenset[Flag] = frozenset(),
+        first_byte_at: float | None = None,
+        response_start: int = -1,
+        status: Status | None = None,
+        first_line: str = "",
+        resp_code: str | None = None,
+        sasl: list[tuple[str, str]] | None = None,
+        sasl_omitted: int = 0,
+        awaiting_sasl: bool = False,
+    ) -> None:
+        self.seq = seq
+        self.verb = verb
+        self.shown_verb = shown_verb
+        self.masked_args = masked_args
+        self.sent_at = sent_at
+        self.pipelined = pipelined
+        self.request_start = request_start
+        self.request_end = request_end
+        self.has_args = has_args
+        self.multiline = multiline
+        self.barrier = barrier
+        self.login = login
+        self.counter = counter
+        self.cost = cost
+        self.flags = flags
+        self.first_byte_at = first_byte_at
+        self.response_start = response_start
+        self.status = status
+        self.first_line = first_line
+        self.resp_code = resp_code
+        self.sasl = sasl
+        self.sasl_omitted = sasl_omitted
+        self.awaiting_sasl = awaiting_sasl
 
 
 class PendingQueue:
