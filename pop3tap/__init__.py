@@ -6,6 +6,10 @@ server live in their own modules.
 
 from __future__ import annotations
 
+from pop3tap import _pure
+
+_pure.install()  # before any compiled module is imported
+
 __all__ = ["__version__", "open_replay_server", "replay_server"]
 
 _LAZY = {"replay_server", "open_replay_server", "ReplayConfig", "ReplayServer"}

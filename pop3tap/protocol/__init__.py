@@ -7,8 +7,14 @@ functions exported here (:func:`spec_of`, :func:`command_spec`, :func:`expects_m
 :func:`secret_position`, :func:`barrier_of`, :func:`counts_as_login`,
 :func:`summary_counter`, :func:`login_name`); the session phase is
 :class:`SessionPhase`, moved only by :data:`TRANSITIONS`.
+
+The package may be compiled with mypyc (see ``setup.py``); :data:`COMPILED` says whether
+the compiled modules were loaded, and ``POP3TAP_PURE_PYTHON=1`` forces the Python sources.
 """
 
+from importlib.machinery import EXTENSION_SUFFIXES
+
+from pop3tap.protocol import _observer
 from pop3tap.protocol._commands import (
     COMMANDS,
     SECRET_PLACEHOLDER,
@@ -79,8 +85,12 @@ from pop3tap.protocol._server_role import (
 )
 from pop3tap.protocol._state import TRANSITIONS, SessionPhase, Trigger, next_phase
 
+#: True when the mypyc-compiled core was imported, False for the Python sources.
+COMPILED: bool = (_observer.__file__ or "").endswith(tuple(EXTENSION_SUFFIXES))
+
 __all__ = [
     "COMMANDS",
+    "COMPILED",
     "NEED_DATA",
     "SECRET_PLACEHOLDER",
     "TRANSITIONS",

@@ -14,8 +14,9 @@ implementations with the same results:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+
+from pop3tap import _pure
 
 #: ``scan(data, pos, limit, prev_cr) -> (end, newlines, bare_lf)``.
 ChunkScanner = Callable[[bytes, int, int, bool], tuple[int, int, bool]]
@@ -60,7 +61,7 @@ def scan_chunk_python(data: bytes, pos: int, limit: int, prev_cr: bool) -> tuple
 
 
 def _load() -> tuple[ChunkScanner, str]:
-    if os.environ.get("POP3TAP_PURE_PYTHON", "") not in ("", "0"):
+    if _pure.requested():
         return scan_chunk_python, "python"
     try:
         from pop3tap.protocol._bodyscan_c import scan_chunk

@@ -25,10 +25,10 @@ would still run at a few MiB/s; ``POP3TAP_PURE_PYTHON=1`` forces the Python one.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
+from pop3tap import _pure
 from pop3tap.protocol._commands import (
     SASL_KEYWORD,
     SECRET_PLACEHOLDER_BYTES,
@@ -132,7 +132,7 @@ LinesMasker = Callable[[bytes], bytes]
 
 
 def _load() -> tuple[RunMasker, LinesMasker, str]:
-    if os.environ.get("POP3TAP_PURE_PYTHON", "") not in ("", "0"):
+    if _pure.requested():
         return mask_run_python, mask_lines_python, "python"
     try:
         from pop3tap.protocol._maskscan_c import mask_lines as mask_lines_c
