@@ -41,6 +41,38 @@ def _require_binary(name: str) -> str:
     return path
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test a compiled protocol core older than its sources.
+
+    An editable install builds mypyc's modules next to the sources, and Python prefers
+    them: after an edit to ``pop3tap/protocol`` the tests would run the old code. The
+    extension files are compared with their sources only in a checkout (where both come
+    from the same tree); ``scripts/test.sh`` rebuilds when the sources change.
+    """
+    import pop3tap.protocol
+
+    if not pop3tap.protocol.COMPILED:
+        return
+    package = Path(pop3tap.protocol.__file__).resolve().parent
+    if package.parent.parent != Path(__file__).resolve().parent.parent:
+        return  # an installed build, not this checkout's
+    stale = sorted(
+        source.name
+        for source in package.glob("*.py")
+        if source.name != "__init__.py"
+        and any(
+            source.stat().st_mtime > built.stat().st_mtime
+            for built in package.glob(f"{source.stem}.*.so")
+        )
+    )
+    if stale:
+        raise pytest.UsageError(
+            f"the compiled protocol core is older than {', '.join(stale)}: rebuild it "
+            "(bash scripts/test.sh, or pip install -e .) or test the sources with "
+            "POP3TAP_PURE_PYTHON=1"
+        )
+
+
 # --------------------------------------------------------------------------- TLS
 
 

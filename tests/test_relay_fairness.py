@@ -102,15 +102,25 @@ def test_a_burst_of_answers_is_worked_off_in_bounded_steps(tmp_path: Path) -> No
     assert busiest <= COUNT // 10
 
 
-class CountingObserver(SessionObserver):
-    """A real observer that notes how many commands each client feed completed."""
+class CountingObserver:
+    """A real observer that notes how many commands each client feed completed.
+
+    It wraps rather than subclasses :class:`SessionObserver`: the compiled protocol core's
+    classes cannot have Python subclasses.
+    """
 
     #: (step number, commands) per feed_client call.
     fed: ClassVar[list[tuple[int, int]]] = []
     step = 0
 
+    def __init__(self, **options: Any) -> None:
+        self._observer = SessionObserver(**options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._observer, name)
+
     def feed_client(self, data: bytes, at: float) -> list[Event]:
-        events = super().feed_client(data, at)
+        events = self._observer.feed_client(data, at)
         commands = sum(isinstance(e, CommandSent) for e in events)
         CountingObserver.fed.append((CountingObserver.step, commands))
         return events

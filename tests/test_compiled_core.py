@@ -1,0 +1,257 @@
+"""The protocol core as mypyc compiles it and as Python runs it: the same values either way.
+
+CI runs the whole suite twice, once with the compiled core and once with
+``POP3TAP_PURE_PYTHON=1``; these tests pin what the two builds must share (constructors,
+immutability, equality, hashing, repr of the events) and that the switch and the build
+are what CI asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from importlib.machinery import EXTENSION_SUFFIXES
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pop3tap.protocol
+from pop3tap import _pure
+from pop3tap.protocol import (
+    Barrier,
+    CommandSent,
+    Counter,
+    Direction,
+    EndOfStream,
+    Event,
+    Exchange,
+    Flag,
+    Greeting,
+    PairingLost,
+    SaslChallenge,
+    SaslResponse,
+    StartTls,
+    Status,
+    StrayLine,
+    Suppressed,
+    UnsolicitedLine,
+)
+from pop3tap.protocol._body import Body
+from pop3tap.protocol._pending import ClientLine, Pending
+
+EVENTS = (
+    Event,
+    Greeting,
+    CommandSent,
+    SaslChallenge,
+    SaslResponse,
+    StartTls,
+    UnsolicitedLine,
+    StrayLine,
+    Exchange,
+    PairingLost,
+    Suppressed,
+    EndOfStream,
+)
+#: Mutable state records of the core that also spell out their constructors.
+RECORDS = (Body, ClientLine, Pending)
+PROTOCOL_DIR = Path(pop3tap.protocol.__file__).resolve().parent
+
+
+#: A value for each field name that differs from the field's default (mypyc keeps no
+#: usable annotations, so the values are listed rather than derived from the types).
+SAMPLES: dict[str, object] = {
+    "at": 3.5,
+    "sent_at": 1.25,
+    "first_byte_at": 2.0,
+    "status": Status.ERR,
+    "direction": Direction.SERVER,
+    "flags": frozenset({Flag.PIPELINED, Flag.BARE_LF}),
+    "text": "text",
+    "verb": "RETR",
+    "shown_verb": "RETR",
+    "args": "1",
+    "masked_args": "1",
+    "resp_code": "IN-USE",
+    "apop_timestamp": "<1.2@host>",
+    "first_line": "-ERR no",
+    "reason": "flood",
+    "kind": "anomalies",
+    "seq": 7,
+    "length": 12,
+    "start": 10,
+    "end": 20,
+    "client_trailing": 3,
+    "server_trailing": 4,
+    "client_switch": 5,
+    "server_switch": 6,
+    "body_lines": 8,
+    "body_bytes": 90,
+    "request_start": 11,
+    "request_end": 21,
+    "response_start": 31,
+    "response_end": 41,
+    "lines": 13,
+    "bytes": 140,
+    "unanswered": 2,
+    "consumed": 15,
+    "newlines": 16,
+    "cost": 17,
+    "sasl_omitted": 18,
+    "pipelined": True,
+    "cancelled": True,
+    "multiline": True,
+    "final": True,
+    "truncated": True,
+    "bare_lf": True,
+    "has_args": True,
+    "login": True,
+    "may_open_auth": True,
+    "awaiting_sasl": True,
+    "sasl": (("+", "12"), ("c", "*")),
+    "tail": b"\r\n",
+    "barrier": Barrier.SASL,
+    "counter": Counter.RETR,
+}
+#: Where a record's field of the same name has another type.
+RECORD_SAMPLES: dict[type, dict[str, object]] = {
+    ClientLine: {"text": b"RETR 1"},
+    Pending: {"sasl": [("+", "12")]},
+}
+
+
+def sample(cls: type, name: str) -> object:
+    if name == "pending":
+        return make(Pending)
+    return RECORD_SAMPLES.get(cls, {}).get(name, SAMPLES[name])
+
+
+def values_of(cls: type) -> dict[str, object]:
+    return {f.name: sample(cls, f.name) for f in dataclasses.fields(cls)}
+
+
+def make(cls: type) -> Any:
+    return cls(**values_of(cls))
+
+
+@pytest.mark.parametrize("cls", EVENTS + RECORDS, ids=lambda cls: cls.__name__)
+def test_constructors_take_every_field_by_name_and_by_position(cls: type) -> None:
+    values = values_of(cls)
+    by_name = cls(**values)
+    assert {name: getattr(by_name, name) for name in values} == values
+    by_position = cls(*values.values())
+    assert by_position == by_name
+    for name, value in values.items():  # the flags are all True above: one at a time
+        if isinstance(value, bool):
+            flipped = cls(**(values | {name: not value}))
+            assert [n for n in values if getattr(flipped, n) != values[n]] == [name]
+    with pytest.raises(TypeError):
+        cls(*values.values(), "one too many")
+
+
+@pytest.mark.parametrize("cls", EVENTS + RECORDS, ids=lambda cls: cls.__name__)
+def test_omitted_arguments_take_the_declared_defaults(cls: type) -> None:
+    fields = dataclasses.fields(cls)
+    required = {
+        f.name: sample(cls, f.name)
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    built = cls(**required)
+    for f in fields:
+        if f.name not in required:
+            assert getattr(built, f.name) == f.default, f.name
+    if required:
+        with pytest.raises(TypeError):
+            cls(**dict(list(required.items())[:-1]))
+
+
+@pytest.mark.parametrize("cls", EVENTS, ids=lambda cls: cls.__name__)
+def test_events_stay_immutable(cls: type) -> None:
+    event = make(cls)
+    for f in dataclasses.fields(cls):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(event, f.name, sample(cls, f.name))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(event, f.name)
+        assert getattr(event, f.name) == values_of(cls)[f.name]
+    with pytest.raises((AttributeError, TypeError)):
+        event.not_a_field = 1
+
+
+@pytest.mark.parametrize("cls", EVENTS, ids=lambda cls: cls.__name__)
+def test_events_compare_hash_and_print_by_value(cls: type) -> None:
+    event, twin = make(cls), make(cls)
+    assert event == twin and event is not twin
+    assert hash(event) == hash(twin)
+    assert len({event, twin}) == 1
+    other = dataclasses.replace(event, at=event.at + 1)
+    assert other != event
+    assert event != (*values_of(cls).values(),)
+    shown = ", ".join(f"{name}={value!r}" for name, value in values_of(cls).items())
+    assert repr(event) == f"{cls.__name__}({shown})"
+
+
+def test_records_compare_by_value_and_change_in_place() -> None:
+    line, twin = make(ClientLine), make(ClientLine)
+    assert line == twin
+    line.cost += 1
+    assert line != twin
+
+
+def test_exchange_latencies_come_from_its_times() -> None:
+    values = values_of(Exchange) | {"at": 3.0, "sent_at": 1.0, "first_byte_at": 1.5}
+    exchange = Exchange(**values)
+    assert (exchange.latency_first_byte, exchange.latency_complete) == (0.5, 2.0)
+
+
+def core_modules() -> list[str]:
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.py") if p.name != "__init__.py")
+
+
+def test_compiled_says_which_modules_were_loaded() -> None:
+    for name in core_modules():
+        module = sys.modules.get(f"pop3tap.protocol.{name}")
+        if module is None:
+            continue
+        compiled = str(module.__file__).endswith(tuple(EXTENSION_SUFFIXES))
+        assert compiled == pop3tap.protocol.COMPILED, name
+
+
+def loaded_build(pure: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
+    if pure is not None:
+        env["POP3TAP_PURE_PYTHON"] = pure
+    code = (
+        "import pop3tap.protocol as p, pop3tap.protocol._bodyscan as b;"
+        "print(p.COMPILED, p._observer.__file__.endswith('.py'), b.SCANNER)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def built_core() -> bool:
+    """Whether every core module has a compiled twin next to its source."""
+    built = {p.name.split(".")[0] for s in EXTENSION_SUFFIXES for p in PROTOCOL_DIR.glob(f"*{s}")}
+    return set(core_modules()) <= built
+
+
+def test_the_pure_switch_loads_python_sources_for_the_whole_core() -> None:
+    assert loaded_build("1") == "False True python"
+    unset = loaded_build(None)
+    assert unset == loaded_build("0")
+    assert unset.startswith("True False" if built_core() else "False True")
+
+
+def test_the_compiled_core_is_in_use_when_required() -> None:
+    """scripts/test.sh sets POP3TAP_REQUIRE_COMPILED_CORE=1, so CI fails if mypyc's build
+    silently fell back to Python (and, in its pure run, if the switch was not honoured)."""
+    if os.environ.get("POP3TAP_REQUIRE_COMPILED_CORE") != "1":
+        pytest.skip("POP3TAP_REQUIRE_COMPILED_CORE is not set")
+    assert built_core()
+    assert pop3tap.protocol.COMPILED is not _pure.requested()
