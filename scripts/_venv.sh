@@ -20,10 +20,12 @@ pop3tap_venv() {
         python3 -m venv .venv
     fi
     # The editable install follows the Python sources; only the packaging files, the C
-    # scanner and the extras need a new install. Skip it when none of them changed.
+    # scanner, the protocol core (compiled with mypyc next to its sources) and the extras
+    # need a new install. Skip it when none of them changed.
     # An install with extras also serves a caller that asks for none (demo.sh after test.sh).
     local digest stamp installed=""
-    digest="$(cat pyproject.toml setup.py pop3tap/protocol/_bodyscan.c pop3tap/protocol/_maskscan.c | sha256sum | cut -c1-64)"
+    digest="$(cat pyproject.toml setup.py pop3tap/protocol/*.c pop3tap/protocol/*.py \
+        | sha256sum | cut -c1-64)"
     stamp="${digest}${extras}"
     [ -f .venv/.pop3tap-installed ] && installed="$(cat .venv/.pop3tap-installed)"
     if { [ "$installed" = "$stamp" ] || { [ -z "$extras" ] && [ "${installed:0:64}" = "$digest" ]; }; } \

@@ -5,10 +5,14 @@
 # haproxy, fetchmail, mpop, tcpdump, and Chromium with its WebDriver for the HTML view; tmux
 # for the terminal tests of `pop3tap console` and of record's live view; git for the textconv
 # recipe) with apt, and gcc plus Python's headers for the C body scanner.
-# Then it creates .venv, installs pop3tap with its dev extras, and runs ruff, mypy and pytest
-# with POP3TAP_REQUIRE_REAL_PEERS=1 and POP3TAP_REQUIRE_C_SCANNER=1, so a missing real peer or
-# a C scanner that did not build fails instead of skipping. Last, with no arguments, it builds
-# the sdist and wheel and uses the wheel from a fresh venv (scripts/wheel-smoke.sh).
+# Then it creates .venv, installs pop3tap with its dev extras (the protocol core compiled with
+# mypyc), and runs ruff, mypy and pytest twice, on two workers (pytest-xdist): against the
+# compiled core, then against the pure-Python one (POP3TAP_PURE_PYTHON=1). Both runs set
+# POP3TAP_REQUIRE_REAL_PEERS=1, POP3TAP_REQUIRE_C_SCANNER=1 and
+# POP3TAP_REQUIRE_COMPILED_CORE=1, so a missing real peer, or a C scanner or compiled core
+# that did not build, fails instead of skipping. POP3TAP_TEST_WORKERS=0 runs pytest in one
+# process. Last, with no arguments, it builds the sdist and from it the compiled and the pure
+# wheel, and uses each from a fresh venv (scripts/wheel-smoke.sh).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -53,8 +57,12 @@ echo "==> ruff"
 echo "==> mypy"
 .venv/bin/mypy
 
-echo "==> pytest"
-POP3TAP_REQUIRE_REAL_PEERS=1 POP3TAP_REQUIRE_C_SCANNER=1 .venv/bin/python -m pytest -q "$@"
+export POP3TAP_REQUIRE_REAL_PEERS=1 POP3TAP_REQUIRE_C_SCANNER=1 POP3TAP_REQUIRE_COMPILED_CORE=1
+workers="${POP3TAP_TEST_WORKERS:-2}"
+echo "==> pytest (compiled protocol core)"
+.venv/bin/python -m pytest -q -n "$workers" "$@"
+echo "==> pytest (pure Python: POP3TAP_PURE_PYTHON=1)"
+POP3TAP_PURE_PYTHON=1 .venv/bin/python -m pytest -q -n "$workers" "$@"
 
 # The released form: sdist -> wheel -> a fresh venv outside the checkout (demo, --help, replay).
 # Skipped only when pytest was asked for a subset (e.g. `-k name`), as during development.

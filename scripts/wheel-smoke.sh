@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build pop3tap's sdist and, from it, the wheel; install the wheel into a fresh venv outside
-# the checkout and use it from there: `pop3tap --help`, `pop3tap demo` (the sample captures
-# are package data) and a poplib round trip against `pop3tap replay`, by the CLI and by the
-# library. Run by scripts/test.sh; needs .venv (with the dev extras, for `build`).
+# Build pop3tap's sdist and, from it, two wheels: the compiled one (mypyc's protocol core and
+# the C scanners) and the pure one (POP3TAP_PURE_BUILD=1, py3-none-any). Install each into a
+# fresh venv outside the checkout and use it from there: the build it says it is,
+# `pop3tap --help`, `pop3tap demo` (the sample captures are package data) and a poplib round
+# trip against `pop3tap replay`, by the CLI and by the library. Run by scripts/test.sh; needs
+# .venv (with the dev extras, for `build`).
 #   bash scripts/wheel-smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,36 +17,54 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> wheel: build the sdist, then the wheel from it"
+echo "==> wheel: build the sdist, then the compiled wheel from it"
 .venv/bin/python -m build -q --outdir "$work/dist" . >"$work/build.log" 2>&1 \
     || { cat "$work/build.log" >&2; exit 1; }
-wheel="$(ls "$work"/dist/pop3tap-*.whl)"
-python3 -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install -q --disable-pip-version-check "$wheel"
+echo "==> wheel: build the pure wheel from the same sdist (POP3TAP_PURE_BUILD=1)"
+mkdir "$work/sdist"
+tar -xzf "$work"/dist/pop3tap-*.tar.gz -C "$work/sdist"
+POP3TAP_PURE_BUILD=1 .venv/bin/python -m build -q --wheel --outdir "$work/pure" \
+    "$work"/sdist/pop3tap-* >"$work/build-pure.log" 2>&1 \
+    || { cat "$work/build-pure.log" >&2; exit 1; }
 
-cd "$work"  # nothing of the checkout is importable from here
-export PATH="$work/venv/bin:$PATH"
-python - "$checkout" <<'PY'
+# smoke WHEEL BUILD: install WHEEL into a fresh venv and use it; BUILD is compiled or pure.
+smoke() {
+    local wheel="$1" build="$2" venv="$work/venv-$2"
+    echo "==> wheel ($build): install $(basename "$wheel") into a fresh venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "$wheel"
+    cd "$work"  # nothing of the checkout is importable from here
+    PATH="$venv/bin:$PATH" smoke_installed "$build"
+    cd "$checkout"
+}
+
+smoke_installed() {
+python - "$checkout" "$1" <<'PY'
 import sys
 from pathlib import Path
 
 import pop3tap
+import pop3tap.protocol
+from pop3tap.protocol import _bodyscan
 
 where = Path(pop3tap.__file__).resolve()
 assert not where.is_relative_to(Path(sys.argv[1])), f"imported from the checkout: {where}"
 assert (where.parent / "samples" / "user-pass.p3cap").is_file(), "no sample captures"
+compiled = sys.argv[2] == "compiled"
+assert pop3tap.protocol.COMPILED is compiled, f"COMPILED is {pop3tap.protocol.COMPILED}"
+assert _bodyscan.SCANNER == ("c" if compiled else "python"), _bodyscan.SCANNER
 PY
 
-echo "==> wheel: pop3tap --help and pop3tap demo"
+echo "==> wheel ($1): pop3tap --help and pop3tap demo"
 pop3tap --help >/dev/null
-pop3tap demo --log-file "$work/demo.log" >"$work/demo.out"
-grep -q '\[tx\] USER alice' "$work/demo.out" || { cat "$work/demo.out" >&2; exit 1; }
+pop3tap demo --log-file "$work/demo-$1.log" >"$work/demo-$1.out"
+grep -q '\[tx\] USER alice' "$work/demo-$1.out" || { cat "$work/demo-$1.out" >&2; exit 1; }
 
-echo "==> wheel: poplib against pop3tap replay (CLI and library)"
+echo "==> wheel ($1): poplib against pop3tap replay (CLI and library)"
 samples="$(python -c 'import pathlib, pop3tap; print(pathlib.Path(pop3tap.__file__).parent / "samples")')"
-pop3tap replay --listen 127.0.0.1:0 --log-file "$work/replay.log" "$samples/user-pass.p3cap" &
+pop3tap replay --listen 127.0.0.1:0 --log-file "$work/replay-$1.log" "$samples/user-pass.p3cap" &
 replay_pid=$!
-python - "$work/replay.log" "$samples/user-pass.p3cap" <<'PY'
+python - "$work/replay-$1.log" "$samples/user-pass.p3cap" <<'PY'
 import json
 import poplib
 import sys
@@ -81,4 +101,11 @@ PY
 kill -INT "$replay_pid"
 wait "$replay_pid"
 replay_pid=""
-echo "==> wheel: OK ($(basename "$wheel"))"
+}
+
+smoke "$(ls "$work"/dist/pop3tap-*-linux_*.whl)" compiled
+smoke "$(ls "$work"/pure/pop3tap-*-py3-none-any.whl)" pure
+# The switch holds in an installed compiled wheel too.
+(cd "$work" && POP3TAP_PURE_PYTHON=1 "$work/venv-compiled/bin/python" -c \
+    'import pop3tap.protocol as p; assert not p.COMPILED, "POP3TAP_PURE_PYTHON=1 ignored"')
+echo "==> wheel: OK (compiled and pure)"
