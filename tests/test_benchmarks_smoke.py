@@ -190,6 +190,24 @@ def test_masking_benchmark_reports_every_shape_and_both_loads() -> None:
     assert all(float(line.rsplit(" ", 1)[1]) > 0 for line in ratios)
 
 
+@pytest.mark.parametrize("pure", ["1", "0"])
+def test_core_loop_names_the_core_it_ran(pure: str) -> None:
+    """benchmarks.core_loop feeds the sample captures to the core and says which build ran."""
+    env = {**os.environ, "POP3TAP_PURE_PYTHON": pure}
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.core_loop", "--sessions", "5", "--repeat", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    import pop3tap.protocol
+
+    built = any(Path(pop3tap.protocol.__file__).parent.glob("_observer.*.so"))
+    build = "compiled" if pure == "0" and built else "pure"
+    words = result.stdout.split()
+    assert words[:2] == [build, "core:"] and float(words[2]) > 0, result.stdout
+    assert "(5 captures, " in result.stdout and " 0 events" not in result.stdout
+
+
 def test_hostile_quick_reports_every_figure(tmp_path: Path) -> None:
     """benchmarks.hostile --quick runs end to end; figures are present and positive."""
     out = tmp_path / "hostile.json"
