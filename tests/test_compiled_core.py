@@ -222,12 +222,15 @@ def test_compiled_says_which_modules_were_loaded() -> None:
 
 
 def loaded_build(pure: str | None) -> str:
+    """Import the core in a fresh interpreter; which build, scanner and extensions loaded."""
     env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
     if pure is not None:
         env["POP3TAP_PURE_PYTHON"] = pure
     code = (
-        "import pop3tap.protocol as p, pop3tap.protocol._bodyscan as b;"
-        "print(p.COMPILED, p._observer.__file__.endswith('.py'), b.SCANNER)"
+        "import sys, pop3tap.protocol as p, pop3tap.protocol._bodyscan as b;"
+        "so = sorted(n for n, m in sys.modules.items() if n.startswith('pop3tap')"
+        " and not (getattr(m, '__file__', None) or '.py').endswith('.py'));"
+        "print(p.COMPILED, b.SCANNER, len(so), so)"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -242,10 +245,13 @@ def built_core() -> bool:
 
 
 def test_the_pure_switch_loads_python_sources_for_the_whole_core() -> None:
-    assert loaded_build("1") == "False True python"
+    assert loaded_build("1") == "False python 0 []"  # no extension module at all
     unset = loaded_build(None)
     assert unset == loaded_build("0")
-    assert unset.startswith("True False" if built_core() else "False True")
+    if built_core():  # every core module, the shared library and the C scanners
+        assert unset.startswith(f"True c {len(core_modules()) + 3} "), unset
+    else:
+        assert unset.startswith("False "), unset
 
 
 def test_the_compiled_core_is_in_use_when_required() -> None:
