@@ -69,8 +69,13 @@ def compiled_core() -> list[Extension]:
         if path.name != "__init__.py"
     )
     try:
+        # Not the project's mypy configuration, and errors only for the core: mypy also
+        # reads the modules the core's package imports (the replay API, lazily), whose
+        # imports (trio, structlog...) are not installed where pip builds.
         extensions: list[Extension] = mypycify(
-            sources, opt_level="3", group_name="pop3tap.protocol._compiled"
+            ["--config-file=", "--strict", "--follow-imports=silent", *sources],
+            opt_level="3",
+            group_name="pop3tap.protocol._compiled",
         )
     except (Exception, SystemExit) as error:  # mypyc exits on a type error
         print(f"pop3tap: mypyc failed ({error!r}); the protocol core stays pure Python")
