@@ -91,6 +91,17 @@ class BuildAllOrNothing(build_ext):
     and the pure-Python core is used (a half-compiled core would hold two copies of a
     class)."""
 
+    def run(self) -> None:
+        if self.inplace and not any(getattr(e, "_pop3tap_mypyc", False) for e in self.extensions):
+            # An editable install that does not compile this time: a core compiled
+            # earlier next to the sources would shadow them (Python prefers extensions).
+            package = Path(__file__).resolve().parent / COMPILED_PACKAGE
+            for source in [*package.glob("*.py"), package / "_compiled__mypyc.py"]:
+                if source.name != "__init__.py":
+                    for built in package.glob(f"{source.stem}.*.so"):
+                        built.unlink()
+        super().run()
+
     def build_extensions(self) -> None:
         super().build_extensions()
         group = [ext for ext in self.extensions if getattr(ext, "_pop3tap_mypyc", False)]
