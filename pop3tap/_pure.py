@@ -5,8 +5,8 @@ and line masker have C twins. Each is optional, and each has a Python source tha
 the same results. The C twins are separate modules that their Python callers choose
 between (``_bodyscan``, ``_masklines``). A compiled module, though, has the same name as
 its source and sits next to it, and CPython's path finder prefers an extension module to a
-``.py`` file; so when the switch is set, :func:`install` puts a finder first on
-``sys.meta_path`` that looks for ``pop3tap.*`` modules among ``.py`` files only. Modules
+``.py`` file; so when the switch is set, :func:`install` puts a finder on ``sys.meta_path``,
+just before the path finder, that looks for ``pop3tap.*`` modules among ``.py`` files only. Modules
 that have no source (the C twins, mypyc's shared library) are left to the usual finders.
 """
 
@@ -15,7 +15,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from importlib.machinery import SOURCE_SUFFIXES, FileFinder, ModuleSpec, SourceFileLoader
+from importlib.machinery import (
+    SOURCE_SUFFIXES,
+    FileFinder,
+    ModuleSpec,
+    PathFinder,
+    SourceFileLoader,
+)
 from types import ModuleType
 
 
@@ -48,6 +54,12 @@ class SourceOnlyFinder:
 
 
 def install() -> None:
-    """Put a :class:`SourceOnlyFinder` first if the switch is set (once)."""
-    if requested() and not any(isinstance(f, SourceOnlyFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, SourceOnlyFinder())
+    """Put a :class:`SourceOnlyFinder` just before the path finder if the switch is set
+    (once); finders a program placed in front of the path finder still come first."""
+    if not requested() or any(isinstance(f, SourceOnlyFinder) for f in sys.meta_path):
+        return
+    try:
+        where = sys.meta_path.index(PathFinder)
+    except ValueError:
+        where = len(sys.meta_path)
+    sys.meta_path.insert(where, SourceOnlyFinder())

@@ -261,3 +261,22 @@ def test_the_compiled_core_is_in_use_when_required() -> None:
         pytest.skip("POP3TAP_REQUIRE_COMPILED_CORE is not set")
     assert built_core()
     assert pop3tap.protocol.COMPILED is not _pure.requested()
+
+
+def test_the_pure_switch_leaves_earlier_finders_first() -> None:
+    """A finder a program put in front of the path finder still sees pop3tap's imports."""
+    code = (
+        "import sys\n"
+        "seen = []\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        seen.append(name)\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "import pop3tap.protocol\n"
+        "print('pop3tap.protocol._observer' in seen, pop3tap.protocol.COMPILED)\n"
+    )
+    env = {**os.environ, "POP3TAP_PURE_PYTHON": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "False"]
