@@ -115,6 +115,10 @@ class _UntilInSync:
     starts inside an exchange (RFC 5034 §4) shows the data without it. Until the server's
     first ``+OK``/``-ERR`` line (after which the client is back at a command) a client line
     that is not a POP3 command is replaced by ``********``: the facts are missing, so mask.
+
+    It works on what the observer recorded (already masked), never on what the observer
+    parses: the observer's masker and its pairing must see the same bytes, or verdicts
+    land on the wrong held lines.
     """
 
     def __init__(self) -> None:
@@ -124,7 +128,7 @@ class _UntilInSync:
         self._server = bytearray()
 
     def client(self, data: bytes) -> bytes:
-        """The client bytes to record (then through the ordinary masker)."""
+        """The recorded client bytes to write."""
         if self.synced:
             held, self._line = bytes(self._line), bytearray()
             if self._dropping:
@@ -263,37 +267,41 @@ class _FlowWriter:
         self._keep_secrets = keep_secrets
         self._guard = _UntilInSync() if guarded and not keep_secrets else None
 
+    def _write_client(self, recorded: list[tuple[float, bytes]]) -> None:
+        """Write recorded client bytes, in order (through the mid-session guard)."""
+        guard = self._guard
+        for when, data in recorded:
+            out = data if guard is None else guard.client(data)
+            if out:
+                self._writer.write_data(Direction.CLIENT, when, out)
+
     def _release_client_lines(self) -> None:
         """Write client lines the masker held until the pairing resolved them (after an
         AUTH): they were sent before the server bytes that resolved them."""
-        if not self._keep_secrets:
-            for when, data in self.observer.take_masked_client():
-                self._writer.write_data(Direction.CLIENT, when, data)
+        self._write_client(self.observer.take_masked_client())
 
-    def _release_guarded_line(self, at: float) -> None:
-        """A client line the mid-session guard still holds, at the end of the stream."""
+    def _end_client(self, at: float) -> None:
+        """The client stream ended: what the masker and the guard still hold of it."""
+        self.observer.end_client(at)
+        self._release_client_lines()
         held = self._guard.flush() if self._guard is not None else b""
-        recorded = self.observer.mask_client(held, at) if held else b""
-        if recorded:
-            self._writer.write_data(Direction.CLIENT, at, recorded)
+        if held:
+            self._writer.write_data(Direction.CLIENT, at, held)
 
     def event(self, event: str, chunk: Chunk, at: float, ended: list[tuple[str, str]]) -> None:
         """An ``eof``, ``reset`` or ``gap`` in one direction (``ended`` collects the ends)."""
         if event in (EventName.EOF, EventName.RESET):
             if chunk.direction == Direction.CLIENT:
-                self._release_guarded_line(at)
-                self.observer.end_client(at)
-                self._release_client_lines()
+                self._end_client(at)
             ended.append((event, chunk.direction))
         self._writer.write_event(event, at, **chunk.fields)
 
-    def client(self, raw: bytes, at: float) -> None:
-        data = self._guard.client(raw) if self._guard is not None else raw
-        recorded = data if self._keep_secrets else self.observer.mask_client(data, at)
-        if recorded:
-            self._writer.write_data(Direction.CLIENT, at, recorded)
-        self.observer.feed_client(raw, at)
-        self._release_client_lines()
+    def client(self, data: bytes, at: float) -> None:
+        if self._keep_secrets:
+            self._write_client([(at, data)] if data else [])
+            self.observer.feed_client(data, at)
+            return
+        self._write_client(self.observer.receive_client(data, at).recorded)
 
     def server(self, data: bytes, at: float) -> None:
         if self._guard is not None:
@@ -303,10 +311,11 @@ class _FlowWriter:
         self._writer.write_data(Direction.SERVER, at, data)
 
     def end(self, last: float, reason: str) -> None:
-        self._release_guarded_line(last)
-        self.observer.end_client(last)
-        self._release_client_lines()
+        self._end_client(last)
         self.observer.end_server(last)
+        # Client lines still without a verdict are masked and written, as the relay does.
+        self.observer.abandon_client_lines()
+        self._release_client_lines()
         self._writer.close(last, reason, self.observer.summary().as_dict())
 
 

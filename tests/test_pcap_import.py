@@ -527,3 +527,77 @@ def test_a_session_seen_from_its_middle_shows_exactly_the_command_table_s_verbs(
         line = f"{verb.lower()} 1\r\n".encode()
         assert _UntilInSync._decide(line) == line
     assert _UntilInSync._decide(b"hunter2\r\n") == b"********\r\n"
+
+
+def _imported_c2s(directory: Path, conversation: list[tuple[str, bytes]], *, cut: int) -> bytes:
+    """The client stream of the capture imported from ``conversation``, the first ``cut``
+    packets (the handshake is two) left out of the pcap."""
+    _synthetic(directory / "all.pcap", conversation)
+    scapy_all.wrpcap(str(directory / "cut.pcap"), read_packets(directory / "all.pcap")[cut:])
+    (session,) = import_pcap(directory / "cut.pcap", directory / "out")
+    assert session.path is not None
+    return read_capture(session.path).stream("c2s")
+
+
+def _auth_after_a_line_the_guard_masks(first_line: bytes, sasl: bytes) -> list[tuple[str, bytes]]:
+    return [
+        ("c", first_line),
+        ("s", b"+OK Logged in.\r\n"),
+        ("c", b"AUTH PLAIN\r\n"),
+        ("s", b"+ \r\n"),
+        ("c", sasl + b"\r\n"),
+        ("s", b"+OK\r\n"),
+        ("c", b"NOOP\r\n"),
+        ("s", b"+OK\r\n"),
+        ("c", b"LIST 1\r\n"),
+        ("s", b"+OK 1 2\r\n"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [b"ab\r\n", b"abcdefgh\r\n", _SASL_SECRET + b"\r\n", b"x" * 300 + b"\r\n"],
+    ids=["shorter-than-the-mask", "as-long", "longer", "much-longer"],
+)
+def test_a_line_masked_before_the_sync_moves_no_verdict_after_a_later_auth(
+    tmp_path: Path, first_line: bytes
+) -> None:
+    """The mid-session guard writes ``********`` for a line it cannot place; the masker and
+    the pairing still see the same bytes, so each line after a later AUTH gets its own
+    verdict: the SASL line masked (even one that reads like a command), the commands
+    behind it clear, none lost."""
+    conversation = _auth_after_a_line_the_guard_masks(first_line, b"STAT")
+    c2s = _imported_c2s(tmp_path, conversation, cut=2)
+    assert c2s == b"********\r\nAUTH PLAIN\r\n********\r\nNOOP\r\nLIST 1\r\n"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    junk=st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b),
+    sasl=st.sampled_from([b"STAT", b"NOOP", b"c2VjcmV0", _SASL_SECRET]),
+)
+def test_an_import_from_the_middle_writes_every_line_after_auth_as_the_relay_would(
+    junk: bytes, sasl: bytes
+) -> None:
+    # A first line of any length that is no command (the guard masks it), then an AUTH.
+    conversation = _auth_after_a_line_the_guard_masks(b"x" + junk + b"\r\n", sasl)
+    with tempfile.TemporaryDirectory() as tmp:
+        c2s = _imported_c2s(Path(tmp), conversation, cut=2)
+    assert c2s == b"********\r\nAUTH PLAIN\r\n********\r\nNOOP\r\nLIST 1\r\n"
+
+
+@pytest.mark.parametrize("cut", [0, 2], ids=["whole", "mid-session"])
+def test_client_lines_the_server_never_answered_are_written_masked(
+    tmp_path: Path, cut: int
+) -> None:
+    # What the relay writes for the same bytes (tests/test_relay_recorder.py): the lines
+    # without a verdict when the session ends are masked, never dropped.
+    conversation = [
+        ("s", b"+OK ready\r\n"),
+        ("c", b"AUTH PLAIN\r\n"),
+        ("s", b"+ \r\n"),
+        ("c", b"c2VjcmV0\r\nSTAT\r\n"),
+    ]
+    assert _imported_c2s(tmp_path, conversation, cut=cut) == (
+        b"AUTH PLAIN\r\n********\r\n********\r\n"
+    )
