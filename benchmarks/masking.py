@@ -40,8 +40,7 @@ def _session(after_auth: bool) -> SessionObserver:
     observer.feed_server(b"+OK ready\r\n", 0.0)
     if after_auth:
         line = b"AUTH PLAIN AGJvYgBwdw==\r\n"
-        observer.mask_client(line, 0.0)
-        observer.feed_client(line, 0.0)
+        observer.receive_client(line, 0.0)
         observer.feed_server(b"+OK Logged in.\r\n", 0.0)
         observer.take_masked_client()
     return observer
@@ -52,9 +51,9 @@ def _seconds(payload: bytes, after_auth: bool, *, parse: bool) -> float:
     start = time.perf_counter()
     for pos in range(0, len(payload), CHUNK):
         chunk = payload[pos : pos + CHUNK]
-        observer.mask_client(chunk, 1.0)
+        observer.record_client(chunk, 1.0)
         if parse:
-            observer.feed_client(chunk, 1.0)
+            observer.parse_recorded_client()
         observer.take_masked_client()
     return time.perf_counter() - start
 

@@ -262,9 +262,8 @@ class _FlowWriter:
     """One connection's chunks into a capture, through the relay's observer and masker."""
 
     def __init__(self, writer: CaptureWriter, *, keep_secrets: bool, guarded: bool) -> None:
-        self.observer = SessionObserver()
+        self.observer = SessionObserver(keep_secrets=keep_secrets)
         self._writer = writer
-        self._keep_secrets = keep_secrets
         self._guard = _UntilInSync() if guarded and not keep_secrets else None
 
     def _write_client(self, recorded: list[tuple[float, bytes]]) -> None:
@@ -297,10 +296,6 @@ class _FlowWriter:
         self._writer.write_event(event, at, **chunk.fields)
 
     def client(self, data: bytes, at: float) -> None:
-        if self._keep_secrets:
-            self._write_client([(at, data)] if data else [])
-            self.observer.feed_client(data, at)
-            return
         self._write_client(self.observer.receive_client(data, at).recorded)
 
     def server(self, data: bytes, at: float) -> None:

@@ -159,11 +159,11 @@ def relay_model(steps: list[tuple[str, bytes]]) -> Relayed:
     for direction, data in steps:
         t += 0.001
         if direction == "c":
-            now = observer.mask_client(data, t)
+            now = observer.record_client(data, t)
             if now:
                 out.records.append(DataRecord(t, "c2s", now))
             released()
-            out.events += observer.feed_client(data, t)
+            out.events += observer.parse_recorded_client()
             released()
         elif observer.client_held or not observer.greeted:
             out.events += observer.feed_server(data, t)

@@ -325,12 +325,13 @@ def test_events_and_work_per_byte_stay_bounded(client: bytes, server: bytes, see
         size = rng.choice([1, 7, 100, 4096, 262144])
         piece = streams[side][positions[side] : positions[side] + size]
         positions[side] += len(piece)
-        feed = observer.feed_client if side == "c" else observer.feed_server
         before = counter.lines
         with counter.counting():
-            if side == "c":  # the relay masks every client chunk for the capture first
-                observer.mask_client(piece, 1.0)
-            batch = feed(piece, 1.0)
+            if side == "c":  # recorded for the capture (masked), then parsed, as the relay does
+                observer.record_client(piece, 1.0)
+                batch = observer.parse_recorded_client()
+            else:
+                batch = observer.feed_server(piece, 1.0)
             observer.take_masked_client()
         assert counter.lines - before <= _OPS_PER_CALL + _OPS_PER_BYTE * len(piece)
         assert counter.lines <= 3000 + _OPS_PER_BYTE * sum(positions.values())

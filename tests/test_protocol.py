@@ -338,8 +338,8 @@ def test_pipelining_thousands_of_commands_in_one_chunk_pairs_them_all() -> None:
 def test_lone_cr_never_shows_what_follows_it() -> None:
     observer = SessionObserver()
     raw = b"USER bob\rPASS hunter2\r\n"
-    assert observer.mask_client(raw) == b"USER bob\rPASS ********\r\n"
-    (command,) = [e for e in observer.feed_client(raw, 1.0) if isinstance(e, CommandSent)]
+    assert observer.record_client(raw, 1.0) == b"USER bob\rPASS ********\r\n"
+    (command,) = [e for e in observer.parse_recorded_client() if isinstance(e, CommandSent)]
     assert "hunter2" not in command.args and command.verb == "USER"
 
 
@@ -421,7 +421,7 @@ def test_greeting_first_even_if_client_spoke_first() -> None:
 def test_secret_masking_in_bytes_and_events() -> None:
     observer = SessionObserver()
     raw = b"USER bob\r\nPASS hunter2 x\r\nAPOP bob c4c9334bac560ecc979e58001b3e22fb\r\n"
-    masked = b"".join(observer.mask_client(bytes([b])) for b in raw)
+    masked = b"".join(observer.record_client(bytes([b]), 1.0) for b in raw)
     assert masked == b"USER bob\r\nPASS ********\r\nAPOP bob ********\r\n"
     observer.end_client(2.0)
     assert observer.take_masked_client() == []
@@ -437,8 +437,8 @@ def test_secret_masking_in_bytes_and_events() -> None:
 def masked_step(observer: SessionObserver, data: bytes) -> bytes:
     """What the relay writes to the capture for one client chunk: the masked bytes now,
     then the held lines the pairing resolved once the observer has the chunk."""
-    now = observer.mask_client(data, 1.0)
-    observer.feed_client(data, 1.0)
+    now = observer.record_client(data, 1.0)
+    observer.parse_recorded_client()
     return now + b"".join(chunk for _at, chunk in observer.take_masked_client())
 
 
@@ -518,7 +518,7 @@ def test_body_scan_large_chunks_with_bare_lf_behind_dot_lines() -> None:
 def test_masking_does_not_depend_on_name_or_mechanism_length() -> None:
     name = b"u" * 5000
     observer = SessionObserver()
-    masked = observer.mask_client(b"APOP " + name + b" c4c9334bac560ecc979e58001b3e22fb\r\n")
+    masked = observer.record_client(b"APOP " + name + b" c4c9334bac560ecc979e58001b3e22fb\r\n", 0)
     assert masked == b"APOP " + name + b" ********\r\n"
     observer = SessionObserver()
     observer.feed_server(b"+OK hi\r\n", 0.0)
@@ -535,21 +535,22 @@ def test_masking_keywords_are_case_and_blank_insensitive() -> None:
         b"PASS\thunter2\r\n",
         b"PASS  hunter2\r\n",
     ):
-        assert b"hunter2" not in SessionObserver().mask_client(line)
-    assert SessionObserver().mask_client(b"PASSWORD hunter2\r\n") == b"PASSWORD hunter2\r\n"
+        assert b"hunter2" not in SessionObserver().record_client(line, 0)
+    assert SessionObserver().record_client(b"PASSWORD hunter2\r\n", 0) == b"PASSWORD hunter2\r\n"
     assert (
-        SessionObserver().mask_client(b"auth\tplain\tAGJvYg==\r\n") == b"auth\tplain\t********\r\n"
+        SessionObserver().record_client(b"auth\tplain\tAGJvYg==\r\n", 0)
+        == b"auth\tplain\t********\r\n"
     )
 
 
 def test_masker_starts_afresh_after_stls() -> None:
     observer = SessionObserver()
     observer.feed_server(b"+OK hi\r\n", 0.0)
-    observer.mask_client(b"STLS\r\nX")  # "X": plaintext injected after STLS
-    observer.feed_client(b"STLS\r\nX", 1.0)
+    observer.receive_client(b"STLS\r\nX", 1.0)  # "X": plaintext injected after STLS
     observer.feed_server(b"+OK Begin TLS\r\n", 2.0)
     observer.resume_after_tls()
-    assert observer.mask_client(b"AUTH PLAIN AGJvYgBodW50ZXIy\r\n") == b"AUTH PLAIN ********\r\n"
+    masked = observer.record_client(b"AUTH PLAIN AGJvYgBodW50ZXIy\r\n", 3.0)
+    assert masked == b"AUTH PLAIN ********\r\n"
 
 
 _MASK_TOKENS = [

@@ -316,7 +316,7 @@ def test_starttls_is_emitted_complete(trailing: bytes) -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_receive_client_records_what_mask_then_feed_record(seed: int) -> None:
+def test_receive_client_records_what_record_then_parse_record(seed: int) -> None:
     rng = random.Random(seed)
     client = b"USER bob\r\nPASS hunter2\r\nAUTH PLAIN\r\nAGJvYgBodW50ZXIy\r\nSTAT\r\nQUIT\r\n"
     server = GREETING + b"+OK\r\n-ERR no\r\n+ \r\n+OK in\r\n+OK 0 0\r\n+OK bye\r\n"
@@ -341,8 +341,8 @@ def test_receive_client_records_what_mask_then_feed_record(seed: int) -> None:
         recorded = b""
         events: list[Event] = []
         for piece in pieces:
-            recorded += observer.mask_client(piece, 1.0)
-            events += observer.feed_client(piece, 1.0)
+            recorded += observer.record_client(piece, 1.0)
+            events += observer.parse_recorded_client()
             recorded += b"".join(data for _at, data in observer.take_masked_client())
         events += observer.feed_server(server[len(GREETING) :], 2.0)
         recorded += b"".join(data for _at, data in observer.take_masked_client())

@@ -109,7 +109,7 @@ class CountingObserver:
     classes cannot have Python subclasses.
     """
 
-    #: (step number, commands) per feed_client call.
+    #: (step number, commands) per parse_recorded_client call.
     fed: ClassVar[list[tuple[int, int]]] = []
     step = 0
 
@@ -119,8 +119,8 @@ class CountingObserver:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._observer, name)
 
-    def feed_client(self, data: bytes, at: float) -> list[Event]:
-        events = self._observer.feed_client(data, at)
+    def parse_recorded_client(self, size: int | None = None) -> list[Event]:
+        events = self._observer.parse_recorded_client(size)
         commands = sum(isinstance(e, CommandSent) for e in events)
         CountingObserver.fed.append((CountingObserver.step, commands))
         return events

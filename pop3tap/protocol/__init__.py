@@ -66,6 +66,7 @@ from pop3tap.protocol._events import (
 )
 from pop3tap.protocol._masking import SecretMasker, Verdict
 from pop3tap.protocol._observer import ClientFeed, SessionObserver, SessionSummary
+from pop3tap.protocol._recording import ObserverUsageError
 from pop3tap.protocol._server_role import (
     NEED_DATA,
     ClientEvent,
@@ -116,6 +117,7 @@ __all__ = [
     "LineTooLong",
     "Multiline",
     "NeedData",
+    "ObserverUsageError",
     "PairingLost",
     "PlaintextAfterStls",
     "Pop3State",

@@ -34,6 +34,13 @@ pairs them by the rules of RFC 1939 and RFC 2449:
   lost pairing puts the pairing in doubt: from then on every client line after an AUTH is
   masked. The capture masker (:class:`SecretMasker`) holds client lines after an AUTH
   until these same verdicts arrive.
+* So the masker sees each client byte before the pairing parses it, and the same bytes
+  (:mod:`._recording`): a caller that records client bytes hands them in once, to
+  :meth:`SessionObserver.record_client`, which masks them, and parses them with
+  :meth:`SessionObserver.parse_recorded_client`, which takes only what was recorded, in
+  order (:meth:`SessionObserver.receive_client` does both). A reader that records
+  nothing uses :meth:`SessionObserver.feed_client`; an observer takes one way or the
+  other, and mixing them raises :class:`ObserverUsageError`.
 * ``STLS`` answered by ``+OK`` switches both streams to TLS right after the ``+OK`` line
   (RFC 2595 §4). The observer then goes opaque until :meth:`resume_after_tls`; plaintext
   already received beyond the switch point is counted as injection.
@@ -64,6 +71,7 @@ from pop3tap.protocol._events import Direction, EndOfStream, Event, Flag
 from pop3tap.protocol._lines import DEFAULT_MAX_LINE
 from pop3tap.protocol._masking import SecretMasker
 from pop3tap.protocol._pending import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_BYTES
+from pop3tap.protocol._recording import ObserverUsageError, UnparsedClient
 from pop3tap.protocol._responses import ServerSide
 from pop3tap.protocol._state import SessionPhase, Trigger
 from pop3tap.protocol._summary import SessionSummary
@@ -81,6 +89,7 @@ __all__ = [
     "DEFAULT_MAX_PENDING_BYTES",
     "BodyListener",
     "ClientFeed",
+    "ObserverUsageError",
     "SessionObserver",
     "SessionSummary",
 ]
@@ -107,6 +116,7 @@ class SessionObserver(ServerSide):
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         max_anomaly_events: int = DEFAULT_MAX_ANOMALY_EVENTS,
         body_listener: BodyListener | None = None,
+        keep_secrets: bool = False,
     ) -> None:
         super().__init__(
             max_line=max_line,
@@ -115,6 +125,14 @@ class SessionObserver(ServerSide):
             max_anomaly_events=max_anomaly_events,
             body_listener=body_listener,
         )
+        #: The client bytes to record keep their secrets (``--keep-secrets``); events and
+        #: logs mask them either way.
+        self._keep_secrets = keep_secrets
+        self._unparsed = UnparsedClient()
+        #: Client bytes were parsed unrecorded (:meth:`feed_client`): none can be recorded.
+        self._fed_unrecorded = False
+        #: Plaintext injected after a passed-through STLS was recorded.
+        self._injected = False
 
     # ------------------------------------------------------------------ state
 
@@ -166,36 +184,107 @@ class SessionObserver(ServerSide):
     # ------------------------------------------------------------------ client bytes
 
     def receive_client(self, data: bytes, at: float) -> ClientFeed:
-        """Bytes the client sent: masked for the record and parsed, in the one safe order.
+        """Bytes the client sent: recorded (secrets masked) and parsed, in the one safe order.
 
-        The masker sees the chunk before the pairing gives verdicts on its lines, so no
-        caller can get the order wrong. Write :attr:`ClientFeed.recorded` as it comes,
-        then after every :meth:`feed_server` the lines of :meth:`take_masked_client`.
+        Write :attr:`ClientFeed.recorded` as it comes, then after every :meth:`feed_server`
+        the lines of :meth:`take_masked_client`.
         """
-        masked = self.mask_client(data, at)
-        events = self.feed_client(data, at)
+        masked = self.record_client(data, at)
+        events = self.parse_recorded_client()
         recorded = [(at, masked)] if masked else []
         recorded += self._masker.take_released()
         return ClientFeed(recorded, events)
 
-    def mask_client(self, data: bytes, at: float = 0.0) -> bytes:
-        """The client chunk with PASS, APOP digests and SASL data replaced by ``********``.
+    def record_client(self, data: bytes, at: float) -> bytes:
+        """The first half of :meth:`receive_client`, for a caller that records a chunk and
+        forwards it before it parses it: the chunk as the capture is to hold it (PASS, APOP
+        digests and SASL data replaced by ``********`` unless secrets are kept; as it is
+        once the session is opaque after STLS).
 
-        The two-step form of :meth:`receive_client`, for a caller that records before it
-        forwards and parses after: call it with every client chunk, before
-        :meth:`feed_client` gets the same chunk. Lines after an AUTH wait for the pairing
-        and come out of :meth:`take_masked_client` (see :mod:`._masking`).
+        Lines after an AUTH wait for the pairing and come out of :meth:`take_masked_client`
+        (see :mod:`._masking`). The chunk is parsed by :meth:`parse_recorded_client`.
         """
-        if self._phase is _OPAQUE:
+        self._start_recording(data, at)
+        if self._keep_secrets or self._phase is _OPAQUE:
             return data
         return self._masker.mask(data, at)
 
-    def client_masker_at_switch(self) -> SecretMasker:
-        """The client masker, told to distrust, for plaintext sent after a passed-through
-        STLS ``+OK``: a line begun before the switch keeps its state (RFC 2595 §4; the
-        observer no longer masks once the session is opaque)."""
-        self._masker.distrust()
-        return self._masker
+    def record_injected_client(self, data: bytes, at: float) -> bytes:
+        """:meth:`record_client` for plaintext the client sent after a passed-through STLS
+        ``+OK``, where the server expects TLS (RFC 2595 §4): masked by the client masker,
+        which distrusts from here on (no pairing will come) and continues the line the
+        client began before the switch. Parsed by :meth:`parse_recorded_client` (the
+        session is opaque: the bytes are only counted).
+
+        Raises:
+            ObserverUsageError: the session is not opaque after STLS.
+        """
+        if self._phase is not _OPAQUE:
+            raise ObserverUsageError("injected plaintext is recorded only after STLS +OK")
+        self._start_recording(data, at)
+        if self._keep_secrets:
+            return data
+        if not self._injected:
+            self._injected = True
+            self._masker.distrust()
+        return self._masker.mask(data, at)
+
+    def _start_recording(self, data: bytes, at: float) -> None:
+        if self._fed_unrecorded:
+            raise ObserverUsageError(
+                "this observer parsed client bytes it did not record (feed_client): "
+                "its masker has not seen them, so it cannot record any more"
+            )
+        self._unparsed.append(data, at)
+
+    def parse_recorded_client(self, size: int | None = None) -> list[Event]:
+        """The second half of :meth:`receive_client`: parse the next ``size`` client bytes
+        recorded by :meth:`record_client` (all of them for None), in order; returns the
+        events they complete. Only recorded bytes can be parsed, so the masker always sees a
+        byte before the pairing gives its verdict on the line.
+
+        Raises:
+            ObserverUsageError: fewer than ``size`` recorded bytes wait to be parsed.
+        """
+        for data, at in self._unparsed.take(size):
+            self._parse_client(data, at)
+        return self._take_events()
+
+    @property
+    def unparsed_client_bytes(self) -> int:
+        """Client bytes recorded and not parsed yet."""
+        return self._unparsed.size
+
+    def feed_client(self, data: bytes, at: float) -> list[Event]:
+        """Bytes the client sent (any chunking), for a reader that records none of them (a
+        capture read back, a scan); returns the events they complete.
+
+        Raises:
+            ObserverUsageError: this observer records client bytes (:meth:`record_client`):
+                its bytes are parsed by :meth:`parse_recorded_client` only.
+        """
+        if self._unparsed.recorded:
+            raise ObserverUsageError(
+                "this observer records client bytes: parse them with "
+                "parse_recorded_client() after record_client(), or use receive_client()"
+            )
+        self._fed_unrecorded = True
+        self._parse_client(data, at)
+        return self._take_events()
+
+    def _parse_client(self, data: bytes, at: float) -> None:
+        self._summary.client_bytes += len(data)
+        if data and self._phase is _LOST:
+            self._resume_if_safe(at)
+        phase = self._phase
+        if not data or phase is _OPAQUE or phase is _LOST:
+            if phase is _LOST:
+                self._count_unpaired(Direction.CLIENT, data, 0)
+            self._client_offset += len(data)
+            return
+        self._split_client_lines(data, at)
+        self._client_offset += len(data)
+        self._drain_client_queue()
 
     def take_masked_client(self) -> list[tuple[float, bytes]]:
         """Masked client bytes released since the last call, with their arrival times.
@@ -211,24 +300,11 @@ class SessionObserver(ServerSide):
         return self._masker.holding
 
     def abandon_client_lines(self) -> None:
-        """The session ends: client lines still without a verdict are masked."""
+        """The session ends: client lines still without a verdict are masked (and so is a
+        line of injected plaintext still open)."""
+        if self._injected:
+            self._masker.end_of_stream()
         self._masker.abandon()
-
-    def feed_client(self, data: bytes, at: float) -> list[Event]:
-        """Bytes the client sent (any chunking); returns the events they complete."""
-        self._summary.client_bytes += len(data)
-        if data and self._phase is _LOST:
-            self._resume_if_safe(at)
-        phase = self._phase
-        if not data or phase is _OPAQUE or phase is _LOST:
-            if phase is _LOST:
-                self._count_unpaired(Direction.CLIENT, data, 0)
-            self._client_offset += len(data)
-            return self._take_events()
-        self._split_client_lines(data, at)
-        self._client_offset += len(data)
-        self._drain_client_queue()
-        return self._take_events()
 
     # ------------------------------------------------------------------ server bytes
 

@@ -89,7 +89,7 @@ class EventActions:
         self.log.warning("pop3.stray", direction=event.direction.value, line=event.text)
 
     def on_start_tls(self, event: StartTls) -> None:
-        if self.stls.on_start_tls(event, self.observer.client_masker_at_switch()):
+        if self.stls.on_start_tls(event):
             return
         self.log.warning(
             "pop3.stls",

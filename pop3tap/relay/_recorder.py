@@ -70,7 +70,7 @@ class SessionRecorder(EventActions):
         self.keep_secrets = keep_secrets
         self.faults = faults
         self.on_server_activity = on_server_activity
-        self.observer = SessionObserver(max_line=max_line)
+        self.observer = SessionObserver(max_line=max_line, keep_secrets=keep_secrets)
         self.capture: CaptureWriter | None = None
         self.capture_warned = False
         #: Bytes observed so far per direction (the observer's stream offsets).
@@ -129,18 +129,16 @@ class SessionRecorder(EventActions):
         injected = self.stls.injected_plaintext(data)
         if injected:
             self.flag_injection(len(data))
-        if self.capture is None:
-            return
+        observer = self.observer
         try:
-            if self.keep_secrets:
-                self.capture.write_data(Direction.CLIENT, at, data)
-            elif injected:
-                for when, masked in self.stls.mask_injected(data, at):
-                    self.capture.write_data(Direction.CLIENT, when, masked)
+            # Every chunk goes through the observer's record entry: only what it recorded
+            # can be parsed (see _parse_client).
+            if injected:
+                recorded = observer.record_injected_client(data, at)
             else:
-                recorded = self.observer.mask_client(data, at)
-                if recorded:
-                    self.capture.write_data(Direction.CLIENT, at, recorded)
+                recorded = observer.record_client(data, at)
+            if recorded and self.capture is not None:
+                self.capture.write_data(Direction.CLIENT, at, recorded)
         except Exception:  # the masker must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
         self.record_released_client()
@@ -167,6 +165,7 @@ class SessionRecorder(EventActions):
         """
         capture = self.capture
         if capture is None:
+            self.observer.take_masked_client()  # nothing records them: none may pile up
             return
         try:
             for at, data in self.observer.take_masked_client():
@@ -195,7 +194,7 @@ class SessionRecorder(EventActions):
     def _parse_client(self, data: bytes, at: float) -> None:
         self.seen[Direction.CLIENT] += len(data)
         try:
-            events = self.observer.feed_client(data, at)
+            events = self.observer.parse_recorded_client(len(data))
             self.record_released_client()
             self.backlog.extend(events)
         except Exception:  # the parser must never break the relay
@@ -331,8 +330,6 @@ class SessionRecorder(EventActions):
             # Client lines that never got a verdict are masked (the facts are missing).
             self.observer.abandon_client_lines()
             self.record_released_client()
-            for when, masked in self.stls.end_injected():
-                self.capture.write_data(Direction.CLIENT, when, masked)
             self.capture.close(at, reason, fields)
             self.check_capture()
         return fields

@@ -5,15 +5,16 @@ on), client bytes after it are held until the server answers; a ``-ERR`` release
 ``+OK`` marks the switch point, up to which the server's bytes are forwarded before both
 legs turn to TLS. Without interception the session goes on encrypted end to end; client
 bytes after the ``+OK`` that do not open a TLS record are plaintext injected into what
-the server takes as its TLS stream: they are forwarded (the relay stays transparent) but
-go through a secret masker before anything records them.
+the server takes as its TLS stream: they are forwarded (the relay stays transparent), and
+the recorder records them through the observer's entry for them
+(:meth:`~pop3tap.protocol.SessionObserver.record_injected_client`), masked.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pop3tap.protocol import CommandSent, Exchange, SecretMasker, StartTls, Status
+from pop3tap.protocol import CommandSent, Exchange, StartTls, Status
 
 #: The first byte of a TLS handshake record (RFC 8446 §5.1, ContentType handshake).
 TLS_HANDSHAKE_RECORD = 0x16
@@ -37,13 +38,10 @@ class StlsGate:
         self.passed_through: StartTls | None = None
         #: Called when a pending STLS is answered otherwise than ``+OK``.
         self.on_resolve: Callable[[], None] = _nothing
-        #: Masks plaintext injected after a passed-through STLS (None: none seen yet).
-        self._injected: SecretMasker | None = None
+        #: Plaintext was sent after a passed-through STLS (decided by its first byte).
+        self._injected = False
         #: Client bytes after a passed-through STLS seen so far (to tell TLS from plaintext).
         self._after_switch = 0
-        #: The client's masker at a passed-through switch: injected plaintext continues
-        #: the line (and any AUTH) the client had begun before the ``+OK``.
-        self._switch_masker: SecretMasker | None = None
 
     @property
     def pending(self) -> bool:
@@ -67,14 +65,12 @@ class StlsGate:
             self.client_end = None
             self.on_resolve()
 
-    def on_start_tls(self, event: StartTls, masker: SecretMasker | None = None) -> bool:
-        """The server accepted STLS; True when pop3tap intercepts it. ``masker``: the
-        client's masker at the switch, which masks plaintext injected after it."""
+    def on_start_tls(self, event: StartTls) -> bool:
+        """The server accepted STLS; True when pop3tap intercepts it."""
         if self.intercept:
             self.switch = event
             return True
         self.passed_through = event
-        self._switch_masker = masker
         return False
 
     # -- forwarding ----------------------------------------------------------------------
@@ -110,32 +106,12 @@ class StlsGate:
         """
         if self.passed_through is None or self.intercept:
             return False
-        if self._injected is None:
+        if not self._injected:
             if self._after_switch == 0 and data and data[0] == TLS_HANDSHAKE_RECORD:
                 self._after_switch += len(data)
                 return False
             if self._after_switch:
                 return False
-            masker = self._switch_masker or SecretMasker(distrusted=True)
-            masker.distrust()
-            self._injected = masker
+            self._injected = True
         self._after_switch += len(data)
         return True
-
-    def mask_injected(self, data: bytes, at: float) -> list[tuple[float, bytes]]:
-        """Injected plaintext with PASS, APOP digests and SASL data masked, in order."""
-        masker = self._injected
-        assert masker is not None
-        out = masker.mask(data, at)
-        # Taken after every chunk, so what mask() released now follows what it returned.
-        released = masker.take_released()
-        return [(at, out), *released] if out else released
-
-    def end_injected(self) -> list[tuple[float, bytes]]:
-        """The session ends: injected lines still held come out masked."""
-        masker = self._injected
-        if masker is None:
-            return []
-        masker.end_of_stream()
-        masker.abandon()
-        return masker.take_released()

@@ -1,0 +1,82 @@
+"""Client bytes recorded and not yet parsed: the order masking and parsing must keep.
+
+The capture masker (:mod:`._masking`) holds the client lines after an AUTH until the
+pairing gives its verdict on each, by stream offset. So it must see every client byte,
+and the same bytes, before the pairing parses them: a verdict for a line the masker has
+not seen finds nothing to resolve, and a masker that saw other bytes (fewer, more, or
+changed) than the pairing resolves the wrong lines. :class:`UnparsedClient` keeps the
+chunks the masker has seen and the pairing has not, so the pairing can parse only those,
+in order; :class:`ObserverUsageError` is what a caller that tries anything else gets.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+__all__ = ["ObserverUsageError", "UnparsedClient"]
+
+
+class ObserverUsageError(RuntimeError):
+    """The observer was driven in an order that would record or parse the client's bytes
+    wrongly (a bug in the caller, never caused by peer bytes)."""
+
+
+class UnparsedClient:
+    """Client chunks recorded (masked for the capture) and not parsed yet, in order.
+
+    Holds references to the caller's chunks, not copies; the caller bounds how much waits
+    (the relay parses what it forwarded before it reads more).
+    """
+
+    __slots__ = ("_chunks", "_pos", "recorded", "size")
+
+    def __init__(self) -> None:
+        #: The chunks, with their arrival times; the first is parsed up to ``_pos``.
+        self._chunks: deque[tuple[bytes, float]] = deque()
+        self._pos = 0
+        #: Bytes recorded and not parsed yet.
+        self.size = 0
+        #: Whether any client byte was ever recorded.
+        self.recorded = False
+
+    def append(self, data: bytes, at: float) -> None:
+        self.recorded = True
+        if data:
+            self._chunks.append((data, at))
+            self.size += len(data)
+
+    def take(self, size: int | None) -> list[tuple[bytes, float]]:
+        """The next ``size`` recorded bytes (all of them for None), as pieces of the
+        recorded chunks with their times.
+
+        Raises:
+            ObserverUsageError: more bytes were asked for than were recorded.
+        """
+        waiting = self.size
+        if size is None:
+            size = waiting
+        elif not 0 <= size <= waiting:
+            raise ObserverUsageError(
+                f"asked to parse {size} client bytes, {waiting} recorded and not parsed: "
+                "client bytes are parsed only after record_client() has masked them"
+            )
+        if not size:
+            return []
+        chunks = self._chunks
+        self.size = waiting - size
+        pos = self._pos
+        if not pos and len(chunks[0][0]) == size:
+            return [chunks.popleft()]  # one whole chunk: the relay's common case
+        pieces: list[tuple[bytes, float]] = []
+        while size:
+            data, at = chunks[0]
+            end = min(len(data), pos + size)
+            pieces.append((data if not pos and end == len(data) else data[pos:end], at))
+            size -= end - pos
+            if end == len(data):
+                chunks.popleft()
+                pos = 0
+            else:
+                pos = end
+        self._pos = pos
+        return pieces
