@@ -265,6 +265,30 @@ def test_injected_plaintext_is_masked_the_same_at_any_chunking(seed: int) -> Non
     assert _injected(_cut(PLAINTEXT, "bytes", random.Random(seed))) == whole
 
 
+def _after_passed_through_stls() -> SessionObserver:
+    observer = _greeted()
+    observer.receive_client(b"STLS\r\n", 1.0)
+    observer.feed_server(b"+OK begin TLS\r\n", 2.0)
+    return observer
+
+
+def test_plaintext_after_stls_is_masked_even_through_the_ordinary_entry() -> None:
+    # A caller that does not tell injected plaintext apart still records nothing clear:
+    # bytes after the switch that do not open a TLS record are masked as plaintext.
+    observer = _after_passed_through_stls()
+    assert observer.record_client(b"PASS hunter2\r\nAUTH PLAIN\r\n", 3.0) == (
+        b"PASS ********\r\nAUTH PLAIN\r\n"
+    )
+    assert observer.record_client(SASL_SECRET + b"\r\n", 3.0) == b""
+    assert observer.take_masked_client() == [(3.0, b"********\r\n")]
+    observer.parse_recorded_client()
+    # TLS after the switch is recorded as it is, whatever bytes the records carry.
+    observer = _after_passed_through_stls()
+    hello = b"\x16\x03\x01\x00\x05PASS hunter2\r\n"
+    assert observer.record_client(hello, 3.0) == hello
+    assert observer.record_client(b"PASS hunter2\r\n", 3.0) == b"PASS hunter2\r\n"
+
+
 def test_kept_secrets_are_recorded_as_sent_and_still_masked_in_events() -> None:
     turns = SESSIONS["sasl-pipelined"]
     observer = SessionObserver(keep_secrets=True)

@@ -69,6 +69,7 @@ from pop3tap.protocol._observer import ClientFeed, SessionObserver, SessionSumma
 from pop3tap.protocol._recording import ObserverUsageError
 from pop3tap.protocol._server_role import (
     NEED_DATA,
+    TLS_HANDSHAKE_RECORD,
     ClientEvent,
     ClientReader,
     Command,
@@ -94,6 +95,7 @@ __all__ = [
     "COMPILED",
     "NEED_DATA",
     "SECRET_PLACEHOLDER",
+    "TLS_HANDSHAKE_RECORD",
     "TRANSITIONS",
     "UNKNOWN_COMMAND",
     "WORD_SEPARATORS",

@@ -73,6 +73,7 @@ from pop3tap.protocol._masking import SecretMasker
 from pop3tap.protocol._pending import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_BYTES
 from pop3tap.protocol._recording import ObserverUsageError, UnparsedClient
 from pop3tap.protocol._responses import ServerSide
+from pop3tap.protocol._server_role import TLS_HANDSHAKE_RECORD
 from pop3tap.protocol._state import SessionPhase, Trigger
 from pop3tap.protocol._summary import SessionSummary
 
@@ -131,8 +132,9 @@ class SessionObserver(ServerSide):
         self._unparsed = UnparsedClient()
         #: Client bytes were parsed unrecorded (:meth:`feed_client`): none can be recorded.
         self._fed_unrecorded = False
-        #: Plaintext injected after a passed-through STLS was recorded.
+        #: After STLS +OK: plaintext was recorded (it is masked from then on), or TLS was.
         self._injected = False
+        self._tls_after_switch = False
 
     # ------------------------------------------------------------------ state
 
@@ -198,32 +200,37 @@ class SessionObserver(ServerSide):
     def record_client(self, data: bytes, at: float) -> bytes:
         """The first half of :meth:`receive_client`, for a caller that records a chunk and
         forwards it before it parses it: the chunk as the capture is to hold it (PASS, APOP
-        digests and SASL data replaced by ``********`` unless secrets are kept; as it is
-        once the session is opaque after STLS).
+        digests and SASL data replaced by ``********`` unless secrets are kept). Lines after
+        an AUTH wait for the pairing and come out of :meth:`take_masked_client`.
 
-        Lines after an AUTH wait for the pairing and come out of :meth:`take_masked_client`
-        (see :mod:`._masking`). The chunk is parsed by :meth:`parse_recorded_client`.
+        Once the session is opaque after STLS the bytes are TLS, recorded as they are, if
+        the first of them opens a TLS handshake record (RFC 8446 §5.1); else they are
+        plaintext, masked as :meth:`record_injected_client` masks it.
         """
-        self._start_recording(data, at)
-        if self._keep_secrets or self._phase is _OPAQUE:
-            return data
-        return self._masker.mask(data, at)
-
-    def record_injected_client(self, data: bytes, at: float) -> bytes:
-        """:meth:`record_client` for plaintext the client sent after a passed-through STLS
-        ``+OK``, where the server expects TLS (RFC 2595 §4): masked by the client masker,
-        which distrusts from here on (no pairing will come) and continues the line the
-        client began before the switch. Parsed by :meth:`parse_recorded_client` (the
-        session is opaque: the bytes are only counted).
-
-        Raises:
-            ObserverUsageError: the session is not opaque after STLS.
-        """
-        if self._phase is not _OPAQUE:
-            raise ObserverUsageError("injected plaintext is recorded only after STLS +OK")
         self._start_recording(data, at)
         if self._keep_secrets:
             return data
+        if self._phase is not _OPAQUE:
+            return self._masker.mask(data, at)
+        if not self._injected:
+            if self._tls_after_switch or not data:
+                return data
+            if data[0] == TLS_HANDSHAKE_RECORD:
+                self._tls_after_switch = True
+                return data
+        return self._mask_injected(data, at)
+
+    def record_injected_client(self, data: bytes, at: float) -> bytes:
+        """:meth:`record_client` for plaintext sent after a passed-through STLS ``+OK``
+        (RFC 2595 §4): masked by the client masker, distrusting from here on, which goes on
+        with the line begun before the switch. Raises :class:`ObserverUsageError` unless
+        the session is opaque after STLS."""
+        if self._phase is not _OPAQUE:
+            raise ObserverUsageError("injected plaintext is recorded only after STLS +OK")
+        self._start_recording(data, at)
+        return data if self._keep_secrets else self._mask_injected(data, at)
+
+    def _mask_injected(self, data: bytes, at: float) -> bytes:
         if not self._injected:
             self._injected = True
             self._masker.distrust()
@@ -238,14 +245,10 @@ class SessionObserver(ServerSide):
         self._unparsed.append(data, at)
 
     def parse_recorded_client(self, size: int | None = None) -> list[Event]:
-        """The second half of :meth:`receive_client`: parse the next ``size`` client bytes
-        recorded by :meth:`record_client` (all of them for None), in order; returns the
-        events they complete. Only recorded bytes can be parsed, so the masker always sees a
-        byte before the pairing gives its verdict on the line.
-
-        Raises:
-            ObserverUsageError: fewer than ``size`` recorded bytes wait to be parsed.
-        """
+        """The second half of :meth:`receive_client`: parse the next ``size`` recorded
+        client bytes (all for None), in order; returns the events they complete. Only
+        recorded bytes can be parsed (:class:`ObserverUsageError` for more than wait), so
+        the masker sees each byte before the pairing gives its verdict on the line."""
         for data, at in self._unparsed.take(size):
             self._parse_client(data, at)
         return self._take_events()
@@ -257,12 +260,8 @@ class SessionObserver(ServerSide):
 
     def feed_client(self, data: bytes, at: float) -> list[Event]:
         """Bytes the client sent (any chunking), for a reader that records none of them (a
-        capture read back, a scan); returns the events they complete.
-
-        Raises:
-            ObserverUsageError: this observer records client bytes (:meth:`record_client`):
-                its bytes are parsed by :meth:`parse_recorded_client` only.
-        """
+        capture read back, a scan); returns the events they complete. Raises
+        :class:`ObserverUsageError` on an observer that records client bytes."""
         if self._unparsed.recorded:
             raise ObserverUsageError(
                 "this observer records client bytes: parse them with "
@@ -390,6 +389,7 @@ class SessionObserver(ServerSide):
         self._masker = SecretMasker(self._client_offset, distrusted=self._distrusted)
         self._masker.adopt_released(old.take_released())
         self._auth_seen = False
+        self._injected = self._tls_after_switch = False
         self._queue.drop_held()
         self._client_line.take()
         self._server_line.take()

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pop3tap.protocol import CommandSent, Exchange, StartTls, Status
-
-#: The first byte of a TLS handshake record (RFC 8446 §5.1, ContentType handshake).
-TLS_HANDSHAKE_RECORD = 0x16
+from pop3tap.protocol import TLS_HANDSHAKE_RECORD, CommandSent, Exchange, StartTls, Status
 
 
 def _nothing() -> None:
