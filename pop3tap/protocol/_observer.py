@@ -130,8 +130,6 @@ class SessionObserver(ServerSide):
         #: logs mask them either way.
         self._keep_secrets = keep_secrets
         self._unparsed = UnparsedClient()
-        #: Client bytes were parsed unrecorded (:meth:`feed_client`): none can be recorded.
-        self._fed_unrecorded = False
         #: After STLS +OK: plaintext was recorded (it is masked from then on), or TLS was.
         self._injected = False
         self._tls_after_switch = False
@@ -207,7 +205,7 @@ class SessionObserver(ServerSide):
         the first of them opens a TLS handshake record (RFC 8446 §5.1); else they are
         plaintext, masked as :meth:`record_injected_client` masks it.
         """
-        self._start_recording(data, at)
+        self._unparsed.append(data, at)
         if self._keep_secrets:
             return data
         if self._phase is not _OPAQUE:
@@ -227,7 +225,7 @@ class SessionObserver(ServerSide):
         the session is opaque after STLS."""
         if self._phase is not _OPAQUE:
             raise ObserverUsageError("injected plaintext is recorded only after STLS +OK")
-        self._start_recording(data, at)
+        self._unparsed.append(data, at)
         return data if self._keep_secrets else self._mask_injected(data, at)
 
     def _mask_injected(self, data: bytes, at: float) -> bytes:
@@ -235,14 +233,6 @@ class SessionObserver(ServerSide):
             self._injected = True
             self._masker.distrust()
         return self._masker.mask(data, at)
-
-    def _start_recording(self, data: bytes, at: float) -> None:
-        if self._fed_unrecorded:
-            raise ObserverUsageError(
-                "this observer parsed client bytes it did not record (feed_client): "
-                "its masker has not seen them, so it cannot record any more"
-            )
-        self._unparsed.append(data, at)
 
     def parse_recorded_client(self, size: int | None = None) -> list[Event]:
         """The second half of :meth:`receive_client`: parse the next ``size`` recorded
@@ -267,7 +257,7 @@ class SessionObserver(ServerSide):
                 "this observer records client bytes: parse them with "
                 "parse_recorded_client() after record_client(), or use receive_client()"
             )
-        self._fed_unrecorded = True
+        self._unparsed.fed_unrecorded = True
         self._parse_client(data, at)
         return self._take_events()
 

@@ -28,7 +28,7 @@ class UnparsedClient:
     (the relay parses what it forwarded before it reads more).
     """
 
-    __slots__ = ("_chunks", "_pos", "recorded", "size")
+    __slots__ = ("_chunks", "_pos", "fed_unrecorded", "recorded", "size")
 
     def __init__(self) -> None:
         #: The chunks, with their arrival times; the first is parsed up to ``_pos``.
@@ -38,8 +38,20 @@ class UnparsedClient:
         self.size = 0
         #: Whether any client byte was ever recorded.
         self.recorded = False
+        #: Client bytes were parsed without being recorded: none can be recorded now.
+        self.fed_unrecorded = False
 
     def append(self, data: bytes, at: float) -> None:
+        """A chunk the masker sees now.
+
+        Raises:
+            ObserverUsageError: the observer parsed client bytes it did not record.
+        """
+        if self.fed_unrecorded:
+            raise ObserverUsageError(
+                "this observer parsed client bytes it did not record (feed_client): "
+                "its masker has not seen them, so it cannot record any more"
+            )
         self.recorded = True
         if data:
             self._chunks.append((data, at))
