@@ -13,12 +13,9 @@ from __future__ import annotations
 
 from collections import deque
 
+from pop3tap._usage import ObserverUsageError
+
 __all__ = ["ObserverUsageError", "UnparsedClient"]
-
-
-class ObserverUsageError(RuntimeError):
-    """The observer was driven in an order that would record or parse the client's bytes
-    wrongly (a bug in the caller, never caused by peer bytes)."""
 
 
 class UnparsedClient:
