@@ -8,15 +8,20 @@ are what CI asked for.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pop3tap.protocol
 from pop3tap import _pure
@@ -280,3 +285,132 @@ def test_the_pure_switch_leaves_earlier_finders_first() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["True", "False"]
+
+
+# ---------------------------------------------------------------------------- differential
+
+CLIENT_PIECES = [
+    b"USER alice\r\n",
+    b"PASS s3cr3t-pw\r\n",
+    b"APOP bob c4c9334bac560ecc979e58001b3e22fb\r\n",
+    b"AUTH PLAIN\r\n",
+    b"AUTH PLAIN AGJvYgBwdw==\r\n",
+    b"AUTH\r\n",
+    b"dGVzdA==\r\n",
+    b"*\r\n",
+    b"STLS\r\n",
+    b"CAPA\r\n",
+    b"STAT\r\n",
+    b"LIST\r\n",
+    b"RETR 1\r\n",
+    b"TOP 1 0\r\n",
+    b"UIDL\r\n",
+    b"DELE 1\r\n",
+    b"NOOP\r\n",
+    b"RSET\r\n",
+    b"QUIT\r\n",
+    b"pass x\n",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\xff\xfe",
+]
+SERVER_PIECES = [
+    b"+OK ready <1.2@host>\r\n",
+    b"+OK\r\n",
+    b"+OK 2 320\r\n",
+    b"-ERR no\r\n",
+    b"-ERR [IN-USE] locked\r\n",
+    b"+ \r\n",
+    b"+ ZGF0YQ==\r\n",
+    b"1 120\r\n",
+    b"Subject: x\r\n",
+    b"..dotted\r\n",
+    b".\r\n",
+    b"\n.\n",
+    b"+OK begin TLS\r\n",
+    b"\x16\x03\x01\x00",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\xff",
+]
+
+
+def stream(pieces: list[bytes]) -> st.SearchStrategy[bytes]:
+    """Bytes made of protocol-looking pieces and arbitrary bytes, in any order."""
+    return st.lists(st.sampled_from(pieces) | st.binary(max_size=12), max_size=8).map(b"".join)
+
+
+STEP = st.one_of(
+    st.tuples(st.just("c"), stream(CLIENT_PIECES)),
+    st.tuples(st.just("s"), stream(SERVER_PIECES)),
+    st.tuples(st.sampled_from("CStg"), st.just(b"")),
+)
+SESSION = st.fixed_dictionaries(
+    {"max_line": st.sampled_from([8, 24, 80, 8192]), "steps": st.lists(STEP, max_size=14)}
+)
+
+
+class CoreChild:
+    """A child interpreter running ``tests/core_differential.py`` on one build of the core."""
+
+    def __init__(self, pure: bool) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
+        env |= {"PYTHONHASHSEED": "0", "POP3TAP_PURE_PYTHON": "1" if pure else "0"}
+        script = Path(__file__).with_name("core_differential.py")
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        self.compiled = json.loads(self.process.stdout.readline())
+
+    def run(self, session: dict[str, Any]) -> Any:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(session) + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        assert answer, f"the child exited with {self.process.wait()}"
+        return json.loads(answer)
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        assert self.process.wait(timeout=30) == 0
+
+
+@pytest.fixture(scope="module")
+def both_builds() -> Iterator[tuple[CoreChild, CoreChild]]:
+    if not built_core():
+        if os.environ.get("POP3TAP_REQUIRE_COMPILED_CORE") == "1":
+            pytest.fail("the compiled core is not built")
+        pytest.skip("the compiled core is not built")
+    compiled, pure = CoreChild(pure=False), CoreChild(pure=True)
+    try:
+        assert (compiled.compiled, pure.compiled) == (True, False)
+        yield compiled, pure
+    finally:
+        compiled.close()
+        pure.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(session=SESSION)
+def test_compiled_and_pure_cores_agree_on_any_session(
+    both_builds: tuple[CoreChild, CoreChild], session: dict[str, Any]
+) -> None:
+    """Any bytes, chunked and ended any way: the same events, masked bytes, body chunks,
+    phases and summary from the compiled core as from the Python sources."""
+    request = {
+        "max_line": session["max_line"],
+        "steps": [[kind, base64.b64encode(data).decode()] for kind, data in session["steps"]],
+    }
+    compiled, pure = both_builds
+    assert compiled.run(request) == pure.run(request)
+
