@@ -8,12 +8,18 @@ its source and sits next to it, and CPython's path finder prefers an extension m
 ``.py`` file; so when the switch is set, :func:`install` puts a finder on ``sys.meta_path``,
 just before the path finder, that looks for ``pop3tap.*`` modules among ``.py`` files only. Modules
 that have no source (the C twins, mypyc's shared library) are left to the usual finders.
+
+The same finder guards an editable install: there the compiled core sits next to the
+sources it was built from, and after an edit to one of them it would silently run the old
+code. When a compiled module of the core is older than its source in a source checkout,
+:func:`install` warns once and loads the Python sources instead.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from importlib.machinery import (
     SOURCE_SUFFIXES,
@@ -22,7 +28,11 @@ from importlib.machinery import (
     PathFinder,
     SourceFileLoader,
 )
+from pathlib import Path
 from types import ModuleType
+
+#: The package whose modules may be compiled with mypyc (``setup.py``'s ``COMPILED_PACKAGE``).
+_CORE = Path(__file__).resolve().parent / "protocol"
 
 
 def requested() -> bool:
@@ -53,11 +63,38 @@ class SourceOnlyFinder:
         return None
 
 
+def stale_compiled_core(core: Path = _CORE) -> list[str]:
+    """The core's sources edited after their compiled module was built, in a source
+    checkout (an editable install; ``setup.py`` is next to the package). An installed
+    wheel's files all carry the install's times, so it is not compared."""
+    if not (core.parent.parent / "setup.py").is_file():
+        return []
+    stale = []
+    for source in sorted(core.glob("*.py")):
+        if source.name == "__init__.py":
+            continue
+        source_time = source.stat().st_mtime
+        if any(built.stat().st_mtime < source_time for built in core.glob(f"{source.stem}.*.so")):
+            stale.append(source.name)
+    return stale
+
+
 def install() -> None:
-    """Put a :class:`SourceOnlyFinder` just before the path finder if the switch is set
-    (once); finders a program placed in front of the path finder still come first."""
-    if not requested() or any(isinstance(f, SourceOnlyFinder) for f in sys.meta_path):
+    """Put a :class:`SourceOnlyFinder` just before the path finder (once) if the switch is
+    set, or if the compiled core is older than its sources (with a warning); finders a
+    program placed in front of the path finder still come first."""
+    if any(isinstance(f, SourceOnlyFinder) for f in sys.meta_path):
         return
+    if not requested():
+        stale = stale_compiled_core()
+        if not stale:
+            return
+        warnings.warn(
+            f"pop3tap: the compiled protocol core is older than {', '.join(stale)}; "
+            "running the Python sources (pip install -e . compiles them again)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     try:
         where = sys.meta_path.index(PathFinder)
     except ValueError:

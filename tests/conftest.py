@@ -45,26 +45,16 @@ def pytest_configure(config: pytest.Config) -> None:
     """Refuse to test a compiled protocol core older than its sources.
 
     An editable install builds mypyc's modules next to the sources, and Python prefers
-    them: after an edit to ``pop3tap/protocol`` the tests would run the old code. The
-    extension files are compared with their sources only in a checkout (where both come
-    from the same tree); ``scripts/test.sh`` rebuilds when the sources change.
+    them: after an edit to ``pop3tap/protocol`` pop3tap warns and loads the sources, and
+    the tests would quietly stop testing the compiled core. The extension files are
+    compared with their sources only in a checkout (where both come from the same tree);
+    ``scripts/test.sh`` rebuilds when the sources change.
     """
-    import pop3tap.protocol
+    from pop3tap import _pure
 
-    if not pop3tap.protocol.COMPILED:
+    if _pure.requested():
         return
-    package = Path(pop3tap.protocol.__file__).resolve().parent
-    if package.parent.parent != Path(__file__).resolve().parent.parent:
-        return  # an installed build, not this checkout's
-    stale = sorted(
-        source.name
-        for source in package.glob("*.py")
-        if source.name != "__init__.py"
-        and any(
-            source.stat().st_mtime > built.stat().st_mtime
-            for built in package.glob(f"{source.stem}.*.so")
-        )
-    )
+    stale = _pure.stale_compiled_core()
     if stale:
         raise pytest.UsageError(
             f"the compiled protocol core is older than {', '.join(stale)}: rebuild it "

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -414,3 +415,68 @@ def test_compiled_and_pure_cores_agree_on_any_session(
     compiled, pure = both_builds
     assert compiled.run(request) == pure.run(request)
 
+
+# ---------------------------------------------------------------------------- stale builds
+
+
+def checkout_copy(tmp_path: Path) -> Path:
+    """A copy of this checkout's package (compiled modules and all, times kept) beside a
+    setup.py, as an editable install has it."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(
+        PROTOCOL_DIR.parent, checkout / "pop3tap", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy2(PROTOCOL_DIR.parent.parent / "setup.py", checkout / "setup.py")
+    return checkout
+
+
+def import_core(checkout: Path) -> subprocess.CompletedProcess[str]:
+    """Import the copy's core in a fresh interpreter: where from, and which build."""
+    env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
+    env["PYTHONPATH"] = str(checkout)
+    code = "import pop3tap.protocol as p; print(p.__file__, p.COMPILED, p._observer.__file__)"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+def test_a_core_source_edited_after_compiling_is_what_runs(tmp_path: Path) -> None:
+    """An editable install, then an edit to a core module and no reinstall: pop3tap says
+    so once and runs the edited sources, not the stale compiled modules."""
+    if not built_core():
+        pytest.skip("the compiled core is not built")
+    checkout = checkout_copy(tmp_path)
+    fresh = import_core(checkout)
+    where, compiled, _observer = fresh.stdout.split()
+    assert Path(where).is_relative_to(checkout) and compiled == "True", fresh.stdout
+    assert fresh.stderr == ""
+    edited = checkout / "pop3tap" / "protocol" / "_pending.py"
+    later = max(p.stat().st_mtime for p in edited.parent.glob("*.so")) + 5
+    os.utime(edited, (later, later))
+    stale = import_core(checkout)
+    assert stale.stdout.split()[1:] == ["False", str(checkout / "pop3tap/protocol/_observer.py")]
+    assert stale.stderr.count("RuntimeWarning") == 1
+    assert "older than _pending.py" in stale.stderr and "pip install -e ." in stale.stderr
+
+
+def test_only_a_checkout_compares_compiled_modules_with_their_sources(tmp_path: Path) -> None:
+    """An installed wheel (no setup.py beside the package) is never called stale, however
+    the installer dated its files; in a checkout every source newer than its build is."""
+    core = tmp_path / "pop3tap" / "protocol"
+    core.mkdir(parents=True)
+    for name in ("__init__", "_a", "_b", "_c"):
+        (core / f"{name}.py").write_text("")
+    for name in ("__init__", "_a", "_b", "_bodyscan_c"):
+        (core / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    for path in core.iterdir():
+        os.utime(path, (100, 100))
+    for name in ("__init__.py", "_b.py", "_c.py"):
+        os.utime(core / name, (200, 200))
+    assert _pure.stale_compiled_core(core) == []
+    (tmp_path / "setup.py").write_text("")
+    assert _pure.stale_compiled_core(core) == ["_b.py"]
