@@ -9,9 +9,11 @@ are what CI asked for.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -27,22 +29,29 @@ from hypothesis import strategies as st
 import pop3tap.protocol
 from pop3tap import _pure
 from pop3tap.protocol import (
+    COMMANDS,
+    NEED_DATA,
     Barrier,
     CommandSent,
     Counter,
     Direction,
+    EndOfInput,
     EndOfStream,
     Event,
     Exchange,
     Flag,
     Greeting,
+    LineTooLong,
     PairingLost,
+    PlaintextAfterStls,
     SaslChallenge,
     SaslResponse,
+    SessionSummary,
     StartTls,
     Status,
     StrayLine,
     Suppressed,
+    TlsData,
     UnsolicitedLine,
 )
 from pop3tap.protocol._body import Body
@@ -480,3 +489,56 @@ def test_only_a_checkout_compares_compiled_modules_with_their_sources(tmp_path: 
     assert _pure.stale_compiled_core(core) == []
     (tmp_path / "setup.py").write_text("")
     assert _pure.stale_compiled_core(core) == ["_b.py"]
+
+
+# ---------------------------------------------------------------------------- copies
+
+
+def public_values() -> list[object]:
+    """One value of every public dataclass of the core (events, reader events, rows of
+    the verb table, the summary), with no field at its default where a sample exists."""
+    summary = SessionSummary(commands=3, retr_bytes=9, reached_update=True, tls=True)
+    reader_events = [LineTooLong(5), PlaintextAfterStls(1, 2, True), TlsData(b"\x16"), EndOfInput()]
+    return [*(make(cls) for cls in EVENTS), *reader_events, NEED_DATA, summary, *COMMANDS.values()]
+
+
+@pytest.mark.parametrize("value", public_values(), ids=lambda value: type(value).__name__)
+def test_public_values_pickle_and_copy_to_equal_values(value: object) -> None:
+    """Users keep events: in a multiprocessing queue, a deepcopy, a pickled fixture."""
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        again = pickle.loads(pickle.dumps(value, protocol))
+        assert type(again) is type(value) and again == value
+        if value is NEED_DATA:
+            assert again is NEED_DATA
+    for copied in (copy.copy(value), copy.deepcopy(value)):
+        assert type(copied) is type(value) and copied == value
+
+
+def test_events_pickled_by_one_build_load_in_the_other() -> None:
+    """A capture tool pickles events in one process and loads them in another that may
+    run the other build (POP3TAP_PURE_PYTHON=1 on one side only)."""
+    values = public_values()
+    code = (
+        "import pickle, sys, pop3tap._pure as s, pop3tap.protocol as p;"
+        "assert p.COMPILED is not s.requested();"
+        "sys.stdout.buffer.write(pickle.dumps(pickle.loads(sys.stdin.buffer.read())))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
+    env["POP3TAP_PURE_PYTHON"] = "0" if _pure.requested() else "1"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        input=pickle.dumps(values),
+        capture_output=True,
+        check=True,
+    )
+    assert pickle.loads(result.stdout) == values
+
+
+def test_every_public_dataclass_is_checked_for_pickling() -> None:
+    """A value class added to the core's API later is added to :func:`public_values`."""
+    public = [getattr(pop3tap.protocol, name) for name in pop3tap.protocol.__all__]
+    value_classes = {
+        cls for cls in public if isinstance(cls, type) and dataclasses.is_dataclass(cls)
+    }
+    assert value_classes <= {type(value) for value in public_values()}

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+from pop3tap.protocol._values import rebuild_by_fields
 
 
 class Multiline(Enum):
@@ -113,3 +116,7 @@ class CommandSpec:
     def lists_messages(self) -> bool:
         """LIST and UIDL: without an argument, a ``+OK`` lists every message (RFC 1939 §7)."""
         return self.message_argument and self.multiline is Multiline.WITHOUT_ARGUMENT
+
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
+
+from pop3tap.protocol._values import rebuild_by_fields
 
 
 class Direction(StrEnum):
@@ -57,6 +60,10 @@ class Event:
 
     def __init__(self, at: float) -> None:
         object.__setattr__(self, "at", at)
+
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)
 
 
 @dataclass(frozen=True, slots=True, init=False)

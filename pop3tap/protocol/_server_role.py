@@ -39,7 +39,7 @@ import base64
 import binascii
 import enum
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from pop3tap._text import printable
 from pop3tap.protocol._commands import (
@@ -52,6 +52,7 @@ from pop3tap.protocol._commands import (
     spec_of,
     split_command,
 )
+from pop3tap.protocol._values import rebuild_by_fields
 
 #: The longest client line read by default, line ending included.
 DEFAULT_MAX_LINE: Final = 8192
@@ -120,6 +121,10 @@ class LineTooLong:
     #: The limit, line ending included.
     limit: int
 
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class PlaintextAfterStls:
@@ -132,6 +137,10 @@ class PlaintextAfterStls:
     #: More than ``max_injected`` bytes came without a TLS record: give up on the client.
     overflow: bool
 
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class TlsData:
@@ -139,15 +148,27 @@ class TlsData:
 
     data: bytes
 
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class EndOfInput:
     """The client ended its stream and every line it sent was read."""
 
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)
+
 
 @dataclass(frozen=True, slots=True)
 class NeedData:
     """Nothing to read until more bytes (or the end of input) arrive."""
+
+    def __reduce__(self) -> str:
+        """Pickled and copied as the one :data:`NEED_DATA` (callers compare with ``is``)."""
+        return "NEED_DATA"
 
 
 #: What :meth:`ClientReader.next_event` returns when it needs more bytes.

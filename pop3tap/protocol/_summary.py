@@ -7,8 +7,10 @@ Which counter an answered command moves is the :data:`~._commands.COMMANDS` tabl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pop3tap.protocol._commands import Counter
+from pop3tap.protocol._values import rebuild_by_fields
 
 
 @dataclass(slots=True)
@@ -66,3 +68,7 @@ class SessionSummary:
             self.authenticated = True
         elif counter is Counter.QUIT and in_transaction:
             self.reached_update = True
+
+    def __reduce__(self) -> tuple[type[Any], tuple[object, ...]]:
+        """Rebuilt through the constructor, in both builds (see :mod:`._values`)."""
+        return rebuild_by_fields(self)
