@@ -282,11 +282,38 @@ def test_plaintext_after_stls_is_masked_even_through_the_ordinary_entry() -> Non
     assert observer.record_client(SASL_SECRET + b"\r\n", 3.0) == b""
     assert observer.take_masked_client() == [(3.0, b"********\r\n")]
     observer.parse_recorded_client()
-    # TLS after the switch is recorded as it is, whatever bytes the records carry.
+    # TLS after the switch is recorded as it is, whatever bytes its records carry.
     observer = _after_passed_through_stls()
-    hello = b"\x16\x03\x01\x00\x05PASS hunter2\r\n"
-    assert observer.record_client(hello, 3.0) == hello
-    assert observer.record_client(b"PASS hunter2\r\n", 3.0) == b"PASS hunter2\r\n"
+    record = b"\x16\x03\x01\x00\x05PASS "
+    assert observer.record_client(record, 3.0) == record
+    assert observer.record_client(b"\x17\x03\x03\x00\x02\xab\xcd", 3.0) == (
+        b"\x17\x03\x03\x00\x02\xab\xcd"
+    )
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"\x16PASS hunter2\r\n"],
+        [b"\x16", b"PASS hunter2\r\n"],
+        [b"\x16\x03\x01\x00\x05hello", b"PASS hunter2\r\n"],
+        [b"\x16\x03\x01\x00\x05helloPASS hunter2\r\n"],
+        [b"\x16\x03\x01\x00\x05hel", b"lo\x16\x03", b"\x01PASS hunter2\r\n"],
+        [b"\x16\x03\x01\xff\xffPASS hunter2\r\n"],
+    ],
+)
+def test_plaintext_behind_a_tls_looking_first_byte_is_masked(chunks: list[bytes]) -> None:
+    # A first byte 0x16 opens no TLS record if what follows breaks the record framing
+    # (RFC 8446 §5.1): from the byte that breaks it the stream is not TLS, so its bytes
+    # are not known to be ciphertext and are masked (the facts are missing).
+    observer = _after_passed_through_stls()
+    recorded = b"".join(observer.record_client(chunk, 3.0) for chunk in chunks)
+    observer.end_client(4.0)
+    observer.abandon_client_lines()
+    recorded += b"".join(data for _, data in observer.take_masked_client())
+    assert b"hunter2" not in recorded
+    assert b"********" in recorded
+    observer.parse_recorded_client()
 
 
 def test_kept_secrets_are_recorded_as_sent_and_still_masked_in_events() -> None:
@@ -305,3 +332,38 @@ def test_kept_secrets_are_recorded_as_sent_and_still_masked_in_events() -> None:
     assert stream == b"".join(data for side, data in turns if side == "c")
     assert [e.args for e in events if isinstance(e, CommandSent)] == ["PLAIN", "", "1", ""]
     assert SASL_SECRET.decode() not in repr(events)
+
+
+_tls_records = st.lists(
+    st.tuples(st.integers(20, 24), st.integers(0, 4), st.binary(max_size=40)).map(
+        lambda r: bytes([r[0], 3, r[1]]) + len(r[2]).to_bytes(2, "big") + r[2]
+    ),
+    min_size=1,
+    max_size=4,
+).map(lambda records: bytes([0x16]) + b"".join(records)[1:] if records else b"")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    records=_tls_records,
+    plaintext=st.sampled_from(
+        [b"PASS hunter2\r\n", b"APOP alice hunter2\r\n", b"AUTH PLAIN hunter2\r\n"]
+    ),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_tls_records_are_kept_and_plaintext_after_them_is_masked_at_any_chunking(
+    records: bytes, plaintext: bytes, seed: int
+) -> None:
+    # The property behind test_plaintext_behind_a_tls_looking_first_byte_is_masked: what
+    # keeps the TLS record framing is recorded byte for byte, whatever follows it outside a
+    # record is masked, at any chunking.
+    stream = records + plaintext
+    rng = random.Random(seed)
+    pieces = _cut(stream, "random", rng)
+    observer = _after_passed_through_stls()
+    recorded = b"".join(observer.record_client(piece, 3.0) for piece in pieces)
+    observer.end_client(4.0)
+    observer.abandon_client_lines()
+    recorded += b"".join(data for _, data in observer.take_masked_client())
+    assert recorded == records + b"********"
+    observer.parse_recorded_client()

@@ -13,6 +13,7 @@ from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -286,11 +287,26 @@ def test_plaintext_cut_anywhere_by_a_passed_through_stls_ok_never_reaches_the_ca
 
 
 def test_tls_after_a_passed_through_stls_is_recorded_as_it_is() -> None:
-    hello = b"\x16\x03\x01\x00\x05PASS x"
+    hello = b"\x16\x03\x01\x00\x06PASS x"
     steps: Steps = [*PASSED_THROUGH[:3], (C, hello)]
     capture, logs = _record(steps, _whole, stls=StlsGate(intercept=False))
     assert capture.stream("c2s") == b"STLS\r\n" + hello
     assert "tls.injection" not in [e["event"] for e in logs]
+
+
+@pytest.mark.parametrize("split", [_whole, _bytewise])
+@pytest.mark.parametrize("queued", [False, True])
+def test_plaintext_behind_a_tls_looking_byte_never_reaches_the_capture(
+    split: Callable[[bytes], list[bytes]], queued: bool
+) -> None:
+    # 0x16 opens no TLS record when the next bytes break the record framing (RFC 8446
+    # §5.1): the plaintext behind it is masked (_record fails on a secret in the file).
+    steps: Steps = [*PASSED_THROUGH[:3], (C, b"\x16" + PASSED_THROUGH[3][1])]
+    capture, logs = _record(
+        steps, split, queued=queued, budget=3, stls=StlsGate(intercept=False)
+    )
+    assert capture.stream("c2s") == b"STLS\r\n\x16********"
+    assert [e["event"] for e in logs].count("tls.injection") == 1
 
 
 def test_a_burst_of_answers_is_worked_off_in_bounded_steps_in_order() -> None:

@@ -71,7 +71,7 @@ from pop3tap.protocol._events import Direction, EndOfStream, Event, Flag
 from pop3tap.protocol._lines import DEFAULT_MAX_LINE
 from pop3tap.protocol._masking import SecretMasker
 from pop3tap.protocol._pending import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_BYTES
-from pop3tap.protocol._recording import ObserverUsageError, UnparsedClient
+from pop3tap.protocol._recording import ObserverUsageError, TlsRecordFraming, UnparsedClient
 from pop3tap.protocol._responses import ServerSide
 from pop3tap.protocol._server_role import TLS_HANDSHAKE_RECORD
 from pop3tap.protocol._state import SessionPhase, Trigger
@@ -132,7 +132,8 @@ class SessionObserver(ServerSide):
         self._unparsed = UnparsedClient()
         #: After STLS +OK: plaintext was recorded (it is masked from then on), or TLS was.
         self._injected = False
-        self._tls_after_switch = False
+        #: The TLS record framing followed after the switch (None until TLS is seen).
+        self._tls_after_switch: TlsRecordFraming | None = None
 
     # ------------------------------------------------------------------ state
 
@@ -202,8 +203,9 @@ class SessionObserver(ServerSide):
         an AUTH wait for the pairing and come out of :meth:`take_masked_client`.
 
         Once the session is opaque after STLS the bytes are TLS, recorded as they are, if
-        the first of them opens a TLS handshake record (RFC 8446 §5.1); else they are
-        plaintext, masked as :meth:`record_injected_client` masks it.
+        the first of them opens a TLS handshake record (RFC 8446 §5.1) and as long as
+        they keep the record framing (one placeholder stands for the rest once they break
+        it); else they are plaintext, masked as :meth:`record_injected_client` masks it.
         """
         self._unparsed.append(data, at)
         if self._keep_secrets:
@@ -211,12 +213,21 @@ class SessionObserver(ServerSide):
         if self._phase is not _OPAQUE:
             return self._masker.mask(data, at)
         if not self._injected:
-            if self._tls_after_switch or not data:
+            if not data:
                 return data
-            if data[0] == TLS_HANDSHAKE_RECORD:
-                self._tls_after_switch = True
-                return data
+            framing = self._tls_after_switch
+            if framing is None and data[0] == TLS_HANDSHAKE_RECORD:
+                framing = self._tls_after_switch = TlsRecordFraming()
+            if framing is not None:
+                return framing.record(data)
         return self._mask_injected(data, at)
+
+    @property
+    def plaintext_after_stls(self) -> bool:
+        """Client bytes after a passed-through STLS ``+OK`` were recorded that are not
+        TLS: they did not open a TLS record, or broke the record framing."""
+        framing = self._tls_after_switch
+        return self._injected or (framing is not None and framing.broken)
 
     def record_injected_client(self, data: bytes, at: float) -> bytes:
         """:meth:`record_client` for plaintext sent after a passed-through STLS ``+OK``
@@ -379,7 +390,8 @@ class SessionObserver(ServerSide):
         self._masker = SecretMasker(self._client_offset, distrusted=self._distrusted)
         self._masker.adopt_released(old.take_released())
         self._auth_seen = False
-        self._injected = self._tls_after_switch = False
+        self._injected = False
+        self._tls_after_switch = None
         self._queue.drop_held()
         self._client_line.take()
         self._server_line.take()

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections import deque
 
 from pop3tap._usage import ObserverUsageError
+from pop3tap.protocol._commands import SECRET_PLACEHOLDER
 
-__all__ = ["ObserverUsageError", "UnparsedClient"]
+__all__ = ["ObserverUsageError", "TlsRecordFraming", "UnparsedClient"]
 
 
 class UnparsedClient:
@@ -89,3 +90,76 @@ class UnparsedClient:
                 pos = end
         self._pos = pos
         return pieces
+
+
+#: TLS record content types a peer may send: change_cipher_spec, alert, handshake,
+#: application_data, heartbeat (RFC 8446 §5.1, RFC 6520 §3).
+_TLS_CONTENT_TYPES = frozenset(range(20, 25))
+#: The largest record length any TLS version allows (RFC 5246 §6.2.3: 2^14 + 2048).
+_TLS_MAX_RECORD = 2**14 + 2048
+_TLS_HEADER = 5
+_PLACEHOLDER = SECRET_PLACEHOLDER.encode("ascii")
+
+
+class TlsRecordFraming:
+    """Follows the TLS record framing of the client bytes after a passed-through STLS
+    ``+OK`` (RFC 8446 §5.1: type, version 3.x, length, then that many opaque bytes), to
+    find the first byte that cannot be TLS: from it on the stream is plaintext, not
+    ciphertext, and is masked. Each header byte is checked as it arrives, so no byte of
+    a broken header is recorded before the break is known."""
+
+    __slots__ = ("_header", "_left", "broken")
+
+    def __init__(self) -> None:
+        #: The header bytes of the record being read so far (at most four).
+        self._header = bytearray()
+        #: Payload bytes of the current record still to come.
+        self._left = 0
+        #: A byte broke the framing: the stream is plaintext from there on.
+        self.broken = False
+
+    def record(self, data: bytes) -> bytes:
+        """``data`` as the capture is to hold it: as it is while it keeps the framing; from
+        the first byte that breaks it the bytes are neither ciphertext nor plaintext read
+        from a line start, so one placeholder stands for all the rest of the stream."""
+        if self.broken:
+            return b""
+        cut = self.break_at(data)
+        if cut < 0:
+            return data
+        self.broken = True
+        return data[:cut] + _PLACEHOLDER
+
+    def break_at(self, data: bytes) -> int:
+        """The offset in ``data`` of the first byte that breaks the framing, or -1."""
+        pos = 0
+        end = len(data)
+        header = self._header
+        while pos < end:
+            left = self._left
+            if left:
+                step = min(left, end - pos)
+                self._left = left - step
+                pos += step
+                continue
+            byte = data[pos]
+            index = len(header)
+            if index == 0:
+                valid = byte in _TLS_CONTENT_TYPES
+            elif index == 1:
+                valid = byte == 3
+            elif index == 2:
+                valid = byte <= 4
+            elif index == 3:
+                valid = byte <= _TLS_MAX_RECORD >> 8
+            else:
+                valid = (header[3] << 8 | byte) <= _TLS_MAX_RECORD
+            if not valid:
+                return pos
+            pos += 1
+            if index + 1 < _TLS_HEADER:
+                header.append(byte)
+            else:
+                self._left = header[3] << 8 | byte
+                header.clear()
+        return -1

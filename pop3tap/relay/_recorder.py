@@ -139,6 +139,9 @@ class SessionRecorder(EventActions):
                 recorded = observer.record_client(data, at)
             if recorded and self.capture is not None:
                 self.capture.write_data(Direction.CLIENT, at, recorded)
+            if not injected and observer.plaintext_after_stls:
+                # Plaintext behind bytes that first looked like TLS (the framing broke).
+                self.flag_injection(len(data))
         except Exception:  # the masker must never break the relay
             self.log.exception("pop3.parser_error", direction=Direction.CLIENT.value)
         self.record_released_client()
