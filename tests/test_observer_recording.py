@@ -367,3 +367,42 @@ def test_tls_records_are_kept_and_plaintext_after_them_is_masked_at_any_chunking
     recorded += b"".join(data for _, data in observer.take_masked_client())
     assert recorded == records + b"********"
     observer.parse_recorded_client()
+
+
+_CLIENT_TOKENS = [
+    b"USER alice", b"PASS hunter2", b"pAsS hunter2", b"APOP alice 0123abcd", b"AUTH PLAIN",
+    b"AUTH PLAIN " + SASL_SECRET, SASL_SECRET, b"*", b"STAT", b"RETR 1", b"STLS", b"CAPA",
+    b"QUIT", b"\r\n", b"\r\n", b"\n", b"\r", b"\x00", b" ", b"\x16", b"\x16\x03\x01\x00\x01x",
+]
+_SERVER_TOKENS = [
+    b"+OK\r\n", b"-ERR no\r\n", b"+ \r\n", b"+ Zm9v\r\n", b"+OK 1 9\r\nbody\r\n.\r\n",
+    b"+OK begin TLS\r\n", b"\r\n", b"\r", b".\r\n", b"\x00",
+]
+_random_turns = st.lists(
+    st.one_of(
+        st.lists(st.sampled_from(_CLIENT_TOKENS), min_size=1, max_size=8).map(
+            lambda parts: ("c", b"".join(parts))
+        ),
+        st.lists(st.sampled_from(_SERVER_TOKENS), min_size=1, max_size=4).map(
+            lambda parts: ("s", b"".join(parts))
+        ),
+    ),
+    max_size=10,
+).map(lambda turns: [("s", GREETING), *turns])
+
+
+@settings(max_examples=300, deadline=None)
+@given(turns=_random_turns, seed=st.integers(0, 2**32 - 1))
+def test_random_streams_at_any_chunking_record_what_one_call_per_turn_records(
+    turns: Turns, seed: int
+) -> None:
+    # The differential over random client and server streams (secrets split anywhere,
+    # lone CR, NUL, mixed case, pipelined STLS, bytes after the switch): recording each
+    # chunk and parsing any part of what waits gives the capture and the events of one
+    # receive_client per turn.
+    rng = random.Random(seed)
+    pieces = [_cut(data, rng.choice(["whole", "bytes", "random"]), rng) for _s, data in turns]
+    subject = recorded_then_parsed(turns, pieces, rng)
+    reference = one_call_per_turn(turns)
+    assert subject.stream == reference.stream
+    assert subject.events == reference.events

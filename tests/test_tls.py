@@ -25,6 +25,7 @@ from pop3tap.capture import Capture, EventRecord, read_capture
 from pop3tap.certs import CA_CERT_FILE, init_ca
 from pop3tap.protocol import Status
 from pop3tap.relay import Endpoint, RelayConfig, RelayServer
+from pop3tap.render import render_lines
 from pop3tap.tls import TlsConfig, client_handshake, describe_failure, server_handshake
 
 
@@ -471,3 +472,54 @@ def test_upstream_closing_tls_without_close_notify_is_an_end_not_a_reset(tmp_pat
     assert any(e["event"] == "tls.no_close_notify" for e in logs)
     assert not any(e["event"] == "session.reset" for e in logs)
     assert capture.records[-1].reason == "server closed"  # type: ignore[union-attr]
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    answers = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            answers += chunk
+    return answers
+
+
+@pytest.mark.realpeer
+@pytest.mark.lint_findings("stls-pipelined", "pipelining-without-capability")
+@pytest.mark.parametrize(
+    ("intercept", "writes"),
+    [
+        (False, [b"STLS\r\nPASS sekrit-pipelined\r\n"]),
+        (True, [b"STLS\r\nPASS sekrit-pipelined\r\n"]),
+        (False, [b"STLS\r\n", b"\x16PASS sekrit-tls-looking\r\n"]),
+        (False, [b"STLS\r\n", b"\x16\x03\x01\x00\x02ab", b"PASS sekrit-tls-looking\r\n"]),
+    ],
+    ids=["passed-through-pipelined", "intercepted-pipelined", "0x16-then-pass", "record-then-pass"],
+)
+def test_a_password_sent_around_stls_never_reaches_capture_log_or_view(
+    dovecot: Dovecot, tmp_path: Path, intercept: bool, writes: list[bytes]
+) -> None:
+    """Dovecot takes the bytes after its ``+OK`` as its TLS handshake and fails it; the
+    password the client sent around the switch, in one write with STLS or behind bytes
+    that first look like TLS, is masked in the capture, the log and ``show``."""
+    init_ca(tmp_path / "ca")
+    with (
+        structlog.testing.capture_logs() as logs,
+        tls_relay(dovecot, tmp_path, intercept_stls=intercept) as relay,
+    ):
+        with socket.create_connection((relay.host, relay.port), timeout=30) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"+OK")
+            sock.sendall(writes[0])
+            assert reader.readline().startswith(b"+OK")
+            for write in writes[1:]:
+                sock.sendall(write)
+                time.sleep(0.1)  # separate chunks at the relay
+            sock.shutdown(socket.SHUT_WR)
+            _read_until_closed(sock)
+        (capture,) = _wait_complete(relay)
+        (path,) = relay.capture_files()
+        raw = path.read_bytes()
+    shown = "\n".join(render_lines(capture)).encode()
+    for where, text in (("capture", raw), ("log", repr(logs).encode()), ("show", shown)):
+        assert b"sekrit" not in text, where
+    assert capture.stream("c2s").startswith(b"STLS\r\n")
+    assert [e.verb for e in capture.exchanges()][:1] == ["STLS"]
