@@ -55,6 +55,21 @@ def session_text(capture: Capture) -> list[str]:
     return [line for line in lines if not line.startswith("[db] Connection closed")] + closes
 
 
+def _loopback_snaplen() -> int:
+    """The largest packet lo can hand tcpdump (its GSO limit), plus link-header room.
+
+    With ``--immediate-mode`` libpcap gives every packet a ring slot of the snapshot length,
+    so ``-s 0`` (256 KiB) leaves only a few hundred slots in the buffer and a burst of RETR
+    packets while tcpdump waits for a CPU is dropped by the kernel. Slots the size of the
+    largest possible packet hold every packet whole, four times as many of them.
+    """
+    try:
+        gso = int(Path("/sys/class/net/lo/gso_max_size").read_text())
+    except (OSError, ValueError):
+        gso = 65536
+    return max(gso, 65536) + 256
+
+
 @contextlib.contextmanager
 def tcpdump(path: Path, port: int) -> Iterator[None]:
     """``tcpdump -i lo -w path`` for TCP port ``port`` while the block runs."""
@@ -68,9 +83,9 @@ def tcpdump(path: Path, port: int) -> Iterator[None]:
             "-U",
             "-n",
             "-s",
-            "0",
+            str(_loopback_snaplen()),
             "-B",
-            "65536",
+            "131072",
             "-Z",
             "root",
             "-w",
