@@ -8,10 +8,12 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import trio
 
 from pop3tap.background import BackgroundServer
 from pop3tap.capture import Capture, iter_capture_paths, read_capture
@@ -227,3 +229,31 @@ def wait_refused(host: str, port: int, timeout: float = 10) -> None:
                 assert probe.recv(100) == b"", "a new client was served during shutdown"
         assert time.monotonic() < deadline, "new clients were still accepted"
         time.sleep(0.05)
+
+
+def relay_in_process(
+    upstream_host: str,
+    upstream_port: int,
+    captures: Path,
+    client: Callable[[int], Awaitable[None]],
+    *,
+    seconds: float = 60,
+    instruments: Sequence[trio.abc.Instrument] = (),
+) -> None:
+    """Run a relay in this process in front of the upstream, let ``client(port)`` speak
+    through it, then stop accepting: returns once that session has ended by itself."""
+    config = RelayConfig(
+        upstream=Endpoint(upstream_host, upstream_port),
+        listen=Endpoint("127.0.0.1", 0),
+        captures=captures,
+    )
+
+    async def main() -> None:
+        server = RelayServer(config)
+        with trio.fail_after(seconds):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.run)
+                await client(server.address.port)
+                server.shutdown()
+
+    trio.run(main, instruments=list(instruments))

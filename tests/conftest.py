@@ -4,6 +4,7 @@ POP3TAP_REQUIRE_REAL_PEERS=1 (set by scripts/test.sh), in which case they fail."
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import subprocess
@@ -241,3 +242,14 @@ def tiny_disk(tmp_path: Path) -> Iterator[str]:
     """A directory on an empty 64 KiB tmpfs: it fills up during a session; needs root."""
     with _tmpfs(tmp_path / "tiny", fill=False) as path:
         yield path
+
+
+@pytest.fixture
+def no_cycle_collector() -> Iterator[None]:
+    """The cycle collector off for the test: what is not freed by reference counting stays."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 import pytest
 import structlog
 import trio
+from clients import relay_in_process
 from faults import Connection, scripted_server
 
 from pop3tap.capture import iter_capture_paths, read_capture
 from pop3tap.protocol import CommandSent, Event, SessionObserver
-from pop3tap.relay import Endpoint, RelayConfig, RelayServer, _recorder
+from pop3tap.relay import _recorder
 
 COUNT = 1000
 GREETING = b"+OK burst upstream\r\n"
@@ -73,22 +74,7 @@ async def _client(port: int) -> None:
 def test_a_burst_of_answers_is_worked_off_in_bounded_steps(tmp_path: Path) -> None:
     with scripted_server(_answer_all_at_once) as upstream, structlog.testing.capture_logs() as logs:
         marks = StepMarks(logs)
-        config = RelayConfig(
-            upstream=Endpoint(upstream.host, upstream.port),
-            listen=Endpoint("127.0.0.1", 0),
-            captures=tmp_path,
-        )
-
-        async def main() -> None:
-            server = RelayServer(config)
-            with trio.fail_after(60):
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(server.run)
-                    await _client(server.address.port)
-                    # Stop accepting; the run ends once the session has ended by itself.
-                    server.shutdown()
-
-        trio.run(main, instruments=[marks])
+        relay_in_process(upstream.host, upstream.port, tmp_path, _client, instruments=[marks])
         upstream.wait()
     exchanges = [e for e in logs if e["event"] == "pop3.exchange"]
     # Nothing is lost or reordered ...
@@ -139,21 +125,9 @@ def test_a_burst_of_pipelined_commands_is_parsed_in_bounded_steps(
     monkeypatch.setattr(_recorder, "SessionObserver", CountingObserver)
     CountingObserver.fed = []
     with scripted_server(_answer_all_at_once) as upstream:
-        config = RelayConfig(
-            upstream=Endpoint(upstream.host, upstream.port),
-            listen=Endpoint("127.0.0.1", 0),
-            captures=tmp_path,
+        relay_in_process(
+            upstream.host, upstream.port, tmp_path, _client, instruments=[StepCounter()]
         )
-
-        async def main() -> None:
-            server = RelayServer(config)
-            with trio.fail_after(60):
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(server.run)
-                    await _client(server.address.port)
-                    server.shutdown()
-
-        trio.run(main, instruments=[StepCounter()])
         upstream.wait()
     per_step: dict[int, int] = {}
     for step, commands in CountingObserver.fed:

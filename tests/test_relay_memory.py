@@ -11,18 +11,18 @@ of it may be left.
 
 from __future__ import annotations
 
-import gc
 import poplib
 import socket
 import ssl
 import struct
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
+from clients import relay_in_process
 from dovecot import Dovecot, Mailbox
 from faults import Connection, scripted_server
 
@@ -130,16 +130,6 @@ ENDINGS = {
 }
 
 
-@pytest.fixture
-def no_cycle_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 @pytest.mark.usefixtures("no_cycle_collector")
 @pytest.mark.parametrize("ending", ENDINGS.values(), ids=ENDINGS.keys())
 def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
@@ -155,24 +145,12 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
         recorders.append(weakref.ref(self.recorder))
 
     monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
+    async def client(port: int) -> None:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await ending.client(Peer(stream))
+
     with scripted_server(ending.upstream) as upstream:
-        config = RelayConfig(
-            upstream=Endpoint(upstream.host, upstream.port),
-            listen=Endpoint("127.0.0.1", 0),
-            captures=tmp_path,
-        )
-
-        async def main() -> None:
-            server = RelayServer(config)
-            with trio.fail_after(30):
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(server.run)
-                    stream = await trio.open_tcp_stream("127.0.0.1", server.address.port)
-                    async with stream:
-                        await ending.client(Peer(stream))
-                    server.shutdown()  # the run ends once the session has ended by itself
-
-        trio.run(main)
+        relay_in_process(upstream.host, upstream.port, tmp_path, client, seconds=30)
         upstream.wait()
     (path,) = iter_capture_paths([tmp_path])
     assert len(read_capture(path).exchanges()) == ending.exchanges

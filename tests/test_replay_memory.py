@@ -8,12 +8,10 @@ the cycle collector off.
 
 from __future__ import annotations
 
-import gc
 import socket
 import ssl
 import struct
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -96,16 +94,6 @@ CASES = [
     ("stls quit", False),
     ("stls then silence", False),
 ]
-
-
-@pytest.fixture
-def no_cycle_collector() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_cycle_collector")
