@@ -407,6 +407,39 @@ def test_masker_skips_lone_cr_floods_and_clear_lines_in_every_chunk() -> None:
         assert b"".join(out) == b"".join(expected), name
 
 
+def _run_maskers() -> list[_masklines.RunMasker]:
+    """The Python run masker, and the C one when it is built.
+
+    The C one is imported itself, not taken from ``_masklines``: these tests count Python
+    lines, so they run only with ``POP3TAP_PURE_PYTHON=1``, which also makes ``_masklines``
+    choose its Python masker.
+    """
+    run_maskers: list[_masklines.RunMasker] = [_masklines.mask_run_python]
+    try:
+        from pop3tap.protocol import _maskscan_c
+    except ImportError:
+        return run_maskers
+    run_maskers.append(_maskscan_c.mask_run)
+    return run_maskers
+
+
+def _mask_chunks_counting_lines(
+    run_masker: _masklines.RunMasker, pieces: list[bytes]
+) -> tuple[int, SecretMasker, list[bytes]]:
+    """Mask ``pieces`` in turn with ``run_masker``: the Python lines run, the masker, and
+    what it gave back for each piece."""
+    masker = SecretMasker()
+    out: list[bytes] = []
+
+    def feed() -> None:
+        for piece in pieces:
+            out.append(masker.mask(piece))
+
+    with patch.object(_masking, "mask_run", run_masker):
+        work = lines_run(feed)
+    return work, masker, out
+
+
 _SECRET_FLOODS = {
     "PASS": b"PASS x\r\n" * 32768,
     "APOP": b"APOP u d\r\n" * 26214,
@@ -424,23 +457,10 @@ def test_secret_verb_floods_take_a_bounded_number_of_python_steps_per_chunk() ->
     lines run per 64 KiB chunk stay under a constant, not one pass per line or per byte
     (issue 10 item 8). The bytes are those of the byte steps."""
     chunk = 65536 - 3  # every chunk boundary falls inside a line
-    run_maskers: list[_masklines.RunMasker] = [_masklines.mask_run_python]
-    if _masklines.MASKER == "c":
-        run_maskers.append(_masklines.mask_run)
-    for run_masker in run_maskers:
+    for run_masker in _run_maskers():
         for name, flood in _SECRET_FLOODS.items():
             pieces = [flood[pos : pos + chunk] for pos in range(0, len(flood), chunk)]
-            masker = SecretMasker()
-            out: list[bytes] = []
-
-            def feed(
-                masker: SecretMasker = masker, pieces: list[bytes] = pieces, out: list[bytes] = out
-            ) -> None:
-                for piece in pieces:
-                    out.append(masker.mask(piece))
-
-            with patch.object(_masking, "mask_run", run_masker):
-                work = lines_run(feed)
+            work, _masker, out = _mask_chunks_counting_lines(run_masker, pieces)
             assert work < 600 * len(pieces), (run_masker, name, work)
             slow = SecretMasker()
             expected = [slow.mask_bytewise(piece) for piece in pieces]
@@ -465,24 +485,11 @@ def test_keywords_that_open_no_secret_take_a_bounded_number_of_python_steps() ->
     Python lines run per 64 KiB chunk stay under a constant, not one pass per keyword or
     per lone-CR part (issue 10 item 8). The bytes are those of the byte steps."""
     chunk = 65536
-    run_maskers: list[_masklines.RunMasker] = [_masklines.mask_run_python]
-    if _masklines.MASKER == "c":
-        run_maskers.append(_masklines.mask_run)
-    for run_masker in run_maskers:
+    for run_masker in _run_maskers():
         for name, unit in _KEYWORD_FLOODS.items():
             flood = unit * 4
             pieces = [flood[pos : pos + chunk] for pos in range(0, len(flood), chunk)]
-            masker = SecretMasker()
-            out: list[bytes] = []
-
-            def feed(
-                masker: SecretMasker = masker, pieces: list[bytes] = pieces, out: list[bytes] = out
-            ) -> None:
-                for piece in pieces:
-                    out.append(masker.mask(piece))
-
-            with patch.object(_masking, "mask_run", run_masker):
-                work = lines_run(feed)
+            work, masker, out = _mask_chunks_counting_lines(run_masker, pieces)
             assert work < 600 * len(pieces), (run_masker, name, work)
             masker.end_of_stream()
             out += [d for _, d in masker.take_released()]
