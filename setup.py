@@ -5,8 +5,9 @@ import (``POP3TAP_PURE_PYTHON=1`` forces the twins):
 
 * the C body scanner and line masker (``_bodyscan.c``, ``_maskscan.c``), built when a C
   compiler is there;
-* the sans-IO protocol core (``pop3tap/protocol``) compiled with mypyc, when mypy is
-  importable at build time (a build requirement in pyproject.toml) and a compiler is there.
+* the sans-IO protocol core (``pop3tap/protocol``) and the relay's recording path
+  (``pop3tap._pure.RECORDING_PATH``) compiled with mypyc, when mypy is importable at build time (a build
+  requirement in pyproject.toml) and a compiler is there.
 
 ``POP3TAP_PURE_BUILD=1`` builds none of them: the pure wheel (``py3-none-any``). The sample
 captures live in ``captures/`` of the source tree (where the README and the tests use
@@ -14,6 +15,7 @@ them); the build copies them into the package as ``pop3tap/samples/`` so ``pop3t
 works from any install.
 """
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -46,13 +48,41 @@ class BuildWithSamples(build_py):
 
 
 #: The modules mypyc compiles: the sans-IO core, without its ``__init__`` (which says
-#: which build was loaded). Their shared library is ``pop3tap.protocol._compiled__mypyc``,
-#: inside the package rather than a top-level module.
+#: which build was loaded), and the relay's recording path, the synchronous code every
+#: forwarded chunk runs through (``pop3tap._pure.RECORDING_PATH``: the recorder, its event
+#: actions and gates, the exchange line's fields). The relay's trio
+#: tasks stay interpreted: compiling them as well measured no further gain
+#: (docs/performance.md). One shared library holds them all, ``pop3tap._compiled__mypyc``.
 COMPILED_PACKAGE = "pop3tap/protocol"
+GROUP = "pop3tap._compiled"
+#: Where the shared library lived before the recording path joined the group.
+OLD_GROUP_LIBRARY = "pop3tap/protocol/_compiled__mypyc"
+
+
+def recording_path() -> list[str]:
+    """``pop3tap._pure.RECORDING_PATH`` as source paths, read without importing pop3tap
+    (whose dependencies are not installed where pip builds; ``_pure`` needs none)."""
+    here = Path(__file__).resolve().parent
+    spec = importlib.util.spec_from_file_location("_pop3tap_pure", here / "pop3tap" / "_pure.py")
+    assert spec is not None and spec.loader is not None
+    pure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pure)
+    return [name.replace(".", "/") + ".py" for name in pure.RECORDING_PATH]
+
+
+def compiled_sources() -> list[str]:
+    """Every module mypyc compiles, as paths relative to the checkout."""
+    here = Path(__file__).resolve().parent
+    core = [
+        path.relative_to(here).as_posix()
+        for path in (here / COMPILED_PACKAGE).glob("*.py")
+        if path.name != "__init__.py"
+    ]
+    return sorted([*core, *recording_path()])
 
 
 def compiled_core() -> list[Extension]:
-    """mypyc's extensions for the protocol core, or none when mypy is not importable.
+    """mypyc's extensions for :func:`compiled_sources`, or none when mypy is not importable.
 
     mypyc type-checks the sources before it writes C; if that fails (a mypy newer than the
     code) the install goes on without the compiled core, as it does without a C compiler.
@@ -60,25 +90,26 @@ def compiled_core() -> list[Extension]:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        print("pop3tap: mypy is not importable; the protocol core stays pure Python")
+        print("pop3tap: mypy is not importable; nothing is compiled with mypyc")
         return []
-    here = Path(__file__).resolve().parent
-    sources = sorted(
-        path.relative_to(here).as_posix()
-        for path in (here / COMPILED_PACKAGE).glob("*.py")
-        if path.name != "__init__.py"
-    )
+    sources = compiled_sources()
     try:
-        # Not the project's mypy configuration, and errors only for the core: mypy also
-        # reads the modules the core's package imports (the replay API, lazily), whose
-        # imports (trio, structlog...) are not installed where pip builds.
+        # Not the project's mypy configuration, and errors only for the compiled modules:
+        # mypy also reads the modules they import, whose own imports (trio, structlog...)
+        # are not installed where pip builds; missing imports are typed Any.
         extensions: list[Extension] = mypycify(
-            ["--config-file=", "--strict", "--follow-imports=silent", *sources],
+            [
+                "--config-file=",
+                "--strict",
+                "--follow-imports=silent",
+                "--ignore-missing-imports",
+                *sources,
+            ],
             opt_level="3",
-            group_name="pop3tap.protocol._compiled",
+            group_name=GROUP,
         )
     except (Exception, SystemExit) as error:  # mypyc exits on a type error
-        print(f"pop3tap: mypyc failed ({error!r}); the protocol core stays pure Python")
+        print(f"pop3tap: mypyc failed ({error!r}); the compiled modules stay pure Python")
         return []
     for extension in extensions:
         extension.optional = True
@@ -95,11 +126,13 @@ class BuildAllOrNothing(build_ext):
         if self.inplace and not any(getattr(e, "_pop3tap_mypyc", False) for e in self.extensions):
             # An editable install that does not compile this time: a core compiled
             # earlier next to the sources would shadow them (Python prefers extensions).
-            package = Path(__file__).resolve().parent / COMPILED_PACKAGE
-            for source in [*package.glob("*.py"), package / "_compiled__mypyc.py"]:
-                if source.name != "__init__.py":
-                    for built in package.glob(f"{source.stem}.*.so"):
-                        built.unlink()
+            here = Path(__file__).resolve().parent
+            library = GROUP.replace(".", "/") + "__mypyc"
+            for source in [*compiled_sources(), library, OLD_GROUP_LIBRARY]:
+                path = here / source
+                stem = path.name.removesuffix(".py")
+                for built in path.parent.glob(f"{stem}.*.so"):
+                    built.unlink()
         super().run()
 
     def build_extensions(self) -> None:
@@ -109,7 +142,7 @@ class BuildAllOrNothing(build_ext):
         if all(path.exists() for path in outputs):
             return
         print(
-            "pop3tap: the compiled protocol core did not build; it stays pure Python",
+            "pop3tap: the compiled modules did not build; they stay pure Python",
             file=sys.stderr,
         )
         for path in outputs:

@@ -1,6 +1,7 @@
 """The switch that forces pure Python: ``POP3TAP_PURE_PYTHON=1`` in the environment.
 
-pop3tap's protocol core may be compiled with mypyc (``setup.py``), and the body scanner
+pop3tap's protocol core and the relay's recording path may be compiled with mypyc
+(``setup.py``), and the body scanner
 and line masker have C twins. Each is optional, and each has a Python source that gives
 the same results. The C twins are separate modules that their Python callers choose
 between (``_bodyscan``, ``_masklines``). A compiled module, though, has the same name as
@@ -9,9 +10,9 @@ its source and sits next to it, and CPython's path finder prefers an extension m
 just before the path finder, that looks for ``pop3tap.*`` modules among ``.py`` files only. Modules
 that have no source (the C twins, mypyc's shared library) are left to the usual finders.
 
-The same finder guards an editable install: there the compiled core sits next to the
-sources it was built from, and after an edit to one of them it would silently run the old
-code. When a compiled module of the core is older than its source in a source checkout,
+The same finder guards an editable install: there the compiled modules sit next to the
+sources they were built from, and after an edit to one of them it would silently run the
+old code. When a compiled module is older than its source in a source checkout,
 :func:`install` warns once and loads the Python sources instead.
 """
 
@@ -31,8 +32,20 @@ from importlib.machinery import (
 from pathlib import Path
 from types import ModuleType
 
-#: The package whose modules may be compiled with mypyc (``setup.py``'s ``COMPILED_PACKAGE``).
-_CORE = Path(__file__).resolve().parent / "protocol"
+#: The relay's recording path, compiled with mypyc along with the protocol core: the
+#: synchronous code every forwarded chunk runs through, all of it internal to the relay.
+#: (The capture writer is public API, which users subclass and call with keyword fields
+#: named like its parameters; compiled classes allow neither.) ``setup.py`` reads this.
+RECORDING_PATH = (
+    "pop3tap._exchange_fields",
+    "pop3tap.relay._actions",
+    "pop3tap.relay._faults",
+    "pop3tap.relay._recorder",
+    "pop3tap.relay._stls",
+)
+_PACKAGE = Path(__file__).resolve().parent
+#: The package directories that may hold modules compiled with mypyc.
+_COMPILED_DIRS = ("", "protocol", "relay", "capture")
 
 
 def requested() -> bool:
@@ -63,20 +76,29 @@ class SourceOnlyFinder:
         return None
 
 
-def stale_compiled_core(core: Path = _CORE) -> list[str]:
-    """The core's sources edited after their compiled module was built, in a source
-    checkout (an editable install; ``setup.py`` is next to the package). An installed
-    wheel's files all carry the install's times, so it is not compared."""
-    if not (core.parent.parent / "setup.py").is_file():
+def stale_compiled_core(package: Path = _PACKAGE) -> list[str]:
+    """Sources edited after their compiled module was built, in a source checkout (an
+    editable install; ``setup.py`` is next to the package), as paths inside the package.
+    An installed wheel's files all carry the install's times, so it is not compared.
+
+    A compiled module is a ``NAME.*.so`` next to ``NAME.py``; the C twins and mypyc's
+    shared library have no source of the same name and are not compared."""
+    if not (package.parent / "setup.py").is_file():
         return []
     stale = []
-    for source in sorted(core.glob("*.py")):
-        if source.name == "__init__.py":
+    for sub in _COMPILED_DIRS:
+        directory = package / sub
+        try:
+            entries = {entry.name: entry for entry in os.scandir(directory)}
+        except OSError:
             continue
-        source_time = source.stat().st_mtime
-        if any(built.stat().st_mtime < source_time for built in core.glob(f"{source.stem}.*.so")):
-            stale.append(source.name)
-    return stale
+        for name, entry in sorted(entries.items()):
+            if not name.endswith(".so"):
+                continue
+            source = entries.get(name.split(".", 1)[0] + ".py")
+            if source is not None and entry.stat().st_mtime < source.stat().st_mtime:
+                stale.append(f"{sub}/{source.name}" if sub else source.name)
+    return sorted(set(stale))
 
 
 def install() -> None:
@@ -90,7 +112,7 @@ def install() -> None:
         if not stale:
             return
         warnings.warn(
-            f"pop3tap: the compiled protocol core is older than {', '.join(stale)}; "
+            f"pop3tap: the compiled modules are older than {', '.join(stale)}; "
             "running the Python sources (pip install -e . compiles them again)",
             RuntimeWarning,
             stacklevel=2,

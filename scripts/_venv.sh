@@ -20,12 +20,17 @@ pop3tap_venv() {
         python3 -m venv .venv
     fi
     # The editable install follows the Python sources; only the packaging files, the C
-    # scanner, the protocol core (compiled with mypyc next to its sources) and the extras
-    # need a new install. Skip it when none of them changed.
+    # scanner, the modules mypyc compiles next to their sources (the protocol core and the
+    # recording path that pop3tap/_pure.py lists) and the extras need a new install. Skip
+    # it when none of them changed.
     # An install with extras also serves a caller that asks for none (demo.sh after test.sh).
-    local digest stamp installed=""
-    digest="$(cat pyproject.toml setup.py pop3tap/protocol/*.c pop3tap/protocol/*.py \
-        | sha256sum | cut -c1-64)"
+    local digest stamp recording installed=""
+    recording="$(python3 -c 'import importlib.util as u
+s = u.spec_from_file_location("pure", "pop3tap/_pure.py"); m = u.module_from_spec(s)
+s.loader.exec_module(m); print(" ".join(n.replace(".", "/") + ".py" for n in m.RECORDING_PATH))')"
+    # shellcheck disable=SC2086  # the list is space-separated paths without spaces
+    digest="$(cat pyproject.toml setup.py pop3tap/_pure.py pop3tap/protocol/*.c \
+        pop3tap/protocol/*.py $recording | sha256sum | cut -c1-64)"
     stamp="${digest}${extras}"
     [ -f .venv/.pop3tap-installed ] && installed="$(cat .venv/.pop3tap-installed)"
     if { [ "$installed" = "$stamp" ] || { [ -z "$extras" ] && [ "${installed:0:64}" = "$digest" ]; }; } \

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build pop3tap's sdist and, from it, two wheels: the compiled one (mypyc's protocol core and
-# the C scanners) and the pure one (POP3TAP_PURE_BUILD=1, py3-none-any). Install each into a
+# recording path, the C scanners) and the pure one (POP3TAP_PURE_BUILD=1, py3-none-any). Install each into a
 # fresh venv outside the checkout and use it from there: the build it says it is,
 # `pop3tap --help`, `pop3tap demo` (the sample captures are package data) and a poplib round
 # trip against `pop3tap replay`, by the CLI and by the library. Run by scripts/test.sh; needs
@@ -52,6 +52,12 @@ assert not where.is_relative_to(Path(sys.argv[1])), f"imported from the checkout
 assert (where.parent / "samples" / "user-pass.p3cap").is_file(), "no sample captures"
 compiled = sys.argv[2] == "compiled"
 assert pop3tap.protocol.COMPILED is compiled, f"COMPILED is {pop3tap.protocol.COMPILED}"
+import importlib
+from importlib.machinery import EXTENSION_SUFFIXES
+from pop3tap import _pure
+for name in _pure.RECORDING_PATH:
+    where = str(importlib.import_module(name).__file__)
+    assert where.endswith(tuple(EXTENSION_SUFFIXES)) is compiled, f"{name} from {where}"
 assert _bodyscan.SCANNER == ("c" if compiled else "python"), _bodyscan.SCANNER
 PY
 

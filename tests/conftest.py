@@ -43,10 +43,10 @@ def _require_binary(name: str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse to test a compiled protocol core older than its sources.
+    """Refuse to test compiled modules older than their sources.
 
     An editable install builds mypyc's modules next to the sources, and Python prefers
-    them: after an edit to ``pop3tap/protocol`` pop3tap warns and loads the sources, and
+    them: after an edit to one of their sources pop3tap warns and loads the sources, and
     the tests would quietly stop testing the compiled core. The extension files are
     compared with their sources only in a checkout (where both come from the same tree);
     ``scripts/test.sh`` rebuilds when the sources change.
@@ -58,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
     stale = _pure.stale_compiled_core()
     if stale:
         raise pytest.UsageError(
-            f"the compiled protocol core is older than {', '.join(stale)}: rebuild it "
+            f"the compiled modules are older than {', '.join(stale)}: rebuild them "
             "(bash scripts/test.sh, or pip install -e .) or test the sources with "
             "POP3TAP_PURE_PYTHON=1"
         )

@@ -640,3 +640,39 @@ def test_data_record_is_one_write_call(tmp_path: Path, monkeypatch: pytest.Monke
     cap = read_capture(w.path)
     assert cap.stream("c2s") == b"NOOP\r\n"
     assert cap.stream("s2c") == b"+OK\r\n+OK\r\n"
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    records=st.lists(
+        st.tuples(
+            st.sampled_from(["c2s", "s2c"]),
+            st.floats(min_value=0, max_value=1e6, allow_nan=False),
+            st.one_of(
+                st.binary(min_size=1, max_size=300),
+                st.integers(0x100, 0x10100).map(lambda n: b"x" * n),
+            ),
+            st.sampled_from([bytes, bytearray, memoryview]),
+        ),
+        max_size=6,
+    )
+)
+def test_data_records_are_exactly_what_msgpack_packs(
+    tmp_path: Path,
+    records: list[tuple[str, float, bytes, type[bytes] | type[bytearray] | type[memoryview]]],
+) -> None:
+    """Every size class and buffer type: the record bytes equal the packed record map, so
+    the writer's inline packing of short chunks cannot drift from the format."""
+    directory = tmp_path / str(len(list(tmp_path.iterdir())))
+    directory.mkdir()
+    w = new_writer(directory)
+    start = w.path.stat().st_size
+    for direction, t, data, kind in records:
+        w.write_data(direction, t, kind(data))
+    end = w.path.stat().st_size
+    w.close(1.0, "quit")
+    expected = b"".join(
+        msgpack.packb({"type": "data", "t": t, "dir": d, "data": data}, use_bin_type=True)
+        for d, t, data, _ in records
+    )
+    assert w.path.read_bytes()[start:end] == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib
 import dataclasses
 import json
 import os
@@ -269,6 +270,34 @@ def test_the_pure_switch_loads_python_sources_for_the_whole_core() -> None:
         assert unset.startswith("False "), unset
 
 
+def recording_path_builds(pure: str | None) -> list[bool]:
+    """Import the recording path in a fresh interpreter: which of its modules are compiled,
+    then whether the core is."""
+    env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
+    if pure is not None:
+        env["POP3TAP_PURE_PYTHON"] = pure
+    code = (
+        "import importlib, sys, pop3tap._pure as q, pop3tap.protocol as p;"
+        "from importlib.machinery import EXTENSION_SUFFIXES as x;"
+        "print(*[str(importlib.import_module(n).__file__).endswith(tuple(x))"
+        " for n in q.RECORDING_PATH], p.COMPILED)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return [word == "True" for word in result.stdout.split()]
+
+
+def test_the_recording_path_is_compiled_exactly_when_the_core_is() -> None:
+    """The relay's recording path is in the core's mypyc group: one switch and one build
+    decide both (half of a group would hold two copies of a class)."""
+    assert _pure.RECORDING_PATH, "nothing listed"
+    assert recording_path_builds("1") == [False] * (len(_pure.RECORDING_PATH) + 1)
+    unset = recording_path_builds(None)
+    assert len(set(unset)) == 1, unset
+    assert unset[0] is built_core()
+
+
 def test_the_compiled_core_is_in_use_when_required() -> None:
     """scripts/test.sh sets POP3TAP_REQUIRE_COMPILED_CORE=1, so CI fails if mypyc's build
     silently fell back to Python (and, in its pure run, if the switch was not honoured)."""
@@ -276,6 +305,9 @@ def test_the_compiled_core_is_in_use_when_required() -> None:
         pytest.skip("POP3TAP_REQUIRE_COMPILED_CORE is not set")
     assert built_core()
     assert pop3tap.protocol.COMPILED is not _pure.requested()
+    for name in _pure.RECORDING_PATH:
+        compiled = str(importlib.import_module(name).__file__).endswith(tuple(EXTENSION_SUFFIXES))
+        assert compiled is not _pure.requested(), name
 
 
 def test_the_pure_switch_leaves_earlier_finders_first() -> None:
@@ -470,25 +502,33 @@ def test_a_core_source_edited_after_compiling_is_what_runs(tmp_path: Path) -> No
     stale = import_core(checkout)
     assert stale.stdout.split()[1:] == ["False", str(checkout / "pop3tap/protocol/_observer.py")]
     assert stale.stderr.count("RuntimeWarning") == 1
-    assert "older than _pending.py" in stale.stderr and "pip install -e ." in stale.stderr
+    assert "older than protocol/_pending.py" in stale.stderr and "pip install -e ." in stale.stderr
 
 
 def test_only_a_checkout_compares_compiled_modules_with_their_sources(tmp_path: Path) -> None:
     """An installed wheel (no setup.py beside the package) is never called stale, however
-    the installer dated its files; in a checkout every source newer than its build is."""
-    core = tmp_path / "pop3tap" / "protocol"
-    core.mkdir(parents=True)
+    the installer dated its files; in a checkout every source newer than its build is, in
+    the core and in the recording path alike."""
+    package = tmp_path / "pop3tap"
+    core, relay = package / "protocol", package / "relay"
+    for directory in (core, relay):
+        directory.mkdir(parents=True)
     for name in ("__init__", "_a", "_b", "_c"):
         (core / f"{name}.py").write_text("")
     for name in ("__init__", "_a", "_b", "_bodyscan_c"):
         (core / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
-    for path in core.iterdir():
-        os.utime(path, (100, 100))
-    for name in ("__init__.py", "_b.py", "_c.py"):
-        os.utime(core / name, (200, 200))
-    assert _pure.stale_compiled_core(core) == []
+    for name in ("_recorder", "_pumps"):
+        (relay / f"{name}.py").write_text("")
+    (relay / "_recorder.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (package / "_compiled__mypyc.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    for directory in (package, core, relay):
+        for path in directory.iterdir():
+            os.utime(path, (100, 100))
+    for path in (core / "__init__.py", core / "_b.py", core / "_c.py", relay / "_recorder.py"):
+        os.utime(path, (200, 200))
+    assert _pure.stale_compiled_core(package) == []
     (tmp_path / "setup.py").write_text("")
-    assert _pure.stale_compiled_core(core) == ["_b.py"]
+    assert _pure.stale_compiled_core(package) == ["protocol/_b.py", "relay/_recorder.py"]
 
 
 # ---------------------------------------------------------------------------- copies

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import structlog
@@ -22,8 +22,7 @@ from clients import relay_in_process
 from faults import Connection, scripted_server
 
 from pop3tap.capture import iter_capture_paths, read_capture
-from pop3tap.protocol import CommandSent, Event, SessionObserver
-from pop3tap.relay import _recorder
+from pop3tap.relay import _session
 
 COUNT = 1000
 GREETING = b"+OK burst upstream\r\n"
@@ -88,33 +87,34 @@ def test_a_burst_of_answers_is_worked_off_in_bounded_steps(tmp_path: Path) -> No
     assert busiest <= COUNT // 10
 
 
-class CountingObserver:
-    """A real observer that notes how many commands each client feed completed.
+class CommandMarks(trio.abc.Instrument):
+    """How many of the session's commands the relay had acted on when each task step began.
 
-    It wraps rather than subclasses :class:`SessionObserver`: the compiled protocol core's
-    classes cannot have Python subclasses.
+    A command counts once its ``CommandSent`` was handled: it is then either still waiting
+    for its answer (the recorder's ``unanswered``) or answered (a ``pop3.exchange`` line).
+    Read from the outside, so it works whether or not the recorder is compiled (compiled
+    classes can be neither wrapped nor patched).
     """
 
-    #: (step number, commands) per parse_recorded_client call.
-    fed: ClassVar[list[tuple[int, int]]] = []
-    step = 0
+    def __init__(self, logs: list[MutableMapping[str, Any]]) -> None:
+        self.logs = logs
+        self.sessions: list[_session.RelaySession] = []
+        self.marks: list[int] = []
+        self._exchanges = 0
+        self._counted = 0
 
-    def __init__(self, **options: Any) -> None:
-        self._observer = SessionObserver(**options)
+    def handled(self) -> int:
+        for entry in self.logs[self._counted :]:
+            self._exchanges += entry["event"] == "pop3.exchange"
+        self._counted = len(self.logs)
+        return self.sessions[0].recorder.unanswered + self._exchanges if self.sessions else 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._observer, name)
-
-    def parse_recorded_client(self, size: int | None = None) -> list[Event]:
-        events = self._observer.parse_recorded_client(size)
-        commands = sum(isinstance(e, CommandSent) for e in events)
-        CountingObserver.fed.append((CountingObserver.step, commands))
-        return events
-
-
-class StepCounter(trio.abc.Instrument):
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        CountingObserver.step += 1
+        self.marks.append(self.handled())
+
+    def per_step(self) -> list[int]:
+        marks = [*self.marks, self.handled()]
+        return [later - earlier for earlier, later in itertools.pairwise(marks)]
 
 
 def test_a_burst_of_pipelined_commands_is_parsed_in_bounded_steps(
@@ -122,19 +122,23 @@ def test_a_burst_of_pipelined_commands_is_parsed_in_bounded_steps(
 ) -> None:
     """The client's side of the same burst: 1000 commands in one write are not all
     parsed in one step either."""
-    monkeypatch.setattr(_recorder, "SessionObserver", CountingObserver)
-    CountingObserver.fed = []
-    with scripted_server(_answer_all_at_once) as upstream:
-        relay_in_process(
-            upstream.host, upstream.port, tmp_path, _client, instruments=[StepCounter()]
-        )
-        upstream.wait()
-    per_step: dict[int, int] = {}
-    for step, commands in CountingObserver.fed:
-        per_step[step] = per_step.get(step, 0) + commands
+    with structlog.testing.capture_logs() as logs:
+        marks = CommandMarks(logs)
+        original_init = _session.RelaySession.__init__
+
+        def tracked_init(self: _session.RelaySession, *args: Any, **kwargs: Any) -> None:
+            original_init(self, *args, **kwargs)
+            marks.sessions.append(self)
+
+        monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
+        with scripted_server(_answer_all_at_once) as upstream:
+            relay_in_process(upstream.host, upstream.port, tmp_path, _client, instruments=[marks])
+            upstream.wait()
+    per_step = marks.per_step()
     # Every command was parsed ...
-    assert sum(per_step.values()) == COUNT
+    assert len(marks.sessions) == 1
+    assert sum(per_step) == COUNT
     (path,) = iter_capture_paths([tmp_path])
     assert len(read_capture(path).exchanges()) == COUNT
     # ... and no single step of the event loop parsed them all.
-    assert max(per_step.values()) <= COUNT // 3
+    assert max(per_step) <= COUNT // 3

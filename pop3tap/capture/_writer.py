@@ -42,6 +42,8 @@ _PACKB: Final = msgpack.Packer(use_bin_type=True).pack
 # record costs two byte concatenations and no copy of the payload.
 _DATA_HEAD: Final = b"\x84" + _PACKB("type") + _PACKB(RecordType.DATA.value) + _PACKB("t") + b"\xcb"
 _DATA_DIR: Final = {d.value: _PACKB("dir") + _PACKB(d.value) + _PACKB("data") for d in Direction}
+#: ``n.to_bytes(1, "big")`` for every ``n`` below 256.
+_ONE_BYTE: Final = tuple(bytes((n,)) for n in range(0x100))
 
 
 def _bin_header(n: int) -> bytes:
@@ -205,16 +207,25 @@ class CaptureWriter:
         """Record bytes seen on the wire (``direction`` is ``"c2s"`` or ``"s2c"``)."""
         if self._fd is None:
             return
+        size = len(data)
+        middle = _DATA_DIR.get(direction)
+        if type(data) is bytes and 0 < size < 0x100 and size <= self._max_chunk and middle:
+            # The usual case, a POP3 line or two, inline (every relayed chunk passes here).
+            prefix = _DATA_HEAD + _PACK_DOUBLE(t) + middle + b"\xc4" + _ONE_BYTE[size]
+            self._write((prefix, data), len(prefix) + size)
+            return
         limit = self._max_chunk
-        if isinstance(data, bytes) and 0 < len(data) <= limit:
-            # The usual case: no views.
-            self._write((data_record_prefix(direction, t, len(data)), data))
+        if isinstance(data, bytes) and 0 < size <= limit:
+            # No views.
+            prefix = data_record_prefix(direction, t, size)
+            self._write((prefix, data), len(prefix) + size)
             return
         data_record_prefix(direction, t, 0)  # refuse a bad direction even without data
         view = memoryview(data).cast("B")
         for start in range(0, len(view), limit):
             piece = view[start : start + limit]
-            self._write((data_record_prefix(direction, t, len(piece)), piece))
+            prefix = data_record_prefix(direction, t, len(piece))
+            self._write((prefix, piece), len(prefix) + len(piece))
 
     def write_event(self, name: str, t: float, /, **fields: Any) -> None:
         """Record a transport event (an :class:`EventName`) with plain-valued fields."""
@@ -259,24 +270,18 @@ class CaptureWriter:
         except Exception as exc:  # a field the packer cannot encode: never break the relay
             self._fail(f"cannot encode {record.get('type')} record: {exc}")
             return
-        self._write((packed,))
+        self._write((packed,), len(packed))
 
-    def _write(self, parts: tuple[bytes | memoryview, ...]) -> None:
-        """Write ``parts`` with one writev call, looping on partial writes."""
+    def _write(self, parts: tuple[bytes | memoryview, ...], size: int) -> None:
+        """Write ``parts`` (``size`` bytes in all) with one writev call; loop only on a
+        partial write."""
         fd = self._fd
         if fd is None:
             return
-        pending: list[bytes | memoryview] = list(parts)
         try:
-            while pending:
-                n = os.writev(fd, pending)
-                if n <= 0:
-                    raise OSError(errno.EIO, "write returned 0")
-                while pending and n >= len(pending[0]):
-                    n -= len(pending[0])
-                    pending.pop(0)
-                if n:
-                    pending[0] = memoryview(pending[0])[n:]
+            written = os.writev(fd, parts)
+            if written != size:
+                _write_rest(fd, parts, written)
         except OSError as exc:
             self._fail(os_reason(exc))
 
@@ -296,6 +301,26 @@ class CaptureWriter:
         self._abandon()
         with contextlib.suppress(OSError):
             os.unlink(self.path)
+
+
+def _write_rest(fd: int, parts: tuple[bytes | memoryview, ...], written: int) -> None:
+    """Finish a write of ``parts`` of which the kernel took only ``written`` bytes.
+
+    Raises:
+        OSError: a write failed, or took nothing.
+    """
+    pending: list[bytes | memoryview] = list(parts)
+    while True:
+        if written <= 0:
+            raise OSError(errno.EIO, "write returned 0")
+        while pending and written >= len(pending[0]):
+            written -= len(pending[0])
+            pending.pop(0)
+        if not pending:
+            return
+        if written:
+            pending[0] = memoryview(pending[0])[written:]
+        written = os.writev(fd, pending)
 
 
 def _fallback(value: object) -> object:
