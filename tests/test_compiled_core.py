@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 import copy
-import importlib
 import dataclasses
+import importlib
 import json
 import os
 import pickle
