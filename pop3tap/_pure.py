@@ -82,7 +82,8 @@ def stale_compiled_core(package: Path = _PACKAGE) -> list[str]:
     An installed wheel's files all carry the install's times, so it is not compared.
 
     A compiled module is a ``NAME.*.so`` next to ``NAME.py``; the C twins and mypyc's
-    shared library have no source of the same name and are not compared."""
+    shared library have no source of the same name, and a package's ``__init__`` is
+    never compiled, so none of them is compared."""
     if not (package.parent / "setup.py").is_file():
         return []
     stale = []
@@ -95,7 +96,8 @@ def stale_compiled_core(package: Path = _PACKAGE) -> list[str]:
         for name, entry in sorted(entries.items()):
             if not name.endswith(".so"):
                 continue
-            source = entries.get(name.split(".", 1)[0] + ".py")
+            stem = name.split(".", 1)[0]
+            source = entries.get(stem + ".py") if stem != "__init__" else None
             if source is not None and entry.stat().st_mtime < source.stat().st_mtime:
                 stale.append(f"{sub}/{source.name}" if sub else source.name)
     return sorted(set(stale))
