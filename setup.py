@@ -6,8 +6,8 @@ import (``POP3TAP_PURE_PYTHON=1`` forces the twins):
 * the C body scanner and line masker (``_bodyscan.c``, ``_maskscan.c``), built when a C
   compiler is there;
 * the sans-IO protocol core (``pop3tap/protocol``) and the relay's recording path
-  (``pop3tap._pure.RECORDING_PATH``) compiled with mypyc, when mypy is importable at build time (a build
-  requirement in pyproject.toml) and a compiler is there.
+  (``pop3tap._pure.RECORDING_PATH``) compiled with mypyc, when mypy is importable at
+  build time (a build requirement in pyproject.toml) and a compiler is there.
 
 ``POP3TAP_PURE_BUILD=1`` builds none of them: the pure wheel (``py3-none-any``). The sample
 captures live in ``captures/`` of the source tree (where the README and the tests use

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
@@ -74,24 +75,30 @@ class RelayConfig:
         }
 
 
+@functools.lru_cache(maxsize=64)
+def _address_family(host: str) -> socket.AddressFamily | None:
+    """The family of ``host`` if it is an IP address, None for a name."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
 async def open_plain_upstream(endpoint: Endpoint) -> trio.abc.Stream:
-    """Open a TCP connection to the upstream with Nagle off (commands are small).
+    """Open a TCP connection to the upstream with Nagle off (commands are small): a
+    ``trio.SocketStream`` sets ``TCP_NODELAY`` itself.
 
     An IP address is connected to directly; a name goes through ``open_tcp_stream``
     (resolution and happy eyeballs over its addresses).
     """
+    family = _address_family(endpoint.host)
+    if family is None:
+        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
     try:
-        version = ipaddress.ip_address(endpoint.host).version
-    except ValueError:
-        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    else:
-        family = socket.AF_INET6 if version == 6 else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
-        try:
-            await sock.connect((endpoint.host, endpoint.port))
-        except BaseException:
-            sock.close()
-            raise
-        stream = trio.SocketStream(sock)
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return stream
+        await sock.connect((endpoint.host, endpoint.port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)

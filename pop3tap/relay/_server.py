@@ -33,6 +33,8 @@ class RelayServer(ConnectionServer):
         )
         #: The faults every session is subject to; tests may change them while it runs.
         self.faults = FaultPlan(config.faults)
+        #: The options every capture header stores (the config is frozen: built once).
+        self.header_options = config.options()
 
     def server_tls(self) -> ServerTls:
         """What clients are shown; builds it (maybe creating pop3tap's CA) on first use."""

@@ -156,11 +156,13 @@ class RelaySession:
             "listen": str(config.listen),
             "upstream": str(config.upstream),
             "secrets": "kept" if config.keep_secrets else "masked",
-            "options": config.options(),
+            "options": self.relay.header_options,
         }
 
     def listen_address(self) -> str:
         """Where this client connected: the real port, also when the relay bound port 0."""
+        if self.relay.accepted_on is not None:
+            return self.relay.accepted_on
         sock = socket_of(self.client)
         try:
             host, port = sock.getsockname()[:2]

@@ -11,6 +11,7 @@ fails. The one ``-ERR`` line pop3tap itself writes comes from :func:`error_line`
 from __future__ import annotations
 
 import errno
+import ipaddress
 import math
 import secrets
 import socket
@@ -87,6 +88,17 @@ def error_line(prefix: str, text: str) -> bytes:
     return f"-ERR {prefix}: {flat}\r\n".encode("utf-8", "replace")
 
 
+def _one_local_address(listeners: list[trio.SocketListener]) -> str | None:
+    """The local address of every connection these listeners accept, if they have one:
+    a single listener bound to one address (not a wildcard, which accepts on any)."""
+    if len(listeners) != 1:
+        return None
+    host, port = listeners[0].socket.getsockname()[:2]
+    if ipaddress.ip_address(str(host).split("%", 1)[0]).is_unspecified:
+        return None
+    return str(Endpoint(str(host), int(port)))
+
+
 def new_session_id() -> str:
     """The id a connection's log lines and capture carry (12 hex digits)."""
     return secrets.token_hex(6)
@@ -126,6 +138,9 @@ class ConnectionServer:
         self.total_sessions = 0
         self._accept_scope = trio.CancelScope()
         self._handlers: trio.Nursery | None = None
+        #: Every accepted connection's local address (``host:port``) when the one listener
+        #: is bound to one address, else None (each connection's is asked for).
+        self.accepted_on: str | None = None
 
     async def serve_connection(self, stream: trio.SocketStream, session_id: str) -> None:
         """Serve one client; the log context already carries ``session=session_id``."""
@@ -155,6 +170,7 @@ class ConnectionServer:
         self.listeners = await open_listeners(self.listen.host, self.listen.port, self.sockets)
         for listener in self.listeners:
             listener.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.accepted_on = _one_local_address(self.listeners)
         async with trio.open_nursery() as handlers:
             self._handlers = handlers
             try:
