@@ -62,13 +62,15 @@ def alternate(
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Run every load against every target, ``rounds`` times, the order rotated each round.
 
-    Returns ``{load: {target: {"value": [...], "cpu": [...], "p99": [...]}}}``; ``cpu`` is
-    the relay's CPU per unit of the load (ms per session, us per round trip, s per GB),
-    ``p99`` the round trips' 99th percentile (noop and retr only). ``before_round``
-    (if given) is called with the round number first.
+    Returns ``{load: {target: {"value": [...], "cpu": [...], "sys": [...], "p99": [...]}}}``;
+    ``cpu`` is the relay's CPU per unit of the load (ms per session, us per round trip, s per
+    GB), ``sys`` the part of it spent in the kernel, ``p99`` the round trips' 99th
+    percentile (noop and retr only). ``before_round`` (if given) is called with the round
+    number first.
     """
     out: dict[str, dict[str, dict[str, list[float]]]] = {
-        load: {t.name: {"value": [], "cpu": [], "p99": []} for t in targets} for load in loads
+        load: {t.name: {"value": [], "cpu": [], "sys": [], "p99": []} for t in targets}
+        for load in loads
     }
     scale = {"round trip": 1e6, "session": 1e3, "GB": 1.0}
     for round_ in range(rounds):
@@ -82,6 +84,7 @@ def alternate(
             extra, key, unit = LOADS[load]
             for target in order:
                 c0 = relays.tree_cpu(target.pid) if target.pid is not None else 0.0
+                s0 = relays.tree_system_cpu(target.pid) if target.pid is not None else 0.0
                 proc = subprocess.run(
                     [sys.executable, "-m", "benchmarks.loadgen", load,
                      "--port", str(target.port), *extra],
@@ -91,9 +94,10 @@ def alternate(
                 if target.pid is not None:
                     time.sleep(0.05)  # the relay finishes closing what the client closed
                     used = relays.tree_cpu(target.pid) - c0
-                    out[load][target.name]["cpu"].append(
-                        used * scale[unit] / max(_units(load, result), 1e-9)
-                    )
+                    in_kernel = relays.tree_system_cpu(target.pid) - s0
+                    per_unit = scale[unit] / max(_units(load, result), 1e-9)
+                    out[load][target.name]["cpu"].append(used * per_unit)
+                    out[load][target.name]["sys"].append(in_kernel * per_unit)
                 out[load][target.name]["value"].append(float(result[key]))
                 if "p99_us" in result:
                     out[load][target.name]["p99"].append(float(result["p99_us"]))
@@ -126,7 +130,9 @@ def report_lines(samples: dict[str, dict[str, dict[str, list[float]]]]) -> list[
         for name in names:
             got = per_target[name]
             text = f"  {name:36}"
-            for field, label in (("value", ""), ("p99", "p99 "), ("cpu", "CPU ")):
+            for field, label in (
+                ("value", ""), ("p99", "p99 "), ("cpu", "CPU "), ("sys", "of it in the kernel ")
+            ):
                 if not got[field]:
                     continue
                 text += f"  {label}{_short(statistics.median(got[field]))}"

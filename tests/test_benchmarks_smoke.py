@@ -411,7 +411,8 @@ def test_floor_forwards_both_directions_verbatim(mode: str) -> None:
 
 
 def test_paired_compares_modes_with_cpu(tmp_path: Path) -> None:
-    """benchmarks.paired runs every load against every mode each round and reports CPU."""
+    """benchmarks.paired runs every load against every mode each round and reports CPU,
+    and the part of it spent in the kernel."""
     out = tmp_path / "paired.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.paired", "--modes", "trio-floor,trio-floor-one-task",
@@ -427,8 +428,10 @@ def test_paired_compares_modes_with_cpu(tmp_path: Path) -> None:
             got = data["samples"][load][mode]
             assert len(got["value"]) == 2 and all(v > 0 for v in got["value"])
             assert len(got["cpu"]) == 2 and all(v > 0 for v in got["cpu"])
+            # The kernel's part is read in clock ticks: 0 is possible for a short load.
+            assert len(got["sys"]) == 2 and all(k >= 0 for k in got["sys"])
     assert len(data["samples"]["noop"]["trio-floor"]["p99"]) == 2
-    assert "paired ratios to trio-floor" in proc.stdout
+    assert "paired ratios to trio-floor" in proc.stdout and "of it in the kernel" in proc.stdout
     assert "trio-floor-one-task" in proc.stdout and "captures on " in proc.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["paired.json"]
 
