@@ -50,8 +50,19 @@ FLOOR_VARIANTS = {
         n,
     )
 }
+#: ``pop3tap record`` with part of its recording switched off, to measure what each part
+#: costs (``benchmarks.paired``); not run by default: the extra arguments of each.
+RECORD_VARIANTS = {
+    "pop3tap-no-captures": ("--no-captures",),
+    "pop3tap-no-log": ("--log-level", "error"),
+    "pop3tap-relay-only": ("--no-captures", "--log-level", "error"),
+}
 #: Every mode ``--modes`` accepts.
-ALL_MODES = (*MODES, *(m for m in FLOOR_VARIANTS if m not in MODES))
+ALL_MODES = (
+    *MODES,
+    *(m for m in FLOOR_VARIANTS if m not in MODES),
+    *RECORD_VARIANTS,
+)
 #: Modes that serve a recorded session instead of relaying to the benchmark server.
 REPLAY_MODES = frozenset({"replay", "replay-workers", "replay-model"})
 #: Modes measured only with the concurrency load (a replay server has no 64 MiB message,
@@ -240,9 +251,11 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
             "--log-file",
             str(workdir / "log.jsonl"),
         ]
-    if mode in ("pop3tap", "pop3tap-workers"):
+    if mode in ("pop3tap", "pop3tap-workers", *RECORD_VARIANTS):
+        variant = RECORD_VARIANTS.get(mode, ())
         captures = workdir / "captures"
         captures.mkdir(exist_ok=True)
+        where = [] if "--no-captures" in variant else ["--captures", str(captures)]
         return [
             sys.executable,
             "-m",
@@ -253,12 +266,12 @@ def relay_command(mode: str, port: int, server_port: int, workdir: Path) -> list
             upstream,
             "--listen",
             f"127.0.0.1:{port}",
-            "--captures",
-            str(captures),
+            *where,
             "--log-format",
             "json",
             "--log-file",
             str(workdir / "log.jsonl"),
+            *variant,
         ]
     raise ValueError(f"unknown mode {mode!r}")
 
@@ -268,6 +281,11 @@ MODE_NOTES = {
               "(relay_peak_rss_mb is the parent, relay_tree_peak_rss_mb sums parent and children)"],
     "haproxy": ["haproxy uses its default nbthread (one thread per CPU)"],
     "pop3tap": ["pop3tap records every session with its default logging (JSON to a file)"],
+    "pop3tap-no-captures": ["pop3tap record --no-captures: parses and logs, writes no capture"],
+    "pop3tap-no-log": ["pop3tap record --log-level error: parses and captures, logs no "
+                       "session lines"],
+    "pop3tap-relay-only": ["pop3tap record --no-captures --log-level error: parses, "
+                           "neither captures nor logs"],
     "replay": ["pop3tap replay serves one recorded concurrency session (--sessions cycle) "
                "with its default logging (JSON to a file); only the concurrency load is run"],
     "trio-floor": ["benchmarks/trio_floor.py: a bare trio forwarder with pop3tap's plain-TCP "

@@ -518,3 +518,20 @@ def test_hostile_pass_flood_alone_reports_both_relays(tmp_path: Path) -> None:
         flood = results[name]["victim_pass_flood"]
         assert flood["attacked_noops"] > 0 and flood["p99_ratio"] > 0
         assert flood["relay_cpu_ms_per_mib"] > 0
+
+
+def test_record_variants_switch_off_one_part_each(tmp_path: Path) -> None:
+    """The pop3tap-no-* modes run the same `pop3tap record` command with one part of the
+    recording switched off, and nothing else changed."""
+    from benchmarks import relays
+
+    full = relays.relay_command("pop3tap", 1100, 110, tmp_path)
+    assert "--captures" in full and "--no-captures" not in full
+    for mode, extra in relays.RECORD_VARIANTS.items():
+        assert mode in relays.ALL_MODES and mode not in relays.MODES
+        command = relays.relay_command(mode, 1100, 110, tmp_path)
+        assert command[len(command) - len(extra) :] == list(extra)
+        without = [a for a in full if "--no-captures" not in extra or a != "--captures"]
+        if "--no-captures" in extra:
+            without.remove(str(tmp_path / "captures"))
+        assert command[: len(command) - len(extra)] == without
