@@ -22,7 +22,6 @@ import contextvars
 import json
 import logging
 import sys
-import time
 from collections.abc import Callable, MutableMapping
 from enum import Enum
 from pathlib import Path
@@ -44,6 +43,7 @@ from pop3tap._logfast import (
     use_colors,
 )
 from pop3tap._private import UnsafePathError, open_private_append
+from pop3tap._utctime import utc_now
 from pop3tap.protocol._events import Exchange
 
 # FdLogger, JsonLineRenderer, TeeLogger, render_exchange_line and use_colors live in
@@ -138,25 +138,13 @@ def plain_values(_logger: WrappedLogger, _method: str, event_dict: EventDict) ->
     return event_dict
 
 
-# The timestamp of ``TimeStamper(fmt="iso", utc=True)``, built from a per-second cache:
-# ``datetime.now(UTC).isoformat()`` costs a datetime object and a format per line.
-_stamp_second = -1
-_stamp_prefix = ""
-
-
 def utc_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """Processor: ``timestamp`` exactly as ``TimeStamper(fmt="iso", utc=True)`` writes it.
 
     ``2026-11-27T06:16:23.123456Z``; like ``datetime.isoformat`` the fraction is left out
-    when the microseconds are 0.
+    when the microseconds are 0 (formatted once per second: :mod:`pop3tap._utctime`).
     """
-    global _stamp_second, _stamp_prefix
-    second, nanos = divmod(time.time_ns(), 1_000_000_000)
-    if second != _stamp_second:
-        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _stamp_second = second
-    micros = nanos // 1000
-    event_dict["timestamp"] = f"{_stamp_prefix}.{micros:06d}Z" if micros else f"{_stamp_prefix}Z"
+    event_dict["timestamp"] = utc_now().iso
     return event_dict
 
 

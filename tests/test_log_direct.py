@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from structlog.contextvars import bind_contextvars, clear_contextvars
 from structlog.testing import capture_logs
 
+import pop3tap._utctime
 import pop3tap.log
 from pop3tap.log import configure_logging, exchange_fields, log_exchange, set_process_fields
 from pop3tap.protocol._events import Exchange, Flag, Status
@@ -39,11 +40,11 @@ def reset_structlog() -> Iterator[None]:
 
 
 def frozen_clock(monkeypatch: pytest.MonkeyPatch, nanos: int) -> None:
-    """Both paths read the clock through ``pop3tap.log.time``: give them one instant."""
+    """Both paths read the clock through ``pop3tap._utctime.time``: give them one instant."""
     frozen = types.SimpleNamespace(
         time_ns=lambda: nanos, strftime=time.strftime, gmtime=time.gmtime
     )
-    monkeypatch.setattr(pop3tap.log, "time", frozen)
+    monkeypatch.setattr(pop3tap._utctime, "time", frozen)
 
 
 exchanges = st.builds(

@@ -77,7 +77,11 @@ Record = DataRecord | EventRecord | CloseRecord
 
 def capture_filename(session_id: str, when: datetime) -> str:
     """Return the file name of a capture started at ``when`` (converted to UTC)."""
-    stamp = when.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return stamped_filename(session_id, when.astimezone(UTC).strftime("%Y%m%dT%H%M%S.%fZ"))
+
+
+def stamped_filename(session_id: str, stamp: str) -> str:
+    """The file name of a capture started at ``stamp`` (``20261127T061623.123456Z``)."""
     return f"{stamp}-{session_id}{SUFFIX}"
 
 

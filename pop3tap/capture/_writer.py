@@ -21,7 +21,13 @@ from typing import Any, Final
 
 import msgpack
 
-from pop3tap.capture._records import CaptureError, capture_filename, os_reason
+from pop3tap._utctime import utc_now
+from pop3tap.capture._records import (
+    CaptureError,
+    capture_filename,
+    os_reason,
+    stamped_filename,
+)
 from pop3tap.capture._vocabulary import (
     FORMAT_VERSION,
     MAGIC,
@@ -44,6 +50,7 @@ _DATA_HEAD: Final = b"\x84" + _PACKB("type") + _PACKB(RecordType.DATA.value) + _
 _DATA_DIR: Final = {d.value: _PACKB("dir") + _PACKB(d.value) + _PACKB("data") for d in Direction}
 #: ``n.to_bytes(1, "big")`` for every ``n`` below 256.
 _ONE_BYTE: Final = tuple(bytes((n,)) for n in range(0x100))
+_HEADER_TYPE: Final = RecordType.HEADER.value
 
 
 def _bin_header(n: int) -> bytes:
@@ -73,16 +80,23 @@ def new_header(session_id: str, header_fields: Mapping[str, Any], when: datetime
     Raises:
         CaptureError: ``session_id`` is not a safe file name part.
     """
+    started = when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return _header(session_id, header_fields, started, when.timestamp())
+
+
+def _header(
+    session_id: str, header_fields: Mapping[str, Any], started: str, started_unix: float
+) -> dict[str, Any]:
     if not _SESSION_ID_RE.fullmatch(session_id):
         raise CaptureError(f"invalid capture session id {session_id!r}")
     header: dict[str, Any] = {
-        "type": RecordType.HEADER.value,
+        "type": _HEADER_TYPE,
         "magic": MAGIC,
         "format": FORMAT_VERSION,
         "pop3tap": "unknown",
         "session": session_id,
-        "started": when.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "started_unix": when.timestamp(),
+        "started": started,
+        "started_unix": started_unix,
         "client": "",
         "listen": "",
         "upstream": "",
@@ -95,21 +109,29 @@ def new_header(session_id: str, header_fields: Mapping[str, Any], when: datetime
     return header
 
 
-def _create_exclusive(base: Path, name: str) -> tuple[Path, int]:
+_CREATE_FLAGS: Final = (
+    os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _create_exclusive(base: str | os.PathLike[str], name: str) -> tuple[Path, int]:
     """Create ``base/name`` (or ``name`` with ``-1``, ``-2``... before the suffix), 0600.
 
     ``O_EXCL`` never opens a file someone else planted under the name.
     """
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    base = os.fspath(base)
     for attempt in range(100):
-        path = base / (name if attempt == 0 else name.replace(SUFFIX, f"-{attempt}{SUFFIX}"))
+        path = os.path.join(
+            base, name if attempt == 0 else name.replace(SUFFIX, f"-{attempt}{SUFFIX}")
+        )
         try:
-            return path, os.open(path, flags, 0o600)
+            return Path(path), os.open(path, _CREATE_FLAGS, 0o600)
         except FileExistsError:
             continue
         except OSError as exc:
             raise CaptureError(f"{path}: cannot create capture file: {os_reason(exc)}") from None
-    raise CaptureError(f"{base / name}: cannot create capture file: name already taken")
+    taken = os.path.join(base, name)
+    raise CaptureError(f"{taken}: cannot create capture file: name already taken")
 
 
 def _max_data_chunk() -> int:
@@ -158,9 +180,14 @@ class CaptureWriter:
         Raises:
             CaptureError: the file cannot be created or the header cannot be written.
         """
-        when = now if now is not None else datetime.now(UTC)
-        header = new_header(session_id, header_fields, when)
-        path, fd = _create_exclusive(Path(directory), capture_filename(session_id, when))
+        if now is None:
+            instant = utc_now()
+            header = _header(session_id, header_fields, instant.iso, instant.unix)
+            name = stamped_filename(session_id, instant.compact)
+        else:
+            header = new_header(session_id, header_fields, now)
+            name = capture_filename(session_id, now)
+        path, fd = _create_exclusive(directory, name)
         writer = cls(path, fd)
         try:
             os.fchmod(fd, 0o600)
