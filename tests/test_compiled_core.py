@@ -237,21 +237,27 @@ def test_compiled_says_which_modules_were_loaded() -> None:
         assert compiled == pop3tap.protocol.COMPILED, name
 
 
-def loaded_build(pure: str | None) -> str:
-    """Import the core in a fresh interpreter; which build, scanner and extensions loaded."""
+def run_fresh(code: str, pure: str | None) -> str:
+    """What ``code`` prints in a fresh interpreter, with ``POP3TAP_PURE_PYTHON`` set to
+    ``pure`` (or unset)."""
     env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
     if pure is not None:
         env["POP3TAP_PURE_PYTHON"] = pure
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+def loaded_build(pure: str | None) -> str:
+    """Import the core in a fresh interpreter; which build, scanner and extensions loaded."""
     code = (
         "import sys, pop3tap.protocol as p, pop3tap.protocol._bodyscan as b;"
         "so = sorted(n for n, m in sys.modules.items() if n.startswith('pop3tap')"
         " and not (getattr(m, '__file__', None) or '.py').endswith('.py'));"
         "print(p.COMPILED, b.SCANNER, len(so), so)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    return result.stdout.strip()
+    return run_fresh(code, pure)
 
 
 def built_core() -> bool:
@@ -273,19 +279,13 @@ def test_the_pure_switch_loads_python_sources_for_the_whole_core() -> None:
 def recording_path_builds(pure: str | None) -> list[bool]:
     """Import the recording path in a fresh interpreter: which of its modules are compiled,
     then whether the core is."""
-    env = {k: v for k, v in os.environ.items() if k != "POP3TAP_PURE_PYTHON"}
-    if pure is not None:
-        env["POP3TAP_PURE_PYTHON"] = pure
     code = (
         "import importlib, sys, pop3tap._pure as q, pop3tap.protocol as p;"
         "from importlib.machinery import EXTENSION_SUFFIXES as x;"
         "print(*[str(importlib.import_module(n).__file__).endswith(tuple(x))"
         " for n in q.RECORDING_PATH], p.COMPILED)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    return [word == "True" for word in result.stdout.split()]
+    return [word == "True" for word in run_fresh(code, pure).split()]
 
 
 def test_the_recording_path_is_compiled_exactly_when_the_core_is() -> None:
