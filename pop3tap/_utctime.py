@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-__all__ = ["UtcInstant", "utc_now"]
+__all__ = ["UtcInstant", "iso_now", "utc_now"]
 
 #: The second the prefixes below were formatted for, and the prefixes.
 _second = -1
@@ -48,6 +48,13 @@ def utc_now() -> UtcInstant:
     """The current instant."""
     second, micros = divmod(time.time_ns() // 1000, 1_000_000)
     return UtcInstant(second, micros)
+
+
+def iso_now() -> str:
+    """``utc_now().iso`` in half the time: the log's timestamp, once per line."""
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    prefix = _iso_prefix if second == _second else _prefixes(second)[0]
+    return f"{prefix}.{micros:06d}Z" if micros else f"{prefix}Z"
 
 
 def _prefixes(second: int) -> tuple[str, str]:

@@ -43,7 +43,7 @@ from pop3tap._logfast import (
     use_colors,
 )
 from pop3tap._private import UnsafePathError, open_private_append
-from pop3tap._utctime import utc_now
+from pop3tap._utctime import iso_now
 from pop3tap.protocol._events import Exchange
 
 # FdLogger, JsonLineRenderer, TeeLogger, render_exchange_line and use_colors live in
@@ -144,7 +144,7 @@ def utc_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -
     ``2026-11-27T06:16:23.123456Z``; like ``datetime.isoformat`` the fraction is left out
     when the microseconds are 0 (formatted once per second: :mod:`pop3tap._utctime`).
     """
-    event_dict["timestamp"] = utc_now().iso
+    event_dict["timestamp"] = iso_now()
     return event_dict
 
 

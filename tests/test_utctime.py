@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
+import time
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgpack
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pop3tap import _utctime
@@ -43,6 +46,22 @@ def test_both_forms_equal_what_datetime_writes(
         assert instant.iso == when.isoformat().replace("+00:00", "Z")
         assert instant.compact == when.strftime("%Y%m%dT%H%M%S.%fZ")
         assert instant.unix == when.timestamp()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(instants=st.lists(instants, min_size=1, max_size=4))
+def test_the_log_timestamp_is_the_iso_form_of_the_clock_reading(
+    instants: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``iso_now`` reads the per-second cache without a call: it must still follow the
+    clock from one second to another."""
+    for seconds, micros in instants:
+        nanos = (seconds * 1_000_000 + micros) * 1000 + 999
+        clock = types.SimpleNamespace(
+            time_ns=lambda nanos=nanos: nanos, strftime=time.strftime, gmtime=time.gmtime
+        )
+        monkeypatch.setattr(_utctime, "time", clock)
+        assert _utctime.iso_now() == _utctime.UtcInstant(seconds, micros).iso
 
 
 def test_a_new_capture_is_named_and_dated_by_one_reading_of_the_clock(tmp_path: Path) -> None:
