@@ -98,9 +98,19 @@ def stale_compiled_core(package: Path = _PACKAGE) -> list[str]:
                 continue
             stem = name.split(".", 1)[0]
             source = entries.get(stem + ".py") if stem != "__init__" else None
-            if source is not None and entry.stat().st_mtime < source.stat().st_mtime:
+            if source is not None and _older(entry, source):
                 stale.append(f"{sub}/{source.name}" if sub else source.name)
     return sorted(set(stale))
+
+
+def _older(built: os.DirEntry[str], source: os.DirEntry[str]) -> bool:
+    """Whether ``built`` is a file (what Python would load) older than ``source``; one
+    that is gone (a reinstall removing it meanwhile), a dangling link or a directory is
+    not compared."""
+    try:
+        return built.is_file() and built.stat().st_mtime < source.stat().st_mtime
+    except OSError:
+        return False
 
 
 def install() -> None:

@@ -531,6 +531,26 @@ def test_only_a_checkout_compares_compiled_modules_with_their_sources(tmp_path: 
     assert _pure.stale_compiled_core(package) == ["protocol/_b.py", "relay/_recorder.py"]
 
 
+def test_the_stale_check_skips_what_it_cannot_stat(tmp_path: Path) -> None:
+    """A compiled module that vanishes while it is compared (a reinstall removing it), a
+    dangling link or a directory named like one: ``import pop3tap`` must not fail on it
+    nor call it stale (Python loads neither), and a real stale module is still found."""
+    (tmp_path / "setup.py").write_text("")
+    relay = tmp_path / "pop3tap" / "relay"
+    relay.mkdir(parents=True)
+    suffix = ".cpython-311-x86_64-linux-gnu.so"
+    for name in ("_stls", "_faults", "_recorder"):
+        (relay / f"{name}.py").write_text("")
+    (relay / f"_stls{suffix}").symlink_to(tmp_path / "gone")
+    (relay / f"_faults{suffix}").mkdir()
+    (relay / f"_recorder{suffix}").write_bytes(b"")
+    for path in relay.iterdir():
+        os.utime(path, (100, 100), follow_symlinks=False)
+    for name in ("_stls", "_faults", "_recorder"):
+        os.utime(relay / f"{name}.py", (200, 200))
+    assert _pure.stale_compiled_core(tmp_path / "pop3tap") == ["relay/_recorder.py"]
+
+
 # ---------------------------------------------------------------------------- copies
 
 
