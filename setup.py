@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -59,15 +60,20 @@ GROUP = "pop3tap._compiled"
 OLD_GROUP_LIBRARY = "pop3tap/protocol/_compiled__mypyc"
 
 
-def recording_path() -> list[str]:
-    """``pop3tap._pure.RECORDING_PATH`` as source paths, read without importing pop3tap
-    (whose dependencies are not installed where pip builds; ``_pure`` needs none)."""
+def pure_module() -> ModuleType:
+    """``pop3tap/_pure.py``, loaded without importing pop3tap (whose dependencies are not
+    installed where pip builds; ``_pure`` needs none)."""
     here = Path(__file__).resolve().parent
     spec = importlib.util.spec_from_file_location("_pop3tap_pure", here / "pop3tap" / "_pure.py")
     assert spec is not None and spec.loader is not None
     pure = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pure)
-    return [name.replace(".", "/") + ".py" for name in pure.RECORDING_PATH]
+    return pure
+
+
+def recording_path() -> list[str]:
+    """``pop3tap._pure.RECORDING_PATH`` as source paths."""
+    return [name.replace(".", "/") + ".py" for name in pure_module().RECORDING_PATH]
 
 
 def compiled_sources() -> list[str]:
@@ -123,16 +129,13 @@ class BuildAllOrNothing(build_ext):
     class)."""
 
     def run(self) -> None:
-        if self.inplace and not any(getattr(e, "_pop3tap_mypyc", False) for e in self.extensions):
-            # An editable install that does not compile this time: a core compiled
-            # earlier next to the sources would shadow them (Python prefers extensions).
-            here = Path(__file__).resolve().parent
-            library = GROUP.replace(".", "/") + "__mypyc"
-            for source in [*compiled_sources(), library, OLD_GROUP_LIBRARY]:
-                path = here / source
-                stem = path.name.removesuffix(".py")
-                for built in path.parent.glob(f"{stem}.*.so"):
-                    built.unlink()
+        if self.inplace:
+            # An editable install: what an earlier build compiled next to the sources goes
+            # first. Python prefers it to the sources, and a build that cannot compile
+            # this time (no compiler, a module dropped from the group) would leave it
+            # running while the install says pure; what does build is copied back.
+            for built in earlier_builds():
+                built.unlink(missing_ok=True)
         super().run()
 
     def build_extensions(self) -> None:
@@ -149,6 +152,25 @@ class BuildAllOrNothing(build_ext):
             path.unlink(missing_ok=True)
 
 
+#: The C twins of the body scanner and the line masker, and their sources.
+C_TWINS = {
+    "pop3tap.protocol._bodyscan_c": "pop3tap/protocol/_bodyscan.c",
+    "pop3tap.protocol._maskscan_c": "pop3tap/protocol/_maskscan.c",
+}
+
+
+def earlier_builds() -> list[Path]:
+    """Everything a build compiles next to the sources when it is editable: each compiled
+    module beside its source, mypyc's shared library (and where it was before), the C
+    twins."""
+    here = Path(__file__).resolve().parent
+    built: list[Path] = list(pure_module().compiled_modules(here / "pop3tap"))
+    for module in (GROUP + "__mypyc", OLD_GROUP_LIBRARY.replace("/", "."), *C_TWINS):
+        path = here / module.replace(".", "/")
+        built.extend(path.parent.glob(f"{path.name}.*.so"))
+    return built
+
+
 def extensions() -> list[Extension]:
     """What this build compiles: nothing for the pure wheel."""
     if os.environ.get("POP3TAP_PURE_BUILD", "") not in ("", "0"):
@@ -156,19 +178,9 @@ def extensions() -> list[Extension]:
     core = compiled_core()
     for extension in core:
         extension._pop3tap_mypyc = True  # type: ignore[attr-defined]
-    return [
-        *core,
-        Extension(
-            "pop3tap.protocol._bodyscan_c",
-            ["pop3tap/protocol/_bodyscan.c"],
-            optional=True,  # no compiler or headers: install anyway, use the Python scanner
-        ),
-        Extension(
-            "pop3tap.protocol._maskscan_c",
-            ["pop3tap/protocol/_maskscan.c"],
-            optional=True,  # likewise: the Python masker (_masklines) gives the same bytes
-        ),
-    ]
+    # No compiler or headers: install anyway, with the Python scanner and masker (which
+    # give the same bytes).
+    return [*core, *(Extension(name, [source], optional=True) for name, source in C_TWINS.items())]
 
 
 setup(

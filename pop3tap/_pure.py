@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.machinery import (
     SOURCE_SUFFIXES,
     FileFinder,
@@ -79,18 +79,32 @@ class SourceOnlyFinder:
 def stale_compiled_core(package: Path = _PACKAGE) -> list[str]:
     """Sources edited after their compiled module was built, in a source checkout (an
     editable install; ``setup.py`` is next to the package), as paths inside the package.
-    An installed wheel's files all carry the install's times, so it is not compared.
+    An installed wheel's files all carry the install's times, so it is not compared."""
+    if not (package.parent / "setup.py").is_file():
+        return []
+    stale = {
+        inside for built, source, inside in _compiled_with_sources(package) if _older(built, source)
+    }
+    return sorted(stale)
+
+
+def compiled_modules(package: Path = _PACKAGE) -> list[Path]:
+    """The compiled modules beside their sources: what an editable install built, which
+    ``setup.py`` removes before it builds again."""
+    return [Path(built.path) for built, _, _ in _compiled_with_sources(package)]
+
+
+def _compiled_with_sources(
+    package: Path,
+) -> Iterator[tuple[os.DirEntry[str], os.DirEntry[str], str]]:
+    """Each compiled module, its source and the source's path inside the package.
 
     A compiled module is a ``NAME.*.so`` next to ``NAME.py``; the C twins and mypyc's
     shared library have no source of the same name, and a package's ``__init__`` is
-    never compiled, so none of them is compared."""
-    if not (package.parent / "setup.py").is_file():
-        return []
-    stale = []
+    never compiled, so none of them is one."""
     for sub in _COMPILED_DIRS:
-        directory = package / sub
         try:
-            entries = {entry.name: entry for entry in os.scandir(directory)}
+            entries = {entry.name: entry for entry in os.scandir(package / sub)}
         except OSError:
             continue
         for name, entry in sorted(entries.items()):
@@ -98,9 +112,8 @@ def stale_compiled_core(package: Path = _PACKAGE) -> list[str]:
                 continue
             stem = name.split(".", 1)[0]
             source = entries.get(stem + ".py") if stem != "__init__" else None
-            if source is not None and _older(entry, source):
-                stale.append(f"{sub}/{source.name}" if sub else source.name)
-    return sorted(set(stale))
+            if source is not None:
+                yield entry, source, f"{sub}/{source.name}" if sub else source.name
 
 
 def _older(built: os.DirEntry[str], source: os.DirEntry[str]) -> bool:

@@ -551,6 +551,55 @@ def test_the_stale_check_skips_what_it_cannot_stat(tmp_path: Path) -> None:
     assert _pure.stale_compiled_core(tmp_path / "pop3tap") == ["relay/_recorder.py"]
 
 
+def test_an_editable_build_that_cannot_compile_leaves_no_earlier_build(tmp_path: Path) -> None:
+    """``pip install -e .`` again without a compiler (CC=false): the install goes on pure,
+    so the modules an earlier build compiled next to the sources (the group, its shared
+    library, the C twins, a module since dropped from the group, the library's old place)
+    must all be gone; Python would load them in preference to the sources."""
+    pytest.importorskip("mypyc.build")
+    checkout = tmp_path / "checkout"
+    package = checkout / "pop3tap"
+    here = PROTOCOL_DIR.parent.parent
+    for name in ("setup.py", "pyproject.toml", "README.md", "pop3tap/_pure.py"):
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(here / name, checkout / name)
+    for name in ("_bodyscan.c", "_maskscan.c"):
+        (package / "protocol").mkdir(exist_ok=True)
+        shutil.copy2(PROTOCOL_DIR / name, package / "protocol" / name)
+    # The smallest sources mypyc accepts, under the names the build compiles.
+    sources = [
+        *(n.replace(".", "/") + ".py" for n in _pure.RECORDING_PATH),
+        "pop3tap/protocol/_a.py",
+    ]
+    for source in [*sources, "pop3tap/relay/_dropped.py"]:
+        (checkout / source).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / source).write_text("VALUE: int = 1\n")
+    suffix = EXTENSION_SUFFIXES[0]
+    earlier = [
+        *(checkout / source.replace(".py", suffix) for source in sources),
+        package / f"_compiled__mypyc{suffix}",
+        package / "protocol" / f"_compiled__mypyc{suffix}",
+        package / "protocol" / f"_bodyscan_c{suffix}",
+        package / "protocol" / f"_maskscan_c{suffix}",
+        package / "relay" / f"_dropped{suffix}",
+    ]
+    for built in earlier:
+        built.write_bytes(b"an earlier build")
+    env = {k: v for k, v in os.environ.items() if k not in ("POP3TAP_PURE_BUILD", "CC")}
+    env["CC"] = "false"
+    build = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
+        cwd=checkout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    assert "did not build" in build.stderr, build.stdout + build.stderr
+    assert [str(p.relative_to(checkout)) for p in earlier if p.exists()] == []
+
+
 # ---------------------------------------------------------------------------- copies
 
 
