@@ -1,10 +1,14 @@
-"""Drive the protocol core with sessions read from stdin and print what it made of them.
+"""Drive the protocol core, or the relay's recorder, with sessions read from stdin and
+print what it made of them.
 
-Run as a child process, once with the compiled core and once with
+Run as a child process, once with the compiled modules and once with
 ``POP3TAP_PURE_PYTHON=1``, by ``tests/test_compiled_core.py``: each input line is a JSON
 session (``max_line`` and a list of steps), each output line the session's events, masked
 client bytes, body-listener calls, phases and summary in plain JSON, so the two builds'
-answers can be compared as text. The first output line says which build was loaded.
+answers can be compared as text. A session with a ``recorder`` entry goes through the
+relay's :class:`~pop3tap.relay.SessionRecorder` (with its STLS and fault gates) instead:
+its answer is the capture's records, the log calls and the fault gate's steps. The first
+output line says which build was loaded.
 """
 
 from __future__ import annotations
@@ -14,10 +18,16 @@ import dataclasses
 import enum
 import json
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pop3tap.protocol
-from pop3tap.protocol import SessionObserver
+from pop3tap.capture import iter_capture_paths, read_capture
+from pop3tap.faults import ConnectionFaults, FaultPlan
+from pop3tap.protocol import Direction, SessionObserver
+from pop3tap.relay import SessionRecorder, StlsGate
+from pop3tap.relay._faults import FaultGate
 
 
 def plain(value: Any) -> Any:
@@ -72,10 +82,75 @@ def run(session: dict[str, Any]) -> list[Any]:
     return out
 
 
+class CallLog:
+    """A logger that keeps every call: method, event, fields and the exception handled
+    (the capture's path, named by the time, as ``capture``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def __getattr__(self, method: str) -> Any:
+        def call(event: str, **fields: Any) -> None:
+            handled = sys.exc_info()[0]
+            if "path" in fields:  # a temporary file named by the time
+                fields["path"] = "capture"
+            self.calls.append([method, event, plain(fields), getattr(handled, "__name__", None)])
+
+        return call
+
+
+def record(session: dict[str, Any]) -> list[Any]:
+    """Every step through a :class:`SessionRecorder`: ``c``/``s`` a side's chunk as the
+    pumps hand it over when they parse first, ``q``/``Q`` captured and queued (parsed by
+    ``w``: work off a few events), ``C``/``S`` a side's end; server chunks also go through
+    the fault gate's plan."""
+    options = session["recorder"]
+    log = CallLog()
+    gate = StlsGate(intercept=options["intercept"])
+    faults = FaultGate(ConnectionFaults(FaultPlan(options["faults"])))
+    recorder = SessionRecorder(
+        log=log,
+        clock=lambda: 0.5,
+        stls=gate,
+        max_line=session["max_line"],
+        keep_secrets=options["keep_secrets"],
+        faults=faults,
+    )
+    out: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        recorder.open_capture(Path(tmp), "0123456789ab", {"client": "differential"})
+        for step, (kind, payload) in enumerate(session["steps"]):
+            at = float(step)
+            data = base64.b64decode(payload)
+            if kind == "c":
+                recorder.client_bytes(data, at)
+            elif kind == "q":
+                recorder.record_client(data, at)
+                recorder.queue_client(data, at)
+            elif kind == "s":
+                start = recorder.seen[Direction.SERVER]
+                recorder.server_bytes(data, at)
+                out.append(["plan", plain(faults.plan(start, data))])
+            elif kind == "Q":
+                recorder.queue_server(data, at)
+            elif kind == "w":
+                out.append(["work", recorder.work(3)])
+            elif kind in "CS":
+                recorder.ended(Direction.CLIENT if kind == "C" else Direction.SERVER, "eof")
+            out.append([gate.pending, recorder.unanswered, faults.active])
+        out.append(["close", plain(recorder.close("done"))])
+        (path,) = iter_capture_paths([Path(tmp)])
+        records = read_capture(path).records
+    out.append(["records", plain(records), "log", log.calls])
+    return out
+
+
 def main() -> None:
     print(json.dumps(pop3tap.protocol.COMPILED), flush=True)
     for line in sys.stdin:
-        print(json.dumps(run(json.loads(line))), flush=True)
+        session = json.loads(line)
+        answer = record(session) if "recorder" in session else run(session)
+        print(json.dumps(answer), flush=True)
 
 
 if __name__ == "__main__":

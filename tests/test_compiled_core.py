@@ -457,6 +457,47 @@ def test_compiled_and_pure_cores_agree_on_any_session(
     assert compiled.run(request) == pure.run(request)
 
 
+RECORDER_STEP = st.one_of(
+    st.tuples(st.sampled_from("cq"), stream(CLIENT_PIECES)),
+    st.tuples(st.sampled_from("sQ"), stream(SERVER_PIECES)),
+    st.tuples(st.sampled_from("CSw"), st.just(b"")),
+)
+RECORDER_SESSION = st.fixed_dictionaries(
+    {
+        "max_line": st.sampled_from([24, 80, 8192]),
+        "steps": st.lists(RECORDER_STEP, max_size=14),
+        "recorder": st.fixed_dictionaries(
+            {
+                "intercept": st.booleans(),
+                "keep_secrets": st.booleans(),
+                "faults": st.lists(
+                    st.sampled_from(
+                        ["RETR:cut=10", "LIST:err=busy", "STAT:garble", "NOOP:close", "USER:stall"]
+                    ),
+                    max_size=2,
+                ),
+            }
+        ),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(session=RECORDER_SESSION)
+def test_compiled_and_pure_recorders_agree_on_any_session(
+    both_builds: tuple[CoreChild, CoreChild], session: dict[str, Any]
+) -> None:
+    """The relay's recording path, compiled and not: any session, chunked, queued and
+    worked off any way, with or without STLS interception, kept secrets and faults, gives
+    the same capture records, log calls (and the exceptions they log) and fault steps."""
+    request = {
+        **session,
+        "steps": [[kind, base64.b64encode(data).decode()] for kind, data in session["steps"]],
+    }
+    compiled, pure = both_builds
+    assert compiled.run(request) == pure.run(request)
+
+
 # ---------------------------------------------------------------------------- stale builds
 
 
