@@ -21,12 +21,21 @@ def _greet_and_quit(conn: Connection) -> None:
     conn.read_all()
 
 
-@pytest.mark.parametrize("listen_host", ["127.0.0.1", "0.0.0.0"])
+@pytest.mark.parametrize(
+    ("listen_host", "client_host", "named"),
+    [
+        ("127.0.0.1", "127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "127.0.0.1", "127.0.0.1"),
+        ("::1", "::1", "[::1]"),
+        ("::", "::1", "[::1]"),
+    ],
+)
 def test_session_open_names_the_address_the_client_reached(
-    listen_host: str, tmp_path: Path
+    listen_host: str, client_host: str, named: str, tmp_path: Path
 ) -> None:
     """A relay bound to one address names it without asking each connection; a wildcard
-    bind names the address the client really connected to, never ``0.0.0.0``."""
+    bind names the address the client really connected to, never ``0.0.0.0`` or ``::``;
+    both as ``getsockname`` of the accepted connection says, IPv6 in brackets."""
     port = 0
 
     async def main(upstream: Endpoint) -> None:
@@ -38,7 +47,7 @@ def test_session_open_names_the_address_the_client_reached(
             async with trio.open_nursery() as nursery:
                 await nursery.start(server.run)
                 port = server.address.port
-                async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                async with await trio.open_tcp_stream(client_host, port) as stream:
                     assert await stream.receive_some(100) == b"+OK ready\r\n"
                     await stream.send_all(b"QUIT\r\n")
                     assert await stream.receive_some(100) == b"+OK bye\r\n"
@@ -48,7 +57,7 @@ def test_session_open_names_the_address_the_client_reached(
         trio.run(main, Endpoint(upstream.host, upstream.port))
         upstream.wait()
     (opened,) = [entry for entry in logs if entry["event"] == "session.open"]
-    assert opened["listen"] == f"127.0.0.1:{port}"
+    assert opened["listen"] == f"{named}:{port}"
 
 
 def test_the_upstream_leg_has_nagle_off() -> None:
