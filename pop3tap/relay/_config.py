@@ -55,6 +55,29 @@ class RelayConfig:
     fault_rewrite: bool = False
 
     def __post_init__(self) -> None:
+        """Refuse values the relay cannot use, here rather than in every session.
+
+        The recorder is built from ``keep_secrets``, ``max_line`` and
+        ``tls.intercept_stls``; compiled (``setup.py``), it checks their types when each
+        session starts, so a ``1`` for ``True`` would crash every session of a relay that
+        started fine.
+
+        Raises:
+            TypeError: a flag that is not a bool, a ``max_line`` that is not an int.
+            ValueError: a ``max_line`` below 1, or a fault spec that is wrong.
+        """
+        flags = {
+            "RelayConfig.keep_secrets": self.keep_secrets,
+            "RelayConfig.fault_rewrite": self.fault_rewrite,
+            "RelayConfig.tls.intercept_stls": self.tls.intercept_stls,
+        }
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, not {value!r}")
+        if isinstance(self.max_line, bool) or not isinstance(self.max_line, int):
+            raise TypeError(f"RelayConfig.max_line must be an int, not {self.max_line!r}")
+        if self.max_line < 1:
+            raise ValueError(f"RelayConfig.max_line must be at least 1, not {self.max_line}")
         for spec in self.faults:
             # FaultError is a ValueError naming the bad part
             check_relay_fault(parse_fault(spec), rewrite=self.fault_rewrite)
