@@ -137,14 +137,17 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
     ending: Ending, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sessions: list[weakref.ref[_session.RelaySession]] = []
+    recorders: set[int] = set()
     original_init = _session.RelaySession.__init__
 
     def tracked_init(self: _session.RelaySession, *args: object, **kwargs: object) -> None:
         original_init(self, *args, **kwargs)  # type: ignore[arg-type]
         sessions.append(weakref.ref(self))
-        # The recorder may be compiled (no weak references): it is looked for among the
-        # objects the cycle collector tracks, where a recorder left in a cycle would be.
+        # The recorder may be compiled (no weak references): it is looked for, by its id,
+        # among the objects the cycle collector tracks, where one left in a cycle would be
+        # (no other recorder is made in this test, so no other can take the id).
         assert gc.is_tracked(self.recorder)
+        recorders.add(id(self.recorder))
 
     monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
     async def client(port: int) -> None:
@@ -158,7 +161,9 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
     assert len(read_capture(path).exchanges()) == ending.exchanges
     assert len(sessions) == 1
     assert sessions[0]() is None, "the session is only freed by the cycle collector"
-    assert not [o for o in gc.get_objects() if type(o) is _recorder.SessionRecorder]
+    assert len(recorders) == 1
+    left = [o for o in gc.get_objects() if type(o) is _recorder.SessionRecorder]
+    assert not [o for o in left if id(o) in recorders]
 
 
 def _poplib_session(host: str, port: int, box: Mailbox, how: str, trust: ssl.SSLContext) -> None:
