@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -105,8 +106,10 @@ def alternate(
 
 
 def paired_ratio(values: list[float], baseline: list[float]) -> float:
-    """Median of the per-round ratios ``values[i] / baseline[i]``."""
-    return statistics.median(v / b for v, b in zip(values, baseline, strict=True) if b)
+    """Median of the per-round ratios ``values[i] / baseline[i]``, over the rounds whose
+    baseline is not 0; NaN if there is none (a kernel time of 0 clock ticks every round)."""
+    ratios = [v / b for v, b in zip(values, baseline, strict=True) if b]
+    return statistics.median(ratios) if ratios else math.nan
 
 
 def _short(value: float) -> str:
@@ -139,7 +142,7 @@ def report_lines(samples: dict[str, dict[str, dict[str, list[float]]]]) -> list[
                 ratios = [
                     f"{paired_ratio(got[field], per_target[ref][field]):.2f}x"
                     for ref in refs
-                    if ref != name and per_target[ref][field]
+                    if ref != name and any(per_target[ref][field])
                 ]
                 if ratios:
                     text += f" ({', '.join(ratios)})"

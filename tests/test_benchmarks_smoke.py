@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import re
 import shutil
@@ -535,3 +536,21 @@ def test_record_variants_switch_off_one_part_each(tmp_path: Path) -> None:
         if "--no-captures" in extra:
             without.remove(str(tmp_path / "captures"))
         assert command[: len(command) - len(extra)] == without
+
+
+def test_a_kernel_time_of_zero_ticks_leaves_out_the_ratio_not_the_report() -> None:
+    """A short load can spend 0 clock ticks in the kernel every round: the report prints
+    the median without a ratio to it (a ratio to nothing is no figure) instead of failing."""
+    from benchmarks import paired
+
+    a = {"value": [36.0, 35.0], "p99": [50.0, 51.0], "cpu": [90.0, 92.0], "sys": [0.0, 0.0]}
+    b = {"value": [34.0, 35.0], "p99": [49.0, 50.0], "cpu": [88.0, 91.0], "sys": [5.0, 0.0]}
+    samples = {"noop": {"A": a, "B": b}}
+    lines = paired.report_lines(samples)
+    (b_line,) = [line for line in lines if line.lstrip().startswith("B ")]
+    assert "CPU 89.5 (0.98x)" in b_line
+    assert b_line.endswith("of it in the kernel 2.500")
+    (a_line,) = [line for line in lines if line.lstrip().startswith("A ")]
+    assert "of it in the kernel 0.000 (" not in a_line
+    assert math.isnan(paired.paired_ratio([1.0], [0.0]))
+    assert paired.paired_ratio([2.0, 3.0, 9.0], [1.0, 0.0, 3.0]) == 2.5
