@@ -44,8 +44,11 @@ RECORDING_PATH = (
     "pop3tap.relay._stls",
 )
 _PACKAGE = Path(__file__).resolve().parent
-#: The package directories that may hold modules compiled with mypyc.
-_COMPILED_DIRS = ("", "protocol", "relay", "capture")
+#: The package directories that may hold modules compiled with mypyc (inside the package,
+#: "" for its top level): the core's and those of the recording path.
+_COMPILED_DIRS = tuple(
+    sorted({"protocol", *("/".join(name.split(".")[1:-1]) for name in RECORDING_PATH)})
+)
 
 
 def requested() -> bool:
