@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+import pytest
 import trio
 
 from pop3tap.background import BackgroundServer
@@ -257,3 +259,21 @@ def relay_in_process(
                 server.shutdown()
 
     trio.run(main, instruments=list(instruments))
+
+
+Made = TypeVar("Made")
+
+
+def on_each_instance(
+    monkeypatch: pytest.MonkeyPatch, cls: type[Made], seen: Callable[[Made], object]
+) -> None:
+    """Call ``seen`` with every instance of ``cls`` made while ``monkeypatch`` is active,
+    once its ``__init__`` has run (``cls`` must be a Python class: a compiled one cannot
+    have its ``__init__`` replaced)."""
+    original = cls.__init__
+
+    def init(self: Made, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        seen(self)
+
+    monkeypatch.setattr(cls, "__init__", init)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 import trio
-from clients import relay_in_process
+from clients import on_each_instance, relay_in_process
 from faults import Connection, scripted_server
 
 from pop3tap.capture import iter_capture_paths, read_capture
@@ -124,13 +124,7 @@ def test_a_burst_of_pipelined_commands_is_parsed_in_bounded_steps(
     parsed in one step either."""
     with structlog.testing.capture_logs() as logs:
         marks = CommandMarks(logs)
-        original_init = _session.RelaySession.__init__
-
-        def tracked_init(self: _session.RelaySession, *args: Any, **kwargs: Any) -> None:
-            original_init(self, *args, **kwargs)
-            marks.sessions.append(self)
-
-        monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
+        on_each_instance(monkeypatch, _session.RelaySession, marks.sessions.append)
         with scripted_server(_answer_all_at_once) as upstream:
             relay_in_process(upstream.host, upstream.port, tmp_path, _client, instruments=[marks])
             upstream.wait()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from clients import relay_in_process
+from clients import on_each_instance, relay_in_process
 from dovecot import Dovecot, Mailbox
 from faults import Connection, scripted_server
 
@@ -138,18 +138,16 @@ def test_a_finished_session_leaves_nothing_for_the_cycle_collector(
 ) -> None:
     sessions: list[weakref.ref[_session.RelaySession]] = []
     recorders: set[int] = set()
-    original_init = _session.RelaySession.__init__
 
-    def tracked_init(self: _session.RelaySession, *args: object, **kwargs: object) -> None:
-        original_init(self, *args, **kwargs)  # type: ignore[arg-type]
-        sessions.append(weakref.ref(self))
+    def track(session: _session.RelaySession) -> None:
+        sessions.append(weakref.ref(session))
         # The recorder may be compiled (no weak references): it is looked for, by its id,
         # among the objects the cycle collector tracks, where one left in a cycle would be
         # (no other recorder is made in this test, so no other can take the id).
-        assert gc.is_tracked(self.recorder)
-        recorders.add(id(self.recorder))
+        assert gc.is_tracked(session.recorder)
+        recorders.add(id(session.recorder))
 
-    monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
+    on_each_instance(monkeypatch, _session.RelaySession, track)
     async def client(port: int) -> None:
         async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
             await ending.client(Peer(stream))
@@ -212,13 +210,7 @@ def test_a_tls_or_faulted_session_leaves_nothing_for_the_cycle_collector(
     init_ca(tmp_path / "ca")
     trust = ssl.create_default_context(cafile=str(tmp_path / "ca" / CA_CERT_FILE))
     sessions: list[weakref.ref[_session.RelaySession]] = []
-    original_init = _session.RelaySession.__init__
-
-    def tracked_init(self: _session.RelaySession, *args: object, **kwargs: object) -> None:
-        original_init(self, *args, **kwargs)  # type: ignore[arg-type]
-        sessions.append(weakref.ref(self))
-
-    monkeypatch.setattr(_session.RelaySession, "__init__", tracked_init)
+    on_each_instance(monkeypatch, _session.RelaySession, lambda s: sessions.append(weakref.ref(s)))
     pop3s, faults = TLS_PATHS[how]
     port = dovecot.pop3s_port if pop3s else dovecot.pop3_port
     config = RelayConfig(

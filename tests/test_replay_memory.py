@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from clients import on_each_instance
 from handmade import write_capture
 
 from pop3tap.certs import CA_CERT_FILE
@@ -105,13 +106,9 @@ def test_a_finished_replay_connection_leaves_nothing_for_the_cycle_collector(
 ) -> None:
     write_capture(tmp_path, STLS if ending.startswith("stls") else PLAIN)
     connections: list[weakref.ref[_connection.ReplayConnection]] = []
-    original_init = _connection.ReplayConnection.__init__
-
-    def tracked_init(self: _connection.ReplayConnection, *args: object, **kw: object) -> None:
-        original_init(self, *args, **kw)  # type: ignore[arg-type]
-        connections.append(weakref.ref(self))
-
-    monkeypatch.setattr(_connection.ReplayConnection, "__init__", tracked_init)
+    on_each_instance(
+        monkeypatch, _connection.ReplayConnection, lambda c: connections.append(weakref.ref(c))
+    )
     config = ReplayConfig(
         captures=(tmp_path,),
         listen=Endpoint("127.0.0.1", 0),
