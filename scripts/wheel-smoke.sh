@@ -3,8 +3,8 @@
 # recording path, the C scanners) and the pure one (POP3TAP_PURE_BUILD=1, py3-none-any).
 # Install each into a fresh venv outside the checkout and use it from there: the build it
 # says it is, `pop3tap --help`, `pop3tap demo` (the sample captures are package data) and a
-# poplib round trip against `pop3tap replay`, by the CLI and by the library. Run by scripts/test.sh; needs
-# .venv (with the dev extras, for `build`).
+# poplib round trip against `pop3tap replay`, by the CLI and by the library. Run by
+# scripts/test.sh; needs .venv (with the dev extras, for `build`).
 #   bash scripts/wheel-smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
