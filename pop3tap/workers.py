@@ -21,6 +21,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from types import FrameType
@@ -47,6 +48,9 @@ ABORT_SIGNAL = signal.SIGUSR2
 
 #: Upper bound for ``--workers``: more processes than this only add scheduling noise.
 MAX_WORKERS = 64
+#: How long the parent sleeps between looks for workers that ended (seconds): the longest
+#: a stop signal can wait for its handler, and a worker's exit to be noticed.
+REAP_INTERVAL = 0.2
 
 
 def _terminate_with_parent(parent: int) -> None:
@@ -138,6 +142,11 @@ class _Supervisor:
             # stored would miss the new worker, and in the worker it would run a copy of
             # stop_all. It is delivered once the mask is restored.
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            if self.stopping:
+                # Caught just before the block, its handler ran as the block returned:
+                # a worker forked now would never be told to stop.
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                break
             pid = os.fork()
             if pid == 0:
                 _run_worker(index, child, mask, parent)
@@ -145,13 +154,23 @@ class _Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def wait_all(self) -> int:
-        """Reap every worker; 1 if any exited non-zero (which stops the others), else 0."""
+        """Reap every worker; 1 if any exited non-zero (which stops the others), else 0.
+
+        The wait is a poll with a short sleep, never a blocking ``waitpid``: Python runs a
+        signal's handler between bytecodes, so a stop signal caught just before the
+        process blocked in ``waitpid`` would wait there, unhandled, until some worker
+        exited (none would: they were never told to stop). A sleep ends within
+        :data:`REAP_INTERVAL` whatever happens, and the handler runs right after it.
+        """
         result = 0
         while self.workers:
             try:
-                pid, status = os.waitpid(-1, 0)
+                pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
+            if pid == 0:
+                time.sleep(REAP_INTERVAL)  # a signal cuts it short (and runs its handler)
+                continue
             if pid not in self.workers:
                 continue
             index = self.workers.pop(pid)

@@ -196,11 +196,29 @@ from pop3tap.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
+_SIGTERM_AS_SIGNALS_ARE_HELD = """\
+import os, signal, sys
+real, me, blocks = signal.pthread_sigmask, os.getpid(), []
+def held(how, signals):
+    if os.getpid() == me and how == signal.SIG_BLOCK:
+        blocks.append(how)
+        if len(blocks) == 2:  # caught just before the second fork holds signals back
+            os.kill(me, signal.SIGTERM)
+    return real(how, signals)
+signal.pthread_sigmask = held
+from pop3tap.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
 
 @pytest.mark.parametrize(
     ("wrapper", "signal_parent"),
-    [(_FORK_THEN_SIGTERM, False), (_SLOW_WORKER_START, True)],
-    ids=["as-fork-returns", "before-the-worker-resets-its-handlers"],
+    [
+        (_FORK_THEN_SIGTERM, False),
+        (_SLOW_WORKER_START, True),
+        (_SIGTERM_AS_SIGNALS_ARE_HELD, False),
+    ],
+    ids=["as-fork-returns", "before-the-worker-resets-its-handlers", "just-before-a-fork"],
 )
 def test_a_stop_signal_during_the_forks_stops_every_worker(
     tmp_path: Path, wrapper: str, signal_parent: bool
