@@ -250,6 +250,7 @@ class _DirectExchangeLine:
         renderer = processors[-1]
         if (
             isinstance(renderer, JsonLineRenderer)
+            and renderer.as_bytes
             and isinstance(factory, _FdLoggerFactory)
             and min_level <= logging.INFO
         ):
@@ -286,7 +287,7 @@ class _DirectExchangeLine:
         utc_timestamp(None, "info", event_dict)
         if "exc_info" in event_dict:
             event_dict = format_exc_info(None, "info", event_dict)
-        self._logger.msg(self._renderer(None, "info", event_dict))
+        self._logger.msg(self._renderer.line(event_dict))
         return True
 
 
@@ -341,7 +342,7 @@ def _output(
         if console_view:
             tee = TeeLogger(file.fileno(), console, Pop3ConsoleRenderer(colors=colors))
             return _pass_dict, lambda *_args: tee
-        return JsonLineRenderer(), _FdLoggerFactory(file.fileno())
+        return JsonLineRenderer(as_bytes=True), _FdLoggerFactory(file.fileno())
     final: Processor = (
         Pop3ConsoleRenderer(colors=colors) if console_view else JsonLineRenderer()
     )

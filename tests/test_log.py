@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import json
 import os
 import re
 import stat
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -281,17 +283,74 @@ def test_timestamp_matches_structlog_iso_utc_stamper() -> None:
         assert abs((datetime.now(UTC) - parsed).total_seconds()) < 5
 
 
-def test_json_renderer_matches_structlog_json_renderer() -> None:
+def test_json_renderer_writes_compact_ascii_json_with_structlogs_fallbacks() -> None:
     from pop3tap.log import JsonLineRenderer
 
     class Custom:
         def __repr__(self) -> str:
             return "<custom>"
 
-    event = {"event": "x", "n": 1, "f": 0.5, "s": "é\n", "l": ["a"], "o": Custom(), "none": None}
+    @dataclasses.dataclass
+    class Login:
+        user: str
+        password: str = dataclasses.field(repr=False)
+
+    class Traced:
+        def __structlog__(self) -> str:
+            return "traced"
+
+    event = {
+        "event": "x",
+        "n": 1,
+        "f": 0.5,
+        "s": "é\n",
+        "l": ["a"],
+        "o": Custom(),
+        "none": None,
+        "when": datetime(2026, 12, 6, 9, 0, tzinfo=UTC),
+        "login": Login("u", "secret"),
+        "traced": Traced(),
+    }
     ours = JsonLineRenderer()(None, "info", dict(event))
     theirs = structlog.processors.JSONRenderer()(None, "info", dict(event))
-    assert ours == theirs
+    assert json.loads(ours) == json.loads(theirs)
+    assert "secret" not in ours  # a dataclass is its repr, as with the json module
+    plain = {"event": "x", "n": 1, "f": 0.5, "s": "ab", "l": ["a"], "none": None, "t": True}
+    assert JsonLineRenderer()(None, "info", plain) == (
+        '{"event":"x","n":1,"f":0.5,"s":"ab","l":["a"],"none":null,"t":true}'
+    )
+
+
+_ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)
+_JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _ANY_TEXT
+)
+_JSON_VALUES = st.recursive(
+    _JSON_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(_ANY_TEXT | st.integers(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_ANY_TEXT, _JSON_VALUES, max_size=8))
+def test_a_json_line_is_one_ascii_line_that_reads_back_as_structlogs(
+    fields: dict[str, Any],
+) -> None:
+    from pop3tap.log import JsonLineRenderer
+
+    ours = JsonLineRenderer()(None, "info", dict(fields))
+    theirs = structlog.processors.JSONRenderer()(None, "info", dict(fields))
+    assert isinstance(ours, str)
+    assert ours.isascii() and "\n" not in ours and "\r" not in ours
+    assert json.loads(ours) == json.loads(theirs)
+    assert JsonLineRenderer(as_bytes=True)(None, "info", dict(fields)) == ours.encode() + b"\n"
 
 
 def test_log_file_gets_one_write_per_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ import pop3tap.log
 from pop3tap.log import configure_logging, exchange_fields, log_exchange, set_process_fields
 from pop3tap.protocol._events import Exchange, Flag, Status
 from tests.clients import relay_process
+from tests.faults import Connection, scripted_server
 
 #: Any code point, lone surrogates (undecodable bytes as ``surrogateescape`` keeps them) too.
 any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
@@ -117,6 +118,7 @@ def test_direct_line_is_the_structlog_line_byte_for_byte(
     log.info("pop3.exchange", **exchange_fields(ex))  # structlog's own path
     direct_line, structlog_line = path.read_bytes().splitlines(keepends=True)
     assert direct_line == structlog_line
+    assert direct_line.isascii()
     assert json.loads(direct_line)["event"] == "pop3.exchange"
 
 
@@ -252,3 +254,38 @@ def test_real_relay_log_is_unchanged_from_the_structlog_path(
     assert direct == through_structlog
     assert "s3cret" not in logs["json"]
     assert "\\u001b[31m" in logs["json"] and "\x1b" not in logs["json"]
+
+
+#: A peer's text that a terminal would act on if a log held it raw: RIGHT-TO-LEFT OVERRIDE,
+#: the C1 control CSI (0x9B, a terminal's escape in UTF-8 mode), a line separator, NEL.
+_HOSTILE_TEXT = "\u202ettxt.exe \u009b2J \u2028 \u0085 caf\u00e9"
+
+
+def test_a_peers_non_ascii_text_reaches_the_relays_json_log_escaped(tmp_path: Path) -> None:
+    """Through ``pop3tap record``: the greeting and an answer carry text a terminal would
+    act on; the log file is ASCII and reads back as exactly that text."""
+    hostile = _HOSTILE_TEXT.encode()
+
+    def server(conn: Connection) -> None:
+        conn.send(b"+OK " + hostile + b"\r\n")
+        while line := conn.readline():
+            if line.upper().startswith(b"QUIT"):
+                conn.send(b"+OK bye\r\n")
+                return
+            conn.send(b"+OK " + hostile + b"\r\n")
+
+    with scripted_server(server) as upstream, relay_process(
+        upstream.host, upstream.port, tmp_path
+    ) as relay:
+        client = poplib.POP3(relay.host, relay.port, timeout=10)
+        client.noop()
+        client.quit()
+        deadline = time.monotonic() + 10
+        while '"session.close"' not in relay.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    raw = relay.log_file.read_bytes()
+    assert raw.isascii()
+    events = [json.loads(line) for line in raw.splitlines()]
+    greeting = next(e for e in events if e["event"] == "pop3.greeting")
+    noop = next(e for e in events if e["event"] == "pop3.exchange" and e["verb"] == "NOOP")
+    assert greeting["first_line"] == noop["first_line"] == "+OK " + _HOSTILE_TEXT

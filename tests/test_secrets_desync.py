@@ -11,6 +11,7 @@ form of the secret.
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import subprocess
 import sys
@@ -30,6 +31,13 @@ import pop3tap
 from pop3tap.capture import DataRecord, EventRecord, iter_capture_paths, read_capture
 from pop3tap.protocol import Status
 from pop3tap.render import render_json, render_lines
+
+
+def _verbs(log: str) -> set[str]:
+    """The verbs of the ``pop3.exchange`` lines of a JSON-lines log."""
+    events = (json.loads(line) for line in log.splitlines())
+    return {e["verb"] for e in events if e.get("event") == "pop3.exchange"}
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,7 +325,7 @@ def test_unknown_lines_keep_their_case_and_commands_after_auth_stay_visible(
         ("QUIT", ""),
     ]
     assert b"xOther" not in path.read_bytes() and "xOther" not in log
-    assert '"verb": "xTest"' in log and "XTEST" not in log
+    assert "xTest" in _verbs(log) and "XTEST" not in log
 
 
 # ---------------------------------------------------------------------------- Dovecot
@@ -399,7 +407,7 @@ def test_commands_pipelined_behind_auth_are_recorded_clear(
     assert listing.multiline and listing.body_lines == len(mailbox.messages)
     text = "\n".join(render_lines(capture))
     assert "(stray)" not in text and "[tx] STAT" in text and "[tx] LIST" in text
-    assert '"verb": "STAT"' in log and '"verb": "LIST"' in log
+    assert {"STAT", "LIST"} <= _verbs(log)
     # Replay answers the same pipelined client with exactly the recorded bytes.
     with pop3tap.replay_server(path) as server:
         replayed = raw_session(server.host, server.port, script)
