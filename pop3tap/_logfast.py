@@ -9,6 +9,7 @@ speed (one system call per line, orjson for the JSON) and change for that reason
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from collections.abc import MutableMapping
@@ -40,24 +41,61 @@ def _json_fallback(value: Any) -> Any:
         return repr(value)
 
 
-#: orjson's options for a log line: the newline appended, and dataclasses and datetimes
-#: handed to :func:`_json_fallback` (their repr, as the json module gives them), so that no
-#: field a ``repr`` would hide comes out.
+def _orjson_fallback(value: Any) -> Any:
+    """What the json module makes of the values orjson passes on: subclasses of the JSON
+    types as what they hold (a dict subclass through its ``items()``, so one that hides
+    values there hides them here too), the rest as :func:`_json_fallback` says."""
+    if isinstance(value, dict):
+        return dict(value.items())
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):  # bool cannot be subclassed
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return _json_fallback(value)
+
+
+def _finite(value: Any, seen: set[int]) -> Any:
+    """``value`` with NaN and the infinities as None (JSON has neither, RFC 8259 §6), as
+    orjson writes them; a container met twice is left for the encoder to report."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict | list | tuple) and id(value) not in seen:
+        seen.add(id(value))
+        if isinstance(value, dict):
+            return {key: _finite(item, seen) for key, item in value.items()}
+        return [_finite(item, seen) for item in value]
+    return value
+
+
+#: orjson's options for a log line: the newline appended; subclasses of the JSON types,
+#: dataclasses and datetimes handed to :func:`_orjson_fallback`, as the json module would
+#: see them (a dataclass is its repr, so no field its repr hides comes out).
 _ORJSON_LINE: Final = (
-    orjson.OPT_APPEND_NEWLINE | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+    orjson.OPT_APPEND_NEWLINE
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
 )
 
 
 class JsonLineRenderer:
-    """Render the event dict as one line of compact, ASCII-only JSON.
+    """Render the event dict as one line of compact JSON in printable ASCII.
 
-    orjson renders it (about a tenth of the json module's time per line); a line it
+    orjson renders it (about a tenth of the json module's time per line). A line it
     refuses (an integer beyond 64 bits, a key that is not a string, a lone surrogate, a
-    circular value) or one holding non-ASCII text is rendered by the json module instead,
-    with the same separators. Either way a line is ASCII (``\\uXXXX`` escapes, RFC 8259
-    §7), so no text from a peer reaches a terminal that shows the log as anything but
-    printable characters, and it parses to what ``structlog.processors.JSONRenderer``
-    writes (``NaN`` and infinities aside, which orjson writes as ``null``).
+    circular value) or one with a character outside printable ASCII in a string (non-ASCII
+    text, DEL) is rendered by the json module instead, with the same separators. Either
+    way every character beyond printable ASCII is a ``\\uXXXX`` escape (RFC 8259 §7), so a
+    terminal showing the log never gets a peer's control or bidirectional characters.
+
+    A line reads back as what ``structlog.processors.JSONRenderer`` writes, except: NaN
+    and the infinities are ``null`` (JSON has neither); an Enum is its value and a UUID
+    its text (orjson's types; pop3tap's ``plain_values`` turns enums into values before
+    any renderer); an ``orjson.Fragment`` is raw JSON, written as given.
 
     ``as_bytes``: called as a processor, return the encoded line with its newline (for
     :class:`FdLogger`) instead of the text without it.
@@ -65,19 +103,25 @@ class JsonLineRenderer:
 
     def __init__(self, *, as_bytes: bool = False) -> None:
         """Build the fallback encoder once."""
-        self._encoder = json.JSONEncoder(default=_json_fallback, separators=(",", ":"))
+        self._encoder = json.JSONEncoder(
+            default=_json_fallback, separators=(",", ":"), allow_nan=False
+        )
         self.as_bytes = as_bytes
 
     def line(self, event_dict: Any) -> bytes:
         """The event dict's line, newline included."""
         try:
-            out = orjson.dumps(event_dict, default=_json_fallback, option=_ORJSON_LINE)
+            out = orjson.dumps(event_dict, default=_orjson_fallback, option=_ORJSON_LINE)
         except orjson.JSONEncodeError:
             pass  # the json module encodes it, or raises what JSONRenderer would
         else:
-            if out.isascii():
+            if out.isascii() and b"\x7f" not in out:
                 return out
-        return self._encoder.encode(event_dict).encode("ascii") + b"\n"
+        try:
+            text = self._encoder.encode(event_dict)
+        except ValueError:  # NaN or an infinity, or a circular value (raised again)
+            text = self._encoder.encode(_finite(event_dict, set()))
+        return text.encode("ascii") + b"\n"
 
     def __call__(self, _logger: WrappedLogger, _method: str, event_dict: EventDict) -> str | bytes:
         """Render one event dict: the line without its newline, or :meth:`line`."""
