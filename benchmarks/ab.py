@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import capturefs, loadgen, paired, relays
+from benchmarks import capturefs, idlecpu, loadgen, paired, relays
 
 #: What one recorded session for ``--serve replay`` does, per load (the capture's shape).
 REPLAY_SHAPES = {
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "`pop3tap replay` serving one capture recorded for the load",
     )
     capturefs.add_argument(parser)
+    idlecpu.add_argument(parser)
     args = parser.parse_args(argv)
     if args.serve == "replay" and args.load not in ("noop", "retr", "sessions"):
         parser.error("--serve replay: --load noop, retr or sessions")
@@ -83,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     key = paired.LOADS[args.load][1]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     targets: list[paired.Target] = []
-    with capturefs.CaptureSpace(args.captures_on, "pop3tap-ab") as space:
+    with (
+        idlecpu.condition(args.cpus) as cpus,
+        capturefs.CaptureSpace(args.captures_on, "pop3tap-ab") as space,
+    ):
+        print(f"CPUs: {idlecpu.summary(cpus)}", flush=True)
         workdirs = {name: space.fresh(name) for name in ("A", "B")}
         probes = {name: capturefs.probe(workdirs[name] / "fs-probe") for name in workdirs}
         print(f"captures on {space.description}")

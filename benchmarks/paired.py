@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import capturefs, relays
+from benchmarks import capturefs, idlecpu, relays
 
 #: Load generator arguments, the figure taken from its result, and the unit relay CPU is
 #: counted per: (arguments, key, CPU per, how many of that unit one load is).
@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--json", type=Path, help="also write every sample here")
     capturefs.add_argument(parser)
+    idlecpu.add_argument(parser)
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     loads = [x.strip() for x in args.loads.split(",") if x.strip()]
@@ -171,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds: at least 1")
     for note in relays.ensure_tools(modes):
         print(f"note: {note}")
-    with capturefs.CaptureSpace(args.captures_on, "pop3tap-paired") as space:
+    with (
+        idlecpu.condition(args.cpus) as cpus,
+        capturefs.CaptureSpace(args.captures_on, "pop3tap-paired") as space,
+    ):
+        print(f"CPUs: {idlecpu.summary(cpus)}", flush=True)
         probe_dir = space.fresh("fs-probe")
         fs = capturefs.probe(probe_dir)
         space.release(probe_dir)
@@ -192,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report_lines(samples)))
     if args.json is not None:
         args.json.write_text(json.dumps(
-            {"command": command, "capture_fs": fs, "rounds": args.rounds, "samples": samples},
+            {"command": command, "capture_fs": fs, "cpus": cpus, "rounds": args.rounds,
+             "samples": samples},
             indent=2,
         ) + "\n")
     return 0

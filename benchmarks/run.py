@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import capturefs, memory, relays
+from benchmarks import capturefs, idlecpu, memory, relays
 from benchmarks import loadgen as lg
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -404,13 +404,19 @@ def disk_write(cfg: Config, reps: int, directory: Path) -> dict[str, Any]:
     }
 
 
-def run(modes: list[str], cfg: Config, captures_on: str = "tmpfs") -> dict[str, Any]:
+def run(
+    modes: list[str], cfg: Config, captures_on: str = "tmpfs", cpus_kept: str = "idle"
+) -> dict[str, Any]:
     notes = relays.ensure_tools(modes)
     for n in notes:
         print(f"note: {n}", flush=True)
     results: dict[str, Any] = {}
     started = time.monotonic()
-    with capturefs.CaptureSpace(captures_on, "pop3tap-bench") as space:
+    with (
+        idlecpu.condition(cpus_kept) as cpus,
+        capturefs.CaptureSpace(captures_on, "pop3tap-bench") as space,
+    ):
+        print(f"CPUs: {idlecpu.summary(cpus)}", flush=True)
         print(f"captures on {space.description}", flush=True)
         probe_dir = space.fresh("fs-probe")
         before = capturefs.probe(probe_dir, cfg.probe_files, append_total=cfg.probe_append_total)
@@ -434,6 +440,7 @@ def run(modes: list[str], cfg: Config, captures_on: str = "tmpfs") -> dict[str, 
     to_direct, vs_haproxy = ratios(results)
     return {
         "capture_fs": capture_fs,
+        "cpus": cpus,
         "disk_write": disk,
         "command": " ".join(sys.argv),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -486,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions per measurement")
     parser.add_argument("--no-memory", action="store_true", help="skip the slow-reader check")
     capturefs.add_argument(parser)
+    idlecpu.add_argument(parser)
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in relays.ALL_MODES]
@@ -496,13 +504,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = Config(**{**asdict(cfg), "reps": max(1, args.reps)})
     if args.no_memory:
         cfg = Config(**{**asdict(cfg), "memory_check": False})
-    report = run(modes, cfg, args.captures_on)
+    report = run(modes, cfg, args.captures_on, args.cpus)
     to_direct = report["ratio_to_direct"]
     print()
     print(table(report["modes"], to_direct, report["to_haproxy"]))
     m = report["machine"]
     print(f"\nmachine: {m['cpu']} x{m['cpus']}, kernel {m['kernel']}, python {m['python']}")
     print("(x) = ratio to direct in this run; medians of", cfg.reps, "repetition(s)")
+    print(f"CPUs: {idlecpu.summary(report['cpus'])}")
     print("\n".join(capture_fs_lines(report)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")

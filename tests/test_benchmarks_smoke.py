@@ -161,6 +161,9 @@ def test_quick_report_shape(report: dict[str, Any]) -> None:
     assert disk["octets_per_rep"] == report["config"]["big_size"]
     assert disk["mb_per_s"] > 0 and disk["cpu_s_per_gb"] > 0
     assert disk["statfs_type"] == "tmpfs"
+    cpus = report["cpus"]
+    assert cpus["cpus_kept"] == "idle" and cpus["cpus"] == os.cpu_count()
+    assert 0 < cpus["wakeup"]["median_us"] <= cpus["wakeup"]["p99_us"]
     for mode in MODES:
         if mode != "direct" and "error" not in report["modes"][mode]:
             assert mode in report["ratio_to_direct"]
@@ -418,12 +421,14 @@ def test_paired_compares_modes_with_cpu(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.paired", "--modes", "trio-floor,trio-floor-one-task",
          "--rounds", "2", "--loads", "noop,sessions", "--json", str(out),
-         "--captures-on", str(tmp_path)],
+         "--captures-on", str(tmp_path), "--cpus", "awake"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert data["capture_fs"]["statfs_type"] == _statfs(tmp_path)
+    assert data["cpus"]["cpus_kept"] == "awake"
+    assert "CPUs: " in proc.stdout and "kept awake by SCHED_IDLE busy loops" in proc.stdout
     for load in ("noop", "sessions"):
         for mode in ("trio-floor", "trio-floor-one-task"):
             got = data["samples"][load][mode]
@@ -448,6 +453,7 @@ def test_ab_names_the_capture_file_system(tmp_path: Path) -> None:
     kind = _statfs(tmp_path)
     assert f"captures on {tmp_path.resolve()}: fresh directories" in proc.stdout
     assert "  A: " in proc.stdout and f"(statfs {kind})" in proc.stdout
+    assert "CPUs: " in proc.stdout and "left to go idle" in proc.stdout
     assert "median of paired B/A" in proc.stdout
     assert list(tmp_path.iterdir()) == []
 
