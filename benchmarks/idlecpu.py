@@ -47,10 +47,18 @@ PROBE_ROUND_TRIPS = 2000
 #: A pause between probe round trips, long enough for a CPU to go idle.
 PROBE_PAUSE_S = 0.0002
 
-#: One busy loop at SCHED_IDLE; it ends on its own once its parent is gone.
+#: One busy loop at SCHED_IDLE in a session of its own whose autogroup gets the lowest
+#: weight (nice 19), so it yields to tasks of other sessions too; it ignores Ctrl-C (its
+#: parent stops it) and ends on its own once its parent is gone.
 _SPIN = """\
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+try:
+    with open("/proc/self/autogroup", "w") as autogroup:
+        autogroup.write("19")
+except OSError:
+    pass  # no autogroups (CONFIG_SCHED_AUTOGROUP off): the policy alone decides
 parent = int(sys.argv[1])
 sys.stdout.write("ready\\n")
 sys.stdout.flush()
@@ -79,7 +87,7 @@ def _read(path: Path) -> str | None:
 
 def describe(sysfs_cpu: Path = SYSFS_CPU, haltpoll: Path = HALTPOLL) -> dict[str, Any]:
     """The cpuidle driver and governor, and the guest halt-poll limit when there is one."""
-    info: dict[str, Any] = {"cpus": os.cpu_count()}
+    info: dict[str, Any] = {"cpus": len(os.sched_getaffinity(0))}
     for key in ("current_driver", "current_governor"):
         value = _read(sysfs_cpu / "cpuidle" / key)
         if value is not None:
@@ -94,14 +102,21 @@ def wakeup_probe(round_trips: int = PROBE_ROUND_TRIPS) -> dict[str, float]:
     """Median and p99 round trip, in microseconds, of one byte between this process and a
     child that each block in ``recv``, with a pause before each round trip."""
     ours, theirs = socket.socketpair()
+    # No signal handler may run in the child: it would run this process's code there.
+    stops = {signal.SIGINT, signal.SIGTERM}
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     pid = os.fork()
     if pid == 0:  # the child echoes until the socket closes
-        ours.close()
         try:
+            for stop in stops:
+                signal.signal(stop, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            ours.close()
             while data := theirs.recv(1):
                 theirs.send(data)
         finally:
             os._exit(0)
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     theirs.close()
     times: list[float] = []
     try:
@@ -128,7 +143,7 @@ def keep_awake(cpus: int | None = None) -> Iterator[list[int]]:
 
     Each loop exits by itself once this process is gone, even after ``kill -9``.
     """
-    count = cpus or os.cpu_count() or 1
+    count = cpus or len(os.sched_getaffinity(0)) or 1
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(count):
@@ -136,6 +151,7 @@ def keep_awake(cpus: int | None = None) -> Iterator[list[int]]:
                 [sys.executable, "-c", _SPIN, str(os.getpid())],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
+                start_new_session=True,
             )
             procs.append(proc)
             assert proc.stdout is not None

@@ -25,12 +25,25 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
 def test_keep_awake_runs_one_sched_idle_loop_per_cpu_until_the_block_ends() -> None:
     with idlecpu.keep_awake(2) as pids:
         assert len(pids) == 2
         for pid in pids:
             assert os.sched_getscheduler(pid) == os.SCHED_IDLE
             assert _alive(pid)
+            # A session of its own, whose autogroup weighs least: it yields to the tasks of
+            # other sessions (the relays run in theirs) as well as to those of its own.
+            assert os.getsid(pid) == pid
+            autogroup = Path(f"/proc/{pid}/autogroup")
+            if autogroup.exists():
+                assert autogroup.read_text().split()[-1] == "19"
+            ignored = int(_status(pid)["SigIgn"], 16)
+            assert ignored & (1 << (signal.SIGINT - 1))  # Ctrl-C is the parent's to handle
     assert not any(_alive(pid) for pid in pids)
 
 
@@ -67,7 +80,7 @@ def test_describe_reads_the_idle_driver_and_halt_polling(tmp_path: Path) -> None
     (haltpoll / "guest_halt_poll_ns").write_text("200000\n")
     assert "up to 200000 ns" in idlecpu.summary(idlecpu.describe(cpu, haltpoll))
     bare = idlecpu.describe(tmp_path / "none", tmp_path / "none")
-    assert bare == {"cpus": os.cpu_count()}
+    assert bare == {"cpus": len(os.sched_getaffinity(0))}
 
 
 def test_the_wakeup_probe_times_every_round_trip() -> None:
