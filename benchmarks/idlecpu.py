@@ -19,8 +19,8 @@ relay's, and they differ between relays.
   loops' own CPU time is not counted: the benchmarks read the relays' CPU per process.
 
 The same run reports the cpuidle driver, governor and halt-poll setting, and a wake-up
-probe: the median round trip of one byte between two processes that each block in
-``recv`` (every message wakes the other). Try it alone::
+probe: the median round trip of one byte between two processes on two CPUs that each
+block in ``recv`` (every message wakes the other CPU). Try it alone::
 
     python -m benchmarks.idlecpu [--cpus awake]
 """
@@ -100,7 +100,9 @@ def describe(sysfs_cpu: Path = SYSFS_CPU, haltpoll: Path = HALTPOLL) -> dict[str
 
 def wakeup_probe(round_trips: int = PROBE_ROUND_TRIPS) -> dict[str, float]:
     """Median and p99 round trip, in microseconds, of one byte between this process and a
-    child that each block in ``recv``, with a pause before each round trip."""
+    child that each block in ``recv`` on CPUs of their own (when there are two), with a
+    pause before each round trip: each message wakes the other CPU."""
+    allowed = sorted(os.sched_getaffinity(0))
     ours, theirs = socket.socketpair()
     # No signal handler may run in the child: it would run this process's code there.
     stops = {signal.SIGINT, signal.SIGTERM}
@@ -111,6 +113,7 @@ def wakeup_probe(round_trips: int = PROBE_ROUND_TRIPS) -> dict[str, float]:
             for stop in stops:
                 signal.signal(stop, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            os.sched_setaffinity(0, {allowed[-1]})
             ours.close()
             while data := theirs.recv(1):
                 theirs.send(data)
@@ -120,6 +123,7 @@ def wakeup_probe(round_trips: int = PROBE_ROUND_TRIPS) -> dict[str, float]:
     theirs.close()
     times: list[float] = []
     try:
+        os.sched_setaffinity(0, {allowed[0]})
         for _ in range(round_trips):
             time.sleep(PROBE_PAUSE_S)
             start = time.perf_counter_ns()
@@ -127,6 +131,7 @@ def wakeup_probe(round_trips: int = PROBE_ROUND_TRIPS) -> dict[str, float]:
             ours.recv(1)
             times.append((time.perf_counter_ns() - start) / 1000)
     finally:
+        os.sched_setaffinity(0, allowed)
         ours.close()
         os.waitpid(pid, 0)
     times.sort()
