@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.loadgen import percentile
+
 CHOICES = ("idle", "awake")
 SYSFS_CPU = Path("/sys/devices/system/cpu")
 HALTPOLL = Path("/sys/module/haltpoll/parameters")
@@ -134,11 +136,10 @@ def wakeup_probe(round_trips: int = PROBE_ROUND_TRIPS) -> dict[str, float]:
         os.sched_setaffinity(0, allowed)
         ours.close()
         os.waitpid(pid, 0)
-    times.sort()
     return {
         "round_trips": round_trips,
         "median_us": statistics.median(times),
-        "p99_us": times[min(len(times) - 1, int(len(times) * 0.99))],
+        "p99_us": percentile(times, 99),
     }
 
 
